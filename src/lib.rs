@@ -1,0 +1,7 @@
+//! meshd: the sync node that lets independent OpenClaw gateways share memory and skills.
+//!
+//! Arrows point one way: `cli`/`daemon` → `replica`, `sync`, `net`, `bridge`, `store`, `cache`
+//! → `model`. See docs/architecture.md.
+
+pub mod model;
+pub mod replica;

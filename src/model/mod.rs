@@ -1,0 +1,14 @@
+//! The vocabulary every other module speaks: scopes, node ids, clocks, entries and the
+//! validation and secret rules every write must pass.
+
+pub mod entry;
+pub mod hlc;
+pub mod node_id;
+pub mod scope;
+pub mod secret;
+pub mod validate;
+
+pub use entry::{MemoryEntry, Skill};
+pub use hlc::{Hlc, Stamp};
+pub use node_id::NodeId;
+pub use scope::{DocId, Scope};

@@ -1,0 +1,127 @@
+//! Scopes of shared memory and the documents that hold them.
+
+use std::fmt;
+
+use super::validate::ValidationError;
+
+/// Where a memory entry lives and who may see it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Shared by every node of the mesh.
+    Mesh,
+    /// About one user, shared by the nodes that serve that user.
+    User(String),
+    /// Owned by one node (its compact node id or, for imported bridge data, its bridge name);
+    /// only that node writes it, peers may read it.
+    Node(String),
+}
+
+const MAX_SCOPE_ID: usize = 128;
+
+impl Scope {
+    /// Parses `mesh`, `user:<id>`, `node:<id>`, or a bare `node`, which means `own_node`.
+    pub fn parse(text: &str, own_node: &str) -> Result<Scope, ValidationError> {
+        match text.split_once(':') {
+            None if text == "mesh" => Ok(Scope::Mesh),
+            None if text == "node" => Ok(Scope::Node(own_node.to_string())),
+            Some(("user", id)) => Ok(Scope::User(scope_id(text, id)?)),
+            Some(("node", id)) => Ok(Scope::Node(scope_id(text, id)?)),
+            _ => Err(ValidationError::Scope(text.to_string())),
+        }
+    }
+}
+
+fn scope_id(text: &str, id: &str) -> Result<String, ValidationError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._@+-".contains(c);
+    if id.is_empty() || id.len() > MAX_SCOPE_ID || !id.chars().all(allowed) {
+        return Err(ValidationError::Scope(text.to_string()));
+    }
+    Ok(id.to_string())
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Mesh => f.write_str("mesh"),
+            Scope::User(id) => write!(f, "user:{id}"),
+            Scope::Node(id) => write!(f, "node:{id}"),
+        }
+    }
+}
+
+/// One Automerge document: a memory scope, or the skills.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DocId {
+    Memory(Scope),
+    Skills,
+}
+
+impl DocId {
+    /// The stable name used in storage keys and on the wire.
+    pub fn name(&self) -> String {
+        self.to_string()
+    }
+
+    pub fn from_name(name: &str) -> Result<DocId, ValidationError> {
+        if name == "skills" {
+            return Ok(DocId::Skills);
+        }
+        match Scope::parse(name, "")? {
+            Scope::Node(id) if id.is_empty() => Err(ValidationError::Scope(name.to_string())),
+            scope => Ok(DocId::Memory(scope)),
+        }
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocId::Memory(scope) => scope.fmt(f),
+            DocId::Skills => f.write_str("skills"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_scope_form() {
+        assert_eq!(Scope::parse("mesh", "me").unwrap(), Scope::Mesh);
+        assert_eq!(
+            Scope::parse("node", "me").unwrap(),
+            Scope::Node("me".into())
+        );
+        assert_eq!(
+            Scope::parse("user:alice", "me").unwrap(),
+            Scope::User("alice".into())
+        );
+        assert_eq!(
+            Scope::parse("node:sec", "me").unwrap(),
+            Scope::Node("sec".into())
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_forms() {
+        for bad in [
+            "", "global", "user:", "user:a b", "user:a/b", "node:", "Mesh", "mesh:x",
+        ] {
+            assert!(Scope::parse(bad, "me").is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn doc_names_round_trip() {
+        for doc in [
+            DocId::Skills,
+            DocId::Memory(Scope::Mesh),
+            DocId::Memory(Scope::User("bob".into())),
+            DocId::Memory(Scope::Node("abc".into())),
+        ] {
+            assert_eq!(DocId::from_name(&doc.name()).unwrap(), doc);
+        }
+        assert!(DocId::from_name("node").is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! The node's replica: one Automerge document per memory scope plus one for skills, persisted
+//! in sled. The only code that touches Automerge documents or the store.
+
+mod memory_doc;
+mod skills_doc;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+
+use crate::model::entry::resolve;
+use crate::model::validate::{self, ValidationError};
+use crate::model::{secret, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp};
+use storage::Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("cannot open the store at {path}: {source} (is another meshd using this home? stop it or use its control socket)")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("the store is damaged: {0}")]
+    Corrupt(&'static str),
+    #[error("document {doc} cannot be loaded: {source}")]
+    Load {
+        doc: String,
+        #[source]
+        source: automerge::AutomergeError,
+    },
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("no skill named '{0}'")]
+    NoSuchSkill(String),
+}
+
+type Result<T, E = ReplicaError> = std::result::Result<T, E>;
+
+/// Reads the wall clock in Unix milliseconds; injected so tests can skew it.
+pub type WallClock = Box<dyn FnMut() -> u64 + Send>;
+
+/// A skill as a writer gives it; the replica adds the version.
+#[derive(Debug, Clone, Default)]
+pub struct SkillWrite {
+    pub name: String,
+    pub content: String,
+    /// `None` keeps the stored description (empty for a new skill).
+    pub description: Option<String>,
+    pub path: Option<String>,
+}
+
+/// Fold a document's changes into a new snapshot once they outweigh it, and at the latest
+/// after this many changes.
+const COMPACT_AFTER_CHANGES: usize = 50_000;
+const COMPACT_MIN_CHANGES: usize = 256;
+
+struct DocState {
+    doc: Automerge,
+    changes_since_snapshot: usize,
+    bytes_since_snapshot: usize,
+    snapshot_bytes: usize,
+}
+
+pub struct Replica {
+    storage: Storage,
+    docs: BTreeMap<DocId, DocState>,
+    node_id: String,
+    actor: ActorId,
+    hlc: Hlc,
+    wall_clock: WallClock,
+    staged: Vec<(DocId, Change)>,
+}
+
+fn system_clock() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Replica {
+    /// Opens (or creates) the store at `path` for the node `node_id` (its compact id).
+    pub fn open(path: &Path, node_id: &str) -> Result<Replica> {
+        Replica::open_with_clock(path, node_id, Box::new(system_clock))
+    }
+
+    pub fn open_with_clock(path: &Path, node_id: &str, wall_clock: WallClock) -> Result<Replica> {
+        let storage = Storage::open(path)?;
+        // A fresh actor per process: a change made but never flushed before a crash can then
+        // never collide with a different change under the same (actor, seq).
+        let actor = ActorId::random();
+        let mut docs = BTreeMap::new();
+        for (name, stored) in storage.load_all()? {
+            let Ok(id) = DocId::from_name(&name) else {
+                tracing::warn!(doc = %name, "skipping a document with an unknown name");
+                continue;
+            };
+            docs.insert(id, load_doc(&name, stored, &actor)?);
+        }
+        Ok(Replica {
+            storage,
+            docs,
+            node_id: node_id.to_string(),
+            actor,
+            hlc: Hlc::default(),
+            wall_clock,
+            staged: Vec::new(),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The sled database, for the peer list and per-peer sync state.
+    pub fn db(&self) -> &sled::Db {
+        self.storage.db()
+    }
+
+    /// This node's own `node` scope.
+    pub fn own_scope(&self) -> Scope {
+        Scope::Node(self.node_id.clone())
+    }
+
+    // ---- memory -------------------------------------------------------------------------
+
+    pub fn put_memory(
+        &mut self,
+        scope: &Scope,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<MemoryEntry> {
+        self.batch(|b| b.put_memory(scope, key, value))
+    }
+
+    /// Writes a tombstone; `false` when there was nothing to delete.
+    pub fn delete_memory(&mut self, scope: &Scope, key: &str) -> Result<bool> {
+        self.batch(|b| b.delete_memory(scope, key))
+    }
+
+    /// Writes a version that carries its own stamp and author (bridge and store imports) if it
+    /// is newer than what the replica holds; `false` when it is not, which makes re-imports
+    /// change nothing.
+    pub fn import_memory(&mut self, entry: MemoryEntry) -> Result<bool> {
+        self.batch(|b| b.import_memory(entry))
+    }
+
+    /// The winning version of a key, `None` when absent or deleted.
+    pub fn get_memory(&self, scope: &Scope, key: &str) -> Option<MemoryEntry> {
+        self.memory_versions(scope, key)
+            .map(|(winner, _)| winner)
+            .filter(|winner| !winner.deleted)
+    }
+
+    /// The winner (tombstones included) and the losing concurrent versions of a key.
+    pub fn memory_versions(
+        &self,
+        scope: &Scope,
+        key: &str,
+    ) -> Option<(MemoryEntry, Vec<MemoryEntry>)> {
+        let state = self.docs.get(&DocId::Memory(scope.clone()))?;
+        resolve(memory_doc::versions(&state.doc, scope, key))
+    }
+
+    /// Live entries, sorted by scope then key; every scope when `scope` is `None`.
+    pub fn list_memory(&self, scope: Option<&Scope>) -> Vec<MemoryEntry> {
+        let mut entries = Vec::new();
+        for (id, state) in &self.docs {
+            let DocId::Memory(doc_scope) = id else {
+                continue;
+            };
+            if scope.is_some_and(|s| s != doc_scope) {
+                continue;
+            }
+            for key in memory_doc::keys(&state.doc) {
+                if let Some((winner, _)) =
+                    resolve(memory_doc::versions(&state.doc, doc_scope, &key))
+                {
+                    if !winner.deleted {
+                        entries.push(winner);
+                    }
+                }
+            }
+        }
+        entries
+    }
+
+    /// Memory scopes that have a document here.
+    pub fn scopes(&self) -> Vec<Scope> {
+        self.docs
+            .keys()
+            .filter_map(|id| match id {
+                DocId::Memory(scope) => Some(scope.clone()),
+                DocId::Skills => None,
+            })
+            .collect()
+    }
+
+    // ---- skills -------------------------------------------------------------------------
+
+    pub fn put_skill(&mut self, skill: SkillWrite) -> Result<Skill> {
+        self.batch(|b| b.put_skill(skill))
+    }
+
+    pub fn delete_skill(&mut self, name: &str) -> Result<bool> {
+        self.batch(|b| b.delete_skill(name))
+    }
+
+    /// Like `import_memory`, for skills.
+    pub fn import_skill(&mut self, skill: Skill) -> Result<bool> {
+        self.batch(|b| b.import_skill(skill))
+    }
+
+    pub fn get_skill(&self, name: &str) -> Option<Skill> {
+        self.skill_versions(name)
+            .map(|(winner, _)| winner)
+            .filter(|winner| !winner.deleted)
+    }
+
+    pub fn skill_versions(&self, name: &str) -> Option<(Skill, Vec<Skill>)> {
+        let state = self.docs.get(&DocId::Skills)?;
+        let versions = skills_doc::versions(&state.doc, name);
+        resolve(versions.into_iter().map(|(skill, _)| skill).collect())
+    }
+
+    /// Live skills sorted by name.
+    pub fn list_skills(&self) -> Vec<Skill> {
+        let Some(state) = self.docs.get(&DocId::Skills) else {
+            return Vec::new();
+        };
+        skills_doc::names(&state.doc)
+            .filter_map(|name| self.get_skill(&name))
+            .collect()
+    }
+
+    // ---- batches ------------------------------------------------------------------------
+
+    /// Runs several writes and makes them durable with one flush (group commit). Returns only
+    /// once everything `f` wrote is on disk. If `f` fails, the writes it made before failing
+    /// are kept and made durable too; the failed one changed nothing.
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
+        let outcome = f(&mut Batch { replica: self });
+        self.commit_staged()?;
+        outcome
+    }
+
+    fn commit_staged(&mut self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let names: Vec<String> = staged.iter().map(|(doc, _)| doc.name()).collect();
+        self.storage.append_durably(
+            staged
+                .iter()
+                .zip(&names)
+                .map(|((_, change), name)| (name.as_str(), change.hash(), change.raw_bytes())),
+        )?;
+        let mut touched: Vec<DocId> = Vec::new();
+        for (doc, change) in &staged {
+            let state = self
+                .docs
+                .get_mut(doc)
+                .expect("staged changes belong to loaded docs");
+            state.changes_since_snapshot += 1;
+            state.bytes_since_snapshot += change.raw_bytes().len();
+            if !touched.contains(doc) {
+                touched.push(doc.clone());
+            }
+        }
+        for doc in touched {
+            self.compact_if_due(&doc)?;
+        }
+        Ok(())
+    }
+
+    fn compact_if_due(&mut self, doc: &DocId) -> Result<()> {
+        let state = &self.docs[doc];
+        let outweighs = state.changes_since_snapshot >= COMPACT_MIN_CHANGES
+            && state.bytes_since_snapshot >= state.snapshot_bytes;
+        if outweighs || state.changes_since_snapshot >= COMPACT_AFTER_CHANGES {
+            self.compact(doc)?;
+        }
+        Ok(())
+    }
+
+    /// Folds a document's stored changes into a new snapshot, atomically.
+    pub fn compact(&mut self, doc: &DocId) -> Result<()> {
+        let Some(state) = self.docs.get_mut(doc) else {
+            return Ok(());
+        };
+        let snapshot = state.doc.save();
+        let folded: Vec<ChangeHash> = state
+            .doc
+            .get_changes(&[])
+            .iter()
+            .map(Change::hash)
+            .collect();
+        self.storage.compact(&doc.name(), &snapshot, folded)?;
+        state.snapshot_bytes = snapshot.len();
+        state.changes_since_snapshot = 0;
+        state.bytes_since_snapshot = 0;
+        Ok(())
+    }
+
+    // ---- documents, for sync and export -------------------------------------------------
+
+    pub fn doc_ids(&self) -> Vec<DocId> {
+        self.docs.keys().cloned().collect()
+    }
+
+    pub fn document(&self, doc: &DocId) -> Option<&Automerge> {
+        self.docs.get(doc).map(|state| &state.doc)
+    }
+
+    /// The document in the standard Automerge binary format.
+    pub fn export(&self, doc: &DocId) -> Option<Vec<u8>> {
+        self.document(doc).map(Automerge::save)
+    }
+
+    /// Applies changes received from a peer and makes them durable. Returns the hashes of the
+    /// changes that were new here; changes whose dependencies are still missing wait in the
+    /// document's queue and are not stored until they apply.
+    pub fn apply_changes(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>> {
+        let actor = self.actor.clone();
+        let state = self
+            .docs
+            .entry(doc.clone())
+            .or_insert_with(|| new_doc_state(&actor));
+        let before = state.doc.get_heads();
+        state.doc.apply_changes(changes)?;
+        if state.doc.get_heads() == before {
+            return Ok(Vec::new());
+        }
+        let added = state.doc.get_changes(&before);
+        let hashes = added.iter().map(Change::hash).collect();
+        self.staged
+            .extend(added.into_iter().map(|change| (doc.clone(), change)));
+        self.commit_staged()?;
+        Ok(hashes)
+    }
+
+    fn next_stamp(&mut self, current: Option<Stamp>) -> Stamp {
+        let wall = (self.wall_clock)();
+        let stamp = self.hlc.tick(wall);
+        let stamp = current.map_or(stamp, |current| stamp.max(Stamp(current.0 + 1)));
+        self.hlc.observe(stamp);
+        stamp
+    }
+
+    fn transact(
+        &mut self,
+        doc: &DocId,
+        f: impl FnOnce(
+            &mut automerge::transaction::Transaction<'_>,
+        ) -> Result<(), automerge::AutomergeError>,
+    ) -> Result<()> {
+        let actor = self.actor.clone();
+        let state = self
+            .docs
+            .entry(doc.clone())
+            .or_insert_with(|| new_doc_state(&actor));
+        let mut tx = state.doc.transaction();
+        if let Err(e) = f(&mut tx) {
+            tx.rollback();
+            return Err(e.into());
+        }
+        let (hash, _) = tx.commit();
+        if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
+            self.staged.push((doc.clone(), change));
+        }
+        Ok(())
+    }
+}
+
+fn new_doc_state(actor: &ActorId) -> DocState {
+    DocState {
+        doc: Automerge::new().with_actor(actor.clone()),
+        changes_since_snapshot: 0,
+        bytes_since_snapshot: 0,
+        snapshot_bytes: 0,
+    }
+}
+
+fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<DocState> {
+    let load_error = |source| ReplicaError::Load {
+        doc: name.to_string(),
+        source,
+    };
+    let mut state = new_doc_state(actor);
+    if let Some(snapshot) = &stored.snapshot {
+        state.doc = Automerge::load(snapshot)
+            .map_err(load_error)?
+            .with_actor(actor.clone());
+        state.snapshot_bytes = snapshot.len();
+    }
+    let mut changes = Vec::with_capacity(stored.changes.len());
+    for bytes in stored.changes {
+        state.bytes_since_snapshot += bytes.len();
+        let change = Change::from_bytes(bytes)
+            .map_err(|_| ReplicaError::Corrupt("a stored change does not decode"))?;
+        changes.push(change);
+    }
+    state.changes_since_snapshot = changes.len();
+    state.doc.apply_changes(changes).map_err(load_error)?;
+    Ok(state)
+}
+
+/// Writes staged inside `Replica::batch`; they become durable together when it returns.
+pub struct Batch<'a> {
+    replica: &'a mut Replica,
+}
+
+impl Batch<'_> {
+    pub fn put_memory(
+        &mut self,
+        scope: &Scope,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<MemoryEntry> {
+        validate::key(key)?;
+        validate::value_size(&value)?;
+        secret::check_memory(key, &value).map_err(ValidationError::from)?;
+        let current = self
+            .replica
+            .memory_versions(scope, key)
+            .map(|(w, _)| w.updated_at);
+        let entry = MemoryEntry {
+            scope: scope.clone(),
+            key: key.to_string(),
+            value,
+            node_id: self.replica.node_id.clone(),
+            updated_at: self.replica.next_stamp(current),
+            deleted: false,
+        };
+        self.write_memory(&entry)?;
+        Ok(entry)
+    }
+
+    pub fn delete_memory(&mut self, scope: &Scope, key: &str) -> Result<bool> {
+        let Some(current) = self.replica.get_memory(scope, key) else {
+            return Ok(false);
+        };
+        let entry = MemoryEntry {
+            value: serde_json::Value::Null,
+            node_id: self.replica.node_id.clone(),
+            updated_at: self.replica.next_stamp(Some(current.updated_at)),
+            deleted: true,
+            ..current
+        };
+        self.write_memory(&entry)?;
+        Ok(true)
+    }
+
+    pub fn import_memory(&mut self, entry: MemoryEntry) -> Result<bool> {
+        validate::key(&entry.key)?;
+        validate::value_size(&entry.value)?;
+        secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
+        let newer = match self.replica.memory_versions(&entry.scope, &entry.key) {
+            Some((winner, _)) => {
+                (entry.updated_at, entry.node_id.as_str())
+                    > (winner.updated_at, winner.node_id.as_str())
+            }
+            None => true,
+        };
+        if newer {
+            self.replica.hlc.observe(entry.updated_at);
+            self.write_memory(&entry)?;
+        }
+        Ok(newer)
+    }
+
+    fn write_memory(&mut self, entry: &MemoryEntry) -> Result<()> {
+        let doc = DocId::Memory(entry.scope.clone());
+        self.replica.transact(&doc, |tx| memory_doc::put(tx, entry))
+    }
+
+    pub fn put_skill(&mut self, write: SkillWrite) -> Result<Skill> {
+        validate::skill_name(&write.name)?;
+        validate::skill_text("content", &write.content)?;
+        secret::check_text("skill content", &write.content).map_err(ValidationError::from)?;
+        let current = self.replica.skill_versions(&write.name).map(|(w, _)| w);
+        let description = write
+            .description
+            .or_else(|| current.as_ref().map(|c| c.description.clone()))
+            .unwrap_or_default();
+        validate::skill_text("description", &description)?;
+        secret::check_text("skill description", &description).map_err(ValidationError::from)?;
+        let skill = Skill {
+            name: write.name,
+            content: write.content,
+            path: write.path,
+            description,
+            source_node: self.replica.node_id.clone(),
+            updated_at: self.replica.next_stamp(current.map(|c| c.updated_at)),
+            deleted: false,
+        };
+        self.write_skill(&skill)?;
+        Ok(skill)
+    }
+
+    pub fn delete_skill(&mut self, name: &str) -> Result<bool> {
+        let Some(current) = self.replica.get_skill(name) else {
+            return Ok(false);
+        };
+        let skill = Skill {
+            source_node: self.replica.node_id.clone(),
+            updated_at: self.replica.next_stamp(Some(current.updated_at)),
+            deleted: true,
+            ..current
+        };
+        self.write_skill(&skill)?;
+        Ok(true)
+    }
+
+    pub fn import_skill(&mut self, skill: Skill) -> Result<bool> {
+        validate::skill_name(&skill.name)?;
+        validate::skill_text("content", &skill.content)?;
+        secret::check_text("skill content", &skill.content).map_err(ValidationError::from)?;
+        let newer = match self.replica.skill_versions(&skill.name) {
+            Some((winner, _)) => {
+                (skill.updated_at, skill.source_node.as_str())
+                    > (winner.updated_at, winner.source_node.as_str())
+            }
+            None => true,
+        };
+        if newer {
+            self.replica.hlc.observe(skill.updated_at);
+            self.write_skill(&skill)?;
+        }
+        Ok(newer)
+    }
+
+    /// Edits the winning skill object in place so concurrent edits merge as text.
+    fn write_skill(&mut self, skill: &Skill) -> Result<()> {
+        let existing = self.replica.docs.get(&DocId::Skills).and_then(|state| {
+            let versions = skills_doc::versions(&state.doc, &skill.name);
+            let winner = resolve(versions.iter().map(|(s, _)| s.clone()).collect())?.0;
+            versions
+                .into_iter()
+                .find(|(s, _)| *s == winner)
+                .map(|(_, obj)| obj)
+        });
+        self.replica.transact(&DocId::Skills, |tx| {
+            skills_doc::put(tx, existing.as_ref(), skill)
+        })
+    }
+}
