@@ -3,5 +3,7 @@
 //! Arrows point one way: `cli`/`daemon` → `replica`, `sync`, `net`, `bridge`, `store`, `cache`
 //! → `model`. See docs/architecture.md.
 
+pub mod config;
 pub mod model;
+pub mod net;
 pub mod replica;

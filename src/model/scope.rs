@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::validate::ValidationError;
+use super::NodeId;
 
 /// Where a memory entry lives and who may see it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,9 +26,17 @@ impl Scope {
             None if text == "mesh" => Ok(Scope::Mesh),
             None if text == "node" => Ok(Scope::Node(own_node.to_string())),
             Some(("user", id)) => Ok(Scope::User(scope_id(text, id)?)),
-            Some(("node", id)) => Ok(Scope::Node(scope_id(text, id)?)),
+            Some(("node", id)) => Ok(Scope::Node(node_scope_id(text, id)?)),
             _ => Err(ValidationError::Scope(text.to_string())),
         }
+    }
+}
+
+/// A node scope names a node by its compact id; the grouped form people copy is accepted too.
+fn node_scope_id(text: &str, id: &str) -> Result<String, ValidationError> {
+    match id.parse::<NodeId>() {
+        Ok(node) => Ok(node.compact()),
+        Err(_) => scope_id(text, id),
     }
 }
 
@@ -100,6 +109,15 @@ mod tests {
         assert_eq!(
             Scope::parse("node:sec", "me").unwrap(),
             Scope::Node("sec".into())
+        );
+    }
+
+    #[test]
+    fn node_ids_in_scopes_are_compacted() {
+        let id = NodeId::from_public_key(b"k");
+        assert_eq!(
+            Scope::parse(&format!("node:{id}"), "me").unwrap(),
+            Scope::Node(id.compact())
         );
     }
 

@@ -1,0 +1,110 @@
+//! The command line: one file per command group, each thin (parse, call the library, print).
+
+mod doc;
+mod mem;
+mod node;
+mod skill;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshd::config::Home;
+use meshd::model::Scope;
+use meshd::net::identity::Identity;
+use meshd::replica::Replica;
+
+/// meshd: share memory and skills between OpenClaw gateways.
+#[derive(Debug, Parser)]
+#[command(name = "meshd", version, about, long_about = None)]
+pub struct Cli {
+    /// The node's home directory [default: ~/.openclaw/meshd]
+    #[arg(long, global = true, env = "MESHD_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a node: identity, meshd.toml and an empty store
+    Init(node::InitArgs),
+    /// Print this node's id (first line) and name
+    Id(node::IdArgs),
+    /// Read and write shared memory
+    #[command(subcommand)]
+    Mem(mem::MemCommand),
+    /// Read and write shared skills
+    #[command(subcommand)]
+    Skill(skill::SkillCommand),
+    /// Work with the Automerge documents themselves
+    #[command(subcommand)]
+    Doc(doc::DocCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
+    match cli.command {
+        Command::Init(args) => node::init(&home, args),
+        Command::Id(args) => node::id(&home, args),
+        Command::Mem(command) => mem::run(&home, command),
+        Command::Skill(command) => skill::run(&home, command),
+        Command::Doc(command) => doc::run(&home, command),
+    }
+}
+
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// What was asked for does not exist: exit status 3, so scripts can tell it from failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    if error.downcast_ref::<NotFound>().is_some() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// An opened node's replica, with scopes resolved against its id.
+pub struct Node {
+    pub replica: Replica,
+}
+
+impl Node {
+    pub fn open(home: &Home) -> anyhow::Result<Node> {
+        home.require_initialised()?;
+        let identity = Identity::load(&home.key_path(), &home.cert_path())?;
+        let replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
+        Ok(Node { replica })
+    }
+
+    pub fn scope(&self, text: &str) -> anyhow::Result<Scope> {
+        Ok(Scope::parse(text, self.replica.node_id())?)
+    }
+}
+
+/// Reads a whole argument given as `-` from stdin.
+pub fn read_stdin() -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read stdin")?;
+    Ok(text)
+}
+
+/// Unix seconds as `2026-11-22T10:00:00Z`.
+pub fn format_time(unix_seconds: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
+}

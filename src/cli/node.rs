@@ -1,0 +1,70 @@
+//! `meshd init` and `meshd id`.
+
+use anyhow::Context;
+use clap::Args;
+use meshd::config::{self, ConfigError, Home};
+use meshd::net::identity::Identity;
+use meshd::replica::Replica;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// A name for people [default: this machine's host name]
+    #[arg(long)]
+    name: Option<String>,
+    /// The UDP address to listen on for peers
+    #[arg(long, value_name = "HOST:PORT", default_value = config::DEFAULT_LISTEN)]
+    listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Print {"node_id","name","listen"} as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
+    config::parse_listen(&args.listen)?;
+    if home.is_initialised() {
+        return Err(ConfigError::AlreadyInitialised(home.dir.clone()).into());
+    }
+    let name = args.name.unwrap_or_else(default_name);
+    std::fs::create_dir_all(&home.dir)
+        .with_context(|| format!("cannot create {}", home.dir.display()))?;
+    let identity = Identity::generate()?;
+    identity.save(&home.key_path(), &home.cert_path())?;
+    Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    home.write_new_config(&name, &args.listen)?;
+    println!("{}", identity.node_id);
+    eprintln!(
+        "created node '{name}' in {}\nshare the id above with the operators of its peers; they pair with `meshd peers add`",
+        home.dir.display()
+    );
+    Ok(())
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "meshd".to_string())
+}
+
+pub fn id(home: &Home, args: IdArgs) -> anyhow::Result<()> {
+    let config = home.load_config()?;
+    let identity = Identity::load(&home.key_path(), &home.cert_path())?;
+    if args.json {
+        let json = serde_json::json!({
+            "node_id": identity.node_id.to_string(),
+            "name": config.node.name,
+            "listen": config.node.listen,
+        });
+        println!("{json}");
+    } else {
+        println!("{}", identity.node_id);
+        println!("name: {}", config.node.name);
+        println!("listen: {}", config.node.listen);
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Node identity and, later, the QUIC endpoint.
+
+pub mod identity;
