@@ -32,14 +32,21 @@ pub enum ReplicaError {
     Load {
         doc: String,
         #[source]
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
     #[error("automerge: {0}")]
-    Automerge(#[from] automerge::AutomergeError),
+    Automerge(Box<automerge::AutomergeError>),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("no skill named '{0}'")]
     NoSuchSkill(String),
+}
+
+/// Automerge's error is boxed: it is large, and every `Result` of the replica would carry it.
+impl From<automerge::AutomergeError> for ReplicaError {
+    fn from(error: automerge::AutomergeError) -> Self {
+        ReplicaError::Automerge(Box::new(error))
+    }
 }
 
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
@@ -393,7 +400,7 @@ fn new_doc_state(actor: &ActorId) -> DocState {
 fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<DocState> {
     let load_error = |source| ReplicaError::Load {
         doc: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut state = new_doc_state(actor);
     if let Some(snapshot) = &stored.snapshot {
@@ -420,6 +427,11 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// The replica as this batch has changed it so far, for writes that depend on it.
+    pub fn replica(&self) -> &Replica {
+        self.replica
+    }
+
     pub fn put_memory(
         &mut self,
         scope: &Scope,
