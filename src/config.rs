@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7464";
+/// The local HTTP API's address: the reference store API's port, on loopback only.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:4078";
+/// Largest request body the API reads: a skill may be 1 MiB, and JSON escaping can double it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// How long the cache writer waits after a change for more changes before rewriting files.
+pub const DEFAULT_DEBOUNCE_MS: u64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,6 +118,12 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +140,96 @@ fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
 }
 
+/// `[api]`: the local HTTP API (Phase 2 endpoints and bridge ingest).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HOST:PORT; anything but loopback needs `bearer_token` or `auth_header`+`auth_secret`.
+    pub listen: String,
+    /// Require `Authorization: Bearer <token>` (env MESHD_API_BEARER overrides).
+    pub bearer_token: Option<String>,
+    /// Require this header to carry `auth_secret` (env MESHD_API_AUTH_HEADER overrides).
+    pub auth_header: Option<String>,
+    /// The shared secret for `auth_header` (env MESHD_API_AUTH_SECRET overrides).
+    pub auth_secret: Option<String>,
+    /// Requests per minute per client before 429; 0 turns the limit off.
+    pub rate_limit_per_min: u32,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: DEFAULT_API_LISTEN.to_string(),
+            bearer_token: None,
+            auth_header: None,
+            auth_secret: None,
+            rate_limit_per_min: 0,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// `[cache]`: the files OpenClaw and the reference tools read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Rewrite the caches while meshd serves; `meshd cache write` works either way.
+    pub enabled: bool,
+    /// Where `mesh-memory.json` and `mesh/skills/` go [default: $OPENCLAW_HOME, else ~/.openclaw].
+    pub openclaw_home: Option<PathBuf>,
+    /// `<name>/SKILL.md` folders [default: <openclaw_home>/mesh/agent-skills].
+    pub skills_dir: Option<PathBuf>,
+    /// One Markdown file per memory scope [default: <openclaw_home>/mesh/agent-memory].
+    pub memory_dir: Option<PathBuf>,
+    /// Quiet time after a change before the files are rewritten.
+    pub debounce_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            openclaw_home: None,
+            skills_dir: None,
+            memory_dir: None,
+            debounce_ms: DEFAULT_DEBOUNCE_MS,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The directories to write, given `OPENCLAW_HOME` from the environment.
+    pub fn paths(&self, env_openclaw_home: Option<PathBuf>) -> crate::cache::CachePaths {
+        let home = self
+            .openclaw_home
+            .clone()
+            .or(env_openclaw_home)
+            .unwrap_or_else(default_openclaw_home);
+        crate::cache::CachePaths {
+            skills_dir: (self.skills_dir.clone())
+                .unwrap_or_else(|| home.join("mesh").join("agent-skills")),
+            memory_dir: (self.memory_dir.clone())
+                .unwrap_or_else(|| home.join("mesh").join("agent-memory")),
+            openclaw_home: home,
+        }
+    }
+}
+
+fn default_openclaw_home() -> PathBuf {
+    dirs::home_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".openclaw")
+}
+
+/// `[store]`: the Phase 2 SQLite file kept current for dashboards.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub mirror: Option<PathBuf>,
+}
+
 fn config_template(name: &str, listen: &str) -> String {
     let name = toml::Value::String(name.to_string());
     let listen = toml::Value::String(listen.to_string());
@@ -139,7 +241,17 @@ fn config_template(name: &str, listen: &str) -> String {
          # A name for people; peers pin this node by its id (`meshd id`), not by its name.\n\
          name = {name}\n\
          # The UDP address meshd listens on for QUIC connections from peers.\n\
-         listen = {listen}\n"
+         listen = {listen}\n\
+         \n\
+         # Optional sections (defaults shown); see docs/compatibility.md.\n\
+         # [api]\n\
+         # listen = \"{DEFAULT_API_LISTEN}\"   # other than loopback requires auth\n\
+         # bearer_token = \"...\"             # or auth_header = \"X-API-Key\" + auth_secret = \"...\"\n\
+         # rate_limit_per_min = 0\n\
+         # [cache]\n\
+         # openclaw_home = \"~/.openclaw\"    # default: $OPENCLAW_HOME\n\
+         # [store]\n\
+         # mirror = \"/path/to/mesh-store.sqlite\"\n"
     )
 }
 
@@ -153,6 +265,34 @@ mod tests {
             toml::from_str(&config_template("nas \"one\"", "127.0.0.1:1")).unwrap();
         assert_eq!(config.node.name, "nas \"one\"");
         assert_eq!(config.node.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn configs_without_the_new_sections_keep_working() {
+        let config: Config = toml::from_str("[node]\nname = \"a\"\n").unwrap();
+        assert_eq!(config.api.listen, DEFAULT_API_LISTEN);
+        assert!(config.cache.enabled);
+        assert!(config.store.mirror.is_none());
+    }
+
+    #[test]
+    fn new_sections_parse_and_refuse_unknown_keys() {
+        let text =
+            "[node]\nname = \"a\"\n[api]\nlisten = \"127.0.0.1:1\"\nrate_limit_per_min = 5\n\
+                    [cache]\nopenclaw_home = \"/oc\"\n[store]\nmirror = \"/m.sqlite\"\n";
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(config.api.rate_limit_per_min, 5);
+        assert_eq!(config.store.mirror.as_deref(), Some(Path::new("/m.sqlite")));
+        let paths = config.cache.paths(Some(PathBuf::from("/env")));
+        assert_eq!(paths.openclaw_home, Path::new("/oc"));
+        assert_eq!(paths.skills_dir, Path::new("/oc/mesh/agent-skills"));
+        assert!(toml::from_str::<Config>("[node]\nname = \"a\"\n[api]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn openclaw_home_comes_from_the_environment_unless_configured() {
+        let paths = CacheConfig::default().paths(Some(PathBuf::from("/env")));
+        assert_eq!(paths.memory_dir, Path::new("/env/mesh/agent-memory"));
     }
 
     #[test]

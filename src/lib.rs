@@ -3,7 +3,10 @@
 //! Arrows point one way: `cli`/`daemon` → `replica`, `sync`, `net`, `bridge`, `store`, `cache`
 //! → `model`. See docs/architecture.md.
 
+pub mod bridge;
+pub mod cache;
 pub mod config;
 pub mod model;
 pub mod net;
 pub mod replica;
+pub mod store;

@@ -26,6 +26,17 @@ pub struct Skill {
     pub deleted: bool,
 }
 
+impl Skill {
+    /// What a reader of the skill gets: its content, or for a skill shared by path only, the
+    /// path or URL (a bridge skill message's `content` is "the skill body, or a URL").
+    pub fn body(&self) -> &str {
+        match &self.path {
+            Some(path) if self.content.is_empty() => path,
+            _ => &self.content,
+        }
+    }
+}
+
 /// The version order of DESIGN.md: greatest `(updated_at, node_id)` wins on every replica.
 pub trait Versioned {
     fn version(&self) -> (Stamp, &str);

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 const COUNTER_BITS: u32 = 16;
+/// The latest wall-clock time a stamp can carry: 48 bits of milliseconds (year 10889).
+pub const MAX_UNIX_MILLIS: u64 = (1 << (64 - COUNTER_BITS)) - 1;
 
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -21,6 +23,22 @@ impl Stamp {
 
     pub fn from_unix_seconds(seconds: u64) -> Stamp {
         Stamp::from_unix_millis(seconds.saturating_mul(1000))
+    }
+
+    /// `None` for times a stamp cannot carry, such as a `ts` sent in milliseconds by mistake
+    /// or a hostile one: imported data must not be able to wrap the clock.
+    pub fn checked_from_unix_seconds(seconds: u64) -> Option<Stamp> {
+        seconds
+            .checked_mul(1000)
+            .filter(|millis| *millis <= MAX_UNIX_MILLIS)
+            .map(Stamp::from_unix_millis)
+    }
+
+    /// The stamp for a write that brings no clock of its own (an HTTP PUT, a bridge skill
+    /// without `ts`): the wall clock, yet always after `current`, so it replaces `current`.
+    pub fn after(current: Option<Stamp>, wall_millis: u64) -> Stamp {
+        let wall = Stamp::from_unix_millis(wall_millis.min(MAX_UNIX_MILLIS));
+        current.map_or(wall, |current| wall.max(current.next()))
     }
 
     pub fn unix_millis(self) -> u64 {
@@ -85,6 +103,27 @@ mod tests {
         let mut hlc = Hlc::default();
         hlc.observe(Stamp::from_unix_seconds(100));
         assert!(hlc.tick(1) > Stamp::from_unix_seconds(100));
+    }
+
+    #[test]
+    fn checked_seconds_refuse_what_does_not_fit() {
+        assert_eq!(
+            Stamp::checked_from_unix_seconds(1_739_123_456),
+            Some(Stamp::from_unix_seconds(1_739_123_456))
+        );
+        assert_eq!(Stamp::checked_from_unix_seconds(1_739_123_456_000), None);
+        assert_eq!(Stamp::checked_from_unix_seconds(u64::MAX), None);
+    }
+
+    #[test]
+    fn after_beats_the_current_stamp_even_with_a_slow_clock() {
+        let current = Stamp::from_unix_seconds(100);
+        assert!(Stamp::after(Some(current), 1_000) > current);
+        assert_eq!(Stamp::after(None, 5_000), Stamp::from_unix_millis(5_000));
+        assert_eq!(
+            Stamp::after(Some(current), 200_000),
+            Stamp::from_unix_millis(200_000)
+        );
     }
 
     #[test]

@@ -32,6 +32,27 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// A scope as written beside its author in a record (a bridge message, a SQLite row):
+    /// `node` is the author's own node scope.
+    pub fn parse_for(text: &str, author: &str) -> Result<Scope, ValidationError> {
+        match text {
+            "node" => Scope::parse(&format!("node:{author}"), author),
+            other => Scope::parse(other, author),
+        }
+    }
+
+    /// The scope as `own_node` names it: its own node scope is plain `node`, the inverse of
+    /// `parse`. Formats that carry a node beside each record (bridge messages, SQLite rows)
+    /// use the record's node here; the local API and caches use this node's id.
+    pub fn label(&self, own_node: &str) -> String {
+        match self {
+            Scope::Node(id) if id == own_node => "node".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A node scope names a node by its compact id; the grouped form people copy is accepted too.
 fn node_scope_id(text: &str, id: &str) -> Result<String, ValidationError> {
     match id.parse::<NodeId>() {
@@ -119,6 +140,30 @@ mod tests {
             Scope::parse(&format!("node:{id}"), "me").unwrap(),
             Scope::Node(id.compact())
         );
+    }
+
+    #[test]
+    fn a_records_node_scope_is_its_authors() {
+        assert_eq!(
+            Scope::parse_for("node", "ceo").unwrap(),
+            Scope::Node("ceo".into())
+        );
+        assert_eq!(Scope::parse_for("mesh", "ceo").unwrap(), Scope::Mesh);
+        assert!(Scope::parse_for("node", "a b").is_err());
+    }
+
+    #[test]
+    fn labels_parse_back() {
+        for scope in [
+            Scope::Mesh,
+            Scope::User("bob".into()),
+            Scope::Node("me".into()),
+            Scope::Node("other".into()),
+        ] {
+            assert_eq!(Scope::parse(&scope.label("me"), "me").unwrap(), scope);
+        }
+        assert_eq!(Scope::Node("me".into()).label("me"), "node");
+        assert_eq!(Scope::Node("x".into()).label("me"), "node:x");
     }
 
     #[test]

@@ -1,0 +1,267 @@
+//! Phase 1: bridge messages into the replica (`ingest`), out of it (`emit`), and
+//! `mesh_request` answered from it (`respond`).
+
+pub mod envelope;
+pub mod message;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{Scope, Skill, Stamp};
+use crate::replica::{Batch, Replica, ReplicaError};
+pub use envelope::{items, Item, Unwrap};
+pub use message::{classify, Kind, MeshRequest, Message, SkillMessage};
+
+/// The counts a bridge ingest reports, in the reference's shape plus `ignored`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub ingested: usize,
+    pub memory: usize,
+    pub skill: usize,
+    pub ignored: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    pub summary: Summary,
+    /// Messages that changed the replica; re-imports and older `ts` change nothing.
+    pub changed: usize,
+    /// Why each ignored item was ignored, with its 1-based position in the input.
+    pub reasons: Vec<(usize, String)>,
+    /// The `mesh_request` messages seen (ignored by ingest, answered by `respond`).
+    pub requests: Vec<MeshRequest>,
+}
+
+/// Imports every memory and skill message among `items` in one group commit. Anything else
+/// is counted as ignored with its reason; only a failing store is an error.
+pub fn ingest(
+    replica: &mut Replica,
+    items: Vec<Item>,
+    wall_millis: u64,
+) -> Result<IngestReport, ReplicaError> {
+    replica.batch(|batch| {
+        let mut report = IngestReport::default();
+        for (index, item) in items.into_iter().enumerate() {
+            let outcome = apply(batch, item, wall_millis, &mut report.requests)?;
+            report.record(index + 1, outcome);
+        }
+        Ok(report)
+    })
+}
+
+enum Outcome {
+    /// A memory message; `true` when it changed the replica.
+    Memory(bool),
+    Skill(bool),
+    Ignored(String),
+}
+
+impl IngestReport {
+    fn record(&mut self, position: usize, outcome: Outcome) {
+        let changed = match outcome {
+            Outcome::Memory(changed) => {
+                self.summary.memory += 1;
+                changed
+            }
+            Outcome::Skill(changed) => {
+                self.summary.skill += 1;
+                changed
+            }
+            Outcome::Ignored(reason) => {
+                self.summary.ignored += 1;
+                self.reasons.push((position, reason));
+                false
+            }
+        };
+        self.summary.ingested = self.summary.memory + self.summary.skill;
+        self.changed += usize::from(changed);
+    }
+}
+
+fn apply(
+    batch: &mut Batch<'_>,
+    item: Item,
+    wall_millis: u64,
+    requests: &mut Vec<MeshRequest>,
+) -> Result<Outcome, ReplicaError> {
+    let value = match item {
+        Ok(value) => value,
+        Err(junk) => return Ok(Outcome::Ignored(junk.to_string())),
+    };
+    Ok(match classify(&value) {
+        Err(reason) => Outcome::Ignored(reason.to_string()),
+        Ok(Message::Request(request)) => {
+            requests.push(request);
+            Outcome::Ignored("a mesh_request is answered, not ingested".to_string())
+        }
+        Ok(Message::Memory(entry)) => {
+            refused(batch.import_memory(entry))?.map_or_else(Outcome::Ignored, Outcome::Memory)
+        }
+        Ok(Message::Skill(skill)) => refused(import_skill(batch, skill, wall_millis))?
+            .map_or_else(Outcome::Ignored, Outcome::Skill),
+    })
+}
+
+/// Splits a refused write (bad key, too large, a secret: the message is ignored with the
+/// rule's message) from a store failure.
+fn refused(result: Result<bool, ReplicaError>) -> Result<Result<bool, String>, ReplicaError> {
+    match result {
+        Ok(changed) => Ok(Ok(changed)),
+        Err(ReplicaError::Invalid(reason)) => Ok(Err(reason.to_string())),
+        Err(error) => Err(error),
+    }
+}
+
+/// A skill message with `ts` is last-write-wins by it. One without `ts` has no time to
+/// compare, so it counts as received now, and applies only when it would change the
+/// skill's content or source: the same message delivered again changes nothing.
+fn import_skill(
+    batch: &mut Batch<'_>,
+    message: SkillMessage,
+    wall_millis: u64,
+) -> Result<bool, ReplicaError> {
+    let replica = batch.replica();
+    let live = replica.get_skill(&message.name);
+    let newest = replica
+        .skill_versions(&message.name)
+        .map(|(winner, _)| winner.updated_at);
+    let updated_at = match message.ts {
+        Some(ts) => ts,
+        None if live.as_ref().is_some_and(|live| {
+            live.content == message.content && live.source_node == message.source_node
+        }) =>
+        {
+            return Ok(false)
+        }
+        None => Stamp::after(newest, wall_millis),
+    };
+    let description = live.map(|live| live.description).unwrap_or_default();
+    batch.import_skill(message.into_skill(updated_at, description))
+}
+
+/// Which entries `emit` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    Everything,
+    Memory(Scope),
+    Skills,
+}
+
+/// Memory and skill messages, one JSON text each, for everything live that was updated at or
+/// after `since` (Unix seconds). Tombstones have no bridge form and are left out.
+pub fn emit(replica: &Replica, since: Option<u64>, selection: &Selection) -> Vec<String> {
+    let recent = |stamp: Stamp| since.map_or(true, |since| stamp.unix_seconds() >= since);
+    let mut lines = Vec::new();
+    let scope = match selection {
+        Selection::Memory(scope) => Some(scope),
+        _ => None,
+    };
+    if *selection != Selection::Skills {
+        for entry in replica.list_memory(scope) {
+            if recent(entry.updated_at) {
+                lines.push(to_json(&MemoryOut {
+                    kind: "memory",
+                    scope: entry.scope.label(&entry.node_id),
+                    key: &entry.key,
+                    value: &entry.value,
+                    node_id: &entry.node_id,
+                    ts: entry.updated_at.unix_seconds(),
+                }));
+            }
+        }
+    }
+    if matches!(selection, Selection::Everything | Selection::Skills) {
+        for skill in replica.list_skills() {
+            if recent(skill.updated_at) {
+                lines.push(to_json(&SkillOut::from(&skill)));
+            }
+        }
+    }
+    lines
+}
+
+/// Field order follows formats.md, so emitted messages read like the reference's.
+#[derive(Serialize)]
+struct MemoryOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    scope: String,
+    key: &'a str,
+    value: &'a Value,
+    #[serde(rename = "nodeId")]
+    node_id: &'a str,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct SkillOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+    #[serde(rename = "sourceNode")]
+    source_node: &'a str,
+    content: &'a str,
+    ts: u64,
+}
+
+impl<'a> From<&'a Skill> for SkillOut<'a> {
+    fn from(skill: &'a Skill) -> Self {
+        SkillOut {
+            kind: "skill",
+            name: &skill.name,
+            source_node: &skill.source_node,
+            content: skill.body(),
+            ts: skill.updated_at.unix_seconds(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MeshResponse<'a> {
+    #[serde(rename = "type")]
+    message_type: &'static str,
+    request_id: &'a str,
+    kind: Kind,
+    node_id: &'a str,
+    found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+    ts: u64,
+}
+
+/// The `mesh_response` this node sends for `request`, from its replica. A request's `node`
+/// scope is the requester's, as in every bridge message.
+pub fn respond(replica: &Replica, request: &MeshRequest, wall_seconds: u64) -> String {
+    let (value, content) = match request.kind {
+        Kind::Memory => (lookup_memory(replica, request), None),
+        Kind::Skill => (
+            None,
+            (request.name.as_deref())
+                .and_then(|name| replica.get_skill(name))
+                .map(|skill| skill.body().to_string()),
+        ),
+    };
+    to_json(&MeshResponse {
+        message_type: "mesh_response",
+        request_id: &request.request_id,
+        kind: request.kind,
+        node_id: replica.node_id(),
+        found: value.is_some() || content.is_some(),
+        value,
+        content,
+        ts: wall_seconds,
+    })
+}
+
+fn lookup_memory(replica: &Replica, request: &MeshRequest) -> Option<Value> {
+    let (scope, key) = (request.scope.as_deref()?, request.key.as_deref()?);
+    let scope = message::scope_of(scope, None, &request.node_id).ok()?;
+    replica.get_memory(&scope, key).map(|entry| entry.value)
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("bridge messages always serialize")
+}

@@ -1,0 +1,225 @@
+//! The text of each cache file.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::model::{MemoryEntry, Skill};
+
+/// Longest `description` written into SKILL.md: OpenClaw shows it on one line.
+const MAX_DESCRIPTION_CHARS: usize = 160;
+
+/// A skill name reduced to one safe path component, as the reference does (the part after
+/// the last separator, every `..` removed, empty becomes `unnamed`), and also without leading
+/// dots, so no name can be `.`, a hidden file, or meshd's own manifest.
+pub fn safe_name(name: &str) -> String {
+    let base = name
+        .trim_end_matches(['/', '\\'])
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let base = base.replace("..", "");
+    let base = base.trim_start_matches('.');
+    if base.is_empty() {
+        "unnamed".to_string()
+    } else {
+        base.to_string()
+    }
+}
+
+/// `mesh/skills/<name>.md`: the reference adds `.md` unless the name has it already.
+pub fn reference_skill_file(safe: &str) -> String {
+    if safe.ends_with(".md") {
+        safe.to_string()
+    } else {
+        format!("{safe}.md")
+    }
+}
+
+/// Skills by safe name. Two names that reduce to the same one would overwrite each other's
+/// files; the newer skill keeps the file.
+pub fn unique_skills(skills: Vec<Skill>) -> BTreeMap<String, Skill> {
+    let mut unique: BTreeMap<String, Skill> = BTreeMap::new();
+    for skill in skills {
+        let safe = safe_name(&skill.name);
+        match unique.get(&safe) {
+            Some(kept) if kept.updated_at >= skill.updated_at => {
+                tracing::warn!(skill = %skill.name, kept = %kept.name, file = %safe, "two skills share a file name; the newer one is written");
+            }
+            _ => {
+                unique.insert(safe, skill);
+            }
+        }
+    }
+    unique
+}
+
+#[derive(Serialize)]
+struct CacheEntry<'a> {
+    value: &'a Value,
+    #[serde(rename = "nodeId")]
+    node_id: &'a str,
+    ts: u64,
+}
+
+/// `mesh-memory.json` as the reference writes it (`JSON.stringify(cache, null, 2)`), keyed
+/// `"<scope>:<key>"` in key order.
+pub fn reference_memory(entries: &[MemoryEntry], own: &str) -> String {
+    let mut cache: BTreeMap<String, &MemoryEntry> = BTreeMap::new();
+    for entry in entries {
+        let key = format!("{}:{}", entry.scope.label(own), entry.key);
+        // `node` + key `a:b` and `node:a` + key `b` read alike; the newer entry keeps it.
+        if cache
+            .get(&key)
+            .map_or(true, |kept| kept.updated_at < entry.updated_at)
+        {
+            cache.insert(key, entry);
+        }
+    }
+    let cache: BTreeMap<&String, CacheEntry<'_>> = cache
+        .iter()
+        .map(|(key, entry)| {
+            let value = CacheEntry {
+                value: &entry.value,
+                node_id: &entry.node_id,
+                ts: entry.updated_at.unix_seconds(),
+            };
+            (key, value)
+        })
+        .collect();
+    serde_json::to_string_pretty(&cache).expect("cache entries always serialize")
+}
+
+/// An OpenClaw `SKILL.md`: single-line front matter (`name`, `description`, and meshd's
+/// source node and update time under `metadata`), then the skill as it is.
+pub fn skill_md(skill: &Skill) -> String {
+    let metadata = json!({"meshd": {
+        "sourceNode": skill.source_node,
+        "updatedAt": iso_time(skill.updated_at.unix_seconds()),
+    }});
+    format!(
+        "---\nname: {}\ndescription: {}\nmetadata: {metadata}\n---\n{}",
+        Value::from(skill.name.as_str()),
+        Value::from(description(skill)),
+        skill.body()
+    )
+}
+
+/// The skill's description, else its first line of text, else its name: OpenClaw needs one
+/// to decide when the skill applies.
+fn description(skill: &Skill) -> String {
+    let first_line = || {
+        skill
+            .body()
+            .lines()
+            .map(|line| line.trim().trim_start_matches('#').trim())
+            .find(|line| !line.is_empty())
+    };
+    let text = Some(skill.description.trim())
+        .filter(|d| !d.is_empty())
+        .or_else(first_line)
+        .unwrap_or(&skill.name);
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    one_line.chars().take(MAX_DESCRIPTION_CHARS).collect()
+}
+
+/// One scope's memory as Markdown for `memory_search`: a heading per key, the value (text as
+/// text, anything else as JSON), and where it came from.
+pub fn memory_md(label: &str, entries: &[&MemoryEntry]) -> String {
+    let mut page = format!(
+        "# Mesh memory: {label}\n\n\
+         Shared between mesh nodes by meshd, which rewrites this file: change entries with meshd.\n"
+    );
+    for entry in entries {
+        let value = match &entry.value {
+            Value::String(text) => text.clone(),
+            other => format!(
+                "```json\n{}\n```",
+                serde_json::to_string_pretty(other).expect("JSON values always serialize")
+            ),
+        };
+        page.push_str(&format!(
+            "\n## {}\n\n{value}\n\nFrom {}, updated {}.\n",
+            entry.key,
+            entry.node_id,
+            iso_time(entry.updated_at.unix_seconds())
+        ));
+    }
+    page
+}
+
+fn iso_time(unix_seconds: u64) -> String {
+    let time = UNIX_EPOCH + Duration::from_secs(unix_seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Stamp;
+
+    #[test]
+    fn hostile_names_stay_inside_the_directory() {
+        let cases = [
+            ("triage", "triage"),
+            ("../../etc/passwd", "passwd"),
+            ("a/b/", "b"),
+            ("..", "unnamed"),
+            (".", "unnamed"),
+            ("...", "unnamed"),
+            ("/", "unnamed"),
+            ("", "unnamed"),
+            ("x..y", "xy"),
+            ("..\\..\\win", "win"),
+            (".meshd-manifest", "meshd-manifest"),
+            ("notes.md", "notes.md"),
+        ];
+        for (name, safe) in cases {
+            assert_eq!(safe_name(name), safe, "{name:?}");
+        }
+        assert_eq!(reference_skill_file("notes.md"), "notes.md");
+        assert_eq!(reference_skill_file("triage"), "triage.md");
+    }
+
+    fn skill(name: &str, content: &str, description: &str) -> Skill {
+        Skill {
+            name: name.into(),
+            content: content.into(),
+            path: None,
+            description: description.into(),
+            source_node: "ceo".into(),
+            updated_at: Stamp::from_unix_seconds(1_739_123_456),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn skill_md_front_matter() {
+        let text = skill_md(&skill("triage", "# Triage rules\n...", ""));
+        assert_eq!(
+            text,
+            "---\nname: \"triage\"\ndescription: \"Triage rules\"\n\
+             metadata: {\"meshd\":{\"sourceNode\":\"ceo\",\"updatedAt\":\"2025-02-09T17:50:56Z\"}}\n\
+             ---\n# Triage rules\n..."
+        );
+    }
+
+    #[test]
+    fn descriptions_are_one_short_line() {
+        assert_eq!(
+            description(&skill("n", "x", "Say \"hi\"\nnow")),
+            "Say \"hi\" now"
+        );
+        assert_eq!(description(&skill("n", "", "")), "n");
+        let long = "d".repeat(500);
+        assert_eq!(
+            description(&skill("n", &long, "")).len(),
+            MAX_DESCRIPTION_CHARS
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! Phase 2: the reference shared store's SQLite tables in and out of the replica.
+//!
+//! Import is last-write-wins by `updated_at` (Unix seconds) through the replica's import, so
+//! importing the same file twice changes nothing. Export creates the schema when absent and
+//! upserts, never replacing a row newer than the replica's.
+
+pub mod rows;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, Connection, OpenFlags};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
+use crate::replica::{Batch, Replica, ReplicaError};
+pub use rows::{decode_value, encode_value, MemoryRow, SkillRow};
+
+/// The reference `schema.sql` for the two mesh tables, as formats.md gives it.
+pub const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS mesh_memory (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  scope TEXT NOT NULL CHECK (scope IN ('node', 'mesh') OR scope LIKE 'user:%'),
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  updated_at INTEGER NOT NULL,
+  UNIQUE(scope, key)
+);
+CREATE INDEX IF NOT EXISTS idx_mesh_memory_scope_key ON mesh_memory(scope, key);
+CREATE INDEX IF NOT EXISTS idx_mesh_memory_updated_at ON mesh_memory(updated_at);
+CREATE TABLE IF NOT EXISTS mesh_skills (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL UNIQUE,
+  source_node TEXT NOT NULL,
+  content TEXT,
+  path TEXT,
+  updated_at INTEGER NOT NULL,
+  CHECK (content IS NOT NULL OR path IS NOT NULL)
+);
+CREATE INDEX IF NOT EXISTS idx_mesh_skills_name ON mesh_skills(name);
+CREATE INDEX IF NOT EXISTS idx_mesh_skills_updated_at ON mesh_skills(updated_at);
+";
+
+/// How long to wait for another writer (a dashboard, the reference API) to release the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} has neither a mesh_memory nor a mesh_skills table: it is not a mesh store")]
+    NotAStore(PathBuf),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Rows that changed the replica.
+    pub memory: usize,
+    pub skills: usize,
+    /// Rows the replica already held, or held newer.
+    pub unchanged: usize,
+    /// Rows that could not be imported; `reasons` says why.
+    pub skipped: usize,
+    #[serde(skip)]
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExportReport {
+    /// Rows inserted or updated.
+    pub memory: usize,
+    pub skills: usize,
+    /// Rows deleted because the replica no longer has them (`prune` only).
+    pub removed: usize,
+}
+
+/// Imports every row of a reference store into the replica, in one group commit.
+pub fn import(path: &Path, replica: &mut Replica) -> Result<ImportReport, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing(path.to_path_buf()));
+    }
+    let sqlite = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    let has = |table| has_table(&conn, table).map_err(sqlite);
+    let (memory_table, skills_table) = (has("mesh_memory")?, has("mesh_skills")?);
+    if !memory_table && !skills_table {
+        return Err(StoreError::NotAStore(path.to_path_buf()));
+    }
+    let memory = if memory_table {
+        memory_rows(&conn)
+    } else {
+        Ok(Vec::new())
+    };
+    let skills = if skills_table {
+        skill_rows(&conn)
+    } else {
+        Ok(Vec::new())
+    };
+    let (memory, skills) = (memory.map_err(sqlite)?, skills.map_err(sqlite)?);
+    Ok(replica.batch(|batch| {
+        let mut report = ImportReport::default();
+        for row in memory {
+            let outcome = row.and_then(|entry| refused(batch.import_memory(entry)));
+            report.record(outcome, |r| &mut r.memory)?;
+        }
+        for row in skills {
+            let outcome = row.and_then(|skill| refused(import_skill(batch, skill)));
+            report.record(outcome, |r| &mut r.skills)?;
+        }
+        Ok(report)
+    })?)
+}
+
+/// A row that could not become an entry carries the reason; a store failure is an error.
+type Row<T> = Result<T, Refused>;
+
+#[derive(Debug)]
+enum Refused {
+    Row(String),
+    Store(ReplicaError),
+}
+
+fn refused(result: Result<bool, ReplicaError>) -> Result<bool, Refused> {
+    match result {
+        Ok(changed) => Ok(changed),
+        Err(ReplicaError::Invalid(reason)) => Err(Refused::Row(reason.to_string())),
+        Err(error) => Err(Refused::Store(error)),
+    }
+}
+
+impl ImportReport {
+    fn record(
+        &mut self,
+        outcome: Result<bool, Refused>,
+        changed: impl Fn(&mut Self) -> &mut usize,
+    ) -> Result<(), ReplicaError> {
+        match outcome {
+            Ok(true) => *changed(self) += 1,
+            Ok(false) => self.unchanged += 1,
+            Err(Refused::Row(reason)) => {
+                self.skipped += 1;
+                self.reasons.push(reason);
+            }
+            Err(Refused::Store(error)) => return Err(error),
+        }
+        Ok(())
+    }
+}
+
+/// The skill's description is meshd's own (no column holds one), so the held one is kept.
+fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<bool, ReplicaError> {
+    if let Some(path) = &skill.path {
+        secret::check_text("skill path", path).map_err(|e| ReplicaError::Invalid(e.into()))?;
+    }
+    if let Some(held) = batch.replica().get_skill(&skill.name) {
+        skill.description = held.description;
+    }
+    batch.import_skill(skill)
+}
+
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|count| count > 0)
+}
+
+fn memory_rows(conn: &Connection) -> rusqlite::Result<Vec<Row<MemoryEntry>>> {
+    let mut statement =
+        conn.prepare("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY id")?;
+    let rows = statement.query_map([], |row| {
+        Ok(memory_entry(
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+fn memory_entry(
+    scope: Sql,
+    key: Sql,
+    value: Sql,
+    node_id: Sql,
+    updated_at: Sql,
+) -> Row<MemoryEntry> {
+    let bad = |what: &str| Refused::Row(format!("mesh_memory row with {what}"));
+    let node_id = text(node_id)
+        .filter(|id| !id.is_empty())
+        .ok_or(bad("no node_id"))?;
+    let scope = text(scope).ok_or(bad("no scope"))?;
+    let scope = Scope::parse_for(&scope, &node_id).map_err(|e| Refused::Row(e.to_string()))?;
+    let value = match value {
+        Sql::Text(text) => decode_value(&text),
+        Sql::Integer(n) => Value::from(n),
+        Sql::Real(x) => Value::from(x),
+        _ => return Err(bad("a value that is not text")),
+    };
+    Ok(MemoryEntry {
+        scope,
+        key: text(key).ok_or(bad("no key"))?,
+        value,
+        node_id,
+        updated_at: stamp(updated_at).ok_or(bad("an invalid updated_at"))?,
+        deleted: false,
+    })
+}
+
+fn skill_rows(conn: &Connection) -> rusqlite::Result<Vec<Row<Skill>>> {
+    let mut statement = conn.prepare(
+        "SELECT name, source_node, content, path, updated_at FROM mesh_skills ORDER BY id",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok(skill(
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+fn skill(name: Sql, source: Sql, content: Sql, path: Sql, updated_at: Sql) -> Row<Skill> {
+    let bad = |what: &str| Refused::Row(format!("mesh_skills row with {what}"));
+    let (content, path) = (text(content), text(path));
+    if content.is_none() && path.is_none() {
+        return Err(bad("neither content nor path"));
+    }
+    Ok(Skill {
+        name: text(name).ok_or(bad("no name"))?,
+        content: content.unwrap_or_default(),
+        path,
+        description: String::new(),
+        source_node: text(source)
+            .filter(|s| !s.is_empty())
+            .ok_or(bad("no source_node"))?,
+        updated_at: stamp(updated_at).ok_or(bad("an invalid updated_at"))?,
+        deleted: false,
+    })
+}
+
+fn text(value: Sql) -> Option<String> {
+    match value {
+        Sql::Text(text) => Some(text),
+        _ => None,
+    }
+}
+
+fn stamp(value: Sql) -> Option<Stamp> {
+    match value {
+        Sql::Integer(seconds) => Stamp::checked_from_unix_seconds(u64::try_from(seconds).ok()?),
+        _ => None,
+    }
+}
+
+/// Writes the replica's live entries into a reference store, creating the file and schema
+/// when absent. A row is replaced only by a version at least as new (by `updated_at`, then
+/// node id); `prune` also deletes rows the replica does not have, for a mirror meshd owns.
+pub fn export(replica: &Replica, path: &Path, prune: bool) -> Result<ExportReport, StoreError> {
+    let sqlite = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(sqlite)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    let tx = conn.transaction().map_err(sqlite)?;
+    let report = write_rows(&tx, replica, prune).map_err(sqlite)?;
+    tx.commit().map_err(sqlite)?;
+    Ok(report)
+}
+
+const UPSERT_MEMORY: &str = "\
+INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT(scope, key) DO UPDATE SET
+  value = excluded.value, node_id = excluded.node_id, updated_at = excluded.updated_at
+WHERE (excluded.updated_at, excluded.node_id) >= (mesh_memory.updated_at, mesh_memory.node_id)
+  AND (excluded.value, excluded.node_id, excluded.updated_at)
+      IS NOT (mesh_memory.value, mesh_memory.node_id, mesh_memory.updated_at)";
+
+const UPSERT_SKILL: &str = "\
+INSERT INTO mesh_skills (name, source_node, content, path, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT(name) DO UPDATE SET
+  source_node = excluded.source_node, content = excluded.content, path = excluded.path,
+  updated_at = excluded.updated_at
+WHERE (excluded.updated_at, excluded.source_node) >= (mesh_skills.updated_at, mesh_skills.source_node)
+  AND (excluded.source_node, excluded.content, excluded.path, excluded.updated_at)
+      IS NOT (mesh_skills.source_node, mesh_skills.content, mesh_skills.path, mesh_skills.updated_at)";
+
+fn write_rows(conn: &Connection, replica: &Replica, prune: bool) -> rusqlite::Result<ExportReport> {
+    let mut report = ExportReport::default();
+    let mut memory_keys = HashSet::new();
+    let mut upsert = conn.prepare(UPSERT_MEMORY)?;
+    for entry in replica.list_memory(None) {
+        let row = MemoryRow::new(&entry, sqlite_scope(&entry.scope));
+        let value = encode_value(&row.value);
+        let updated_at = row.updated_at as i64;
+        report.memory +=
+            upsert.execute(params![row.scope, row.key, value, row.node_id, updated_at])?;
+        memory_keys.insert((row.scope, row.key));
+    }
+    let mut names = HashSet::new();
+    let mut upsert = conn.prepare(UPSERT_SKILL)?;
+    for skill in replica.list_skills() {
+        let row = SkillRow::from(&skill);
+        let updated_at = row.updated_at as i64;
+        report.skills += upsert.execute(params![
+            row.name,
+            row.source_node,
+            row.content,
+            row.path,
+            updated_at
+        ])?;
+        names.insert(row.name);
+    }
+    if prune {
+        report.removed = prune_rows(conn, &memory_keys, &names)?;
+    }
+    Ok(report)
+}
+
+/// The schema allows only `node`, `mesh` and `user:<id>`: every node scope is `node`, its
+/// owner being the row's `node_id`.
+fn sqlite_scope(scope: &Scope) -> String {
+    match scope {
+        Scope::Node(_) => "node".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn prune_rows(
+    conn: &Connection,
+    memory_keys: &HashSet<(String, String)>,
+    names: &HashSet<String>,
+) -> rusqlite::Result<usize> {
+    let mut stale = Vec::new();
+    let mut rows = conn.prepare("SELECT id, scope, key FROM mesh_memory")?;
+    for row in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)))? {
+        let (id, scope, key): (i64, String, String) = row?;
+        if !memory_keys.contains(&(scope, key)) {
+            stale.push(("mesh_memory", id));
+        }
+    }
+    let mut rows = conn.prepare("SELECT id, name FROM mesh_skills")?;
+    for row in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+        let (id, name) = row?;
+        if !names.contains(&name) {
+            stale.push(("mesh_skills", id));
+        }
+    }
+    for (table, id) in &stale {
+        conn.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
+    }
+    Ok(stale.len())
+}
