@@ -3,6 +3,7 @@
 //! Arrows point one way: `cli`/`daemon` → `replica`, `sync`, `net`, `bridge`, `store`, `cache`
 //! → `model`. See docs/architecture.md.
 
+pub mod api;
 pub mod bridge;
 pub mod cache;
 pub mod config;
@@ -10,3 +11,4 @@ pub mod model;
 pub mod net;
 pub mod replica;
 pub mod store;
+pub mod views;

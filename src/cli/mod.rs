@@ -1,9 +1,13 @@
 //! The command line: one file per command group, each thin (parse, call the library, print).
 
+mod api;
+mod bridge;
+mod cache;
 mod doc;
 mod mem;
 mod node;
 mod skill;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +46,18 @@ enum Command {
     /// Work with the Automerge documents themselves
     #[command(subcommand)]
     Doc(doc::DocCommand),
+    /// Phase 1 bridge messages: ingest, emit, answer mesh_request
+    #[command(subcommand)]
+    Bridge(bridge::BridgeCommand),
+    /// Phase 2 SQLite shared store: import and export rows
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// The files OpenClaw reads: mesh-memory.json, skills, memory Markdown
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// The local HTTP API (Phase 2 endpoints, bridge webhook)
+    #[command(subcommand)]
+    Api(api::ApiCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,6 +68,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mem(command) => mem::run(&home, command),
         Command::Skill(command) => skill::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
+        Command::Bridge(command) => bridge::run(&home, command),
+        Command::Store(command) => store::run(&home, command),
+        Command::Cache(command) => cache::run(&home, command),
+        Command::Api(command) => api::run(&home, command),
     }
 }
 
@@ -101,6 +121,13 @@ pub fn read_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read stdin")?;
     Ok(text)
+}
+
+/// `OPENCLAW_HOME` from the environment, where the caches go unless meshd.toml says.
+pub fn openclaw_home_env() -> Option<PathBuf> {
+    std::env::var_os("OPENCLAW_HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Unix seconds as `2026-11-22T10:00:00Z`.

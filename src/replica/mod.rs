@@ -51,6 +51,9 @@ impl From<automerge::AutomergeError> for ReplicaError {
 
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
+/// One replica shared by the tasks of a process (API handlers, the cache writer, the daemon).
+pub type SharedReplica = std::sync::Arc<std::sync::Mutex<Replica>>;
+
 /// Reads the wall clock in Unix milliseconds; injected so tests can skew it.
 pub type WallClock = Box<dyn FnMut() -> u64 + Send>;
 

@@ -1,0 +1,250 @@
+//! What every request passes before a handler: authentication, the per-minute rate limit,
+//! the body size limit; and the rule that every error answer is `{"error": "..."}`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::ApiState;
+
+/// An error answer: the status and `{"error": message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
+        HttpError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found() -> HttpError {
+        HttpError::new(StatusCode::NOT_FOUND, "Not found")
+    }
+
+    pub fn internal(message: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Who may call the API: a bearer token, a named header carrying a shared secret, or both
+/// (either one then lets a request in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub bearer: Option<String>,
+    pub header: Option<(HeaderName, String)>,
+}
+
+impl Auth {
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let bearer = self.bearer.as_ref().is_some_and(|token| {
+            headers
+                .get(AUTHORIZATION)
+                .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+                .is_some_and(|given| same(given, token.as_bytes()))
+        });
+        let header = self.header.as_ref().is_some_and(|(name, secret)| {
+            (headers.get(name)).is_some_and(|given| same(given.as_bytes(), secret.as_bytes()))
+        });
+        bearer || header
+    }
+}
+
+/// Compares in time independent of where the inputs differ, so a caller cannot find the
+/// secret byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Fixed one-minute windows per client, as the reference counts them.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+/// Past this many clients, expired windows are swept so the map cannot grow without bound.
+const SWEEP_AT: usize = 4096;
+
+impl RateLimiter {
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, client: String, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= SWEEP_AT {
+            windows.retain(|_, (_, reset)| *reset > now);
+        }
+        let (count, reset) = windows.entry(client).or_insert((0, now + WINDOW));
+        if now >= *reset {
+            (*count, *reset) = (0, now + WINDOW);
+        }
+        *count += 1;
+        *count <= self.per_minute
+    }
+}
+
+/// Routes anyone may call: health checks carry no data.
+fn is_open(path: &str) -> bool {
+    path == "/health" || path == "/"
+}
+
+/// Authentication, then the rate limit, on every route but the health check.
+pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if is_open(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    if let Some(auth) = &state.settings.auth {
+        if !auth.allows(headers) {
+            return HttpError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+        }
+    }
+    if !state
+        .limiter
+        .allow(client_key(&state, &request), Instant::now())
+    {
+        return HttpError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests").into_response();
+    }
+    next.run(request).await
+}
+
+/// A client is its credential when it sends one, else its address.
+fn client_key(state: &ApiState, request: &Request) -> String {
+    let headers = request.headers();
+    let credential = headers.get(AUTHORIZATION).or_else(|| {
+        let (name, _) = state.settings.auth.as_ref()?.header.as_ref()?;
+        headers.get(name)
+    });
+    if let Some(credential) = credential {
+        return String::from_utf8_lossy(credential.as_bytes()).into_owned();
+    }
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string())
+}
+
+/// Turns axum's own error answers (405, a path that does not decode, ...) into the
+/// `{"error": ...}` shape every error has.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = (response.headers().get(CONTENT_TYPE))
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("Error").to_string(),
+        false => text,
+    };
+    HttpError::new(status, message).into_response()
+}
+
+/// A request body read as UTF-8 text, refused with 413 past the configured size.
+pub struct Text(pub String);
+
+impl FromRequest<ApiState> for Text {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let limit = state.settings.max_body_bytes;
+        let too_large = || {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Payload too large: the limit is {limit} bytes"),
+            )
+        };
+        let declared = (request.headers().get(CONTENT_LENGTH))
+            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(too_large());
+        }
+        let body: Body = request.into_body();
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+            let inner = error.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                HttpError::bad_request(format!("Failed to read body: {inner}"))
+            }
+        })?;
+        String::from_utf8(bytes.to_vec())
+            .map(Text)
+            .map_err(|_| HttpError::bad_request("The body is not UTF-8 text"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_counts_per_client_and_resets_after_a_minute() {
+        let limiter = RateLimiter::new(2);
+        let start = Instant::now();
+        assert!(limiter.allow("a".into(), start));
+        assert!(limiter.allow("a".into(), start));
+        assert!(!limiter.allow("a".into(), start));
+        assert!(limiter.allow("b".into(), start));
+        assert!(limiter.allow("a".into(), start + WINDOW));
+    }
+
+    #[test]
+    fn zero_turns_the_limit_off() {
+        let limiter = RateLimiter::new(0);
+        assert!((0..1000).all(|_| limiter.allow("a".into(), Instant::now())));
+    }
+
+    #[test]
+    fn either_credential_lets_a_request_in() {
+        let auth = Auth {
+            bearer: Some("t0ken".into()),
+            header: Some((HeaderName::from_static("x-api-key"), "s3cret".into())),
+        };
+        let mut headers = HeaderMap::new();
+        assert!(!auth.allows(&headers));
+        headers.insert(AUTHORIZATION, "Bearer t0ken".parse().unwrap());
+        assert!(auth.allows(&headers));
+        headers.insert(AUTHORIZATION, "Bearer t0kem".parse().unwrap());
+        assert!(!auth.allows(&headers));
+        headers.insert("x-api-key", "s3cret".parse().unwrap());
+        assert!(auth.allows(&headers));
+    }
+}

@@ -1,0 +1,325 @@
+//! The routes, with the reference servers' shapes and status codes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use super::guard::{HttpError, Text};
+use super::ApiState;
+use crate::bridge::{self, Summary, Unwrap};
+use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
+use crate::replica::{Replica, ReplicaError};
+use crate::store::{MemoryRow, SkillRow};
+
+type Answer<T> = Result<Json<T>, HttpError>;
+
+const MAX_NODE_ID_BYTES: usize = 128;
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"ok": true, "service": "meshd", "storeAvailable": true}))
+}
+
+pub async fn not_found() -> HttpError {
+    HttpError::not_found()
+}
+
+/// Runs `f` on the replica off the async threads (writes wait for the disk), then tells the
+/// cache writer when `f` reports a change.
+async fn with_replica<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&mut Replica) -> Result<(T, bool), HttpError> + Send + 'static,
+) -> Result<T, HttpError> {
+    let replica = state.replica.clone();
+    let (value, changed) = tokio::task::spawn_blocking(move || {
+        let mut replica = replica
+            .lock()
+            .map_err(|_| HttpError::internal("the replica lock is poisoned"))?;
+        f(&mut replica)
+    })
+    .await
+    .map_err(|e| HttpError::internal(format!("request task failed: {e}")))??;
+    if changed {
+        (state.on_change)();
+    }
+    Ok(value)
+}
+
+/// A refused write is the caller's mistake (400, with the rule); anything else is ours.
+fn write_error(error: ReplicaError) -> HttpError {
+    match error {
+        ReplicaError::Invalid(reason) => HttpError::bad_request(reason.to_string()),
+        other => HttpError::internal(other.to_string()),
+    }
+}
+
+fn scope(text: &str, replica: &Replica) -> Result<Scope, HttpError> {
+    Scope::parse(text, replica.node_id()).map_err(|e| HttpError::bad_request(e.to_string()))
+}
+
+fn memory_row(entry: &MemoryEntry, own: &str) -> MemoryRow {
+    MemoryRow::new(entry, entry.scope.label(own))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    scope: Option<String>,
+    q: Option<String>,
+}
+
+/// Newest first, as the reference lists rows.
+pub async fn list_memory(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Answer<Vec<MemoryRow>> {
+    if query.q.is_some() {
+        return Err(HttpError::bad_request(
+            "search (?q=) is not supported by meshd: list a scope and filter",
+        ));
+    }
+    let rows = with_replica(&state, move |replica| {
+        let scope = (query.scope.filter(|s| !s.is_empty()))
+            .map(|s| scope(&s, replica))
+            .transpose()?;
+        let mut entries = replica.list_memory(scope.as_ref());
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.updated_at));
+        let own = replica.node_id();
+        Ok((entries.iter().map(|e| memory_row(e, own)).collect(), false))
+    })
+    .await?;
+    Ok(Json(rows))
+}
+
+pub async fn get_memory(
+    State(state): State<ApiState>,
+    Path((scope_text, key)): Path<(String, String)>,
+) -> Answer<MemoryRow> {
+    let row = with_replica(&state, move |replica| {
+        let entry = replica
+            .get_memory(&scope(&scope_text, replica)?, &key)
+            .ok_or_else(HttpError::not_found)?;
+        Ok((memory_row(&entry, replica.node_id()), false))
+    })
+    .await?;
+    Ok(Json(row))
+}
+
+/// The body as a JSON object, or 400.
+fn object(text: &str) -> Result<Map<String, Value>, HttpError> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(HttpError::bad_request("The body must be a JSON object")),
+        Err(_) => Err(HttpError::bad_request("Invalid JSON body")),
+    }
+}
+
+/// A field the reference reads as "missing" when absent, null or empty.
+fn given(map: &Map<String, Value>, field: &str) -> Result<Option<String>, HttpError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(HttpError::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+fn node_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>, HttpError> {
+    let id = given(map, field)?;
+    if id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_NODE_ID_BYTES || id.chars().any(char::is_control))
+    {
+        return Err(HttpError::bad_request(format!(
+            "{field} must be at most {MAX_NODE_ID_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(id)
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `{scope,key,value,node_id}`; the server stamps `updated_at`. `node_id` defaults to this
+/// node. The write goes through validation and the secret guard like any other.
+pub async fn put_memory(State(state): State<ApiState>, Text(body): Text) -> Answer<MemoryRow> {
+    let map = object(&body)?;
+    let (Some(scope_text), Some(key), Some(value)) =
+        (given(&map, "scope")?, given(&map, "key")?, map.get("value"))
+    else {
+        return Err(HttpError::bad_request("Missing scope, key, or value"));
+    };
+    let (value, node_id) = (value.clone(), node_field(&map, "node_id")?);
+    let row = with_replica(&state, move |replica| {
+        let scope = scope(&scope_text, replica)?;
+        let newest = (replica.memory_versions(&scope, &key)).map(|(winner, _)| winner.updated_at);
+        let entry = MemoryEntry {
+            scope,
+            key,
+            value,
+            node_id: node_id.unwrap_or_else(|| replica.node_id().to_string()),
+            updated_at: Stamp::after(newest, now_millis()),
+            deleted: false,
+        };
+        let changed = replica.import_memory(entry.clone()).map_err(write_error)?;
+        Ok((memory_row(&entry, replica.node_id()), changed))
+    })
+    .await?;
+    Ok(Json(row))
+}
+
+/// Newest first, as the reference lists rows.
+pub async fn list_skills(State(state): State<ApiState>) -> Answer<Vec<SkillRow>> {
+    let rows = with_replica(&state, |replica| {
+        let mut skills = replica.list_skills();
+        skills.sort_by_key(|skill| std::cmp::Reverse(skill.updated_at));
+        Ok((skills.iter().map(SkillRow::from).collect(), false))
+    })
+    .await?;
+    Ok(Json(rows))
+}
+
+pub async fn get_skill(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Answer<SkillRow> {
+    let row = with_replica(&state, move |replica| {
+        let skill = replica.get_skill(&name).ok_or_else(HttpError::not_found)?;
+        Ok((SkillRow::from(&skill), false))
+    })
+    .await?;
+    Ok(Json(row))
+}
+
+/// `content` or `path` as sent: absent, null, or text.
+fn nullable(map: &Map<String, Value>, field: &str) -> Result<Option<Option<String>>, HttpError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(text)) => Ok(Some(Some(text.clone()))),
+        Some(_) => Err(HttpError::bad_request(format!(
+            "{field} must be a string or null"
+        ))),
+    }
+}
+
+/// `{name,source_node,content}` or `{name,source_node,path}`; the server stamps
+/// `updated_at`, and the skill keeps the description it had.
+pub async fn put_skill(State(state): State<ApiState>, Text(body): Text) -> Answer<SkillRow> {
+    let map = object(&body)?;
+    let (Some(name), Some(source_node)) = (given(&map, "name")?, node_field(&map, "source_node")?)
+    else {
+        return Err(HttpError::bad_request("Missing name or source_node"));
+    };
+    let (content, path) = match (nullable(&map, "content")?, nullable(&map, "path")?) {
+        (None, None) => return Err(HttpError::bad_request("Missing content or path")),
+        (content, path) => (content.flatten(), path.flatten()),
+    };
+    if content.is_none() && path.is_none() {
+        return Err(HttpError::bad_request(
+            "content and path cannot both be null",
+        ));
+    }
+    if let Some(path) = &path {
+        secret::check_text("skill path", path)
+            .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    }
+    let row = with_replica(&state, move |replica| {
+        let newest = (replica.skill_versions(&name)).map(|(winner, _)| winner.updated_at);
+        let description = (replica.get_skill(&name)).map(|held| held.description);
+        let skill = Skill {
+            name,
+            content: content.unwrap_or_default(),
+            path,
+            description: description.unwrap_or_default(),
+            source_node,
+            updated_at: Stamp::after(newest, now_millis()),
+            deleted: false,
+        };
+        let changed = replica.import_skill(skill.clone()).map_err(write_error)?;
+        Ok((SkillRow::from(&skill), changed))
+    })
+    .await?;
+    Ok(Json(row))
+}
+
+/// The bridge webhook's answer: the reference counts, plus `response` when a mesh_request
+/// was answered.
+#[derive(Serialize)]
+pub struct BridgeAnswer {
+    ingested: usize,
+    memory: usize,
+    skill: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Box<RawValue>>,
+}
+
+/// Mesh messages as they are: one, an array, a JSON string of either, or JSON Lines.
+pub async fn ingest(State(state): State<ApiState>, Text(body): Text) -> Answer<BridgeAnswer> {
+    run_bridge(&state, body, None, false).await
+}
+
+#[derive(Deserialize)]
+pub struct BridgeQuery {
+    unwrap: Option<String>,
+    #[serde(rename = "handleRequest")]
+    handle_request: Option<String>,
+}
+
+/// A transport's envelope (`?unwrap=`, generic by default, as in the reference);
+/// `handleRequest=1` answers a payload that is one mesh_request.
+pub async fn bridge(
+    State(state): State<ApiState>,
+    Query(query): Query<BridgeQuery>,
+    Text(body): Text,
+) -> Answer<BridgeAnswer> {
+    let unwrap = (query.unwrap.as_deref().unwrap_or("generic"))
+        .parse::<Unwrap>()
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let handle = matches!(query.handle_request.as_deref(), Some("1" | "true"));
+    run_bridge(&state, body, Some(unwrap), handle).await
+}
+
+async fn run_bridge(
+    state: &ApiState,
+    body: String,
+    unwrap: Option<Unwrap>,
+    handle_request: bool,
+) -> Answer<BridgeAnswer> {
+    let answer = with_replica(state, move |replica| {
+        let items = bridge::items(&body, unwrap);
+        let single = items.len() == 1;
+        let now = now_millis();
+        let report = bridge::ingest(replica, items, now).map_err(write_error)?;
+        for (position, reason) in &report.reasons {
+            tracing::info!(position, reason, "bridge item ignored");
+        }
+        let response = match report.requests.as_slice() {
+            [request] if handle_request && single => {
+                let text = bridge::respond(replica, request, now / 1000);
+                Some(RawValue::from_string(text).expect("responses are JSON"))
+            }
+            _ => None,
+        };
+        let Summary {
+            ingested,
+            memory,
+            skill,
+            ..
+        } = report.summary;
+        let answer = BridgeAnswer {
+            ingested,
+            memory,
+            skill,
+            response,
+        };
+        Ok((answer, report.changed > 0))
+    })
+    .await?;
+    Ok(Json(answer))
+}

@@ -1,0 +1,208 @@
+//! The local HTTP API (axum): the reference Phase 2 store endpoints over the replica, and
+//! the reference bridge webhook (`POST /ingest`, `POST /bridge`). `router` builds it, `serve`
+//! runs it; the daemon and `meshd api serve` start the same function.
+
+mod guard;
+mod handlers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::HeaderName;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use tokio::net::TcpListener;
+
+use crate::config::ApiConfig;
+use crate::replica::SharedReplica;
+pub use guard::{Auth, HttpError, RateLimiter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("refusing to serve the API on {0} without authentication: set [api] bearer_token (or auth_header and auth_secret), or MESHD_API_BEARER, or listen on 127.0.0.1")]
+    OpenToNetwork(SocketAddr),
+    #[error("[api] {0}")]
+    Config(String),
+    #[error("the API server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The API's settings, resolved from `[api]` and the environment.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub auth: Option<Auth>,
+    pub rate_limit_per_min: u32,
+    pub max_body_bytes: usize,
+}
+
+impl ApiSettings {
+    /// Environment variables win over the file, so secrets can stay out of it:
+    /// `MESHD_API_BEARER`, `MESHD_API_AUTH_HEADER`, `MESHD_API_AUTH_SECRET`.
+    pub fn from_config(
+        config: &ApiConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ApiSettings, ApiError> {
+        let pick = |var: &str, configured: &Option<String>| {
+            env(var)
+                .or_else(|| configured.clone())
+                .filter(|value| !value.is_empty())
+        };
+        let bearer = pick("MESHD_API_BEARER", &config.bearer_token);
+        let header = match (
+            pick("MESHD_API_AUTH_HEADER", &config.auth_header),
+            pick("MESHD_API_AUTH_SECRET", &config.auth_secret),
+        ) {
+            (Some(name), Some(secret)) => Some((header_name(&name)?, secret)),
+            (None, None) => None,
+            _ => {
+                return Err(ApiError::Config(
+                    "auth_header and auth_secret go together: set both or neither".into(),
+                ))
+            }
+        };
+        let auth = (bearer.is_some() || header.is_some()).then_some(Auth { bearer, header });
+        Ok(ApiSettings {
+            auth,
+            rate_limit_per_min: config.rate_limit_per_min,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, ApiError> {
+    HeaderName::try_from(name)
+        .map_err(|_| ApiError::Config(format!("auth_header '{name}' is not an HTTP header name")))
+}
+
+/// Refuses an address reachable from other machines unless requests must authenticate.
+pub fn check_bind(addr: SocketAddr, settings: &ApiSettings) -> Result<(), ApiError> {
+    if addr.ip().is_loopback() || settings.auth.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::OpenToNetwork(addr))
+    }
+}
+
+/// Called after every request that changed the replica (the cache writer's hook).
+pub type OnChange = Arc<dyn Fn() + Send + Sync>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    replica: SharedReplica,
+    settings: Arc<ApiSettings>,
+    limiter: Arc<RateLimiter>,
+    on_change: OnChange,
+}
+
+impl ApiState {
+    pub fn new(replica: SharedReplica, settings: ApiSettings) -> ApiState {
+        ApiState {
+            replica,
+            limiter: Arc::new(RateLimiter::new(settings.rate_limit_per_min)),
+            settings: Arc::new(settings),
+            on_change: Arc::new(|| {}),
+        }
+    }
+
+    pub fn on_change(mut self, hook: impl Fn() + Send + Sync + 'static) -> ApiState {
+        self.on_change = Arc::new(hook);
+        self
+    }
+}
+
+/// Every route; docs/openapi.yaml describes them.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(handlers::health))
+        .route("/health", get(handlers::health))
+        .route(
+            "/mesh/memory",
+            get(handlers::list_memory).put(handlers::put_memory),
+        )
+        .route("/mesh/memory/{scope}/{*key}", get(handlers::get_memory))
+        .route(
+            "/mesh/skills",
+            get(handlers::list_skills).put(handlers::put_skill),
+        )
+        .route("/mesh/skills/{name}", get(handlers::get_skill))
+        .route("/ingest", post(handlers::ingest))
+        .route("/bridge", post(handlers::bridge))
+        .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::map_response(guard::json_errors))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    check_bind(listener.local_addr()?, &state.settings)?;
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(config: &ApiConfig, env: &[(&str, &str)]) -> Result<ApiSettings, ApiError> {
+        ApiSettings::from_config(config, |var| {
+            env.iter()
+                .find(|(name, _)| *name == var)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    #[test]
+    fn no_auth_by_default_and_the_environment_wins() {
+        let config = ApiConfig {
+            bearer_token: Some("from-file".into()),
+            ..ApiConfig::default()
+        };
+        assert!(settings(&ApiConfig::default(), &[]).unwrap().auth.is_none());
+        let auth = settings(&config, &[("MESHD_API_BEARER", "from-env")])
+            .unwrap()
+            .auth
+            .unwrap();
+        assert_eq!(auth.bearer.as_deref(), Some("from-env"));
+    }
+
+    #[test]
+    fn a_header_needs_its_secret() {
+        let config = ApiConfig {
+            auth_header: Some("X-API-Key".into()),
+            ..ApiConfig::default()
+        };
+        assert!(settings(&config, &[]).is_err());
+        let auth = settings(&config, &[("MESHD_API_AUTH_SECRET", "s")])
+            .unwrap()
+            .auth
+            .unwrap();
+        assert_eq!(auth.header.unwrap().0, "x-api-key");
+        let bad = ApiConfig {
+            auth_header: Some("bad header".into()),
+            auth_secret: Some("s".into()),
+            ..ApiConfig::default()
+        };
+        assert!(settings(&bad, &[]).is_err());
+    }
+
+    #[test]
+    fn only_loopback_may_go_without_auth() {
+        let open = settings(&ApiConfig::default(), &[]).unwrap();
+        assert!(check_bind("127.0.0.1:4078".parse().unwrap(), &open).is_ok());
+        assert!(check_bind("[::1]:4078".parse().unwrap(), &open).is_ok());
+        assert!(check_bind("0.0.0.0:4078".parse().unwrap(), &open).is_err());
+        assert!(check_bind("192.168.1.2:4078".parse().unwrap(), &open).is_err());
+        let guarded = settings(&ApiConfig::default(), &[("MESHD_API_BEARER", "t")]).unwrap();
+        assert!(check_bind("0.0.0.0:4078".parse().unwrap(), &guarded).is_ok());
+    }
+}

@@ -1,0 +1,59 @@
+//! `meshd api`: the local HTTP API in the foreground, until the daemon serves it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use meshd::api::{self, ApiSettings, ApiState};
+use meshd::config::{self, Home};
+use meshd::views::{ViewWriter, Views};
+
+use super::{openclaw_home_env, Node};
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Serve the API over this node's store until Ctrl-C; caches and the mirror follow writes
+    Serve {
+        /// HOST:PORT [default: [api] listen, 127.0.0.1:4078]
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+    },
+}
+
+pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
+    let ApiCommand::Serve { listen } = command;
+    let config = home.load_config()?;
+    let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
+    let addr = config::parse_listen(listen.as_deref().unwrap_or(&config.api.listen))?;
+    api::check_bind(addr, &settings)?;
+    let node = Node::open(home)?;
+    let views = Views::from_config(&config, openclaw_home_env());
+    let debounce = Duration::from_millis(config.cache.debounce_ms);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("meshd API listening on http://{}", listener.local_addr()?);
+        let replica = Arc::new(Mutex::new(node.replica));
+        let writer = ViewWriter::spawn(replica.clone(), views, debounce);
+        // The views start from the store as it is, then follow every write.
+        writer.changed();
+        let hook = writer.clone();
+        let state = ApiState::new(replica, settings).on_change(move || hook.changed());
+        api::serve(listener, state, shutdown_signal()).await?;
+        writer.flush().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM (service managers stop with it).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM can be watched");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

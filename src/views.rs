@@ -1,0 +1,103 @@
+//! Files derived from the replica for other programs: the caches (`cache`) and the SQLite
+//! mirror for dashboards (`[store] mirror`). `ViewWriter` rewrites them shortly after
+//! changes, once for a burst of changes; whoever writes to the replica calls `changed`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::cache::{self, CachePaths};
+use crate::config::Config;
+use crate::replica::{Replica, SharedReplica};
+use crate::store;
+
+/// Which views this node keeps.
+#[derive(Debug, Clone, Default)]
+pub struct Views {
+    pub cache: Option<CachePaths>,
+    pub mirror: Option<PathBuf>,
+}
+
+impl Views {
+    /// From `[cache]` and `[store]`, with `OPENCLAW_HOME` from the environment.
+    pub fn from_config(config: &Config, env_openclaw_home: Option<PathBuf>) -> Views {
+        Views {
+            cache: (config.cache.enabled).then(|| config.cache.paths(env_openclaw_home)),
+            mirror: config.store.mirror.clone(),
+        }
+    }
+
+    /// Rewrites every view. A failing view is logged and does not stop the others: the
+    /// replica is the truth, the views are rewritten whole on the next change.
+    pub fn write(&self, replica: &Replica) {
+        if let Some(paths) = &self.cache {
+            match cache::write_all(replica, paths) {
+                Ok(report) => tracing::debug!(?report, "caches written"),
+                Err(error) => tracing::warn!(%error, "caches not written"),
+            }
+        }
+        if let Some(mirror) = &self.mirror {
+            match store::export(replica, mirror, true) {
+                Ok(report) => tracing::debug!(?report, "store mirror written"),
+                Err(error) => tracing::warn!(%error, "store mirror not written"),
+            }
+        }
+    }
+}
+
+/// The debounced "on change" hook: `changed` is cheap and never blocks; the views are
+/// rewritten `debounce` after the first change of a burst.
+#[derive(Clone)]
+pub struct ViewWriter {
+    dirty: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    replica: SharedReplica,
+    views: Arc<Views>,
+}
+
+impl ViewWriter {
+    /// Starts the writer on the current tokio runtime.
+    pub fn spawn(replica: SharedReplica, views: Views, debounce: Duration) -> ViewWriter {
+        let writer = ViewWriter {
+            dirty: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(Notify::new()),
+            replica,
+            views: Arc::new(views),
+        };
+        let task = writer.clone();
+        tokio::spawn(async move {
+            loop {
+                task.wake.notified().await;
+                tokio::time::sleep(debounce).await;
+                task.flush().await;
+            }
+        });
+        writer
+    }
+
+    /// Marks the views stale.
+    pub fn changed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Rewrites the views now if anything changed since they were last written (also for
+    /// shutdown, so the last change is not lost).
+    pub async fn flush(&self) {
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let (replica, views) = (self.replica.clone(), self.views.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let replica = replica.lock().unwrap_or_else(|e| e.into_inner());
+            views.write(&replica);
+        })
+        .await;
+        if let Err(error) = written {
+            tracing::warn!(%error, "the view writer failed");
+        }
+    }
+}
