@@ -1,0 +1,350 @@
+//! `meshd bridge ingest | emit | respond` with the real binary.
+
+mod common;
+
+use common::TestNode;
+use serde_json::{json, Value};
+
+const MEMORY: &str = r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}"#;
+const SKILL: &str =
+    r##"{"type":"skill","name":"triage","sourceNode":"ceo","content":"# Triage rules\n..."}"##;
+
+fn summary(run: &common::Run) -> Value {
+    serde_json::from_str(&run.stdout).expect("the summary is JSON")
+}
+
+fn ingest(node: &TestNode, input: &str, unwrap: Option<&str>) -> Value {
+    let mut args = vec!["bridge", "ingest"];
+    if let Some(unwrap) = unwrap {
+        args.extend(["--unwrap", unwrap]);
+    }
+    summary(&node.ok(&args, input))
+}
+
+fn counts(ingested: u64, memory: u64, skill: u64, ignored: u64) -> Value {
+    json!({"ingested": ingested, "memory": memory, "skill": skill, "ignored": ignored})
+}
+
+fn memory_message(key: &str, value: Value, ts: u64) -> String {
+    json!({"type":"memory","scope":"mesh","key":key,"value":value,"nodeId":"ceo","ts":ts})
+        .to_string()
+}
+
+#[test]
+fn the_formats_md_examples_become_entries() {
+    let node = TestNode::new("a");
+    let input = format!("[{MEMORY},{SKILL}]");
+    assert_eq!(ingest(&node, &input, None), counts(2, 1, 1, 0));
+    let row = node.json(&["mem", "get", "mesh", "user.preferences", "--json"]);
+    assert_eq!(row["value"], json!({"shortAnswers": true}));
+    assert_eq!(row["node_id"], "ceo");
+    assert_eq!(row["updated_at"], 1739123456);
+    let skill = node.ok(&["skill", "get", "triage"], "").stdout;
+    assert_eq!(skill, "# Triage rules\n...");
+}
+
+#[test]
+fn one_message_a_json_string_and_json_lines_all_work() {
+    let node = TestNode::new("a");
+    assert_eq!(ingest(&node, MEMORY, None), counts(1, 1, 0, 0));
+    let quoted = Value::String(format!("[{}]", memory_message("k2", json!(2), 5))).to_string();
+    assert_eq!(ingest(&node, &quoted, None), counts(1, 1, 0, 0));
+    let single = Value::String(memory_message("k3", json!(3), 5)).to_string();
+    assert_eq!(ingest(&node, &single, None), counts(1, 1, 0, 0));
+    let lines = format!("{}\n\n{SKILL}\n", memory_message("k4", json!(4), 5));
+    assert_eq!(ingest(&node, &lines, None), counts(2, 1, 1, 0));
+    let keys = node.json(&["mem", "ls", "--scope", "mesh", "--json"]);
+    assert_eq!(keys.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn every_envelope_kind_is_unwrapped() {
+    let message = memory_message("k", json!("v"), 7);
+    let object: Value = serde_json::from_str(&message).unwrap();
+    let cases = [
+        (
+            "telegram",
+            json!({"update_id": 1, "message": {"text": message}}),
+        ),
+        ("telegram", json!({"channel_post": {"caption": message}})),
+        ("telegram", json!({"edited_message": {"text": message}})),
+        ("discord", json!({"id": "1", "content": message})),
+        ("discord", json!({"content": object})),
+        ("generic", json!({"body": message})),
+        ("generic", json!({"message": object})),
+        ("generic", json!({"data": [object]})),
+        ("generic", json!({"payload": message})),
+        ("generic", object.clone()),
+    ];
+    for (unwrap, envelope) in cases {
+        let node = TestNode::new("a");
+        let got = ingest(&node, &envelope.to_string(), Some(unwrap));
+        assert_eq!(got, counts(1, 1, 0, 0), "{unwrap}: {envelope}");
+        assert_eq!(node.ok(&["mem", "get", "mesh", "k"], "").stdout, "\"v\"\n");
+    }
+}
+
+#[test]
+fn envelopes_of_ordinary_chat_are_ignored_not_fatal() {
+    let node = TestNode::new("a");
+    let updates = [
+        json!({"message": {"text": "Task: check the backups"}}),
+        json!({"message": {"photo": []}}),
+    ];
+    let lines: Vec<String> = updates.iter().map(Value::to_string).collect();
+    let run = node.ok(
+        &["bridge", "ingest", "--unwrap", "telegram"],
+        &lines.join("\n"),
+    );
+    assert_eq!(summary(&run), counts(0, 0, 0, 2));
+    assert!(run.stderr.contains("not JSON: Task: check the backups"));
+}
+
+#[test]
+fn junk_is_counted_and_the_rest_still_lands() {
+    let node = TestNode::new("a");
+    let input = [
+        memory_message("good", json!(1), 10),
+        "not json at all".to_string(),
+        "[1, \"two\", null, {\"type\":\"memory\"}]".to_string(),
+        r#"{"type":"memory","scope":"mesh","key":"k","value":1,"nodeId":"ceo"}"#.to_string(),
+        r#"{"type":"memory","scope":"everywhere","key":"k","value":1,"nodeId":"ceo","ts":1}"#
+            .to_string(),
+        r#"{"type":"mesh_response","requestId":"r","kind":"memory","nodeId":"x","found":false}"#
+            .to_string(),
+        format!(
+            r#"{{"type":"memory","scope":"mesh","key":"{}","value":1,"nodeId":"ceo","ts":1}}"#,
+            "k".repeat(600)
+        ),
+        SKILL.to_string(),
+    ]
+    .join("\n");
+    let run = node.ok(&["bridge", "ingest"], &input);
+    assert_eq!(summary(&run), counts(2, 1, 1, 9));
+    for reason in [
+        "item 2 ignored: not JSON",
+        "without a valid 'ts'",
+        "unknown scope",
+        "bytes, the limit is 512",
+    ] {
+        assert!(
+            run.stderr.contains(reason),
+            "{reason} missing from {}",
+            run.stderr
+        );
+    }
+    let keys = node.json(&["mem", "ls", "--json"]);
+    assert_eq!(
+        keys.as_array().unwrap().len(),
+        1,
+        "only the good entry is stored"
+    );
+}
+
+#[test]
+fn importing_the_same_messages_again_changes_nothing() {
+    let node = TestNode::new("a");
+    let input = format!("{MEMORY}\n{SKILL}\n");
+    let first = node.ok(&["bridge", "ingest"], &input);
+    assert!(first.stderr.contains("2 changed the replica"));
+    let export = |doc: &str| {
+        let out = node.dir.path().join(format!("{doc}.automerge"));
+        node.ok(&["doc", "export", doc, "--out", out.to_str().unwrap()], "");
+        std::fs::read(out).unwrap()
+    };
+    let (mesh, skills) = (export("mesh"), export("skills"));
+    let again = node.ok(&["bridge", "ingest"], &input);
+    assert_eq!(summary(&again), summary(&first));
+    assert!(
+        again.stderr.contains("0 changed the replica"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(export("mesh"), mesh);
+    assert_eq!(export("skills"), skills);
+}
+
+#[test]
+fn an_older_ts_never_overwrites_a_newer_one() {
+    let node = TestNode::new("a");
+    ingest(&node, &memory_message("k", json!("new"), 200), None);
+    let run = node.ok(
+        &["bridge", "ingest"],
+        &memory_message("k", json!("old"), 100),
+    );
+    assert!(run.stderr.contains("0 changed"));
+    assert_eq!(
+        node.ok(&["mem", "get", "mesh", "k"], "").stdout,
+        "\"new\"\n"
+    );
+    ingest(&node, &memory_message("k", json!("newest"), 300), None);
+    assert_eq!(
+        node.ok(&["mem", "get", "mesh", "k"], "").stdout,
+        "\"newest\"\n"
+    );
+    let skill = |content: &str, ts: u64| {
+        json!({"type":"skill","name":"s","sourceNode":"ceo","content":content,"ts":ts}).to_string()
+    };
+    ingest(&node, &skill("v2", 20), None);
+    ingest(&node, &skill("v1", 10), None);
+    assert_eq!(node.ok(&["skill", "get", "s"], "").stdout, "v2");
+}
+
+#[test]
+fn skills_without_ts_apply_when_they_change_something() {
+    let node = TestNode::new("a");
+    let skill = |content: &str| {
+        json!({"type":"skill","name":"s","sourceNode":"ceo","content":content}).to_string()
+    };
+    assert!(node
+        .ok(&["bridge", "ingest"], &skill("one"))
+        .stderr
+        .contains("1 changed"));
+    assert!(node
+        .ok(&["bridge", "ingest"], &skill("one"))
+        .stderr
+        .contains("0 changed"));
+    assert!(node
+        .ok(&["bridge", "ingest"], &skill("two"))
+        .stderr
+        .contains("1 changed"));
+    assert_eq!(node.ok(&["skill", "get", "s"], "").stdout, "two");
+}
+
+#[test]
+fn node_scope_is_the_senders_own() {
+    let node = TestNode::new("a");
+    let message =
+        r#"{"type":"memory","scope":"node","key":"uptime","value":3,"nodeId":"sec","ts":5}"#;
+    ingest(&node, message, None);
+    assert_eq!(
+        node.ok(&["mem", "get", "node:sec", "uptime"], "").stdout,
+        "3\n"
+    );
+    assert_eq!(node.run(&["mem", "get", "node", "uptime"], "").code, 3);
+}
+
+#[test]
+fn emit_prints_messages_another_node_ingests() {
+    let (a, b) = (TestNode::new("a"), TestNode::new("b"));
+    a.ok(&["mem", "put", "mesh", "units", "\"metric\""], "");
+    a.ok(&["mem", "put", "node", "role", "\"ceo\""], "");
+    a.ok(&["mem", "put", "user:alice", "tz", "\"UTC\""], "");
+    a.ok(&["skill", "put", "triage"], "# Triage\n");
+    let emitted = a.ok(&["bridge", "emit"], "").stdout;
+    let lines: Vec<Value> = emitted
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let own = lines.iter().find(|m| m["key"] == "role").unwrap();
+    assert_eq!(own["scope"], "node");
+    assert_eq!(own["nodeId"], a.node_id());
+    let skill = lines.iter().find(|m| m["type"] == "skill").unwrap();
+    assert_eq!(skill["content"], "# Triage\n");
+    assert_eq!(ingest(&b, &emitted, None), counts(4, 3, 1, 0));
+    let rows = |node: &TestNode| {
+        let rows = node.json(&["mem", "ls", "--json"]);
+        let rows = rows.as_array().unwrap().iter();
+        rows.map(|r| (r["key"].clone(), r["value"].clone(), r["node_id"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut on_b = rows(&b);
+    on_b.sort_by_key(|r| r.0.to_string());
+    let mut on_a = rows(&a);
+    on_a.sort_by_key(|r| r.0.to_string());
+    assert_eq!(on_a, on_b);
+    assert_eq!(
+        b.ok(
+            &["mem", "get", &format!("node:{}", a.node_id()), "role"],
+            ""
+        )
+        .stdout,
+        "\"ceo\"\n"
+    );
+    // Echoed back to its origin, nothing is newer than what the origin holds.
+    assert!(a
+        .ok(&["bridge", "ingest"], &emitted)
+        .stderr
+        .contains("0 changed"));
+}
+
+#[test]
+fn emit_filters_by_time_and_scope() {
+    let node = TestNode::new("a");
+    ingest(&node, &memory_message("old", json!(1), 100), None);
+    ingest(&node, &memory_message("new", json!(2), 300), None);
+    node.ok(&["mem", "put", "user:bob", "k", "1"], "");
+    node.ok(&["skill", "put", "s"], "x");
+    let keys = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["bridge", "emit"];
+        all.extend(args);
+        let out = node.ok(&all, "").stdout;
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|m| {
+                m.get("key")
+                    .or(m.get("name"))
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(keys(&["--since", "200", "--scope", "mesh"]), ["new"]);
+    assert_eq!(keys(&["--scope", "mesh"]), ["new", "old"]);
+    assert_eq!(keys(&["--scope", "user:bob"]), ["k"]);
+    assert_eq!(keys(&["--scope", "skills"]), ["s"]);
+    assert_eq!(keys(&["--since", "200"]).len(), 3);
+}
+
+#[test]
+fn mesh_requests_get_mesh_responses() {
+    let node = TestNode::new("sec");
+    ingest(&node, &format!("{MEMORY}\n{SKILL}"), None);
+    let requests = [
+        r#"{"type":"mesh_request","requestId":"req-abc-1","kind":"memory","nodeId":"ceo","scope":"mesh","key":"user.preferences","ts":1739123456}"#,
+        r#"{"type":"mesh_request","requestId":"req-xyz-2","kind":"skill","name":"triage","nodeId":"sec","ts":1739123460}"#,
+        r#"{"type":"mesh_request","requestId":"req-3","kind":"memory","nodeId":"ceo","scope":"mesh","key":"absent"}"#,
+        r#"{"type":"memory"}"#,
+    ];
+    let out = node.ok(&["bridge", "respond"], &requests.join("\n")).stdout;
+    let answers: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 3);
+    let id = node.node_id();
+    assert_eq!(answers[0]["type"], "mesh_response");
+    assert_eq!(answers[0]["requestId"], "req-abc-1");
+    assert_eq!(answers[0]["kind"], "memory");
+    assert_eq!(answers[0]["nodeId"], id.as_str());
+    assert_eq!(answers[0]["found"], true);
+    assert_eq!(answers[0]["value"], json!({"shortAnswers": true}));
+    assert!(answers[0]["ts"].as_u64().unwrap() > 1_739_123_456);
+    assert_eq!(answers[1]["content"], "# Triage rules\n...");
+    assert_eq!(answers[1]["found"], true);
+    assert_eq!(answers[2]["found"], false);
+    assert!(answers[2].get("value").is_none());
+    // Requests are answered, never stored.
+    let run = node.ok(&["bridge", "ingest"], requests[0]);
+    assert_eq!(summary(&run), counts(0, 0, 0, 1));
+}
+
+#[test]
+fn a_file_argument_and_a_missing_file() {
+    let node = TestNode::new("a");
+    let path = node.dir.path().join("messages.json");
+    std::fs::write(&path, MEMORY).unwrap();
+    let run = node.ok(&["bridge", "ingest", path.to_str().unwrap()], "");
+    assert_eq!(summary(&run), counts(1, 1, 0, 0));
+    let missing = node.run(&["bridge", "ingest", "/nonexistent/file.json"], "");
+    assert_ne!(missing.code, 0);
+    assert!(missing
+        .stderr
+        .contains("cannot read /nonexistent/file.json"));
+    let bad = node.run(&["bridge", "ingest", "--unwrap", "slack"], MEMORY);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("unknown envelope 'slack'"));
+}
