@@ -1,0 +1,422 @@
+//! The HTTP API on a real loopback socket, called with a real HTTP client.
+
+#[path = "api_server/mod.rs"]
+mod api_server;
+
+use std::io::{Read, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use api_server::Server;
+use meshd::config::ApiConfig;
+use meshd::model::Scope;
+use serde_json::{json, Value};
+
+const MEMORY: &str = r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}"#;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn health_is_open_and_says_so() {
+    let server = Server::start(ApiConfig {
+        bearer_token: Some("t".into()),
+        ..ApiConfig::default()
+    });
+    for path in ["/health", "/"] {
+        let (status, body) = server.get(path, &[]);
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({"ok": true, "service": "meshd", "storeAvailable": true})
+        );
+    }
+}
+
+#[test]
+fn memory_put_get_and_list() {
+    let server = Server::start(ApiConfig::default());
+    let put = json!({"scope": "mesh", "key": "user.preferences",
+        "value": {"shortAnswers": true}, "node_id": "ceo"});
+    let (status, row) = server.send("PUT", "/mesh/memory", &[], &put.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(row["scope"], "mesh");
+    assert_eq!(row["key"], "user.preferences");
+    assert_eq!(row["value"], json!({"shortAnswers": true}));
+    assert_eq!(row["node_id"], "ceo");
+    let stamped = row["updated_at"].as_u64().unwrap();
+    assert!(
+        stamped.abs_diff(now()) <= 5,
+        "updated_at is the server's time"
+    );
+    assert_eq!(
+        server.get("/mesh/memory/mesh/user.preferences", &[]),
+        (200, row.clone())
+    );
+    let (status, list) = server.get("/mesh/memory?scope=mesh", &[]);
+    assert_eq!((status, list), (200, json!([row])));
+    assert_eq!(server.changes(), 1, "one write, one change notice");
+}
+
+#[test]
+fn keys_may_hold_slashes_and_scopes_are_url_encoded() {
+    let server = Server::start(ApiConfig::default());
+    let put = json!({"scope": "user:alice", "key": "notes/today", "value": "buy milk"});
+    assert_eq!(
+        server.send("PUT", "/mesh/memory", &[], &put.to_string()).0,
+        200
+    );
+    for path in [
+        "/mesh/memory/user:alice/notes/today",
+        "/mesh/memory/user%3Aalice/notes%2Ftoday",
+    ] {
+        let (status, row) = server.get(path, &[]);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(row["value"], "buy milk");
+        assert_eq!(row["node_id"], "me", "node_id defaults to this node");
+    }
+}
+
+#[test]
+fn the_own_node_scope_is_plain_node() {
+    let server = Server::start(ApiConfig::default());
+    let put = json!({"scope": "node", "key": "k", "value": 1});
+    let (_, row) = server.send("PUT", "/mesh/memory", &[], &put.to_string());
+    assert_eq!(row["scope"], "node");
+    let replica = server.replica.lock().unwrap();
+    assert!(replica.get_memory(&Scope::Node("me".into()), "k").is_some());
+}
+
+#[test]
+fn lists_are_newest_first() {
+    let server = Server::start(ApiConfig::default());
+    server.ingest_lines(&[
+        r#"{"type":"memory","scope":"mesh","key":"a","value":1,"nodeId":"x","ts":100}"#,
+        r#"{"type":"memory","scope":"mesh","key":"b","value":2,"nodeId":"x","ts":300}"#,
+        r#"{"type":"memory","scope":"user:bob","key":"c","value":3,"nodeId":"x","ts":200}"#,
+        r#"{"type":"skill","name":"s1","sourceNode":"x","content":"1","ts":100}"#,
+        r#"{"type":"skill","name":"s2","sourceNode":"x","content":"2","ts":200}"#,
+    ]);
+    let (_, list) = server.get("/mesh/memory", &[]);
+    let keys: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["b", "c", "a"]);
+    let (_, list) = server.get("/mesh/skills", &[]);
+    assert_eq!(list[0]["name"], "s2");
+    assert_eq!(
+        list[1],
+        json!({"name": "s1", "source_node": "x", "content": "1",
+        "path": null, "updated_at": 100})
+    );
+}
+
+#[test]
+fn skills_put_with_content_or_path() {
+    let server = Server::start(ApiConfig::default());
+    let put = json!({"name": "triage", "source_node": "ceo", "content": "# Triage rules\n..."});
+    let (status, row) = server.send("PUT", "/mesh/skills", &[], &put.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(row["content"], "# Triage rules\n...");
+    assert_eq!(row["path"], Value::Null);
+    assert!(row["updated_at"].as_u64().unwrap().abs_diff(now()) <= 5);
+    assert_eq!(server.get("/mesh/skills/triage", &[]), (200, row));
+    let put =
+        json!({"name": "style", "source_node": "sec", "path": "https://example.org/style.md"});
+    let (status, row) = server.send("PUT", "/mesh/skills", &[], &put.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(
+        row["content"],
+        Value::Null,
+        "a path-only skill has no content"
+    );
+    assert_eq!(row["path"], "https://example.org/style.md");
+    assert_eq!(
+        server.get("/mesh/skills/style", &[]).1["source_node"],
+        "sec"
+    );
+}
+
+#[test]
+fn absent_things_are_404() {
+    let server = Server::start(ApiConfig::default());
+    for path in [
+        "/mesh/memory/mesh/nothing",
+        "/mesh/skills/nothing",
+        "/nowhere",
+        "/mesh/memory/mesh/",
+    ] {
+        let (status, body) = server.get(path, &[]);
+        assert_eq!(status, 404, "{path}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+}
+
+#[test]
+fn bad_requests_are_400_and_change_nothing() {
+    let server = Server::start(ApiConfig::default());
+    let cases = [
+        ("PUT", "/mesh/memory", "{not json", "Invalid JSON body"),
+        ("PUT", "/mesh/memory", "[1]", "must be a JSON object"),
+        (
+            "PUT",
+            "/mesh/memory",
+            r#"{"scope":"mesh","key":"k"}"#,
+            "Missing scope, key, or value",
+        ),
+        (
+            "PUT",
+            "/mesh/memory",
+            r#"{"scope":"","key":"k","value":1}"#,
+            "Missing scope, key, or value",
+        ),
+        (
+            "PUT",
+            "/mesh/memory",
+            r#"{"scope":5,"key":"k","value":1}"#,
+            "scope must be a string",
+        ),
+        (
+            "PUT",
+            "/mesh/memory",
+            r#"{"scope":"global","key":"k","value":1}"#,
+            "unknown scope",
+        ),
+        (
+            "PUT",
+            "/mesh/memory",
+            r#"{"scope":"mesh","key":"a\nb","value":1}"#,
+            "control character",
+        ),
+        (
+            "PUT",
+            "/mesh/skills",
+            r#"{"name":"n","content":"c"}"#,
+            "Missing name or source_node",
+        ),
+        (
+            "PUT",
+            "/mesh/skills",
+            r#"{"name":"n","source_node":"a"}"#,
+            "Missing content or path",
+        ),
+        (
+            "PUT",
+            "/mesh/skills",
+            r#"{"name":"n","source_node":"a","content":null,"path":null}"#,
+            "cannot both be null",
+        ),
+        (
+            "PUT",
+            "/mesh/skills",
+            r#"{"name":"n","source_node":"a","content":7}"#,
+            "string or null",
+        ),
+        ("POST", "/bridge?unwrap=slack", MEMORY, "unknown envelope"),
+    ];
+    for (method, path, body, error) in cases {
+        let (status, answer) = server.send(method, path, &[], body);
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(error), "{body}: {message}");
+    }
+    assert_eq!(server.get("/mesh/memory/mesh/user.preferences", &[]).0, 404);
+    assert_eq!(server.get("/mesh/memory", &[]).1, json!([]));
+    assert_eq!(server.get("/mesh/skills", &[]).1, json!([]));
+    assert_eq!(server.changes(), 0);
+    let (status, _) = server.get("/mesh/memory?q=prefs", &[]);
+    assert_eq!(
+        status, 400,
+        "search is refused, not answered with everything"
+    );
+    let (status, _) = server.get("/mesh/memory?scope=bogus", &[]);
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn ingest_answers_the_reference_counts() {
+    let server = Server::start(ApiConfig::default());
+    let (status, body) = server.send("POST", "/ingest", &[], MEMORY);
+    assert_eq!(
+        (status, body),
+        (200, json!({"ingested": 1, "memory": 1, "skill": 0}))
+    );
+    let skill =
+        r##"{"type":"skill","name":"triage","sourceNode":"ceo","content":"# Triage rules\n..."}"##;
+    let lines = format!("{MEMORY}\nnot json\n{skill}\n[1,2]");
+    let (status, body) = server.send("POST", "/ingest", &[], &lines);
+    assert_eq!(
+        (status, body),
+        (200, json!({"ingested": 2, "memory": 1, "skill": 1}))
+    );
+    let (status, body) = server.send("POST", "/ingest", &[], "complete junk");
+    assert_eq!(
+        (status, body),
+        (200, json!({"ingested": 0, "memory": 0, "skill": 0}))
+    );
+    assert_eq!(
+        server.changes(),
+        2,
+        "the second post changed the skill only; junk nothing"
+    );
+    let (_, row) = server.get("/mesh/memory/mesh/user.preferences", &[]);
+    assert_eq!(row["updated_at"], 1739123456);
+}
+
+#[test]
+fn bridge_unwraps_and_answers_requests() {
+    let server = Server::start(ApiConfig::default());
+    let update = json!({"update_id": 9, "message": {"chat": {"id": 1}, "text": MEMORY}});
+    let (status, body) = server.send("POST", "/bridge?unwrap=telegram", &[], &update.to_string());
+    assert_eq!(
+        (status, body),
+        (200, json!({"ingested": 1, "memory": 1, "skill": 0}))
+    );
+    let request = json!({"type":"mesh_request","requestId":"req-abc-1","kind":"memory",
+        "nodeId":"ceo","scope":"mesh","key":"user.preferences","ts":1739123456});
+    let discord = json!({"content": request.to_string()});
+    let path = "/bridge?unwrap=discord&handleRequest=1";
+    let (status, body) = server.send("POST", path, &[], &discord.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(body["ingested"], 0);
+    let response = &body["response"];
+    assert_eq!(response["type"], "mesh_response");
+    assert_eq!(response["requestId"], "req-abc-1");
+    assert_eq!(response["nodeId"], "me");
+    assert_eq!(response["found"], true);
+    assert_eq!(response["value"], json!({"shortAnswers": true}));
+    let (_, body) = server.send("POST", "/bridge?unwrap=discord", &[], &discord.to_string());
+    assert!(
+        body.get("response").is_none(),
+        "without handleRequest nothing is answered"
+    );
+    let generic = json!({"body": {"type":"mesh_request","requestId":"r2","kind":"skill",
+        "name":"absent","nodeId":"ceo"}});
+    let (_, body) = server.send(
+        "POST",
+        "/bridge?handleRequest=true",
+        &[],
+        &generic.to_string(),
+    );
+    assert_eq!(body["response"]["found"], false);
+    assert_eq!(body["response"]["kind"], "skill");
+}
+
+#[test]
+fn unauthorised_requests_are_401_with_a_bearer_token() {
+    let server = Server::start(ApiConfig {
+        bearer_token: Some("s3cret-token".into()),
+        ..ApiConfig::default()
+    });
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "s3cret-token")],
+    ] {
+        for (method, path) in [
+            ("GET", "/mesh/memory"),
+            ("POST", "/ingest"),
+            ("PUT", "/mesh/skills"),
+            ("GET", "/nowhere"),
+        ] {
+            let (status, body) = server.send(method, path, &headers, MEMORY);
+            assert_eq!(status, 401, "{method} {path} {headers:?}");
+            assert_eq!(body, json!({"error": "Unauthorized"}));
+        }
+    }
+    let good = [("Authorization", "Bearer s3cret-token")];
+    assert_eq!(server.send("POST", "/ingest", &good, MEMORY).0, 200);
+    assert_eq!(
+        server
+            .get("/mesh/memory", &good)
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn unauthorised_requests_are_401_with_a_header_secret() {
+    let server = Server::start(ApiConfig {
+        auth_header: Some("X-API-Key".into()),
+        auth_secret: Some("k3y".into()),
+        ..ApiConfig::default()
+    });
+    assert_eq!(server.get("/mesh/skills", &[]).0, 401);
+    assert_eq!(server.get("/mesh/skills", &[("X-API-Key", "nope")]).0, 401);
+    assert_eq!(server.get("/mesh/skills", &[("x-api-key", "k3y")]).0, 200);
+}
+
+#[test]
+fn oversized_bodies_are_413_and_change_nothing() {
+    let server = Server::start(ApiConfig {
+        max_body_bytes: 200,
+        ..ApiConfig::default()
+    });
+    let big = json!({"type":"memory","scope":"mesh","key":"k","value":"x".repeat(300),
+        "nodeId":"ceo","ts":1})
+    .to_string();
+    for path in ["/ingest", "/bridge"] {
+        let (status, body) = server.send("POST", path, &[], &big);
+        assert_eq!(status, 413, "{path}");
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Payload too large"));
+    }
+    let put = json!({"scope":"mesh","key":"k","value":"x".repeat(300)}).to_string();
+    assert_eq!(server.send("PUT", "/mesh/memory", &[], &put).0, 413);
+    // Without a Content-Length the limit still holds while the body streams in.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let chunk = "x".repeat(300);
+    write!(
+        stream,
+        "POST /ingest HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(server.get("/mesh/memory", &[]).1, json!([]));
+    assert_eq!(
+        server.send("POST", "/ingest", &[], MEMORY).0,
+        200,
+        "small bodies pass"
+    );
+}
+
+#[test]
+fn past_the_rate_limit_requests_are_429() {
+    let server = Server::start(ApiConfig {
+        rate_limit_per_min: 3,
+        ..ApiConfig::default()
+    });
+    for _ in 0..3 {
+        assert_eq!(server.get("/mesh/skills", &[]).0, 200);
+    }
+    let (status, body) = server.get("/mesh/skills", &[]);
+    assert_eq!((status, body), (429, json!({"error": "Too many requests"})));
+    assert_eq!(server.send("POST", "/ingest", &[], MEMORY).0, 429);
+    assert_eq!(server.get("/health", &[]).0, 200, "health is never limited");
+    assert_eq!(server.get("/mesh/memory", &[]).0, 429);
+    assert!(server.replica.lock().unwrap().list_memory(None).is_empty());
+}
+
+#[test]
+fn wrong_methods_get_json_errors() {
+    let server = Server::start(ApiConfig::default());
+    let (status, body) = server.send("DELETE", "/mesh/memory", &[], "");
+    assert_eq!(status, 405);
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(server.get("/ingest", &[]).0, 405);
+}

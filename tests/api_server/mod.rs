@@ -1,0 +1,126 @@
+//! Starts the API on 127.0.0.1:0 over a fresh replica and talks to it over HTTP.
+#![allow(dead_code)] // each test file uses its own part of these helpers
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use meshd::api::{self, ApiSettings, ApiState};
+use meshd::config::ApiConfig;
+use meshd::replica::{Replica, SharedReplica};
+use serde_json::Value;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub replica: SharedReplica,
+    changes: Arc<AtomicUsize>,
+    agent: ureq::Agent,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(config: ApiConfig) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(&dir.path().join("store"), "me").unwrap();
+        let replica = Arc::new(Mutex::new(replica));
+        let settings = ApiSettings::from_config(&config, |_| None).unwrap();
+        let changes = Arc::new(AtomicUsize::new(0));
+        let counter = changes.clone();
+        let state = ApiState::new(replica.clone(), settings).on_change(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime
+                .block_on(api::serve(listener, state, async {
+                    let _ = stop.await;
+                }))
+                .unwrap();
+        });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Server {
+            addr,
+            replica,
+            changes,
+            agent,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// How many times the API reported a change.
+    pub fn changes(&self) -> usize {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        self.request("GET", path, headers, None)
+    }
+
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        self.request(method, path, headers, Some(body))
+    }
+
+    /// The status and the body as JSON (or as a JSON string when it is not JSON).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = match body {
+            Some(body) => self.agent.run(builder.body(body.to_string()).unwrap()),
+            None => self.agent.run(builder.body(()).unwrap()),
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub fn ingest_lines(&self, lines: &[&str]) {
+        let (status, _) = self.send("POST", "/ingest", &[], &lines.join("\n"));
+        assert_eq!(status, 200);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
