@@ -1,0 +1,290 @@
+//! `meshd store import | export` against SQLite files in the reference schema.
+
+mod common;
+
+use std::path::Path;
+
+use common::TestNode;
+use rusqlite::{params, Connection};
+use serde_json::{json, Value};
+
+type MemoryRow = (String, String, String, String, i64);
+type SkillRow = (String, String, Option<String>, Option<String>, i64);
+
+/// A store as the reference client leaves it: strings bare, other values as JSON text.
+fn reference_store(path: &Path) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(meshd::store::SCHEMA).unwrap();
+    let memory: [(&str, &str, &str, &str, i64); 6] = [
+        (
+            "mesh",
+            "user.preferences",
+            r#"{"shortAnswers":true}"#,
+            "ceo",
+            1739123456,
+        ),
+        ("mesh", "units", "metric", "sec", 1739123400),
+        ("mesh", "answer", "42", "ceo", 1739123000),
+        ("mesh", "list", r#"[1,"a",null]"#, "ceo", 1739123001),
+        ("node", "uptime", "3 days", "sec", 1739120000),
+        ("user:alice", "tz", "Europe/Paris", "ceo", 1739120001),
+    ];
+    for row in memory {
+        conn.execute(
+            "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?1,?2,?3,?4,?5)",
+            params![row.0, row.1, row.2, row.3, row.4],
+        )
+        .unwrap();
+    }
+    let skills: [(&str, &str, Option<&str>, Option<&str>, i64); 3] = [
+        (
+            "triage",
+            "ceo",
+            Some("# Triage rules\n..."),
+            None,
+            1739123456,
+        ),
+        (
+            "style",
+            "sec",
+            None,
+            Some("https://example.org/style.md"),
+            1739123457,
+        ),
+        (
+            "both",
+            "sec",
+            Some("inline"),
+            Some("/srv/skills/both.md"),
+            1739123458,
+        ),
+    ];
+    for row in skills {
+        conn.execute(
+            "INSERT INTO mesh_skills (name, source_node, content, path, updated_at) VALUES (?1,?2,?3,?4,?5)",
+            params![row.0, row.1, row.2, row.3, row.4],
+        )
+        .unwrap();
+    }
+}
+
+fn memory_rows(path: &Path) -> Vec<MemoryRow> {
+    let conn = Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY scope, key",
+        )
+        .unwrap();
+    let rows = statement.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    });
+    rows.unwrap().map(Result::unwrap).collect()
+}
+
+fn skill_rows(path: &Path) -> Vec<SkillRow> {
+    let conn = Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT name, source_node, content, path, updated_at FROM mesh_skills ORDER BY name",
+        )
+        .unwrap();
+    let rows = statement.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    });
+    rows.unwrap().map(Result::unwrap).collect()
+}
+
+fn import(node: &TestNode, path: &Path) -> Value {
+    node.json(&["store", "import", path.to_str().unwrap()])
+}
+
+fn export(node: &TestNode, path: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["store", "export", path.to_str().unwrap()];
+    args.extend(extra);
+    node.json(&args)
+}
+
+#[test]
+fn import_then_export_gives_the_same_rows() {
+    let node = TestNode::new("a");
+    let source = node.dir.path().join("reference.sqlite");
+    reference_store(&source);
+    let report = import(&node, &source);
+    assert_eq!(
+        report,
+        json!({"memory": 6, "skills": 3, "unchanged": 0, "skipped": 0})
+    );
+    let copy = node.dir.path().join("copy.sqlite");
+    assert_eq!(
+        export(&node, &copy, &[]),
+        json!({"memory": 6, "skills": 3, "removed": 0})
+    );
+    assert_eq!(memory_rows(&copy), memory_rows(&source));
+    assert_eq!(skill_rows(&copy), skill_rows(&source));
+}
+
+#[test]
+fn raw_and_json_values_are_both_understood() {
+    let node = TestNode::new("a");
+    let source = node.dir.path().join("reference.sqlite");
+    reference_store(&source);
+    let conn = Connection::open(&source).unwrap();
+    conn.execute(
+        "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES ('mesh','quoted','\"metric\"','ceo',1)",
+        [],
+    )
+    .unwrap();
+    import(&node, &source);
+    let value = |key: &str| node.json(&["mem", "get", "mesh", key]);
+    assert_eq!(value("user.preferences"), json!({"shortAnswers": true}));
+    assert_eq!(value("units"), json!("metric"));
+    assert_eq!(value("quoted"), json!("metric"));
+    assert_eq!(
+        value("answer"),
+        json!(42),
+        "bare 42 reads as the reference reads it"
+    );
+    assert_eq!(value("list"), json!([1, "a", null]));
+    assert_eq!(
+        node.json(&["mem", "get", "node:sec", "uptime"]),
+        json!("3 days")
+    );
+    assert_eq!(
+        node.json(&["mem", "get", "user:alice", "tz"]),
+        json!("Europe/Paris")
+    );
+    assert_eq!(node.ok(&["skill", "get", "style"], "").stdout, "");
+}
+
+#[test]
+fn importing_twice_changes_nothing() {
+    let node = TestNode::new("a");
+    let source = node.dir.path().join("reference.sqlite");
+    reference_store(&source);
+    import(&node, &source);
+    let before = node.ok(&["mem", "ls", "--json"], "").stdout;
+    let again = import(&node, &source);
+    assert_eq!(
+        again,
+        json!({"memory": 0, "skills": 0, "unchanged": 9, "skipped": 0})
+    );
+    assert_eq!(node.ok(&["mem", "ls", "--json"], "").stdout, before);
+}
+
+#[test]
+fn last_write_wins_by_updated_at() {
+    let node = TestNode::new("a");
+    let source = node.dir.path().join("reference.sqlite");
+    reference_store(&source);
+    node.ok(&["mem", "put", "mesh", "units", "\"imperial\""], "");
+    import(&node, &source);
+    assert_eq!(
+        node.json(&["mem", "get", "mesh", "units"]),
+        json!("imperial"),
+        "the local write is newer"
+    );
+    let conn = Connection::open(&source).unwrap();
+    conn.execute(
+        "UPDATE mesh_memory SET value = 'kelvin', updated_at = 99999999999 WHERE key = 'units'",
+        [],
+    )
+    .unwrap();
+    import(&node, &source);
+    assert_eq!(node.json(&["mem", "get", "mesh", "units"]), json!("kelvin"));
+}
+
+#[test]
+fn export_upserts_without_replacing_newer_rows_and_prune_removes() {
+    let node = TestNode::new("a");
+    node.ok(&["mem", "put", "mesh", "a", "1"], "");
+    node.ok(&["mem", "put", "mesh", "b", "2"], "");
+    let target = node.dir.path().join("shared.sqlite");
+    export(&node, &target, &[]);
+    let conn = Connection::open(&target).unwrap();
+    conn.execute(
+        "UPDATE mesh_memory SET value = 'theirs', updated_at = 99999999999 WHERE key = 'a'",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES ('mesh','other','x','z',1)",
+        [],
+    )
+    .unwrap();
+    node.ok(&["mem", "put", "mesh", "b", "3"], "");
+    assert_eq!(
+        export(&node, &target, &[]),
+        json!({"memory": 1, "skills": 0, "removed": 0})
+    );
+    let values: Vec<(String, String)> = memory_rows(&target)
+        .into_iter()
+        .map(|r| (r.1, r.2))
+        .collect();
+    let expected =
+        [("a", "theirs"), ("b", "3"), ("other", "x")].map(|(k, v)| (k.to_string(), v.to_string()));
+    assert_eq!(values, expected);
+    assert_eq!(
+        export(&node, &target, &[]),
+        json!({"memory": 0, "skills": 0, "removed": 0})
+    );
+    node.ok(&["mem", "rm", "mesh", "b"], "");
+    assert_eq!(export(&node, &target, &["--prune"])["removed"], 2);
+    let keys: Vec<String> = memory_rows(&target).into_iter().map(|r| r.1).collect();
+    assert_eq!(keys, ["a"]);
+}
+
+#[test]
+fn bad_rows_are_skipped_with_reasons() {
+    let node = TestNode::new("a");
+    let source = node.dir.path().join("loose.sqlite");
+    let conn = Connection::open(&source).unwrap();
+    // The reference client's own DDL has no CHECK on scope.
+    conn.execute_batch(
+        "CREATE TABLE mesh_memory (id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL,
+           key TEXT NOT NULL, value TEXT NOT NULL, node_id TEXT NOT NULL,
+           updated_at INTEGER NOT NULL, UNIQUE(scope, key));
+         INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES
+           ('everywhere', 'k', '1', 'ceo', 1),
+           ('mesh', 'future', '1', 'ceo', 9999999999999),
+           ('mesh', 'negative', '1', 'ceo', -5),
+           ('node:sec', 'ok', '1', 'sec', 5);",
+    )
+    .unwrap();
+    let run = node.ok(&["store", "import", source.to_str().unwrap()], "");
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        report,
+        json!({"memory": 1, "skills": 0, "unchanged": 0, "skipped": 3})
+    );
+    assert!(
+        run.stderr.contains("unknown scope 'everywhere'"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("an invalid updated_at"));
+    assert_eq!(node.json(&["mem", "get", "node:sec", "ok"]), json!(1));
+}
+
+#[test]
+fn files_that_are_not_stores_are_errors() {
+    let node = TestNode::new("a");
+    let missing = node.run(&["store", "import", "/nonexistent/store.sqlite"], "");
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("does not exist"));
+    let empty = node.dir.path().join("empty.sqlite");
+    Connection::open(&empty)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let run = node.run(&["store", "import", empty.to_str().unwrap()], "");
+    assert!(run.stderr.contains("not a mesh store"), "{}", run.stderr);
+    let junk = node.dir.path().join("junk.sqlite");
+    std::fs::write(
+        &junk,
+        "this is not a database, just text that is long enough",
+    )
+    .unwrap();
+    let run = node.run(&["store", "import", junk.to_str().unwrap()], "");
+    assert_ne!(run.code, 0);
+    assert_eq!(node.ok(&["mem", "ls", "--json"], "").stdout, "[]\n");
+}
