@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 type MemoryRow = (String, String, String, String, i64);
 type SkillRow = (String, String, Option<String>, Option<String>, i64);
+type SkillInsert<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, i64);
 
 /// A store as the reference client leaves it: strings bare, other values as JSON text.
 fn reference_store(path: &Path) {
@@ -36,7 +37,7 @@ fn reference_store(path: &Path) {
         )
         .unwrap();
     }
-    let skills: [(&str, &str, Option<&str>, Option<&str>, i64); 3] = [
+    let skills: [SkillInsert; 3] = [
         (
             "triage",
             "ceo",
