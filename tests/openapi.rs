@@ -144,7 +144,6 @@ struct Case {
     route: &'static str,
     method: &'static str,
     path: String,
-    auth: bool,
     body: Option<String>,
 }
 
@@ -153,7 +152,6 @@ fn case(route: &'static str, method: &'static str, path: &str, body: Option<&str
         route,
         method,
         path: path.to_string(),
-        auth: true,
         body: body.map(str::to_string),
     }
 }
