@@ -208,9 +208,13 @@ impl CacheConfig {
             .or(env_openclaw_home)
             .unwrap_or_else(default_openclaw_home);
         crate::cache::CachePaths {
-            skills_dir: (self.skills_dir.clone())
+            skills_dir: self
+                .skills_dir
+                .clone()
                 .unwrap_or_else(|| home.join("mesh").join("agent-skills")),
-            memory_dir: (self.memory_dir.clone())
+            memory_dir: self
+                .memory_dir
+                .clone()
                 .unwrap_or_else(|| home.join("mesh").join("agent-memory")),
             openclaw_home: home,
         }

@@ -1,7 +1,5 @@
 //! The routes, with the reference servers' shapes and status codes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -10,14 +8,13 @@ use serde_json::{json, Map, Value};
 
 use super::guard::{HttpError, Text};
 use super::ApiState;
+use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
 use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::{system_clock, Replica, ReplicaError};
 use crate::store::{MemoryRow, SkillRow};
 
 type Answer<T> = Result<Json<T>, HttpError>;
-
-const MAX_NODE_ID_BYTES: usize = 128;
 
 pub async fn health() -> Json<Value> {
     Json(json!({"ok": true, "service": "meshd", "storeAvailable": true}))
@@ -127,22 +124,15 @@ fn given(map: &Map<String, Value>, field: &str) -> Result<Option<String>, HttpEr
 }
 
 fn node_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>, HttpError> {
-    let id = given(map, field)?;
-    if id
-        .as_ref()
-        .is_some_and(|id| id.len() > MAX_NODE_ID_BYTES || id.chars().any(char::is_control))
-    {
-        return Err(HttpError::bad_request(format!(
-            "{field} must be at most {MAX_NODE_ID_BYTES} bytes without control characters"
-        )));
-    }
-    Ok(id)
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    given(map, field)?
+        .map(|id| {
+            node_name(&id).ok_or_else(|| {
+                HttpError::bad_request(format!(
+                    "{field} must be at most 128 bytes without control characters"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// `{scope,key,value,node_id}`; the server stamps `updated_at`. `node_id` defaults to this
@@ -163,7 +153,7 @@ pub async fn put_memory(State(state): State<ApiState>, Text(body): Text) -> Answ
             key,
             value,
             node_id: node_id.unwrap_or_else(|| replica.node_id().to_string()),
-            updated_at: Stamp::after(newest, now_millis()),
+            updated_at: Stamp::after(newest, system_clock()),
             deleted: false,
         };
         let changed = replica.import_memory(entry.clone()).map_err(write_error)?;
@@ -238,7 +228,7 @@ pub async fn put_skill(State(state): State<ApiState>, Text(body): Text) -> Answe
             path,
             description: description.unwrap_or_default(),
             source_node,
-            updated_at: Stamp::after(newest, now_millis()),
+            updated_at: Stamp::after(newest, system_clock()),
             deleted: false,
         };
         let changed = replica.import_skill(skill.clone()).map_err(write_error)?;
@@ -294,7 +284,7 @@ async fn run_bridge(
     let answer = with_replica(state, move |replica| {
         let items = bridge::items(&body, unwrap);
         let single = items.len() == 1;
-        let now = now_millis();
+        let now = system_clock();
         let report = bridge::ingest(replica, items, now).map_err(write_error)?;
         for (position, reason) in &report.reasons {
             tracing::info!(position, reason, "bridge item ignored");

@@ -137,7 +137,12 @@ fn text<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
 /// A node name from the bridge (`ceo`), or a meshd node id in either form (kept compact so
 /// it matches the ids meshd itself writes).
 fn node_id(value: &Value, field: &str) -> Option<String> {
-    let id = text(value, field)?;
+    node_name(text(value, field)?)
+}
+
+/// A writer's name as the bridge and the Phase 2 API give it, checked (not empty, at most 128
+/// bytes, no control characters); a meshd node id is kept in its compact form.
+pub fn node_name(id: &str) -> Option<String> {
     if id.trim().is_empty() || id.len() > MAX_NODE_ID_BYTES || id.chars().any(char::is_control) {
         return None;
     }

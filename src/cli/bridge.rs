@@ -1,12 +1,12 @@
 //! `meshd bridge`: Phase 1 bridge messages in and out.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::bridge::{self, Selection, Unwrap};
 use meshd::config::Home;
+use meshd::replica::system_clock;
 
 use super::{read_stdin, Node};
 
@@ -45,7 +45,7 @@ pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
     match command {
         BridgeCommand::Ingest { file, unwrap } => {
             let items = bridge::items(&read_input(&file)?, unwrap);
-            let report = bridge::ingest(&mut node.replica, items, now_millis())?;
+            let report = bridge::ingest(&mut node.replica, items, system_clock())?;
             for (position, reason) in &report.reasons {
                 eprintln!("meshd: item {position} ignored: {reason}");
             }
@@ -74,7 +74,7 @@ pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
             for request in requests {
                 println!(
                     "{}",
-                    bridge::respond(&node.replica, &request, now_millis() / 1000)
+                    bridge::respond(&node.replica, &request, system_clock() / 1000)
                 );
             }
         }
@@ -88,10 +88,4 @@ fn read_input(file: &str) -> anyhow::Result<String> {
     }
     let path = PathBuf::from(file);
     std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

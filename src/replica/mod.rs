@@ -89,7 +89,9 @@ pub struct Replica {
     staged: Vec<(DocId, Change)>,
 }
 
-fn system_clock() -> u64 {
+/// The wall clock in Unix milliseconds: the replica's default clock, and the time of writes
+/// that bring none of their own.
+pub fn system_clock() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
