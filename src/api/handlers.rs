@@ -47,9 +47,9 @@ async fn with_replica<T: Send + 'static>(
 
 /// A refused write is the caller's mistake (400, with the rule); anything else is ours.
 fn write_error(error: ReplicaError) -> HttpError {
-    match error {
-        ReplicaError::Invalid(reason) => HttpError::bad_request(reason.to_string()),
-        other => HttpError::internal(other.to_string()),
+    match error.into_refusal() {
+        Ok(reason) => HttpError::bad_request(reason.to_string()),
+        Err(failure) => HttpError::internal(failure.to_string()),
     }
 }
 

@@ -107,8 +107,7 @@ fn apply(
 fn refused(result: Result<bool, ReplicaError>) -> Result<Result<bool, String>, ReplicaError> {
     match result {
         Ok(changed) => Ok(Ok(changed)),
-        Err(ReplicaError::Invalid(reason)) => Ok(Err(reason.to_string())),
-        Err(error) => Err(error),
+        Err(error) => Ok(Err(error.into_refusal()?.to_string())),
     }
 }
 

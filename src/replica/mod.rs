@@ -42,6 +42,17 @@ pub enum ReplicaError {
     NoSuchSkill(String),
 }
 
+impl ReplicaError {
+    /// Splits a write the rules refused (bad input, for the caller to report) from a failure
+    /// of the store itself.
+    pub fn into_refusal(self) -> Result<ValidationError, ReplicaError> {
+        match self {
+            ReplicaError::Invalid(reason) => Ok(reason),
+            other => Err(other),
+        }
+    }
+}
+
 /// Automerge's error is boxed: it is large, and every `Result` of the replica would carry it.
 impl From<automerge::AutomergeError> for ReplicaError {
     fn from(error: automerge::AutomergeError) -> Self {

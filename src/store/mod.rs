@@ -138,11 +138,10 @@ enum Refused {
 }
 
 fn refused(result: Result<bool, ReplicaError>) -> Result<bool, Refused> {
-    match result {
-        Ok(changed) => Ok(changed),
-        Err(ReplicaError::Invalid(reason)) => Err(Refused::Row(reason.to_string())),
-        Err(error) => Err(Refused::Store(error)),
-    }
+    result.map_err(|error| match error.into_refusal() {
+        Ok(reason) => Refused::Row(reason.to_string()),
+        Err(error) => Refused::Store(error),
+    })
 }
 
 impl ImportReport {
