@@ -55,12 +55,8 @@ impl TestNode {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        // meshd may exit before reading its input (a bad argument): a closed pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         finished(child.wait_with_output().unwrap())
     }
 
