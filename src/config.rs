@@ -249,11 +249,11 @@ fn config_template(name: &str, listen: &str) -> String {
          \n\
          # Optional sections (defaults shown); see docs/compatibility.md.\n\
          # [api]\n\
-         # listen = \"{DEFAULT_API_LISTEN}\"   # other than loopback requires auth\n\
-         # bearer_token = \"...\"             # or auth_header = \"X-API-Key\" + auth_secret = \"...\"\n\
+         # listen = \"{DEFAULT_API_LISTEN}\"  # an address other than loopback requires auth\n\
+         # bearer_token = \"...\"           # or auth_header = \"X-API-Key\" + auth_secret = \"...\"\n\
          # rate_limit_per_min = 0\n\
          # [cache]\n\
-         # openclaw_home = \"~/.openclaw\"    # default: $OPENCLAW_HOME\n\
+         # openclaw_home = \"/home/me/.openclaw\"  # default: $OPENCLAW_HOME, else ~/.openclaw\n\
          # [store]\n\
          # mirror = \"/path/to/mesh-store.sqlite\"\n"
     )
