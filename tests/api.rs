@@ -196,6 +196,12 @@ fn bad_requests_are_400_and_change_nothing() {
         ),
         (
             "PUT",
+            "/mesh/memory",
+            r#"{"scope":"mesh","key":"k","value":1,"node_id":"a\u0001"}"#,
+            "node_id must be",
+        ),
+        (
+            "PUT",
             "/mesh/skills",
             r#"{"name":"n","content":"c"}"#,
             "Missing name or source_node",
