@@ -554,3 +554,6 @@ impl Batch<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
