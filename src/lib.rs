@@ -6,4 +6,5 @@
 pub mod config;
 pub mod model;
 pub mod net;
+pub mod peers;
 pub mod replica;
