@@ -4,6 +4,7 @@
 //! → `model`. See docs/architecture.md.
 
 pub mod config;
+pub mod control;
 pub mod model;
 pub mod net;
 pub mod peers;

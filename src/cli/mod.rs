@@ -1,8 +1,9 @@
-//! The command line: one file per command group, each thin (parse, call the library, print).
+//! The command line: one file per command group, each thin (parse, send a request, print).
 
 mod doc;
 mod mem;
 mod node;
+mod peers;
 mod skill;
 
 use std::path::PathBuf;
@@ -11,8 +12,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meshd::config::Home;
-use meshd::model::Scope;
+use meshd::control::{socket, Local, Request, Response};
 use meshd::net::identity::Identity;
+use meshd::peers::PeerStore;
 use meshd::replica::Replica;
 
 /// meshd: share memory and skills between OpenClaw gateways.
@@ -39,6 +41,9 @@ enum Command {
     /// Read and write shared skills
     #[command(subcommand)]
     Skill(skill::SkillCommand),
+    /// Pair with other nodes and see who tried to connect
+    #[command(subcommand)]
+    Peers(peers::PeersCommand),
     /// Work with the Automerge documents themselves
     #[command(subcommand)]
     Doc(doc::DocCommand),
@@ -51,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id(args) => node::id(&home, args),
         Command::Mem(command) => mem::run(&home, command),
         Command::Skill(command) => skill::run(&home, command),
+        Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
     }
 }
@@ -78,22 +84,38 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     }
 }
 
-/// An opened node's replica, with scopes resolved against its id.
-pub struct Node {
-    pub replica: Replica,
+/// Runs a request on the node: through the daemon when it runs, on the store otherwise.
+/// Turns `NotFound` and `Error` answers into errors, so callers only see what they asked for.
+pub fn execute(home: &Home, request: Request) -> anyhow::Result<Response> {
+    home.require_initialised()?;
+    let response = match socket::send(&home.control_socket_path(), &request)? {
+        Some(response) => response,
+        None => execute_on_store(home, request)?,
+    };
+    match response {
+        Response::NotFound { message } => Err(NotFound(message).into()),
+        Response::Error { message } => Err(anyhow::anyhow!(message)),
+        other => Ok(other),
+    }
 }
 
-impl Node {
-    pub fn open(home: &Home) -> anyhow::Result<Node> {
-        home.require_initialised()?;
-        let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
-        Ok(Node { replica })
-    }
+fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Response> {
+    let identity = Identity::load(&home.key_path(), &home.cert_path())?;
+    let mut replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    let peers = PeerStore::open(replica.db())?;
+    let mut local = Local {
+        replica: &mut replica,
+        peers: &peers,
+        own: identity.node_id,
+    };
+    local
+        .execute(request)
+        .context("the daemon is not running: start it with `meshd run`")
+}
 
-    pub fn scope(&self, text: &str) -> anyhow::Result<Scope> {
-        Ok(Scope::parse(text, self.replica.node_id())?)
-    }
+/// An answer of a kind the command did not ask for: a version mismatch between CLI and daemon.
+pub fn unexpected(response: Response) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from the node: {response:?}")
 }
 
 /// Reads a whole argument given as `-` from stdin.
