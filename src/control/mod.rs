@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::model::access::{Access, Pattern};
+use crate::model::validate::ValidationError;
 use crate::model::{DocId, MemoryEntry, NodeId, Scope, Skill};
 use crate::peers::{Peer, PeerStore, Refused};
 use crate::replica::{Replica, SkillWrite};
@@ -217,14 +218,14 @@ impl Local<'_> {
         })
     }
 
-    fn scope(&self, text: &str) -> Result<Scope, Response> {
-        Scope::parse(text, self.replica.node_id()).map_err(error)
+    fn scope(&self, text: &str) -> Result<Scope, ValidationError> {
+        Scope::parse(text, self.replica.node_id())
     }
 
     fn mem_put(&mut self, scope: &str, key: &str, value: serde_json::Value) -> Response {
         let scope = match self.scope(scope) {
             Ok(scope) => scope,
-            Err(response) => return response,
+            Err(e) => return error(e),
         };
         match self.replica.put_memory(&scope, key, value) {
             Ok(entry) => Response::Entry {
@@ -238,7 +239,7 @@ impl Local<'_> {
     fn mem_get(&mut self, scope: &str, key: &str) -> Response {
         let scope = match self.scope(scope) {
             Ok(scope) => scope,
-            Err(response) => return response,
+            Err(e) => return error(e),
         };
         match self.replica.memory_versions(&scope, key) {
             Some((winner, conflicts)) if !winner.deleted => Response::Entry { winner, conflicts },
@@ -249,7 +250,7 @@ impl Local<'_> {
     fn mem_ls(&mut self, scope: Option<&str>) -> Response {
         let scope = match scope.map(|s| self.scope(s)).transpose() {
             Ok(scope) => scope,
-            Err(response) => return response,
+            Err(e) => return error(e),
         };
         Response::Entries {
             entries: self.replica.list_memory(scope.as_ref()),
@@ -259,7 +260,7 @@ impl Local<'_> {
     fn mem_rm(&mut self, scope: &str, key: &str) -> Response {
         let scope = match self.scope(scope) {
             Ok(scope) => scope,
-            Err(response) => return response,
+            Err(e) => return error(e),
         };
         match self.replica.delete_memory(&scope, key) {
             Ok(true) => Response::Done {
@@ -276,7 +277,7 @@ impl Local<'_> {
         } else {
             match self.scope(scope) {
                 Ok(scope) => DocId::Memory(scope),
-                Err(response) => return response,
+                Err(e) => return error(e),
             }
         };
         let Some(bytes) = self.replica.export(&doc) else {
