@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod model;
 pub mod net;
 pub mod peers;

@@ -1,5 +1,6 @@
 //! The command line: one file per command group, each thin (parse, send a request, print).
 
+mod daemon;
 mod doc;
 mod mem;
 mod node;
@@ -44,6 +45,12 @@ enum Command {
     /// Pair with other nodes and see who tried to connect
     #[command(subcommand)]
     Peers(peers::PeersCommand),
+    /// Run the node in the foreground: sync with peers, serve the CLI (logs to stderr; RUST_LOG)
+    Run,
+    /// Show the node, its store and its peers
+    Status(daemon::StatusArgs),
+    /// Run a sync round with connected peers now and wait for it
+    Sync(daemon::SyncArgs),
     /// Work with the Automerge documents themselves
     #[command(subcommand)]
     Doc(doc::DocCommand),
@@ -58,14 +65,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Skill(command) => skill::run(&home, command),
         Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
+        Command::Run => daemon::run_daemon(home),
+        Command::Status(args) => daemon::status(&home, args),
+        Command::Sync(args) => daemon::sync(&home, args),
     }
 }
 
-pub fn init_logging() {
+impl Cli {
+    /// The daemon reports what it does; one-shot commands only warn.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Run => "info",
+            _ => "warn",
+        }
+    }
+}
+
+pub fn init_logging(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -352,6 +352,11 @@ impl Replica {
         Ok(())
     }
 
+    /// Waits until everything written so far is on disk.
+    pub fn flush(&self) -> Result<()> {
+        self.storage.flush()
+    }
+
     // ---- documents, for sync and export -------------------------------------------------
 
     pub fn doc_ids(&self) -> Vec<DocId> {
