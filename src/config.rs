@@ -69,6 +69,9 @@ impl Home {
     pub fn store_path(&self) -> PathBuf {
         self.dir.join("store")
     }
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
 
     pub fn is_initialised(&self) -> bool {
         self.config_path().exists() || self.key_path().exists()

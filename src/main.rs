@@ -6,7 +6,7 @@ mod cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging();
+    cli::init_logging(args.default_log_level());
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

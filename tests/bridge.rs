@@ -1,15 +1,15 @@
 //! `meshd bridge ingest | emit | respond` with the real binary.
 
-mod common;
+mod compat_common;
 
-use common::TestNode;
+use compat_common::TestNode;
 use serde_json::{json, Value};
 
 const MEMORY: &str = r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}"#;
 const SKILL: &str =
     r##"{"type":"skill","name":"triage","sourceNode":"ceo","content":"# Triage rules\n..."}"##;
 
-fn summary(run: &common::Run) -> Value {
+fn summary(run: &compat_common::Run) -> Value {
     serde_json::from_str(&run.stdout).expect("the summary is JSON")
 }
 

@@ -1,10 +1,10 @@
 //! `meshd store import | export` against SQLite files in the reference schema.
 
-mod common;
+mod compat_common;
 
 use std::path::Path;
 
-use common::TestNode;
+use compat_common::TestNode;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 

@@ -119,11 +119,9 @@ fn import_skill(
     message: SkillMessage,
     wall_millis: u64,
 ) -> Result<bool, ReplicaError> {
-    let replica = batch.replica();
-    let live = replica.get_skill(&message.name);
-    let newest = replica
-        .skill_versions(&message.name)
-        .map(|(winner, _)| winner.updated_at);
+    let current = batch.current_skill(&message.name);
+    let newest = current.as_ref().map(|winner| winner.updated_at);
+    let live = current.filter(|winner| !winner.deleted);
     let updated_at = match message.ts {
         Some(ts) => ts,
         None if live.as_ref().is_some_and(|live| {

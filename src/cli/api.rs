@@ -9,7 +9,7 @@ use meshd::api::{self, ApiSettings, ApiState};
 use meshd::config::{self, Home};
 use meshd::views::{ViewWriter, Views};
 
-use super::{openclaw_home_env, Node};
+use super::{open_replica, openclaw_home_env};
 
 #[derive(Debug, Subcommand)]
 pub enum ApiCommand {
@@ -27,7 +27,7 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
     let addr = config::parse_listen(listen.as_deref().unwrap_or(&config.api.listen))?;
     api::check_bind(addr, &settings)?;
-    let node = Node::open(home)?;
+    let (replica, _) = open_replica(home)?;
     let views = Views::from_config(&config, openclaw_home_env());
     let debounce = Duration::from_millis(config.cache.debounce_ms);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -36,7 +36,7 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("meshd API listening on http://{}", listener.local_addr()?);
-        let replica = Arc::new(Mutex::new(node.replica));
+        let replica = Arc::new(Mutex::new(replica));
         let writer = ViewWriter::spawn(replica.clone(), views, debounce);
         // The views start from the store as it is, then follow every write.
         writer.changed();

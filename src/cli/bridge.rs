@@ -6,9 +6,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use meshd::bridge::{self, Selection, Unwrap};
 use meshd::config::Home;
+use meshd::model::Scope;
 use meshd::replica::system_clock;
 
-use super::{read_stdin, Node};
+use super::{open_replica, read_stdin};
 
 #[derive(Debug, Subcommand)]
 pub enum BridgeCommand {
@@ -41,11 +42,11 @@ pub enum BridgeCommand {
 }
 
 pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
-    let mut node = Node::open(home)?;
+    let (mut replica, _) = open_replica(home)?;
     match command {
         BridgeCommand::Ingest { file, unwrap } => {
             let items = bridge::items(&read_input(&file)?, unwrap);
-            let report = bridge::ingest(&mut node.replica, items, system_clock())?;
+            let report = bridge::ingest(&mut replica, items, system_clock())?;
             for (position, reason) in &report.reasons {
                 eprintln!("meshd: item {position} ignored: {reason}");
             }
@@ -56,9 +57,9 @@ pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
             let selection = match scope.as_deref() {
                 None => Selection::Everything,
                 Some("skills") => Selection::Skills,
-                Some(scope) => Selection::Memory(node.scope(scope)?),
+                Some(scope) => Selection::Memory(Scope::parse(scope, replica.node_id())?),
             };
-            for line in bridge::emit(&node.replica, since, &selection) {
+            for line in bridge::emit(&replica, since, &selection) {
                 println!("{line}");
             }
         }
@@ -74,7 +75,7 @@ pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
             for request in requests {
                 println!(
                     "{}",
-                    bridge::respond(&node.replica, &request, system_clock() / 1000)
+                    bridge::respond(&replica, &request, system_clock() / 1000)
                 );
             }
         }

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use meshd::cache;
 use meshd::config::Home;
 
-use super::{openclaw_home_env, Node};
+use super::{open_replica, openclaw_home_env};
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -14,11 +14,11 @@ pub enum CacheCommand {
 
 pub fn run(home: &Home, command: CacheCommand) -> anyhow::Result<()> {
     let config = home.load_config()?;
-    let node = Node::open(home)?;
+    let (replica, _) = open_replica(home)?;
     match command {
         CacheCommand::Write => {
             let paths = config.cache.paths(openclaw_home_env());
-            let report = cache::write_all(&node.replica, &paths)?;
+            let report = cache::write_all(&replica, &paths)?;
             eprintln!(
                 "caches in {}, {} and {}",
                 paths.openclaw_home.display(),

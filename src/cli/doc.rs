@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::model::DocId;
+use meshd::control::{Request, Response};
 
-use super::{Node, NotFound};
+use super::{execute, unexpected};
 
 #[derive(Debug, Subcommand)]
 pub enum DocCommand {
@@ -21,21 +20,14 @@ pub enum DocCommand {
 }
 
 pub fn run(home: &Home, command: DocCommand) -> anyhow::Result<()> {
-    let node = Node::open(home)?;
     match command {
         DocCommand::Export { scope, out } => {
-            let doc = if scope == "skills" {
-                DocId::Skills
-            } else {
-                DocId::Memory(node.scope(&scope)?)
-            };
-            let bytes = node
-                .replica
-                .export(&doc)
-                .ok_or_else(|| NotFound(format!("this node has no {doc} document yet")))?;
-            std::fs::write(&out, &bytes)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            eprintln!("wrote {doc} ({} bytes) to {}", bytes.len(), out.display());
+            // The daemon may run in another directory: give it an absolute path.
+            let out = std::path::absolute(&out)?;
+            match execute(home, Request::DocExport { scope, out })? {
+                Response::Done { message } => eprintln!("{message}"),
+                other => return Err(unexpected(other)),
+            }
         }
     }
     Ok(())

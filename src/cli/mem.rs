@@ -2,11 +2,12 @@
 
 use clap::Subcommand;
 use meshd::config::Home;
+use meshd::control::{Request, Response};
 use meshd::model::validate;
 use meshd::model::MemoryEntry;
 use serde_json::json;
 
-use super::{format_time, read_stdin, Node, NotFound};
+use super::{execute, format_time, read_stdin, unexpected};
 
 #[derive(Debug, Subcommand)]
 pub enum MemCommand {
@@ -43,82 +44,81 @@ pub enum MemCommand {
 }
 
 pub fn run(home: &Home, command: MemCommand) -> anyhow::Result<()> {
-    let mut node = Node::open(home)?;
     match command {
         MemCommand::Put { scope, key, value } => {
-            let scope = node.scope(&scope)?;
             let text = if value == "-" { read_stdin()? } else { value };
             let value = validate::json_value(&text)?;
-            let entry = node.replica.put_memory(&scope, &key, value)?;
-            eprintln!(
-                "stored {}:{} at {}",
-                entry.scope,
-                entry.key,
-                format_time(entry.updated_at.unix_seconds())
-            );
+            match execute(home, Request::MemPut { scope, key, value })? {
+                Response::Entry { winner, .. } => eprintln!(
+                    "stored {}:{} at {}",
+                    winner.scope,
+                    winner.key,
+                    format_time(winner.updated_at.unix_seconds())
+                ),
+                other => return Err(unexpected(other)),
+            }
         }
         MemCommand::Get {
             scope,
             key,
             json,
             conflicts,
-        } => {
-            let scope = node.scope(&scope)?;
-            let Some((winner, losers)) = node
-                .replica
-                .memory_versions(&scope, &key)
-                .filter(|(w, _)| !w.deleted)
-            else {
-                return Err(NotFound(format!("no entry {key} in scope {scope}")).into());
-            };
-            if json {
-                let mut row = entry_json(&winner);
-                if conflicts {
-                    row["conflicts"] = losers.iter().map(entry_json).collect();
-                }
-                println!("{row}");
-            } else {
-                println!("{}", winner.value);
-                if conflicts {
-                    for loser in &losers {
-                        let shown = if loser.deleted {
-                            "(deleted)".to_string()
-                        } else {
-                            loser.value.to_string()
-                        };
-                        eprintln!(
-                            "conflict: {shown} from {} at {}",
-                            loser.node_id,
-                            format_time(loser.updated_at.unix_seconds())
-                        );
-                    }
-                }
+        } => match execute(home, Request::MemGet { scope, key })? {
+            Response::Entry {
+                winner,
+                conflicts: losers,
+            } => print_entry(&winner, &losers, json, conflicts),
+            other => return Err(unexpected(other)),
+        },
+        MemCommand::Ls { scope, json } => match execute(home, Request::MemLs { scope })? {
+            Response::Entries { entries } if json => {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(entries.iter().map(entry_json).collect())
+                );
             }
-        }
-        MemCommand::Ls { scope, json } => {
-            let scope = scope.map(|s| node.scope(&s)).transpose()?;
-            let entries = node.replica.list_memory(scope.as_ref());
-            if json {
-                let rows: Vec<_> = entries.iter().map(entry_json).collect();
-                println!("{}", serde_json::Value::Array(rows));
-            } else {
+            Response::Entries { entries } => {
                 for entry in &entries {
                     println!("{}\t{}\t{}", entry.scope, entry.key, entry.value);
                 }
             }
-        }
-        MemCommand::Rm { scope, key } => {
-            let scope = node.scope(&scope)?;
-            if !node.replica.delete_memory(&scope, &key)? {
-                return Err(NotFound(format!("no entry {key} in scope {scope}")).into());
-            }
-            eprintln!("deleted {scope}:{key}");
-        }
+            other => return Err(unexpected(other)),
+        },
+        MemCommand::Rm { scope, key } => match execute(home, Request::MemRm { scope, key })? {
+            Response::Done { message } => eprintln!("{message}"),
+            other => return Err(unexpected(other)),
+        },
     }
     Ok(())
 }
 
-/// The Phase 2 row shape (`updated_at` in Unix seconds), plus the full clock reading.
+fn print_entry(winner: &MemoryEntry, losers: &[MemoryEntry], json: bool, conflicts: bool) {
+    if json {
+        let mut row = entry_json(winner);
+        if conflicts {
+            row["conflicts"] = losers.iter().map(entry_json).collect();
+        }
+        println!("{row}");
+        return;
+    }
+    println!("{}", winner.value);
+    if conflicts {
+        for loser in losers {
+            let shown = if loser.deleted {
+                "(deleted)".to_string()
+            } else {
+                loser.value.to_string()
+            };
+            eprintln!(
+                "conflict: {shown} from {} at {}",
+                loser.node_id,
+                format_time(loser.updated_at.unix_seconds())
+            );
+        }
+    }
+}
+
+/// The Phase 2 row shape (`updated_at` in Unix seconds), plus the clock in milliseconds.
 fn entry_json(entry: &MemoryEntry) -> serde_json::Value {
     let mut row = json!({
         "scope": entry.scope.to_string(),

@@ -1,11 +1,13 @@
-//! The command line: one file per command group, each thin (parse, call the library, print).
+//! The command line: one file per command group, each thin (parse, send a request, print).
 
 mod api;
 mod bridge;
 mod cache;
+mod daemon;
 mod doc;
 mod mem;
 mod node;
+mod peers;
 mod skill;
 mod store;
 
@@ -15,8 +17,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meshd::config::Home;
-use meshd::model::Scope;
+use meshd::control::{socket, Local, Request, Response};
 use meshd::net::identity::Identity;
+use meshd::peers::PeerStore;
 use meshd::replica::Replica;
 
 /// meshd: share memory and skills between OpenClaw gateways.
@@ -43,6 +46,15 @@ enum Command {
     /// Read and write shared skills
     #[command(subcommand)]
     Skill(skill::SkillCommand),
+    /// Pair with other nodes and see who tried to connect
+    #[command(subcommand)]
+    Peers(peers::PeersCommand),
+    /// Run the node in the foreground: sync with peers, serve the CLI (logs to stderr; RUST_LOG)
+    Run,
+    /// Show the node, its store and its peers
+    Status(daemon::StatusArgs),
+    /// Run a sync round with connected peers now and wait for it
+    Sync(daemon::SyncArgs),
     /// Work with the Automerge documents themselves
     #[command(subcommand)]
     Doc(doc::DocCommand),
@@ -67,7 +79,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id(args) => node::id(&home, args),
         Command::Mem(command) => mem::run(&home, command),
         Command::Skill(command) => skill::run(&home, command),
+        Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
+        Command::Run => daemon::run_daemon(home),
+        Command::Status(args) => daemon::status(&home, args),
+        Command::Sync(args) => daemon::sync(&home, args),
         Command::Bridge(command) => bridge::run(&home, command),
         Command::Store(command) => store::run(&home, command),
         Command::Cache(command) => cache::run(&home, command),
@@ -75,11 +91,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-pub fn init_logging() {
+impl Cli {
+    /// The daemon reports what it does; one-shot commands only warn.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Run => "info",
+            _ => "warn",
+        }
+    }
+}
+
+pub fn init_logging(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -98,22 +124,47 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     }
 }
 
-/// An opened node's replica, with scopes resolved against its id.
-pub struct Node {
-    pub replica: Replica,
+/// Runs a request on the node: through the daemon when it runs, on the store otherwise.
+/// Turns `NotFound` and `Error` answers into errors, so callers only see what they asked for.
+pub fn execute(home: &Home, request: Request) -> anyhow::Result<Response> {
+    home.require_initialised()?;
+    let response = match socket::send(&home.control_socket_path(), &request)? {
+        Some(response) => response,
+        None => execute_on_store(home, request)?,
+    };
+    match response {
+        Response::NotFound { message } => Err(NotFound(message).into()),
+        Response::Error { message } => Err(anyhow::anyhow!(message)),
+        other => Ok(other),
+    }
 }
 
-impl Node {
-    pub fn open(home: &Home) -> anyhow::Result<Node> {
-        home.require_initialised()?;
-        let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
-        Ok(Node { replica })
-    }
+/// Opens the node's store in this process, for commands that work on the replica as a whole
+/// (bridge, store, cache, api serve) and for requests when no daemon answers. sled lets one
+/// process in at a time: while the daemon runs, opening fails and says so.
+pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
+    home.require_initialised()?;
+    let identity = Identity::load(&home.key_path(), &home.cert_path())?;
+    let replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    Ok((replica, identity))
+}
 
-    pub fn scope(&self, text: &str) -> anyhow::Result<Scope> {
-        Ok(Scope::parse(text, self.replica.node_id())?)
-    }
+fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Response> {
+    let (mut replica, identity) = open_replica(home)?;
+    let peers = PeerStore::open(replica.db())?;
+    let mut local = Local {
+        replica: &mut replica,
+        peers: &peers,
+        own: identity.node_id,
+    };
+    local
+        .execute(request)
+        .context("the daemon is not running: start it with `meshd run`")
+}
+
+/// An answer of a kind the command did not ask for: a version mismatch between CLI and daemon.
+pub fn unexpected(response: Response) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from the node: {response:?}")
 }
 
 /// Reads a whole argument given as `-` from stdin.

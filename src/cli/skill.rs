@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::replica::SkillWrite;
+use meshd::control::{Request, Response};
 use serde_json::json;
 
-use super::{format_time, read_stdin, Node, NotFound};
+use super::{execute, format_time, read_stdin, unexpected};
 
 #[derive(Debug, Subcommand)]
 pub enum SkillCommand {
@@ -39,7 +39,6 @@ pub enum SkillCommand {
 }
 
 pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
-    let mut node = Node::open(home)?;
     match command {
         SkillCommand::Put {
             name,
@@ -52,28 +51,25 @@ pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", file.display()))?,
                 None => read_stdin()?,
             };
-            let skill = node.replica.put_skill(SkillWrite {
-                name,
-                content,
-                description,
-                path,
-            })?;
-            eprintln!(
-                "stored skill {} ({} bytes)",
-                skill.name,
-                skill.content.len()
-            );
+            match execute(
+                home,
+                Request::SkillPut {
+                    name,
+                    content,
+                    description,
+                    path,
+                },
+            )? {
+                Response::Done { message } => eprintln!("{message}"),
+                other => return Err(unexpected(other)),
+            }
         }
-        SkillCommand::Get { name } => {
-            let skill = node
-                .replica
-                .get_skill(&name)
-                .ok_or_else(|| NotFound(format!("no skill named {name}")))?;
-            std::io::stdout().write_all(skill.content.as_bytes())?;
-        }
-        SkillCommand::Ls { json } => {
-            let skills = node.replica.list_skills();
-            if json {
+        SkillCommand::Get { name } => match execute(home, Request::SkillGet { name })? {
+            Response::Skill { skill } => std::io::stdout().write_all(skill.content.as_bytes())?,
+            other => return Err(unexpected(other)),
+        },
+        SkillCommand::Ls { json } => match execute(home, Request::SkillLs)? {
+            Response::Skills { skills } if json => {
                 let rows: Vec<_> = skills
                     .iter()
                     .map(|s| {
@@ -85,7 +81,8 @@ pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
-            } else {
+            }
+            Response::Skills { skills } => {
                 for s in &skills {
                     println!(
                         "{}\t{}\t{}",
@@ -95,13 +92,12 @@ pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
                     );
                 }
             }
-        }
-        SkillCommand::Rm { name } => {
-            if !node.replica.delete_skill(&name)? {
-                return Err(NotFound(format!("no skill named {name}")).into());
-            }
-            eprintln!("deleted skill {name}");
-        }
+            other => return Err(unexpected(other)),
+        },
+        SkillCommand::Rm { name } => match execute(home, Request::SkillRm { name })? {
+            Response::Done { message } => eprintln!("{message}"),
+            other => return Err(unexpected(other)),
+        },
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use meshd::config::Home;
 use meshd::store;
 
-use super::Node;
+use super::open_replica;
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
@@ -25,17 +25,17 @@ pub enum StoreCommand {
 }
 
 pub fn run(home: &Home, command: StoreCommand) -> anyhow::Result<()> {
-    let mut node = Node::open(home)?;
+    let (mut replica, _) = open_replica(home)?;
     match command {
         StoreCommand::Import { path } => {
-            let report = store::import(&path, &mut node.replica)?;
+            let report = store::import(&path, &mut replica)?;
             for reason in &report.reasons {
                 eprintln!("meshd: row skipped: {reason}");
             }
             println!("{}", serde_json::to_string(&report)?);
         }
         StoreCommand::Export { path, prune } => {
-            let report = store::export(&node.replica, &path, prune)?;
+            let report = store::export(&replica, &path, prune)?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }

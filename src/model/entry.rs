@@ -1,10 +1,12 @@
 //! What the replica holds: memory entries and skills, and the rule that picks one winner
 //! among concurrent versions.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Scope, Stamp};
 
 /// One version of a memory entry. A tombstone (`deleted`) syncs like any write.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryEntry {
     pub scope: Scope,
     pub key: String,
@@ -15,7 +17,7 @@ pub struct MemoryEntry {
 }
 
 /// One skill: SOUL/STYLE snippet, procedure or descriptor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skill {
     pub name: String,
     pub content: String,

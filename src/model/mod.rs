@@ -1,6 +1,7 @@
 //! The vocabulary every other module speaks: scopes, node ids, clocks, entries and the
 //! validation and secret rules every write must pass.
 
+pub mod access;
 pub mod entry;
 pub mod hlc;
 pub mod node_id;

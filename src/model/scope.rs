@@ -79,6 +79,26 @@ impl fmt::Display for Scope {
     }
 }
 
+/// Scopes travel as their text form; a bare `node` has no meaning there, so it is refused.
+impl serde::Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match Scope::parse(&text, "") {
+            Ok(Scope::Node(id)) if id.is_empty() => {
+                Err(serde::de::Error::custom("bare node scope"))
+            }
+            Ok(scope) => Ok(scope),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
+    }
+}
+
 /// One Automerge document: a memory scope, or the skills.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DocId {

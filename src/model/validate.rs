@@ -15,6 +15,8 @@ pub const MAX_SKILL_BYTES: usize = 1024 * 1024;
 pub enum ValidationError {
     #[error("unknown scope '{0}': use mesh, node, node:<id> or user:<id> (id: letters, digits, . _ @ + -)")]
     Scope(String),
+    #[error("unknown access pattern '{0}': use mesh, skills, user:*, user:<id>, node:*, node:<id>, node (the peer's own), or none")]
+    Pattern(String),
     #[error("the key is empty: give a name such as user.preferences")]
     EmptyKey,
     #[error("the key is {0} bytes, the limit is {MAX_KEY_BYTES}")]

@@ -5,10 +5,11 @@ mod memory_doc;
 mod skills_doc;
 mod storage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use crate::model::entry::resolve;
@@ -82,6 +83,9 @@ pub struct SkillWrite {
 /// after this many changes.
 const COMPACT_AFTER_CHANGES: usize = 50_000;
 const COMPACT_MIN_CHANGES: usize = 256;
+/// Changes may weigh this many times the snapshot before they are folded: each compaction
+/// costs a full save, so the log must grow in proportion to the document to keep writes O(1).
+const COMPACT_GROWTH: usize = 4;
 
 struct DocState {
     doc: Automerge,
@@ -97,7 +101,6 @@ pub struct Replica {
     actor: ActorId,
     hlc: Hlc,
     wall_clock: WallClock,
-    staged: Vec<(DocId, Change)>,
 }
 
 /// The wall clock in Unix milliseconds: the replica's default clock, and the time of writes
@@ -135,7 +138,6 @@ impl Replica {
             actor,
             hlc: Hlc::default(),
             wall_clock,
-            staged: Vec::new(),
         })
     }
 
@@ -266,33 +268,66 @@ impl Replica {
 
     // ---- batches ------------------------------------------------------------------------
 
-    /// Runs several writes and makes them durable with one flush (group commit). Returns only
-    /// once everything `f` wrote is on disk. If `f` fails, the writes it made before failing
-    /// are kept and made durable too; the failed one changed nothing.
+    /// Runs several writes and makes them durable with one flush (group commit): each
+    /// document the batch touches gets one Automerge change. Returns only once everything `f`
+    /// wrote is on disk. If `f` fails, the writes it staged before failing are kept and made
+    /// durable too; the failed one changed nothing.
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
-        let outcome = f(&mut Batch { replica: self });
-        self.commit_staged()?;
+        let mut batch = Batch {
+            replica: self,
+            writes: Vec::new(),
+            latest_memory: HashMap::new(),
+            latest_skill: HashMap::new(),
+        };
+        let outcome = f(&mut batch);
+        let writes = batch.writes;
+        self.commit_writes(writes)?;
         outcome
     }
 
-    fn commit_staged(&mut self) -> Result<()> {
-        if self.staged.is_empty() {
+    fn commit_writes(&mut self, writes: Vec<Staged>) -> Result<()> {
+        let mut by_doc: BTreeMap<DocId, Vec<Staged>> = BTreeMap::new();
+        for write in writes {
+            by_doc.entry(write.doc()).or_default().push(write);
+        }
+        let mut changes = Vec::new();
+        for (doc, writes) in by_doc {
+            let actor = self.actor.clone();
+            let state = self
+                .docs
+                .entry(doc.clone())
+                .or_insert_with(|| new_doc_state(&actor));
+            let mut tx = state.doc.transaction();
+            if let Err(e) = writes.iter().try_for_each(|write| write.apply(&mut tx)) {
+                tx.rollback();
+                return Err(e.into());
+            }
+            let (hash, _) = tx.commit();
+            if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
+                changes.push((doc, change));
+            }
+        }
+        self.persist(changes)
+    }
+
+    /// Stores changes already applied to the in-memory documents, durably.
+    fn persist(&mut self, changes: Vec<(DocId, Change)>) -> Result<()> {
+        if changes.is_empty() {
             return Ok(());
         }
-        let staged = std::mem::take(&mut self.staged);
-        let names: Vec<String> = staged.iter().map(|(doc, _)| doc.name()).collect();
+        let names: Vec<String> = changes.iter().map(|(doc, _)| doc.name()).collect();
         self.storage.append_durably(
-            staged
+            changes
                 .iter()
                 .zip(&names)
                 .map(|((_, change), name)| (name.as_str(), change.hash(), change.raw_bytes())),
         )?;
         let mut touched: Vec<DocId> = Vec::new();
-        for (doc, change) in &staged {
+        for (doc, change) in &changes {
             let state = self
                 .docs
                 .get_mut(doc)
-                .expect("staged changes belong to loaded docs");
+                .expect("persisted changes belong to loaded docs");
             state.changes_since_snapshot += 1;
             state.bytes_since_snapshot += change.raw_bytes().len();
             if !touched.contains(doc) {
@@ -308,7 +343,7 @@ impl Replica {
     fn compact_if_due(&mut self, doc: &DocId) -> Result<()> {
         let state = &self.docs[doc];
         let outweighs = state.changes_since_snapshot >= COMPACT_MIN_CHANGES
-            && state.bytes_since_snapshot >= state.snapshot_bytes;
+            && state.bytes_since_snapshot >= COMPACT_GROWTH * state.snapshot_bytes;
         if outweighs || state.changes_since_snapshot >= COMPACT_AFTER_CHANGES {
             self.compact(doc)?;
         }
@@ -332,6 +367,11 @@ impl Replica {
         state.changes_since_snapshot = 0;
         state.bytes_since_snapshot = 0;
         Ok(())
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub fn flush(&self) -> Result<()> {
+        self.storage.flush()
     }
 
     // ---- documents, for sync and export -------------------------------------------------
@@ -365,9 +405,12 @@ impl Replica {
         }
         let added = state.doc.get_changes(&before);
         let hashes = added.iter().map(Change::hash).collect();
-        self.staged
-            .extend(added.into_iter().map(|change| (doc.clone(), change)));
-        self.commit_staged()?;
+        self.persist(
+            added
+                .into_iter()
+                .map(|change| (doc.clone(), change))
+                .collect(),
+        )?;
         Ok(hashes)
     }
 
@@ -377,30 +420,6 @@ impl Replica {
         let stamp = current.map_or(stamp, |current| stamp.max(Stamp(current.0 + 1)));
         self.hlc.observe(stamp);
         stamp
-    }
-
-    fn transact(
-        &mut self,
-        doc: &DocId,
-        f: impl FnOnce(
-            &mut automerge::transaction::Transaction<'_>,
-        ) -> Result<(), automerge::AutomergeError>,
-    ) -> Result<()> {
-        let actor = self.actor.clone();
-        let state = self
-            .docs
-            .entry(doc.clone())
-            .or_insert_with(|| new_doc_state(&actor));
-        let mut tx = state.doc.transaction();
-        if let Err(e) = f(&mut tx) {
-            tx.rollback();
-            return Err(e.into());
-        }
-        let (hash, _) = tx.commit();
-        if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
-            self.staged.push((doc.clone(), change));
-        }
-        Ok(())
     }
 }
 
@@ -437,17 +456,38 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
     Ok(state)
 }
 
+/// A write staged in a batch, applied to its document when the batch commits.
+enum Staged {
+    Memory(MemoryEntry),
+    Skill(Skill),
+}
+
+impl Staged {
+    fn doc(&self) -> DocId {
+        match self {
+            Staged::Memory(entry) => DocId::Memory(entry.scope.clone()),
+            Staged::Skill(_) => DocId::Skills,
+        }
+    }
+
+    fn apply(&self, tx: &mut Transaction<'_>) -> Result<(), automerge::AutomergeError> {
+        match self {
+            Staged::Memory(entry) => memory_doc::put(tx, entry),
+            Staged::Skill(skill) => skills_doc::put(tx, skill),
+        }
+    }
+}
+
 /// Writes staged inside `Replica::batch`; they become durable together when it returns.
+/// Reads inside the batch see the batch's own earlier writes.
 pub struct Batch<'a> {
     replica: &'a mut Replica,
+    writes: Vec<Staged>,
+    latest_memory: HashMap<(Scope, String), usize>,
+    latest_skill: HashMap<String, usize>,
 }
 
 impl Batch<'_> {
-    /// The replica as this batch has changed it so far, for writes that depend on it.
-    pub fn replica(&self) -> &Replica {
-        self.replica
-    }
-
     pub fn put_memory(
         &mut self,
         scope: &Scope,
@@ -457,10 +497,7 @@ impl Batch<'_> {
         validate::key(key)?;
         validate::value_size(&value)?;
         secret::check_memory(key, &value).map_err(ValidationError::from)?;
-        let current = self
-            .replica
-            .memory_versions(scope, key)
-            .map(|(w, _)| w.updated_at);
+        let current = self.current_memory(scope, key).map(|w| w.updated_at);
         let entry = MemoryEntry {
             scope: scope.clone(),
             key: key.to_string(),
@@ -474,7 +511,7 @@ impl Batch<'_> {
     }
 
     pub fn delete_memory(&mut self, scope: &Scope, key: &str) -> Result<bool> {
-        let Some(current) = self.replica.get_memory(scope, key) else {
+        let Some(current) = self.current_memory(scope, key).filter(|e| !e.deleted) else {
             return Ok(false);
         };
         let entry = MemoryEntry {
@@ -492,8 +529,8 @@ impl Batch<'_> {
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
-        let newer = match self.replica.memory_versions(&entry.scope, &entry.key) {
-            Some((winner, _)) => {
+        let newer = match self.current_memory(&entry.scope, &entry.key) {
+            Some(winner) => {
                 (entry.updated_at, entry.node_id.as_str())
                     > (winner.updated_at, winner.node_id.as_str())
             }
@@ -507,15 +544,43 @@ impl Batch<'_> {
     }
 
     fn write_memory(&mut self, entry: &MemoryEntry) -> Result<()> {
-        let doc = DocId::Memory(entry.scope.clone());
-        self.replica.transact(&doc, |tx| memory_doc::put(tx, entry))
+        let slot = (entry.scope.clone(), entry.key.clone());
+        self.latest_memory.insert(slot, self.writes.len());
+        self.writes.push(Staged::Memory(entry.clone()));
+        Ok(())
+    }
+
+    /// The winning version of a key as this batch will leave it.
+    fn current_memory(&self, scope: &Scope, key: &str) -> Option<MemoryEntry> {
+        match self.latest_memory.get(&(scope.clone(), key.to_string())) {
+            Some(&index) => match &self.writes[index] {
+                Staged::Memory(entry) => Some(entry.clone()),
+                Staged::Skill(_) => unreachable!("memory index points at a memory write"),
+            },
+            None => self
+                .replica
+                .memory_versions(scope, key)
+                .map(|(winner, _)| winner),
+        }
+    }
+
+    /// The winning version of a skill (a tombstone included) as this batch will leave it,
+    /// for imports whose outcome depends on it.
+    pub fn current_skill(&self, name: &str) -> Option<Skill> {
+        match self.latest_skill.get(name) {
+            Some(&index) => match &self.writes[index] {
+                Staged::Skill(skill) => Some(skill.clone()),
+                Staged::Memory(_) => unreachable!("skill index points at a skill write"),
+            },
+            None => self.replica.skill_versions(name).map(|(winner, _)| winner),
+        }
     }
 
     pub fn put_skill(&mut self, write: SkillWrite) -> Result<Skill> {
         validate::skill_name(&write.name)?;
         validate::skill_text("content", &write.content)?;
         secret::check_text("skill content", &write.content).map_err(ValidationError::from)?;
-        let current = self.replica.skill_versions(&write.name).map(|(w, _)| w);
+        let current = self.current_skill(&write.name);
         let description = write
             .description
             .or_else(|| current.as_ref().map(|c| c.description.clone()))
@@ -536,7 +601,7 @@ impl Batch<'_> {
     }
 
     pub fn delete_skill(&mut self, name: &str) -> Result<bool> {
-        let Some(current) = self.replica.get_skill(name) else {
+        let Some(current) = self.current_skill(name).filter(|s| !s.deleted) else {
             return Ok(false);
         };
         let skill = Skill {
@@ -553,8 +618,8 @@ impl Batch<'_> {
         validate::skill_name(&skill.name)?;
         validate::skill_text("content", &skill.content)?;
         secret::check_text("skill content", &skill.content).map_err(ValidationError::from)?;
-        let newer = match self.replica.skill_versions(&skill.name) {
-            Some((winner, _)) => {
+        let newer = match self.current_skill(&skill.name) {
+            Some(winner) => {
                 (skill.updated_at, skill.source_node.as_str())
                     > (winner.updated_at, winner.source_node.as_str())
             }
@@ -567,18 +632,13 @@ impl Batch<'_> {
         Ok(newer)
     }
 
-    /// Edits the winning skill object in place so concurrent edits merge as text.
     fn write_skill(&mut self, skill: &Skill) -> Result<()> {
-        let existing = self.replica.docs.get(&DocId::Skills).and_then(|state| {
-            let versions = skills_doc::versions(&state.doc, &skill.name);
-            let winner = resolve(versions.iter().map(|(s, _)| s.clone()).collect())?.0;
-            versions
-                .into_iter()
-                .find(|(s, _)| *s == winner)
-                .map(|(_, obj)| obj)
-        });
-        self.replica.transact(&DocId::Skills, |tx| {
-            skills_doc::put(tx, existing.as_ref(), skill)
-        })
+        self.latest_skill
+            .insert(skill.name.clone(), self.writes.len());
+        self.writes.push(Staged::Skill(skill.clone()));
+        Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,13 +7,14 @@
 //! Scalar fields edited concurrently conflict inside the object: `updated_at` reads as the
 //! greatest of them, the others as Automerge's own deterministic pick.
 
-use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 
+use crate::model::entry::Versioned;
 use crate::model::{Skill, Stamp};
 
 /// Every concurrent version of a skill with the object holding it.
-pub fn versions(doc: &Automerge, name: &str) -> Vec<(Skill, ObjId)> {
+pub fn versions(doc: &impl ReadDoc, name: &str) -> Vec<(Skill, ObjId)> {
     let Ok(values) = doc.get_all(ROOT, name) else {
         return Vec::new();
     };
@@ -24,11 +25,11 @@ pub fn versions(doc: &Automerge, name: &str) -> Vec<(Skill, ObjId)> {
         .collect()
 }
 
-pub fn names(doc: &Automerge) -> impl Iterator<Item = String> + '_ {
+pub fn names(doc: &impl ReadDoc) -> impl Iterator<Item = String> + '_ {
     doc.keys(ROOT)
 }
 
-fn read(doc: &Automerge, name: &str, obj: &ObjId) -> Option<Skill> {
+fn read(doc: &impl ReadDoc, name: &str, obj: &ObjId) -> Option<Skill> {
     let content_obj = match doc.get(obj, "content").ok()?? {
         (Value::Object(ObjType::Text), id) => id,
         _ => return None,
@@ -55,24 +56,21 @@ fn read(doc: &Automerge, name: &str, obj: &ObjId) -> Option<Skill> {
     })
 }
 
-fn string_field(doc: &Automerge, obj: &ObjId, field: &str) -> Option<String> {
+fn string_field(doc: &impl ReadDoc, obj: &ObjId, field: &str) -> Option<String> {
     let (value, _) = doc.get(obj, field).ok()??;
     value.as_str().map(str::to_string)
 }
 
-/// Writes `skill` into `existing` (editing its text by diff) or into a new object.
-pub fn put(
-    tx: &mut impl Transactable,
-    existing: Option<&ObjId>,
-    skill: &Skill,
-) -> Result<(), automerge::AutomergeError> {
-    let obj = match existing {
-        Some(obj) => obj.clone(),
-        None => {
-            let obj = tx.put_object(ROOT, skill.name.as_str(), ObjType::Map)?;
-            tx.put_object(&obj, "content", ObjType::Text)?;
-            obj
-        }
+/// Writes `skill` into the winning object of its name, editing the text by diff so that
+/// concurrent edits merge, or into a new object when the name is new.
+pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::AutomergeError> {
+    let winner = versions(tx, &skill.name)
+        .into_iter()
+        .max_by(|(a, _), (b, _)| a.version().cmp(&b.version()))
+        .map(|(_, obj)| obj);
+    let obj = match winner {
+        Some(obj) => obj,
+        None => tx.put_object(ROOT, skill.name.as_str(), ObjType::Map)?,
     };
     let content = match tx.get(&obj, "content")? {
         Some((Value::Object(ObjType::Text), id)) => id,

@@ -168,7 +168,10 @@ fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<bool, Replica
     if let Some(path) = &skill.path {
         secret::check_text("skill path", path).map_err(|e| ReplicaError::Invalid(e.into()))?;
     }
-    if let Some(held) = batch.replica().get_skill(&skill.name) {
+    if let Some(held) = batch
+        .current_skill(&skill.name)
+        .filter(|held| !held.deleted)
+    {
         skill.description = held.description;
     }
     batch.import_skill(skill)

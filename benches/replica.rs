@@ -1,0 +1,116 @@
+//! Replica throughput and load time.
+//!
+//! - `durable_put/single`: one write, one fsync.
+//! - `durable_put/batched_1000`: 1000 writes made durable by one flush (group commit).
+//! - `load/100k_keys`: opening a store that holds 100k memory keys.
+//!
+//! Targets (issue 2): ≥ 20k durable puts/s batched; load of 100k keys ≤ 1 s. The resident
+//! memory the loaded replica adds is printed beside the load figure.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use meshd::model::Scope;
+use meshd::replica::Replica;
+use serde_json::json;
+
+const BATCH: u64 = 1000;
+const LOAD_KEYS: usize = 100_000;
+
+fn durable_puts(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = Replica::open(dir.path(), "bench").unwrap();
+    let mut next = 0u64;
+    let mut group = c.benchmark_group("durable_put");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single", |b| {
+        b.iter(|| {
+            next += 1;
+            replica
+                .put_memory(&Scope::Mesh, &format!("single.{next}"), json!({"n": next}))
+                .unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("batched_1000", |b| {
+        b.iter(|| {
+            replica
+                .batch(|batch| {
+                    for _ in 0..BATCH {
+                        next += 1;
+                        batch.put_memory(
+                            &Scope::Mesh,
+                            &format!("batched.{next}"),
+                            json!({"n": next}),
+                        )?;
+                    }
+                    Ok(())
+                })
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn load(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut replica = Replica::open(dir.path(), "bench").unwrap();
+        for chunk in 0..LOAD_KEYS / 1000 {
+            replica
+                .batch(|b| {
+                    for i in chunk * 1000..(chunk + 1) * 1000 {
+                        b.put_memory(
+                            &Scope::Mesh,
+                            &format!("project.{i}.summary"),
+                            json!({"i": i, "note": "a fact"}),
+                        )?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
+    let before = resident_bytes();
+    let started = Instant::now();
+    let replica = Replica::open(dir.path(), "bench").unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(replica.list_memory(None).len(), LOAD_KEYS);
+    println!(
+        "load/100k_keys: first open {:.0} ms, replica resident memory {:.1} MiB",
+        elapsed.as_secs_f64() * 1000.0,
+        resident_bytes().saturating_sub(before) as f64 / (1024.0 * 1024.0)
+    );
+    drop(replica);
+
+    let mut group = c.benchmark_group("load");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    group.bench_function("100k_keys", |b| {
+        b.iter_batched(
+            || (),
+            |_| Replica::open(dir.path(), "bench").unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, durable_puts, load);
+criterion_main!(benches);

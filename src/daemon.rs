@@ -1,0 +1,181 @@
+//! `meshd run`: wires the replica, the control socket and (in later modules) the network and
+//! the local API together, and stops cleanly on SIGINT/SIGTERM with everything flushed.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::config::{ConfigError, Home};
+use crate::control::socket::MAX_LINE_BYTES;
+use crate::control::{Local, NodeStatus, PeerStatus, Request, Response};
+use crate::model::NodeId;
+use crate::net::identity::{Identity, IdentityError};
+use crate::peers::{PeerError, PeerStore};
+use crate::replica::{Replica, ReplicaError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error(transparent)]
+    Peers(#[from] PeerError),
+    #[error("another meshd is already running for {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot open the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every task of the daemon.
+pub struct Node {
+    pub own: NodeId,
+    pub replica: Mutex<Replica>,
+    pub peers: PeerStore,
+}
+
+impl Node {
+    pub fn open(home: &Home) -> Result<Node, DaemonError> {
+        home.require_initialised()?;
+        let identity = Identity::load(&home.key_path(), &home.cert_path())?;
+        let replica = Replica::open(&home.store_path(), &identity.node_id.compact()).map_err(
+            |e| match e {
+                ReplicaError::Open { .. } => DaemonError::AlreadyRunning(home.dir.clone()),
+                other => other.into(),
+            },
+        )?;
+        let peers = PeerStore::open(replica.db())?;
+        Ok(Node {
+            own: identity.node_id,
+            replica: Mutex::new(replica),
+            peers,
+        })
+    }
+
+    /// Runs one control request on the store.
+    pub fn handle(&self, request: Request) -> Response {
+        let mut replica = self.replica.lock().unwrap_or_else(|e| e.into_inner());
+        let mut local = Local {
+            replica: &mut replica,
+            peers: &self.peers,
+            own: self.own,
+        };
+        match local.execute(request) {
+            Some(response) => response,
+            None => self.status(&replica),
+        }
+    }
+
+    fn status(&self, replica: &Replica) -> Response {
+        let peers = self.peers.list().unwrap_or_default();
+        Response::Status {
+            status: NodeStatus {
+                node_id: self.own.to_string(),
+                running: true,
+                documents: replica.doc_ids().len(),
+                memory_entries: replica.list_memory(None).len(),
+                skills: replica.list_skills().len(),
+                peers: peers
+                    .into_iter()
+                    .map(|peer| PeerStatus {
+                        peer,
+                        connected: false,
+                        documents_behind: None,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(home: Home, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let node = Arc::new(Node::open(&home)?);
+    let socket_path = home.control_socket_path();
+    let listener = bind_control(&socket_path)?;
+    tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
+    let control = tokio::spawn(serve_control(listener, node.clone()));
+    shutdown.await;
+    control.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    node.replica
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush()?;
+    tracing::info!("meshd stopped; everything is flushed");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let control_error = |source| DaemonError::Control {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A socket file left by a daemon that was killed: nobody answers on it any more.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(control_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(control_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(control_error)?;
+    Ok(listener)
+}
+
+async fn serve_control(listener: UnixListener, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer_control(stream, node.clone()));
+            }
+            Err(e) => tracing::warn!("control socket accept failed: {e}"),
+        }
+    }
+}
+
+async fn answer_control(stream: UnixStream, node: Arc<Node>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_LINE_BYTES as u64);
+    let response = match reader.read_until(b'\n', &mut line).await {
+        Err(e) => Response::Error {
+            message: format!("cannot read the request: {e}"),
+        },
+        Ok(_) => match serde_json::from_slice::<Request>(&line) {
+            Err(e) => Response::Error {
+                message: format!("malformed control request: {e}"),
+            },
+            Ok(request) => {
+                let node = node.clone();
+                tokio::task::spawn_blocking(move || node.handle(request))
+                    .await
+                    .unwrap_or_else(|e| Response::Error {
+                        message: format!("request failed: {e}"),
+                    })
+            }
+        },
+    };
+    let mut answer = serde_json::to_vec(&response).expect("responses always serialize");
+    answer.push(b'\n');
+    if let Err(e) = write.write_all(&answer).await {
+        tracing::debug!("control client left before the answer: {e}");
+    }
+}

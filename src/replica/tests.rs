@@ -1,0 +1,237 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+
+fn fixed_clock(millis: Arc<AtomicU64>) -> WallClock {
+    Box::new(move || millis.load(Ordering::SeqCst))
+}
+
+fn open(dir: &Path, node: &str) -> Replica {
+    Replica::open(dir, node).unwrap()
+}
+
+fn skill(name: &str, content: &str) -> SkillWrite {
+    SkillWrite {
+        name: name.into(),
+        content: content.into(),
+        ..SkillWrite::default()
+    }
+}
+
+/// Exchanges every change both ways, as a finished sync would.
+fn merge(a: &mut Replica, b: &mut Replica) {
+    for _ in 0..2 {
+        for doc in a.doc_ids() {
+            let changes = a.document(&doc).unwrap().get_changes(&[]);
+            b.apply_changes(&doc, changes).unwrap();
+        }
+        std::mem::swap(a, b);
+    }
+}
+
+#[test]
+fn put_get_list_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    r.put_memory(&Scope::Mesh, "a", json!(1)).unwrap();
+    r.put_memory(&Scope::User("bob".into()), "b", json!({"x": [1, 2]}))
+        .unwrap();
+    assert_eq!(r.get_memory(&Scope::Mesh, "a").unwrap().value, json!(1));
+    assert_eq!(r.list_memory(None).len(), 2);
+    assert_eq!(r.list_memory(Some(&Scope::Mesh)).len(), 1);
+    assert!(r.delete_memory(&Scope::Mesh, "a").unwrap());
+    assert!(!r.delete_memory(&Scope::Mesh, "a").unwrap());
+    assert!(r.get_memory(&Scope::Mesh, "a").is_none());
+    let (tombstone, _) = r.memory_versions(&Scope::Mesh, "a").unwrap();
+    assert!(tombstone.deleted);
+}
+
+#[test]
+fn reopen_gives_identical_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (memory, skills, heads) = {
+        let mut r = open(dir.path(), "n1");
+        for i in 0..300 {
+            r.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))
+                .unwrap();
+        }
+        r.delete_memory(&Scope::Mesh, "k7").unwrap();
+        r.put_skill(skill("triage", "# Triage\nfirst")).unwrap();
+        r.put_skill(skill("triage", "# Triage\nsecond")).unwrap();
+        let heads: Vec<_> = r
+            .doc_ids()
+            .iter()
+            .map(|d| r.document(d).unwrap().get_heads())
+            .collect();
+        (r.list_memory(None), r.list_skills(), heads)
+    };
+    let r = open(dir.path(), "n1");
+    assert_eq!(r.list_memory(None), memory);
+    assert_eq!(r.list_skills(), skills);
+    let reopened: Vec<_> = r
+        .doc_ids()
+        .iter()
+        .map(|d| r.document(d).unwrap().get_heads())
+        .collect();
+    assert_eq!(reopened, heads);
+    assert_eq!(memory.len(), 299);
+}
+
+#[test]
+fn compaction_keeps_state_and_shrinks_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let mut r = open(dir.path(), "n1");
+        r.batch(|b| {
+            for i in 0..1000 {
+                b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        r.compact(&DocId::Memory(Scope::Mesh)).unwrap();
+        assert_eq!(
+            r.docs[&DocId::Memory(Scope::Mesh)].changes_since_snapshot,
+            0
+        );
+        r.put_memory(&Scope::Mesh, "after", json!(true)).unwrap();
+        r.list_memory(None)
+    };
+    let r = open(dir.path(), "n1");
+    assert_eq!(r.list_memory(None), before);
+    assert_eq!(
+        r.docs[&DocId::Memory(Scope::Mesh)].changes_since_snapshot,
+        1
+    );
+}
+
+#[test]
+fn stamps_increase_per_key_even_when_the_clock_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(10_000));
+    let mut r = Replica::open_with_clock(dir.path(), "n1", fixed_clock(now.clone())).unwrap();
+    let first = r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    now.store(5_000, Ordering::SeqCst);
+    let second = r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    assert!(second.updated_at > first.updated_at);
+}
+
+#[test]
+fn concurrent_writes_resolve_to_the_newest_everywhere_and_keep_the_loser_visible() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a =
+        Replica::open_with_clock(da.path(), "a", fixed_clock(Arc::new(2_000.into()))).unwrap();
+    let mut b =
+        Replica::open_with_clock(db.path(), "b", fixed_clock(Arc::new(1_000.into()))).unwrap();
+    a.put_memory(&Scope::Mesh, "tz", json!("UTC")).unwrap();
+    b.put_memory(&Scope::Mesh, "tz", json!("CET")).unwrap();
+    merge(&mut a, &mut b);
+    for r in [&a, &b] {
+        let (winner, losers) = r.memory_versions(&Scope::Mesh, "tz").unwrap();
+        assert_eq!(winner.value, json!("UTC"));
+        assert_eq!(losers.len(), 1);
+        assert_eq!(losers[0].value, json!("CET"));
+    }
+    // A later write on the losing node supersedes both.
+    b.put_memory(&Scope::Mesh, "tz", json!("JST")).unwrap();
+    merge(&mut a, &mut b);
+    let (winner, losers) = a.memory_versions(&Scope::Mesh, "tz").unwrap();
+    assert_eq!(winner.value, json!("JST"));
+    assert!(losers.is_empty());
+}
+
+#[test]
+fn same_stamp_ties_break_by_node_id() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a =
+        Replica::open_with_clock(da.path(), "a", fixed_clock(Arc::new(1_000.into()))).unwrap();
+    let mut b =
+        Replica::open_with_clock(db.path(), "b", fixed_clock(Arc::new(1_000.into()))).unwrap();
+    a.put_memory(&Scope::Mesh, "k", json!("from a")).unwrap();
+    b.put_memory(&Scope::Mesh, "k", json!("from b")).unwrap();
+    merge(&mut a, &mut b);
+    assert_eq!(
+        a.get_memory(&Scope::Mesh, "k").unwrap().value,
+        json!("from b")
+    );
+    assert_eq!(
+        b.get_memory(&Scope::Mesh, "k").unwrap().value,
+        json!("from b")
+    );
+}
+
+#[test]
+fn concurrent_skill_edits_merge_as_text() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(da.path(), "a");
+    let mut b = open(db.path(), "b");
+    a.put_skill(skill("triage", "line one\nline two\n"))
+        .unwrap();
+    merge(&mut a, &mut b);
+    a.put_skill(skill("triage", "line one (a)\nline two\n"))
+        .unwrap();
+    b.put_skill(skill("triage", "line one\nline two\nline three (b)\n"))
+        .unwrap();
+    merge(&mut a, &mut b);
+    let merged = "line one (a)\nline two\nline three (b)\n";
+    assert_eq!(a.get_skill("triage").unwrap().content, merged);
+    assert_eq!(b.get_skill("triage").unwrap().content, merged);
+}
+
+#[test]
+fn imports_only_overwrite_older_versions_and_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    let entry = |ts: u64, value: &str| MemoryEntry {
+        scope: Scope::Mesh,
+        key: "k".into(),
+        value: json!(value),
+        node_id: "ceo".into(),
+        updated_at: Stamp::from_unix_seconds(ts),
+        deleted: false,
+    };
+    assert!(r.import_memory(entry(100, "new")).unwrap());
+    let heads = r.document(&DocId::Memory(Scope::Mesh)).unwrap().get_heads();
+    assert!(!r.import_memory(entry(100, "new")).unwrap());
+    assert!(!r.import_memory(entry(50, "old")).unwrap());
+    assert_eq!(
+        r.document(&DocId::Memory(Scope::Mesh)).unwrap().get_heads(),
+        heads
+    );
+    assert_eq!(r.get_memory(&Scope::Mesh, "k").unwrap().value, json!("new"));
+}
+
+#[test]
+fn invalid_writes_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    r.put_memory(&Scope::Mesh, "ok", json!(1)).unwrap();
+    let heads = r.document(&DocId::Memory(Scope::Mesh)).unwrap().get_heads();
+    assert!(r.put_memory(&Scope::Mesh, "", json!(1)).is_err());
+    assert!(r
+        .put_memory(&Scope::Mesh, &"k".repeat(600), json!(1))
+        .is_err());
+    let huge = json!("x".repeat(validate::MAX_VALUE_BYTES + 1));
+    assert!(r.put_memory(&Scope::Mesh, "big", huge).is_err());
+    assert!(r.put_skill(skill("", "x")).is_err());
+    assert_eq!(
+        r.document(&DocId::Memory(Scope::Mesh)).unwrap().get_heads(),
+        heads
+    );
+    assert!(r.document(&DocId::Skills).is_none());
+}
+
+#[test]
+fn exported_documents_load_in_plain_automerge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    r.put_memory(&Scope::Mesh, "k", json!({"a": 1})).unwrap();
+    let bytes = r.export(&DocId::Memory(Scope::Mesh)).unwrap();
+    let doc = Automerge::load(&bytes).unwrap();
+    let (value, _) = doc.get(automerge::ROOT, "k").unwrap().unwrap();
+    let stored: serde_json::Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
+    assert_eq!(stored["value"], json!({"a": 1}));
+}

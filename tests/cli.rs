@@ -1,0 +1,261 @@
+//! Every local command through the real binary.
+
+mod common;
+
+use common::TestNode;
+use serde_json::{json, Value};
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn init_creates_a_home_and_refuses_to_overwrite_it() {
+    let node = TestNode::init("ceo");
+    for file in ["meshd.toml", "node.key", "node.crt", "store"] {
+        assert!(node.file(file).exists(), "{file} missing");
+    }
+    let key_before = std::fs::read(node.file("node.key")).unwrap();
+    let again = node.run(&["init", "--name", "other"]);
+    assert_eq!(again.code, 1);
+    assert!(
+        again.stderr.contains("refusing to overwrite"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(std::fs::read(node.file("node.key")).unwrap(), key_before);
+}
+
+#[test]
+fn init_rejects_a_bad_listen_address() {
+    let node = TestNode::empty();
+    let run = node.run(&["init", "--listen", "nowhere"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("HOST:PORT"), "{}", run.stderr);
+    assert!(!node.file("node.key").exists());
+}
+
+#[test]
+fn id_prints_the_node_id_first_and_as_json() {
+    let node = TestNode::init("ceo");
+    let text = node.run(&["id"]).ok();
+    let first = text.lines().next().unwrap();
+    assert_eq!(first.len(), 35, "{first}");
+    let json = parse(&node.run(&["id", "--json"]).ok());
+    assert_eq!(json["node_id"], first);
+    assert_eq!(json["name"], "ceo");
+    assert_eq!(json["listen"], "127.0.0.1:0");
+}
+
+#[test]
+fn commands_on_a_missing_home_explain_what_to_do() {
+    let node = TestNode::empty();
+    let run = node.run(&["mem", "ls"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("meshd init"), "{}", run.stderr);
+}
+
+#[test]
+fn mem_put_get_ls_rm() {
+    let node = TestNode::init("ceo");
+    node.run(&[
+        "mem",
+        "put",
+        "mesh",
+        "user.preferences",
+        r#"{"shortAnswers":true}"#,
+    ])
+    .ok();
+    node.run_with_stdin(
+        &["mem", "put", "user:alice", "tz", "-"],
+        b"\"Europe/Berlin\"\n",
+    )
+    .ok();
+    node.run(&["mem", "put", "node", "local.fact", "42"]).ok();
+
+    let value = node.run(&["mem", "get", "mesh", "user.preferences"]).ok();
+    assert_eq!(parse(&value), json!({"shortAnswers": true}));
+
+    let entry = parse(&node.run(&["mem", "get", "user:alice", "tz", "--json"]).ok());
+    assert_eq!(entry["scope"], "user:alice");
+    assert_eq!(entry["key"], "tz");
+    assert_eq!(entry["value"], "Europe/Berlin");
+    let node_id = node
+        .run(&["id"])
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .replace('-', "");
+    assert_eq!(entry["node_id"].as_str().unwrap(), &node_id[..32]);
+    assert!(entry["updated_at"].as_u64().unwrap() > 1_700_000_000);
+
+    let all = parse(&node.run(&["mem", "ls", "--json"]).ok());
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let mesh = parse(&node.run(&["mem", "ls", "--scope", "mesh", "--json"]).ok());
+    assert_eq!(mesh.as_array().unwrap().len(), 1);
+    assert!(node.run(&["mem", "ls"]).ok().contains("user.preferences"));
+
+    node.run(&["mem", "rm", "mesh", "user.preferences"]).ok();
+    assert_eq!(
+        node.run(&["mem", "get", "mesh", "user.preferences"]).code,
+        3
+    );
+    assert_eq!(node.run(&["mem", "rm", "mesh", "user.preferences"]).code, 3);
+}
+
+#[test]
+fn a_missing_key_exits_3_with_a_message() {
+    let node = TestNode::init("ceo");
+    let run = node.run(&["mem", "get", "mesh", "absent"]);
+    assert_eq!(run.code, 3);
+    assert!(run.stderr.contains("no entry absent"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn get_conflicts_shows_none_for_a_single_writer() {
+    let node = TestNode::init("ceo");
+    node.run(&["mem", "put", "mesh", "k", "1"]).ok();
+    node.run(&["mem", "put", "mesh", "k", "2"]).ok();
+    let entry = parse(
+        &node
+            .run(&["mem", "get", "mesh", "k", "--json", "--conflicts"])
+            .ok(),
+    );
+    assert_eq!(entry["value"], 2);
+    assert_eq!(entry["conflicts"], json!([]));
+}
+
+#[test]
+fn validation_errors_are_clear_and_store_nothing() {
+    let node = TestNode::init("ceo");
+    let cases: &[(&[&str], &str)] = &[
+        (&["mem", "put", "global", "k", "1"], "unknown scope"),
+        (&["mem", "put", "user:", "k", "1"], "unknown scope"),
+        (&["mem", "put", "mesh", "", "1"], "key is empty"),
+        (&["mem", "put", "mesh", "k", "metric"], "not valid JSON"),
+        (&["mem", "put", "mesh", "k", "{\"a\":"], "not valid JSON"),
+    ];
+    for (args, message) in cases {
+        let run = node.run(args);
+        assert_eq!(run.code, 1, "{args:?} succeeded");
+        assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
+    }
+    let long_key = "k".repeat(513);
+    let run = node.run(&["mem", "put", "mesh", &long_key, "1"]);
+    assert!(run.stderr.contains("limit is 512"), "{}", run.stderr);
+    let big = format!("\"{}\"", "x".repeat(1024 * 1024));
+    let run = node.run_with_stdin(&["mem", "put", "mesh", "big", "-"], big.as_bytes());
+    assert!(run.stderr.contains("limit is 1048576"), "{}", run.stderr);
+    assert_eq!(parse(&node.run(&["mem", "ls", "--json"]).ok()), json!([]));
+}
+
+#[test]
+fn secrets_are_refused_without_being_echoed() {
+    let node = TestNode::init("ceo");
+    let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+    let run = node.run(&["mem", "put", "mesh", "github", &format!("\"{token}\"")]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("GitHub token"), "{}", run.stderr);
+    assert!(!run.stderr.contains(token));
+    let run = node.run(&["mem", "put", "mesh", "db.password", "\"hunter2hunter2\""]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+    let run = node.run_with_stdin(&["skill", "put", "keys"], pem.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("private key"), "{}", run.stderr);
+    assert_eq!(parse(&node.run(&["mem", "ls", "--json"]).ok()), json!([]));
+    assert_eq!(parse(&node.run(&["skill", "ls", "--json"]).ok()), json!([]));
+}
+
+#[test]
+fn skill_put_get_ls_rm_keeps_content_byte_for_byte() {
+    let node = TestNode::init("ceo");
+    let content =
+        "# Triage rules\n\n- urgent → CEO\n- tabs\tand trailing spaces  \nno final newline";
+    let file = node.file("triage.md");
+    std::fs::write(&file, content).unwrap();
+    node.run(&[
+        "skill",
+        "put",
+        "triage",
+        "--file",
+        file.to_str().unwrap(),
+        "-d",
+        "How to triage",
+    ])
+    .ok();
+    node.run_with_stdin(&["skill", "put", "style"], b"Short answers.\n")
+        .ok();
+    assert_eq!(node.run(&["skill", "get", "triage"]).ok(), content);
+    assert_eq!(
+        node.run(&["skill", "get", "style"]).ok(),
+        "Short answers.\n"
+    );
+
+    // An update without --description keeps the description.
+    node.run_with_stdin(&["skill", "put", "triage"], b"v2").ok();
+    let list = parse(&node.run(&["skill", "ls", "--json"]).ok());
+    let triage = &list.as_array().unwrap()[1];
+    assert_eq!(triage["name"], "triage");
+    assert_eq!(triage["content"], "v2");
+    assert_eq!(triage["description"], "How to triage");
+    assert!(node.run(&["skill", "ls"]).ok().contains("How to triage"));
+
+    node.run(&["skill", "rm", "triage"]).ok();
+    assert_eq!(node.run(&["skill", "get", "triage"]).code, 3);
+    assert_eq!(node.run(&["skill", "rm", "triage"]).code, 3);
+}
+
+#[test]
+fn skill_put_with_a_missing_file_fails_clearly() {
+    let node = TestNode::init("ceo");
+    let run = node.run(&["skill", "put", "x", "--file", "/nonexistent/skill.md"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("cannot read /nonexistent/skill.md"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn doc_export_writes_a_standard_automerge_document() {
+    let node = TestNode::init("ceo");
+    node.run(&["mem", "put", "mesh", "k", "\"v\""]).ok();
+    node.run_with_stdin(&["skill", "put", "s"], b"body").ok();
+    let out = node.file("mesh.automerge");
+    node.run(&["doc", "export", "mesh", "--out", out.to_str().unwrap()])
+        .ok();
+    let doc = automerge::Automerge::load(&std::fs::read(&out).unwrap()).unwrap();
+    use automerge::ReadDoc;
+    assert!(doc.get(automerge::ROOT, "k").unwrap().is_some());
+
+    let skills = node.file("skills.automerge");
+    node.run(&["doc", "export", "skills", "--out", skills.to_str().unwrap()])
+        .ok();
+    let doc = automerge::Automerge::load(&std::fs::read(&skills).unwrap()).unwrap();
+    assert!(doc.get(automerge::ROOT, "s").unwrap().is_some());
+
+    assert_eq!(
+        node.run(&["doc", "export", "user:nobody", "--out", "/tmp/x"])
+            .code,
+        3
+    );
+}
+
+#[test]
+fn state_survives_between_processes() {
+    let node = TestNode::init("ceo");
+    for i in 0..20 {
+        node.run(&["mem", "put", "mesh", &format!("k{i}"), &i.to_string()])
+            .ok();
+    }
+    let all = parse(&node.run(&["mem", "ls", "--json"]).ok());
+    assert_eq!(all.as_array().unwrap().len(), 20);
+    assert_eq!(
+        parse(&node.run(&["mem", "get", "mesh", "k19"]).ok()),
+        json!(19)
+    );
+}
