@@ -426,3 +426,34 @@ fn wrong_methods_get_json_errors() {
     assert!(body["error"].is_string(), "{body}");
     assert_eq!(server.get("/ingest", &[]).0, 405);
 }
+
+#[test]
+fn secrets_are_400_and_never_echoed() {
+    let server = Server::start(ApiConfig::default());
+    let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+    let puts = [
+        (
+            "/mesh/memory",
+            json!({"scope": "mesh", "key": "github", "value": token}),
+        ),
+        (
+            "/mesh/skills",
+            json!({"name": "gh", "source_node": "ceo", "content": token}),
+        ),
+        (
+            "/mesh/skills",
+            json!({"name": "gh", "source_node": "ceo",
+            "path": format!("https://example.org/skill.md?token={token}")}),
+        ),
+    ];
+    for (path, body) in puts {
+        let (status, answer) = server.send("PUT", path, &[], &body.to_string());
+        assert_eq!(status, 400, "{body}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains("secret"), "{error}");
+        assert!(!error.contains(token));
+    }
+    assert_eq!(server.get("/mesh/memory", &[]).1, json!([]));
+    assert_eq!(server.get("/mesh/skills", &[]).1, json!([]));
+    assert_eq!(server.changes(), 0);
+}

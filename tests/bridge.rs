@@ -348,3 +348,23 @@ fn a_file_argument_and_a_missing_file() {
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("unknown envelope 'slack'"));
 }
+
+#[test]
+fn secrets_are_ignored_with_the_rule_never_the_secret() {
+    let node = TestNode::new("a");
+    let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+    let input = [
+        memory_message("github", json!(token), 5),
+        json!({"type":"skill","name":"keys","sourceNode":"ceo",
+            "content":"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"})
+        .to_string(),
+        MEMORY.to_string(),
+    ]
+    .join("\n");
+    let run = node.ok(&["bridge", "ingest"], &input);
+    assert_eq!(summary(&run), counts(1, 1, 0, 2));
+    assert!(run.stderr.contains("GitHub token"), "{}", run.stderr);
+    assert!(!run.stderr.contains(token));
+    assert_eq!(node.run(&["mem", "get", "mesh", "github"], "").code, 3);
+    assert_eq!(node.run(&["skill", "get", "keys"], "").code, 3);
+}

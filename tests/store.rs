@@ -248,15 +248,18 @@ fn bad_rows_are_skipped_with_reasons() {
            ('everywhere', 'k', '1', 'ceo', 1),
            ('mesh', 'future', '1', 'ceo', 9999999999999),
            ('mesh', 'negative', '1', 'ceo', -5),
-           ('node:sec', 'ok', '1', 'sec', 5);",
+           ('node:sec', 'ok', '1', 'sec', 5),
+           ('mesh', 'github', 'ghp_0123456789abcdefghijklmnopqrstuvwxyzAB', 'ceo', 6);",
     )
     .unwrap();
     let run = node.ok(&["store", "import", source.to_str().unwrap()], "");
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(
         report,
-        json!({"memory": 1, "skills": 0, "unchanged": 0, "skipped": 3})
+        json!({"memory": 1, "skills": 0, "unchanged": 0, "skipped": 4})
     );
+    assert!(run.stderr.contains("GitHub token"), "{}", run.stderr);
+    assert!(!run.stderr.contains("ghp_0123"));
     assert!(
         run.stderr.contains("unknown scope 'everywhere'"),
         "{}",
