@@ -147,6 +147,8 @@ fn default_listen() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// Serve the API while `meshd run` runs.
+    pub enabled: bool,
     /// HOST:PORT; anything but loopback needs `bearer_token` or `auth_header`+`auth_secret`.
     pub listen: String,
     /// Require `Authorization: Bearer <token>` (env MESHD_API_BEARER overrides).
@@ -164,6 +166,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
+            enabled: true,
             listen: DEFAULT_API_LISTEN.to_string(),
             bearer_token: None,
             auth_header: None,
@@ -252,6 +255,7 @@ fn config_template(name: &str, listen: &str) -> String {
          \n\
          # Optional sections (defaults shown); see docs/compatibility.md.\n\
          # [api]\n\
+         # enabled = true                 # served by `meshd run`\n\
          # listen = \"{DEFAULT_API_LISTEN}\"  # an address other than loopback requires auth\n\
          # bearer_token = \"...\"           # or auth_header = \"X-API-Key\" + auth_secret = \"...\"\n\
          # rate_limit_per_min = 0\n\

@@ -4,17 +4,20 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::config::{ConfigError, Home};
+use crate::api::{self, ApiError, ApiSettings, ApiState};
+use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_LINE_BYTES;
 use crate::control::{Local, NodeStatus, PeerStatus, Request, Response};
 use crate::model::NodeId;
 use crate::net::identity::{Identity, IdentityError};
 use crate::peers::{PeerError, PeerStore};
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::{Replica, ReplicaError, SharedReplica};
+use crate::views::{ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -28,6 +31,13 @@ pub enum DaemonError {
     Peers(#[from] PeerError),
     #[error("another meshd is already running for {0}")]
     AlreadyRunning(PathBuf),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cannot listen for the local API on {addr}: {source} (set [api] listen, or enabled = false)")]
+    ApiListen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -38,8 +48,10 @@ pub enum DaemonError {
 /// State shared by every task of the daemon.
 pub struct Node {
     pub own: NodeId,
-    pub replica: Mutex<Replica>,
+    pub replica: SharedReplica,
     pub peers: PeerStore,
+    /// Told after every change, so caches and the mirror follow.
+    changed: Mutex<Option<ViewWriter>>,
 }
 
 impl Node {
@@ -55,23 +67,40 @@ impl Node {
         let peers = PeerStore::open(replica.db())?;
         Ok(Node {
             own: identity.node_id,
-            replica: Mutex::new(replica),
+            replica: Arc::new(Mutex::new(replica)),
             peers,
+            changed: Mutex::new(None),
         })
+    }
+
+    /// Tells everyone who follows the replica that it changed.
+    pub fn notify_changed(&self) {
+        if let Some(views) = self
+            .changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            views.changed();
+        }
     }
 
     /// Runs one control request on the store.
     pub fn handle(&self, request: Request) -> Response {
-        let mut replica = self.replica.lock().unwrap_or_else(|e| e.into_inner());
-        let mut local = Local {
-            replica: &mut replica,
-            peers: &self.peers,
-            own: self.own,
+        let response = {
+            let mut replica = self.replica.lock().unwrap_or_else(|e| e.into_inner());
+            let mut local = Local {
+                replica: &mut replica,
+                peers: &self.peers,
+                own: self.own,
+            };
+            match local.execute(request) {
+                Some(response) => response,
+                None => self.status(&replica),
+            }
         };
-        match local.execute(request) {
-            Some(response) => response,
-            None => self.status(&replica),
-        }
+        self.notify_changed();
+        response
     }
 
     fn status(&self, replica: &Replica) -> Response {
@@ -96,22 +125,72 @@ impl Node {
     }
 }
 
-/// Runs the daemon until `shutdown` completes.
-pub async fn run(home: Home, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+/// Runs the daemon until `shutdown` completes. `openclaw_home` is `$OPENCLAW_HOME`.
+pub async fn run(
+    home: Home,
+    openclaw_home: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let config = home.load_config()?;
     let node = Arc::new(Node::open(&home)?);
     let socket_path = home.control_socket_path();
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
-    let control = tokio::spawn(serve_control(listener, node.clone()));
+    let views = start_views(&node, &config, openclaw_home);
+    let mut tasks = vec![tokio::spawn(serve_control(listener, node.clone()))];
+    if config.api.enabled {
+        tasks.push(start_api(&node, &config).await?);
+    }
     shutdown.await;
-    control.abort();
+    for task in &tasks {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket_path);
+    views.flush().await;
     node.replica
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .flush()?;
     tracing::info!("meshd stopped; everything is flushed");
     Ok(())
+}
+
+/// Caches and the SQLite mirror start from the store as it is, then follow every change.
+fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>) -> ViewWriter {
+    let views = Views::from_config(config, openclaw_home);
+    let debounce = Duration::from_millis(config.cache.debounce_ms);
+    let writer = ViewWriter::spawn(node.replica.clone(), views, debounce);
+    *node.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer.clone());
+    writer.changed();
+    writer
+}
+
+async fn start_api(
+    node: &Arc<Node>,
+    config: &Config,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
+    let addr = config::parse_listen(&config.api.listen)?;
+    api::check_bind(addr, &settings)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::ApiListen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(api = %local, "local API listening");
+    let hook = node.clone();
+    let state =
+        ApiState::new(node.replica.clone(), settings).on_change(move || hook.notify_changed());
+    Ok(tokio::spawn(async move {
+        if let Err(error) = api::serve(listener, state, std::future::pending()).await {
+            tracing::error!(%error, "the local API stopped");
+        }
+    }))
 }
 
 /// Resolves on SIGINT or SIGTERM.

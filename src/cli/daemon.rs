@@ -21,7 +21,12 @@ pub struct SyncArgs {
 
 pub fn run_daemon(home: Home) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(meshd::daemon::run(home, meshd::daemon::shutdown_signal()))?;
+    let openclaw_home = super::openclaw_home_env();
+    runtime.block_on(meshd::daemon::run(
+        home,
+        openclaw_home,
+        meshd::daemon::shutdown_signal(),
+    ))?;
     Ok(())
 }
 
