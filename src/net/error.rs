@@ -1,0 +1,92 @@
+//! What can go wrong between two nodes, worded for the operator who has to fix it.
+
+use std::net::SocketAddr;
+
+use crate::model::NodeId;
+
+/// Longest peer-supplied close reason we repeat, in characters.
+const MAX_REASON: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("this node's key or certificate cannot be used for TLS ({0}); check the files `meshd init` wrote")]
+    Identity(String),
+    #[error("cannot set up TLS for QUIC: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}; is another meshd running there? change `listen` in meshd.toml")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("will not dial {addr}: node id {id} is not in the peer list; add it with `meshd peers add {id}` first")]
+    NotPinned { addr: SocketAddr, id: NodeId },
+    #[error("peer at {addr} presented node id {presented}, expected {expected}: check the id given to `meshd peers add` and the address it was given for that peer")]
+    WrongPeer {
+        addr: SocketAddr,
+        expected: NodeId,
+        presented: NodeId,
+    },
+    #[error("refused node id {id} from {addr}: it is not in the peer list; if you trust it, run `meshd peers add {id}`")]
+    NotAllowed { addr: SocketAddr, id: NodeId },
+    #[error("peer at {addr} refused the TLS handshake ({reason}); if it refused our node id, run `meshd peers add {ours}` on that node")]
+    RefusedByPeer {
+        addr: SocketAddr,
+        ours: NodeId,
+        reason: String,
+    },
+    #[error("peer at {addr} gave no usable certificate, so its node id is unknown")]
+    NoPeerIdentity { addr: SocketAddr },
+    #[error("cannot dial {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("connection with {addr} failed: {source}")]
+    Connection {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+}
+
+impl NetError {
+    /// Classifies a connection that ended: a TLS alert from the peer (QUIC crypto error codes
+    /// 0x100–0x1ff) during or just after the handshake means it refused our certificate.
+    pub fn from_connection(addr: SocketAddr, ours: NodeId, source: quinn::ConnectionError) -> Self {
+        match &source {
+            quinn::ConnectionError::ConnectionClosed(close)
+                if (0x100..0x200).contains(&u64::from(close.error_code)) =>
+            {
+                NetError::RefusedByPeer {
+                    addr,
+                    ours,
+                    reason: printable(&close.reason),
+                }
+            }
+            _ => NetError::Connection { addr, source },
+        }
+    }
+}
+
+/// The peer chooses these bytes: keep them to one printable line so they cannot forge log lines
+/// or send terminal escapes to the operator.
+fn printable(reason: &[u8]) -> String {
+    String::from_utf8_lossy(reason)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REASON)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_reasons_are_one_bounded_printable_line() {
+        let hostile = format!("bad\n\x1b[31mforged log line{}", "x".repeat(500));
+        let shown = printable(hostile.as_bytes());
+        assert!(!shown.chars().any(char::is_control));
+        assert_eq!(shown.chars().count(), MAX_REASON);
+        assert!(shown.starts_with("bad  [31mforged"));
+    }
+}
