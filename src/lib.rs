@@ -10,3 +10,4 @@ pub mod model;
 pub mod net;
 pub mod peers;
 pub mod replica;
+pub mod sync;
