@@ -37,7 +37,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            false_positive_rate: 0.01,
+            false_positive_rate: 0.001,
         }
     }
 }
