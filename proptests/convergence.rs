@@ -24,12 +24,34 @@ const SKILLS: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put { at: usize, user_scope: bool, key: usize, value: i64 },
-    Delete { at: usize, user_scope: bool, key: usize },
-    EditSkill { at: usize, skill: usize, edit: Edit },
-    DeleteSkill { at: usize, skill: usize },
-    Sync { a: usize, b: usize, net: Net },
-    Restart { at: usize },
+    Put {
+        at: usize,
+        user_scope: bool,
+        key: usize,
+        value: i64,
+    },
+    Delete {
+        at: usize,
+        user_scope: bool,
+        key: usize,
+    },
+    EditSkill {
+        at: usize,
+        skill: usize,
+        edit: Edit,
+    },
+    DeleteSkill {
+        at: usize,
+        skill: usize,
+    },
+    Sync {
+        a: usize,
+        b: usize,
+        net: Net,
+    },
+    Restart {
+        at: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -63,14 +85,16 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         prop_oneof![Just(0u64), Just(30)],
         prop_oneof![Just(0.01), Just(0.5), Just(0.9)],
     )
-        .prop_map(|(seed, drop_pct, dup_pct, reorder, delay_pct, fp_rate)| Net {
-            seed,
-            drop_pct,
-            dup_pct,
-            reorder,
-            delay_pct,
-            fp_rate,
-        });
+        .prop_map(
+            |(seed, drop_pct, dup_pct, reorder, delay_pct, fp_rate)| Net {
+                seed,
+                drop_pct,
+                dup_pct,
+                reorder,
+                delay_pct,
+                fp_rate,
+            },
+        );
     prop_oneof![
         4 => (at.clone(), any::<bool>(), 0..KEYS, -5i64..5).prop_map(|(at, user_scope, key, value)| Op::Put { at, user_scope, key, value }),
         1 => (at.clone(), any::<bool>(), 0..KEYS).prop_map(|(at, user_scope, key)| Op::Delete { at, user_scope, key }),
@@ -142,7 +166,12 @@ impl World {
     fn run(&mut self, op: &Op) {
         self.tick();
         match op {
-            Op::Put { at, user_scope, key, value } => {
+            Op::Put {
+                at,
+                user_scope,
+                key,
+                value,
+            } => {
                 let scope = scope(*user_scope);
                 let replica = self.replica(*at);
                 let entry = replica
@@ -151,7 +180,11 @@ impl World {
                 let hash = last_local(replica, &DocId::Memory(scope));
                 self.model.memory(entry, hash);
             }
-            Op::Delete { at, user_scope, key } => {
+            Op::Delete {
+                at,
+                user_scope,
+                key,
+            } => {
                 let scope = scope(*user_scope);
                 let key = format!("k{key}");
                 let replica = self.replica(*at);
@@ -164,13 +197,21 @@ impl World {
             Op::EditSkill { at, skill, edit } => {
                 let name = format!("skill{skill}");
                 let replica = self.replica(*at);
-                let current = replica.get_skill(&name).map(|s| s.content).unwrap_or_default();
+                let current = replica
+                    .get_skill(&name)
+                    .map(|s| s.content)
+                    .unwrap_or_default();
                 let content = edit.apply(&current);
                 let written = replica
-                    .put_skill(SkillWrite { name, content, ..SkillWrite::default() })
+                    .put_skill(SkillWrite {
+                        name,
+                        content,
+                        ..SkillWrite::default()
+                    })
                     .expect("valid skill");
                 let hash = last_local(replica, &DocId::Skills);
-                self.model.skill(written.name.clone(), SkillVersion::of(&written), hash);
+                self.model
+                    .skill(written.name.clone(), SkillVersion::of(&written), hash);
             }
             Op::DeleteSkill { at, skill } => {
                 let name = format!("skill{skill}");
@@ -208,7 +249,7 @@ impl World {
         } else {
             (&mut right[0], &mut left[b])
         };
-        let mut stores = [na.replica.as_mut().unwrap(), nb.replica.as_mut().unwrap()];
+        let stores = [na.replica.as_mut().unwrap(), nb.replica.as_mut().unwrap()];
         let mut wire = Wire::new(net);
         for message in sessions[0].start(stores[0]).unwrap() {
             wire.send(1, message);
@@ -226,8 +267,14 @@ impl World {
             }
         }
         if net.is_none() {
-            assert!(sessions[0].is_done(stores[0]), "initiator not done after a reliable round");
-            assert!(sessions[1].is_done(stores[1]), "responder not done after a reliable round");
+            assert!(
+                sessions[0].is_done(stores[0]),
+                "initiator not done after a reliable round"
+            );
+            assert!(
+                sessions[1].is_done(stores[1]),
+                "responder not done after a reliable round"
+            );
         }
     }
 
@@ -267,7 +314,9 @@ fn last_local(replica: &Replica, doc: &DocId) -> ChangeHash {
 
 impl Edit {
     fn apply(&self, text: &str) -> String {
-        const WORDS: [&str; 8] = ["alpha ", "beta ", "gamma\n", "delta ", "# h\n", "x", "yz ", "- item\n"];
+        const WORDS: [&str; 8] = [
+            "alpha ", "beta ", "gamma\n", "delta ", "# h\n", "x", "yz ", "- item\n",
+        ];
         let chars: Vec<char> = text.chars().collect();
         match *self {
             Edit::Insert { pos, word } => {
@@ -316,7 +365,8 @@ struct Model {
 
 impl Model {
     fn memory(&mut self, entry: MemoryEntry, hash: ChangeHash) {
-        self.acknowledged.push((DocId::Memory(entry.scope.clone()), hash));
+        self.acknowledged
+            .push((DocId::Memory(entry.scope.clone()), hash));
         let key = (entry.scope.to_string(), entry.key.clone());
         let newer = self.memory.get(&key).map_or(true, |held| {
             (entry.updated_at, entry.node_id.as_str()) > (held.updated_at, held.node_id.as_str())
@@ -332,32 +382,65 @@ impl Model {
     }
 
     fn live_memory(&self) -> Vec<MemoryEntry> {
-        self.memory.values().filter(|e| !e.deleted).cloned().collect()
+        self.memory
+            .values()
+            .filter(|e| !e.deleted)
+            .cloned()
+            .collect()
     }
 }
 
 fn check(world: &World) -> Result<(), TestCaseError> {
-    let replicas: Vec<&Replica> = world.nodes.iter().map(|n| n.replica.as_ref().unwrap()).collect();
+    let replicas: Vec<&Replica> = world
+        .nodes
+        .iter()
+        .map(|n| n.replica.as_ref().unwrap())
+        .collect();
     let first = replicas[0];
     for (i, replica) in replicas.iter().enumerate().skip(1) {
-        prop_assert_eq!(replica.list_memory(None), first.list_memory(None), "memory of node {}", i);
-        prop_assert_eq!(replica.list_skills(), first.list_skills(), "skills of node {}", i);
+        prop_assert_eq!(
+            replica.list_memory(None),
+            first.list_memory(None),
+            "memory of node {}",
+            i
+        );
+        prop_assert_eq!(
+            replica.list_skills(),
+            first.list_skills(),
+            "skills of node {}",
+            i
+        );
         for doc in first.doc_ids() {
             prop_assert_eq!(
                 replica.document(&doc).map(|d| d.get_heads()),
                 first.document(&doc).map(|d| d.get_heads()),
-                "heads of {} on node {}", doc, i
+                "heads of {} on node {}",
+                doc,
+                i
             );
         }
     }
-    prop_assert_eq!(first.list_memory(None), world.model.live_memory(), "memory against the model");
+    prop_assert_eq!(
+        first.list_memory(None),
+        world.model.live_memory(),
+        "memory against the model"
+    );
     for (name, versions) in &world.model.skills {
         check_skill(first, name, versions)?;
     }
     for (i, replica) in replicas.iter().enumerate() {
         for (doc, hash) in &world.model.acknowledged {
-            let held = replica.document(doc).and_then(|d| d.get_change_by_hash(hash)).is_some();
-            prop_assert!(held, "node {} lost acknowledged change {} of {}", i, hash, doc);
+            let held = replica
+                .document(doc)
+                .and_then(|d| d.get_change_by_hash(hash))
+                .is_some();
+            prop_assert!(
+                held,
+                "node {} lost acknowledged change {} of {}",
+                i,
+                hash,
+                doc
+            );
         }
     }
     Ok(())
@@ -379,8 +462,15 @@ fn check_skill(
             (a.updated_at, a.source_node.as_str()).cmp(&(b.updated_at, b.source_node.as_str()))
         })
         .unwrap();
-    let (winner, _) = replica.skill_versions(name).expect("a written skill exists");
-    prop_assert_eq!(winner.updated_at, expected.updated_at, "version of skill {}", name);
+    let (winner, _) = replica
+        .skill_versions(name)
+        .expect("a written skill exists");
+    prop_assert_eq!(
+        winner.updated_at,
+        expected.updated_at,
+        "version of skill {}",
+        name
+    );
     let doc = replica.document(&DocId::Skills).unwrap();
     let after_winner: HashMap<ChangeHash, ()> = doc
         .get_changes_meta(&[*winner_hash])

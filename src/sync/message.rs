@@ -129,7 +129,8 @@ pub enum Range {
 pub enum Bundle {
     /// zstd over the length-prefixed raw bytes of each change, in dependency order.
     Changes(Vec<u8>),
-    /// The whole document in Automerge's own compact format, for a peer that has nothing.
+    /// zstd over the whole document in Automerge's own compact format (`save`), for a peer
+    /// that has nothing.
     Document(Vec<u8>),
 }
 

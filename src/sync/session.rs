@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use automerge::{Change, ChangeHash};
 
 use super::access::Access;
-use super::bundle::{self, BundleError};
+use super::bundle::{self, BundleError, Unpacked};
 use super::filter::{self, Filter, FilterError};
 use super::message::{DocPart, Hash, Have, Hello, Knowledge, Message, Sync};
 use super::outbox::Outbox;
@@ -542,11 +542,14 @@ impl Session {
             });
             return Ok(());
         }
-        let changes = bundle::unpack(bundle).map_err(|source| SyncError::Bundle {
+        let unpacked = bundle::unpack(bundle).map_err(|source| SyncError::Bundle {
             doc: doc.name(),
             source,
         })?;
-        let hashes = store.apply(doc, changes)?;
+        let hashes = match unpacked {
+            Unpacked::Changes(changes) => store.apply(doc, changes)?,
+            Unpacked::Document(saved) => store.apply_document(doc, &saved)?,
+        };
         if !hashes.is_empty() {
             self.applied.push(Applied {
                 doc: doc.clone(),
@@ -683,7 +686,7 @@ impl Session {
         state.pushed = Some(key);
         if theirs.is_empty() && state.sent.is_empty() {
             // The peer has nothing: the whole document in its compact form is smallest.
-            if let Some(document) = store.snapshot(doc).and_then(bundle::document) {
+            if let Some(document) = store.snapshot(doc).as_deref().and_then(bundle::document) {
                 state.sent.extend(store.hashes_since(doc, &[]));
                 out.document(doc, document);
                 return true;

@@ -32,6 +32,9 @@ pub trait SyncStore {
     fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash>;
     /// Applies changes durably; returns the hashes that were new and applied.
     fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError>;
+    /// Merges a whole document in Automerge's compact format durably; returns the hashes that
+    /// were new. Bytes from a peer: must fail cleanly on garbage.
+    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError>;
     /// The heads last known to be held by both this node and `peer`.
     fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError>;
     /// Records (or, with `None`, forgets) the heads shared with `peer`.
@@ -100,6 +103,10 @@ impl SyncStore for Replica {
 
     fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
         self.apply_changes(doc, changes).map_err(store_error)
+    }
+
+    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
+        self.merge_document(doc, saved).map_err(store_error)
     }
 
     fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError> {

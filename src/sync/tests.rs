@@ -1,7 +1,6 @@
 //! Whole sessions between two real replicas over a reliable in-memory wire: message counts
 //! and sizes of each path, access rules, the reset path, and hostile input.
 
-
 use super::*;
 use crate::model::{DocId, Scope};
 use crate::replica::Replica;
@@ -83,7 +82,6 @@ fn same(a: &Peer, b: &Peer) -> bool {
         })
 }
 
-
 #[test]
 fn equal_roots_end_after_one_message_each_way() {
     let (mut a, mut b) = (peer("a"), peer("b"));
@@ -114,14 +112,8 @@ fn concurrent_peers_without_stored_state_reconcile_ranges() {
     let (mut a, mut b) = (peer("a"), peer("b"));
     write(&mut a, Scope::Mesh, 0..200);
     full_round(&mut a, &mut b);
-    b.replica
-        .db()
-        .drop_tree("sync-shared-heads")
-        .unwrap();
-    a.replica
-        .db()
-        .drop_tree("sync-shared-heads")
-        .unwrap();
+    b.replica.db().drop_tree("sync-shared-heads").unwrap();
+    a.replica.db().drop_tree("sync-shared-heads").unwrap();
     write(&mut a, Scope::Mesh, 300..305);
     write(&mut b, Scope::Mesh, 400..405);
     let traffic = full_round(&mut a, &mut b);
@@ -140,8 +132,12 @@ fn a_side_that_lost_its_state_is_reset() {
     // `a` believes `b` holds all of `a`'s heads, which `b` never received.
     let mesh = DocId::Memory(Scope::Mesh);
     let heads = a.replica.document(&mesh).unwrap().get_heads();
-    a.replica.set_shared_heads("b", &mesh, Some(&heads)).unwrap();
-    b.replica.set_shared_heads("a", &mesh, Some(&heads)).unwrap();
+    a.replica
+        .set_shared_heads("b", &mesh, Some(&heads))
+        .unwrap();
+    b.replica
+        .set_shared_heads("a", &mesh, Some(&heads))
+        .unwrap();
     full_round(&mut a, &mut b);
     assert!(same(&a, &b));
     assert_eq!(b.replica.list_memory(None).len(), 50);
@@ -212,7 +208,11 @@ fn live_push_reaches_a_synced_peer_in_one_message() {
         pending = next;
         from_a = !from_a;
     }
-    assert_eq!(to_a.take_applied().len(), 1, "the first round brought the document");
+    assert_eq!(
+        to_a.take_applied().len(),
+        1,
+        "the first round brought the document"
+    );
     write(&mut a, Scope::Mesh, 5..6);
     let mesh = DocId::Memory(Scope::Mesh);
     let fresh = a.replica.document(&mesh).unwrap().get_heads();
@@ -265,6 +265,21 @@ fn hostile_parts_are_errors_not_panics() {
         session.handle(&mut b.replica, bad_filter),
         Err(SyncError::Filter { .. })
     ));
+    let garbage_document = Message::Sync(Sync {
+        complete: false,
+        docs: vec![DocPart {
+            changes: Some(Bundle::Document(
+                zstd::bulk::compress(&[0x85, 0x6f, 0x4a, 0x83, 9, 9], 3).unwrap(),
+            )),
+            ..DocPart::new("skills".into())
+        }],
+    });
+    if session.handle(&mut b.replica, garbage_document).is_ok() {
+        assert!(b
+            .replica
+            .document(&DocId::Skills)
+            .is_none_or(|d| d.get_heads().is_empty()));
+    }
     let unknown = Message::Sync(Sync {
         complete: false,
         docs: vec![DocPart::new("nowhere".into())],
