@@ -253,7 +253,7 @@ impl DocPart {
                     fingerprints,
                 } => {
                     let parts = fingerprints.len();
-                    if lo > hi || parts < 2 || parts > MAX_FINGERPRINTS {
+                    if lo > hi || !(2..=MAX_FINGERPRINTS).contains(&parts) {
                         return Err(DecodeError::Limit("bad range split"));
                     }
                     if u128::from(hi - lo) + 1 < parts as u128 {
