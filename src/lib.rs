@@ -14,4 +14,5 @@ pub mod net;
 pub mod peers;
 pub mod replica;
 pub mod store;
+pub mod sync;
 pub mod views;

@@ -414,6 +414,29 @@ impl Replica {
         Ok(hashes)
     }
 
+    /// Merges a whole document received in Automerge's compact format and makes it durable
+    /// with one snapshot: for a peer's full copy this is far faster than applying its changes
+    /// one by one. Returns the hashes of the changes that were new here.
+    pub fn merge_document(&mut self, doc: &DocId, bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+        let actor = self.actor.clone();
+        let state = self
+            .docs
+            .entry(doc.clone())
+            .or_insert_with(|| new_doc_state(&actor));
+        let before = state.doc.get_heads();
+        state.doc.load_incremental(bytes)?;
+        let added: Vec<ChangeHash> = state
+            .doc
+            .get_changes_meta(&before)
+            .iter()
+            .map(|meta| meta.hash)
+            .collect();
+        if !added.is_empty() {
+            self.compact(doc)?;
+        }
+        Ok(added)
+    }
+
     fn next_stamp(&mut self, current: Option<Stamp>) -> Stamp {
         let wall = (self.wall_clock)();
         let stamp = self.hlc.tick(wall);

@@ -1,0 +1,293 @@
+//! The sync report: each workload runs through meshd's protocol (two `Session`s over two real
+//! sled-backed replicas, every frame encoded and decoded) and through Automerge's built-in
+//! sync (`generate_sync_message` / `receive_sync_message`) on the same documents, in the same
+//! process. Prints a Markdown table and writes `target/sync-report.json`.
+//!
+//! The lower bound is the smallest known encoding of the changes that had to move: zstd at
+//! level 19 over their raw bytes, or, when a whole document moves, Automerge's compact
+//! document format (as is, or zstd-compressed), whichever is smallest.
+//!
+//! meshd's time includes making every received change durable (sled, fsync); Automerge's is
+//! in memory only.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use automerge::sync::{State, SyncDoc};
+use automerge::{Automerge, Change};
+use meshd::model::{DocId, Scope};
+use meshd::replica::Replica;
+use meshd::sync::{Access, Config, Message, Session};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    workload: &'static str,
+    meshd_bytes: usize,
+    meshd_messages: usize,
+    automerge_bytes: usize,
+    automerge_messages: usize,
+    lower_bound_bytes: usize,
+    meshd_ms: f64,
+    automerge_ms: f64,
+}
+
+#[derive(Default)]
+struct Traffic {
+    bytes: usize,
+    messages: usize,
+    ms: f64,
+}
+
+/// Two nodes, each with its own store.
+struct Pair {
+    _dir: tempfile::TempDir,
+    a: Replica,
+    b: Replica,
+    /// Automerge's persisted sync state for each side, when the workload has stored state.
+    automerge_states: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn mesh() -> DocId {
+    DocId::Memory(Scope::Mesh)
+}
+
+/// Memory writes shaped like real ones: a few thousand keys rewritten over time, small JSON
+/// values.
+fn write(replica: &mut Replica, range: std::ops::Range<usize>) {
+    replica
+        .batch(|batch| {
+            for i in range {
+                let value = serde_json::json!({
+                    "n": i,
+                    "note": format!("observation {i} about topic {}", i % 97),
+                    "ok": i % 3 == 0,
+                });
+                batch.put_memory(&Scope::Mesh, &format!("facts.item{}", i % 5000), value)?;
+            }
+            Ok(())
+        })
+        .expect("bench writes are valid");
+}
+
+fn doc(replica: &Replica) -> Automerge {
+    replica.document(&mesh()).cloned().unwrap_or_default()
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Replica::open(&dir.path().join("a"), "node-a").unwrap();
+        let b = Replica::open(&dir.path().join("b"), "node-b").unwrap();
+        Pair {
+            _dir: dir,
+            a,
+            b,
+            automerge_states: None,
+        }
+    }
+
+    /// `n` changes written on `a` and copied to `b` (no sync state anywhere).
+    fn common(n: usize) -> Pair {
+        let mut pair = Pair::new();
+        write(&mut pair.a, 0..n);
+        let changes = doc(&pair.a).get_changes(&[]);
+        pair.b.apply_changes(&mesh(), changes).unwrap();
+        pair
+    }
+
+    /// Both sides sync once, untimed, so each stores its state for the other.
+    fn remember(&mut self) {
+        meshd_round(&mut self.a, &mut self.b);
+        let (mut da, mut db) = (doc(&self.a), doc(&self.b));
+        let (mut sa, mut sb) = (State::new(), State::new());
+        automerge_round(&mut da, &mut db, &mut sa, &mut sb);
+        self.automerge_states = Some((sa.encode(), sb.encode()));
+    }
+
+    fn run(mut self, workload: &'static str) -> Row {
+        let (mut da, mut db) = (doc(&self.a), doc(&self.b));
+        let lower_bound_bytes = lower_bound(&da, &db);
+        let (mut sa, mut sb) = match &self.automerge_states {
+            Some((a, b)) => (State::decode(a).unwrap(), State::decode(b).unwrap()),
+            None => (State::new(), State::new()),
+        };
+        let automerge = automerge_round(&mut da, &mut db, &mut sa, &mut sb);
+        let meshd = meshd_round(&mut self.a, &mut self.b);
+        assert_eq!(
+            doc(&self.a).get_heads(),
+            doc(&self.b).get_heads(),
+            "{workload}: meshd did not converge"
+        );
+        assert_eq!(
+            da.get_heads(),
+            db.get_heads(),
+            "{workload}: automerge did not converge"
+        );
+        Row {
+            workload,
+            meshd_bytes: meshd.bytes,
+            meshd_messages: meshd.messages,
+            automerge_bytes: automerge.bytes,
+            automerge_messages: automerge.messages,
+            lower_bound_bytes,
+            meshd_ms: meshd.ms,
+            automerge_ms: automerge.ms,
+        }
+    }
+}
+
+/// A round from `a` to `b` until both sessions fall silent.
+fn meshd_round(a: &mut Replica, b: &mut Replica) -> Traffic {
+    let start = Instant::now();
+    let mut sessions = [
+        Session::new("node-b", Access::full(), Config::default()),
+        Session::new("node-a", Access::full(), Config::default()),
+    ];
+    let stores = [a, b];
+    let mut traffic = Traffic::default();
+    let mut queue: VecDeque<(usize, Vec<u8>)> = sessions[0]
+        .start(stores[0])
+        .unwrap()
+        .iter()
+        .map(|m| (1, m.encode()))
+        .collect();
+    while let Some((to, frame)) = queue.pop_front() {
+        traffic.messages += 1;
+        traffic.bytes += frame.len();
+        let message = Message::decode(&frame).unwrap();
+        for reply in sessions[to].handle(stores[to], message).unwrap() {
+            queue.push_back((1 - to, reply.encode()));
+        }
+    }
+    assert!(sessions[0].is_done(stores[0]) && sessions[1].is_done(stores[1]));
+    traffic.ms = start.elapsed().as_secs_f64() * 1000.0;
+    traffic
+}
+
+/// Automerge's own loop: each side generates, the other receives, until both have nothing.
+fn automerge_round(
+    a: &mut Automerge,
+    b: &mut Automerge,
+    sa: &mut State,
+    sb: &mut State,
+) -> Traffic {
+    let start = Instant::now();
+    let mut traffic = Traffic::default();
+    loop {
+        let mut quiet = true;
+        for a_to_b in [true, false] {
+            let (from, to, from_state, to_state) = if a_to_b {
+                (&mut *a, &mut *b, &mut *sa, &mut *sb)
+            } else {
+                (&mut *b, &mut *a, &mut *sb, &mut *sa)
+            };
+            if let Some(message) = from.generate_sync_message(from_state) {
+                let bytes = message.encode();
+                traffic.messages += 1;
+                traffic.bytes += bytes.len();
+                let message = automerge::sync::Message::decode(&bytes).unwrap();
+                to.receive_sync_message(to_state, message).unwrap();
+                quiet = false;
+            }
+        }
+        if quiet {
+            break;
+        }
+    }
+    traffic.ms = start.elapsed().as_secs_f64() * 1000.0;
+    traffic
+}
+
+fn lower_bound(a: &Automerge, b: &Automerge) -> usize {
+    let mut moved: Vec<Change> = b.get_changes_added(a);
+    moved.extend(a.get_changes_added(b));
+    if moved.is_empty() {
+        return 0;
+    }
+    let raw: Vec<u8> = moved.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+    let mut best = zstd::bulk::compress(&raw, 19).unwrap().len();
+    for (whole, other) in [(a, b), (b, a)] {
+        if other.get_heads().is_empty() && !whole.get_heads().is_empty() {
+            let saved = whole.save();
+            best = best
+                .min(saved.len())
+                .min(zstd::bulk::compress(&saved, 19).unwrap().len());
+        }
+    }
+    best
+}
+
+fn in_sync(workload: &'static str, stored: bool) -> Row {
+    let mut pair = Pair::common(10_000);
+    if stored {
+        pair.remember();
+    }
+    pair.run(workload)
+}
+
+fn diff_each(workload: &'static str, each: usize) -> Row {
+    let mut pair = Pair::common(10_000);
+    pair.remember();
+    write(&mut pair.a, 10_000..10_000 + each);
+    write(&mut pair.b, 20_000..20_000 + each);
+    pair.run(workload)
+}
+
+fn fresh_peer_one_missing() -> Row {
+    let mut pair = Pair::new();
+    write(&mut pair.a, 0..100_000);
+    let mut changes = doc(&pair.a).get_changes(&[]);
+    changes.pop();
+    pair.b.apply_changes(&mesh(), changes).unwrap();
+    pair.run("fresh-peer-1-missing-100k")
+}
+
+fn full_clone() -> Row {
+    let mut pair = Pair::new();
+    write(&mut pair.a, 0..100_000);
+    pair.run("full-clone-100k")
+}
+
+fn main() {
+    let rows = [
+        in_sync("in-sync-10k-fresh", false),
+        in_sync("in-sync-10k-stored", true),
+        diff_each("diff-10-each-10k-stored", 10),
+        diff_each("diff-1000-each-10k-stored", 1000),
+        fresh_peer_one_missing(),
+        full_clone(),
+    ];
+    println!("| workload | meshd bytes | meshd msgs | automerge bytes | automerge msgs | lower bound | meshd / automerge | meshd / lower bound | meshd ms | automerge ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.1}% | {} | {:.1} | {:.1} |",
+            row.workload,
+            row.meshd_bytes,
+            row.meshd_messages,
+            row.automerge_bytes,
+            row.automerge_messages,
+            row.lower_bound_bytes,
+            100.0 * row.meshd_bytes as f64 / row.automerge_bytes as f64,
+            ratio(row.meshd_bytes, row.lower_bound_bytes),
+            row.meshd_ms,
+            row.automerge_ms,
+        );
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    std::fs::create_dir_all(&target).unwrap();
+    let path = target.join("sync-report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    println!("\nwritten to {}", path.display());
+}
+
+fn ratio(bytes: usize, bound: usize) -> String {
+    if bound == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", bytes as f64 / bound as f64)
+    }
+}

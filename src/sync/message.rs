@@ -1,0 +1,362 @@
+//! The messages two sessions exchange and their framing.
+//!
+//! A frame is `[version: u8][body length: u32 big-endian][body: postcard]`. The version byte
+//! comes first so a node can refuse a peer that speaks another protocol version before it
+//! parses anything; the length lets the network layer read whole frames off a stream. Decoding
+//! checks the version, the length against `MAX_MESSAGE`, that the body is exactly one message,
+//! and the message's own limits, and returns an error for anything else: it never panics on
+//! bytes from a peer. docs/protocol.md describes every field.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this code speaks; a frame with another version is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Bytes before the body: the version and the body length.
+pub const HEADER_LEN: usize = 5;
+/// The largest body accepted or produced.
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Upper bounds on list lengths inside one message, so that hostile input cannot make a
+/// session do unbounded work per byte received.
+const MAX_DOCS: usize = 4096;
+const MAX_HASHES: usize = 1 << 16;
+const MAX_RANGES: usize = 1024;
+const MAX_FINGERPRINTS: usize = 1024;
+
+/// A change hash on the wire: the raw 32 bytes.
+pub type Hash = [u8; 32];
+/// A truncated BLAKE3 digest of a range of change hashes.
+pub type Fingerprint = [u8; 8];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Opens a round: the root summary of every document shared with the peer, plus what the
+    /// sender can say without knowing the peer's state (see `Hello`).
+    Hello(Hello),
+    /// The answer to a `Hello` whose root matched: the round is over.
+    InSync,
+    /// Everything after the opening: per-document parts, and live pushes.
+    Sync(Sync),
+    /// The sender refused changes to a document the peer may not write.
+    Refused { doc: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// BLAKE3 over the names and head summaries of the documents shared with the peer.
+    pub root: [u8; 32],
+    /// Digest of the shared heads this side stored for the peer, when it stored any. If the
+    /// peer's digest matches, a document missing from `docs` has exactly those heads here.
+    pub state: Option<Fingerprint>,
+    /// Documents whose heads moved since the stored shared heads, with a filter of the changes
+    /// made since then.
+    pub docs: Vec<DocPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Sync {
+    /// `docs` lists every document the sender shares with the peer: one that is absent has no
+    /// changes on the sender's side.
+    pub complete: bool,
+    pub docs: Vec<DocPart>,
+}
+
+/// What one message says about one document. Every field is optional so that one shape serves
+/// every step; docs/protocol.md gives the rules for each.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DocPart {
+    /// The document's name (`mesh`, `user:<id>`, `node:<id>`, `skills`).
+    pub doc: String,
+    /// The sender's current heads.
+    pub heads: Option<Heads>,
+    /// The sender's changes since heads both sides had, as a Bloom filter.
+    pub have: Option<Have>,
+    /// Changes the sender asks for by hash.
+    pub need: Vec<Hash>,
+    /// Range-based reconciliation steps over the set of change hashes.
+    pub ranges: Vec<Range>,
+    /// Changes for the receiver.
+    pub changes: Option<Bundle>,
+    /// The sender could not use the receiver's `have`: its `since` heads are unknown here.
+    pub reset: bool,
+    /// More parts for this document follow (a large transfer spans several messages); the
+    /// receiver acts on the document once the last part is in.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heads {
+    pub hashes: Vec<Hash>,
+    /// Whether the sender holds every head the receiver last announced.
+    pub yours: Knowledge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Knowledge {
+    /// The sender has not heard the receiver's heads.
+    Unknown,
+    /// The sender holds all of them: it sends the exact difference itself.
+    HaveAll,
+    /// The sender misses some of them: the receiver must say what it has (filter or ranges).
+    Lacking,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Have {
+    /// Heads both sides held; the filter covers the sender's changes that are not their
+    /// ancestors.
+    pub since: Vec<Hash>,
+    /// A `growable_bloom_filter::GrowableBloom` in postcard form (checked before use).
+    pub filter: Vec<u8>,
+}
+
+/// One step of range-based set reconciliation. Ranges are inclusive intervals of the first
+/// eight bytes of change hashes read as a big-endian `u64`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Range {
+    /// `[lo, hi]` cut into `fingerprints.len()` equal parts, with the sender's fingerprint
+    /// of each.
+    Split {
+        lo: u64,
+        hi: u64,
+        fingerprints: Vec<Fingerprint>,
+    },
+    /// Every change hash the sender has in `[lo, hi]`.
+    Ids { lo: u64, hi: u64, ids: Vec<Hash> },
+}
+
+/// Changes, bundled and compressed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Bundle {
+    /// zstd over the length-prefixed raw bytes of each change, in dependency order.
+    Changes(Vec<u8>),
+    /// zstd over the whole document in Automerge's own compact format (`save`), for a peer
+    /// that has nothing.
+    Document(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("frame shorter than its {HEADER_LEN}-byte header")]
+    Truncated,
+    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("frame length {declared} does not match the {actual} bytes received")]
+    Length { declared: usize, actual: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("message exceeds a limit: {0}")]
+    Limit(&'static str),
+}
+
+/// Reads a frame header: the length of the body that follows. The network layer calls this
+/// on the first `HEADER_LEN` bytes to know how many more to read.
+pub fn body_len(header: &[u8]) -> Result<usize, DecodeError> {
+    let header: &[u8; HEADER_LEN] = header
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(DecodeError::Truncated)?;
+    if header[0] != PROTOCOL_VERSION {
+        return Err(DecodeError::Version(header[0]));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(DecodeError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+impl Message {
+    /// The message as one frame. Sessions never build a message over `MAX_MESSAGE`.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).expect("messages always serialize");
+        debug_assert!(
+            body.len() <= MAX_MESSAGE,
+            "a session built an oversized message"
+        );
+        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+        frame.push(PROTOCOL_VERSION);
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Parses one whole frame.
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        let declared = body_len(frame)?;
+        let body = &frame[HEADER_LEN..];
+        if body.len() != declared {
+            return Err(DecodeError::Length {
+                declared,
+                actual: body.len(),
+            });
+        }
+        let (message, rest) = postcard::take_from_bytes::<Message>(body)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed(format!(
+                "{} bytes after the message",
+                rest.len()
+            )));
+        }
+        message.check_limits()?;
+        Ok(message)
+    }
+
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        let docs = match self {
+            Message::Hello(hello) => &hello.docs,
+            Message::Sync(sync) => &sync.docs,
+            Message::InSync | Message::Refused { .. } => return Ok(()),
+        };
+        if docs.len() > MAX_DOCS {
+            return Err(DecodeError::Limit("too many documents"));
+        }
+        docs.iter().try_for_each(DocPart::check_limits)
+    }
+}
+
+impl DocPart {
+    pub fn new(doc: String) -> DocPart {
+        DocPart {
+            doc,
+            ..DocPart::default()
+        }
+    }
+
+    /// True when the part says nothing beyond naming its document.
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_none()
+            && self.have.is_none()
+            && self.need.is_empty()
+            && self.ranges.is_empty()
+            && self.changes.is_none()
+            && !self.reset
+            && !self.more
+    }
+
+    fn check_limits(&self) -> Result<(), DecodeError> {
+        let heads = self.heads.as_ref().map_or(0, |h| h.hashes.len());
+        let since = self.have.as_ref().map_or(0, |h| h.since.len());
+        if heads > MAX_HASHES || since > MAX_HASHES || self.need.len() > MAX_HASHES {
+            return Err(DecodeError::Limit("too many hashes"));
+        }
+        if self.ranges.len() > MAX_RANGES {
+            return Err(DecodeError::Limit("too many ranges"));
+        }
+        for range in &self.ranges {
+            match range {
+                Range::Split {
+                    lo,
+                    hi,
+                    fingerprints,
+                } => {
+                    let parts = fingerprints.len();
+                    if lo > hi || !(2..=MAX_FINGERPRINTS).contains(&parts) {
+                        return Err(DecodeError::Limit("bad range split"));
+                    }
+                    if u128::from(hi - lo) + 1 < parts as u128 {
+                        return Err(DecodeError::Limit("range split finer than its width"));
+                    }
+                }
+                Range::Ids { lo, hi, ids } => {
+                    if lo > hi || ids.len() > MAX_HASHES {
+                        return Err(DecodeError::Limit("bad id range"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message::Sync(Sync {
+            complete: true,
+            docs: vec![DocPart {
+                doc: "mesh".into(),
+                heads: Some(Heads {
+                    hashes: vec![[7; 32]],
+                    yours: Knowledge::Lacking,
+                }),
+                need: vec![[1; 32]],
+                ranges: vec![Range::Split {
+                    lo: 0,
+                    hi: u64::MAX,
+                    fingerprints: vec![[0; 8]; 4],
+                }],
+                changes: Some(Bundle::Changes(vec![1, 2, 3])),
+                ..DocPart::default()
+            }],
+        })
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let message = sample();
+        assert_eq!(Message::decode(&message.encode()).unwrap(), message);
+    }
+
+    #[test]
+    fn rejects_other_versions_and_lengths() {
+        let mut frame = sample().encode();
+        frame[0] = 9;
+        assert_eq!(Message::decode(&frame), Err(DecodeError::Version(9)));
+        let mut frame = sample().encode();
+        frame.push(0);
+        assert!(matches!(
+            Message::decode(&frame),
+            Err(DecodeError::Length { .. })
+        ));
+        let mut huge = vec![PROTOCOL_VERSION];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            Message::decode(&huge),
+            Err(DecodeError::TooLarge(_))
+        ));
+        assert_eq!(Message::decode(&[1, 0]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn rejects_splits_finer_than_their_range() {
+        let message = Message::Sync(Sync {
+            complete: false,
+            docs: vec![DocPart {
+                ranges: vec![Range::Split {
+                    lo: 5,
+                    hi: 6,
+                    fingerprints: vec![[0; 8]; 3],
+                }],
+                ..DocPart::new("mesh".into())
+            }],
+        });
+        assert!(matches!(
+            Message::decode(&message.encode()),
+            Err(DecodeError::Limit(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Message::decode(&bytes);
+            let mut framed = vec![PROTOCOL_VERSION];
+            framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            let _ = Message::decode(&framed);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(index in 0usize..4096, value in proptest::num::u8::ANY) {
+            let mut frame = sample().encode();
+            let i = index % frame.len();
+            frame[i] = value;
+            let _ = Message::decode(&frame);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The sync protocol as a pure state machine: no sockets, clocks or tokio. The network layer
+//! moves frames (`Message::encode` / `Message::decode`) between two `Session`s; each session
+//! reads and writes the node's data only through a `SyncStore`. docs/protocol.md is the
+//! specification.
+
+mod access;
+mod bundle;
+mod filter;
+mod message;
+mod outbox;
+mod recon;
+mod session;
+mod store;
+mod summary;
+
+pub use access::Access;
+pub use bundle::{BundleError, MAX_BUNDLE_RAW};
+pub use filter::FilterError;
+pub use message::{
+    body_len, Bundle, DecodeError, DocPart, Have, Heads, Hello, Knowledge, Message, Range, Sync,
+    HEADER_LEN, MAX_MESSAGE, PROTOCOL_VERSION,
+};
+pub use session::{Applied, Config, Refusal, Session, SyncError};
+pub use store::{StoreError, SyncStore};
+pub use summary::{doc_summary, root};
+
+#[cfg(test)]
+mod tests;

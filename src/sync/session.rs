@@ -1,0 +1,808 @@
+//! One peer connection's sync, as a state machine fed with messages (sans-IO, like
+//! quinn-proto): `start` opens a round, `handle` takes each message from the peer and returns
+//! the messages to send back, `is_done` says when the round is complete, `push` sends fresh
+//! local changes. All reads and writes go through a `SyncStore`.
+//!
+//! Per document, each side learns the other's heads. A side holding all of the peer's heads
+//! knows exactly what the peer lacks and sends it. A side missing some of them says what it
+//! has, and the peer sends what is not there: with a Bloom filter of the changes since the
+//! heads both last shared, or, with no such heads, by range reconciliation over all change
+//! hashes. Whatever a filter's false positives hid shows up as missing dependencies, asked
+//! for by hash. docs/protocol.md walks through every step.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use automerge::{Change, ChangeHash};
+
+use super::access::Access;
+use super::bundle::{self, BundleError, Unpacked};
+use super::filter::{self, Filter, FilterError};
+use super::message::{DocPart, Hash, Have, Hello, Knowledge, Message, Sync};
+use super::outbox::Outbox;
+use super::recon;
+use super::store::{StoreError, SyncStore};
+use super::summary;
+use crate::model::DocId;
+
+/// Filters above this many hashes cost more than reconciling ranges; the pull uses ranges.
+const MAX_FILTER_HASHES: usize = 50_000;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// False-positive rate of the Bloom filters this side builds. Tests raise it to exercise
+    /// the repair path.
+    pub false_positive_rate: f64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            false_positive_rate: 0.001,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("peer sent a bad change bundle for {doc}: {source}")]
+    Bundle {
+        doc: String,
+        #[source]
+        source: BundleError,
+    },
+    #[error("peer sent a bad filter for {doc}: {source}")]
+    Filter {
+        doc: String,
+        #[source]
+        source: FilterError,
+    },
+    #[error("peer named an unknown document '{0}'")]
+    UnknownDoc(String),
+}
+
+/// Changes a session applied: the daemon forwards them to its other peers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub doc: DocId,
+    pub hashes: Vec<ChangeHash>,
+}
+
+/// Changes refused, by this side or by the peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub doc: String,
+    pub reason: String,
+    pub by_peer: bool,
+}
+
+enum Phase {
+    /// Nothing sent or received yet.
+    Idle,
+    /// Our `Hello` is out; `inferred` are the documents it left out because their heads equal
+    /// the stored shared heads.
+    Opening {
+        root: [u8; 32],
+        inferred: Vec<(DocId, Vec<ChangeHash>)>,
+    },
+    /// A round is under way.
+    Open,
+    /// The roots matched.
+    InSync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pull {
+    None,
+    /// We sent a filter; `answered` once the peer replied with its heads.
+    Filter {
+        answered: bool,
+    },
+    Ranges,
+}
+
+/// What this session knows about one document on the peer's side.
+struct DocState {
+    theirs: Option<Vec<ChangeHash>>,
+    /// What the peer said about the heads we told it.
+    their_view: Knowledge,
+    told: Option<Vec<ChangeHash>>,
+    sent: HashSet<ChangeHash>,
+    asked: HashSet<ChangeHash>,
+    pull: Pull,
+    /// `(theirs, ours)` when we sent the exact difference between them.
+    pushed: Option<(Vec<ChangeHash>, Vec<ChangeHash>)>,
+    /// The peer's transfer spans more messages.
+    more: bool,
+    refused: bool,
+    saved: Option<Vec<ChangeHash>>,
+}
+
+impl Default for DocState {
+    fn default() -> DocState {
+        DocState {
+            theirs: None,
+            their_view: Knowledge::Unknown,
+            told: None,
+            sent: HashSet::new(),
+            asked: HashSet::new(),
+            pull: Pull::None,
+            pushed: None,
+            more: false,
+            refused: false,
+            saved: None,
+        }
+    }
+}
+
+pub struct Session {
+    peer: String,
+    access: Access,
+    config: Config,
+    phase: Phase,
+    docs: BTreeMap<DocId, DocState>,
+    applied: Vec<Applied>,
+    refusals: Vec<Refusal>,
+}
+
+fn to_hashes(wire: &[Hash]) -> Vec<ChangeHash> {
+    let mut hashes: Vec<ChangeHash> = wire.iter().map(|h| ChangeHash(*h)).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
+}
+
+fn has_all(store: &impl SyncStore, doc: &DocId, hashes: &[ChangeHash]) -> bool {
+    hashes.iter().all(|h| store.has_change(doc, h))
+}
+
+impl Session {
+    /// A session with `peer` (its compact node id), which may read and write what `access`
+    /// allows.
+    pub fn new(peer: impl Into<String>, access: Access, config: Config) -> Session {
+        Session {
+            peer: peer.into(),
+            access,
+            config,
+            phase: Phase::Idle,
+            docs: BTreeMap::new(),
+            applied: Vec::new(),
+            refusals: Vec::new(),
+        }
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Opens an anti-entropy round: one `Hello`.
+    pub fn start(&mut self, store: &mut impl SyncStore) -> Result<Vec<Message>, SyncError> {
+        self.docs.clear();
+        let shared = self.shared(store);
+        let stored = self.stored_heads(store, &shared)?;
+        let mut parts = Vec::new();
+        let mut inferred = Vec::new();
+        for ((doc, heads), since) in shared.iter().zip(&stored) {
+            if since.as_ref() == Some(heads) {
+                inferred.push((doc.clone(), heads.clone()));
+                continue;
+            }
+            parts.push(self.opening_part(store, doc, heads, since.as_deref()));
+        }
+        let root = summary::root(shared.iter().map(|(d, h)| (d, h.as_slice())));
+        let state = summary::state_digest(
+            shared
+                .iter()
+                .zip(&stored)
+                .map(|((doc, _), since)| (doc, since.as_deref())),
+        );
+        self.phase = Phase::Opening { root, inferred };
+        Ok(vec![Message::Hello(Hello {
+            root,
+            state: Some(state),
+            docs: parts,
+        })])
+    }
+
+    /// Takes one message from the peer; returns the messages to send it.
+    pub fn handle(
+        &mut self,
+        store: &mut impl SyncStore,
+        message: Message,
+    ) -> Result<Vec<Message>, SyncError> {
+        match message {
+            Message::Hello(hello) => self.on_hello(store, hello),
+            Message::InSync => {
+                if matches!(self.phase, Phase::Opening { .. }) {
+                    self.remember_all_shared(store)?;
+                    self.phase = Phase::InSync;
+                }
+                Ok(Vec::new())
+            }
+            Message::Sync(sync) => self.on_sync(store, sync),
+            Message::Refused { doc, reason } => {
+                if let Ok(id) = DocId::from_name(&doc) {
+                    self.docs.entry(id).or_default().refused = true;
+                }
+                self.refusals.push(Refusal {
+                    doc,
+                    reason,
+                    by_peer: true,
+                });
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Sends just-made local changes of `doc` (live push). Sends the exact difference when
+    /// the peer's heads are known here, else the changes named.
+    pub fn push(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        fresh: &[ChangeHash],
+    ) -> Result<Vec<Message>, SyncError> {
+        if !self.access.may_read(doc) {
+            return Ok(Vec::new());
+        }
+        if matches!(self.phase, Phase::Idle) {
+            self.phase = Phase::Open;
+        }
+        let ours = store.heads(doc);
+        let state = self.docs.entry(doc.clone()).or_default();
+        let theirs = state.theirs.clone().filter(|t| has_all(store, doc, t));
+        let changes = match &theirs {
+            Some(theirs) => store.changes_since(doc, theirs),
+            None => fresh.iter().filter_map(|h| store.change(doc, h)).collect(),
+        };
+        let mut out = Outbox::default();
+        for change in changes {
+            if state.sent.insert(change.hash()) {
+                out.change(doc, change);
+            }
+        }
+        let view = if theirs.is_some() {
+            state.pushed = theirs.map(|t| (t, ours.clone()));
+            Knowledge::HaveAll
+        } else {
+            Knowledge::Unknown
+        };
+        out.heads(doc, &ours, view);
+        state.told = Some(ours);
+        Ok(out.into_messages(false))
+    }
+
+    /// True when the round is complete: nothing is owed to the peer and nothing is awaited
+    /// from it.
+    pub fn is_done(&self, store: &impl SyncStore) -> bool {
+        match self.phase {
+            Phase::InSync => true,
+            Phase::Idle | Phase::Opening { .. } => false,
+            Phase::Open => self
+                .docs
+                .iter()
+                .all(|(doc, state)| self.doc_done(store, doc, state)),
+        }
+    }
+
+    /// What was applied since the last call.
+    pub fn take_applied(&mut self) -> Vec<Applied> {
+        std::mem::take(&mut self.applied)
+    }
+
+    /// Refusals either way since the last call.
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refusals)
+    }
+
+    // ---- opening --------------------------------------------------------------------------
+
+    /// The documents shared with the peer (readable by it, not empty) and their heads.
+    fn shared(&self, store: &impl SyncStore) -> Vec<(DocId, Vec<ChangeHash>)> {
+        store
+            .doc_ids()
+            .into_iter()
+            .filter(|doc| self.access.may_read(doc))
+            .map(|doc| {
+                let heads = store.heads(&doc);
+                (doc, heads)
+            })
+            .filter(|(_, heads)| !heads.is_empty())
+            .collect()
+    }
+
+    fn stored_heads(
+        &self,
+        store: &mut impl SyncStore,
+        shared: &[(DocId, Vec<ChangeHash>)],
+    ) -> Result<Vec<Option<Vec<ChangeHash>>>, SyncError> {
+        shared
+            .iter()
+            .map(|(doc, _)| self.usable_shared(store, doc))
+            .collect()
+    }
+
+    /// The stored shared heads, if this side still holds them all (a node restored from an
+    /// old copy may not); unusable ones are forgotten.
+    fn usable_shared(
+        &self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+    ) -> Result<Option<Vec<ChangeHash>>, SyncError> {
+        let Some(heads) = store.shared_heads(&self.peer, doc)? else {
+            return Ok(None);
+        };
+        if !heads.is_empty() && has_all(store, doc, &heads) {
+            return Ok(Some(heads));
+        }
+        store.set_shared_heads(&self.peer, doc, None)?;
+        Ok(None)
+    }
+
+    /// A document whose heads moved since they were last shared: our heads and, when the
+    /// peer may write it, a filter of what we made since, so the peer can answer at once.
+    fn opening_part(
+        &mut self,
+        store: &impl SyncStore,
+        doc: &DocId,
+        heads: &[ChangeHash],
+        since: Option<&[ChangeHash]>,
+    ) -> DocPart {
+        let state = self.docs.entry(doc.clone()).or_default();
+        state.told = Some(heads.to_vec());
+        let mut part = DocPart::new(doc.name());
+        part.heads = Some(super::message::Heads {
+            hashes: heads.iter().map(|h| h.0).collect(),
+            yours: Knowledge::Unknown,
+        });
+        if let Some(since) = since.filter(|_| self.access.may_write(doc)) {
+            let fresh = store.hashes_since(doc, since);
+            if fresh.len() <= MAX_FILTER_HASHES {
+                part.have = Some(make_have(since, &fresh, self.config.false_positive_rate));
+                state.pull = Pull::Filter { answered: false };
+            }
+        }
+        part
+    }
+
+    fn on_hello(
+        &mut self,
+        store: &mut impl SyncStore,
+        hello: Hello,
+    ) -> Result<Vec<Message>, SyncError> {
+        let shared = self.shared(store);
+        let root = summary::root(shared.iter().map(|(d, h)| (d, h.as_slice())));
+        if let Phase::Opening { root: ours, .. } = &self.phase {
+            // Both sides opened at once: the Hello with the smaller root leads the round.
+            if *ours < hello.root {
+                return Ok(Vec::new());
+            }
+        }
+        self.docs.clear();
+        if hello.root == root {
+            self.remember_all_shared(store)?;
+            self.phase = Phase::InSync;
+            return Ok(vec![Message::InSync]);
+        }
+        self.phase = Phase::Open;
+        let stored = self.stored_heads(store, &shared)?;
+        let digest = summary::state_digest(
+            shared
+                .iter()
+                .zip(&stored)
+                .map(|((doc, _), since)| (doc, since.as_deref())),
+        );
+        let mut out = Outbox::default();
+        let mut touched = BTreeSet::new();
+        for part in hello.docs {
+            touched.insert(self.receive(store, part, &mut out)?);
+        }
+        let complete = hello.state != Some(digest);
+        for ((doc, heads), since) in shared.iter().zip(stored) {
+            if touched.contains(doc) {
+                continue;
+            }
+            if complete {
+                // The peer's heads for this document are unknown: say ours and hear theirs.
+                out.heads(doc, heads, Knowledge::Unknown);
+                self.docs.entry(doc.clone()).or_default().told = Some(heads.clone());
+            } else {
+                // Same stored state on both sides: the peer's heads are the shared heads.
+                self.docs.entry(doc.clone()).or_default().theirs = since;
+                touched.insert(doc.clone());
+            }
+        }
+        for doc in touched {
+            self.plan(store, &doc, &mut out)?;
+        }
+        Ok(out.into_messages(complete))
+    }
+
+    fn on_sync(
+        &mut self,
+        store: &mut impl SyncStore,
+        sync: Sync,
+    ) -> Result<Vec<Message>, SyncError> {
+        let mut touched = BTreeSet::new();
+        match std::mem::replace(&mut self.phase, Phase::Open) {
+            Phase::Opening { .. } if sync.complete => {
+                // The peer did not take our stored state: every document it did not list is
+                // empty on its side.
+                let listed: BTreeSet<&str> = sync.docs.iter().map(|p| p.doc.as_str()).collect();
+                for (doc, _) in self.shared(store) {
+                    if !listed.contains(doc.name().as_str()) {
+                        self.docs.entry(doc.clone()).or_default().theirs = Some(Vec::new());
+                        touched.insert(doc);
+                    }
+                }
+            }
+            Phase::Opening { inferred, .. } => {
+                // The peer took our stored state: it knows these heads of ours.
+                for (doc, heads) in inferred {
+                    self.docs.entry(doc).or_default().told = Some(heads);
+                }
+            }
+            Phase::InSync => self.phase = Phase::InSync,
+            Phase::Idle | Phase::Open => {}
+        }
+        let mut out = Outbox::default();
+        for part in sync.docs {
+            touched.insert(self.receive(store, part, &mut out)?);
+        }
+        for doc in touched {
+            self.plan(store, &doc, &mut out)?;
+        }
+        Ok(out.into_messages(false))
+    }
+
+    fn remember_all_shared(&mut self, store: &mut impl SyncStore) -> Result<(), SyncError> {
+        for (doc, heads) in self.shared(store) {
+            self.remember(store, &doc, heads)?;
+        }
+        Ok(())
+    }
+
+    /// Records `heads` as shared with the peer, unless already recorded in this session.
+    fn remember(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        heads: Vec<ChangeHash>,
+    ) -> Result<(), SyncError> {
+        let state = self.docs.entry(doc.clone()).or_default();
+        if state.saved.as_ref() != Some(&heads) {
+            store.set_shared_heads(&self.peer, doc, Some(&heads))?;
+            state.saved = Some(heads);
+        }
+        Ok(())
+    }
+
+    // ---- receiving ------------------------------------------------------------------------
+
+    /// Takes in one document part: applies changes, notes heads, answers requests.
+    fn receive(
+        &mut self,
+        store: &mut impl SyncStore,
+        part: DocPart,
+        out: &mut Outbox,
+    ) -> Result<DocId, SyncError> {
+        let doc =
+            DocId::from_name(&part.doc).map_err(|_| SyncError::UnknownDoc(part.doc.clone()))?;
+        if let Some(bundle) = &part.changes {
+            self.take_changes(store, &doc, bundle, out)?;
+        }
+        let state = self.docs.entry(doc.clone()).or_default();
+        state.more = part.more;
+        if let Some(heads) = &part.heads {
+            state.theirs = Some(to_hashes(&heads.hashes));
+            state.their_view = heads.yours;
+            if state.pull == (Pull::Filter { answered: false }) {
+                state.pull = Pull::Filter { answered: true };
+            }
+        }
+        if part.reset {
+            // The peer does not hold the heads our filter started from.
+            store.set_shared_heads(&self.peer, &doc, None)?;
+            let state = self.docs.entry(doc.clone()).or_default();
+            state.pull = Pull::None;
+            state.saved = None;
+        }
+        if !self.access.may_read(&doc) {
+            return Ok(doc);
+        }
+        for hash in to_hashes(&part.need) {
+            if let Some(change) = store.change(&doc, &hash) {
+                self.send(&doc, change, out);
+            }
+        }
+        if let Some(have) = &part.have {
+            self.answer_filter(store, &doc, have, out)?;
+        }
+        if !part.ranges.is_empty() {
+            self.answer_ranges(store, &doc, &part.ranges, out);
+        }
+        Ok(doc)
+    }
+
+    fn take_changes(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        bundle: &super::message::Bundle,
+        out: &mut Outbox,
+    ) -> Result<(), SyncError> {
+        if !self.access.may_write(doc) {
+            let reason = format!("peer {} may not write {doc} on this node", self.peer);
+            out.refuse(doc, reason.clone());
+            self.refusals.push(Refusal {
+                doc: doc.name(),
+                reason,
+                by_peer: false,
+            });
+            return Ok(());
+        }
+        let unpacked = bundle::unpack(bundle).map_err(|source| SyncError::Bundle {
+            doc: doc.name(),
+            source,
+        })?;
+        let hashes = match unpacked {
+            Unpacked::Changes(changes) => store.apply(doc, changes)?,
+            Unpacked::Document(saved) => store.apply_document(doc, &saved)?,
+        };
+        if !hashes.is_empty() {
+            self.applied.push(Applied {
+                doc: doc.clone(),
+                hashes,
+            });
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, doc: &DocId, change: Change, out: &mut Outbox) {
+        let state = self.docs.entry(doc.clone()).or_default();
+        state.sent.insert(change.hash());
+        out.change(doc, change);
+    }
+
+    /// The peer listed what it made since `since`: send every change of ours since then that
+    /// is not in its filter, with all their descendants (a descendant of a change the peer
+    /// lacks cannot be in the peer's store, whatever the filter says).
+    fn answer_filter(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        have: &Have,
+        out: &mut Outbox,
+    ) -> Result<(), SyncError> {
+        let theirs = self.docs.get(doc).and_then(|s| s.theirs.clone());
+        if theirs.is_some_and(|t| has_all(store, doc, &t)) {
+            // We hold all the peer's heads: `plan` sends the exact difference instead.
+            return Ok(());
+        }
+        let since = to_hashes(&have.since);
+        let ours = store.heads(doc);
+        if since.is_empty() || !has_all(store, doc, &since) {
+            out.reset(doc);
+            out.heads(doc, &ours, Knowledge::Lacking);
+            self.docs.entry(doc.clone()).or_default().told = Some(ours);
+            return Ok(());
+        }
+        let filter = Filter::decode(&have.filter).map_err(|source| SyncError::Filter {
+            doc: doc.name(),
+            source,
+        })?;
+        let mut missing: HashSet<ChangeHash> = HashSet::new();
+        for change in store.changes_since(doc, &since) {
+            let hash = change.hash();
+            // Candidates come in dependency order, so a change's parents are decided first.
+            if !filter.contains(&hash) || change.deps().iter().any(|d| missing.contains(d)) {
+                missing.insert(hash);
+                self.send(doc, change, out);
+            }
+        }
+        // Our heads always go with the answer: they tell the peer the answer is complete.
+        out.heads(doc, &ours, Knowledge::Lacking);
+        self.docs.entry(doc.clone()).or_default().told = Some(ours);
+        Ok(())
+    }
+
+    fn answer_ranges(
+        &mut self,
+        store: &impl SyncStore,
+        doc: &DocId,
+        ranges: &[super::message::Range],
+        out: &mut Outbox,
+    ) {
+        let set = recon::HashSet::new(store.hashes_since(doc, &[]));
+        let answer = set.answer(ranges);
+        out.ranges(doc, answer.ranges);
+        for hash in answer.send {
+            if let Some(change) = store.change(doc, &hash) {
+                self.send(doc, change, out);
+            }
+        }
+        if self.access.may_write(doc) {
+            let need = answer.need;
+            let state = self.docs.entry(doc.clone()).or_default();
+            state.asked.extend(need.iter().copied());
+            out.need(doc, need);
+        }
+    }
+
+    // ---- deciding -------------------------------------------------------------------------
+
+    /// After a document's parts are in: push what the peer lacks, tell our heads when the
+    /// peer needs them, pull what we lack, and record the shared heads once done.
+    fn plan(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        out: &mut Outbox,
+    ) -> Result<(), SyncError> {
+        let Some(state) = self.docs.get(doc) else {
+            return Ok(());
+        };
+        let Some(theirs) = state.theirs.clone() else {
+            return Ok(());
+        };
+        if state.refused || state.more {
+            return Ok(());
+        }
+        let ours = store.heads(doc);
+        let have_all = has_all(store, doc, &theirs);
+        let pushed = have_all
+            && self.access.may_read(doc)
+            && self.push_difference(store, doc, &theirs, &ours, out);
+        self.tell(doc, &theirs, &ours, have_all, pushed, out);
+        if !have_all && self.access.may_write(doc) {
+            self.pull(store, doc, &theirs, out)?;
+        }
+        let state = &self.docs[doc];
+        let exact = state.pushed.as_ref() == Some(&(theirs.clone(), ours.clone()));
+        if self.doc_done(store, doc, state) && (theirs == ours || exact) {
+            // Both hold `ours` now, or will once our push lands; if it does not, the next
+            // round sees the digests differ and falls back (see docs/protocol.md).
+            self.remember(store, doc, ours)?;
+        }
+        Ok(())
+    }
+
+    /// We hold every head of the peer's: the changes it lacks are exactly ours since them.
+    /// Returns whether this sent anything.
+    fn push_difference(
+        &mut self,
+        store: &impl SyncStore,
+        doc: &DocId,
+        theirs: &[ChangeHash],
+        ours: &[ChangeHash],
+        out: &mut Outbox,
+    ) -> bool {
+        let state = self.docs.entry(doc.clone()).or_default();
+        let key = (theirs.to_vec(), ours.to_vec());
+        if theirs == ours || state.pushed.as_ref() == Some(&key) {
+            return false;
+        }
+        state.pushed = Some(key);
+        if theirs.is_empty() && state.sent.is_empty() {
+            // The peer has nothing: the whole document in its compact form is smallest.
+            if let Some(document) = store.snapshot(doc).as_deref().and_then(bundle::document) {
+                state.sent.extend(store.hashes_since(doc, &[]));
+                out.document(doc, document);
+                return true;
+            }
+        }
+        let mut pushed = false;
+        for change in store.changes_since(doc, theirs) {
+            if state.sent.insert(change.hash()) {
+                out.change(doc, change);
+                pushed = true;
+            }
+        }
+        pushed
+    }
+
+    /// Says our heads when the peer does not know them, and with every push (so the peer
+    /// sees at once that it is complete). A peer that lacks some of ours while we lack some
+    /// of its gets nothing new from them: it waits for our pull, then our push.
+    fn tell(
+        &mut self,
+        doc: &DocId,
+        theirs: &[ChangeHash],
+        ours: &[ChangeHash],
+        have_all: bool,
+        pushed: bool,
+        out: &mut Outbox,
+    ) {
+        let state = self.docs.entry(doc.clone()).or_default();
+        if out.has_heads(doc) {
+            return;
+        }
+        let known = state.told.as_deref() == Some(ours);
+        let peer_waits = theirs != ours || state.their_view != Knowledge::HaveAll;
+        let useless = !have_all && state.their_view == Knowledge::Lacking;
+        if !pushed && (known || !peer_waits || useless) {
+            return;
+        }
+        let view = if have_all {
+            Knowledge::HaveAll
+        } else {
+            Knowledge::Lacking
+        };
+        out.heads(doc, ours, view);
+        state.told = Some(ours.to_vec());
+    }
+
+    /// We miss some of the peer's heads. If the peer holds all of ours it sends the exact
+    /// difference, and what is still missing after that is asked for by hash; if it does not,
+    /// we say what we have, once: a filter since the stored shared heads, or ranges.
+    fn pull(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        theirs: &[ChangeHash],
+        out: &mut Outbox,
+    ) -> Result<(), SyncError> {
+        let state = &self.docs[doc];
+        let gaps = state.their_view == Knowledge::HaveAll
+            || state.pull == (Pull::Filter { answered: true });
+        if gaps {
+            let state = self.docs.entry(doc.clone()).or_default();
+            let missing: Vec<ChangeHash> = store
+                .missing_deps(doc, theirs)
+                .into_iter()
+                .filter(|h| state.asked.insert(*h))
+                .collect();
+            out.need(doc, missing);
+            return Ok(());
+        }
+        if state.their_view != Knowledge::Lacking || state.pull != Pull::None {
+            return Ok(());
+        }
+        let since = self.usable_shared(store, doc)?;
+        let fresh = since.as_ref().map(|s| store.hashes_since(doc, s));
+        let state = self.docs.entry(doc.clone()).or_default();
+        match (since, fresh) {
+            (Some(since), Some(fresh)) if fresh.len() <= MAX_FILTER_HASHES => {
+                out.have(
+                    doc,
+                    make_have(&since, &fresh, self.config.false_positive_rate),
+                );
+                state.pull = Pull::Filter { answered: false };
+            }
+            _ => {
+                let set = recon::HashSet::new(store.hashes_since(doc, &[]));
+                out.ranges(doc, vec![set.open()]);
+                state.pull = Pull::Ranges;
+            }
+        }
+        Ok(())
+    }
+
+    fn doc_done(&self, store: &impl SyncStore, doc: &DocId, state: &DocState) -> bool {
+        if state.refused {
+            return true;
+        }
+        if state.more {
+            return false;
+        }
+        let Some(theirs) = &state.theirs else {
+            return true;
+        };
+        let ours = store.heads(doc);
+        if *theirs == ours {
+            return true;
+        }
+        if !has_all(store, doc, theirs) {
+            return !self.access.may_write(doc);
+        }
+        !self.access.may_read(doc) || state.pushed.as_ref() == Some(&(theirs.clone(), ours))
+    }
+}
+
+fn make_have(since: &[ChangeHash], fresh: &[ChangeHash], fp_rate: f64) -> Have {
+    Have {
+        since: since.iter().map(|h| h.0).collect(),
+        filter: filter::build(fresh.iter(), fp_rate),
+    }
+}

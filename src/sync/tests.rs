@@ -1,0 +1,291 @@
+//! Whole sessions between two real replicas over a reliable in-memory wire: message counts
+//! and sizes of each path, access rules, the reset path, and hostile input.
+
+use super::*;
+use crate::model::{DocId, Scope};
+use crate::replica::Replica;
+
+struct Peer {
+    _dir: tempfile::TempDir,
+    replica: Replica,
+}
+
+fn peer(name: &str) -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::open(&dir.path().join(name), name).unwrap();
+    Peer { _dir: dir, replica }
+}
+
+fn write(peer: &mut Peer, scope: Scope, keys: std::ops::Range<usize>) {
+    for i in keys {
+        peer.replica
+            .put_memory(&scope, &format!("key{i}"), serde_json::json!({ "n": i }))
+            .unwrap();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Traffic {
+    messages: usize,
+    bytes: usize,
+    ranges: bool,
+    refused: bool,
+}
+
+fn config(fp: f64) -> Config {
+    Config {
+        false_positive_rate: fp,
+    }
+}
+
+/// Runs a round from `a` to `b` over a reliable wire until both fall silent.
+fn round(a: &mut Peer, b: &mut Peer, access_b: Access, access_a: Access, fp: f64) -> Traffic {
+    let mut sessions = [
+        Session::new("b", access_b, config(fp)),
+        Session::new("a", access_a, config(fp)),
+    ];
+    let stores = [&mut a.replica, &mut b.replica];
+    let mut traffic = Traffic::default();
+    let mut queue: std::collections::VecDeque<(usize, Message)> = sessions[0]
+        .start(stores[0])
+        .unwrap()
+        .into_iter()
+        .map(|m| (1, m))
+        .collect();
+    while let Some((to, message)) = queue.pop_front() {
+        let frame = message.encode();
+        traffic.messages += 1;
+        traffic.bytes += frame.len();
+        if let Message::Sync(sync) = &message {
+            traffic.ranges |= sync.docs.iter().any(|p| !p.ranges.is_empty());
+        }
+        traffic.refused |= matches!(message, Message::Refused { .. });
+        assert!(traffic.messages < 1000, "sessions do not stop");
+        let replies = sessions[to]
+            .handle(stores[to], Message::decode(&frame).unwrap())
+            .unwrap();
+        queue.extend(replies.into_iter().map(|m| (1 - to, m)));
+    }
+    assert!(sessions[0].is_done(stores[0]) && sessions[1].is_done(stores[1]));
+    traffic
+}
+
+fn full_round(a: &mut Peer, b: &mut Peer) -> Traffic {
+    round(a, b, Access::full(), Access::full(), 0.01)
+}
+
+fn same(a: &Peer, b: &Peer) -> bool {
+    a.replica.list_memory(None) == b.replica.list_memory(None)
+        && a.replica.doc_ids().iter().all(|doc| {
+            a.replica.document(doc).map(|d| d.get_heads())
+                == b.replica.document(doc).map(|d| d.get_heads())
+        })
+}
+
+#[test]
+fn equal_roots_end_after_one_message_each_way() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..50);
+    full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    let again = full_round(&mut a, &mut b);
+    assert_eq!(again.messages, 2);
+    assert!(again.bytes <= 128, "{again:?}");
+}
+
+#[test]
+fn stored_heads_make_a_two_sided_difference_three_messages() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..100);
+    full_round(&mut a, &mut b);
+    write(&mut a, Scope::Mesh, 100..110);
+    write(&mut b, Scope::Mesh, 200..210);
+    // A filter with no false positives: the repair path has its own test.
+    let traffic = round(&mut a, &mut b, Access::full(), Access::full(), 1e-9);
+    assert!(same(&a, &b));
+    assert_eq!(traffic.messages, 3, "{traffic:?}");
+    assert_eq!(a.replica.list_memory(None).len(), 120);
+}
+
+#[test]
+fn concurrent_peers_without_stored_state_reconcile_ranges() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..200);
+    full_round(&mut a, &mut b);
+    b.replica.db().drop_tree("sync-shared-heads").unwrap();
+    a.replica.db().drop_tree("sync-shared-heads").unwrap();
+    write(&mut a, Scope::Mesh, 300..305);
+    write(&mut b, Scope::Mesh, 400..405);
+    let traffic = full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    assert!(traffic.ranges, "{traffic:?}");
+    assert_eq!(a.replica.list_memory(None).len(), 210);
+}
+
+#[test]
+fn a_side_that_lost_its_state_is_reset() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..30);
+    full_round(&mut a, &mut b);
+    write(&mut a, Scope::Mesh, 30..40);
+    write(&mut b, Scope::Mesh, 50..60);
+    // `a` believes `b` holds all of `a`'s heads, which `b` never received.
+    let mesh = DocId::Memory(Scope::Mesh);
+    let heads = a.replica.document(&mesh).unwrap().get_heads();
+    a.replica
+        .set_shared_heads("b", &mesh, Some(&heads))
+        .unwrap();
+    b.replica
+        .set_shared_heads("a", &mesh, Some(&heads))
+        .unwrap();
+    full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    assert_eq!(b.replica.list_memory(None).len(), 50);
+}
+
+#[test]
+fn false_positives_are_repaired_by_hash() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..50);
+    full_round(&mut a, &mut b);
+    write(&mut a, Scope::Mesh, 50..90);
+    write(&mut b, Scope::Mesh, 100..140);
+    round(&mut a, &mut b, Access::full(), Access::full(), 0.99);
+    assert!(same(&a, &b));
+    assert_eq!(a.replica.list_memory(None).len(), 130);
+}
+
+#[test]
+fn a_fresh_peer_gets_the_whole_document() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..500);
+    write(&mut a, Scope::User("ann".into()), 0..5);
+    let traffic = full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    assert_eq!(traffic.messages, 3, "{traffic:?}");
+}
+
+#[test]
+fn documents_the_peer_may_not_read_are_never_offered() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    write(&mut a, Scope::User("ann".into()), 0..5);
+    let mesh_only = Access::lists(vec![DocId::Memory(Scope::Mesh)], vec![]);
+    round(&mut a, &mut b, mesh_only, Access::full(), 0.01);
+    assert_eq!(b.replica.doc_ids(), vec![DocId::Memory(Scope::Mesh)]);
+}
+
+#[test]
+fn changes_to_documents_the_peer_may_not_write_are_refused() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    full_round(&mut a, &mut b);
+    write(&mut b, Scope::Mesh, 10..12);
+    let read_only = Access::new(|_| true, |_| false);
+    // `a` lets `b` read everything but write nothing.
+    let traffic = round(&mut a, &mut b, read_only, Access::full(), 0.01);
+    assert!(traffic.refused, "{traffic:?}");
+    assert_eq!(a.replica.list_memory(None).len(), 5);
+}
+
+#[test]
+fn live_push_reaches_a_synced_peer_in_one_message() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    let mut to_b = Session::new("b", Access::full(), Config::default());
+    let mut to_a = Session::new("a", Access::full(), Config::default());
+    let mut pending = to_b.start(&mut a.replica).unwrap();
+    let mut from_a = true;
+    while !pending.is_empty() {
+        let mut next = Vec::new();
+        for message in pending {
+            next.extend(if from_a {
+                to_a.handle(&mut b.replica, message).unwrap()
+            } else {
+                to_b.handle(&mut a.replica, message).unwrap()
+            });
+        }
+        pending = next;
+        from_a = !from_a;
+    }
+    assert_eq!(
+        to_a.take_applied().len(),
+        1,
+        "the first round brought the document"
+    );
+    write(&mut a, Scope::Mesh, 5..6);
+    let mesh = DocId::Memory(Scope::Mesh);
+    let fresh = a.replica.document(&mesh).unwrap().get_heads();
+    let push = to_b.push(&mut a.replica, &mesh, &fresh).unwrap();
+    assert_eq!(push.len(), 1);
+    let replies = to_a.handle(&mut b.replica, push[0].clone()).unwrap();
+    assert!(replies.is_empty(), "{replies:?}");
+    assert!(same(&a, &b));
+    let applied = to_a.take_applied();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].hashes, fresh);
+}
+
+#[test]
+fn hostile_parts_are_errors_not_panics() {
+    let mut b = peer("b");
+    let mut session = Session::new("a", Access::full(), Config::default());
+    let bad_bundle = Message::Sync(Sync {
+        complete: false,
+        docs: vec![DocPart {
+            changes: Some(Bundle::Changes(vec![0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3])),
+            ..DocPart::new("mesh".into())
+        }],
+    });
+    assert!(matches!(
+        session.handle(&mut b.replica, bad_bundle),
+        Err(SyncError::Bundle { .. })
+    ));
+    write(&mut b, Scope::Mesh, 0..3);
+    let heads = b
+        .replica
+        .document(&DocId::Memory(Scope::Mesh))
+        .unwrap()
+        .get_heads();
+    let bad_filter = Message::Sync(Sync {
+        complete: false,
+        docs: vec![DocPart {
+            heads: Some(Heads {
+                hashes: vec![[9; 32]],
+                yours: Knowledge::Unknown,
+            }),
+            have: Some(Have {
+                since: heads.iter().map(|h| h.0).collect(),
+                filter: vec![1, 0, 1, 0, 0],
+            }),
+            ..DocPart::new("mesh".into())
+        }],
+    });
+    assert!(matches!(
+        session.handle(&mut b.replica, bad_filter),
+        Err(SyncError::Filter { .. })
+    ));
+    let garbage_document = Message::Sync(Sync {
+        complete: false,
+        docs: vec![DocPart {
+            changes: Some(Bundle::Document(
+                zstd::bulk::compress(&[0x85, 0x6f, 0x4a, 0x83, 9, 9], 3).unwrap(),
+            )),
+            ..DocPart::new("skills".into())
+        }],
+    });
+    if session.handle(&mut b.replica, garbage_document).is_ok() {
+        assert!(b
+            .replica
+            .document(&DocId::Skills)
+            .is_none_or(|d| d.get_heads().is_empty()));
+    }
+    let unknown = Message::Sync(Sync {
+        complete: false,
+        docs: vec![DocPart::new("nowhere".into())],
+    });
+    assert!(matches!(
+        session.handle(&mut b.replica, unknown),
+        Err(SyncError::UnknownDoc(_))
+    ));
+}
