@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::{self, ApiError, ApiSettings, ApiState};
+use crate::cache::CachePaths;
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_LINE_BYTES;
 use crate::control::{Local, NodeStatus, PeerStatus, Request, Response};
@@ -50,12 +51,14 @@ pub struct Node {
     pub own: NodeId,
     pub replica: SharedReplica,
     pub peers: PeerStore,
+    /// Where `meshd cache write` puts the caches, fixed when the daemon starts.
+    cache: CachePaths,
     /// Told after every change, so caches and the mirror follow.
     changed: Mutex<Option<ViewWriter>>,
 }
 
 impl Node {
-    pub fn open(home: &Home) -> Result<Node, DaemonError> {
+    pub fn open(home: &Home, cache: CachePaths) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
         let replica = Replica::open(&home.store_path(), &identity.node_id.compact()).map_err(
@@ -69,6 +72,7 @@ impl Node {
             own: identity.node_id,
             replica: Arc::new(Mutex::new(replica)),
             peers,
+            cache,
             changed: Mutex::new(None),
         })
     }
@@ -93,6 +97,7 @@ impl Node {
                 replica: &mut replica,
                 peers: &self.peers,
                 own: self.own,
+                cache: &self.cache,
             };
             match local.execute(request) {
                 Some(response) => response,
@@ -132,7 +137,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let config = home.load_config()?;
-    let node = Arc::new(Node::open(&home)?);
+    let cache = config.cache.paths(openclaw_home.clone());
+    let node = Arc::new(Node::open(&home, cache)?);
     let socket_path = home.control_socket_path();
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");

@@ -4,12 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use meshd::bridge::{self, Selection, Unwrap};
+use meshd::bridge::Unwrap;
 use meshd::config::Home;
-use meshd::model::Scope;
-use meshd::replica::system_clock;
+use meshd::control::{Request, Response};
 
-use super::{open_replica, read_stdin};
+use super::{execute, read_stdin, unexpected};
 
 #[derive(Debug, Subcommand)]
 pub enum BridgeCommand {
@@ -42,47 +41,42 @@ pub enum BridgeCommand {
 }
 
 pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
-    let (mut replica, _) = open_replica(home)?;
-    match command {
-        BridgeCommand::Ingest { file, unwrap } => {
-            let items = bridge::items(&read_input(&file)?, unwrap);
-            let report = bridge::ingest(&mut replica, items, system_clock())?;
-            for (position, reason) in &report.reasons {
+    // Before reading stdin: a wrong home should not wait for input first.
+    home.require_initialised()?;
+    let request = match command {
+        BridgeCommand::Ingest { file, unwrap } => Request::BridgeIngest {
+            payload: read_input(&file)?,
+            unwrap,
+        },
+        BridgeCommand::Emit { since, scope } => Request::BridgeEmit { since, scope },
+        BridgeCommand::Respond { file, unwrap } => Request::BridgeRespond {
+            payload: read_input(&file)?,
+            unwrap,
+        },
+    };
+    match execute(home, request)? {
+        Response::Ingested {
+            summary,
+            changed,
+            ignored,
+        } => {
+            for (position, reason) in &ignored {
                 eprintln!("meshd: item {position} ignored: {reason}");
             }
-            eprintln!("{} changed the replica", report.changed);
-            println!("{}", serde_json::to_string(&report.summary)?);
+            eprintln!("{changed} changed the replica");
+            println!("{}", serde_json::to_string(&summary)?);
         }
-        BridgeCommand::Emit { since, scope } => {
-            let selection = match scope.as_deref() {
-                None => Selection::Everything,
-                Some("skills") => Selection::Skills,
-                Some(scope) => Selection::Memory(Scope::parse(scope, replica.node_id())?),
-            };
-            for line in bridge::emit(&replica, since, &selection) {
+        Response::Messages { lines } => {
+            for line in lines {
                 println!("{line}");
             }
         }
-        BridgeCommand::Respond { file, unwrap } => {
-            let items = bridge::items(&read_input(&file)?, unwrap);
-            let requests = items
-                .iter()
-                .filter_map(|item| item.as_ref().ok())
-                .filter_map(|value| match bridge::classify(value) {
-                    Ok(bridge::Message::Request(request)) => Some(request),
-                    _ => None,
-                });
-            for request in requests {
-                println!(
-                    "{}",
-                    bridge::respond(&replica, &request, system_clock() / 1000)
-                );
-            }
-        }
+        other => return Err(unexpected(other)),
     }
     Ok(())
 }
 
+/// The CLI reads the input itself: a daemon may run as another user or in another directory.
 fn read_input(file: &str) -> anyhow::Result<String> {
     if file == "-" {
         return read_stdin();

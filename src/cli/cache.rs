@@ -1,10 +1,10 @@
 //! `meshd cache`: the files OpenClaw and the reference tools read.
 
 use clap::Subcommand;
-use meshd::cache;
 use meshd::config::Home;
+use meshd::control::{Request, Response};
 
-use super::{open_replica, openclaw_home_env};
+use super::{execute, unexpected};
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -13,20 +13,21 @@ pub enum CacheCommand {
 }
 
 pub fn run(home: &Home, command: CacheCommand) -> anyhow::Result<()> {
-    let config = home.load_config()?;
-    let (replica, _) = open_replica(home)?;
     match command {
-        CacheCommand::Write => {
-            let paths = config.cache.paths(openclaw_home_env());
-            let report = cache::write_all(&replica, &paths)?;
-            eprintln!(
-                "caches in {}, {} and {}",
-                paths.openclaw_home.display(),
-                paths.skills_dir.display(),
-                paths.memory_dir.display()
-            );
-            println!("{}", serde_json::to_string(&report)?);
-        }
+        CacheCommand::Write => match execute(home, Request::CacheWrite)? {
+            // The paths come back because a running daemon writes where its own
+            // configuration and `$OPENCLAW_HOME` say.
+            Response::CachesWritten { report, paths } => {
+                eprintln!(
+                    "caches in {}, {} and {}",
+                    paths.openclaw_home.display(),
+                    paths.skills_dir.display(),
+                    paths.memory_dir.display()
+                );
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            other => return Err(unexpected(other)),
+        },
     }
     Ok(())
 }

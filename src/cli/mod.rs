@@ -139,9 +139,8 @@ pub fn execute(home: &Home, request: Request) -> anyhow::Result<Response> {
     }
 }
 
-/// Opens the node's store in this process, for commands that work on the replica as a whole
-/// (bridge, store, cache, api serve) and for requests when no daemon answers. sled lets one
-/// process in at a time: while the daemon runs, opening fails and says so.
+/// Opens the node's store in this process, for requests when no daemon answers and for
+/// `api serve`. sled lets one process in at a time: while the daemon runs, opening fails.
 pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
     home.require_initialised()?;
     let identity = Identity::load(&home.key_path(), &home.cert_path())?;
@@ -150,12 +149,14 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
 }
 
 fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Response> {
+    let cache = home.load_config()?.cache.paths(openclaw_home_env());
     let (mut replica, identity) = open_replica(home)?;
     let peers = PeerStore::open(replica.db())?;
     let mut local = Local {
         replica: &mut replica,
         peers: &peers,
         own: identity.node_id,
+        cache: &cache,
     };
     local
         .execute(request)

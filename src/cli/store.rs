@@ -1,12 +1,13 @@
 //! `meshd store`: the Phase 2 SQLite shared store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::store;
+use meshd::control::{Request, Response};
 
-use super::open_replica;
+use super::{execute, unexpected};
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
@@ -25,19 +26,29 @@ pub enum StoreCommand {
 }
 
 pub fn run(home: &Home, command: StoreCommand) -> anyhow::Result<()> {
-    let (mut replica, _) = open_replica(home)?;
-    match command {
-        StoreCommand::Import { path } => {
-            let report = store::import(&path, &mut replica)?;
+    let request = match command {
+        StoreCommand::Import { path } => Request::StoreImport {
+            path: absolute(&path)?,
+        },
+        StoreCommand::Export { path, prune } => Request::StoreExport {
+            path: absolute(&path)?,
+            prune,
+        },
+    };
+    match execute(home, request)? {
+        Response::Imported { report } => {
             for reason in &report.reasons {
                 eprintln!("meshd: row skipped: {reason}");
             }
             println!("{}", serde_json::to_string(&report)?);
         }
-        StoreCommand::Export { path, prune } => {
-            let report = store::export(&replica, &path, prune)?;
-            println!("{}", serde_json::to_string(&report)?);
-        }
+        Response::Exported { report } => println!("{}", serde_json::to_string(&report)?),
+        other => return Err(unexpected(other)),
     }
     Ok(())
+}
+
+/// The daemon may run in another directory: it gets absolute paths.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve the path {}", path.display()))
 }

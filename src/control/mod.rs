@@ -8,11 +8,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bridge::{self, Selection, Unwrap};
+use crate::cache::{self, CachePaths, CacheReport};
 use crate::model::access::{Access, Pattern};
 use crate::model::validate::ValidationError;
 use crate::model::{DocId, MemoryEntry, NodeId, Scope, Skill};
 use crate::peers::{Peer, PeerStore, Refused};
-use crate::replica::{Replica, SkillWrite};
+use crate::replica::{system_clock, Replica, SkillWrite};
+use crate::store::{self, ExportReport, ImportReport};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -66,6 +69,34 @@ pub enum Request {
     Sync {
         peer: Option<String>,
     },
+    /// Bridge messages as the CLI read them (a file or stdin): the daemon may not see the file.
+    BridgeIngest {
+        payload: String,
+        #[serde(with = "unwrap_name")]
+        unwrap: Option<Unwrap>,
+    },
+    BridgeEmit {
+        /// Unix seconds.
+        since: Option<u64>,
+        /// A memory scope or `skills`; everything when absent.
+        scope: Option<String>,
+    },
+    BridgeRespond {
+        payload: String,
+        #[serde(with = "unwrap_name")]
+        unwrap: Option<Unwrap>,
+    },
+    /// Paths are absolute: the daemon may run in another directory.
+    StoreImport {
+        path: PathBuf,
+    },
+    StoreExport {
+        path: PathBuf,
+        prune: bool,
+    },
+    /// Rewrites the caches where the node's meshd.toml and `$OPENCLAW_HOME` say, even when
+    /// `[cache] enabled = false` (that only stops the daemon from keeping them current).
+    CacheWrite,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +126,33 @@ pub enum Response {
     },
     Status {
         status: NodeStatus,
+    },
+    /// `BridgeIngest`: the counts, how many messages changed the replica, and why each
+    /// ignored item (by its 1-based position) was ignored.
+    Ingested {
+        #[serde(with = "remote::Summary")]
+        summary: bridge::Summary,
+        changed: usize,
+        ignored: Vec<(usize, String)>,
+    },
+    /// Bridge messages, one JSON text each (`BridgeEmit`, `BridgeRespond`).
+    Messages {
+        lines: Vec<String>,
+    },
+    Imported {
+        #[serde(with = "remote::ImportReport")]
+        report: ImportReport,
+    },
+    Exported {
+        #[serde(with = "remote::ExportReport")]
+        report: ExportReport,
+    },
+    /// `CacheWrite`, with where the caches went (the daemon's paths when it served it).
+    CachesWritten {
+        #[serde(with = "remote::CacheReport")]
+        report: CacheReport,
+        #[serde(with = "remote::CachePaths")]
+        paths: CachePaths,
     },
     NotFound {
         message: String,
@@ -135,6 +193,8 @@ pub struct Local<'a> {
     pub replica: &'a mut Replica,
     pub peers: &'a PeerStore,
     pub own: NodeId,
+    /// Where `CacheWrite` writes: `[cache]` of meshd.toml with `$OPENCLAW_HOME`.
+    pub cache: &'a CachePaths,
 }
 
 impl Local<'_> {
@@ -214,8 +274,67 @@ impl Local<'_> {
                 Ok(refused) => Response::Pending { refused },
                 Err(e) => error(e),
             },
+            Request::BridgeIngest { payload, unwrap } => {
+                let items = bridge::items(&payload, unwrap);
+                match bridge::ingest(self.replica, items, system_clock()) {
+                    Ok(report) => Response::Ingested {
+                        summary: report.summary,
+                        changed: report.changed,
+                        ignored: report.reasons,
+                    },
+                    Err(e) => error(e),
+                }
+            }
+            Request::BridgeEmit { since, scope } => self.bridge_emit(since, scope.as_deref()),
+            Request::BridgeRespond { payload, unwrap } => self.bridge_respond(&payload, unwrap),
+            Request::StoreImport { path } => match store::import(&path, self.replica) {
+                Ok(report) => Response::Imported { report },
+                Err(e) => error(e),
+            },
+            Request::StoreExport { path, prune } => {
+                match store::export(self.replica, &path, prune) {
+                    Ok(report) => Response::Exported { report },
+                    Err(e) => error(e),
+                }
+            }
+            Request::CacheWrite => match cache::write_all(self.replica, self.cache) {
+                Ok(report) => Response::CachesWritten {
+                    report,
+                    paths: self.cache.clone(),
+                },
+                Err(e) => error(e),
+            },
             Request::Status | Request::Sync { .. } => return None,
         })
+    }
+
+    fn bridge_emit(&self, since: Option<u64>, scope: Option<&str>) -> Response {
+        let selection = match scope {
+            None => Selection::Everything,
+            Some("skills") => Selection::Skills,
+            Some(scope) => match self.scope(scope) {
+                Ok(scope) => Selection::Memory(scope),
+                Err(e) => return error(e),
+            },
+        };
+        Response::Messages {
+            lines: bridge::emit(self.replica, since, &selection),
+        }
+    }
+
+    /// A `mesh_response` for every `mesh_request` in the payload; everything else is not a
+    /// question and is passed over.
+    fn bridge_respond(&self, payload: &str, unwrap: Option<Unwrap>) -> Response {
+        let lines = bridge::items(payload, unwrap)
+            .iter()
+            .filter_map(|item| item.as_ref().ok())
+            .filter_map(|value| match bridge::classify(value) {
+                Ok(bridge::Message::Request(request)) => Some(request),
+                _ => None,
+            })
+            .map(|request| bridge::respond(self.replica, &request, system_clock() / 1000))
+            .collect();
+        Response::Messages { lines }
     }
 
     fn scope(&self, text: &str) -> Result<Scope, ValidationError> {
@@ -342,5 +461,78 @@ fn not_found_key(scope: &Scope, key: &str) -> Response {
 fn not_found_skill(name: &str) -> Response {
     Response::NotFound {
         message: format!("no skill named {name}"),
+    }
+}
+
+/// An envelope travels by the name the CLI takes (`telegram`, `discord`, `generic`).
+mod unwrap_name {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::bridge::Unwrap;
+
+    pub fn serialize<S: Serializer>(unwrap: &Option<Unwrap>, s: S) -> Result<S::Ok, S::Error> {
+        unwrap.map(|u| u.to_string()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Unwrap>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|name| name.parse().map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
+/// The wire form of the library's reports, which serialize only (in the shape the CLI
+/// prints). serde's remote derive builds and reads the real types field by field, so a field
+/// added there fails to compile here instead of going missing on the socket.
+mod remote {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::{bridge, cache, store};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "bridge::Summary")]
+    pub struct Summary {
+        ingested: usize,
+        memory: usize,
+        skill: usize,
+        ignored: usize,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "store::ImportReport")]
+    pub struct ImportReport {
+        memory: usize,
+        skills: usize,
+        unchanged: usize,
+        skipped: usize,
+        /// Skipped when the report is printed, but the CLI prints each reason itself.
+        reasons: Vec<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "store::ExportReport")]
+    pub struct ExportReport {
+        memory: usize,
+        skills: usize,
+        removed: usize,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "cache::CacheReport")]
+    pub struct CacheReport {
+        written: usize,
+        unchanged: usize,
+        removed: usize,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "cache::CachePaths")]
+    pub struct CachePaths {
+        openclaw_home: PathBuf,
+        skills_dir: PathBuf,
+        memory_dir: PathBuf,
     }
 }
