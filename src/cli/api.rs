@@ -1,4 +1,5 @@
-//! `meshd api`: the local HTTP API in the foreground, until the daemon serves it.
+//! `meshd api`: the local HTTP API in the foreground, for a node whose daemon is not running
+//! (`meshd run` serves the API itself).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use meshd::api::{self, ApiSettings, ApiState};
 use meshd::config::{self, Home};
 use meshd::views::{ViewWriter, Views};
 
-use super::{open_replica, openclaw_home_env};
+use super::{is_daemon_running, open_replica, openclaw_home_env};
 
 #[derive(Debug, Subcommand)]
 pub enum ApiCommand {
@@ -24,6 +25,16 @@ pub enum ApiCommand {
 pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let ApiCommand::Serve { listen } = command;
     let config = home.load_config()?;
+    // The daemon holds the store, so this process could not open it anyway; say why.
+    if is_daemon_running(home) {
+        anyhow::bail!(if config.api.enabled {
+            "`meshd run` is running for this node and already serves the local API \
+             ([api] listen in meshd.toml); use it, or stop the daemon first"
+        } else {
+            "`meshd run` is running for this node and holds its store; set [api] enabled = true \
+             in meshd.toml and restart it to have it serve the local API"
+        });
+    }
     let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
     let addr = config::parse_listen(listen.as_deref().unwrap_or(&config.api.listen))?;
     api::check_bind(addr, &settings)?;

@@ -139,6 +139,12 @@ pub fn execute(home: &Home, request: Request) -> anyhow::Result<Response> {
     }
 }
 
+/// Whether a daemon listens on the node's control socket. Connecting is enough: a socket
+/// file left by a killed daemon refuses connections, and `socket::send` decides the same way.
+pub fn is_daemon_running(home: &Home) -> bool {
+    std::os::unix::net::UnixStream::connect(home.control_socket_path()).is_ok()
+}
+
 /// Opens the node's store in this process, for requests when no daemon answers and for
 /// `api serve`. sled lets one process in at a time: while the daemon runs, opening fails.
 pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
