@@ -368,7 +368,7 @@ impl Model {
         self.acknowledged
             .push((DocId::Memory(entry.scope.clone()), hash));
         let key = (entry.scope.to_string(), entry.key.clone());
-        let newer = self.memory.get(&key).map_or(true, |held| {
+        let newer = self.memory.get(&key).is_none_or(|held| {
             (entry.updated_at, entry.node_id.as_str()) > (held.updated_at, held.node_id.as_str())
         });
         if newer {

@@ -147,7 +147,7 @@ pub enum Selection {
 /// Memory and skill messages, one JSON text each, for everything live that was updated at or
 /// after `since` (Unix seconds). Tombstones have no bridge form and are left out.
 pub fn emit(replica: &Replica, since: Option<u64>, selection: &Selection) -> Vec<String> {
-    let recent = |stamp: Stamp| since.map_or(true, |since| stamp.unix_seconds() >= since);
+    let recent = |stamp: Stamp| since.is_none_or(|since| stamp.unix_seconds() >= since);
     let mut lines = Vec::new();
     let scope = match selection {
         Selection::Memory(scope) => Some(scope),

@@ -73,7 +73,7 @@ pub fn reference_memory(entries: &[MemoryEntry], own: &str) -> String {
         // `node` + key `a:b` and `node:a` + key `b` read alike; the newer entry keeps it.
         if cache
             .get(&key)
-            .map_or(true, |kept| kept.updated_at < entry.updated_at)
+            .is_none_or(|kept| kept.updated_at < entry.updated_at)
         {
             cache.insert(key, entry);
         }

@@ -1,8 +1,11 @@
-//! Node identity and the QUIC transport: TLS 1.3 with pinned node ids, and the endpoint.
+//! Node identity, the QUIC transport (TLS 1.3 with pinned node ids), and the per-peer links
+//! that drive sync sessions over it.
 
 pub mod endpoint;
 pub mod error;
 pub mod identity;
+pub mod link;
+pub mod mesh;
 pub mod pins;
 pub mod tls;
 

@@ -1,0 +1,194 @@
+//! One peer connection: a sync `Session` driven over one QUIC bidirectional stream.
+//!
+//! The dialer opens the stream and both sides open an anti-entropy round at once (the sync
+//! protocol resolves who leads). After that, the link runs a round on a timer and on request,
+//! pushes local changes as they happen, and hands what it applied to the mesh for gossip.
+//! A malformed frame closes the link with a logged reason; it never takes the daemon down.
+
+use std::time::{Duration, Instant};
+
+use automerge::ChangeHash;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::{DocId, NodeId};
+use crate::sync::{self, Applied, Message, Session, SyncError};
+
+/// What the rest of the daemon asks of a link.
+pub enum LinkCommand {
+    /// Send these fresh changes of `doc` now.
+    Push { doc: DocId, fresh: Vec<ChangeHash> },
+    /// Run a round and answer when it completes.
+    SyncNow(oneshot::Sender<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream closed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("peer sent a malformed frame: {0}")]
+    Frame(#[from] sync::DecodeError),
+    #[error("cannot read from the peer: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// What a link needs from the node around it; the mesh implements it.
+pub trait LinkHost: Send + Sync + 'static {
+    /// Runs `f` on the replica, as the sync store.
+    fn with_store<T>(&self, f: impl FnOnce(&mut crate::replica::Replica) -> T) -> T;
+    /// Changes this link applied, to forward to the other peers and to the views.
+    fn applied(&self, from: NodeId, applied: Vec<Applied>);
+    /// A round with `peer` completed.
+    fn round_done(&self, peer: NodeId, took: Duration);
+}
+
+/// Runs the link until the connection ends or the command channel closes.
+pub async fn run(
+    host: &impl LinkHost,
+    connection: Connection,
+    mut session: Session,
+    peer: NodeId,
+    dialer: bool,
+    anti_entropy: Duration,
+    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+) -> Result<(), LinkError> {
+    let (mut send, recv) = if dialer {
+        connection.open_bi().await?
+    } else {
+        connection.accept_bi().await?
+    };
+    let (inbound_tx, mut inbound) = mpsc::channel(16);
+    let reader = tokio::spawn(read_frames(recv, inbound_tx));
+    let mut round = Round::start(host, &mut session, &mut send).await?;
+    let mut timer = tokio::time::interval(anti_entropy);
+    timer.tick().await;
+    let result = loop {
+        tokio::select! {
+            frame = inbound.recv() => match frame {
+                Some(Ok(message)) => {
+                    let out = host.with_store(|store| {
+                        tokio::task::block_in_place(|| session.handle(store, message))
+                    });
+                    let out = match out {
+                        Ok(out) => out,
+                        Err(e) => break Err(e.into()),
+                    };
+                    send_all(&mut send, &out).await?;
+                    report_refusals(peer, &mut session);
+                    let applied = session.take_applied();
+                    if !applied.is_empty() {
+                        host.applied(peer, applied);
+                    }
+                    if host.with_store(|store| session.is_done(store)) {
+                        round.finish(host, peer);
+                    }
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            },
+            command = commands.recv() => match command {
+                Some(LinkCommand::Push { doc, fresh }) => {
+                    let out = host.with_store(|store| session.push(store, &doc, &fresh))?;
+                    send_all(&mut send, &out).await?;
+                }
+                Some(LinkCommand::SyncNow(done)) => {
+                    round.waiters.push(done);
+                    round.restart(host, &mut session, &mut send).await?;
+                }
+                None => break Ok(()),
+            },
+            _ = timer.tick() => round.restart(host, &mut session, &mut send).await?,
+        }
+    };
+    reader.abort();
+    if let Err(e) = &result {
+        connection.close(1u32.into(), e.to_string().as_bytes());
+    }
+    result
+}
+
+/// The round under way and who waits for it.
+struct Round {
+    started: Instant,
+    finished: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Round {
+    async fn start(
+        host: &impl LinkHost,
+        session: &mut Session,
+        send: &mut SendStream,
+    ) -> Result<Round, LinkError> {
+        let hello = host.with_store(|store| session.start(store))?;
+        send_all(send, &hello).await?;
+        Ok(Round {
+            started: Instant::now(),
+            finished: false,
+            waiters: Vec::new(),
+        })
+    }
+
+    async fn restart(
+        &mut self,
+        host: &impl LinkHost,
+        session: &mut Session,
+        send: &mut SendStream,
+    ) -> Result<(), LinkError> {
+        let waiters = std::mem::take(&mut self.waiters);
+        *self = Round::start(host, session, send).await?;
+        self.waiters = waiters;
+        Ok(())
+    }
+
+    fn finish(&mut self, host: &impl LinkHost, peer: NodeId) {
+        if !self.finished {
+            self.finished = true;
+            host.round_done(peer, self.started.elapsed());
+        }
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+fn report_refusals(peer: NodeId, session: &mut Session) {
+    for refusal in session.take_refusals() {
+        let by = if refusal.by_peer {
+            "peer refused"
+        } else {
+            "refused from peer"
+        };
+        tracing::warn!(%peer, doc = %refusal.doc, reason = %refusal.reason, "{by} changes");
+    }
+}
+
+async fn send_all(send: &mut SendStream, messages: &[Message]) -> Result<(), LinkError> {
+    for message in messages {
+        send.write_all(&message.encode()).await?;
+    }
+    Ok(())
+}
+
+async fn read_frames(mut recv: RecvStream, inbound: mpsc::Sender<Result<Message, LinkError>>) {
+    loop {
+        let frame = read_frame(&mut recv).await;
+        let failed = frame.is_err();
+        if inbound.send(frame).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Message, LinkError> {
+    let mut frame = vec![0u8; sync::HEADER_LEN];
+    recv.read_exact(&mut frame).await?;
+    let len = sync::body_len(&frame)?;
+    frame.resize(sync::HEADER_LEN + len, 0);
+    recv.read_exact(&mut frame[sync::HEADER_LEN..]).await?;
+    Ok(Message::decode(&frame)?)
+}

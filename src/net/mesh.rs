@@ -1,0 +1,399 @@
+//! The node's place in the mesh: one link per connected peer, a dialer per configured peer,
+//! the accept loop, live push of local changes and gossip of received ones.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use automerge::ChangeHash;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use super::endpoint::{self, Endpoint};
+use super::link::{self, LinkCommand, LinkHost};
+use crate::model::{DocId, NodeId};
+use crate::peers::{Peer, PeerStore};
+use crate::replica::{Replica, SharedReplica};
+use crate::sync::{self, Applied, Session, SyncStore};
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// How often each link runs an anti-entropy round.
+    pub anti_entropy: Duration,
+    /// First and last wait between failed dials; each failure doubles it, with jitter.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for MeshConfig {
+    fn default() -> MeshConfig {
+        MeshConfig {
+            anti_entropy: Duration::from_secs(30),
+            backoff: (Duration::from_millis(250), Duration::from_secs(30)),
+        }
+    }
+}
+
+struct LinkEntry {
+    serial: u64,
+    dialed_by: NodeId,
+    commands: mpsc::UnboundedSender<LinkCommand>,
+}
+
+/// What happened on the wire, for `meshd status` and the demo.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traffic {
+    pub rounds: u64,
+}
+
+pub struct Mesh {
+    own: NodeId,
+    replica: SharedReplica,
+    peers: PeerStore,
+    endpoint: Endpoint,
+    config: MeshConfig,
+    links: Mutex<HashMap<NodeId, LinkEntry>>,
+    dialers: Mutex<HashMap<NodeId, JoinHandle<()>>>,
+    link_closed: Notify,
+    serial: AtomicU64,
+    /// The heads last pushed to peers, per document: the next push sends what came after.
+    published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
+    on_change: Box<dyn Fn() + Send + Sync>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Mesh {
+    /// Starts accepting peers and dialing the configured ones.
+    pub fn start(
+        own: NodeId,
+        replica: SharedReplica,
+        peers: PeerStore,
+        endpoint: Endpoint,
+        config: MeshConfig,
+        on_change: impl Fn() + Send + Sync + 'static,
+    ) -> Arc<Mesh> {
+        let published = {
+            let replica = lock(&replica);
+            replica
+                .doc_ids()
+                .into_iter()
+                .map(|doc| {
+                    let heads = SyncStore::heads(&*replica, &doc);
+                    (doc, heads)
+                })
+                .collect()
+        };
+        let mesh = Arc::new(Mesh {
+            own,
+            replica,
+            peers,
+            endpoint,
+            config,
+            links: Mutex::new(HashMap::new()),
+            dialers: Mutex::new(HashMap::new()),
+            link_closed: Notify::new(),
+            serial: AtomicU64::new(0),
+            published: Mutex::new(published),
+            on_change: Box::new(on_change),
+        });
+        tokio::spawn(mesh.clone().accept_loop());
+        mesh.peers_changed();
+        mesh
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Re-reads the peer list: pins allowed ids, starts dialers for new peers, drops removed
+    /// ones and their links.
+    pub fn peers_changed(self: &Arc<Self>) {
+        let peers = self.peers.list().unwrap_or_else(|e| {
+            tracing::error!("cannot read the peer list: {e}");
+            Vec::new()
+        });
+        let mut dialers = lock(&self.dialers);
+        dialers.retain(|id, task| {
+            let keep = peers.iter().any(|p| p.id == *id);
+            if !keep {
+                task.abort();
+                self.endpoint.pins().revoke(*id);
+                lock(&self.links).remove(id);
+                tracing::info!(peer = %id, "peer removed");
+            }
+            keep
+        });
+        for peer in peers {
+            self.endpoint.pins().allow(peer.id);
+            dialers
+                .entry(peer.id)
+                .or_insert_with(|| tokio::spawn(self.clone().dial_loop(peer.id)));
+        }
+    }
+
+    pub fn is_connected(&self, peer: &NodeId) -> bool {
+        lock(&self.links).contains_key(peer)
+    }
+
+    /// Pushes whatever changed locally since the last push to every connected peer.
+    pub fn local_changes(&self) {
+        let fresh = self.take_fresh();
+        if fresh.is_empty() {
+            return;
+        }
+        for entry in lock(&self.links).values() {
+            for (doc, hashes) in &fresh {
+                let _ = entry.commands.send(LinkCommand::Push {
+                    doc: doc.clone(),
+                    fresh: hashes.clone(),
+                });
+            }
+        }
+    }
+
+    fn take_fresh(&self) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let replica = lock(&self.replica);
+        let mut published = lock(&self.published);
+        let mut fresh = Vec::new();
+        for doc in replica.doc_ids() {
+            let heads = SyncStore::heads(&*replica, &doc);
+            let before = published.get(&doc).cloned().unwrap_or_default();
+            if heads != before {
+                fresh.push((doc.clone(), replica.hashes_since(&doc, &before)));
+                published.insert(doc, heads);
+            }
+        }
+        fresh
+    }
+
+    /// Runs a round with `only` (or every connected peer) and waits for it; returns how many
+    /// peers completed it.
+    pub async fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize {
+        let waits: Vec<oneshot::Receiver<()>> = lock(&self.links)
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == **id))
+            .filter_map(|(_, entry)| {
+                let (done, wait) = oneshot::channel();
+                entry
+                    .commands
+                    .send(LinkCommand::SyncNow(done))
+                    .ok()
+                    .map(|_| wait)
+            })
+            .collect();
+        let all = futures_join(waits);
+        tokio::time::timeout(timeout, all).await.unwrap_or(0)
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.quic().accept().await {
+            let mesh = self.clone();
+            tokio::spawn(async move {
+                match endpoint::accept(&mesh.endpoint, incoming).await {
+                    Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
+                    Err(e) => {
+                        tracing::warn!("refused a connection: {e}");
+                        mesh.record_refused();
+                    }
+                }
+            });
+        }
+    }
+
+    /// Persists the ids the TLS layer refused, for `meshd peers pending`.
+    fn record_refused(&self) {
+        for refused in self.endpoint.pins().pending() {
+            let address = refused.addr.map(|a| a.to_string()).unwrap_or_default();
+            if let Err(e) = self
+                .peers
+                .record_refused(refused.id, address, refused.last_seen)
+            {
+                tracing::error!("cannot record a refused peer: {e}");
+            }
+        }
+    }
+
+    async fn dial_loop(self: Arc<Self>, peer: NodeId) {
+        let (first, last) = self.config.backoff;
+        let mut wait = first;
+        loop {
+            if self.is_connected(&peer) {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), self.link_closed.notified()).await;
+                continue;
+            }
+            match self.dial(peer).await {
+                Some(connection) => {
+                    wait = first;
+                    self.run_link(connection, peer, self.own).await;
+                }
+                None => {
+                    tokio::time::sleep(jitter(wait)).await;
+                    wait = (wait * 2).min(last);
+                }
+            }
+        }
+    }
+
+    /// Tries each address of the peer in order.
+    async fn dial(&self, peer: NodeId) -> Option<quinn::Connection> {
+        let record: Peer = self.peers.get(&peer).ok().flatten()?;
+        for address in &record.addresses {
+            let addrs = match tokio::net::lookup_host(address.as_str()).await {
+                Ok(addrs) => addrs.collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::debug!(%peer, %address, "cannot resolve: {e}");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match endpoint::connect(&self.endpoint, addr, peer).await {
+                    Ok((connection, _)) => return Some(connection),
+                    Err(e) => tracing::debug!(%peer, %addr, "dial failed: {e}"),
+                }
+            }
+        }
+        None
+    }
+
+    /// Registers and drives one link. Two nodes may dial each other at once; both keep the
+    /// connection dialed by the smaller id, so they agree on one.
+    async fn run_link(
+        self: &Arc<Self>,
+        connection: quinn::Connection,
+        peer: NodeId,
+        dialed_by: NodeId,
+    ) {
+        let Some(record) = self.peers.get(&peer).ok().flatten() else {
+            connection.close(2u32.into(), b"not a peer");
+            return;
+        };
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        if !self.register(
+            peer,
+            LinkEntry {
+                serial,
+                dialed_by,
+                commands,
+            },
+        ) {
+            connection.close(3u32.into(), b"duplicate connection");
+            return;
+        }
+        tracing::info!(%peer, name = ?record.name, "connected");
+        let session = Session::new(
+            peer.compact(),
+            self.access(&record),
+            sync::Config::default(),
+        );
+        let dialer = dialed_by == self.own;
+        let result = link::run(
+            self.as_ref(),
+            connection,
+            session,
+            peer,
+            dialer,
+            self.config.anti_entropy,
+            receiver,
+        )
+        .await;
+        match result {
+            Ok(()) => tracing::info!(%peer, "disconnected"),
+            Err(e) => tracing::warn!(%peer, "link closed: {e}"),
+        }
+        let mut links = lock(&self.links);
+        if links.get(&peer).is_some_and(|e| e.serial == serial) {
+            links.remove(&peer);
+        }
+        drop(links);
+        self.link_closed.notify_waiters();
+    }
+
+    fn register(&self, peer: NodeId, entry: LinkEntry) -> bool {
+        let mut links = lock(&self.links);
+        let preferred = self.own.min(peer);
+        if let Some(existing) = links.get(&peer) {
+            if existing.dialed_by != entry.dialed_by && existing.dialed_by == preferred {
+                return false;
+            }
+        }
+        links.insert(peer, entry);
+        true
+    }
+
+    fn access(&self, record: &Peer) -> sync::Access {
+        let (access, peer, own) = (record.access.clone(), record.id, self.own);
+        let write = access.clone();
+        sync::Access::new(
+            move |doc| access.may_read(doc, &peer),
+            move |doc| write.may_write(doc, &peer, &own),
+        )
+    }
+}
+
+impl LinkHost for Mesh {
+    fn with_store<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        f(&mut lock(&self.replica))
+    }
+
+    /// Gossip: what one peer sent goes on to every other connected peer.
+    fn applied(&self, from: NodeId, applied: Vec<Applied>) {
+        {
+            let replica = lock(&self.replica);
+            let mut published = lock(&self.published);
+            for doc in applied.iter().map(|a| &a.doc) {
+                published.insert(doc.clone(), SyncStore::heads(&*replica, doc));
+            }
+        }
+        for (peer, entry) in lock(&self.links).iter() {
+            if *peer == from {
+                continue;
+            }
+            for a in &applied {
+                let _ = entry.commands.send(LinkCommand::Push {
+                    doc: a.doc.clone(),
+                    fresh: a.hashes.clone(),
+                });
+            }
+        }
+        (self.on_change)();
+    }
+
+    fn round_done(&self, peer: NodeId, took: Duration) {
+        tracing::debug!(%peer, ms = took.as_millis() as u64, "sync round complete");
+        if let Err(e) = self.peers.record_sync(&peer, unix_now()) {
+            tracing::error!("cannot record the sync time: {e}");
+        }
+    }
+}
+
+/// Waits for every receiver; counts those that completed.
+async fn futures_join(waits: Vec<oneshot::Receiver<()>>) -> usize {
+    let mut done = 0;
+    for wait in waits {
+        if wait.await.is_ok() {
+            done += 1;
+        }
+    }
+    done
+}
+
+/// ±25 % so that nodes restarted together do not dial in lockstep.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    wait.mul_f64(factor)
+}
