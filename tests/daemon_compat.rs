@@ -156,6 +156,14 @@ fn compatibility_commands_work_while_the_daemon_runs() {
         node.ok(&["skill", "get", "triage"], "").stdout,
         "# Triage rules\n..."
     );
+    // The reasons for ignored items cross the socket too.
+    let run = node.ok(&["bridge", "ingest"], "Task: check the backups");
+    assert!(
+        run.stderr
+            .contains("meshd: item 1 ignored: not JSON: Task: check the backups"),
+        "{}",
+        run.stderr
+    );
 
     // bridge emit and respond.
     let emitted = node.ok(&["bridge", "emit"], "").stdout;
@@ -185,7 +193,8 @@ fn compatibility_commands_work_while_the_daemon_runs() {
         .unwrap()
         .execute(
             "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)
-             VALUES ('mesh', 'from.sqlite', '{\"n\":1}', 'sec', 1739124000)",
+             VALUES ('mesh', 'from.sqlite', '{\"n\":1}', 'sec', 1739124000),
+                    ('mesh', 'github', 'ghp_0123456789abcdefghijklmnopqrstuvwxyzAB', 'ceo', 6)",
             [],
         )
         .unwrap();
@@ -197,8 +206,15 @@ fn compatibility_commands_work_while_the_daemon_runs() {
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(
         report,
-        json!({"memory": 1, "skills": 0, "unchanged": 2, "skipped": 0})
+        json!({"memory": 1, "skills": 0, "unchanged": 2, "skipped": 1})
     );
+    // The reasons for skipped rows cross the socket too; the secret itself does not.
+    assert!(
+        run.stderr.contains("meshd: row skipped:") && run.stderr.contains("GitHub token"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("ghp_0123"));
     assert_eq!(
         node.json(&["mem", "get", "mesh", "from.sqlite"]),
         json!({"n": 1})
