@@ -1,9 +1,10 @@
-//! `meshd run`: wires the replica, the control socket and (in later modules) the network and
-//! the local API together, and stops cleanly on SIGINT/SIGTERM with everything flushed.
+//! `meshd run`: wires the replica, the control socket, the mesh (QUIC links to peers), the
+//! local API and the views together, and stops cleanly on SIGINT/SIGTERM with everything
+//! flushed.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -15,9 +16,13 @@ use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_LINE_BYTES;
 use crate::control::{Local, NodeStatus, PeerStatus, Request, Response};
 use crate::model::NodeId;
+use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
+use crate::net::mesh::{Mesh, MeshConfig};
+use crate::net::{NetError, PeerPins};
 use crate::peers::{PeerError, PeerStore};
 use crate::replica::{Replica, ReplicaError, SharedReplica};
+use crate::sync::SyncStore;
 use crate::views::{ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +39,8 @@ pub enum DaemonError {
     AlreadyRunning(PathBuf),
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot listen for the local API on {addr}: {source} (set [api] listen, or enabled = false)")]
     ApiListen {
         addr: String,
@@ -55,6 +62,9 @@ pub struct Node {
     cache: CachePaths,
     /// Told after every change, so caches and the mirror follow.
     changed: Mutex<Option<ViewWriter>>,
+    /// The links to peers, once the endpoint is up.
+    mesh: OnceLock<Arc<Mesh>>,
+    identity: Identity,
 }
 
 impl Node {
@@ -74,6 +84,8 @@ impl Node {
             peers,
             cache,
             changed: Mutex::new(None),
+            mesh: OnceLock::new(),
+            identity,
         })
     }
 
@@ -89,8 +101,9 @@ impl Node {
         }
     }
 
-    /// Runs one control request on the store.
+    /// Runs one control request on the store, then tells peers and views what changed.
     pub fn handle(&self, request: Request) -> Response {
+        let peers_changed = matches!(request, Request::PeersAdd { .. } | Request::PeersRm { .. });
         let response = {
             let mut replica = self.replica.lock().unwrap_or_else(|e| e.into_inner());
             let mut local = Local {
@@ -104,12 +117,45 @@ impl Node {
                 None => self.status(&replica),
             }
         };
+        if let Some(mesh) = self.mesh.get() {
+            if peers_changed {
+                mesh.peers_changed();
+            }
+            mesh.local_changes();
+        }
         self.notify_changed();
         response
     }
 
+    /// `meshd sync`: a round with every connected peer, or one, and wait for it.
+    async fn sync(&self, peer: Option<String>) -> Response {
+        let Some(mesh) = self.mesh.get() else {
+            return Response::Error {
+                message: "the mesh is not up yet".into(),
+            };
+        };
+        let only = match peer.map(|p| self.peers.find(&p)).transpose() {
+            Ok(found) => found.map(|p| p.id),
+            Err(e) => {
+                return Response::Error {
+                    message: e.to_string(),
+                }
+            }
+        };
+        let started = std::time::Instant::now();
+        let done = mesh.sync_now(only, SYNC_TIMEOUT).await;
+        Response::Done {
+            message: format!(
+                "synced with {done} peer{} in {} ms",
+                if done == 1 { "" } else { "s" },
+                started.elapsed().as_millis()
+            ),
+        }
+    }
+
     fn status(&self, replica: &Replica) -> Response {
         let peers = self.peers.list().unwrap_or_default();
+        let mesh = self.mesh.get();
         Response::Status {
             status: NodeStatus {
                 node_id: self.own.to_string(),
@@ -117,17 +163,36 @@ impl Node {
                 documents: replica.doc_ids().len(),
                 memory_entries: replica.list_memory(None).len(),
                 skills: replica.list_skills().len(),
+                listen: mesh.and_then(|m| m.local_addr()).map(|a| a.to_string()),
+                bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
                 peers: peers
                     .into_iter()
                     .map(|peer| PeerStatus {
+                        connected: mesh.is_some_and(|m| m.is_connected(&peer.id)),
+                        documents_behind: Some(documents_behind(replica, &peer)),
                         peer,
-                        connected: false,
-                        documents_behind: None,
                     })
                     .collect(),
             },
         }
     }
+}
+
+/// How long `meshd sync` waits for its round.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Documents the peer may read whose state here differs from what it last confirmed.
+fn documents_behind(replica: &Replica, peer: &crate::peers::Peer) -> usize {
+    let session_peer = peer.id.compact();
+    replica
+        .doc_ids()
+        .iter()
+        .filter(|doc| peer.access.may_read(doc, &peer.id))
+        .filter(|doc| {
+            let shared = replica.shared_heads(&session_peer, doc).ok().flatten();
+            shared.as_deref() != Some(SyncStore::heads(replica, doc).as_slice())
+        })
+        .count()
 }
 
 /// Runs the daemon until `shutdown` completes. `openclaw_home` is `$OPENCLAW_HOME`.
@@ -143,6 +208,7 @@ pub async fn run(
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
     let views = start_views(&node, &config, openclaw_home);
+    start_mesh(&node, &config, &views)?;
     let mut tasks = vec![tokio::spawn(serve_control(listener, node.clone()))];
     if config.api.enabled {
         tasks.push(start_api(&node, &config).await?);
@@ -158,6 +224,26 @@ pub async fn run(
         .unwrap_or_else(|e| e.into_inner())
         .flush()?;
     tracing::info!("meshd stopped; everything is flushed");
+    Ok(())
+}
+
+/// Binds the QUIC endpoint and starts the links to peers.
+fn start_mesh(node: &Arc<Node>, config: &Config, views: &ViewWriter) -> Result<(), DaemonError> {
+    let listen = config::parse_listen(&config.node.listen)?;
+    let endpoint = endpoint::bind(&node.identity, listen, PeerPins::new())?;
+    let views = views.clone();
+    let mesh = Mesh::start(
+        node.own,
+        node.replica.clone(),
+        node.peers.clone(),
+        endpoint,
+        MeshConfig::default(),
+        move || views.changed(),
+    );
+    if let Some(addr) = mesh.local_addr() {
+        tracing::info!(%addr, "listening for peers (QUIC)");
+    }
+    let _ = node.mesh.set(mesh);
     Ok(())
 }
 
@@ -248,6 +334,7 @@ async fn answer_control(stream: UnixStream, node: Arc<Node>) {
             Err(e) => Response::Error {
                 message: format!("malformed control request: {e}"),
             },
+            Ok(Request::Sync { peer }) => node.sync(peer).await,
             Ok(request) => {
                 let node = node.clone();
                 tokio::task::spawn_blocking(move || node.handle(request))

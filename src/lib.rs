@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod model;
 pub mod net;
 pub mod peers;

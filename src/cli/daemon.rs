@@ -42,29 +42,32 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("node {}", status.node_id);
-    println!(
-        "daemon: {}",
-        if status.running {
-            "running"
-        } else {
-            "not running (start it with `meshd run`)"
-        }
-    );
+    match &status.listen {
+        Some(listen) if status.running => println!("daemon: running, listening on {listen} (UDP)"),
+        _ if status.running => println!("daemon: running"),
+        _ => println!("daemon: not running (start it with `meshd run`)"),
+    }
     println!(
         "{} documents, {} memory entries, {} skills",
         status.documents, status.memory_entries, status.skills
     );
+    if status.running {
+        println!("{} bytes sent to peers since start", status.bytes_sent);
+    }
     for p in &status.peers {
         let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
+        let behind = p
+            .documents_behind
+            .map_or(String::new(), |n| format!(", {n} documents behind"));
+        let state = if p.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
         println!(
-            "peer {} ({}): {}, last sync {last_sync}",
+            "peer {} ({}): {state}, last sync {last_sync}{behind}",
             p.peer.label(),
             p.peer.addresses.join(","),
-            if p.connected {
-                "connected"
-            } else {
-                "disconnected"
-            }
         );
     }
     Ok(())
@@ -88,6 +91,8 @@ fn offline_status(home: &Home) -> anyhow::Result<NodeStatus> {
     Ok(NodeStatus {
         node_id: id.to_string(),
         running: false,
+        listen: None,
+        bytes_sent: 0,
         documents: documents.len() + usize::from(!skills.is_empty()),
         memory_entries: entries.len(),
         skills: skills.len(),

@@ -49,6 +49,8 @@ enum Command {
     /// Pair with other nodes and see who tried to connect
     #[command(subcommand)]
     Peers(peers::PeersCommand),
+    /// Start three real nodes on loopback and show them converge (the main job, self-contained)
+    Demo,
     /// Run the node in the foreground: sync with peers, serve the CLI (logs to stderr; RUST_LOG)
     Run,
     /// Show the node, its store and its peers
@@ -82,6 +84,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
         Command::Run => daemon::run_daemon(home),
+        Command::Demo => {
+            let exe = std::env::current_exe().context("cannot find the meshd binary")?;
+            Ok(meshd::demo::run(&exe)?)
+        }
         Command::Status(args) => daemon::status(&home, args),
         Command::Sync(args) => daemon::sync(&home, args),
         Command::Bridge(command) => bridge::run(&home, command),

@@ -176,6 +176,12 @@ pub struct PeerStatus {
 pub struct NodeStatus {
     pub node_id: String,
     pub running: bool,
+    /// The QUIC address the daemon listens on, when it runs.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// UDP bytes sent to peers since the daemon started.
+    #[serde(default)]
+    pub bytes_sent: u64,
     pub documents: usize,
     pub memory_entries: usize,
     pub skills: usize,

@@ -39,12 +39,7 @@ struct LinkEntry {
     serial: u64,
     dialed_by: NodeId,
     commands: mpsc::UnboundedSender<LinkCommand>,
-}
-
-/// What happened on the wire, for `meshd status` and the demo.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Traffic {
-    pub rounds: u64,
+    connection: quinn::Connection,
 }
 
 pub struct Mesh {
@@ -57,6 +52,8 @@ pub struct Mesh {
     dialers: Mutex<HashMap<NodeId, JoinHandle<()>>>,
     link_closed: Notify,
     serial: AtomicU64,
+    /// UDP bytes sent over links that have closed since.
+    closed_bytes_sent: AtomicU64,
     /// The heads last pushed to peers, per document: the next push sends what came after.
     published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
     on_change: Box<dyn Fn() + Send + Sync>,
@@ -103,6 +100,7 @@ impl Mesh {
             dialers: Mutex::new(HashMap::new()),
             link_closed: Notify::new(),
             serial: AtomicU64::new(0),
+            closed_bytes_sent: AtomicU64::new(0),
             published: Mutex::new(published),
             on_change: Box::new(on_change),
         });
@@ -143,6 +141,15 @@ impl Mesh {
 
     pub fn is_connected(&self, peer: &NodeId) -> bool {
         lock(&self.links).contains_key(peer)
+    }
+
+    /// UDP bytes this node has sent to peers since it started: what sync costs on the wire.
+    pub fn bytes_sent(&self) -> u64 {
+        let open: u64 = lock(&self.links)
+            .values()
+            .map(|entry| entry.connection.stats().udp_tx.bytes)
+            .sum();
+        open + self.closed_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// Pushes whatever changed locally since the last push to every connected peer.
@@ -280,14 +287,13 @@ impl Mesh {
         };
         let (commands, receiver) = mpsc::unbounded_channel();
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        if !self.register(
-            peer,
-            LinkEntry {
-                serial,
-                dialed_by,
-                commands,
-            },
-        ) {
+        let entry = LinkEntry {
+            serial,
+            dialed_by,
+            commands,
+            connection: connection.clone(),
+        };
+        if !self.register(peer, entry) {
             connection.close(3u32.into(), b"duplicate connection");
             return;
         }
@@ -314,7 +320,10 @@ impl Mesh {
         }
         let mut links = lock(&self.links);
         if links.get(&peer).is_some_and(|e| e.serial == serial) {
-            links.remove(&peer);
+            if let Some(entry) = links.remove(&peer) {
+                let sent = entry.connection.stats().udp_tx.bytes;
+                self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+            }
         }
         drop(links);
         self.link_closed.notify_waiters();

@@ -83,3 +83,94 @@ impl TestNode {
         self.home.path().join(name)
     }
 }
+
+/// A `meshd run` child process, killed if the test ends without stopping it.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Daemon {
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// A free loopback UDP address for a node's QUIC listener.
+pub fn free_udp_addr() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().to_string()
+}
+
+impl TestNode {
+    /// `meshd init` on a free loopback port, with no local API and caches inside the home.
+    pub fn init_listening(name: &str) -> (TestNode, String) {
+        let node = TestNode::empty();
+        let listen = free_udp_addr();
+        node.run(&["init", "--name", name, "--listen", &listen])
+            .ok();
+        let config = node.file("meshd.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n",
+            node.file("openclaw")
+        ));
+        std::fs::write(&config, text).unwrap();
+        (node, listen)
+    }
+
+    pub fn id(&self) -> String {
+        self.run(&["id"]).ok().lines().next().unwrap().to_string()
+    }
+
+    /// Starts `meshd run` and waits until its control socket answers.
+    pub fn start(&self) -> Daemon {
+        let child = self
+            .command(&["run"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon { child: Some(child) };
+        wait_until(
+            &format!("daemon in {} answers", self.path().display()),
+            || {
+                self.run(&["status", "--json"])
+                    .stdout
+                    .contains("\"running\":true")
+            },
+        );
+        daemon
+    }
+}
+
+/// Polls `done` every 10 ms for up to 30 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out waiting until {what}");
+}

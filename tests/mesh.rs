@@ -1,0 +1,139 @@
+//! Real `meshd run` processes talking QUIC on loopback.
+
+mod common;
+
+use common::{wait_until, TestNode};
+use serde_json::{json, Value};
+
+fn value(node: &TestNode, scope: &str, key: &str) -> Option<Value> {
+    let run = node.run(&["mem", "get", scope, key]);
+    (run.code == 0).then(|| serde_json::from_str(run.stdout.trim()).unwrap())
+}
+
+fn pair(a: &TestNode, b: (&TestNode, &str)) {
+    a.run(&["peers", "add", &b.0.id(), b.1]).ok();
+}
+
+fn connected(node: &TestNode) -> usize {
+    let status: Value = serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap();
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["connected"] == true)
+        .count()
+}
+
+/// Three nodes in a chain A–B–C, each pair added on both sides.
+fn chain() -> [(TestNode, String); 3] {
+    let nodes = [
+        TestNode::init_listening("a"),
+        TestNode::init_listening("b"),
+        TestNode::init_listening("c"),
+    ];
+    for (x, y) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+        pair(&nodes[x].0, (&nodes[y].0, &nodes[y].1));
+    }
+    nodes
+}
+
+#[test]
+fn writes_on_a_reach_c_through_b() {
+    let [(a, _), (b, _), (c, _)] = chain();
+    let _daemons = [a.start(), b.start(), c.start()];
+    a.run(&[
+        "mem",
+        "put",
+        "mesh",
+        "user.preferences",
+        r#"{"shortAnswers":true}"#,
+    ])
+    .ok();
+    a.run_with_stdin(&["skill", "put", "triage"], b"# Triage\n")
+        .ok();
+    wait_until("C sees A's write", || {
+        value(&c, "mesh", "user.preferences").is_some()
+    });
+    assert_eq!(
+        value(&c, "mesh", "user.preferences"),
+        Some(json!({"shortAnswers": true}))
+    );
+    wait_until("C sees A's skill", || {
+        c.run(&["skill", "get", "triage"]).stdout == "# Triage\n"
+    });
+    assert_eq!(connected(&b), 2);
+    assert_eq!(connected(&a), 1, "A and C are not peers");
+}
+
+#[test]
+fn concurrent_writes_converge_after_the_relay_is_killed_and_restarted() {
+    let [(a, _), (b, _), (c, _)] = chain();
+    let (da, db, dc) = (a.start(), b.start(), c.start());
+    wait_until("links up", || connected(&b) == 2);
+    db.kill();
+    a.run(&["mem", "put", "mesh", "tz", "\"UTC\""]).ok();
+    c.run(&["mem", "put", "mesh", "tz", "\"CET\""]).ok();
+    let _db = b.start();
+    wait_until("all three agree", || {
+        let values: Vec<_> = [&a, &b, &c]
+            .iter()
+            .map(|n| value(n, "mesh", "tz"))
+            .collect();
+        values[0].is_some() && values.iter().all(|v| *v == values[0])
+    });
+    // The losing write stays visible as a conflict everywhere.
+    for node in [&a, &b, &c] {
+        let entry: Value = serde_json::from_str(
+            &node
+                .run(&["mem", "get", "mesh", "tz", "--json", "--conflicts"])
+                .ok(),
+        )
+        .unwrap();
+        assert_eq!(entry["conflicts"].as_array().unwrap().len(), 1, "{entry}");
+    }
+    assert_eq!(da.stop(), 0);
+    assert_eq!(dc.stop(), 0);
+}
+
+#[test]
+fn an_unknown_node_is_refused_listed_as_pending_and_its_writes_never_arrive() {
+    let (a, a_addr) = TestNode::init_listening("a");
+    let (stranger, _) = TestNode::init_listening("stranger");
+    // The stranger knows A; A never added the stranger.
+    pair(&stranger, (&a, &a_addr));
+    stranger
+        .run(&["mem", "put", "mesh", "intrusion", "true"])
+        .ok();
+    let _da = a.start();
+    let _ds = stranger.start();
+    let stranger_id = stranger.id();
+    wait_until("A lists the stranger as pending", || {
+        a.run(&["peers", "pending"]).stdout.contains(&stranger_id)
+    });
+    assert_eq!(connected(&a), 0);
+    assert_eq!(a.run(&["mem", "get", "mesh", "intrusion"]).code, 3);
+}
+
+#[test]
+fn a_peer_without_write_access_cannot_change_a_scope() {
+    let (a, a_addr) = TestNode::init_listening("a");
+    let (b, b_addr) = TestNode::init_listening("b");
+    // A lets B read mesh but write only user:b.
+    a.run(&["peers", "add", &b.id(), &b_addr, "--write", "user:b"])
+        .ok();
+    pair(&b, (&a, &a_addr));
+    let _da = a.start();
+    let _db = b.start();
+    wait_until("linked", || connected(&a) == 1);
+    a.run(&["mem", "put", "mesh", "owner", "\"a\""]).ok();
+    wait_until("B reads A's mesh scope", || {
+        value(&b, "mesh", "owner").is_some()
+    });
+    b.run(&["mem", "put", "mesh", "owner", "\"b\""]).ok();
+    b.run(&["mem", "put", "user:b", "note", "\"allowed\""]).ok();
+    wait_until("A receives B's permitted write", || {
+        value(&a, "user:b", "note").is_some()
+    });
+    b.run(&["sync"]).ok();
+    assert_eq!(value(&a, "mesh", "owner"), Some(json!("a")));
+}
