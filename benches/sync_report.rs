@@ -14,7 +14,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use automerge::sync::{State, SyncDoc};
-use automerge::{Automerge, Change};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, Change, ROOT};
 use meshd::model::{DocId, Scope};
 use meshd::replica::Replica;
 use meshd::sync::{Access, Config, Message, Session};
@@ -52,22 +53,32 @@ fn mesh() -> DocId {
     DocId::Memory(Scope::Mesh)
 }
 
-/// Memory writes shaped like real ones: a few thousand keys rewritten over time, small JSON
-/// values.
-fn write(replica: &mut Replica, range: std::ops::Range<usize>) {
+/// Memory writes shaped like real ones (the replica's own layout: one JSON version per key in
+/// the scope's root map), a few thousand keys rewritten over time, one change per write. They
+/// are made on a copy of the document and applied to the replica in one durable batch: the
+/// replica's own `batch` would fold them into a single change.
+fn write(replica: &mut Replica, node: &str, range: std::ops::Range<usize>) {
+    let mut doc = doc(replica).with_actor(ActorId::random());
+    let before = doc.get_heads();
+    for i in range {
+        let version = serde_json::json!({
+            "value": {
+                "n": i,
+                "note": format!("observation {i} about topic {}", i % 97),
+                "ok": i % 3 == 0,
+            },
+            "node_id": node,
+            "updated_at": (1_700_000_000_000u64 + i as u64) << 16,
+            "deleted": false,
+        });
+        let mut tx = doc.transaction();
+        tx.put(ROOT, format!("facts.item{}", i % 5000), version.to_string())
+            .expect("a put on the root map");
+        tx.commit();
+    }
     replica
-        .batch(|batch| {
-            for i in range {
-                let value = serde_json::json!({
-                    "n": i,
-                    "note": format!("observation {i} about topic {}", i % 97),
-                    "ok": i % 3 == 0,
-                });
-                batch.put_memory(&Scope::Mesh, &format!("facts.item{}", i % 5000), value)?;
-            }
-            Ok(())
-        })
-        .expect("bench writes are valid");
+        .apply_changes(&mesh(), doc.get_changes(&before))
+        .expect("bench writes apply");
 }
 
 fn doc(replica: &Replica) -> Automerge {
@@ -90,7 +101,7 @@ impl Pair {
     /// `n` changes written on `a` and copied to `b` (no sync state anywhere).
     fn common(n: usize) -> Pair {
         let mut pair = Pair::new();
-        write(&mut pair.a, 0..n);
+        write(&mut pair.a, "node-a", 0..n);
         let changes = doc(&pair.a).get_changes(&[]);
         pair.b.apply_changes(&mesh(), changes).unwrap();
         pair
@@ -229,14 +240,14 @@ fn in_sync(workload: &'static str, stored: bool) -> Row {
 fn diff_each(workload: &'static str, each: usize) -> Row {
     let mut pair = Pair::common(10_000);
     pair.remember();
-    write(&mut pair.a, 10_000..10_000 + each);
-    write(&mut pair.b, 20_000..20_000 + each);
+    write(&mut pair.a, "node-a", 10_000..10_000 + each);
+    write(&mut pair.b, "node-b", 20_000..20_000 + each);
     pair.run(workload)
 }
 
 fn fresh_peer_one_missing() -> Row {
     let mut pair = Pair::new();
-    write(&mut pair.a, 0..100_000);
+    write(&mut pair.a, "node-a", 0..100_000);
     let mut changes = doc(&pair.a).get_changes(&[]);
     changes.pop();
     pair.b.apply_changes(&mesh(), changes).unwrap();
@@ -245,7 +256,7 @@ fn fresh_peer_one_missing() -> Row {
 
 fn full_clone() -> Row {
     let mut pair = Pair::new();
-    write(&mut pair.a, 0..100_000);
+    write(&mut pair.a, "node-a", 0..100_000);
     pair.run("full-clone-100k")
 }
 
