@@ -71,12 +71,7 @@ impl Node {
     pub fn open(home: &Home, cache: CachePaths) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let replica = Replica::open(&home.store_path(), &identity.node_id.compact()).map_err(
-            |e| match e {
-                ReplicaError::Open { .. } => DaemonError::AlreadyRunning(home.dir.clone()),
-                other => other.into(),
-            },
-        )?;
+        let replica = open_store(home, &identity.node_id.compact())?;
         let peers = PeerStore::open(replica.db())?;
         Ok(Node {
             own: identity.node_id,
@@ -174,6 +169,26 @@ impl Node {
                     })
                     .collect(),
             },
+        }
+    }
+}
+
+/// How long the daemon waits for a store that a one-shot command holds for a moment.
+const STORE_BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the store, waiting out a CLI command that holds it briefly; a store still locked
+/// after that belongs to another daemon.
+fn open_store(home: &Home, node_id: &str) -> Result<Replica, DaemonError> {
+    let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
+    loop {
+        match Replica::open(&home.store_path(), node_id) {
+            Err(ReplicaError::Open { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(ReplicaError::Open { .. }) => {
+                return Err(DaemonError::AlreadyRunning(home.dir.clone()))
+            }
+            result => return Ok(result?),
         }
     }
 }

@@ -20,7 +20,7 @@ use meshd::config::Home;
 use meshd::control::{socket, Local, Request, Response};
 use meshd::net::identity::Identity;
 use meshd::peers::PeerStore;
-use meshd::replica::Replica;
+use meshd::replica::{Replica, ReplicaError};
 
 /// meshd: share memory and skills between OpenClaw gateways.
 #[derive(Debug, Parser)]
@@ -134,10 +134,7 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
 /// Turns `NotFound` and `Error` answers into errors, so callers only see what they asked for.
 pub fn execute(home: &Home, request: Request) -> anyhow::Result<Response> {
     home.require_initialised()?;
-    let response = match socket::send(&home.control_socket_path(), &request)? {
-        Some(response) => response,
-        None => execute_on_store(home, request)?,
-    };
+    let response = execute_anywhere(home, request)?;
     match response {
         Response::NotFound { message } => Err(NotFound(message).into()),
         Response::Error { message } => Err(anyhow::anyhow!(message)),
@@ -158,6 +155,32 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
     let identity = Identity::load(&home.key_path(), &home.cert_path())?;
     let replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
     Ok((replica, identity))
+}
+
+/// How long a command waits for a store that another process holds: a daemon that is
+/// starting (its socket appears a moment later) or another command.
+const STORE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Response> {
+    let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
+    loop {
+        if let Some(response) = socket::send(&home.control_socket_path(), &request)? {
+            return Ok(response);
+        }
+        match execute_on_store(home, request.clone()) {
+            Err(e) if store_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn store_busy(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ReplicaError>(),
+        Some(ReplicaError::Open { .. })
+    )
 }
 
 fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Response> {
