@@ -20,7 +20,7 @@ use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{PeerError, PeerStore};
+use crate::peers::{Peer, PeerError, PeerStore};
 use crate::replica::{Replica, ReplicaError, SharedReplica};
 use crate::sync::SyncStore;
 use crate::views::{ViewWriter, Views};
@@ -108,6 +108,12 @@ impl Node {
                 cache: &self.cache,
             };
             match local.execute(request) {
+                Some(Response::Peers { peers }) => Response::Peers {
+                    peers: peers
+                        .into_iter()
+                        .map(|p| self.peer_status(&replica, p.peer))
+                        .collect(),
+                },
                 Some(response) => response,
                 None => self.status(&replica),
             }
@@ -148,6 +154,14 @@ impl Node {
         }
     }
 
+    fn peer_status(&self, replica: &Replica, peer: Peer) -> PeerStatus {
+        PeerStatus {
+            connected: self.mesh.get().is_some_and(|m| m.is_connected(&peer.id)),
+            documents_behind: Some(documents_behind(replica, &peer)),
+            peer,
+        }
+    }
+
     fn status(&self, replica: &Replica) -> Response {
         let peers = self.peers.list().unwrap_or_default();
         let mesh = self.mesh.get();
@@ -162,11 +176,7 @@ impl Node {
                 bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
                 peers: peers
                     .into_iter()
-                    .map(|peer| PeerStatus {
-                        connected: mesh.is_some_and(|m| m.is_connected(&peer.id)),
-                        documents_behind: Some(documents_behind(replica, &peer)),
-                        peer,
-                    })
+                    .map(|peer| self.peer_status(replica, peer))
                     .collect(),
             },
         }
@@ -197,7 +207,7 @@ fn open_store(home: &Home, node_id: &str) -> Result<Replica, DaemonError> {
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Documents the peer may read whose state here differs from what it last confirmed.
-fn documents_behind(replica: &Replica, peer: &crate::peers::Peer) -> usize {
+fn documents_behind(replica: &Replica, peer: &Peer) -> usize {
     let session_peer = peer.id.compact();
     replica
         .doc_ids()

@@ -63,6 +63,10 @@ fn writes_on_a_reach_c_through_b() {
     });
     assert_eq!(connected(&b), 2);
     assert_eq!(connected(&a), 1, "A and C are not peers");
+    let peers: Value = serde_json::from_str(&b.run(&["peers", "ls", "--json"]).ok()).unwrap();
+    let peers = peers.as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    assert!(peers.iter().all(|p| p["connected"] == true), "{peers:?}");
 }
 
 #[test]
