@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use automerge::ChangeHash;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -17,6 +17,9 @@ use crate::model::{DocId, NodeId};
 use crate::peers::{Peer, PeerStore};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session, SyncStore};
+
+/// Connections from one peer this close together are a simultaneous dial, not a reconnect.
+const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -37,6 +40,7 @@ impl Default for MeshConfig {
 
 struct LinkEntry {
     serial: u64,
+    since: Instant,
     dialed_by: NodeId,
     commands: mpsc::UnboundedSender<LinkCommand>,
     connection: quinn::Connection,
@@ -289,6 +293,7 @@ impl Mesh {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let entry = LinkEntry {
             serial,
+            since: Instant::now(),
             dialed_by,
             commands,
             connection: connection.clone(),
@@ -329,15 +334,25 @@ impl Mesh {
         self.link_closed.notify_waiters();
     }
 
+    /// Two nodes that dial each other at once both keep the connection dialed by the smaller
+    /// id. Any other second connection means the peer came back (say, after a crash) while
+    /// the old connection has not timed out yet: the new one replaces it.
     fn register(&self, peer: NodeId, entry: LinkEntry) -> bool {
         let mut links = lock(&self.links);
         let preferred = self.own.min(peer);
         if let Some(existing) = links.get(&peer) {
-            if existing.dialed_by != entry.dialed_by && existing.dialed_by == preferred {
+            let racing = existing.since.elapsed() < DIAL_RACE_WINDOW;
+            if racing && existing.dialed_by != entry.dialed_by && existing.dialed_by == preferred {
                 return false;
             }
         }
-        links.insert(peer, entry);
+        if let Some(replaced) = links.insert(peer, entry) {
+            let sent = replaced.connection.stats().udp_tx.bytes;
+            self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+            replaced
+                .connection
+                .close(4u32.into(), b"replaced by a newer connection");
+        }
         true
     }
 
