@@ -446,11 +446,11 @@ fn check(world: &World) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The skill's `updated_at` is the greatest acknowledged one. When every other write to the
-/// skill is in the winning write's past, the skill is exactly what that write made. Writes
-/// made concurrently to one skill object merge instead: the text merges, and the other scalar
-/// fields (`source_node`, `deleted`) are Automerge's deterministic pick (see
-/// replica/skills_doc.rs), so only their agreement across replicas is checked, above.
+/// The skill's version (`updated_at`, `source_node`, `deleted`) is the greatest acknowledged
+/// one: tombstones win when newest. When every other write to the skill is in the winning
+/// write's past, the content is exactly what that write made; writes made concurrently to one
+/// skill object merge their text instead, so only its agreement across replicas is checked,
+/// above.
 fn check_skill(
     replica: &Replica,
     name: &str,
@@ -466,8 +466,8 @@ fn check_skill(
         .skill_versions(name)
         .expect("a written skill exists");
     prop_assert_eq!(
-        winner.updated_at,
-        expected.updated_at,
+        (winner.updated_at, &winner.source_node, winner.deleted),
+        (expected.updated_at, &expected.source_node, expected.deleted),
         "version of skill {}",
         name
     );

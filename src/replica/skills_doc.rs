@@ -1,14 +1,17 @@
 //! How skills sit in the `skills` Automerge document.
 //!
 //! The root map holds one map object per skill name: `content` (Automerge Text, so concurrent
-//! edits of one skill merge character by character), `description`, `path`, `source_node`,
-//! `updated_at` and `deleted`. A skill is created once and then edited in place; only two nodes
-//! creating the same name concurrently give two objects, and then `resolve` picks one.
-//! Scalar fields edited concurrently conflict inside the object: `updated_at` reads as the
-//! greatest of them, the others as Automerge's own deterministic pick.
+//! edits of one skill merge character by character) and `meta`, one string scalar holding the
+//! rest as JSON (`description`, `path`, `source_node`, `updated_at`, `deleted`). Keeping the
+//! metadata in one scalar makes concurrent updates conflict as whole versions, so the same
+//! rule as for memory, greatest `(updated_at, source_node)`, decides description, author and
+//! whether the skill is deleted, on every replica. A skill is created once and then edited in
+//! place; only two nodes creating the same name concurrently give two objects, and then
+//! `resolve` picks one.
 
 use automerge::transaction::{Transactable, Transaction};
-use automerge::{ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ObjId, ObjType, ReadDoc, Value, ROOT};
+use serde::{Deserialize, Serialize};
 
 use crate::model::entry::Versioned;
 use crate::model::{Skill, Stamp};
@@ -29,36 +32,35 @@ pub fn names(doc: &impl ReadDoc) -> impl Iterator<Item = String> + '_ {
     doc.keys(ROOT)
 }
 
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    description: String,
+    path: Option<String>,
+    source_node: String,
+    updated_at: Stamp,
+    deleted: bool,
+}
+
 fn read(doc: &impl ReadDoc, name: &str, obj: &ObjId) -> Option<Skill> {
     let content_obj = match doc.get(obj, "content").ok()?? {
         (Value::Object(ObjType::Text), id) => id,
         _ => return None,
     };
-    let updated_at = doc
-        .get_all(obj, "updated_at")
+    let meta = doc
+        .get_all(obj, "meta")
         .ok()?
         .iter()
-        .filter_map(|(value, _)| value.as_u64())
-        .max()?;
+        .filter_map(|(value, _)| serde_json::from_str::<Meta>(value.as_str()?).ok())
+        .max_by(|a, b| (a.updated_at, &a.source_node).cmp(&(b.updated_at, &b.source_node)))?;
     Some(Skill {
         name: name.to_string(),
         content: doc.text(&content_obj).ok()?,
-        path: string_field(doc, obj, "path"),
-        description: string_field(doc, obj, "description").unwrap_or_default(),
-        source_node: string_field(doc, obj, "source_node").unwrap_or_default(),
-        updated_at: Stamp(updated_at),
-        deleted: doc
-            .get(obj, "deleted")
-            .ok()
-            .flatten()
-            .and_then(|(value, _)| value.as_bool())
-            .unwrap_or(false),
+        path: meta.path,
+        description: meta.description,
+        source_node: meta.source_node,
+        updated_at: meta.updated_at,
+        deleted: meta.deleted,
     })
-}
-
-fn string_field(doc: &impl ReadDoc, obj: &ObjId, field: &str) -> Option<String> {
-    let (value, _) = doc.get(obj, field).ok()??;
-    value.as_str().map(str::to_string)
 }
 
 /// Writes `skill` into the winning object of its name, editing the text by diff so that
@@ -77,14 +79,14 @@ pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::Aut
         _ => tx.put_object(&obj, "content", ObjType::Text)?,
     };
     tx.update_text(&content, &skill.content)?;
-    let path = match &skill.path {
-        Some(path) => ScalarValue::Str(path.as_str().into()),
-        None => ScalarValue::Null,
+    let meta = Meta {
+        description: skill.description.clone(),
+        path: skill.path.clone(),
+        source_node: skill.source_node.clone(),
+        updated_at: skill.updated_at,
+        deleted: skill.deleted,
     };
-    tx.put(&obj, "path", path)?;
-    tx.put(&obj, "description", skill.description.as_str())?;
-    tx.put(&obj, "source_node", skill.source_node.as_str())?;
-    tx.put(&obj, "updated_at", ScalarValue::Uint(skill.updated_at.0))?;
-    tx.put(&obj, "deleted", skill.deleted)?;
+    let meta = serde_json::to_string(&meta).expect("skill metadata always serializes");
+    tx.put(&obj, "meta", meta)?;
     Ok(())
 }
