@@ -141,3 +141,44 @@ fn a_peer_without_write_access_cannot_change_a_scope() {
     b.run(&["sync"]).ok();
     assert_eq!(value(&a, "mesh", "owner"), Some(json!("a")));
 }
+
+/// A paired peer that sends garbage gets its link closed; the daemon and its data carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_the_link_and_leave_the_store_intact() {
+    use meshd::net::{endpoint, identity::Identity, PeerPins};
+    let (a, a_addr) = TestNode::init_listening("a");
+    a.run(&["mem", "put", "mesh", "kept", "\"safe\""]).ok();
+    let rogue = Identity::generate().unwrap();
+    a.run(&["peers", "add", &rogue.node_id.to_string(), "127.0.0.1:9"])
+        .ok();
+    let _da = a.start();
+    let a_id: meshd::model::NodeId = a.id().parse().unwrap();
+    let pins = PeerPins::new();
+    pins.allow(a_id);
+    let local = endpoint::bind(&rogue, "127.0.0.1:0".parse().unwrap(), pins).unwrap();
+    for junk in [
+        vec![0xff; 64],                                // wrong version byte
+        vec![1, 0xff, 0xff, 0xff, 0xff],               // declares a frame far over the limit
+        [vec![1, 0, 0, 0, 8], vec![0xee; 8]].concat(), // right header, body that does not parse
+    ] {
+        let (connection, _) = endpoint::connect(&local, a_addr.parse().unwrap(), a_id)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&junk).await.unwrap();
+        let _ = send.finish();
+        // The daemon answers with its Hello, then closes the link on the junk.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut buffer = [0u8; 4096];
+            while let Ok(Some(_)) = recv.read(&mut buffer).await {}
+            connection.closed().await
+        })
+        .await;
+        assert!(closed.is_ok(), "the daemon kept a link that sent junk");
+    }
+    assert_eq!(value(&a, "mesh", "kept"), Some(json!("safe")));
+    assert!(a
+        .run(&["status", "--json"])
+        .ok()
+        .contains("\"running\":true"));
+}
