@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
-use crate::model::entry::resolve;
+use crate::model::entry::{resolve, Versioned};
 use crate::model::validate::{self, ValidationError};
 use crate::model::{secret, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp};
 use storage::Storage;
@@ -552,13 +552,9 @@ impl Batch<'_> {
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
-        let newer = match self.current_memory(&entry.scope, &entry.key) {
-            Some(winner) => {
-                (entry.updated_at, entry.node_id.as_str())
-                    > (winner.updated_at, winner.node_id.as_str())
-            }
-            None => true,
-        };
+        let newer = self
+            .current_memory(&entry.scope, &entry.key)
+            .is_none_or(|winner| entry.version() > winner.version());
         if newer {
             self.replica.hlc.observe(entry.updated_at);
             self.write_memory(&entry)?;
@@ -641,13 +637,9 @@ impl Batch<'_> {
         validate::skill_name(&skill.name)?;
         validate::skill_text("content", &skill.content)?;
         secret::check_text("skill content", &skill.content).map_err(ValidationError::from)?;
-        let newer = match self.current_skill(&skill.name) {
-            Some(winner) => {
-                (skill.updated_at, skill.source_node.as_str())
-                    > (winner.updated_at, winner.source_node.as_str())
-            }
-            None => true,
-        };
+        let newer = self
+            .current_skill(&skill.name)
+            .is_none_or(|winner| skill.version() > winner.version());
         if newer {
             self.replica.hlc.observe(skill.updated_at);
             self.write_skill(&skill)?;
