@@ -253,7 +253,13 @@ impl Session {
         let state = self.docs.entry(doc.clone()).or_default();
         let theirs = state.theirs.clone().filter(|t| has_all(store, doc, t));
         let changes = match &theirs {
-            Some(theirs) => store.changes_since(doc, theirs),
+            // The last exact push from these heads already sent everything up to what we
+            // held then: only what came after is new. Without this a burst of n pushes
+            // would rebuild 1 + 2 + … + n changes.
+            Some(theirs) => match &state.pushed {
+                Some((from, upto)) if from == theirs => store.changes_since(doc, upto),
+                _ => store.changes_since(doc, theirs),
+            },
             None => fresh.iter().filter_map(|h| store.change(doc, h)).collect(),
         };
         let mut out = Outbox::default();
