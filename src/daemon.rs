@@ -84,7 +84,15 @@ impl Node {
         })
     }
 
-    /// Tells everyone who follows the replica that it changed.
+    /// After a local write: push it to connected peers and refresh the views.
+    pub fn after_write(&self) {
+        if let Some(mesh) = self.mesh.get() {
+            mesh.local_changes();
+        }
+        self.notify_changed();
+    }
+
+    /// Tells the views that the replica changed.
     pub fn notify_changed(&self) {
         if let Some(views) = self
             .changed
@@ -99,6 +107,7 @@ impl Node {
     /// Runs one control request on the store, then tells peers and views what changed.
     pub fn handle(&self, request: Request) -> Response {
         let peers_changed = matches!(request, Request::PeersAdd { .. } | Request::PeersRm { .. });
+        let may_write = request.may_write();
         let response = {
             let mut replica = self.replica.lock().unwrap_or_else(|e| e.into_inner());
             let mut local = Local {
@@ -118,13 +127,14 @@ impl Node {
                 None => self.status(&replica),
             }
         };
-        if let Some(mesh) = self.mesh.get() {
-            if peers_changed {
+        if peers_changed {
+            if let Some(mesh) = self.mesh.get() {
                 mesh.peers_changed();
             }
-            mesh.local_changes();
         }
-        self.notify_changed();
+        if may_write {
+            self.after_write();
+        }
         response
     }
 
@@ -301,8 +311,7 @@ async fn start_api(
         .unwrap_or_default();
     tracing::info!(api = %local, "local API listening");
     let hook = node.clone();
-    let state =
-        ApiState::new(node.replica.clone(), settings).on_change(move || hook.notify_changed());
+    let state = ApiState::new(node.replica.clone(), settings).on_change(move || hook.after_write());
     Ok(tokio::spawn(async move {
         if let Err(error) = api::serve(listener, state, std::future::pending()).await {
             tracing::error!(%error, "the local API stopped");

@@ -182,3 +182,42 @@ async fn malformed_frames_close_the_link_and_leave_the_store_intact() {
         .ok()
         .contains("\"running\":true"));
 }
+
+/// Writes through the local HTTP API travel to peers like CLI writes.
+#[test]
+fn http_api_writes_reach_peers() {
+    use std::io::{Read, Write};
+    let (a, a_addr) = TestNode::init_listening("a");
+    let (b, b_addr) = TestNode::init_listening("b");
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = a.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[api]\nenabled = false",
+        &format!("[api]\nlisten = \"{api}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    pair(&a, (&b, &b_addr));
+    pair(&b, (&a, &a_addr));
+    let _da = a.start();
+    let _db = b.start();
+    wait_until("linked", || connected(&a) == 1);
+    let body = r#"{"scope":"mesh","key":"from.http","value":{"ok":true},"node_id":"dashboard"}"#;
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        stream,
+        "PUT /mesh/memory HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_until("B sees the HTTP write", || {
+        value(&b, "mesh", "from.http").is_some()
+    });
+    assert_eq!(value(&b, "mesh", "from.http"), Some(json!({"ok": true})));
+}

@@ -99,6 +99,21 @@ pub enum Request {
     CacheWrite,
 }
 
+impl Request {
+    /// Whether the request may change memory or skills: then peers and views must hear of it.
+    pub fn may_write(&self) -> bool {
+        matches!(
+            self,
+            Request::MemPut { .. }
+                | Request::MemRm { .. }
+                | Request::SkillPut { .. }
+                | Request::SkillRm { .. }
+                | Request::BridgeIngest { .. }
+                | Request::StoreImport { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
