@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -31,16 +31,20 @@ impl Views {
     }
 
     /// Rewrites every view. A failing view is logged and does not stop the others: the
-    /// replica is the truth, the views are rewritten whole on the next change.
-    pub fn write(&self, replica: &Replica) {
+    /// replica is the truth, the views are rewritten whole on the next change. The replica is
+    /// locked only to copy the caches' content out and to export the mirror.
+    pub fn write(&self, replica: &Mutex<Replica>) {
+        let lock = || replica.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(paths) = &self.cache {
-            match cache::write_all(replica, paths) {
+            let snapshot = cache::Snapshot::of(&lock());
+            match cache::write_snapshot(snapshot, paths) {
                 Ok(report) => tracing::debug!(?report, "caches written"),
                 Err(error) => tracing::warn!(%error, "caches not written"),
             }
         }
         if let Some(mirror) = &self.mirror {
-            match store::export(replica, mirror, true) {
+            let replica = lock();
+            match store::export(&replica, mirror, true) {
                 Ok(report) => tracing::debug!(?report, "store mirror written"),
                 Err(error) => tracing::warn!(%error, "store mirror not written"),
             }
@@ -91,11 +95,7 @@ impl ViewWriter {
             return;
         }
         let (replica, views) = (self.replica.clone(), self.views.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let replica = replica.lock().unwrap_or_else(|e| e.into_inner());
-            views.write(&replica);
-        })
-        .await;
+        let written = tokio::task::spawn_blocking(move || views.write(&replica)).await;
         if let Err(error) = written {
             tracing::warn!(%error, "the view writer failed");
         }

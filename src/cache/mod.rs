@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::model::{MemoryEntry, Scope};
+use crate::model::{MemoryEntry, Scope, Skill};
 use crate::replica::Replica;
 use files::Layout;
 pub use render::safe_name;
@@ -62,11 +62,34 @@ pub struct CacheReport {
     pub removed: usize,
 }
 
+/// What the caches are made of, copied out of the replica so that rendering and disk writes
+/// happen without holding it.
+pub struct Snapshot {
+    own: String,
+    memory: Vec<MemoryEntry>,
+    skills: Vec<Skill>,
+}
+
+impl Snapshot {
+    pub fn of(replica: &Replica) -> Snapshot {
+        Snapshot {
+            own: replica.node_id().to_string(),
+            memory: replica.list_memory(None),
+            skills: replica.list_skills(),
+        }
+    }
+}
+
 /// Rewrites every cache from the replica.
 pub fn write_all(replica: &Replica, paths: &CachePaths) -> Result<CacheReport, CacheError> {
-    let own = replica.node_id();
-    let memory = replica.list_memory(None);
-    let skills = render::unique_skills(replica.list_skills());
+    write_snapshot(Snapshot::of(replica), paths)
+}
+
+/// Rewrites every cache from a snapshot.
+pub fn write_snapshot(snapshot: Snapshot, paths: &CachePaths) -> Result<CacheReport, CacheError> {
+    let own = snapshot.own.as_str();
+    let memory = snapshot.memory;
+    let skills = render::unique_skills(snapshot.skills);
     let mut report = CacheReport::default();
     files::write(
         &paths.memory_json(),
