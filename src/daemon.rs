@@ -243,14 +243,23 @@ pub async fn run(
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
     let views = start_views(&node, &config, openclaw_home);
-    start_mesh(&node, &config, &views)?;
     let mut tasks = vec![tokio::spawn(serve_control(listener, node.clone()))];
-    if config.api.enabled {
-        tasks.push(start_api(&node, &config).await?);
-    }
+    let started = start_network(&node, &config, &views).await;
+    let started = match started {
+        Ok(api) => api,
+        Err(e) => {
+            // Leave no socket behind that looks like a running daemon.
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(e);
+        }
+    };
+    tasks.extend(started);
     shutdown.await;
     for task in &tasks {
         task.abort();
+    }
+    if let Some(mesh) = node.mesh.get() {
+        mesh.close().await;
     }
     let _ = std::fs::remove_file(&socket_path);
     views.flush().await;
@@ -260,6 +269,20 @@ pub async fn run(
         .flush()?;
     tracing::info!("meshd stopped; everything is flushed");
     Ok(())
+}
+
+/// The local API (checked first: it refuses unsafe settings) and then the mesh.
+async fn start_network(
+    node: &Arc<Node>,
+    config: &Config,
+    views: &ViewWriter,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    let api = match config.api.enabled {
+        true => Some(start_api(node, config).await?),
+        false => None,
+    };
+    start_mesh(node, config, views)?;
+    Ok(api)
 }
 
 /// Binds the QUIC endpoint and starts the links to peers.

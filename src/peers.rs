@@ -137,19 +137,10 @@ impl PeerStore {
         Ok(())
     }
 
-    pub fn record_refused(&self, id: NodeId, address: String, at: u64) -> Result<(), PeerError> {
-        let attempts = match self.refused.get(id.as_bytes())? {
-            Some(bytes) => serde_json::from_slice::<Refused>(&bytes)?.attempts + 1,
-            None => 1,
-        };
-        let record = Refused {
-            id,
-            address,
-            last_seen: at,
-            attempts,
-        };
+    /// Records a refused id as the TLS layer last saw it (its counts are authoritative).
+    pub fn record_refused(&self, refused: &Refused) -> Result<(), PeerError> {
         self.refused
-            .insert(id.as_bytes(), serde_json::to_vec(&record)?)?;
+            .insert(refused.id.as_bytes(), serde_json::to_vec(refused)?)?;
         Ok(())
     }
 
@@ -207,16 +198,19 @@ mod tests {
     }
 
     #[test]
-    fn refused_attempts_accumulate_until_added() {
+    fn refused_ids_are_kept_until_added() {
         let dir = tempfile::tempdir().unwrap();
         let store = PeerStore::open(&sled::open(dir.path()).unwrap()).unwrap();
         let stranger = peer(b"stranger", None);
-        store
-            .record_refused(stranger.id, "127.0.0.1:9".into(), 1)
-            .unwrap();
-        store
-            .record_refused(stranger.id, "127.0.0.1:9".into(), 2)
-            .unwrap();
+        for attempts in 1..=2 {
+            let seen = Refused {
+                id: stranger.id,
+                address: "127.0.0.1:9".into(),
+                last_seen: attempts,
+                attempts,
+            };
+            store.record_refused(&seen).unwrap();
+        }
         assert_eq!(store.refused().unwrap()[0].attempts, 2);
         store
             .add(&NodeId::from_public_key(b"own"), stranger)

@@ -43,8 +43,11 @@ impl ApiSettings {
         config: &ApiConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ApiSettings, ApiError> {
+        // An empty variable counts as unset: `MESHD_API_BEARER=` must not erase the token
+        // configured in the file and leave the API open.
         let pick = |var: &str, configured: &Option<String>| {
             env(var)
+                .filter(|value| !value.is_empty())
                 .or_else(|| configured.clone())
                 .filter(|value| !value.is_empty())
         };
@@ -159,6 +162,16 @@ mod tests {
                 .find(|(name, _)| *name == var)
                 .map(|(_, value)| value.to_string())
         })
+    }
+
+    #[test]
+    fn an_empty_variable_does_not_erase_the_configured_token() {
+        let config = ApiConfig {
+            bearer_token: Some("from-file".into()),
+            ..ApiConfig::default()
+        };
+        let auth = settings(&config, &[("MESHD_API_BEARER", "")]).unwrap().auth;
+        assert_eq!(auth.unwrap().bearer.as_deref(), Some("from-file"));
     }
 
     #[test]

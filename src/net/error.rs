@@ -18,7 +18,7 @@ pub enum NetError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("will not dial {addr}: node id {id} is not in the peer list; add it with `meshd peers add {id}` first")]
+    #[error("will not dial {addr}: node id {id} is not in the peer list; add it with `meshd peers add {id} HOST:PORT` first")]
     NotPinned { addr: SocketAddr, id: NodeId },
     #[error("peer at {addr} presented node id {presented}, expected {expected}: check the id given to `meshd peers add` and the address it was given for that peer")]
     WrongPeer {
@@ -26,9 +26,9 @@ pub enum NetError {
         expected: NodeId,
         presented: NodeId,
     },
-    #[error("refused node id {id} from {addr}: it is not in the peer list; if you trust it, run `meshd peers add {id}`")]
+    #[error("refused node id {id} from {addr}: it is not in the peer list; if you trust it, run `meshd peers add {id} HOST:PORT`")]
     NotAllowed { addr: SocketAddr, id: NodeId },
-    #[error("peer at {addr} refused the TLS handshake ({reason}); if it refused our node id, run `meshd peers add {ours}` on that node")]
+    #[error("peer at {addr} refused the TLS handshake ({reason}); if it refused our node id, run `meshd peers add {ours} HOST:PORT` on that node")]
     RefusedByPeer {
         addr: SocketAddr,
         ours: NodeId,

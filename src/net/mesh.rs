@@ -113,6 +113,16 @@ impl Mesh {
         mesh
     }
 
+    /// Tells every peer this node is going away, so they see it disconnect at once instead of
+    /// after the idle timeout, and waits briefly for the close to go out.
+    pub async fn close(&self) {
+        self.endpoint
+            .quic()
+            .close(0u32.into(), b"node shutting down");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.endpoint.quic().wait_idle()).await;
+    }
+
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.endpoint.local_addr().ok()
     }
@@ -224,11 +234,13 @@ impl Mesh {
     /// Persists the ids the TLS layer refused, for `meshd peers pending`.
     fn record_refused(&self) {
         for refused in self.endpoint.pins().pending() {
-            let address = refused.addr.map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = self
-                .peers
-                .record_refused(refused.id, address, refused.last_seen)
-            {
+            let record = crate::peers::Refused {
+                id: refused.id,
+                address: refused.addr.map(|a| a.to_string()).unwrap_or_default(),
+                last_seen: refused.last_seen,
+                attempts: refused.attempts,
+            };
+            if let Err(e) = self.peers.record_refused(&record) {
                 tracing::error!("cannot record a refused peer: {e}");
             }
         }
