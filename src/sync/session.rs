@@ -142,6 +142,10 @@ pub struct Session {
     config: Config,
     phase: Phase,
     docs: BTreeMap<DocId, DocState>,
+    /// The documents our `Hello` left out, with their heads, until the answer to it arrives. A
+    /// complete `Sync` is always that answer; another `Sync` may be a live push sent before the
+    /// peer read our `Hello`, so it is not taken as the answer for sure.
+    unanswered: Option<Vec<(DocId, Vec<ChangeHash>)>>,
     applied: Vec<Applied>,
     refusals: Vec<Refusal>,
 }
@@ -167,6 +171,7 @@ impl Session {
             config,
             phase: Phase::Idle,
             docs: BTreeMap::new(),
+            unanswered: None,
             applied: Vec::new(),
             refusals: Vec::new(),
         }
@@ -198,6 +203,7 @@ impl Session {
                 .map(|((doc, _), since)| (doc, since.as_deref())),
         );
         self.phase = Phase::Opening { root, inferred };
+        self.unanswered = None;
         Ok(vec![Message::Hello(Hello {
             root,
             state: Some(state),
@@ -214,6 +220,7 @@ impl Session {
         match message {
             Message::Hello(hello) => self.on_hello(store, hello),
             Message::InSync => {
+                self.unanswered = None;
                 if matches!(self.phase, Phase::Opening { .. }) {
                     self.remember_all_shared(store)?;
                     self.phase = Phase::InSync;
@@ -386,6 +393,7 @@ impl Session {
             }
         }
         self.docs.clear();
+        self.unanswered = None;
         if hello.root == root {
             self.remember_all_shared(store)?;
             self.phase = Phase::InSync;
@@ -432,9 +440,29 @@ impl Session {
     ) -> Result<Vec<Message>, SyncError> {
         let mut touched = BTreeSet::new();
         match std::mem::replace(&mut self.phase, Phase::Open) {
-            Phase::Opening { .. } if sync.complete => {
-                // The peer did not take our stored state: every document it did not list is
-                // empty on its side.
+            Phase::Opening { inferred, .. } => {
+                // The answer to our Hello, or a live push the peer sent before it read our
+                // Hello. Unless this is the answer and says otherwise, the peer took our
+                // stored state: it knows these heads of ours.
+                for (doc, heads) in &inferred {
+                    self.docs.entry(doc.clone()).or_default().told = Some(heads.clone());
+                }
+                self.unanswered = Some(inferred);
+            }
+            Phase::InSync => self.phase = Phase::InSync,
+            Phase::Idle | Phase::Open => {}
+        }
+        if sync.complete {
+            if let Some(inferred) = self.unanswered.take() {
+                // The answer: the peer did not take our stored state. It does not know the
+                // heads our Hello left out, and every document it did not list is empty on
+                // its side.
+                for (doc, heads) in inferred {
+                    let state = self.docs.entry(doc).or_default();
+                    if state.told.as_ref() == Some(&heads) {
+                        state.told = None;
+                    }
+                }
                 let listed: BTreeSet<&str> = sync.docs.iter().map(|p| p.doc.as_str()).collect();
                 for (doc, _) in self.shared(store) {
                     if !listed.contains(doc.name().as_str()) {
@@ -443,14 +471,6 @@ impl Session {
                     }
                 }
             }
-            Phase::Opening { inferred, .. } => {
-                // The peer took our stored state: it knows these heads of ours.
-                for (doc, heads) in inferred {
-                    self.docs.entry(doc).or_default().told = Some(heads);
-                }
-            }
-            Phase::InSync => self.phase = Phase::InSync,
-            Phase::Idle | Phase::Open => {}
         }
         let mut out = Outbox::default();
         for part in sync.docs {
