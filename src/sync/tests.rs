@@ -1,7 +1,10 @@
 //! Whole sessions between two real replicas over a reliable in-memory wire: message counts
 //! and sizes of each path, access rules, the reset path, and hostile input.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+
+use automerge::{Change, ChangeHash};
 
 use super::*;
 use crate::model::{DocId, Scope};
@@ -335,6 +338,126 @@ fn a_push_that_overtakes_the_answer_to_a_hello_is_not_taken_for_it() {
         return;
     }
     panic!("`a` never led");
+}
+
+/// A `SyncStore` that counts the changes `changes_since` builds.
+struct Counting<'a> {
+    replica: &'a mut Replica,
+    built: Cell<usize>,
+}
+
+impl SyncStore for Counting<'_> {
+    fn doc_ids(&self) -> Vec<DocId> {
+        self.replica.doc_ids()
+    }
+    fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
+        SyncStore::heads(&*self.replica, doc)
+    }
+    fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool {
+        self.replica.has_change(doc, hash)
+    }
+    fn hashes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        self.replica.hashes_since(doc, heads)
+    }
+    fn changes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change> {
+        let changes = self.replica.changes_since(doc, heads);
+        self.built.set(self.built.get() + changes.len());
+        changes
+    }
+    fn change(&self, doc: &DocId, hash: &ChangeHash) -> Option<Change> {
+        SyncStore::change(&*self.replica, doc, hash)
+    }
+    fn snapshot(&self, doc: &DocId) -> Option<Vec<u8>> {
+        self.replica.snapshot(doc)
+    }
+    fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        self.replica.missing_deps(doc, heads)
+    }
+    fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
+        self.replica.apply(doc, changes)
+    }
+    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
+        self.replica.apply_document(doc, saved)
+    }
+    fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError> {
+        self.replica.shared_heads(peer, doc)
+    }
+    fn set_shared_heads(
+        &mut self,
+        peer: &str,
+        doc: &DocId,
+        heads: Option<&[ChangeHash]>,
+    ) -> Result<(), StoreError> {
+        self.replica.set_shared_heads(peer, doc, heads)
+    }
+}
+
+/// A burst of local writes, each pushed at once over a reliable connection to a peer whose
+/// heads are known: the peer holds every change with no further round, and the push stays
+/// linear, both on the wire and in the changes built (the previous exact push's heads are
+/// where the next one starts; from the peer's heads it would rebuild 1 + 2 + … + n changes).
+#[test]
+fn a_burst_of_pushes_arrives_whole_and_stays_linear() {
+    const BURST: usize = 200;
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    write(&mut b, Scope::Mesh, 100..105);
+    // The connection's own round: each side ends up knowing the other's heads.
+    let mut link = Connection::new();
+    let hello = link.sessions[0].start(&mut a.replica).unwrap();
+    link.send(0, hello);
+    link.settle(&mut a, &mut b);
+    assert!(same(&a, &b));
+    link.sessions[1].take_applied();
+    let mesh = DocId::Memory(Scope::Mesh);
+    let mut one_change = None;
+    let (mut built, mut bytes) = (0, 0);
+    for i in 0..BURST {
+        let before = SyncStore::heads(&a.replica, &mesh);
+        write(&mut a, Scope::Mesh, 1000 + i..1001 + i);
+        let fresh = a.replica.hashes_since(&mesh, &before);
+        assert_eq!(fresh.len(), 1);
+        let mut counting = Counting {
+            replica: &mut a.replica,
+            built: Cell::new(0),
+        };
+        let push = link.sessions[0].push(&mut counting, &mesh, &fresh).unwrap();
+        built += counting.built.get();
+        assert_eq!(push.len(), 1, "one message per push");
+        let Message::Sync(sync) = &push[0] else {
+            panic!("a push is a Sync: {push:?}");
+        };
+        let view = sync.docs[0].heads.as_ref().map(|heads| heads.yours);
+        assert_eq!(view, Some(Knowledge::HaveAll), "the peer's heads are known");
+        let size = push[0].encode().len();
+        bytes += size;
+        one_change.get_or_insert(size);
+        link.send(0, push);
+        assert_eq!(link.read_all(1, &mut b.replica), 1);
+        assert!(
+            link.queues[0].is_empty(),
+            "the peer answered push {i}: {:?}",
+            link.queues[0]
+        );
+    }
+    // No round since the burst: what `b` holds came by push alone.
+    assert!(same(&a, &b), "the peer lacks pushed changes");
+    assert_eq!(b.replica.list_memory(None).len(), 10 + BURST);
+    let applied: usize = link.sessions[1]
+        .take_applied()
+        .iter()
+        .map(|applied| applied.hashes.len())
+        .sum();
+    assert_eq!(applied, BURST);
+    let one_change = one_change.unwrap();
+    assert!(
+        bytes < BURST * one_change * 3,
+        "{bytes} bytes pushed for {BURST} changes of about {one_change}"
+    );
+    assert!(
+        built <= BURST * 2,
+        "{built} changes built for {BURST} pushes"
+    );
 }
 
 #[test]
