@@ -17,6 +17,12 @@ pub fn doc_summary(heads: &[ChangeHash]) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
+/// A document name, length-prefixed so that no two lists of names hash alike.
+fn hash_name(hasher: &mut blake3::Hasher, name: &str) {
+    hasher.update(&(name.len() as u64).to_le_bytes());
+    hasher.update(name.as_bytes());
+}
+
 /// BLAKE3 over the name and summary of each shared document, in name order. Documents with
 /// no changes are left out, so "absent" and "empty" agree.
 pub fn root<'a>(docs: impl IntoIterator<Item = (&'a DocId, &'a [ChangeHash])>) -> [u8; 32] {
@@ -28,8 +34,7 @@ pub fn root<'a>(docs: impl IntoIterator<Item = (&'a DocId, &'a [ChangeHash])>) -
     entries.sort();
     let mut hasher = blake3::Hasher::new();
     for (name, summary) in &entries {
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
+        hash_name(&mut hasher, name);
         hasher.update(summary);
     }
     *hasher.finalize().as_bytes()
@@ -47,8 +52,7 @@ pub fn state_digest<'a>(
     entries.sort();
     let mut hasher = blake3::Hasher::new();
     for (name, summary) in &entries {
-        hasher.update(&(name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
+        hash_name(&mut hasher, name);
         match summary {
             Some(summary) => hasher.update(&[1]).update(summary),
             None => hasher.update(&[0]),
