@@ -86,8 +86,10 @@ fn the_own_node_scope_is_plain_node() {
     let put = json!({"scope": "node", "key": "k", "value": 1});
     let (_, row) = server.send("PUT", "/mesh/memory", &[], &put.to_string());
     assert_eq!(row["scope"], "node");
-    let replica = server.replica.lock().unwrap();
-    assert!(replica.get_memory(&Scope::Node("me".into()), "k").is_some());
+    let stored = server
+        .replica
+        .with(|replica| replica.get_memory(&Scope::Node("me".into()), "k"));
+    assert!(stored.is_some());
 }
 
 #[test]
@@ -415,7 +417,9 @@ fn past_the_rate_limit_requests_are_429() {
     assert_eq!(server.send("POST", "/ingest", &[], MEMORY).0, 429);
     assert_eq!(server.get("/health", &[]).0, 200, "health is never limited");
     assert_eq!(server.get("/mesh/memory", &[]).0, 429);
-    assert!(server.replica.lock().unwrap().list_memory(None).is_empty());
+    assert!(server
+        .replica
+        .with(|replica| replica.list_memory(None).is_empty()));
 }
 
 #[test]

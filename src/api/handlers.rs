@@ -30,15 +30,11 @@ async fn with_replica<T: Send + 'static>(
     state: &ApiState,
     f: impl FnOnce(&mut Replica) -> Result<(T, bool), HttpError> + Send + 'static,
 ) -> Result<T, HttpError> {
-    let replica = state.replica.clone();
-    let (value, changed) = tokio::task::spawn_blocking(move || {
-        let mut replica = replica
-            .lock()
-            .map_err(|_| HttpError::internal("the replica lock is poisoned"))?;
-        f(&mut replica)
-    })
-    .await
-    .map_err(|e| HttpError::internal(format!("request task failed: {e}")))??;
+    let (value, changed) = state
+        .replica
+        .run(f)
+        .await
+        .map_err(|e| HttpError::internal(e.to_string()))??;
     if changed {
         (state.on_change)();
     }

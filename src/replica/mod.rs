@@ -2,6 +2,7 @@
 //! in sled. The only code that touches Automerge documents or the store.
 
 mod memory_doc;
+mod shared;
 mod skills_doc;
 mod storage;
 
@@ -63,8 +64,7 @@ impl From<automerge::AutomergeError> for ReplicaError {
 
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
-/// One replica shared by the tasks of a process (API handlers, the cache writer, the daemon).
-pub type SharedReplica = std::sync::Arc<std::sync::Mutex<Replica>>;
+pub use shared::{SharedReplica, StoreTaskFailed};
 
 /// Reads the wall clock in Unix milliseconds; injected so tests can skew it.
 pub type WallClock = Box<dyn FnMut() -> u64 + Send>;
@@ -378,6 +378,13 @@ impl Replica {
 
     pub fn doc_ids(&self) -> Vec<DocId> {
         self.docs.keys().cloned().collect()
+    }
+
+    /// The document's heads, sorted; empty when the document is absent.
+    pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
+        self.document(doc)
+            .map(|d| d.get_heads())
+            .unwrap_or_default()
     }
 
     pub fn document(&self, doc: &DocId) -> Option<&Automerge> {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use meshd::api::{self, ApiSettings, ApiState};
@@ -25,7 +25,7 @@ impl Server {
     pub fn start(config: ApiConfig) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let replica = Replica::open(&dir.path().join("store"), "me").unwrap();
-        let replica = Arc::new(Mutex::new(replica));
+        let replica = SharedReplica::new(replica);
         let settings = ApiSettings::from_config(&config, |_| None).unwrap();
         let changes = Arc::new(AtomicUsize::new(0));
         let counter = changes.clone();

@@ -1,0 +1,57 @@
+//! One replica shared by the tasks of a process, and the one lock policy for it.
+//!
+//! Every store call from async code (links, the HTTP API, the view writer, control requests)
+//! goes through `SharedReplica::run`, which takes the lock on tokio's blocking pool, so a slow
+//! disk never stalls the runtime threads. Code that already runs on a blocking thread (a
+//! control command, the CLI) uses `SharedReplica::with`.
+//!
+//! Poisoning: a panic while the lock is held is a bug, and the replica's state is still
+//! usable: every change is applied to the in-memory document first and acknowledged only
+//! after its sled batch is flushed, so a panic can at worst leave a change in memory that a
+//! restart would not see, never a torn document. The lock is therefore taken back, the poison
+//! is cleared and the event logged once, and the node keeps serving. A panic inside `run`
+//! becomes an error for the one request that hit it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::Replica;
+
+/// A piece of store work that panicked: a bug, reported to the one caller that hit it.
+#[derive(Debug, thiserror::Error)]
+#[error("internal error while working on the store ({0}); this is a bug, the node keeps running: please report it with the log")]
+pub struct StoreTaskFailed(String);
+
+/// A cheap handle to the process's one replica.
+#[derive(Clone)]
+pub struct SharedReplica(Arc<Mutex<Replica>>);
+
+impl SharedReplica {
+    pub fn new(replica: Replica) -> SharedReplica {
+        SharedReplica(Arc::new(Mutex::new(replica)))
+    }
+
+    /// Runs `f` with the replica locked, on the calling thread. Only for threads that may
+    /// block: a command on the blocking pool, the CLI, tests.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        f(&mut self.lock())
+    }
+
+    /// Runs `f` with the replica locked on tokio's blocking pool and waits for it there.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Replica) -> T + Send + 'static,
+    ) -> Result<T, StoreTaskFailed> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.with(f))
+            .await
+            .map_err(|e| StoreTaskFailed(e.to_string()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Replica> {
+        self.0.lock().unwrap_or_else(|poisoned| {
+            tracing::error!("a task panicked while holding the replica; carrying on (see above)");
+            self.0.clear_poison();
+            poisoned.into_inner()
+        })
+    }
+}
