@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::Home;
-use crate::control::{socket, NodeStatus, Request, Response};
+use crate::control::{
+    self, socket, CommandError, DecodeError, MemGet, MemLs, MemPut, NodeStatus, SkillGet, SkillLs,
+    SkillPut, Status,
+};
 
 /// How long any one step may take before the demo gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,7 +79,7 @@ pub fn run(exe: &Path) -> Result<()> {
         |n| {
             ask(
                 &n[0],
-                Request::MemPut {
+                MemPut {
                     scope: "mesh".into(),
                     key: "user.preferences".into(),
                     value: json!({"shortAnswers": true, "units": "metric"}),
@@ -127,7 +130,7 @@ pub fn run(exe: &Path) -> Result<()> {
     stop(&mut nodes[2])?;
     ask(
         &nodes[0],
-        Request::MemPut {
+        MemPut {
             scope: "mesh".into(),
             key: "project.focus".into(),
             value: json!("Q3 launch"),
@@ -281,7 +284,7 @@ fn start(exe: &Path, node: &mut DemoNode) -> Result<()> {
     let socket = node.home.control_socket_path();
     wait_for(&format!("{} is up", node.name), || {
         Ok(matches!(
-            socket::send(&socket, &Request::Status),
+            socket::send(&socket, &Status::default().into()),
             Ok(Some(_))
         ))
     })
@@ -305,19 +308,28 @@ fn stop(node: &mut DemoNode) -> Result<()> {
     Ok(())
 }
 
-fn ask(node: &DemoNode, request: Request) -> Result<Response> {
-    match socket::send(&node.home.control_socket_path(), &request) {
-        Ok(Some(Response::Error { message })) => {
-            Err(DemoError::Step(format!("{}: {message}", node.name)))
-        }
-        Ok(Some(response)) => Ok(response),
-        Ok(None) => Err(DemoError::Step(format!("{} is not running", node.name))),
-        Err(e) => Err(DemoError::Step(format!("{}: {e}", node.name))),
+/// Runs a command on a node's daemon; a missing key or skill is `Ok(None)`.
+fn look<C: control::Command>(node: &DemoNode, command: C) -> Result<Option<C::Reply>> {
+    let step = |e: &dyn std::fmt::Display| DemoError::Step(format!("{}: {e}", node.name));
+    let reply = match socket::send(&node.home.control_socket_path(), &command.into()) {
+        Ok(Some(reply)) => reply,
+        Ok(None) => return Err(DemoError::Step(format!("{} is not running", node.name))),
+        Err(e) => return Err(step(&e)),
+    };
+    match control::decode::<C>(reply) {
+        Ok(reply) => Ok(Some(reply)),
+        Err(DecodeError::Command(CommandError::NotFound(_))) => Ok(None),
+        Err(e) => Err(step(&e)),
     }
 }
 
-fn skill_put(name: &str, content: &str, description: Option<&str>) -> Request {
-    Request::SkillPut {
+/// Runs a command on a node's daemon that must succeed.
+fn ask<C: control::Command>(node: &DemoNode, command: C) -> Result<C::Reply> {
+    look(node, command)?.ok_or_else(|| DemoError::Step(format!("{}: not found", node.name)))
+}
+
+fn skill_put(name: &str, content: &str, description: Option<&str>) -> SkillPut {
+    SkillPut {
         name: name.into(),
         content: content.into(),
         description: description.map(str::to_string),
@@ -326,10 +338,7 @@ fn skill_put(name: &str, content: &str, description: Option<&str>) -> Request {
 }
 
 fn status(node: &DemoNode) -> Result<NodeStatus> {
-    match ask(node, Request::Status)? {
-        Response::Status { status } => Ok(status),
-        other => Err(DemoError::Step(format!("unexpected answer {other:?}"))),
-    }
+    ask(node, Status::default())
 }
 
 fn connected(node: &DemoNode) -> Result<usize> {
@@ -347,11 +356,11 @@ fn traffic(nodes: &[DemoNode]) -> Result<u64> {
 
 fn all_have_memory(nodes: &[DemoNode], key: &str) -> Result<bool> {
     for node in nodes {
-        let request = Request::MemGet {
+        let get = MemGet {
             scope: "mesh".into(),
             key: key.into(),
         };
-        if !matches!(ask(node, request)?, Response::Entry { .. }) {
+        if look(node, get)?.is_none() {
             return Ok(false);
         }
     }
@@ -359,10 +368,8 @@ fn all_have_memory(nodes: &[DemoNode], key: &str) -> Result<bool> {
 }
 
 fn skill_content(node: &DemoNode, name: &str) -> Result<String> {
-    match ask(node, Request::SkillGet { name: name.into() })? {
-        Response::Skill { skill } => Ok(skill.content),
-        _ => Ok(String::new()),
-    }
+    let skill = look(node, SkillGet { name: name.into() })?;
+    Ok(skill.map(|s| s.content).unwrap_or_default())
 }
 
 fn all_have_skill(nodes: &[DemoNode], name: &str, test: impl Fn(&str) -> bool) -> Result<bool> {
@@ -376,14 +383,8 @@ fn all_have_skill(nodes: &[DemoNode], name: &str, test: impl Fn(&str) -> bool) -
 
 /// Memory and skills as one JSON text, for comparing nodes.
 fn state_of(node: &DemoNode) -> Result<String> {
-    let entries = match ask(node, Request::MemLs { scope: None })? {
-        Response::Entries { entries } => entries,
-        other => return Err(DemoError::Step(format!("unexpected answer {other:?}"))),
-    };
-    let skills = match ask(node, Request::SkillLs)? {
-        Response::Skills { skills } => skills,
-        other => return Err(DemoError::Step(format!("unexpected answer {other:?}"))),
-    };
+    let entries = ask(node, MemLs::default())?;
+    let skills = ask(node, SkillLs::default())?;
     let memory: Vec<_> = entries.iter().map(|e| json!({"scope": e.scope.to_string(), "key": e.key, "value": e.value, "node_id": e.node_id})).collect();
     let skills: Vec<_> = skills
         .iter()

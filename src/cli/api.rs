@@ -1,14 +1,16 @@
 //! `meshd api`: the local HTTP API in the foreground, for a node whose daemon is not running
 //! (`meshd run` serves the API itself).
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::api::{self, ApiSettings, ApiState};
 use meshd::config::{self, Home};
+use meshd::replica::SharedReplica;
 use meshd::views::{ViewWriter, Views};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{is_daemon_running, open_replica, openclaw_home_env};
 
@@ -47,24 +49,19 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("meshd API listening on http://{}", listener.local_addr()?);
-        let replica = Arc::new(Mutex::new(replica));
-        let writer = ViewWriter::spawn(replica.clone(), views, debounce);
+        let replica = SharedReplica::new(replica);
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let writer = ViewWriter::spawn(replica.clone(), views, debounce, &tasks, stop.clone());
         // The views start from the store as it is, then follow every write.
         writer.changed();
         let hook = writer.clone();
-        let state = ApiState::new(replica, settings).on_change(move || hook.changed());
-        api::serve(listener, state, shutdown_signal()).await?;
+        let state = ApiState::new(replica.clone(), settings).on_change(move || hook.changed());
+        api::serve(listener, state, meshd::daemon::shutdown_signal()).await?;
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
         writer.flush().await;
+        replica.run(|replica| replica.flush()).await??;
         anyhow::Ok(())
     })
-}
-
-/// Ctrl-C or SIGTERM (service managers stop with it).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM can be watched");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -6,9 +6,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use meshd::bridge::Unwrap;
 use meshd::config::Home;
-use meshd::control::{Request, Response};
+use meshd::control::{BridgeEmit, BridgeIngest, BridgeRespond};
 
-use super::{execute, read_stdin, unexpected};
+use super::{execute, read_stdin};
 
 #[derive(Debug, Subcommand)]
 pub enum BridgeCommand {
@@ -43,40 +43,33 @@ pub enum BridgeCommand {
 pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
     // Before reading stdin: a wrong home should not wait for input first.
     home.require_initialised()?;
-    let request = match command {
-        BridgeCommand::Ingest { file, unwrap } => Request::BridgeIngest {
-            payload: read_input(&file)?,
-            unwrap,
-        },
-        BridgeCommand::Emit { since, scope } => Request::BridgeEmit { since, scope },
-        BridgeCommand::Respond { file, unwrap } => Request::BridgeRespond {
-            payload: read_input(&file)?,
-            unwrap,
-        },
-    };
-    match execute(home, request)? {
-        Response::Ingested {
-            summary,
-            changed,
-            ignored,
-        } => {
-            for (position, reason) in &ignored {
+    match command {
+        BridgeCommand::Ingest { file, unwrap } => {
+            let payload = read_input(&file)?;
+            let report = execute(home, BridgeIngest { payload, unwrap })?;
+            for (position, reason) in &report.ignored {
                 eprintln!("meshd: item {position} ignored: {reason}");
             }
-            eprintln!("{changed} changed the replica");
-            println!("{}", serde_json::to_string(&summary)?);
+            eprintln!("{} changed the replica", report.changed);
+            println!("{}", serde_json::to_string(&report.summary)?);
         }
-        Response::Messages { lines } => {
-            for line in lines {
-                println!("{line}");
-            }
+        BridgeCommand::Emit { since, scope } => {
+            print_lines(execute(home, BridgeEmit { since, scope })?);
         }
-        other => return Err(unexpected(other)),
+        BridgeCommand::Respond { file, unwrap } => {
+            let payload = read_input(&file)?;
+            print_lines(execute(home, BridgeRespond { payload, unwrap })?);
+        }
     }
     Ok(())
 }
 
-/// The CLI reads the input itself: a daemon may run as another user or in another directory.
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 fn read_input(file: &str) -> anyhow::Result<String> {
     if file == "-" {
         return read_stdin();

@@ -2,9 +2,9 @@
 
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{Request, Response};
+use meshd::control::CacheWrite;
 
-use super::{execute, unexpected};
+use super::execute;
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -14,20 +14,19 @@ pub enum CacheCommand {
 
 pub fn run(home: &Home, command: CacheCommand) -> anyhow::Result<()> {
     match command {
-        CacheCommand::Write => match execute(home, Request::CacheWrite)? {
+        CacheCommand::Write => {
             // The paths come back because a running daemon writes where its own
             // configuration and `$OPENCLAW_HOME` say.
-            Response::CachesWritten { report, paths } => {
-                eprintln!(
-                    "caches in {}, {} and {}",
-                    paths.openclaw_home.display(),
-                    paths.skills_dir.display(),
-                    paths.memory_dir.display()
-                );
-                println!("{}", serde_json::to_string(&report)?);
-            }
-            other => return Err(unexpected(other)),
-        },
+            let written = execute(home, CacheWrite::default())?;
+            let paths = &written.paths;
+            eprintln!(
+                "caches in {}, {} and {}",
+                paths.openclaw_home.display(),
+                paths.skills_dir.display(),
+                paths.memory_dir.display()
+            );
+            println!("{}", serde_json::to_string(&written.report)?);
+        }
     }
     Ok(())
 }

@@ -2,9 +2,9 @@
 
 use clap::Args;
 use meshd::config::Home;
-use meshd::control::{NodeStatus, Request, Response};
+use meshd::control::{Status, Sync};
 
-use super::{execute, format_time, unexpected};
+use super::{execute, format_time};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -31,12 +31,7 @@ pub fn run_daemon(home: Home) -> anyhow::Result<()> {
 }
 
 pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
-    let status = match execute(home, Request::Status) {
-        Ok(Response::Status { status }) => status,
-        Ok(other) => return Err(unexpected(other)),
-        Err(e) if e.to_string().contains("not running") => offline_status(home)?,
-        Err(e) => return Err(e),
-    };
+    let status = execute(home, Status::default())?;
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
         return Ok(());
@@ -56,9 +51,7 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     }
     for p in &status.peers {
         let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
-        let behind = p
-            .documents_behind
-            .map_or(String::new(), |n| format!(", {n} documents behind"));
+        let behind = format!(", {} documents behind", p.documents_behind);
         let state = if p.connected {
             "connected"
         } else {
@@ -73,37 +66,7 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What can be said about a node whose daemon is not running: its store's contents.
-fn offline_status(home: &Home) -> anyhow::Result<NodeStatus> {
-    let id = meshd::net::identity::Identity::load(&home.key_path(), &home.cert_path())?.node_id;
-    let (entries, skills, peers) = match (
-        execute(home, Request::MemLs { scope: None })?,
-        execute(home, Request::SkillLs)?,
-        execute(home, Request::PeersLs)?,
-    ) {
-        (Response::Entries { entries }, Response::Skills { skills }, Response::Peers { peers }) => {
-            (entries, skills, peers)
-        }
-        _ => anyhow::bail!("unexpected answer from the store"),
-    };
-    let mut documents: Vec<String> = entries.iter().map(|e| e.scope.to_string()).collect();
-    documents.dedup();
-    Ok(NodeStatus {
-        node_id: id.to_string(),
-        running: false,
-        listen: None,
-        bytes_sent: 0,
-        documents: documents.len() + usize::from(!skills.is_empty()),
-        memory_entries: entries.len(),
-        skills: skills.len(),
-        peers,
-    })
-}
-
 pub fn sync(home: &Home, args: SyncArgs) -> anyhow::Result<()> {
-    match execute(home, Request::Sync { peer: args.peer })? {
-        Response::Done { message } => eprintln!("{message}"),
-        other => return Err(unexpected(other)),
-    }
+    eprintln!("{}", execute(home, Sync { peer: args.peer })?);
     Ok(())
 }

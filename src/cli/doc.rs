@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{Request, Response};
+use meshd::control::DocExport;
 
-use super::{execute, unexpected};
+use super::execute;
 
 #[derive(Debug, Subcommand)]
 pub enum DocCommand {
@@ -24,10 +24,7 @@ pub fn run(home: &Home, command: DocCommand) -> anyhow::Result<()> {
         DocCommand::Export { scope, out } => {
             // The daemon may run in another directory: give it an absolute path.
             let out = std::path::absolute(&out)?;
-            match execute(home, Request::DocExport { scope, out })? {
-                Response::Done { message } => eprintln!("{message}"),
-                other => return Err(unexpected(other)),
-            }
+            eprintln!("{}", execute(home, DocExport { scope, out })?);
         }
     }
     Ok(())

@@ -2,12 +2,12 @@
 
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{Request, Response};
+use meshd::control::{MemGet, MemLs, MemPut, MemRm};
 use meshd::model::validate;
 use meshd::model::MemoryEntry;
 use serde_json::json;
 
-use super::{execute, format_time, read_stdin, unexpected};
+use super::{execute, format_time, read_stdin};
 
 #[derive(Debug, Subcommand)]
 pub enum MemCommand {
@@ -48,46 +48,37 @@ pub fn run(home: &Home, command: MemCommand) -> anyhow::Result<()> {
         MemCommand::Put { scope, key, value } => {
             let text = if value == "-" { read_stdin()? } else { value };
             let value = validate::json_value(&text)?;
-            match execute(home, Request::MemPut { scope, key, value })? {
-                Response::Entry { winner, .. } => eprintln!(
-                    "stored {}:{} at {}",
-                    winner.scope,
-                    winner.key,
-                    format_time(winner.updated_at.unix_seconds())
-                ),
-                other => return Err(unexpected(other)),
-            }
+            let stored = execute(home, MemPut { scope, key, value })?;
+            eprintln!(
+                "stored {}:{} at {}",
+                stored.scope,
+                stored.key,
+                format_time(stored.updated_at.unix_seconds())
+            );
         }
         MemCommand::Get {
             scope,
             key,
             json,
             conflicts,
-        } => match execute(home, Request::MemGet { scope, key })? {
-            Response::Entry {
-                winner,
-                conflicts: losers,
-            } => print_entry(&winner, &losers, json, conflicts),
-            other => return Err(unexpected(other)),
-        },
-        MemCommand::Ls { scope, json } => match execute(home, Request::MemLs { scope })? {
-            Response::Entries { entries } if json => {
+        } => {
+            let versions = execute(home, MemGet { scope, key })?;
+            print_entry(&versions.winner, &versions.conflicts, json, conflicts);
+        }
+        MemCommand::Ls { scope, json } => {
+            let entries = execute(home, MemLs { scope })?;
+            if json {
                 println!(
                     "{}",
                     serde_json::Value::Array(entries.iter().map(entry_json).collect())
                 );
-            }
-            Response::Entries { entries } => {
+            } else {
                 for entry in &entries {
                     println!("{}\t{}\t{}", entry.scope, entry.key, entry.value);
                 }
             }
-            other => return Err(unexpected(other)),
-        },
-        MemCommand::Rm { scope, key } => match execute(home, Request::MemRm { scope, key })? {
-            Response::Done { message } => eprintln!("{message}"),
-            other => return Err(unexpected(other)),
-        },
+        }
+        MemCommand::Rm { scope, key } => eprintln!("{}", execute(home, MemRm { scope, key })?),
     }
     Ok(())
 }

@@ -17,10 +17,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meshd::config::Home;
-use meshd::control::{socket, Local, Request, Response};
+use meshd::control::{self, socket, CommandError, DecodeError, Reply, Request};
 use meshd::net::identity::Identity;
 use meshd::peers::PeerStore;
-use meshd::replica::{Replica, ReplicaError};
+use meshd::replica::{Replica, ReplicaError, SharedReplica};
 
 /// meshd: share memory and skills between OpenClaw gateways.
 #[derive(Debug, Parser)]
@@ -131,16 +131,16 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     }
 }
 
-/// Runs a request on the node: through the daemon when it runs, on the store otherwise.
-/// Turns `NotFound` and `Error` answers into errors, so callers only see what they asked for.
-pub fn execute(home: &Home, request: Request) -> anyhow::Result<Response> {
+/// Runs a command on the node: through the daemon when it runs, on the store otherwise.
+/// A missing key or skill becomes `NotFound` (exit status 3).
+pub fn execute<C: control::Command>(home: &Home, command: C) -> anyhow::Result<C::Reply> {
     home.require_initialised()?;
-    let response = execute_anywhere(home, request)?;
-    match response {
-        Response::NotFound { message } => Err(NotFound(message).into()),
-        Response::Error { message } => Err(anyhow::anyhow!(message)),
-        other => Ok(other),
-    }
+    let reply = execute_anywhere(home, command.into())?;
+    control::decode::<C>(reply).map_err(|error| match error {
+        DecodeError::Command(CommandError::NotFound(message)) => NotFound(message).into(),
+        DecodeError::Command(CommandError::Failed(message)) => anyhow::anyhow!(message),
+        shape => shape.into(),
+    })
 }
 
 /// Whether a daemon listens on the node's control socket. Connecting is enough: a socket
@@ -162,7 +162,7 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
 /// starting (its socket appears a moment later) or another command.
 const STORE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Response> {
+fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> {
     let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
     loop {
         if let Some(response) = socket::send(&home.control_socket_path(), &request)? {
@@ -184,24 +184,18 @@ fn store_busy(error: &anyhow::Error) -> bool {
     )
 }
 
-fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Response> {
+fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
     let cache = home.load_config()?.cache.paths(openclaw_home_env());
-    let (mut replica, identity) = open_replica(home)?;
+    let (replica, identity) = open_replica(home)?;
     let peers = PeerStore::open(replica.db())?;
-    let mut local = Local {
-        replica: &mut replica,
-        peers: &peers,
+    let context = control::Context {
+        replica: SharedReplica::new(replica),
+        peers,
         own: identity.node_id,
-        cache: &cache,
+        cache,
+        mesh: None,
     };
-    local
-        .execute(request)
-        .context("the daemon is not running: start it with `meshd run`")
-}
-
-/// An answer of a kind the command did not ask for: a version mismatch between CLI and daemon.
-pub fn unexpected(response: Response) -> anyhow::Error {
-    anyhow::anyhow!("unexpected answer from the node: {response:?}")
+    Ok(request.execute(&context))
 }
 
 /// Reads a whole argument given as `-` from stdin.

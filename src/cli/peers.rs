@@ -2,9 +2,9 @@
 
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{PeerStatus, Request, Response};
+use meshd::control::{PeerStatus, PeersAdd, PeersLs, PeersPending, PeersRm};
 
-use super::{execute, format_time, unexpected};
+use super::{execute, format_time};
 
 #[derive(Debug, Subcommand)]
 pub enum PeersCommand {
@@ -52,32 +52,29 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
             write,
         } => {
             let addresses = std::iter::once(address).chain(more_addresses).collect();
-            let request = Request::PeersAdd {
+            let add = PeersAdd {
                 id: node_id,
                 addresses,
                 name,
                 read,
                 write,
             };
-            match execute(home, request)? {
-                Response::Done { message } => eprintln!("{message}"),
-                other => return Err(unexpected(other)),
+            eprintln!("{}", execute(home, add)?);
+        }
+        PeersCommand::Ls { json } => {
+            let peers = execute(home, PeersLs::default())?;
+            if json {
+                println!("{}", serde_json::to_string(&peers)?);
+            } else {
+                print_peers(&peers);
             }
         }
-        PeersCommand::Ls { json } => match execute(home, Request::PeersLs)? {
-            Response::Peers { peers } if json => println!("{}", serde_json::to_string(&peers)?),
-            Response::Peers { peers } => print_peers(&peers),
-            other => return Err(unexpected(other)),
-        },
-        PeersCommand::Rm { peer } => match execute(home, Request::PeersRm { peer })? {
-            Response::Done { message } => eprintln!("{message}"),
-            other => return Err(unexpected(other)),
-        },
-        PeersCommand::Pending { json } => match execute(home, Request::PeersPending)? {
-            Response::Pending { refused } if json => {
-                println!("{}", serde_json::to_string(&refused)?)
-            }
-            Response::Pending { refused } => {
+        PeersCommand::Rm { peer } => eprintln!("{}", execute(home, PeersRm { peer })?),
+        PeersCommand::Pending { json } => {
+            let refused = execute(home, PeersPending::default())?;
+            if json {
+                println!("{}", serde_json::to_string(&refused)?);
+            } else {
                 for r in &refused {
                     println!(
                         "{}\t{}\t{} attempts, last {}",
@@ -91,8 +88,7 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
                     eprintln!("to accept one: meshd peers add <id> <host:port>");
                 }
             }
-            other => return Err(unexpected(other)),
-        },
+        }
     }
     Ok(())
 }
@@ -100,9 +96,7 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
 fn print_peers(peers: &[PeerStatus]) {
     for p in peers {
         let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
-        let behind = p
-            .documents_behind
-            .map_or("?".to_string(), |n| n.to_string());
+        let behind = p.documents_behind;
         println!(
             "{}\t{}\t{}\t{}\tlast sync {last_sync}\t{behind} documents behind",
             p.peer.id,

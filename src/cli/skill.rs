@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{Request, Response};
+use meshd::control::{SkillGet, SkillLs, SkillPut, SkillRm};
 use serde_json::json;
 
-use super::{execute, format_time, read_stdin, unexpected};
+use super::{execute, format_time, read_stdin};
 
 #[derive(Debug, Subcommand)]
 pub enum SkillCommand {
@@ -51,25 +51,21 @@ pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", file.display()))?,
                 None => read_stdin()?,
             };
-            match execute(
-                home,
-                Request::SkillPut {
-                    name,
-                    content,
-                    description,
-                    path,
-                },
-            )? {
-                Response::Done { message } => eprintln!("{message}"),
-                other => return Err(unexpected(other)),
-            }
+            let put = SkillPut {
+                name,
+                content,
+                description,
+                path,
+            };
+            eprintln!("{}", execute(home, put)?);
         }
-        SkillCommand::Get { name } => match execute(home, Request::SkillGet { name })? {
-            Response::Skill { skill } => std::io::stdout().write_all(skill.content.as_bytes())?,
-            other => return Err(unexpected(other)),
-        },
-        SkillCommand::Ls { json } => match execute(home, Request::SkillLs)? {
-            Response::Skills { skills } if json => {
+        SkillCommand::Get { name } => {
+            let skill = execute(home, SkillGet { name })?;
+            std::io::stdout().write_all(skill.content.as_bytes())?;
+        }
+        SkillCommand::Ls { json } => {
+            let skills = execute(home, SkillLs::default())?;
+            if json {
                 let rows: Vec<_> = skills
                     .iter()
                     .map(|s| {
@@ -81,8 +77,7 @@ pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
-            }
-            Response::Skills { skills } => {
+            } else {
                 for s in &skills {
                     println!(
                         "{}\t{}\t{}",
@@ -92,12 +87,8 @@ pub fn run(home: &Home, command: SkillCommand) -> anyhow::Result<()> {
                     );
                 }
             }
-            other => return Err(unexpected(other)),
-        },
-        SkillCommand::Rm { name } => match execute(home, Request::SkillRm { name })? {
-            Response::Done { message } => eprintln!("{message}"),
-            other => return Err(unexpected(other)),
-        },
+        }
+        SkillCommand::Rm { name } => eprintln!("{}", execute(home, SkillRm { name })?),
     }
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{Request, Response};
+use meshd::control::{StoreExport, StoreImport};
 
-use super::{execute, unexpected};
+use super::execute;
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
@@ -26,24 +26,20 @@ pub enum StoreCommand {
 }
 
 pub fn run(home: &Home, command: StoreCommand) -> anyhow::Result<()> {
-    let request = match command {
-        StoreCommand::Import { path } => Request::StoreImport {
-            path: absolute(&path)?,
-        },
-        StoreCommand::Export { path, prune } => Request::StoreExport {
-            path: absolute(&path)?,
-            prune,
-        },
-    };
-    match execute(home, request)? {
-        Response::Imported { report } => {
+    match command {
+        StoreCommand::Import { path } => {
+            let path = absolute(&path)?;
+            let report = execute(home, StoreImport { path })?.0;
             for reason in &report.reasons {
                 eprintln!("meshd: row skipped: {reason}");
             }
             println!("{}", serde_json::to_string(&report)?);
         }
-        Response::Exported { report } => println!("{}", serde_json::to_string(&report)?),
-        other => return Err(unexpected(other)),
+        StoreCommand::Export { path, prune } => {
+            let path = absolute(&path)?;
+            let report = execute(home, StoreExport { path, prune })?.0;
+            println!("{}", serde_json::to_string(&report)?);
+        }
     }
     Ok(())
 }

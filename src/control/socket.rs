@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use super::{Request, Response};
+use super::{Reply, Request};
 
 /// Requests carry skill bodies and values of up to a few MiB; anything far larger is refused.
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -22,7 +22,7 @@ pub enum ControlError {
 }
 
 /// Sends one request to a running daemon. `Ok(None)` when no daemon listens there.
-pub fn send(path: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+pub fn send(path: &Path, request: &Request) -> Result<Option<Reply>, ControlError> {
     let io_error = |source| ControlError::Io {
         path: path.display().to_string(),
         source,

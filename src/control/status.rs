@@ -1,0 +1,97 @@
+//! `meshd status`: one implementation, whether the daemon runs or not. Without the daemon
+//! there is no mesh: nothing is connected, nothing was sent, and it says `running: false`;
+//! every count comes from the store the same way in both cases.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Command, CommandError, Context, Effects};
+use crate::peers::Peer;
+use crate::replica::Replica;
+use crate::sync::SyncStore;
+
+/// Shows the node, its store and its peers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub running: bool,
+    /// The QUIC address the daemon listens on, when it runs.
+    pub listen: Option<String>,
+    /// UDP bytes sent to peers since the daemon started.
+    pub bytes_sent: u64,
+    /// Documents in the store, deleted contents included: they still sync.
+    pub documents: usize,
+    pub memory_entries: usize,
+    pub skills: usize,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A peer as `meshd peers ls` and `meshd status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    #[serde(flatten)]
+    pub peer: Peer,
+    pub connected: bool,
+    /// Documents the peer may read whose state here differs from what it last confirmed.
+    pub documents_behind: usize,
+}
+
+impl Command for Status {
+    type Reply = NodeStatus;
+    const EFFECTS: Effects = Effects::NONE;
+
+    fn execute(self, node: &Context) -> Result<NodeStatus, CommandError> {
+        let peers = node.peers.list().map_err(CommandError::failed)?;
+        let (documents, memory_entries, skills, peers) = node.replica.with(|replica| {
+            (
+                replica.doc_ids().len(),
+                replica.list_memory(None).len(),
+                replica.list_skills().len(),
+                peer_statuses(node, replica, peers),
+            )
+        });
+        let mesh = node.mesh.as_deref();
+        Ok(NodeStatus {
+            node_id: node.own.to_string(),
+            running: mesh.is_some(),
+            listen: mesh.and_then(|m| m.listen_addr()).map(|a| a.to_string()),
+            bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
+            documents,
+            memory_entries,
+            skills,
+            peers,
+        })
+    }
+}
+
+/// Each peer with what the mesh and the store say about it.
+pub(super) fn peer_statuses(
+    node: &Context,
+    replica: &Replica,
+    peers: Vec<Peer>,
+) -> Vec<PeerStatus> {
+    peers
+        .into_iter()
+        .map(|peer| PeerStatus {
+            connected: node.mesh.as_ref().is_some_and(|m| m.is_connected(&peer.id)),
+            documents_behind: documents_behind(replica, &peer),
+            peer,
+        })
+        .collect()
+}
+
+/// Documents the peer may read whose state here differs from what it last confirmed.
+fn documents_behind(replica: &Replica, peer: &Peer) -> usize {
+    let session_peer = peer.id.compact();
+    replica
+        .doc_ids()
+        .iter()
+        .filter(|doc| peer.access.may_read(doc, &peer.id))
+        .filter(|doc| {
+            let shared = replica.shared_heads(&session_peer, doc).ok().flatten();
+            shared.as_deref() != Some(replica.heads(doc).as_slice())
+        })
+        .count()
+}

@@ -1,0 +1,41 @@
+//! `meshd sync`: a sync round now, with every connected peer or one.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Command, CommandError, Context, Effects};
+
+/// How long `meshd sync` waits for its round.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a round with connected peers and waits for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sync {
+    /// Only this peer (id or name).
+    pub peer: Option<String>,
+}
+
+impl Command for Sync {
+    /// What was done, for the operator.
+    type Reply = String;
+    /// What a round applies is pushed on and shown by the links themselves.
+    const EFFECTS: Effects = Effects::NONE;
+
+    fn execute(self, node: &Context) -> Result<String, CommandError> {
+        let mesh = node.mesh.as_ref().ok_or_else(|| {
+            CommandError::failed("the daemon is not running: start it with `meshd run`")
+        })?;
+        let only = match self.peer {
+            Some(peer) => Some(node.peers.find(&peer).map_err(CommandError::failed)?.id),
+            None => None,
+        };
+        let started = Instant::now();
+        let done = mesh.sync_now(only, SYNC_TIMEOUT);
+        Ok(format!(
+            "synced with {done} peer{} in {} ms",
+            if done == 1 { "" } else { "s" },
+            started.elapsed().as_millis()
+        ))
+    }
+}

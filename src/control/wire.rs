@@ -1,0 +1,99 @@
+//! The commands as they travel over the control socket: one JSON `Request` line in, one
+//! `Reply` line out. The list below is the whole command set; each entry names a type that
+//! implements `Command`, so a command cannot join the set without declaring its effects.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    bridge, cache, doc, mem, peers, skill, status, store, sync, Command, CommandError, Context,
+    Effects,
+};
+
+/// A command's reply as it travels: its own reply as JSON, or why there is none.
+pub type Reply = Result<serde_json::Value, CommandError>;
+
+macro_rules! command_set {
+    ($($variant:ident => $command:ty,)*) => {
+        /// Any command, tagged by `op` on the wire.
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        pub enum Request {
+            $($variant($command),)*
+        }
+
+        impl Request {
+            /// What running this request may change.
+            pub fn effects(&self) -> Effects {
+                match self {
+                    $(Request::$variant(_) => <$command as Command>::EFFECTS,)*
+                }
+            }
+
+            /// Runs the request and encodes its reply for the socket.
+            pub fn execute(self, node: &Context) -> Reply {
+                match self {
+                    $(Request::$variant(command) => encode(command.execute(node)),)*
+                }
+            }
+
+            /// The wire name of the command, for logs.
+            pub fn op(&self) -> &'static str {
+                match self {
+                    $(Request::$variant(_) => stringify!($variant),)*
+                }
+            }
+        }
+
+        $(impl From<$command> for Request {
+            fn from(command: $command) -> Request {
+                Request::$variant(command)
+            }
+        })*
+    };
+}
+
+command_set! {
+    MemPut => mem::MemPut,
+    MemGet => mem::MemGet,
+    MemLs => mem::MemLs,
+    MemRm => mem::MemRm,
+    SkillPut => skill::SkillPut,
+    SkillGet => skill::SkillGet,
+    SkillLs => skill::SkillLs,
+    SkillRm => skill::SkillRm,
+    DocExport => doc::DocExport,
+    PeersAdd => peers::PeersAdd,
+    PeersLs => peers::PeersLs,
+    PeersRm => peers::PeersRm,
+    PeersPending => peers::PeersPending,
+    Status => status::Status,
+    Sync => sync::Sync,
+    BridgeIngest => bridge::BridgeIngest,
+    BridgeEmit => bridge::BridgeEmit,
+    BridgeRespond => bridge::BridgeRespond,
+    StoreImport => store::StoreImport,
+    StoreExport => store::StoreExport,
+    CacheWrite => cache::CacheWrite,
+}
+
+fn encode<T: Serialize>(reply: Result<T, CommandError>) -> Reply {
+    reply.and_then(|value| {
+        serde_json::to_value(value)
+            .map_err(|e| CommandError::failed(format!("cannot encode the reply: {e}")))
+    })
+}
+
+/// Reads a reply as the reply of command `C`.
+pub fn decode<C: Command>(reply: Reply) -> Result<C::Reply, DecodeError> {
+    let value = reply.map_err(DecodeError::Command)?;
+    serde_json::from_value(value).map_err(DecodeError::Shape)
+}
+
+/// A reply that is not the one asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Command(CommandError),
+    #[error("the daemon answered in a shape this meshd does not understand ({0}); is the running daemon a different version? restart it")]
+    Shape(serde_json::Error),
+}
