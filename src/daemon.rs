@@ -1,28 +1,34 @@
 //! `meshd run`: wires the replica, the control socket, the mesh (QUIC links to peers), the
-//! local API and the views together, and stops cleanly on SIGINT/SIGTERM with everything
-//! flushed.
+//! local API and the views together, and stops cooperatively on SIGINT/SIGTERM.
+//!
+//! The daemon owns every task it starts (one `TaskTracker`) and stops them with one signal
+//! (one `CancellationToken`): the control socket and the HTTP API stop accepting, the mesh
+//! closes its links, requests in flight finish, and only then are the views and the store
+//! flushed. An answered write is therefore never lost to a stop.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiError, ApiSettings, ApiState};
 use crate::cache::CachePaths;
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_LINE_BYTES;
-use crate::control::{Local, NodeStatus, PeerStatus, Request, Response};
+use crate::control::{CommandError, Context, LiveMesh, Reply, Request};
 use crate::model::NodeId;
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
-use crate::net::mesh::{Mesh, MeshConfig};
+use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{Peer, PeerError, PeerStore};
-use crate::replica::{Replica, ReplicaError, SharedReplica};
-use crate::sync::SyncStore;
+use crate::peers::{PeerError, PeerStore};
+use crate::replica::{Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::views::{ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,8 @@ pub enum DaemonError {
     Peers(#[from] PeerError),
     #[error("another meshd is already running for {0}")]
     AlreadyRunning(PathBuf),
+    #[error(transparent)]
+    StoreTask(#[from] StoreTaskFailed),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(transparent)]
@@ -53,143 +61,116 @@ pub enum DaemonError {
     },
 }
 
+/// How long a stop waits for requests in flight and links to finish before flushing anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// State shared by every task of the daemon.
 pub struct Node {
-    pub own: NodeId,
-    pub replica: SharedReplica,
-    pub peers: PeerStore,
+    own: NodeId,
+    replica: SharedReplica,
+    peers: PeerStore,
     /// Where `meshd cache write` puts the caches, fixed when the daemon starts.
     cache: CachePaths,
     /// Told after every change, so caches and the mirror follow.
-    changed: Mutex<Option<ViewWriter>>,
+    views: OnceLock<ViewWriter>,
     /// The links to peers, once the endpoint is up.
     mesh: OnceLock<Arc<Mesh>>,
     identity: Identity,
+    lifecycle: Lifecycle,
 }
 
 impl Node {
-    pub fn open(home: &Home, cache: CachePaths) -> Result<Node, DaemonError> {
+    fn open(home: &Home, cache: CachePaths) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
         let replica = open_store(home, &identity.node_id.compact())?;
         let peers = PeerStore::open(replica.db())?;
         Ok(Node {
             own: identity.node_id,
-            replica: Arc::new(Mutex::new(replica)),
+            replica: SharedReplica::new(replica),
             peers,
             cache,
-            changed: Mutex::new(None),
+            views: OnceLock::new(),
             mesh: OnceLock::new(),
             identity,
+            lifecycle: Lifecycle {
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            },
         })
     }
 
     /// After a local write: push it to connected peers and refresh the views.
-    pub fn after_write(&self) {
+    fn after_write(&self) {
         if let Some(mesh) = self.mesh.get() {
             mesh.local_changes();
         }
-        self.notify_changed();
-    }
-
-    /// Tells the views that the replica changed.
-    pub fn notify_changed(&self) {
-        if let Some(views) = self
-            .changed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(views) = self.views.get() {
             views.changed();
         }
     }
 
-    /// Runs one control request on the store, then tells peers and views what changed.
-    pub fn handle(&self, request: Request) -> Response {
-        let peers_changed = matches!(request, Request::PeersAdd { .. } | Request::PeersRm { .. });
-        let may_write = request.may_write();
-        let response = {
-            let mut replica = self.replica.lock().unwrap_or_else(|e| e.into_inner());
-            let mut local = Local {
-                replica: &mut replica,
-                peers: &self.peers,
-                own: self.own,
-                cache: &self.cache,
-            };
-            match local.execute(request) {
-                Some(Response::Peers { peers }) => Response::Peers {
-                    peers: peers
-                        .into_iter()
-                        .map(|p| self.peer_status(&replica, p.peer))
-                        .collect(),
-                },
-                Some(response) => response,
-                None => self.status(&replica),
-            }
-        };
-        if peers_changed {
+    /// What control commands run against.
+    fn context(&self) -> Context {
+        Context {
+            replica: self.replica.clone(),
+            peers: self.peers.clone(),
+            own: self.own,
+            cache: self.cache.clone(),
+            mesh: self.mesh.get().map(|mesh| {
+                Arc::new(RunningMesh {
+                    mesh: mesh.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                }) as Arc<dyn LiveMesh>
+            }),
+        }
+    }
+
+    /// Runs one control request off the async threads, then acts on what it declared.
+    async fn handle(&self, request: Request) -> Reply {
+        let effects = request.effects();
+        let context = self.context();
+        let reply = tokio::task::spawn_blocking(move || request.execute(&context))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CommandError::failed(format!(
+                    "the request failed: {e}; this is a bug, the node keeps running"
+                )))
+            });
+        if effects.peers {
             if let Some(mesh) = self.mesh.get() {
                 mesh.peers_changed();
             }
         }
-        if may_write {
+        if effects.data {
             self.after_write();
         }
-        response
+        reply
+    }
+}
+
+/// The running mesh as control commands see it.
+struct RunningMesh {
+    mesh: Arc<Mesh>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LiveMesh for RunningMesh {
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        self.mesh.local_addr()
     }
 
-    /// `meshd sync`: a round with every connected peer, or one, and wait for it.
-    async fn sync(&self, peer: Option<String>) -> Response {
-        let Some(mesh) = self.mesh.get() else {
-            return Response::Error {
-                message: "the mesh is not up yet".into(),
-            };
-        };
-        let only = match peer.map(|p| self.peers.find(&p)).transpose() {
-            Ok(found) => found.map(|p| p.id),
-            Err(e) => {
-                return Response::Error {
-                    message: e.to_string(),
-                }
-            }
-        };
-        let started = std::time::Instant::now();
-        let done = mesh.sync_now(only, SYNC_TIMEOUT).await;
-        Response::Done {
-            message: format!(
-                "synced with {done} peer{} in {} ms",
-                if done == 1 { "" } else { "s" },
-                started.elapsed().as_millis()
-            ),
-        }
+    fn bytes_sent(&self) -> u64 {
+        self.mesh.bytes_sent()
     }
 
-    fn peer_status(&self, replica: &Replica, peer: Peer) -> PeerStatus {
-        PeerStatus {
-            connected: self.mesh.get().is_some_and(|m| m.is_connected(&peer.id)),
-            documents_behind: Some(documents_behind(replica, &peer)),
-            peer,
-        }
+    fn is_connected(&self, peer: &NodeId) -> bool {
+        self.mesh.is_connected(peer)
     }
 
-    fn status(&self, replica: &Replica) -> Response {
-        let peers = self.peers.list().unwrap_or_default();
-        let mesh = self.mesh.get();
-        Response::Status {
-            status: NodeStatus {
-                node_id: self.own.to_string(),
-                running: true,
-                documents: replica.doc_ids().len(),
-                memory_entries: replica.list_memory(None).len(),
-                skills: replica.list_skills().len(),
-                listen: mesh.and_then(|m| m.local_addr()).map(|a| a.to_string()),
-                bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
-                peers: peers
-                    .into_iter()
-                    .map(|peer| self.peer_status(replica, peer))
-                    .collect(),
-            },
-        }
+    /// Commands run on the blocking pool, where waiting on the runtime is allowed.
+    fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize {
+        self.runtime.block_on(self.mesh.sync_now(only, timeout))
     }
 }
 
@@ -213,23 +194,6 @@ fn open_store(home: &Home, node_id: &str) -> Result<Replica, DaemonError> {
     }
 }
 
-/// How long `meshd sync` waits for its round.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Documents the peer may read whose state here differs from what it last confirmed.
-fn documents_behind(replica: &Replica, peer: &Peer) -> usize {
-    let session_peer = peer.id.compact();
-    replica
-        .doc_ids()
-        .iter()
-        .filter(|doc| peer.access.may_read(doc, &peer.id))
-        .filter(|doc| {
-            let shared = replica.shared_heads(&session_peer, doc).ok().flatten();
-            shared.as_deref() != Some(SyncStore::heads(replica, doc).as_slice())
-        })
-        .count()
-}
-
 /// Runs the daemon until `shutdown` completes. `openclaw_home` is `$OPENCLAW_HOME`.
 pub async fn run(
     home: Home,
@@ -242,61 +206,72 @@ pub async fn run(
     let socket_path = home.control_socket_path();
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
-    let views = start_views(&node, &config, openclaw_home);
-    let mut tasks = vec![tokio::spawn(serve_control(listener, node.clone()))];
-    let started = start_network(&node, &config, &views).await;
-    let started = match started {
-        Ok(api) => api,
-        Err(e) => {
-            // Leave no socket behind that looks like a running daemon.
-            let _ = std::fs::remove_file(&socket_path);
-            return Err(e);
-        }
-    };
-    tasks.extend(started);
-    shutdown.await;
-    for task in &tasks {
-        task.abort();
+    start_views(&node, &config, openclaw_home);
+    node.lifecycle
+        .tasks
+        .spawn(serve_control(listener, node.clone()));
+    if let Err(e) = start_network(&node, &config).await {
+        // Leave no socket behind that looks like a running daemon.
+        let _ = std::fs::remove_file(&socket_path);
+        node.lifecycle.shutdown.cancel();
+        return Err(e);
     }
+    shutdown.await;
+    stop(&node, &socket_path).await
+}
+
+/// The cooperative stop: no new work, in-flight work finishes, then everything is flushed.
+async fn stop(node: &Node, socket_path: &Path) -> Result<(), DaemonError> {
+    tracing::info!("stopping: finishing requests in flight");
+    node.lifecycle.shutdown.cancel();
+    // Commands typed from now on wait for the store instead of talking to a stopping daemon.
+    let _ = std::fs::remove_file(socket_path);
     if let Some(mesh) = node.mesh.get() {
         mesh.close().await;
     }
-    let _ = std::fs::remove_file(&socket_path);
-    views.flush().await;
-    node.replica
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .flush()?;
+    node.lifecycle.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, node.lifecycle.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = node.lifecycle.tasks.len(),
+            "some tasks did not finish within {SHUTDOWN_GRACE:?}; flushing anyway"
+        );
+    }
+    if let Some(views) = node.views.get() {
+        views.flush().await;
+    }
+    node.replica.run(|replica| replica.flush()).await??;
     tracing::info!("meshd stopped; everything is flushed");
     Ok(())
 }
 
 /// The local API (checked first: it refuses unsafe settings) and then the mesh.
-async fn start_network(
-    node: &Arc<Node>,
-    config: &Config,
-    views: &ViewWriter,
-) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
-    let api = match config.api.enabled {
-        true => Some(start_api(node, config).await?),
-        false => None,
-    };
-    start_mesh(node, config, views)?;
-    Ok(api)
+async fn start_network(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
+    if config.api.enabled {
+        start_api(node, config).await?;
+    }
+    start_mesh(node, config)
 }
 
 /// Binds the QUIC endpoint and starts the links to peers.
-fn start_mesh(node: &Arc<Node>, config: &Config, views: &ViewWriter) -> Result<(), DaemonError> {
+fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
     let listen = config::parse_listen(&config.node.listen)?;
     let endpoint = endpoint::bind(&node.identity, listen, PeerPins::new())?;
-    let views = views.clone();
+    let views = node.views.get().cloned();
     let mesh = Mesh::start(
         node.own,
         node.replica.clone(),
         node.peers.clone(),
         endpoint,
         MeshConfig::default(),
-        move || views.changed(),
+        node.lifecycle.clone(),
+        move || {
+            if let Some(views) = &views {
+                views.changed();
+            }
+        },
     );
     if let Some(addr) = mesh.local_addr() {
         tracing::info!(%addr, "listening for peers (QUIC)");
@@ -306,19 +281,21 @@ fn start_mesh(node: &Arc<Node>, config: &Config, views: &ViewWriter) -> Result<(
 }
 
 /// Caches and the SQLite mirror start from the store as it is, then follow every change.
-fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>) -> ViewWriter {
+fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>) {
     let views = Views::from_config(config, openclaw_home);
     let debounce = Duration::from_millis(config.cache.debounce_ms);
-    let writer = ViewWriter::spawn(node.replica.clone(), views, debounce);
-    *node.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer.clone());
+    let writer = ViewWriter::spawn(
+        node.replica.clone(),
+        views,
+        debounce,
+        &node.lifecycle.tasks,
+        node.lifecycle.shutdown.clone(),
+    );
     writer.changed();
-    writer
+    let _ = node.views.set(writer);
 }
 
-async fn start_api(
-    node: &Arc<Node>,
-    config: &Config,
-) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+async fn start_api(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
     let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
     let addr = config::parse_listen(&config.api.listen)?;
     api::check_bind(addr, &settings)?;
@@ -335,11 +312,13 @@ async fn start_api(
     tracing::info!(api = %local, "local API listening");
     let hook = node.clone();
     let state = ApiState::new(node.replica.clone(), settings).on_change(move || hook.after_write());
-    Ok(tokio::spawn(async move {
-        if let Err(error) = api::serve(listener, state, std::future::pending()).await {
+    let shutdown = node.lifecycle.shutdown.clone().cancelled_owned();
+    node.lifecycle.tasks.spawn(async move {
+        if let Err(error) = api::serve(listener, state, shutdown).await {
             tracing::error!(%error, "the local API stopped");
         }
-    }))
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -368,11 +347,19 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Accepts control connections until the node stops; each is answered in its own task.
 async fn serve_control(listener: UnixListener, node: Arc<Node>) {
+    let shutdown = node.lifecycle.shutdown.clone();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(answer_control(stream, node.clone()));
+                node.lifecycle
+                    .tasks
+                    .spawn(answer_control(stream, node.clone()));
             }
             Err(e) => tracing::warn!("control socket accept failed: {e}"),
         }
@@ -383,26 +370,23 @@ async fn answer_control(stream: UnixStream, node: Arc<Node>) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_LINE_BYTES as u64);
-    let response = match reader.read_until(b'\n', &mut line).await {
-        Err(e) => Response::Error {
-            message: format!("cannot read the request: {e}"),
-        },
+    let reply = match reader.read_until(b'\n', &mut line).await {
+        Err(e) => Err(CommandError::failed(format!(
+            "cannot read the request: {e}"
+        ))),
         Ok(_) => match serde_json::from_slice::<Request>(&line) {
-            Err(e) => Response::Error {
-                message: format!("malformed control request: {e}"),
-            },
-            Ok(Request::Sync { peer }) => node.sync(peer).await,
-            Ok(request) => {
-                let node = node.clone();
-                tokio::task::spawn_blocking(move || node.handle(request))
-                    .await
-                    .unwrap_or_else(|e| Response::Error {
-                        message: format!("request failed: {e}"),
-                    })
-            }
+            Err(e) => Err(CommandError::failed(format!(
+                "malformed control request: {e}"
+            ))),
+            Ok(request) => node.handle(request).await,
         },
     };
-    let mut answer = serde_json::to_vec(&response).expect("responses always serialize");
+    let mut answer = serde_json::to_vec(&reply).unwrap_or_else(|e| {
+        let failed: Reply = Err(CommandError::failed(format!(
+            "cannot encode the reply: {e}"
+        )));
+        serde_json::to_vec(&failed).unwrap_or_default()
+    });
     answer.push(b'\n');
     if let Err(e) = write.write_all(&answer).await {
         tracing::debug!("control client left before the answer: {e}");

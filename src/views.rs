@@ -4,14 +4,16 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::{self, CachePaths};
 use crate::config::Config;
-use crate::replica::{Replica, SharedReplica};
+use crate::replica::SharedReplica;
 use crate::store;
 
 /// Which views this node keeps.
@@ -33,18 +35,16 @@ impl Views {
     /// Rewrites every view. A failing view is logged and does not stop the others: the
     /// replica is the truth, the views are rewritten whole on the next change. The replica is
     /// locked only to copy the caches' content out and to export the mirror.
-    pub fn write(&self, replica: &Mutex<Replica>) {
-        let lock = || replica.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn write(&self, replica: &SharedReplica) {
         if let Some(paths) = &self.cache {
-            let snapshot = cache::Snapshot::of(&lock());
+            let snapshot = replica.with(|replica| cache::Snapshot::of(replica));
             match cache::write_snapshot(snapshot, paths) {
                 Ok(report) => tracing::debug!(?report, "caches written"),
                 Err(error) => tracing::warn!(%error, "caches not written"),
             }
         }
         if let Some(mirror) = &self.mirror {
-            let replica = lock();
-            match store::export(&replica, mirror, true) {
+            match replica.with(|replica| store::export(replica, mirror, true)) {
                 Ok(report) => tracing::debug!(?report, "store mirror written"),
                 Err(error) => tracing::warn!(%error, "store mirror not written"),
             }
@@ -63,8 +63,15 @@ pub struct ViewWriter {
 }
 
 impl ViewWriter {
-    /// Starts the writer on the current tokio runtime.
-    pub fn spawn(replica: SharedReplica, views: Views, debounce: Duration) -> ViewWriter {
+    /// Starts the writer as one of `tasks`; it stops when `shutdown` is cancelled (the last
+    /// change is then written by `flush`).
+    pub fn spawn(
+        replica: SharedReplica,
+        views: Views,
+        debounce: Duration,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> ViewWriter {
         let writer = ViewWriter {
             dirty: Arc::new(AtomicBool::new(false)),
             wake: Arc::new(Notify::new()),
@@ -72,9 +79,12 @@ impl ViewWriter {
             views: Arc::new(views),
         };
         let task = writer.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
-                task.wake.notified().await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = task.wake.notified() => {}
+                }
                 tokio::time::sleep(debounce).await;
                 task.flush().await;
             }

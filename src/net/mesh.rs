@@ -10,13 +10,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use automerge::ChangeHash;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::link::{self, LinkCommand, LinkHost};
 use crate::model::{DocId, NodeId};
 use crate::peers::{Peer, PeerStore};
 use crate::replica::{Replica, SharedReplica};
-use crate::sync::{self, Applied, Session, SyncStore};
+use crate::sync::{self, Applied, Session};
 
 /// Connections from one peer this close together are a simultaneous dial, not a reconnect.
 const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
@@ -61,6 +64,17 @@ pub struct Mesh {
     /// The heads last pushed to peers, per document: the next push sends what came after.
     published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
     on_change: Box<dyn Fn() + Send + Sync>,
+    /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled when the node stops: dialers end, links close.
+    shutdown: CancellationToken,
+}
+
+/// The daemon's hold on the mesh's tasks: where to spawn them and when they must stop.
+#[derive(Clone)]
+pub struct Lifecycle {
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,26 +88,27 @@ fn unix_now() -> u64 {
 }
 
 impl Mesh {
-    /// Starts accepting peers and dialing the configured ones.
+    /// Starts accepting peers and dialing the configured ones; every task goes to
+    /// `lifecycle.tasks` and stops when `lifecycle.shutdown` is cancelled (then call `close`).
     pub fn start(
         own: NodeId,
         replica: SharedReplica,
         peers: PeerStore,
         endpoint: Endpoint,
         config: MeshConfig,
+        lifecycle: Lifecycle,
         on_change: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Mesh> {
-        let published = {
-            let replica = lock(&replica);
+        let published = replica.with(|replica| {
             replica
                 .doc_ids()
                 .into_iter()
                 .map(|doc| {
-                    let heads = SyncStore::heads(&*replica, &doc);
+                    let heads = replica.heads(&doc);
                     (doc, heads)
                 })
                 .collect()
-        };
+        });
         let mesh = Arc::new(Mesh {
             own,
             replica,
@@ -107,8 +122,10 @@ impl Mesh {
             closed_bytes_sent: AtomicU64::new(0),
             published: Mutex::new(published),
             on_change: Box::new(on_change),
+            tasks: lifecycle.tasks,
+            shutdown: lifecycle.shutdown,
         });
-        tokio::spawn(mesh.clone().accept_loop());
+        mesh.tasks.spawn(mesh.clone().accept_loop());
         mesh.peers_changed();
         mesh
     }
@@ -116,9 +133,7 @@ impl Mesh {
     /// Tells every peer this node is going away, so they see it disconnect at once instead of
     /// after the idle timeout, and waits briefly for the close to go out.
     pub async fn close(&self) {
-        self.endpoint
-            .quic()
-            .close(0u32.into(), b"node shutting down");
+        CloseCode::Shutdown.close_endpoint(self.endpoint.quic(), "node shutting down");
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.endpoint.quic().wait_idle()).await;
     }
@@ -149,8 +164,19 @@ impl Mesh {
             self.endpoint.pins().allow(peer.id);
             dialers
                 .entry(peer.id)
-                .or_insert_with(|| tokio::spawn(self.clone().dial_loop(peer.id)));
+                .or_insert_with(|| self.spawn_dialer(peer.id));
         }
+    }
+
+    /// A dialer lives until its peer is removed (aborted) or the node stops.
+    fn spawn_dialer(self: &Arc<Self>, peer: NodeId) -> JoinHandle<()> {
+        let (mesh, shutdown) = (self.clone(), self.shutdown.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = mesh.dial_loop(peer) => {}
+            }
+        })
     }
 
     pub fn is_connected(&self, peer: &NodeId) -> bool {
@@ -183,18 +209,22 @@ impl Mesh {
     }
 
     fn take_fresh(&self) -> Vec<(DocId, Vec<ChangeHash>)> {
-        let replica = lock(&self.replica);
-        let mut published = lock(&self.published);
-        let mut fresh = Vec::new();
-        for doc in replica.doc_ids() {
-            let heads = SyncStore::heads(&*replica, &doc);
-            let before = published.get(&doc).cloned().unwrap_or_default();
-            if heads != before {
-                fresh.push((doc.clone(), replica.hashes_since(&doc, &before)));
-                published.insert(doc, heads);
+        self.replica.with(|replica| {
+            let mut published = lock(&self.published);
+            let mut fresh = Vec::new();
+            for doc in replica.doc_ids() {
+                let heads = replica.heads(&doc);
+                let before = published.get(&doc).cloned().unwrap_or_default();
+                if heads != before {
+                    fresh.push((
+                        doc.clone(),
+                        sync::SyncStore::hashes_since(replica, &doc, &before),
+                    ));
+                    published.insert(doc, heads);
+                }
             }
-        }
-        fresh
+            fresh
+        })
     }
 
     /// Runs a round with `only` (or every connected peer) and waits for it; returns how many
@@ -219,7 +249,7 @@ impl Mesh {
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.quic().accept().await {
             let mesh = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 match endpoint::accept(&mesh.endpoint, incoming).await {
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
                     Err(e) => {
@@ -298,7 +328,7 @@ impl Mesh {
         dialed_by: NodeId,
     ) {
         let Some(record) = self.peers.get(&peer).ok().flatten() else {
-            connection.close(2u32.into(), b"not a peer");
+            CloseCode::NotAPeer.close(&connection, "not a peer");
             return;
         };
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -311,7 +341,7 @@ impl Mesh {
             connection: connection.clone(),
         };
         if !self.register(peer, entry) {
-            connection.close(3u32.into(), b"duplicate connection");
+            CloseCode::Duplicate.close(&connection, "duplicate connection");
             return;
         }
         tracing::info!(%peer, name = ?record.name, "connected");
@@ -361,9 +391,7 @@ impl Mesh {
         if let Some(replaced) = links.insert(peer, entry) {
             let sent = replaced.connection.stats().udp_tx.bytes;
             self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
-            replaced
-                .connection
-                .close(4u32.into(), b"replaced by a newer connection");
+            CloseCode::Replaced.close(&replaced.connection, "replaced by a newer connection");
         }
         true
     }
@@ -380,18 +408,17 @@ impl Mesh {
 
 impl LinkHost for Mesh {
     fn with_store<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
-        f(&mut lock(&self.replica))
+        self.replica.with(f)
     }
 
     /// Gossip: what one peer sent goes on to every other connected peer.
     fn applied(&self, from: NodeId, applied: Vec<Applied>) {
-        {
-            let replica = lock(&self.replica);
+        self.replica.with(|replica| {
             let mut published = lock(&self.published);
             for doc in applied.iter().map(|a| &a.doc) {
-                published.insert(doc.clone(), SyncStore::heads(&*replica, doc));
+                published.insert(doc.clone(), replica.heads(doc));
             }
-        }
+        });
         for (peer, entry) in lock(&self.links).iter() {
             if *peer == from {
                 continue;

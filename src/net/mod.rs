@@ -1,6 +1,7 @@
 //! Node identity, the QUIC transport (TLS 1.3 with pinned node ids), and the per-peer links
 //! that drive sync sessions over it.
 
+pub mod close;
 pub mod endpoint;
 pub mod error;
 pub mod identity;
@@ -9,5 +10,6 @@ pub mod mesh;
 pub mod pins;
 pub mod tls;
 
+pub use close::CloseCode;
 pub use error::NetError;
 pub use pins::{PeerPins, Refused};
