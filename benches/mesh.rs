@@ -20,12 +20,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshd::config::Home;
-use meshd::control::{socket, NodeStatus, Request, Response};
+use meshd::control::{self, BridgeIngest, MemGet, MemLs, MemPut, NodeStatus, Status, Sync};
+use support::{free_udp_addr, Daemon};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 use serde_json::{json, Value};
 
 /// Puts before the latency sample starts (links settle, caches warm up).
@@ -58,18 +62,6 @@ const TARGET_PER_S: f64 = 5000.0;
 
 // ---- nodes ------------------------------------------------------------------------------
 
-/// A `meshd run` child, killed and reaped when dropped (also while a panic unwinds).
-struct Daemon(Option<Child>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 struct Node {
     name: &'static str,
     home: Home,
@@ -79,13 +71,8 @@ struct Node {
 }
 
 fn meshd(home: &Home) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meshd"));
-    command
-        .env_remove("MESHD_HOME")
-        .env_remove("OPENCLAW_HOME")
-        .env("RUST_LOG", "warn")
-        .arg("--home")
-        .arg(&home.dir);
+    let mut command = support::meshd();
+    command.arg("--home").arg(&home.dir);
     command
 }
 
@@ -98,11 +85,6 @@ fn cli(home: &Home, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn free_udp_addr() -> String {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
-    socket.local_addr().expect("its address").to_string()
 }
 
 impl Node {
@@ -157,35 +139,24 @@ impl Node {
             .stdout(Stdio::null())
             .spawn()
             .expect("start meshd run");
-        self.daemon = Some(Daemon(Some(child)));
+        self.daemon = Some(Daemon::new(child));
         let socket = self.socket.clone();
         wait_for(&format!("{} answers", self.name), || {
-            matches!(socket::send(&socket, &Request::Status), Ok(Some(_)))
+            support::try_ask(&socket, Status::default()).is_some()
         });
     }
 
     /// SIGTERM and wait: the daemon flushes and must exit 0.
     fn stop(&mut self) {
-        let Some(mut daemon) = self.daemon.take() else {
+        let Some(daemon) = self.daemon.take() else {
             return;
         };
-        let mut child = daemon.0.take().expect("a running child");
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        // SAFETY: kill(2) on a child this process spawned and has not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = child.wait().expect("wait for meshd");
-        assert!(
-            status.success(),
-            "{} did not stop cleanly: {status}",
-            self.name
-        );
+        let code = daemon.stop();
+        assert_eq!(code, 0, "{} did not stop cleanly", self.name);
     }
 
     fn status(&self) -> NodeStatus {
-        match ask(&self.socket, &Request::Status) {
-            Response::Status { status } => status,
-            other => panic!("{}: unexpected answer {other:?}", self.name),
-        }
+        ask(&self.socket, Status::default())
     }
 
     fn connected(&self) -> bool {
@@ -203,13 +174,9 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 // ---- requests ---------------------------------------------------------------------------
 
-fn ask(socket: &Path, request: &Request) -> Response {
-    match socket::send(socket, request) {
-        Ok(Some(Response::Error { message })) => panic!("{}: {message}", socket.display()),
-        Ok(Some(response)) => response,
-        Ok(None) => panic!("no daemon answers at {}", socket.display()),
-        Err(e) => panic!("{e}"),
-    }
+/// A command that must succeed.
+fn ask<C: control::Command>(socket: &Path, command: C) -> C::Reply {
+    support::ask(socket, command).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
 }
 
 fn value(i: usize) -> Value {
@@ -217,29 +184,29 @@ fn value(i: usize) -> Value {
 }
 
 fn put(socket: &Path, key: &str, value: &Value) {
-    let request = Request::MemPut {
+    let put = MemPut {
         scope: "mesh".into(),
         key: key.into(),
         value: value.clone(),
     };
-    match ask(socket, &request) {
-        Response::Entry { winner, .. } => assert_eq!(winner.key, key),
-        other => panic!("put {key}: unexpected answer {other:?}"),
-    }
+    assert_eq!(ask(socket, put).key, key);
 }
 
 fn has(socket: &Path, key: &str, value: &Value) -> bool {
-    let request = Request::MemGet {
+    let get = MemGet {
         scope: "mesh".into(),
         key: key.into(),
     };
-    match ask(socket, &request) {
-        Response::Entry { winner, .. } => {
-            assert_eq!(winner.value, *value, "{key} arrived with another value");
+    match support::ask(socket, get) {
+        Ok(versions) => {
+            assert_eq!(
+                versions.winner.value, *value,
+                "{key} arrived with another value"
+            );
             true
         }
-        Response::NotFound { .. } => false,
-        other => panic!("get {key}: unexpected answer {other:?}"),
+        Err(control::CommandError::NotFound(_)) => false,
+        Err(e) => panic!("get {key}: {e}"),
     }
 }
 
@@ -260,27 +227,21 @@ fn wait_visible(socket: &Path, key: &str, value: &Value) -> Instant {
 }
 
 fn memory(socket: &Path) -> Vec<(String, Value)> {
-    match ask(socket, &Request::MemLs { scope: None }) {
-        Response::Entries { entries } => entries
-            .into_iter()
-            .map(|e| (format!("{}:{}", e.scope, e.key), e.value))
-            .collect(),
-        other => panic!("unexpected answer {other:?}"),
-    }
+    ask(socket, MemLs::default())
+        .into_iter()
+        .map(|e| (format!("{}:{}", e.scope, e.key), e.value))
+        .collect()
 }
 
 /// Asserts, with one `MemLs`, that the node holds exactly `count` keys under `prefix`, each
 /// with the value its index says.
 fn assert_holds(socket: &Path, prefix: &str, count: usize) {
-    let entries = match ask(
+    let entries = ask(
         socket,
-        &Request::MemLs {
+        MemLs {
             scope: Some("mesh".into()),
         },
-    ) {
-        Response::Entries { entries } => entries,
-        other => panic!("unexpected answer {other:?}"),
-    };
+    );
     let mine: Vec<_> = entries
         .iter()
         .filter(|e| e.key.starts_with(&format!("{prefix}.")))
@@ -373,10 +334,7 @@ impl Throughput {
 /// starts from the same state: the peer's heads just confirmed, as after the periodic
 /// anti-entropy round. Without peers it does nothing.
 fn round(writer: &Path) {
-    match ask(writer, &Request::Sync { peer: None }) {
-        Response::Done { .. } => {}
-        other => panic!("sync: unexpected answer {other:?}"),
-    }
+    ask(writer, Sync::default());
 }
 
 /// `THROUGHPUT_PUTS` single `MemPut`s from `clients` threads as fast as each can send them.
@@ -454,21 +412,16 @@ fn batched_puts(writer: &Path, reader: Option<&Path>, prefix: &str) -> Throughpu
     round(writer);
     let started = Instant::now();
     for (payload, chunk) in payloads.into_iter().zip(messages.chunks(BATCH)) {
-        let request = Request::BridgeIngest {
+        let ingest = BridgeIngest {
             payload,
             unwrap: None,
         };
-        match ask(writer, &request) {
-            Response::Ingested {
-                summary,
-                changed,
-                ignored,
-            } => {
-                assert!(ignored.is_empty(), "ignored: {ignored:?}");
-                assert_eq!((summary.memory, changed), (chunk.len(), chunk.len()));
-            }
-            other => panic!("ingest: unexpected answer {other:?}"),
-        }
+        let report = ask(writer, ingest);
+        assert!(report.ignored.is_empty(), "ignored: {:?}", report.ignored);
+        assert_eq!(
+            (report.summary.memory, report.changed),
+            (chunk.len(), chunk.len())
+        );
     }
     let last = messages.last().cloned().expect("entries");
     finish(

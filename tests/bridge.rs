@@ -1,15 +1,15 @@
 //! `meshd bridge ingest | emit | respond` with the real binary.
 
-mod compat_common;
+mod support;
 
-use compat_common::TestNode;
 use serde_json::{json, Value};
+use support::compat::TestNode;
 
 const MEMORY: &str = r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}"#;
 const SKILL: &str =
     r##"{"type":"skill","name":"triage","sourceNode":"ceo","content":"# Triage rules\n..."}"##;
 
-fn summary(run: &compat_common::Run) -> Value {
+fn summary(run: &support::compat::Run) -> Value {
     serde_json::from_str(&run.stdout).expect("the summary is JSON")
 }
 

@@ -1,14 +1,14 @@
 //! `meshd cache write`, and `meshd api serve` keeping the caches and the SQLite mirror
 //! current after writes.
 
-mod compat_common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use compat_common::{files_under, TestNode};
+use support::compat::{files_under, TestNode};
 
 const MESSAGES: &str = r##"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}
 {"type":"memory","scope":"node","key":"uptime","value":3,"nodeId":"sec","ts":1739120000}

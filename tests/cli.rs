@@ -1,9 +1,9 @@
 //! Every local command through the real binary.
 
-mod common;
+mod support;
 
-use common::TestNode;
 use serde_json::{json, Value};
+use support::TestNode;
 
 fn parse(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

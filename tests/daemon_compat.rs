@@ -2,7 +2,7 @@
 //! lets one process in), so every command must go over the control socket, and must print
 //! what it prints when no daemon runs.
 
-mod compat_common;
+mod support;
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use compat_common::{Run, TestNode};
 use serde_json::{json, Value};
+use support::compat::{Run, TestNode};
 
 /// The examples of formats.md.
 const MEMORY: &str = r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}"#;

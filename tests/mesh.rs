@@ -1,9 +1,9 @@
 //! Real `meshd run` processes talking QUIC on loopback.
 
-mod common;
+mod support;
 
-use common::{wait_until, TestNode};
 use serde_json::{json, Value};
+use support::{wait_until, TestNode};
 
 fn value(node: &TestNode, scope: &str, key: &str) -> Option<Value> {
     let run = node.run(&["mem", "get", scope, key]);

@@ -1,12 +1,12 @@
 //! `meshd store import | export` against SQLite files in the reference schema.
 
-mod compat_common;
+mod support;
 
 use std::path::Path;
 
-use compat_common::TestNode;
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
+use support::compat::TestNode;
 
 type MemoryRow = (String, String, String, String, i64);
 type SkillRow = (String, String, Option<String>, Option<String>, i64);

@@ -1,7 +1,5 @@
 //! Runs the real `meshd` binary against a node made in a temporary directory, with its
 //! caches (`OPENCLAW_HOME`) beside it: the helpers of the compatibility tests.
-#![allow(dead_code)] // each test file uses its own part of these helpers
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -36,13 +34,10 @@ impl TestNode {
     }
 
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meshd"));
+        let mut command = super::meshd();
         command
             .env("MESHD_HOME", self.home())
-            .env("OPENCLAW_HOME", self.openclaw_home())
-            .env_remove("MESHD_API_BEARER")
-            .env_remove("MESHD_API_AUTH_HEADER")
-            .env_remove("MESHD_API_AUTH_SECRET");
+            .env("OPENCLAW_HOME", self.openclaw_home());
         command
     }
 

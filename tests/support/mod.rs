@@ -1,6 +1,10 @@
-//! Helpers for running the real `meshd` binary against a temporary home.
+//! The one harness for running the real `meshd` binary: integration tests and the mesh
+//! benchmark (`#[path]`-included there) start every process through `meshd()`, which clears
+//! the variables that would change what meshd does, so a developer's shell never leaks in.
 
 #![allow(dead_code)] // each test file uses its own subset
+
+pub mod compat;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,9 +36,21 @@ impl Run {
     }
 }
 
+/// Variables meshd or the reference tools read, cleared for every process a test starts.
+const CLEARED_PREFIXES: [&str; 4] = ["MESHD_", "MESH_STORE_", "MESH_", "BRIDGE_"];
+const CLEARED: [&str; 3] = ["OPENCLAW_HOME", "PORT", "RUST_LOG"];
+
+/// The real binary with a clean environment and warnings-only logs.
 pub fn meshd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_meshd"));
-    command.env_remove("MESHD_HOME").env("RUST_LOG", "warn");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CLEARED.contains(&name.as_ref()) || CLEARED_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command.env("RUST_LOG", "warn");
     command
 }
 
@@ -99,6 +115,15 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Takes charge of a started `meshd run`.
+    pub fn new(child: std::process::Child) -> Daemon {
+        Daemon { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// SIGTERM and wait; returns the exit code.
     pub fn stop(mut self) -> i32 {
         let mut child = self.child.take().unwrap();
@@ -173,4 +198,25 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("timed out waiting until {what}");
+}
+
+/// Sends one command to the daemon listening on `socket`; `None` when no daemon answers.
+pub fn try_ask<C: meshd::control::Command>(
+    socket: &Path,
+    command: C,
+) -> Option<Result<C::Reply, meshd::control::CommandError>> {
+    use meshd::control::{decode, socket, DecodeError};
+    let reply = socket::send(socket, &command.into()).ok()??;
+    Some(decode::<C>(reply).map_err(|e| match e {
+        DecodeError::Command(error) => error,
+        shape => panic!("{shape}"),
+    }))
+}
+
+/// Sends one command to the daemon listening on `socket`, which must be running.
+pub fn ask<C: meshd::control::Command>(
+    socket: &Path,
+    command: C,
+) -> Result<C::Reply, meshd::control::CommandError> {
+    try_ask(socket, command).unwrap_or_else(|| panic!("no daemon answers at {}", socket.display()))
 }
