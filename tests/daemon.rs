@@ -1,0 +1,160 @@
+//! The daemon's lifecycle and the one status: a stop never loses an answered write, and
+//! `meshd status` says the same thing whether the daemon runs or not.
+
+mod support;
+
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{wait_until, TestNode};
+
+/// A free loopback TCP address for the local API.
+fn free_tcp_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A node whose daemon serves the local API on a free port.
+fn node_with_api(name: &str) -> (TestNode, String) {
+    let (node, _) = TestNode::init_listening(name);
+    let api = free_tcp_addr();
+    let config = node.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[api]\nenabled = false",
+        &format!("[api]\nlisten = \"{api}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    (node, api)
+}
+
+fn put(agent: &ureq::Agent, api: &str, key: &str) -> Option<u16> {
+    let body = format!(r#"{{"scope":"mesh","key":"{key}","value":{{"n":"{key}"}}}}"#);
+    let request = ureq::http::Request::builder()
+        .method("PUT")
+        .uri(format!("http://{api}/mesh/memory"))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .unwrap();
+    agent.run(request).ok().map(|r| r.status().as_u16())
+}
+
+const CLIENTS: usize = 50;
+
+#[test]
+fn sigterm_with_puts_in_flight_keeps_every_answered_put_and_exits_promptly() {
+    let (node, api) = node_with_api("stopping");
+    let daemon = node.start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    wait_until("the API answers", || {
+        agent.get(format!("http://{api}/health")).call().is_ok()
+    });
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let started = Arc::new(Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (agent, api) = (agent.clone(), api.clone());
+            let (answered, started) = (answered.clone(), started.clone());
+            std::thread::spawn(move || {
+                started.wait();
+                // Each client keeps a PUT in flight until the daemon stops answering.
+                for round in 0.. {
+                    let key = format!("c{client}.r{round}");
+                    match put(&agent, &api, &key) {
+                        Some(200) => answered.lock().unwrap().push(key),
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    started.wait();
+    wait_until("some PUTs are answered", || {
+        answered.lock().unwrap().len() >= CLIENTS
+    });
+    let signalled = Instant::now();
+    let code = daemon.stop();
+    let took = signalled.elapsed();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(code, 0, "the daemon must exit 0 on SIGTERM");
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    let answered = answered.lock().unwrap().clone();
+    let stored: Value =
+        serde_json::from_str(&node.run(&["mem", "ls", "--scope", "mesh", "--json"]).ok()).unwrap();
+    let keys: std::collections::HashSet<&str> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    let lost: Vec<_> = answered
+        .iter()
+        .filter(|k| !keys.contains(k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered PUTs lost after the stop: {lost:?}",
+        lost.len(),
+        answered.len()
+    );
+}
+
+fn status(node: &TestNode) -> Value {
+    serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap()
+}
+
+#[test]
+fn status_says_the_same_with_and_without_the_daemon() {
+    let (node, _) = TestNode::init_listening("counted");
+    let (peer, peer_addr) = TestNode::init_listening("peer");
+    node.run(&["mem", "put", "mesh", "kept", "1"]).ok();
+    // A scope whose every key is deleted still has its document, and still syncs.
+    node.run(&["mem", "put", "user:ann", "gone", "2"]).ok();
+    node.run(&["mem", "rm", "user:ann", "gone"]).ok();
+    node.run_with_stdin(&["skill", "put", "triage"], b"steps")
+        .ok();
+    node.run(&["peers", "add", &peer.id(), &peer_addr, "--name", "peer"])
+        .ok();
+    let offline = status(&node);
+    let daemon = node.start();
+    let online = status(&node);
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(offline["running"], false);
+    assert_eq!(online["running"], true);
+    let fields = |status: &Value| {
+        let mut keys: Vec<String> = status.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(fields(&offline), fields(&online));
+    for count in ["node_id", "documents", "memory_entries", "skills"] {
+        assert_eq!(
+            offline[count], online[count],
+            "{count}: {offline} vs {online}"
+        );
+    }
+    assert_eq!(
+        offline["documents"], 3,
+        "mesh, user:ann and skills: {offline}"
+    );
+    let peers = |status: &Value| {
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["id"].clone(), p["documents_behind"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(peers(&offline), peers(&online));
+    assert_eq!(
+        peers(&offline)[0].1,
+        3,
+        "the peer has none of the three documents"
+    );
+}
