@@ -4,6 +4,7 @@
 mod memory_doc;
 mod skills_doc;
 mod storage;
+mod sync_store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -23,6 +23,3 @@ pub use message::{
 pub use session::{Applied, Config, Refusal, Session, SyncError};
 pub use store::{StoreError, SyncStore};
 pub use summary::{doc_summary, root};
-
-#[cfg(test)]
-mod tests;

@@ -6,9 +6,12 @@ use std::collections::VecDeque;
 
 use automerge::{Change, ChangeHash};
 
-use super::*;
-use crate::model::{DocId, Scope};
-use crate::replica::{Replica, SkillWrite};
+use meshd::model::{DocId, Scope};
+use meshd::replica::{Replica, SkillWrite};
+use meshd::sync::{
+    Access, Bundle, Config, DocPart, Have, Heads, Knowledge, Message, Session, StoreError, Sync,
+    SyncError, SyncStore,
+};
 
 struct Peer {
     _dir: tempfile::TempDir,
