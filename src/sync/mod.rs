@@ -6,6 +6,8 @@
 //! `harness` runs sessions over an in-memory wire for tests and benchmarks.
 //! docs/protocol.md is the specification.
 
+#![warn(missing_docs)]
+
 mod access;
 mod bundle;
 mod filter;

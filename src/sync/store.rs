@@ -11,11 +11,14 @@ use crate::model::DocId;
 #[error("store: {0}")]
 pub struct StoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
+/// Everything a session reads or writes, passed into each call. Writes must be durable when
+/// they return: the session records what the peer holds on the strength of them.
 pub trait SyncStore {
     /// Every document held here.
     fn doc_ids(&self) -> Vec<DocId>;
     /// The document's heads, sorted; empty when the document is absent.
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;
+    /// Whether the change `hash` of `doc` is held here.
     fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool;
     /// Hashes of the changes that are not ancestors of `heads` (all of them for `[]`).
     /// `heads` must all be present.
@@ -23,6 +26,7 @@ pub trait SyncStore {
     /// The changes that are not ancestors of `heads`, in dependency order. `heads` must all
     /// be present.
     fn changes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change>;
+    /// The change `hash` of `doc`, if held here.
     fn change(&self, doc: &DocId, hash: &ChangeHash) -> Option<Change>;
     /// The document in Automerge's compact format.
     fn snapshot(&self, doc: &DocId) -> Option<Vec<u8>>;
