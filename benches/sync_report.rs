@@ -10,7 +10,6 @@
 //! meshd's time includes making every received change durable (sled, fsync); Automerge's is
 //! in memory only.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use automerge::sync::{State, SyncDoc};
@@ -18,7 +17,8 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ROOT};
 use meshd::model::{DocId, Scope};
 use meshd::replica::Replica;
-use meshd::sync::{Access, Config, Message, Session};
+use meshd::sync::harness::Link;
+use meshd::sync::{Access, Config, Session};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -151,29 +151,19 @@ impl Pair {
 /// A round from `a` to `b` until both sessions fall silent.
 fn meshd_round(a: &mut Replica, b: &mut Replica) -> Traffic {
     let start = Instant::now();
-    let mut sessions = [
+    let mut link = Link::reliable([
         Session::new("node-b", Access::full(), Config::default()),
         Session::new("node-a", Access::full(), Config::default()),
-    ];
-    let stores = [a, b];
-    let mut traffic = Traffic::default();
-    let mut queue: VecDeque<(usize, Vec<u8>)> = sessions[0]
-        .start(stores[0])
-        .unwrap()
-        .iter()
-        .map(|m| (1, m.encode()))
-        .collect();
-    while let Some((to, frame)) = queue.pop_front() {
-        traffic.messages += 1;
-        traffic.bytes += frame.len();
-        let message = Message::decode(&frame).unwrap();
-        for reply in sessions[to].handle(stores[to], message).unwrap() {
-            queue.push_back((1 - to, reply.encode()));
-        }
+    ]);
+    link.round([a, b])
+        .expect("the sessions agree and fall silent");
+    assert!(link.round_done(0) && link.round_done(1));
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    Traffic {
+        bytes: link.traffic().bytes,
+        messages: link.traffic().messages,
+        ms,
     }
-    assert!(sessions[0].is_done(stores[0]) && sessions[1].is_done(stores[1]));
-    traffic.ms = start.elapsed().as_secs_f64() * 1000.0;
-    traffic
 }
 
 /// Automerge's own loop: each side generates, the other receives, until both have nothing.

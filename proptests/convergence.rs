@@ -27,6 +27,7 @@ use std::sync::Arc;
 use automerge::{ChangeHash, ReadDoc};
 use meshd::model::{DocId, MemoryEntry, Scope, Stamp};
 use meshd::replica::{Replica, SkillWrite};
+use meshd::sync::harness;
 use meshd::sync::{Access, Applied, Config, Knowledge, Message, Session, SyncStore};
 use proptest::prelude::*;
 
@@ -219,12 +220,10 @@ struct World {
     model: Model,
 }
 
-/// A long-lived connection: `sessions[i]` runs on node `ends[i]`; frames for side `i` travel
-/// as `(i, frame)` on the wire.
+/// A long-lived connection: side `i` of `sessions` runs on node `ends[i]`.
 struct Link {
     ends: [usize; 2],
-    sessions: [Session; 2],
-    wire: Wire,
+    sessions: harness::Link<Wire>,
     net: LinkNet,
 }
 
@@ -401,13 +400,13 @@ impl World {
         let config = Config {
             false_positive_rate: net.net.fp_rate,
         };
+        let sessions = [
+            Session::new(self.nodes[b].id.clone(), Access::full(), config.clone()),
+            Session::new(self.nodes[a].id.clone(), Access::full(), config),
+        ];
         let link = Link {
             ends: [a, b],
-            sessions: [
-                Session::new(self.nodes[b].id.clone(), Access::full(), config.clone()),
-                Session::new(self.nodes[a].id.clone(), Access::full(), config),
-            ],
-            wire: Wire::link(net),
+            sessions: harness::Link::new(sessions, Wire::link(net)),
             net: net.clone(),
         };
         self.links.push(link);
@@ -420,10 +419,7 @@ impl World {
     fn start_round(&mut self, i: usize, side: usize) {
         let link = &mut self.links[i];
         let store = self.nodes[link.ends[side]].replica.as_mut().unwrap();
-        let hello = link.sessions[side].start(store).expect("a round starts");
-        for message in hello {
-            link.wire.send(1 - side, message);
-        }
+        let _hello = link.sessions.start(side, store).expect("a round starts");
     }
 
     /// The next frame in flight on connection `i` arrives: its session answers on the same
@@ -431,12 +427,15 @@ impl World {
     /// nothing was in flight.
     fn deliver(&mut self, i: usize) -> bool {
         let link = &mut self.links[i];
-        let Some((side, frame)) = link.wire.next() else {
+        let arrival = link
+            .sessions
+            .receive()
+            .expect("frames from a sane peer decode");
+        let Some((side, message)) = arrival else {
             return false;
         };
         let (node, from) = (link.ends[side], link.ends[1 - side]);
         let store = self.nodes[node].replica.as_mut().unwrap();
-        let message = Message::decode(&frame).expect("frames from a sane peer decode");
         // Heads sent with `HaveAll` come with the exact difference from the heads the sender
         // last heard (docs/protocol.md): over a connection that loses nothing, the receiver
         // then holds them all.
@@ -451,8 +450,9 @@ impl World {
                 .collect(),
             _ => Vec::new(),
         };
-        let replies = link.sessions[side]
-            .handle(store, message)
+        let outcome = link
+            .sessions
+            .handle(side, store, message)
             .expect("a sane peer's messages are accepted");
         for (doc, heads) in promised {
             let doc = DocId::from_name(&doc).expect("a known document");
@@ -463,11 +463,7 @@ impl World {
                 );
             }
         }
-        for reply in replies {
-            link.wire.send(1 - side, reply);
-        }
-        let applied = link.sessions[side].take_applied();
-        push_all(&mut self.links, node, Some(from), store, &applied);
+        push_all(&mut self.links, node, Some(from), store, &outcome.applied);
         true
     }
 
@@ -498,7 +494,7 @@ impl World {
         let config = Config {
             false_positive_rate: net.map_or(0.01, |n| n.fp_rate),
         };
-        let mut sessions = [
+        let sessions = [
             Session::new(self.nodes[b].id.clone(), Access::full(), config.clone()),
             Session::new(self.nodes[a].id.clone(), Access::full(), config),
         ];
@@ -510,37 +506,20 @@ impl World {
         };
         let stores = [na.replica.as_mut().unwrap(), nb.replica.as_mut().unwrap()];
         let ends = [a, b];
-        let mut wire = Wire::new(net);
-        for message in sessions[0].start(stores[0]).unwrap() {
-            wire.send(1, message);
-        }
-        let mut delivered = 0;
-        while let Some((to, frame)) = wire.next() {
-            delivered += 1;
-            assert!(delivered < 20_000, "the sessions do not stop talking");
-            let message = Message::decode(&frame).expect("frames from a sane peer decode");
-            let replies = sessions[to]
-                .handle(stores[to], message)
-                .expect("a sane peer's messages are accepted");
-            for reply in replies {
-                wire.send(1 - to, reply);
-            }
-            let applied = sessions[to].take_applied();
-            push_all(
-                &mut self.links,
-                ends[to],
-                Some(ends[1 - to]),
-                stores[to],
-                &applied,
-            );
-        }
+        let links = &mut self.links;
+        let mut link = harness::Link::new(sessions, Wire::new(net)).with_limit(20_000);
+        let _hello = link.start(0, &mut *stores[0]).expect("a round starts");
+        link.settle_with(stores, |to, store, outcome| {
+            push_all(links, ends[to], Some(ends[1 - to]), store, &outcome.applied);
+        })
+        .expect("a sane peer's messages decode and are accepted, and the sessions stop");
         if net.is_none() {
             assert!(
-                sessions[0].is_done(stores[0]),
+                link.round_done(0),
                 "initiator not done after a reliable round"
             );
             assert!(
-                sessions[1].is_done(stores[1]),
+                link.round_done(1),
                 "responder not done after a reliable round"
             );
         }
@@ -574,12 +553,10 @@ fn push_all(
             continue;
         }
         for a in applied {
-            let out = link.sessions[side]
-                .push(store, &a.doc, &a.hashes)
+            let _pushed = link
+                .sessions
+                .push(side, store, &a.doc, &a.hashes)
                 .expect("a push is built");
-            for message in out {
-                link.wire.send(1 - side, message);
-            }
         }
     }
 }
@@ -824,7 +801,8 @@ fn check_skill(
     Ok(())
 }
 
-/// A seeded network: per message, lose it, double it, hold it back, or let it overtake.
+/// A seeded network: per message, lose it, double it, hold it back, or let it overtake. The
+/// fault injection is this test's own; the harness drives the sessions over it.
 struct Wire {
     queue: VecDeque<(usize, Vec<u8>)>,
     held: Vec<(usize, Vec<u8>)>,
@@ -860,9 +838,10 @@ impl Wire {
         self.rng ^= self.rng << 17;
         self.rng % 100 < pct
     }
+}
 
-    fn send(&mut self, to: usize, message: Message) {
-        let frame = message.encode();
+impl harness::Wire for Wire {
+    fn send(&mut self, to: usize, frame: Vec<u8>) {
         let Some(net) = self.net.clone() else {
             self.queue.push_back((to, frame));
             return;

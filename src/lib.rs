@@ -1,7 +1,8 @@
 //! meshd: the sync node that lets independent OpenClaw gateways share memory and skills.
 //!
 //! Arrows point one way: `cli`/`daemon` → `replica`, `sync`, `net`, `bridge`, `store`, `cache`
-//! → `model`. See docs/architecture.md.
+//! → `model`; `replica` → `sync` too, as the store behind its `SyncStore` trait. See
+//! docs/architecture.md.
 
 pub mod api;
 pub mod bridge;

@@ -12,7 +12,8 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{DocId, NodeId};
-use crate::sync::{self, Applied, Message, Session, SyncError};
+use crate::replica::Replica;
+use crate::sync::{self, Applied, Message, Outcome, Refusal, Session, SyncError};
 
 /// What the rest of the daemon asks of a link.
 pub enum LinkCommand {
@@ -50,58 +51,54 @@ pub trait LinkHost: Send + Sync + 'static {
 pub async fn run(
     host: &impl LinkHost,
     connection: Connection,
-    mut session: Session,
+    session: Session,
     peer: NodeId,
     dialer: bool,
     anti_entropy: Duration,
     mut commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) -> Result<(), LinkError> {
-    let (mut send, recv) = if dialer {
+    let (send, recv) = if dialer {
         connection.open_bi().await?
     } else {
         connection.accept_bi().await?
     };
     let (inbound_tx, mut inbound) = mpsc::channel(16);
     let reader = tokio::spawn(read_frames(recv, inbound_tx));
-    let mut round = Round::start(host, &mut session, &mut send).await?;
+    let mut link = Link {
+        host,
+        peer,
+        session,
+        send,
+        round: Round::new(),
+    };
+    link.start_round().await?;
     let mut timer = tokio::time::interval(anti_entropy);
     timer.tick().await;
     let result = loop {
         tokio::select! {
             frame = inbound.recv() => match frame {
                 Some(Ok(message)) => {
-                    let out = host.with_store(|store| {
-                        tokio::task::block_in_place(|| session.handle(store, message))
-                    });
-                    let out = match out {
-                        Ok(out) => out,
+                    let outcome = match link.call(|session, store| session.handle(store, message)) {
+                        Ok(outcome) => outcome,
                         Err(e) => break Err(e.into()),
                     };
-                    send_all(&mut send, &out).await?;
-                    report_refusals(peer, &mut session);
-                    let applied = session.take_applied();
-                    if !applied.is_empty() {
-                        host.applied(peer, applied);
-                    }
-                    if host.with_store(|store| session.is_done(store)) {
-                        round.finish(host, peer);
-                    }
+                    link.act(outcome).await?;
                 }
                 Some(Err(e)) => break Err(e),
                 None => break Ok(()),
             },
             command = commands.recv() => match command {
                 Some(LinkCommand::Push { doc, fresh }) => {
-                    let out = host.with_store(|store| session.push(store, &doc, &fresh))?;
-                    send_all(&mut send, &out).await?;
+                    let outcome = link.call(|session, store| session.push(store, &doc, &fresh))?;
+                    link.act(outcome).await?;
                 }
                 Some(LinkCommand::SyncNow(done)) => {
-                    round.waiters.push(done);
-                    round.restart(host, &mut session, &mut send).await?;
+                    link.round.waiters.push(done);
+                    link.start_round().await?;
                 }
                 None => break Ok(()),
             },
-            _ = timer.tick() => round.restart(host, &mut session, &mut send).await?,
+            _ = timer.tick() => link.start_round().await?,
         }
     };
     reader.abort();
@@ -109,6 +106,50 @@ pub async fn run(
         connection.close(1u32.into(), e.to_string().as_bytes());
     }
     result
+}
+
+/// The session, the stream it speaks on, and the round under way.
+struct Link<'h, H> {
+    host: &'h H,
+    peer: NodeId,
+    session: Session,
+    send: SendStream,
+    round: Round,
+}
+
+impl<H: LinkHost> Link<'_, H> {
+    /// Opens a new round; whoever waited for the previous one waits for this one.
+    async fn start_round(&mut self) -> Result<(), LinkError> {
+        self.round.restart();
+        let outcome = self.call(|session, store| session.start(store))?;
+        self.act(outcome).await
+    }
+
+    /// Runs one session call on the replica. Every call that touches the store goes through
+    /// here: the store blocks (sled, fsync) and `with_store` may wait for the replica's lock,
+    /// so the whole call runs in `block_in_place`, never stalling the other tasks of this
+    /// worker thread.
+    fn call(
+        &mut self,
+        step: impl FnOnce(&mut Session, &mut Replica) -> Result<Outcome, SyncError>,
+    ) -> Result<Outcome, SyncError> {
+        let (host, session) = (self.host, &mut self.session);
+        tokio::task::block_in_place(|| host.with_store(|store| step(session, store)))
+    }
+
+    /// Acts on an outcome as `Session` documents it: send the messages, log the refusals,
+    /// forward what was applied, and close the round when it is done.
+    async fn act(&mut self, outcome: Outcome) -> Result<(), LinkError> {
+        send_all(&mut self.send, &outcome.messages).await?;
+        report_refusals(self.peer, &outcome.refusals);
+        if !outcome.applied.is_empty() {
+            self.host.applied(self.peer, outcome.applied);
+        }
+        if outcome.round_done {
+            self.round.finish(self.host, self.peer);
+        }
+        Ok(())
+    }
 }
 
 /// The round under way and who waits for it.
@@ -119,30 +160,18 @@ struct Round {
 }
 
 impl Round {
-    async fn start(
-        host: &impl LinkHost,
-        session: &mut Session,
-        send: &mut SendStream,
-    ) -> Result<Round, LinkError> {
-        let hello = host.with_store(|store| session.start(store))?;
-        send_all(send, &hello).await?;
-        Ok(Round {
+    fn new() -> Round {
+        Round {
             started: Instant::now(),
             finished: false,
             waiters: Vec::new(),
-        })
+        }
     }
 
-    async fn restart(
-        &mut self,
-        host: &impl LinkHost,
-        session: &mut Session,
-        send: &mut SendStream,
-    ) -> Result<(), LinkError> {
-        let waiters = std::mem::take(&mut self.waiters);
-        *self = Round::start(host, session, send).await?;
-        self.waiters = waiters;
-        Ok(())
+    /// A new round begins; the waiters stay.
+    fn restart(&mut self) {
+        self.started = Instant::now();
+        self.finished = false;
     }
 
     fn finish(&mut self, host: &impl LinkHost, peer: NodeId) {
@@ -156,8 +185,8 @@ impl Round {
     }
 }
 
-fn report_refusals(peer: NodeId, session: &mut Session) {
-    for refusal in session.take_refusals() {
+fn report_refusals(peer: NodeId, refusals: &[Refusal]) {
+    for refusal in refusals {
         let by = if refusal.by_peer {
             "peer refused"
         } else {

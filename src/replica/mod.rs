@@ -5,6 +5,7 @@ mod memory_doc;
 mod shared;
 mod skills_doc;
 mod storage;
+mod sync_store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

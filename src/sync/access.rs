@@ -8,6 +8,7 @@ use crate::model::DocId;
 
 type Rule = Arc<dyn Fn(&DocId) -> bool + Send + Sync>;
 
+/// What a peer may read and write: two predicates over documents, cheap to clone.
 #[derive(Clone)]
 pub struct Access {
     read: Rule,
@@ -39,10 +40,12 @@ impl Access {
         Access::new(|_| true, |_| true)
     }
 
+    /// Whether the peer may receive `doc`.
     pub fn may_read(&self, doc: &DocId) -> bool {
         (self.read)(doc)
     }
 
+    /// Whether changes to `doc` from the peer are taken.
     pub fn may_write(&self, doc: &DocId) -> bool {
         (self.write)(doc)
     }

@@ -15,12 +15,16 @@ const ZSTD_LEVEL: i32 = 9;
 /// A whole document is sent once per new peer, and level 19 takes a third off it.
 const DOCUMENT_ZSTD_LEVEL: i32 = 19;
 
+/// Why a bundle from a peer does not unpack.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// Not zstd, or larger than `MAX_BUNDLE_RAW` once decompressed.
     #[error("change bundle does not decompress within {MAX_BUNDLE_RAW} bytes: {0}")]
     Decompress(std::io::Error),
+    /// A length prefix runs past the end.
     #[error("change bundle is cut short")]
     Truncated,
+    /// A change's bytes are not an Automerge change.
     #[error("change bundle holds a change that does not parse")]
     Change,
 }

@@ -14,6 +14,7 @@ const MAX_PARTS: usize = 32;
 /// A filter with a false-positive rate of 2^-64 has 64 slices; none needs more.
 const MAX_SLICES: u64 = 64;
 
+/// Why a Bloom filter from a peer is not safe to query.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("malformed Bloom filter: {0}")]
 pub struct FilterError(&'static str);

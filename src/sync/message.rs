@@ -27,6 +27,7 @@ pub type Hash = [u8; 32];
 /// A truncated BLAKE3 digest of a range of change hashes.
 pub type Fingerprint = [u8; 8];
 
+/// One message between two sessions; one frame on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     /// Opens a round: the root summary of every document shared with the peer, plus what the
@@ -37,9 +38,15 @@ pub enum Message {
     /// Everything after the opening: per-document parts, and live pushes.
     Sync(Sync),
     /// The sender refused changes to a document the peer may not write.
-    Refused { doc: String, reason: String },
+    Refused {
+        /// The document's name.
+        doc: String,
+        /// Why, in words for the peer's log.
+        reason: String,
+    },
 }
 
+/// The opening of a round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// BLAKE3 over the names and head summaries of the documents shared with the peer.
@@ -52,11 +59,13 @@ pub struct Hello {
     pub docs: Vec<DocPart>,
 }
 
+/// Per-document parts: the answer to a `Hello`, the rest of a round, or a live push.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Sync {
     /// `docs` lists every document the sender shares with the peer: one that is absent has no
     /// changes on the sender's side.
     pub complete: bool,
+    /// What the sender says about each document.
     pub docs: Vec<DocPart>,
 }
 
@@ -83,13 +92,16 @@ pub struct DocPart {
     pub more: bool,
 }
 
+/// A document's heads, with what the sender knows of the receiver's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heads {
+    /// The heads' hashes.
     pub hashes: Vec<Hash>,
     /// Whether the sender holds every head the receiver last announced.
     pub yours: Knowledge,
 }
 
+/// What the sender of heads knows of the receiver's heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Knowledge {
     /// The sender has not heard the receiver's heads.
@@ -100,6 +112,7 @@ pub enum Knowledge {
     Lacking,
 }
 
+/// The sender's changes since heads both sides held, as a Bloom filter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Have {
     /// Heads both sides held; the filter covers the sender's changes that are not their
@@ -116,12 +129,22 @@ pub enum Range {
     /// `[lo, hi]` cut into `fingerprints.len()` equal parts, with the sender's fingerprint
     /// of each.
     Split {
+        /// The range's first value.
         lo: u64,
+        /// The range's last value.
         hi: u64,
+        /// One per part, in order.
         fingerprints: Vec<Fingerprint>,
     },
     /// Every change hash the sender has in `[lo, hi]`.
-    Ids { lo: u64, hi: u64, ids: Vec<Hash> },
+    Ids {
+        /// The range's first value.
+        lo: u64,
+        /// The range's last value.
+        hi: u64,
+        /// The sender's hashes in the range.
+        ids: Vec<Hash>,
+    },
 }
 
 /// Changes, bundled and compressed.
@@ -134,18 +157,30 @@ pub enum Bundle {
     Document(Vec<u8>),
 }
 
+/// Why bytes from a peer are not a message. The link closes the stream with the reason.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
+    /// Fewer bytes than a header.
     #[error("frame shorter than its {HEADER_LEN}-byte header")]
     Truncated,
+    /// Another protocol version: nothing after the first byte is read.
     #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
     Version(u8),
+    /// A body over `MAX_MESSAGE`, refused from the header alone.
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
     TooLarge(usize),
+    /// The header's length and the frame's disagree.
     #[error("frame length {declared} does not match the {actual} bytes received")]
-    Length { declared: usize, actual: usize },
+    Length {
+        /// The body length the header gives.
+        declared: usize,
+        /// The body length received.
+        actual: usize,
+    },
+    /// The body is not exactly one postcard-encoded message.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A list inside the message is over its cap.
     #[error("message exceeds a limit: {0}")]
     Limit(&'static str),
 }
@@ -218,6 +253,7 @@ impl Message {
 }
 
 impl DocPart {
+    /// A part that only names `doc`; set the fields it needs.
     pub fn new(doc: String) -> DocPart {
         DocPart {
             doc,

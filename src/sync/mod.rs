@@ -1,11 +1,17 @@
 //! The sync protocol as a pure state machine: no sockets, clocks or tokio. The network layer
-//! moves frames (`Message::encode` / `Message::decode`) between two `Session`s; each session
-//! reads and writes the node's data only through a `SyncStore`. docs/protocol.md is the
-//! specification.
+//! moves frames (`Message::encode` / `Message::decode`) between two `Session`s and acts on the
+//! `Outcome` of every call (see `Session` for the call order); each session reads and writes
+//! the node's data only through a `SyncStore`, which the replica implements
+//! (src/replica/sync_store.rs). This module depends on `model` and nothing else in the crate.
+//! `harness` runs sessions over an in-memory wire for tests and benchmarks.
+//! docs/protocol.md is the specification.
+
+#![warn(missing_docs)]
 
 mod access;
 mod bundle;
 mod filter;
+pub mod harness;
 mod message;
 mod outbox;
 mod recon;
@@ -20,9 +26,6 @@ pub use message::{
     body_len, Bundle, DecodeError, DocPart, Have, Heads, Hello, Knowledge, Message, Range, Sync,
     HEADER_LEN, MAX_MESSAGE, PROTOCOL_VERSION,
 };
-pub use session::{Applied, Config, Refusal, Session, SyncError};
+pub use session::{Applied, Config, Outcome, Refusal, Session, SyncError};
 pub use store::{StoreError, SyncStore};
 pub use summary::{doc_summary, root};
-
-#[cfg(test)]
-mod tests;

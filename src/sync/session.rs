@@ -1,7 +1,7 @@
 //! One peer connection's sync, as a state machine fed with messages (sans-IO, like
-//! quinn-proto): `start` opens a round, `handle` takes each message from the peer and returns
-//! the messages to send back, `is_done` says when the round is complete, `push` sends fresh
-//! local changes. All reads and writes go through a `SyncStore`.
+//! quinn-proto): `start` opens a round, `handle` takes each message from the peer, `push`
+//! sends fresh local changes; each returns one `Outcome` (messages to send, changes applied,
+//! refusals, whether the round is complete). All reads and writes go through a `SyncStore`.
 //!
 //! Per document, each side learns the other's heads. A side holding all of the peer's heads
 //! knows exactly what the peer lacks and sends it. A side missing some of them says what it
@@ -27,6 +27,7 @@ use crate::model::DocId;
 /// Filters above this many hashes cost more than reconciling ranges; the pull uses ranges.
 const MAX_FILTER_HASHES: usize = 50_000;
 
+/// How a session builds what it sends.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// False-positive rate of the Bloom filters this side builds. Tests raise it to exercise
@@ -42,38 +43,69 @@ impl Default for Config {
     }
 }
 
+/// Why a session call failed. Whatever the cause, the connection must be dropped (see
+/// [`Session`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A change bundle from the peer does not unpack.
     #[error("peer sent a bad change bundle for {doc}: {source}")]
     Bundle {
+        /// The document the bundle was for.
         doc: String,
+        /// What is wrong with it.
         #[source]
         source: BundleError,
     },
+    /// A Bloom filter from the peer does not decode.
     #[error("peer sent a bad filter for {doc}: {source}")]
     Filter {
+        /// The document the filter was for.
         doc: String,
+        /// What is wrong with it.
         #[source]
         source: FilterError,
     },
+    /// The peer named a document that does not exist in any node.
     #[error("peer named an unknown document '{0}'")]
     UnknownDoc(String),
+}
+
+/// What one call to a [`Session`] entry point produced. Act on every field, in the order
+/// [`Session`] gives.
+#[derive(Debug, Default)]
+#[must_use = "an outcome carries messages for the peer and changes to forward"]
+pub struct Outcome {
+    /// Messages for the peer, in the order they must be sent.
+    pub messages: Vec<Message>,
+    /// Changes this call applied to the store: forward them to the other peers.
+    pub applied: Vec<Applied>,
+    /// Changes refused during this call, by this side or by the peer.
+    pub refusals: Vec<Refusal>,
+    /// True when, after this call, the round is complete: nothing is owed to the peer and
+    /// nothing is awaited from it.
+    pub round_done: bool,
 }
 
 /// Changes a session applied: the daemon forwards them to its other peers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
+    /// The document they belong to.
     pub doc: DocId,
+    /// The hashes that were new here.
     pub hashes: Vec<ChangeHash>,
 }
 
 /// Changes refused, by this side or by the peer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
+    /// The document's name, as it came over the wire.
     pub doc: String,
+    /// Why, in words for the log.
     pub reason: String,
+    /// True when the peer refused ours; false when this side refused the peer's.
     pub by_peer: bool,
 }
 
@@ -136,6 +168,51 @@ impl Default for DocState {
     }
 }
 
+/// The sync protocol with one peer, for the life of one connection: a state machine that does
+/// no I/O. The caller owns the transport, the store and the clocks; the session decides what
+/// to say and what to apply.
+///
+/// # Driving a session
+///
+/// Create one `Session` per connection and make every call through one of its three entry
+/// points, each of which returns an [`Outcome`]:
+///
+/// * [`start`](Session::start) when the connection comes up, and whenever a new anti-entropy
+///   round is due (a timer fired, an operator asked). Both sides may start at once: the
+///   protocol picks the side that leads.
+/// * [`handle`](Session::handle) for every message the peer sent, in the order it arrived
+///   (frames decoded with [`Message::decode`]).
+/// * [`push`](Session::push) right after a local write, or after another session applied
+///   changes (gossip), with the hashes that are new.
+///
+/// After every call, act on each field of the outcome, in this order:
+///
+/// 1. [`messages`](Outcome::messages): send them to the peer, in order, each framed by
+///    [`Message::encode`];
+/// 2. [`refusals`](Outcome::refusals): log them;
+/// 3. [`applied`](Outcome::applied): hand them to whatever forwards changes to the other peers
+///    (with [`push`](Session::push) on their sessions) and refreshes local views;
+/// 4. [`round_done`](Outcome::round_done): when set, the round is complete (nothing is owed to
+///    the peer, nothing is awaited from it); report it to whoever waits for the round.
+///
+/// The session keeps none of this for later: an outcome that is dropped unread is lost.
+///
+/// # Errors
+///
+/// An `Err` means the peer sent something malformed (see [`SyncError`]) or the store failed.
+/// The session no longer knows what the peer knows: drop the connection (the link closes it
+/// with the error as the reason) and let the next connection start over with a new session.
+/// Changes the failing call applied before the error are durable in the store but are not
+/// reported; anti-entropy rounds with the other peers spread them.
+///
+/// # The store is a port
+///
+/// The session reads and writes the node's data only through the [`SyncStore`] passed into
+/// each call, rather than returning the writes for the caller to perform: within one call the
+/// protocol reads its own writes (the changes applied from a document's parts decide what it
+/// then asks for; stored shared heads forgotten on a `reset` are read back as gone by the pull
+/// in the same call), so a write must land before the call goes on. Hold the store (and whatever lock guards it) for
+/// the whole call.
 pub struct Session {
     peer: String,
     access: Access,
@@ -146,6 +223,7 @@ pub struct Session {
     /// complete `Sync` is always that answer; another `Sync` may be a live push sent before the
     /// peer read our `Hello`, so it is not taken as the answer for sure.
     unanswered: Option<Vec<(DocId, Vec<ChangeHash>)>>,
+    /// What the call under way applied and refused, for its `Outcome`.
     applied: Vec<Applied>,
     refusals: Vec<Refusal>,
 }
@@ -177,12 +255,58 @@ impl Session {
         }
     }
 
+    /// The peer's compact node id.
     pub fn peer(&self) -> &str {
         &self.peer
     }
 
-    /// Opens an anti-entropy round: one `Hello`.
-    pub fn start(&mut self, store: &mut impl SyncStore) -> Result<Vec<Message>, SyncError> {
+    /// Opens an anti-entropy round: the outcome carries one `Hello`.
+    pub fn start(&mut self, store: &mut impl SyncStore) -> Result<Outcome, SyncError> {
+        let messages = self.open_round(store);
+        self.conclude(store, messages)
+    }
+
+    /// Takes one message from the peer.
+    pub fn handle(
+        &mut self,
+        store: &mut impl SyncStore,
+        message: Message,
+    ) -> Result<Outcome, SyncError> {
+        let messages = self.dispatch(store, message);
+        self.conclude(store, messages)
+    }
+
+    /// Sends just-made local changes of `doc` (live push), or changes another session applied
+    /// (gossip). Sends the exact difference when the peer's heads are known here, else the
+    /// changes named.
+    pub fn push(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        fresh: &[ChangeHash],
+    ) -> Result<Outcome, SyncError> {
+        let messages = self.push_changes(store, doc, fresh);
+        self.conclude(store, messages)
+    }
+
+    /// Wraps what one entry point said into its `Outcome`. The call's applied changes and
+    /// refusals are taken either way, so an error never leaks them into a later outcome.
+    fn conclude(
+        &mut self,
+        store: &impl SyncStore,
+        messages: Result<Vec<Message>, SyncError>,
+    ) -> Result<Outcome, SyncError> {
+        let applied = std::mem::take(&mut self.applied);
+        let refusals = std::mem::take(&mut self.refusals);
+        Ok(Outcome {
+            messages: messages?,
+            applied,
+            refusals,
+            round_done: self.is_done(store),
+        })
+    }
+
+    fn open_round(&mut self, store: &mut impl SyncStore) -> Result<Vec<Message>, SyncError> {
         self.docs.clear();
         let shared = self.shared(store);
         let stored = self.stored_heads(store, &shared)?;
@@ -211,8 +335,7 @@ impl Session {
         })])
     }
 
-    /// Takes one message from the peer; returns the messages to send it.
-    pub fn handle(
+    fn dispatch(
         &mut self,
         store: &mut impl SyncStore,
         message: Message,
@@ -242,9 +365,7 @@ impl Session {
         }
     }
 
-    /// Sends just-made local changes of `doc` (live push). Sends the exact difference when
-    /// the peer's heads are known here, else the changes named.
-    pub fn push(
+    fn push_changes(
         &mut self,
         store: &mut impl SyncStore,
         doc: &DocId,
@@ -288,7 +409,7 @@ impl Session {
 
     /// True when the round is complete: nothing is owed to the peer and nothing is awaited
     /// from it.
-    pub fn is_done(&self, store: &impl SyncStore) -> bool {
+    fn is_done(&self, store: &impl SyncStore) -> bool {
         match self.phase {
             Phase::InSync => true,
             Phase::Idle | Phase::Opening { .. } => false,
@@ -297,16 +418,6 @@ impl Session {
                 .iter()
                 .all(|(doc, state)| self.doc_done(store, doc, state)),
         }
-    }
-
-    /// What was applied since the last call.
-    pub fn take_applied(&mut self) -> Vec<Applied> {
-        std::mem::take(&mut self.applied)
-    }
-
-    /// Refusals either way since the last call.
-    pub fn take_refusals(&mut self) -> Vec<Refusal> {
-        std::mem::take(&mut self.refusals)
     }
 
     // ---- opening --------------------------------------------------------------------------

@@ -1,22 +1,24 @@
-//! What a session needs from the node's store, as a trait, so the protocol can be driven by
-//! the real replica or by anything else that keeps Automerge changes; and its implementation
-//! for `Replica`, with the per-peer shared heads in their own sled tree.
+//! What a session needs from the node's store, as a trait (a port), so the protocol can be
+//! driven by the real replica (src/replica/sync_store.rs) or by anything else that keeps
+//! Automerge changes.
 
-use automerge::{Change, ChangeHash, ReadDoc};
+use automerge::{Change, ChangeHash};
 
 use crate::model::DocId;
-use crate::replica::{Replica, ReplicaError};
 
 /// A failure of the store itself (disk, corruption), as opposed to a bad peer.
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
+/// Everything a session reads or writes, passed into each call. Writes must be durable when
+/// they return: the session records what the peer holds on the strength of them.
 pub trait SyncStore {
     /// Every document held here.
     fn doc_ids(&self) -> Vec<DocId>;
     /// The document's heads, sorted; empty when the document is absent.
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;
+    /// Whether the change `hash` of `doc` is held here.
     fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool;
     /// Hashes of the changes that are not ancestors of `heads` (all of them for `[]`).
     /// `heads` must all be present.
@@ -24,6 +26,7 @@ pub trait SyncStore {
     /// The changes that are not ancestors of `heads`, in dependency order. `heads` must all
     /// be present.
     fn changes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change>;
+    /// The change `hash` of `doc`, if held here.
     fn change(&self, doc: &DocId, hash: &ChangeHash) -> Option<Change>;
     /// The document in Automerge's compact format.
     fn snapshot(&self, doc: &DocId) -> Option<Vec<u8>>;
@@ -44,109 +47,4 @@ pub trait SyncStore {
         doc: &DocId,
         heads: Option<&[ChangeHash]>,
     ) -> Result<(), StoreError>;
-}
-
-/// The sled tree of per-peer sync state: `<peer>\0<doc name>` → the shared heads, 32 bytes
-/// each.
-const SHARED_HEADS_TREE: &str = "sync-shared-heads";
-
-fn key(peer: &str, doc: &DocId) -> Vec<u8> {
-    [peer.as_bytes(), b"\0", doc.name().as_bytes()].concat()
-}
-
-fn store_error(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError(Box::new(e))
-}
-
-impl SyncStore for Replica {
-    fn doc_ids(&self) -> Vec<DocId> {
-        Replica::doc_ids(self)
-    }
-
-    fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
-        self.document(doc)
-            .map(|d| d.get_heads())
-            .unwrap_or_default()
-    }
-
-    fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool {
-        self.document(doc)
-            .is_some_and(|d| d.get_change_meta_by_hash(hash).is_some())
-    }
-
-    fn hashes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
-        self.document(doc)
-            .map(|d| d.get_changes_meta(heads).iter().map(|m| m.hash).collect())
-            .unwrap_or_default()
-    }
-
-    fn changes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change> {
-        self.document(doc)
-            .map(|d| d.get_changes(heads))
-            .unwrap_or_default()
-    }
-
-    fn change(&self, doc: &DocId, hash: &ChangeHash) -> Option<Change> {
-        self.document(doc)?.get_change_by_hash(hash)
-    }
-
-    fn snapshot(&self, doc: &DocId) -> Option<Vec<u8>> {
-        self.export(doc)
-    }
-
-    fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
-        match self.document(doc) {
-            Some(d) => d.get_missing_deps(heads),
-            None => heads.to_vec(),
-        }
-    }
-
-    fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
-        self.apply_changes(doc, changes).map_err(store_error)
-    }
-
-    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
-        self.merge_document(doc, saved).map_err(store_error)
-    }
-
-    fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError> {
-        let tree = self
-            .db()
-            .open_tree(SHARED_HEADS_TREE)
-            .map_err(store_error)?;
-        let Some(bytes) = tree.get(key(peer, doc)).map_err(store_error)? else {
-            return Ok(None);
-        };
-        if bytes.len() % 32 != 0 {
-            return Err(store_error(ReplicaError::Corrupt(
-                "stored shared heads are not whole hashes",
-            )));
-        }
-        let heads = bytes
-            .chunks_exact(32)
-            .map(|chunk| ChangeHash(chunk.try_into().expect("chunks are 32 bytes")))
-            .collect();
-        Ok(Some(heads))
-    }
-
-    fn set_shared_heads(
-        &mut self,
-        peer: &str,
-        doc: &DocId,
-        heads: Option<&[ChangeHash]>,
-    ) -> Result<(), StoreError> {
-        let tree = self
-            .db()
-            .open_tree(SHARED_HEADS_TREE)
-            .map_err(store_error)?;
-        match heads {
-            Some(heads) => tree.insert(
-                key(peer, doc),
-                heads.iter().flat_map(|h| h.0).collect::<Vec<u8>>(),
-            ),
-            None => tree.remove(key(peer, doc)),
-        }
-        .map_err(store_error)?;
-        Ok(())
-    }
 }

@@ -1,14 +1,18 @@
-//! Whole sessions between two real replicas over a reliable in-memory wire: message counts
-//! and sizes of each path, access rules, the reset path, and hostile input.
+//! Whole sessions between two real replicas over a reliable in-memory wire (the sync harness):
+//! message counts and sizes of each path, access rules, the reset path, live push, and hostile
+//! input.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 
 use automerge::{Change, ChangeHash};
 
-use super::*;
-use crate::model::{DocId, Scope};
-use crate::replica::{Replica, SkillWrite};
+use meshd::model::{DocId, Scope};
+use meshd::replica::{Replica, SkillWrite};
+use meshd::sync::harness::{Link, Traffic};
+use meshd::sync::{
+    Access, Bundle, Config, DocPart, Have, Heads, Knowledge, Message, Session, StoreError, Sync,
+    SyncError, SyncStore,
+};
 
 struct Peer {
     _dir: tempfile::TempDir,
@@ -29,14 +33,6 @@ fn write(peer: &mut Peer, scope: Scope, keys: std::ops::Range<usize>) {
     }
 }
 
-#[derive(Debug, Default)]
-struct Traffic {
-    messages: usize,
-    bytes: usize,
-    ranges: bool,
-    refused: bool,
-}
-
 fn config(fp: f64) -> Config {
     Config {
         false_positive_rate: fp,
@@ -45,34 +41,24 @@ fn config(fp: f64) -> Config {
 
 /// Runs a round from `a` to `b` over a reliable wire until both fall silent.
 fn round(a: &mut Peer, b: &mut Peer, access_b: Access, access_a: Access, fp: f64) -> Traffic {
-    let mut sessions = [
+    let mut link = Link::reliable([
         Session::new("b", access_b, config(fp)),
         Session::new("a", access_a, config(fp)),
-    ];
-    let stores = [&mut a.replica, &mut b.replica];
-    let mut traffic = Traffic::default();
-    let mut queue: std::collections::VecDeque<(usize, Message)> = sessions[0]
-        .start(stores[0])
-        .unwrap()
-        .into_iter()
-        .map(|m| (1, m))
-        .collect();
-    while let Some((to, message)) = queue.pop_front() {
-        let frame = message.encode();
-        traffic.messages += 1;
-        traffic.bytes += frame.len();
-        if let Message::Sync(sync) = &message {
-            traffic.ranges |= sync.docs.iter().any(|p| !p.ranges.is_empty());
-        }
-        traffic.refused |= matches!(message, Message::Refused { .. });
-        assert!(traffic.messages < 1000, "sessions do not stop");
-        let replies = sessions[to]
-            .handle(stores[to], Message::decode(&frame).unwrap())
-            .unwrap();
-        queue.extend(replies.into_iter().map(|m| (1 - to, m)));
-    }
-    assert!(sessions[0].is_done(stores[0]) && sessions[1].is_done(stores[1]));
-    traffic
+    ])
+    .with_limit(1000);
+    link.round([&mut a.replica, &mut b.replica])
+        .expect("the sessions agree and fall silent");
+    assert!(link.round_done(0) && link.round_done(1));
+    link.traffic().clone()
+}
+
+/// Two sessions with full access on one connection: side 0 runs on `a`, side 1 on `b`; each
+/// direction is an in-order stream, as over QUIC.
+fn connection() -> Link {
+    Link::reliable([
+        Session::new("b", Access::full(), Config::default()),
+        Session::new("a", Access::full(), Config::default()),
+    ])
 }
 
 fn full_round(a: &mut Peer, b: &mut Peer) -> Traffic {
@@ -197,86 +183,26 @@ fn changes_to_documents_the_peer_may_not_write_are_refused() {
 fn live_push_reaches_a_synced_peer_in_one_message() {
     let (mut a, mut b) = (peer("a"), peer("b"));
     write(&mut a, Scope::Mesh, 0..5);
-    let mut to_b = Session::new("b", Access::full(), Config::default());
-    let mut to_a = Session::new("a", Access::full(), Config::default());
-    let mut pending = to_b.start(&mut a.replica).unwrap();
-    let mut from_a = true;
-    while !pending.is_empty() {
-        let mut next = Vec::new();
-        for message in pending {
-            next.extend(if from_a {
-                to_a.handle(&mut b.replica, message).unwrap()
-            } else {
-                to_b.handle(&mut a.replica, message).unwrap()
-            });
-        }
-        pending = next;
-        from_a = !from_a;
-    }
+    let mut link = connection();
+    link.round([&mut a.replica, &mut b.replica]).unwrap();
     assert_eq!(
-        to_a.take_applied().len(),
+        link.take_applied(1).len(),
         1,
         "the first round brought the document"
     );
     write(&mut a, Scope::Mesh, 5..6);
     let mesh = DocId::Memory(Scope::Mesh);
     let fresh = a.replica.document(&mesh).unwrap().get_heads();
-    let push = to_b.push(&mut a.replica, &mesh, &fresh).unwrap();
-    assert_eq!(push.len(), 1);
-    let replies = to_a.handle(&mut b.replica, push[0].clone()).unwrap();
-    assert!(replies.is_empty(), "{replies:?}");
+    let push = link.push(0, &mut a.replica, &mesh, &fresh).unwrap();
+    assert_eq!(push.messages.len(), 1);
+    let answer = link
+        .deliver_to(1, &mut b.replica)
+        .unwrap()
+        .expect("the push arrives");
+    assert!(answer.messages.is_empty(), "{:?}", answer.messages);
     assert!(same(&a, &b));
-    let applied = to_a.take_applied();
-    assert_eq!(applied.len(), 1);
-    assert_eq!(applied[0].hashes, fresh);
-}
-
-/// Two sessions on one connection: `sessions[0]` runs on `a`, `sessions[1]` on `b`; each
-/// direction is an in-order stream, as over QUIC.
-struct Connection {
-    sessions: [Session; 2],
-    queues: [VecDeque<Message>; 2],
-}
-
-impl Connection {
-    fn new() -> Connection {
-        Connection {
-            sessions: [
-                Session::new("b", Access::full(), Config::default()),
-                Session::new("a", Access::full(), Config::default()),
-            ],
-            queues: [VecDeque::new(), VecDeque::new()],
-        }
-    }
-
-    /// Queues `messages` from side `from` to the other side.
-    fn send(&mut self, from: usize, messages: Vec<Message>) {
-        for message in messages {
-            let frame = message.encode();
-            self.queues[1 - from].push_back(Message::decode(&frame).unwrap());
-        }
-    }
-
-    /// Side `to` reads all it has been sent; its answers are queued. Returns how many it read.
-    fn read_all(&mut self, to: usize, store: &mut Replica) -> usize {
-        let mut read = 0;
-        while let Some(message) = self.queues[to].pop_front() {
-            read += 1;
-            let replies = self.sessions[to].handle(store, message).unwrap();
-            self.send(to, replies);
-        }
-        read
-    }
-
-    /// Both sides read, in turns, until neither has anything left to read.
-    fn settle(&mut self, a: &mut Peer, b: &mut Peer) {
-        for _ in 0..100 {
-            if self.read_all(0, &mut a.replica) + self.read_all(1, &mut b.replica) == 0 {
-                return;
-            }
-        }
-        panic!("the sessions do not stop talking");
-    }
+    assert_eq!(answer.applied.len(), 1);
+    assert_eq!(answer.applied[0].hashes, fresh);
 }
 
 fn hello_root(messages: &[Message]) -> [u8; 32] {
@@ -302,14 +228,12 @@ fn a_push_that_overtakes_the_answer_to_a_hello_is_not_taken_for_it() {
         full_round(&mut a, &mut b);
         // `b` moves on alone: `a`'s next Hello leaves the mesh out as unchanged since shared.
         write(&mut b, Scope::Mesh, 5..6);
-        let mut link = Connection::new();
-        let hello_a = link.sessions[0].start(&mut a.replica).unwrap();
-        let hello_b = link.sessions[1].start(&mut b.replica).unwrap();
+        let mut link = connection();
+        let hello_a = link.start(0, &mut a.replica).unwrap().messages;
+        let hello_b = link.start(1, &mut b.replica).unwrap().messages;
         if hello_root(&hello_a) > hello_root(&hello_b) {
             continue;
         }
-        link.send(0, hello_a);
-        link.send(1, hello_b);
         b.replica
             .put_skill(SkillWrite {
                 name: "s".into(),
@@ -318,23 +242,15 @@ fn a_push_that_overtakes_the_answer_to_a_hello_is_not_taken_for_it() {
             })
             .unwrap();
         let fresh = b.replica.document(&skills).unwrap().get_heads();
-        let push = link.sessions[1]
-            .push(&mut b.replica, &skills, &fresh)
-            .unwrap();
-        link.send(1, push);
+        let _push = link.push(1, &mut b.replica, &skills, &fresh).unwrap();
         // `a` reads `b`'s Hello (it leads: ignored) and the push; then `b` answers `a`'s Hello.
-        link.settle(&mut a, &mut b);
+        link.read_all(0, &mut a.replica).unwrap();
+        link.settle([&mut a.replica, &mut b.replica]).unwrap();
         assert!(same(&a, &b), "the round left the replicas apart");
         assert_eq!(a.replica.list_memory(None).len(), 6);
         assert!(a.replica.get_skill("s").is_some());
-        assert!(
-            link.sessions[0].is_done(&a.replica),
-            "the leader's round is not done"
-        );
-        assert!(
-            link.sessions[1].is_done(&b.replica),
-            "the answer's round is not done"
-        );
+        assert!(link.round_done(0), "the leader's round is not done");
+        assert!(link.round_done(1), "the answer's round is not done");
         return;
     }
     panic!("`a` never led");
@@ -403,12 +319,10 @@ fn a_burst_of_pushes_arrives_whole_and_stays_linear() {
     write(&mut a, Scope::Mesh, 0..5);
     write(&mut b, Scope::Mesh, 100..105);
     // The connection's own round: each side ends up knowing the other's heads.
-    let mut link = Connection::new();
-    let hello = link.sessions[0].start(&mut a.replica).unwrap();
-    link.send(0, hello);
-    link.settle(&mut a, &mut b);
+    let mut link = connection();
+    link.round([&mut a.replica, &mut b.replica]).unwrap();
     assert!(same(&a, &b));
-    link.sessions[1].take_applied();
+    let _first_round = link.take_applied(1);
     let mesh = DocId::Memory(Scope::Mesh);
     let mut one_change = None;
     let (mut built, mut bytes) = (0, 0);
@@ -421,7 +335,7 @@ fn a_burst_of_pushes_arrives_whole_and_stays_linear() {
             replica: &mut a.replica,
             built: Cell::new(0),
         };
-        let push = link.sessions[0].push(&mut counting, &mesh, &fresh).unwrap();
+        let push = link.push(0, &mut counting, &mesh, &fresh).unwrap().messages;
         built += counting.built.get();
         assert_eq!(push.len(), 1, "one message per push");
         let Message::Sync(sync) = &push[0] else {
@@ -432,19 +346,14 @@ fn a_burst_of_pushes_arrives_whole_and_stays_linear() {
         let size = push[0].encode().len();
         bytes += size;
         one_change.get_or_insert(size);
-        link.send(0, push);
-        assert_eq!(link.read_all(1, &mut b.replica), 1);
-        assert!(
-            link.queues[0].is_empty(),
-            "the peer answered push {i}: {:?}",
-            link.queues[0]
-        );
+        assert_eq!(link.read_all(1, &mut b.replica).unwrap(), 1);
+        assert_eq!(link.in_flight(0), 0, "the peer answered push {i}");
     }
     // No round since the burst: what `b` holds came by push alone.
     assert!(same(&a, &b), "the peer lacks pushed changes");
     assert_eq!(b.replica.list_memory(None).len(), 10 + BURST);
-    let applied: usize = link.sessions[1]
-        .take_applied()
+    let applied: usize = link
+        .take_applied(1)
         .iter()
         .map(|applied| applied.hashes.len())
         .sum();
