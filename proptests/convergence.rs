@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use automerge::{ChangeHash, ReadDoc};
 use meshd::model::{DocId, MemoryEntry, Scope, Stamp};
-use meshd::replica::{Replica, SkillWrite};
+use meshd::replica::{Replica, ReplicaError, SkillWrite};
 use meshd::sync::harness;
 use meshd::sync::{Access, Applied, Config, Knowledge, Message, Session, SyncStore};
 use proptest::prelude::*;
@@ -607,8 +607,19 @@ fn check_connected(world: &World) -> Result<(), TestCaseError> {
 fn open(node: &Node, clock: &Arc<AtomicU64>) -> Replica {
     let clock = clock.clone();
     let skew = node.skew;
-    let wall = Box::new(move || clock.load(Ordering::SeqCst).saturating_add_signed(skew));
-    Replica::open_with_clock(&node.path, &node.id, wall).expect("replica opens")
+    let wall = move || clock.load(Ordering::SeqCst).saturating_add_signed(skew);
+    // A restart may find the store still locked for a moment: sled's background flusher
+    // lets go of the file lock a little after the replica is dropped, as a real process
+    // that exits does. Wait for it, as the daemon does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Replica::open_with_clock(&node.path, &node.id, Box::new(wall.clone())) {
+            Err(ReplicaError::Open { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result.expect("replica opens"),
+        }
+    }
 }
 
 fn scope(user: bool) -> Scope {

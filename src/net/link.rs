@@ -11,6 +11,7 @@ use automerge::ChangeHash;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::close::CloseCode;
 use crate::model::{DocId, NodeId};
 use crate::replica::Replica;
 use crate::sync::{self, Applied, Message, Outcome, Refusal, Session, SyncError};
@@ -55,14 +56,14 @@ pub async fn run(
     peer: NodeId,
     dialer: bool,
     anti_entropy: Duration,
-    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+    commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) -> Result<(), LinkError> {
     let (send, recv) = if dialer {
         connection.open_bi().await?
     } else {
         connection.accept_bi().await?
     };
-    let (inbound_tx, mut inbound) = mpsc::channel(16);
+    let (inbound_tx, inbound) = mpsc::channel(16);
     let reader = tokio::spawn(read_frames(recv, inbound_tx));
     let mut link = Link {
         host,
@@ -71,39 +72,11 @@ pub async fn run(
         send,
         round: Round::new(),
     };
-    link.start_round().await?;
-    let mut timer = tokio::time::interval(anti_entropy);
-    timer.tick().await;
-    let result = loop {
-        tokio::select! {
-            frame = inbound.recv() => match frame {
-                Some(Ok(message)) => {
-                    let outcome = match link.call(|session, store| session.handle(store, message)) {
-                        Ok(outcome) => outcome,
-                        Err(e) => break Err(e.into()),
-                    };
-                    link.act(outcome).await?;
-                }
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
-            },
-            command = commands.recv() => match command {
-                Some(LinkCommand::Push { doc, fresh }) => {
-                    let outcome = link.call(|session, store| session.push(store, &doc, &fresh))?;
-                    link.act(outcome).await?;
-                }
-                Some(LinkCommand::SyncNow(done)) => {
-                    link.round.waiters.push(done);
-                    link.start_round().await?;
-                }
-                None => break Ok(()),
-            },
-            _ = timer.tick() => link.start_round().await?,
-        }
-    };
+    let result = link.drive(inbound, commands, anti_entropy).await;
+    // Whatever ended the link, the reader goes with it, and a failure is told to the peer.
     reader.abort();
     if let Err(e) = &result {
-        connection.close(1u32.into(), e.to_string().as_bytes());
+        CloseCode::LinkFailed.close(&connection, &e.to_string());
     }
     result
 }
@@ -118,6 +91,43 @@ struct Link<'h, H> {
 }
 
 impl<H: LinkHost> Link<'_, H> {
+    /// The link's life: a round at once, then frames, commands and the anti-entropy timer,
+    /// until the connection or the command channel ends. Every error ends it.
+    async fn drive(
+        &mut self,
+        mut inbound: mpsc::Receiver<Result<Message, LinkError>>,
+        mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+        anti_entropy: Duration,
+    ) -> Result<(), LinkError> {
+        self.start_round().await?;
+        let mut timer = tokio::time::interval(anti_entropy);
+        timer.tick().await;
+        loop {
+            tokio::select! {
+                frame = inbound.recv() => match frame {
+                    Some(message) => {
+                        let message = message?;
+                        let outcome = self.call(|session, store| session.handle(store, message))?;
+                        self.act(outcome).await?;
+                    }
+                    None => return Ok(()),
+                },
+                command = commands.recv() => match command {
+                    Some(LinkCommand::Push { doc, fresh }) => {
+                        let outcome = self.call(|session, store| session.push(store, &doc, &fresh))?;
+                        self.act(outcome).await?;
+                    }
+                    Some(LinkCommand::SyncNow(done)) => {
+                        self.round.waiters.push(done);
+                        self.start_round().await?;
+                    }
+                    None => return Ok(()),
+                },
+                _ = timer.tick() => self.start_round().await?,
+            }
+        }
+    }
+
     /// Opens a new round; whoever waited for the previous one waits for this one.
     async fn start_round(&mut self) -> Result<(), LinkError> {
         self.round.restart();
