@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::model::hlc::ClockBound;
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7464";
 /// The local HTTP API's address: the reference store API's port, on loopback only.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:4078";
@@ -137,10 +139,26 @@ pub struct NodeConfig {
     /// The QUIC address the daemon listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How far ahead of this node's clock a stamp may be before it is refused.
+    #[serde(default = "default_max_clock_offset_ms")]
+    pub max_clock_offset_ms: u64,
+}
+
+impl NodeConfig {
+    /// The clock bound the replica enforces.
+    pub fn clock_bound(&self) -> ClockBound {
+        ClockBound {
+            max_offset_ms: self.max_clock_offset_ms,
+        }
+    }
 }
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
+}
+
+fn default_max_clock_offset_ms() -> u64 {
+    ClockBound::default().max_offset_ms
 }
 
 /// `[api]`: the local HTTP API (Phase 2 endpoints and bridge ingest).
@@ -252,6 +270,8 @@ fn config_template(name: &str, listen: &str) -> String {
          name = {name}\n\
          # The UDP address meshd listens on for QUIC connections from peers.\n\
          listen = {listen}\n\
+         # Stamps further ahead of this machine's clock are refused (docs/architecture.md, Clock).\n\
+         # max_clock_offset_ms = 60000\n\
          \n\
          # Optional sections (defaults shown); see docs/compatibility.md.\n\
          # [api]\n\

@@ -80,10 +80,11 @@ pub struct Node {
 }
 
 impl Node {
-    fn open(home: &Home, cache: CachePaths) -> Result<Node, DaemonError> {
+    fn open(home: &Home, config: &Config, cache: CachePaths) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let replica = open_store(home, &identity.node_id.compact())?;
+        let mut replica = open_store(home, &identity.node_id.compact())?;
+        replica.set_clock_bound(config.node.clock_bound());
         let peers = PeerStore::open(replica.db())?;
         Ok(Node {
             own: identity.node_id,
@@ -202,7 +203,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let config = home.load_config()?;
     let cache = config.cache.paths(openclaw_home.clone());
-    let node = Arc::new(Node::open(&home, cache)?);
+    let node = Arc::new(Node::open(&home, &config, cache)?);
     let socket_path = home.control_socket_path();
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");

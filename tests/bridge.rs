@@ -368,3 +368,38 @@ fn secrets_are_ignored_with_the_rule_never_the_secret() {
     assert_eq!(node.run(&["mem", "get", "mesh", "github"], "").code, 3);
     assert_eq!(node.run(&["skill", "get", "keys"], "").code, 3);
 }
+
+/// A `ts` in the year 10000 was accepted, and then `mem put`, the view writer and the API
+/// panicked formatting it. Now it is refused on its own, with the reason, and the node
+/// carries on.
+#[test]
+fn a_ts_far_in_the_future_is_one_ignored_item_and_nothing_breaks() {
+    let node = TestNode::new("a");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let input = [
+        memory_message("year.10000", json!(1), 253_402_300_800),
+        memory_message("next.year", json!(2), now + 365 * 86_400),
+        memory_message("in.time", json!(3), now),
+    ]
+    .join("\n");
+    let run = node.ok(&["bridge", "ingest"], &input);
+    assert_eq!(summary(&run), counts(1, 1, 0, 2));
+    assert!(
+        run.stderr.contains("ahead of this node's clock"),
+        "{}",
+        run.stderr
+    );
+    let keys: Vec<String> = node
+        .json(&["mem", "ls", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["in.time"]);
+    node.ok(&["mem", "put", "mesh", "after", "4"], "");
+    node.ok(&["cache", "write"], "");
+}

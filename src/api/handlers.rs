@@ -10,7 +10,7 @@ use super::guard::{HttpError, Text};
 use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
-use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
+use crate::model::{secret, MemoryEntry, Scope, Skill};
 use crate::replica::{system_clock, Replica, ReplicaError};
 use crate::store::{MemoryRow, SkillRow};
 
@@ -149,7 +149,7 @@ pub async fn put_memory(State(state): State<ApiState>, Text(body): Text) -> Answ
             key,
             value,
             node_id: node_id.unwrap_or_else(|| replica.node_id().to_string()),
-            updated_at: Stamp::after(newest, system_clock()),
+            updated_at: replica.stamp_after(newest).map_err(write_error)?,
             deleted: false,
         };
         let changed = replica.import_memory(entry.clone()).map_err(write_error)?;
@@ -224,7 +224,7 @@ pub async fn put_skill(State(state): State<ApiState>, Text(body): Text) -> Answe
             path,
             description: description.unwrap_or_default(),
             source_node,
-            updated_at: Stamp::after(newest, system_clock()),
+            updated_at: replica.stamp_after(newest).map_err(write_error)?,
             deleted: false,
         };
         let changed = replica.import_skill(skill.clone()).map_err(write_error)?;
@@ -281,7 +281,7 @@ async fn run_bridge(
         let items = bridge::items(&body, unwrap);
         let single = items.len() == 1;
         let now = system_clock();
-        let report = bridge::ingest(replica, items, now).map_err(write_error)?;
+        let report = bridge::ingest(replica, items).map_err(write_error)?;
         for (position, reason) in &report.reasons {
             tracing::info!(position, reason, "bridge item ignored");
         }

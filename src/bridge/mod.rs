@@ -34,15 +34,11 @@ pub struct IngestReport {
 
 /// Imports every memory and skill message among `items` in one group commit. Anything else
 /// is counted as ignored with its reason; only a failing store is an error.
-pub fn ingest(
-    replica: &mut Replica,
-    items: Vec<Item>,
-    wall_millis: u64,
-) -> Result<IngestReport, ReplicaError> {
+pub fn ingest(replica: &mut Replica, items: Vec<Item>) -> Result<IngestReport, ReplicaError> {
     replica.batch(|batch| {
         let mut report = IngestReport::default();
         for (index, item) in items.into_iter().enumerate() {
-            let outcome = apply(batch, item, wall_millis, &mut report.requests)?;
+            let outcome = apply(batch, item, &mut report.requests)?;
             report.record(index + 1, outcome);
         }
         Ok(report)
@@ -81,7 +77,6 @@ impl IngestReport {
 fn apply(
     batch: &mut Batch<'_>,
     item: Item,
-    wall_millis: u64,
     requests: &mut Vec<MeshRequest>,
 ) -> Result<Outcome, ReplicaError> {
     let value = match item {
@@ -97,8 +92,9 @@ fn apply(
         Ok(Message::Memory(entry)) => {
             refused(batch.import_memory(entry))?.map_or_else(Outcome::Ignored, Outcome::Memory)
         }
-        Ok(Message::Skill(skill)) => refused(import_skill(batch, skill, wall_millis))?
-            .map_or_else(Outcome::Ignored, Outcome::Skill),
+        Ok(Message::Skill(skill)) => {
+            refused(import_skill(batch, skill))?.map_or_else(Outcome::Ignored, Outcome::Skill)
+        }
     })
 }
 
@@ -114,11 +110,7 @@ fn refused(result: Result<bool, ReplicaError>) -> Result<Result<bool, String>, R
 /// A skill message with `ts` is last-write-wins by it. One without `ts` has no time to
 /// compare, so it counts as received now, and applies only when it would change the
 /// skill's content or source: the same message delivered again changes nothing.
-fn import_skill(
-    batch: &mut Batch<'_>,
-    message: SkillMessage,
-    wall_millis: u64,
-) -> Result<bool, ReplicaError> {
+fn import_skill(batch: &mut Batch<'_>, message: SkillMessage) -> Result<bool, ReplicaError> {
     let current = batch.current_skill(&message.name);
     let newest = current.as_ref().map(|winner| winner.updated_at);
     let live = current.filter(|winner| !winner.deleted);
@@ -130,7 +122,7 @@ fn import_skill(
         {
             return Ok(false)
         }
-        None => Stamp::after(newest, wall_millis),
+        None => batch.stamp_after(newest)?,
     };
     let description = live.map(|live| live.description).unwrap_or_default();
     batch.import_skill(message.into_skill(updated_at, description))

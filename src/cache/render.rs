@@ -1,7 +1,6 @@
 //! The text of each cache file.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -97,7 +96,7 @@ pub fn reference_memory(entries: &[MemoryEntry], own: &str) -> String {
 pub fn skill_md(skill: &Skill) -> String {
     let metadata = json!({"meshd": {
         "sourceNode": skill.source_node,
-        "updatedAt": iso_time(skill.updated_at.unix_seconds()),
+        "updatedAt": skill.updated_at.to_rfc3339(),
     }});
     format!(
         "---\nname: {}\ndescription: {}\nmetadata: {metadata}\n---\n{}",
@@ -147,15 +146,10 @@ pub fn memory_md(label: &str, entries: &[&MemoryEntry]) -> String {
             "\n## {}\n\n{value}\n\nFrom {}, updated {}.\n",
             entry.key,
             entry.node_id,
-            iso_time(entry.updated_at.unix_seconds())
+            entry.updated_at.to_rfc3339()
         ));
     }
     page
-}
-
-fn iso_time(unix_seconds: u64) -> String {
-    let time = UNIX_EPOCH + Duration::from_secs(unix_seconds);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]

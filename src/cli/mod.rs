@@ -154,7 +154,8 @@ pub fn is_daemon_running(home: &Home) -> bool {
 pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
     home.require_initialised()?;
     let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-    let replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    let mut replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    replica.set_clock_bound(home.load_config()?.node.clock_bound());
     Ok((replica, identity))
 }
 
@@ -214,6 +215,5 @@ pub fn openclaw_home_env() -> Option<PathBuf> {
 
 /// Unix seconds as `2026-11-22T10:00:00Z`.
 pub fn format_time(unix_seconds: u64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds);
-    humantime::format_rfc3339_seconds(time).to_string()
+    meshd::model::hlc::rfc3339_seconds(unix_seconds)
 }

@@ -1,5 +1,6 @@
 //! Limits on what may be written, with errors that say what to change.
 
+use super::hlc::FutureStamp;
 use super::secret::SecretFound;
 
 /// Longest memory key, in bytes. Keys are dotted paths like `user.preferences`, not documents.
@@ -35,6 +36,10 @@ pub enum ValidationError {
     SkillTooLarge(&'static str, usize),
     #[error(transparent)]
     Secret(#[from] SecretFound),
+    #[error(transparent)]
+    FutureStamp(#[from] FutureStamp),
+    #[error("this entry's current version is stamped at the end of time (a damaged or hostile import); delete the key with a tool that rewrites it, or restore it from a backup")]
+    ClockExhausted,
 }
 
 pub fn key(key: &str) -> Result<(), ValidationError> {

@@ -15,6 +15,7 @@ use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use crate::model::entry::{resolve, Versioned};
+use crate::model::hlc::ClockBound;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{secret, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp};
 use storage::Storage;
@@ -102,6 +103,7 @@ pub struct Replica {
     actor: ActorId,
     hlc: Hlc,
     wall_clock: WallClock,
+    clock_bound: ClockBound,
 }
 
 /// The wall clock in Unix milliseconds: the replica's default clock, and the time of writes
@@ -139,6 +141,7 @@ impl Replica {
             actor,
             hlc: Hlc::default(),
             wall_clock,
+            clock_bound: ClockBound::default(),
         })
     }
 
@@ -445,12 +448,34 @@ impl Replica {
         Ok(added)
     }
 
-    fn next_stamp(&mut self, current: Option<Stamp>) -> Stamp {
+    /// Sets how far ahead of this node's wall clock an accepted stamp may be
+    /// (`[node] max_clock_offset_ms`).
+    pub fn set_clock_bound(&mut self, bound: ClockBound) {
+        self.clock_bound = bound;
+    }
+
+    /// The stamp of a new version that replaces one stamped `current`: the one clock of every
+    /// write path (CLI, API, bridge messages without `ts`).
+    pub fn stamp_after(&mut self, current: Option<Stamp>) -> Result<Stamp> {
         let wall = (self.wall_clock)();
-        let stamp = self.hlc.tick(wall);
-        let stamp = current.map_or(stamp, |current| stamp.max(Stamp(current.0 + 1)));
-        self.hlc.observe(stamp);
-        stamp
+        let tick = self.hlc.tick(wall).ok_or(ValidationError::ClockExhausted)?;
+        let stamp = match current {
+            Some(current) => tick.max(current.next().ok_or(ValidationError::ClockExhausted)?),
+            None => tick,
+        };
+        self.hlc.observe(stamp, self.clock_bound.ceiling(wall));
+        Ok(stamp)
+    }
+
+    /// Refuses a stamp brought by an import (bridge, SQLite, API) that is too far ahead of
+    /// this node's clock; an accepted one moves the clock along, up to its ceiling.
+    fn accept_stamp(&mut self, stamp: Stamp) -> Result<()> {
+        let wall = (self.wall_clock)();
+        self.clock_bound
+            .check(stamp, wall)
+            .map_err(ValidationError::from)?;
+        self.hlc.observe(stamp, self.clock_bound.ceiling(wall));
+        Ok(())
     }
 }
 
@@ -534,7 +559,7 @@ impl Batch<'_> {
             key: key.to_string(),
             value,
             node_id: self.replica.node_id.clone(),
-            updated_at: self.replica.next_stamp(current),
+            updated_at: self.replica.stamp_after(current)?,
             deleted: false,
         };
         self.write_memory(&entry)?;
@@ -548,12 +573,17 @@ impl Batch<'_> {
         let entry = MemoryEntry {
             value: serde_json::Value::Null,
             node_id: self.replica.node_id.clone(),
-            updated_at: self.replica.next_stamp(Some(current.updated_at)),
+            updated_at: self.replica.stamp_after(Some(current.updated_at))?,
             deleted: true,
             ..current
         };
         self.write_memory(&entry)?;
         Ok(true)
+    }
+
+    /// The stamp of a new version replacing one stamped `current` (see `Replica::stamp_after`).
+    pub fn stamp_after(&mut self, current: Option<Stamp>) -> Result<Stamp> {
+        self.replica.stamp_after(current)
     }
 
     pub fn import_memory(&mut self, entry: MemoryEntry) -> Result<bool> {
@@ -564,7 +594,7 @@ impl Batch<'_> {
             .current_memory(&entry.scope, &entry.key)
             .is_none_or(|winner| entry.version() > winner.version());
         if newer {
-            self.replica.hlc.observe(entry.updated_at);
+            self.replica.accept_stamp(entry.updated_at)?;
             self.write_memory(&entry)?;
         }
         Ok(newer)
@@ -620,7 +650,7 @@ impl Batch<'_> {
             path: write.path,
             description,
             source_node: self.replica.node_id.clone(),
-            updated_at: self.replica.next_stamp(current.map(|c| c.updated_at)),
+            updated_at: self.replica.stamp_after(current.map(|c| c.updated_at))?,
             deleted: false,
         };
         self.write_skill(&skill)?;
@@ -633,7 +663,7 @@ impl Batch<'_> {
         };
         let skill = Skill {
             source_node: self.replica.node_id.clone(),
-            updated_at: self.replica.next_stamp(Some(current.updated_at)),
+            updated_at: self.replica.stamp_after(Some(current.updated_at))?,
             deleted: true,
             ..current
         };
@@ -649,7 +679,7 @@ impl Batch<'_> {
             .current_skill(&skill.name)
             .is_none_or(|winner| skill.version() > winner.version());
         if newer {
-            self.replica.hlc.observe(skill.updated_at);
+            self.replica.accept_stamp(skill.updated_at)?;
             self.write_skill(&skill)?;
         }
         Ok(newer)

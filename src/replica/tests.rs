@@ -235,3 +235,92 @@ fn exported_documents_load_in_plain_automerge() {
     let stored: serde_json::Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
     assert_eq!(stored["value"], json!({"a": 1}));
 }
+
+/// A replica whose wall clock reads `now` (Unix milliseconds).
+fn at(dir: &Path, now: u64) -> Replica {
+    Replica::open_with_clock(dir, "n1", fixed_clock(Arc::new(now.into()))).unwrap()
+}
+
+fn imported(key: &str, millis: u64) -> MemoryEntry {
+    MemoryEntry {
+        scope: Scope::Mesh,
+        key: key.into(),
+        value: json!("v"),
+        node_id: "ceo".into(),
+        updated_at: Stamp::from_unix_millis(millis),
+        deleted: false,
+    }
+}
+
+const NOW: u64 = 1_764_600_000_000;
+
+#[test]
+fn an_import_stamped_too_far_ahead_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = at(dir.path(), NOW);
+    let year_10000 = 253_402_300_800_000;
+    let refused = r.import_memory(imported("far", year_10000)).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ReplicaError::Invalid(ValidationError::FutureStamp(_))
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("ahead of this node's clock"));
+    assert!(r.get_memory(&Scope::Mesh, "far").is_none());
+    // Within the bound is fine, and so is the past.
+    assert!(r.import_memory(imported("near", NOW + 59_000)).unwrap());
+    assert!(r.import_memory(imported("old", 1_000)).unwrap());
+}
+
+#[test]
+fn one_accepted_stamp_from_ahead_does_not_drag_the_clock_past_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = at(dir.path(), NOW);
+    r.set_clock_bound(ClockBound {
+        max_offset_ms: 10_000,
+    });
+    assert!(r.import_memory(imported("ahead", NOW + 9_000)).unwrap());
+    let own = r.put_memory(&Scope::Mesh, "mine", json!(1)).unwrap();
+    assert!(own.updated_at.unix_millis() <= NOW + 10_000, "{own:?}");
+    // The key that carries the stamp from ahead still gets a version that replaces it.
+    let replaced = r.put_memory(&Scope::Mesh, "ahead", json!(2)).unwrap();
+    assert_eq!(r.get_memory(&Scope::Mesh, "ahead").unwrap().value, json!(2));
+    assert!(replaced.updated_at > Stamp::from_unix_millis(NOW + 9_000));
+}
+
+#[test]
+fn a_version_stamped_at_the_end_of_time_is_refused_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = at(dir.path(), u64::MAX);
+    r.set_clock_bound(ClockBound {
+        max_offset_ms: u64::MAX,
+    });
+    let last = MemoryEntry {
+        updated_at: Stamp(u64::MAX),
+        ..imported("k", 0)
+    };
+    assert!(r.import_memory(last).unwrap());
+    let error = r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap_err();
+    assert!(matches!(
+        error,
+        ReplicaError::Invalid(ValidationError::ClockExhausted)
+    ));
+}
+
+#[test]
+fn every_write_path_stamps_with_the_one_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = at(dir.path(), NOW);
+    let by_cli = r
+        .put_memory(&Scope::Mesh, "a", json!(1))
+        .unwrap()
+        .updated_at;
+    let by_api = r.stamp_after(None).unwrap();
+    assert!(
+        by_api > by_cli,
+        "the API's stamp follows the CLI's on the same clock"
+    );
+    assert_eq!(by_api.unix_millis(), NOW);
+}
