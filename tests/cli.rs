@@ -259,3 +259,59 @@ fn state_survives_between_processes() {
         json!(19)
     );
 }
+
+/// Adding a known peer again used to reset its access to full read and write in silence.
+#[test]
+fn peers_add_for_a_known_peer_changes_only_what_is_given() {
+    let node = TestNode::init("a");
+    let peer = TestNode::init("b");
+    let id = peer.run(&["id"]).ok().lines().next().unwrap().to_string();
+    let added = node.run(&[
+        "peers",
+        "add",
+        &id,
+        "127.0.0.1:7464",
+        "--read",
+        "mesh",
+        "--write",
+        "none",
+    ]);
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    assert!(
+        added.stderr.contains("read mesh; write none"),
+        "{}",
+        added.stderr
+    );
+    let again = node.run(&["peers", "add", &id, "--name", "nas"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("peer nas: read mesh; write none"),
+        "{}",
+        again.stderr
+    );
+    let peers: serde_json::Value =
+        serde_json::from_str(&node.run(&["peers", "ls", "--json"]).ok()).unwrap();
+    assert_eq!(peers[0]["access"]["read"], serde_json::json!(["mesh"]));
+    assert_eq!(peers[0]["addresses"], serde_json::json!(["127.0.0.1:7464"]));
+    let reset = node.run(&["peers", "add", &id, "--reset-access"]);
+    assert!(
+        reset.stderr.contains("read mesh,skills,user:*,node:*"),
+        "{}",
+        reset.stderr
+    );
+    let unknown = TestNode::init("c");
+    let other = unknown
+        .run(&["id"])
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let refused = node.run(&["peers", "add", &other]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("needs an address"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -8,24 +8,31 @@ use super::{execute, format_time};
 
 #[derive(Debug, Subcommand)]
 pub enum PeersCommand {
-    /// Trust a node (by the id `meshd id` prints there) and say where to reach it
+    /// Trust a node (by the id `meshd id` prints there) and say where to reach it; for a
+    /// known peer, change only what is given
     Add {
         /// The peer's node id, e.g. abcdefghijk-lmnopqrstuv-wxyz234567c
         node_id: String,
-        /// HOST:PORT of the peer's listen address; repeat with --address for more
-        address: String,
+        /// HOST:PORT of the peer's listen address (required for a new peer); repeat with
+        /// --address for more
+        address: Option<String>,
         /// More addresses to try, in order
         #[arg(long = "address", value_name = "HOST:PORT")]
         more_addresses: Vec<String>,
         /// A name to refer to the peer by
         #[arg(long)]
         name: Option<String>,
-        /// Documents the peer may read from this node [default: mesh,skills,user:*,node:*]
+        /// Documents the peer may read from this node [new peer: mesh,skills,user:*,node:*;
+        /// known peer: unchanged]
         #[arg(long, value_name = "SCOPES")]
         read: Option<String>,
-        /// Documents the peer may change here [default: mesh,skills,user:*,node:*]; this node's own node scope is never writable by peers
+        /// Documents the peer may change here [new peer: mesh,skills,user:*,node:*; known
+        /// peer: unchanged]; this node's own node scope is never writable by peers
         #[arg(long, value_name = "SCOPES")]
         write: Option<String>,
+        /// Give a known peer the default access again (--read/--write still apply on top)
+        #[arg(long)]
+        reset_access: bool,
     },
     /// List peers: id, name, address, connected, last sync, documents behind
     Ls {
@@ -50,14 +57,16 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
             name,
             read,
             write,
+            reset_access,
         } => {
-            let addresses = std::iter::once(address).chain(more_addresses).collect();
+            let addresses = address.into_iter().chain(more_addresses).collect();
             let add = PeersAdd {
                 id: node_id,
                 addresses,
                 name,
                 read,
                 write,
+                reset_access,
             };
             eprintln!("{}", execute(home, add)?);
         }

@@ -8,50 +8,84 @@ use crate::model::access::{Access, Pattern};
 use crate::model::NodeId;
 use crate::peers::{Peer, Refused};
 
-/// Adds a peer, or updates one with the same id.
+/// Adds a peer, or updates one with the same id. For a known peer only what is given
+/// changes: its access stays as it was unless `read`/`write` are given or `reset_access` asks
+/// for the defaults again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeersAdd {
     pub id: String,
+    /// Replace the peer's addresses; required for a new peer.
     pub addresses: Vec<String>,
     pub name: Option<String>,
-    /// Comma-separated scope patterns; the defaults when absent.
+    /// Comma-separated scope patterns.
     pub read: Option<String>,
     pub write: Option<String>,
+    /// Go back to the default access (before `read`/`write`, which still apply).
+    #[serde(default)]
+    pub reset_access: bool,
 }
 
 impl Command for PeersAdd {
-    /// What was done, for the operator.
+    /// What was done and the access that results, for the operator.
     type Reply = String;
     const EFFECTS: Effects = Effects::PEERS;
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let id: NodeId = self.id.parse().map_err(CommandError::failed)?;
-        let defaults = Access::default_for_peer();
-        let patterns = |list: Option<String>, default: Vec<Pattern>| {
-            list.map_or(Ok(default), |l| Pattern::parse_list(&l))
+        let known = node.peers.get(&id).map_err(CommandError::failed)?;
+        if known.is_none() && self.addresses.is_empty() {
+            return Err(CommandError::failed(
+                "a new peer needs an address: meshd peers add <id> <HOST:PORT>",
+            ));
+        }
+        let base = match &known {
+            Some(peer) if !self.reset_access => peer.access.clone(),
+            _ => Access::default_for_peer(),
+        };
+        let patterns = |list: Option<String>, kept: Vec<Pattern>| {
+            list.map_or(Ok(kept), |l| Pattern::parse_list(&l))
                 .map_err(CommandError::failed)
         };
         let access = Access {
-            read: patterns(self.read, defaults.read)?,
-            write: patterns(self.write, defaults.write)?,
+            read: patterns(self.read, base.read)?,
+            write: patterns(self.write, base.write)?,
         };
         let peer = Peer {
             id,
-            name: self.name,
-            addresses: self.addresses,
+            name: self.name.or(known.as_ref().and_then(|p| p.name.clone())),
+            addresses: match self.addresses.is_empty() {
+                true => known
+                    .as_ref()
+                    .map(|p| p.addresses.clone())
+                    .unwrap_or_default(),
+                false => self.addresses,
+            },
             access,
-            last_sync: None,
+            last_sync: known.as_ref().and_then(|p| p.last_sync),
         };
-        let label = peer.label();
+        let summary = format!(
+            "peer {}: read {}; write {}",
+            peer.label(),
+            patterns_text(&peer.access.read),
+            patterns_text(&peer.access.write)
+        );
         let replaced = node
             .peers
             .add(&node.own, peer)
             .map_err(CommandError::failed)?;
         Ok(format!(
-            "{} peer {label}",
+            "{} {summary}",
             if replaced { "updated" } else { "added" }
         ))
     }
+}
+
+fn patterns_text(patterns: &[Pattern]) -> String {
+    if patterns.is_empty() {
+        return "none".to_string();
+    }
+    let names: Vec<String> = patterns.iter().map(Pattern::to_string).collect();
+    names.join(",")
 }
 
 /// Lists the peers with their state.

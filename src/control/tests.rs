@@ -108,6 +108,7 @@ fn samples(node: &Node) -> Vec<Request> {
             name: Some("nas".into()),
             read: None,
             write: None,
+            reset_access: false,
         }
         .into(),
         PeersLs::default().into(),
@@ -193,6 +194,7 @@ fn seeded() -> Node {
         name: Some("laptop".into()),
         read: None,
         write: None,
+        reset_access: false,
     }
     .execute(&node.context)
     .unwrap();
