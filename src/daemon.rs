@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiError, ApiSettings, ApiState};
 use crate::cache::CachePaths;
 use crate::config::{self, Config, ConfigError, Home};
-use crate::control::socket::MAX_LINE_BYTES;
+use crate::control::socket::MAX_REQUEST_BYTES;
 use crate::control::{CommandError, Context, LiveMesh, Reply, Request};
 use crate::model::NodeId;
 use crate::net::endpoint;
@@ -370,11 +370,18 @@ async fn serve_control(listener: UnixListener, node: Arc<Node>) {
 async fn answer_control(stream: UnixStream, node: Arc<Node>) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
-    let mut reader = BufReader::new(read).take(MAX_LINE_BYTES as u64);
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64);
     let reply = match reader.read_until(b'\n', &mut line).await {
         Err(e) => Err(CommandError::failed(format!(
             "cannot read the request: {e}"
         ))),
+        Ok(n) if n == MAX_REQUEST_BYTES && !line.ends_with(b"\n") => {
+            Err(CommandError::failed(format!(
+                "the request is over the control socket's {} MiB limit; send large input in \
+                 pieces (meshd bridge ingest does)",
+                MAX_REQUEST_BYTES >> 20
+            )))
+        }
         Ok(_) => match serde_json::from_slice::<Request>(&line) {
             Err(e) => Err(CommandError::failed(format!(
                 "malformed control request: {e}"

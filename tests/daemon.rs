@@ -158,3 +158,54 @@ fn status_says_the_same_with_and_without_the_daemon() {
         "the peer has none of the three documents"
     );
 }
+
+/// Input over the control socket's 16 MiB request limit failed with "Broken pipe", and a
+/// listing over 16 MiB was cut and read as a version mismatch. Now input goes in pieces and
+/// replies have no ceiling.
+#[test]
+fn a_22_mb_ingest_and_a_22_mb_listing_go_through_the_daemon() {
+    let (node, _) = TestNode::init_listening("big");
+    let daemon = node.start();
+    let note = "n".repeat(1000);
+    let count = 22_000;
+    let input: String = (0..count)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"memory\",\"scope\":\"mesh\",\"key\":\"k{i}\",\"value\":\"{note}\",\"nodeId\":\"ceo\",\"ts\":1739123456}}\n"
+            )
+        })
+        .collect();
+    assert!(input.len() > 22_000_000);
+    let run = node.run_with_stdin(&["bridge", "ingest"], input.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["memory"], count);
+    assert_eq!(summary["ignored"], 0);
+    let listing = node.run(&["mem", "ls", "--json"]);
+    assert_eq!(listing.code, 0, "{}", listing.stderr);
+    assert!(listing.stdout.len() > 16 * 1024 * 1024);
+    let entries: Value = serde_json::from_str(&listing.stdout).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), count);
+    assert_eq!(daemon.stop(), 0);
+}
+
+/// One line that is not UTF-8 refused the whole input; it is one ignored item now.
+#[test]
+fn a_line_that_is_not_utf8_is_one_ignored_item() {
+    let node = TestNode::init("bytes");
+    let mut input = b"{\"type\":\"memory\",\"scope\":\"mesh\",\"key\":\"a\",\"value\":1,\"nodeId\":\"ceo\",\"ts\":1739123456}\n".to_vec();
+    input.extend(b"{\"type\":\"memory\",\"scope\":\"mesh\",\"key\":\"\xff\xfe\",\"value\":2}\n");
+    input.extend(b"{\"type\":\"memory\",\"scope\":\"mesh\",\"key\":\"c\",\"value\":3,\"nodeId\":\"ceo\",\"ts\":1739123456}\n");
+    let run = node.run_with_stdin(&["bridge", "ingest"], &input);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        summary,
+        serde_json::json!({"ingested": 2, "memory": 2, "skill": 0, "ignored": 1})
+    );
+    assert!(
+        run.stderr.contains("item 2 ignored: line 2 is not UTF-8"),
+        "{}",
+        run.stderr
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 pub mod message;
+pub mod stream;
 
 use serde::Serialize;
 use serde_json::Value;

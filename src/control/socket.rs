@@ -1,14 +1,16 @@
 //! The control socket: a Unix socket in the node's home (mode 0600), one JSON request line
 //! and one JSON response line per connection.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use super::{Reply, Request};
 
-/// Requests carry skill bodies and values of up to a few MiB; anything far larger is refused.
-pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// Requests carry skill bodies and values of up to a few MiB, and bridge input in pieces of
+/// 8 MiB; anything larger is refused. Replies have no limit: they come from this node's own
+/// daemon, and a large store lists large.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -33,12 +35,19 @@ pub fn send(path: &Path, request: &Request) -> Result<Option<Reply>, ControlErro
     };
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io_error)?;
+    // A daemon that refuses a request answers before it stops reading: read its answer even
+    // when our write was cut short.
+    let written = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(stream.take(MAX_LINE_BYTES as u64))
-        .read_line(&mut answer)
-        .map_err(io_error)?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(ControlError::Decode)
+    let read = BufReader::new(stream).read_line(&mut answer);
+    match (written, read) {
+        (_, Ok(n)) if n > 0 => serde_json::from_str(&answer)
+            .map(Some)
+            .map_err(ControlError::Decode),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(io_error(e)),
+        (Ok(()), Ok(_)) => Err(io_error(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without an answer; see its log",
+        ))),
+    }
 }
