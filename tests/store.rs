@@ -185,9 +185,26 @@ fn last_write_wins_by_updated_at() {
         "the local write is newer"
     );
     let conn = Connection::open(&source).unwrap();
+    // A row from the year 5138 is refused by the clock bound, not taken as the newest.
     conn.execute(
         "UPDATE mesh_memory SET value = 'kelvin', updated_at = 99999999999 WHERE key = 'units'",
         [],
+    )
+    .unwrap();
+    let far = import(&node, &source);
+    assert_eq!(far["skipped"], 1, "{far}");
+    assert_eq!(
+        node.json(&["mem", "get", "mesh", "units"]),
+        json!("imperial")
+    );
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30;
+    conn.execute(
+        "UPDATE mesh_memory SET updated_at = ?1 WHERE key = 'units'",
+        [soon],
     )
     .unwrap();
     import(&node, &source);
@@ -291,4 +308,34 @@ fn files_that_are_not_stores_are_errors() {
     let run = node.run(&["store", "import", junk.to_str().unwrap()], "");
     assert_ne!(run.code, 0);
     assert_eq!(node.ok(&["mem", "ls", "--json"], "").stdout, "[]\n");
+}
+
+/// Rows are streamed in group commits instead of collected whole: a file larger than one
+/// commit imports every row, and a bad row among them is skipped on its own.
+#[test]
+fn a_store_larger_than_one_commit_imports_every_row() {
+    let node = TestNode::new("a");
+    let source = node.dir.path().join("large.sqlite");
+    let conn = Connection::open(&source).unwrap();
+    conn.execute_batch(meshd::store::SCHEMA).unwrap();
+    let rows = 7_500;
+    let insert =
+        "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?1,?2,?3,?4,?5)";
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..rows {
+        let node_id = if i == 4_321 { "" } else { "ceo" };
+        conn.execute(
+            insert,
+            params!["mesh", format!("k{i}"), format!("v{i}"), node_id, 1739123456],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    let report = import(&node, &source);
+    assert_eq!(
+        report,
+        json!({"memory": rows - 1, "skills": 0, "unchanged": 0, "skipped": 1})
+    );
+    let stored = node.json(&["mem", "ls", "--json"]);
+    assert_eq!(stored.as_array().unwrap().len(), rows - 1);
 }

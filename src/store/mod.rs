@@ -86,7 +86,13 @@ pub struct ExportReport {
     pub removed: usize,
 }
 
-/// Imports every row of a reference store into the replica, in one group commit.
+/// Rows read and imported per group commit: bounds the memory an import takes whatever the
+/// size of the file (the rows are streamed from SQLite, never collected whole).
+const IMPORT_BATCH_ROWS: usize = 2_000;
+
+/// Imports every row of a reference store into the replica, streamed in group commits of
+/// `IMPORT_BATCH_ROWS`. Imports are last-writer-wins and idempotent, so an import cut short
+/// (a full disk, a crash) is finished by running it again.
 pub fn import(path: &Path, replica: &mut Replica) -> Result<ImportReport, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing(path.to_path_buf()));
@@ -103,29 +109,102 @@ pub fn import(path: &Path, replica: &mut Replica) -> Result<ImportReport, StoreE
     if !memory_table && !skills_table {
         return Err(StoreError::NotAStore(path.to_path_buf()));
     }
-    let memory = if memory_table {
-        memory_rows(&conn)
-    } else {
-        Ok(Vec::new())
-    };
-    let skills = if skills_table {
-        skill_rows(&conn)
-    } else {
-        Ok(Vec::new())
-    };
-    let (memory, skills) = (memory.map_err(sqlite)?, skills.map_err(sqlite)?);
-    Ok(replica.batch(|batch| {
-        let mut report = ImportReport::default();
-        for row in memory {
-            let outcome = row.and_then(|entry| refused(batch.import_memory(entry)));
-            report.record(outcome, |r| &mut r.memory)?;
+    let mut report = ImportReport::default();
+    if memory_table {
+        let rows = "SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY id";
+        import_rows(
+            &conn,
+            rows,
+            memory_entry,
+            replica,
+            &mut report,
+            |batch, entry| {
+                (batch.import_memory(entry), |r: &mut ImportReport| {
+                    &mut r.memory
+                })
+            },
+        )
+        .map_err(|e| e.into_store_error(path))?;
+    }
+    if skills_table {
+        let rows =
+            "SELECT name, source_node, content, path, updated_at FROM mesh_skills ORDER BY id";
+        import_rows(&conn, rows, skill, replica, &mut report, |batch, skill| {
+            (import_skill(batch, skill), |r: &mut ImportReport| {
+                &mut r.skills
+            })
+        })
+        .map_err(|e| e.into_store_error(path))?;
+    }
+    Ok(report)
+}
+
+/// What can stop an import part way: reading the file, or the replica itself.
+enum ImportFailure {
+    Sqlite(rusqlite::Error),
+    Replica(ReplicaError),
+}
+
+impl ImportFailure {
+    fn into_store_error(self, path: &Path) -> StoreError {
+        match self {
+            ImportFailure::Sqlite(source) => StoreError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            },
+            ImportFailure::Replica(error) => StoreError::Replica(error),
         }
-        for row in skills {
-            let outcome = row.and_then(|skill| refused(import_skill(batch, skill)));
-            report.record(outcome, |r| &mut r.skills)?;
+    }
+}
+
+/// The counter of an import report that a changed row adds to.
+type Counter = fn(&mut ImportReport) -> &mut usize;
+
+/// Streams the rows of `query` (five columns, converted by `convert`) into the replica, one
+/// group commit per `IMPORT_BATCH_ROWS`.
+fn import_rows<T>(
+    conn: &Connection,
+    query: &str,
+    convert: fn(Sql, Sql, Sql, Sql, Sql) -> Row<T>,
+    replica: &mut Replica,
+    report: &mut ImportReport,
+    apply: impl Fn(&mut Batch<'_>, T) -> (Result<bool, ReplicaError>, Counter),
+) -> Result<(), ImportFailure> {
+    let mut statement = conn.prepare(query).map_err(ImportFailure::Sqlite)?;
+    let mut rows = statement.query([]).map_err(ImportFailure::Sqlite)?;
+    loop {
+        let mut chunk = Vec::with_capacity(IMPORT_BATCH_ROWS);
+        while chunk.len() < IMPORT_BATCH_ROWS {
+            let Some(row) = rows.next().map_err(ImportFailure::Sqlite)? else {
+                break;
+            };
+            let column = |i| row.get::<_, Sql>(i).map_err(ImportFailure::Sqlite);
+            chunk.push(convert(
+                column(0)?,
+                column(1)?,
+                column(2)?,
+                column(3)?,
+                column(4)?,
+            ));
         }
-        Ok(report)
-    })?)
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        replica
+            .batch(|batch| {
+                for row in chunk {
+                    match row {
+                        Ok(item) => {
+                            let (result, counter) = apply(batch, item);
+                            report.record(refused(result), counter)?;
+                        }
+                        Err(refusal) => report.skip(refusal),
+                    }
+                }
+                Ok(())
+            })
+            .map_err(ImportFailure::Replica)?;
+    }
 }
 
 /// A row that could not become an entry carries the reason; a store failure is an error.
@@ -145,6 +224,14 @@ fn refused(result: Result<bool, ReplicaError>) -> Result<bool, Refused> {
 }
 
 impl ImportReport {
+    /// A row that could not become an entry.
+    fn skip(&mut self, refusal: Refused) {
+        if let Refused::Row(reason) = refusal {
+            self.skipped += 1;
+            self.reasons.push(reason);
+        }
+    }
+
     fn record(
         &mut self,
         outcome: Result<bool, Refused>,
@@ -186,21 +273,6 @@ fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     .map(|count| count > 0)
 }
 
-fn memory_rows(conn: &Connection) -> rusqlite::Result<Vec<Row<MemoryEntry>>> {
-    let mut statement =
-        conn.prepare("SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY id")?;
-    let rows = statement.query_map([], |row| {
-        Ok(memory_entry(
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        ))
-    })?;
-    rows.collect()
-}
-
 fn memory_entry(
     scope: Sql,
     key: Sql,
@@ -228,22 +300,6 @@ fn memory_entry(
         updated_at: stamp(updated_at).ok_or(bad("an invalid updated_at"))?,
         deleted: false,
     })
-}
-
-fn skill_rows(conn: &Connection) -> rusqlite::Result<Vec<Row<Skill>>> {
-    let mut statement = conn.prepare(
-        "SELECT name, source_node, content, path, updated_at FROM mesh_skills ORDER BY id",
-    )?;
-    let rows = statement.query_map([], |row| {
-        Ok(skill(
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        ))
-    })?;
-    rows.collect()
 }
 
 fn skill(name: Sql, source: Sql, content: Sql, path: Sql, updated_at: Sql) -> Row<Skill> {
