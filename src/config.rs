@@ -312,6 +312,11 @@ mod tests {
         assert_eq!(paths.openclaw_home, Path::new("/oc"));
         assert_eq!(paths.skills_dir, Path::new("/oc/mesh/agent-skills"));
         assert!(toml::from_str::<Config>("[node]\nname = \"a\"\n[api]\nport = 1\n").is_err());
+        let browsers = "[node]\nname = \"a\"\n[api]\nallowed_hosts = [\"nas.local\"]\n\
+                        allowed_origins = [\"http://localhost:3000\"]\n";
+        let api = toml::from_str::<Config>(browsers).unwrap().api;
+        assert_eq!(api.allowed_hosts, ["nas.local"]);
+        assert_eq!(api.allowed_origins, ["http://localhost:3000"]);
     }
 
     #[test]
