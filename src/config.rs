@@ -74,6 +74,10 @@ impl Home {
     pub fn control_socket_path(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
+    /// The local API's token, for browser pages (see docs/architecture.md).
+    pub fn api_token_path(&self) -> PathBuf {
+        self.dir.join("api.token")
+    }
 
     pub fn is_initialised(&self) -> bool {
         self.config_path().exists() || self.key_path().exists()
@@ -175,6 +179,12 @@ pub struct ApiConfig {
     pub auth_header: Option<String>,
     /// The shared secret for `auth_header` (env MESHD_API_AUTH_SECRET overrides).
     pub auth_secret: Option<String>,
+    /// Host names (or addresses) clients use beside loopback ones, for a non-loopback
+    /// `listen`; requests naming any other Host get 421 (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Web page origins (`http://localhost:3000`) that may call the API, with the node's
+    /// token; requests from any other Origin get 403.
+    pub allowed_origins: Vec<String>,
     /// Requests per minute per client before 429; 0 turns the limit off.
     pub rate_limit_per_min: u32,
     /// Larger request bodies get 413.
@@ -189,6 +199,8 @@ impl Default for ApiConfig {
             bearer_token: None,
             auth_header: None,
             auth_secret: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             rate_limit_per_min: 0,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -278,6 +290,8 @@ fn config_template(name: &str, listen: &str) -> String {
          # enabled = true                 # served by `meshd run`\n\
          # listen = \"{DEFAULT_API_LISTEN}\"  # an address other than loopback requires auth\n\
          # bearer_token = \"...\"           # or auth_header = \"X-API-Key\" + auth_secret = \"...\"\n\
+         # allowed_hosts = [\"nas.local\"]    # Host names served beside loopback ones\n\
+         # allowed_origins = []           # web pages that may call it, with api.token\n\
          # rate_limit_per_min = 0\n\
          # [cache]\n\
          # openclaw_home = \"/home/me/.openclaw\"  # default: $OPENCLAW_HOME, else ~/.openclaw\n\
@@ -318,6 +332,11 @@ mod tests {
         assert_eq!(paths.openclaw_home, Path::new("/oc"));
         assert_eq!(paths.skills_dir, Path::new("/oc/mesh/agent-skills"));
         assert!(toml::from_str::<Config>("[node]\nname = \"a\"\n[api]\nport = 1\n").is_err());
+        let browsers = "[node]\nname = \"a\"\n[api]\nallowed_hosts = [\"nas.local\"]\n\
+                        allowed_origins = [\"http://localhost:3000\"]\n";
+        let api = toml::from_str::<Config>(browsers).unwrap().api;
+        assert_eq!(api.allowed_hosts, ["nas.local"]);
+        assert_eq!(api.allowed_origins, ["http://localhost:3000"]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, ApiError, ApiSettings, ApiState};
+use crate::api::{self, ApiError, ApiState};
 use crate::cache::CachePaths;
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
@@ -211,7 +211,7 @@ pub async fn run(
     node.lifecycle
         .tasks
         .spawn(serve_control(listener, node.clone()));
-    if let Err(e) = start_network(&node, &config).await {
+    if let Err(e) = start_network(&node, &home, &config).await {
         // Leave no socket behind that looks like a running daemon.
         let _ = std::fs::remove_file(&socket_path);
         node.lifecycle.shutdown.cancel();
@@ -249,9 +249,9 @@ async fn stop(node: &Node, socket_path: &Path) -> Result<(), DaemonError> {
 }
 
 /// The local API (checked first: it refuses unsafe settings) and then the mesh.
-async fn start_network(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
+async fn start_network(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(), DaemonError> {
     if config.api.enabled {
-        start_api(node, config).await?;
+        start_api(node, home, config).await?;
     }
     start_mesh(node, config)
 }
@@ -296,8 +296,8 @@ fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>
     let _ = node.views.set(writer);
 }
 
-async fn start_api(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
-    let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
+async fn start_api(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(), DaemonError> {
+    let settings = api::node_settings(home, &config.api)?;
     let addr = config::parse_listen(&config.api.listen)?;
     api::check_bind(addr, &settings)?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -6,12 +6,15 @@ mod api_server;
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use api_server::Server;
+use api_server::{Server, NODE_TOKEN};
 use meshd::config::ApiConfig;
 use meshd::model::Scope;
 use serde_json::{json, Value};
 
 const MEMORY: &str = r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true},"nodeId":"ceo","ts":1739123456}"#;
+const SKILL: &str =
+    r##"{"type":"skill","name":"triage","sourceNode":"ceo","content":"# Triage rules\n..."}"##;
+const SKILL_PUT: &str = r##"{"name":"triage","source_node":"ceo","content":"# Triage rules"}"##;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -460,4 +463,249 @@ fn secrets_are_400_and_never_echoed() {
     assert_eq!(server.get("/mesh/memory", &[]).1, json!([]));
     assert_eq!(server.get("/mesh/skills", &[]).1, json!([]));
     assert_eq!(server.changes(), 0);
+}
+
+/// The requests a page would make: a read, both writes, and the health check.
+const EVERY_KIND: [(&str, &str, &str); 5] = [
+    ("GET", "/mesh/memory", ""),
+    ("GET", "/health", ""),
+    ("PUT", "/mesh/skills", SKILL_PUT),
+    ("POST", "/ingest", SKILL),
+    ("POST", "/bridge", SKILL),
+];
+
+fn stored_nothing(server: &Server) {
+    assert_eq!(server.get("/mesh/memory", &[]).1, json!([]));
+    assert_eq!(server.get("/mesh/skills", &[]).1, json!([]));
+    assert_eq!(server.changes(), 0);
+}
+
+#[test]
+fn a_forged_host_is_421_for_reads_and_writes() {
+    let server = Server::start(ApiConfig::default());
+    // What a page on a rebound name sends: its own name, no Origin on a read.
+    for host in [
+        "evil.example:4078",
+        "evil.example",
+        "sub.localhost:4078",
+        "10.0.0.1",
+    ] {
+        for (method, path, body) in EVERY_KIND {
+            let (status, answer) = server.send(method, path, &[("Host", host)], body);
+            assert_eq!(status, 421, "{method} {path} Host: {host}");
+            let error = answer["error"].as_str().unwrap();
+            assert!(error.contains("allowed_hosts"), "{error}");
+        }
+    }
+    stored_nothing(&server);
+    // Even with the node's token: the token proves the caller, not the name it used.
+    let token = format!("Bearer {NODE_TOKEN}");
+    let forged = [("Host", "evil.example"), ("Authorization", token.as_str())];
+    assert_eq!(server.get("/mesh/memory", &forged).0, 421);
+}
+
+#[test]
+fn loopback_names_and_configured_hosts_are_served_with_any_port() {
+    let server = Server::start(ApiConfig {
+        allowed_hosts: vec!["nas.local".into()],
+        ..ApiConfig::default()
+    });
+    for host in [
+        "localhost",
+        "localhost:4078",
+        "127.0.0.1:1",
+        "127.0.0.2",
+        "[::1]:4078",
+        "NAS.local:8080",
+    ] {
+        assert_eq!(
+            server.get("/mesh/memory", &[("Host", host)]).0,
+            200,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        server.get("/mesh/memory", &[("Host", "other.local")]).0,
+        421
+    );
+}
+
+#[test]
+fn a_foreign_origin_is_403_for_reads_writes_and_preflights() {
+    let server = Server::start(ApiConfig {
+        allowed_origins: vec!["http://dash.localhost:3000".into()],
+        ..ApiConfig::default()
+    });
+    let token = format!("Bearer {NODE_TOKEN}");
+    for origin in [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1:9999",
+        "http://dash.localhost:3001",
+    ] {
+        for (method, path, body) in EVERY_KIND {
+            // A page cannot send the token cross-origin without a preflight; even if it had it,
+            // the origin decides.
+            for headers in [
+                vec![("Origin", origin)],
+                vec![("Origin", origin), ("Authorization", &token)],
+            ] {
+                let answer = server.exchange(method, path, &headers, Some(body));
+                assert_eq!(answer.status, 403, "{method} {path} Origin: {origin}");
+                assert!(answer.body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("allowed_origins"));
+                assert!(answer.headers.get("access-control-allow-origin").is_none());
+            }
+        }
+        let preflight = [
+            ("Origin", origin),
+            ("Access-Control-Request-Method", "PUT"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ];
+        let answer = server.exchange("OPTIONS", "/mesh/skills", &preflight, None);
+        assert_eq!(answer.status, 403, "preflight from {origin}");
+        assert!(answer.headers.get("access-control-allow-origin").is_none());
+    }
+    stored_nothing(&server);
+}
+
+#[test]
+fn an_allowed_origin_still_needs_the_node_token_and_gets_exact_cors() {
+    let origin = "http://dash.localhost:3000";
+    let server = Server::start(ApiConfig {
+        allowed_origins: vec![origin.into()],
+        ..ApiConfig::default()
+    });
+    for (method, path, body) in EVERY_KIND
+        .into_iter()
+        .filter(|(_, path, _)| *path != "/health")
+    {
+        let (status, answer) = server.send(method, path, &[("Origin", origin)], body);
+        assert_eq!(status, 401, "{method} {path}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("api.token"),
+            "{answer}"
+        );
+        let wrong = [("Origin", origin), ("Authorization", "Bearer guessed")];
+        assert_eq!(server.send(method, path, &wrong, body).0, 401);
+    }
+    stored_nothing(&server);
+    let preflight = [("Origin", origin), ("Access-Control-Request-Method", "PUT")];
+    let answer = server.exchange("OPTIONS", "/mesh/skills", &preflight, None);
+    assert_eq!(answer.status, 204);
+    let header = |name: &str| {
+        answer
+            .headers
+            .get(name)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(header("access-control-allow-origin"), origin);
+    assert!(header("access-control-allow-headers").contains("authorization"));
+    let token = format!("Bearer {NODE_TOKEN}");
+    let page = [
+        ("Origin", origin),
+        ("Authorization", token.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let answer = server.exchange("PUT", "/mesh/skills", &page, Some(SKILL_PUT));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.headers["access-control-allow-origin"], origin);
+    assert_eq!(answer.headers["vary"], "Origin");
+    assert_eq!(server.get("/mesh/skills", &page).1[0]["name"], "triage");
+    assert_eq!(
+        server.get("/health", &[("Origin", origin)]).0,
+        200,
+        "health stays open"
+    );
+}
+
+#[test]
+fn the_node_token_is_accepted_beside_a_configured_one() {
+    let server = Server::start(ApiConfig {
+        bearer_token: Some("operator-token".into()),
+        ..ApiConfig::default()
+    });
+    let token = format!("Bearer {NODE_TOKEN}");
+    assert_eq!(
+        server
+            .send("POST", "/ingest", &[("Authorization", &token)], MEMORY)
+            .0,
+        200
+    );
+    assert_eq!(
+        server.get("/mesh/memory", &[]).0,
+        401,
+        "the configured rule holds for everyone"
+    );
+}
+
+#[test]
+fn a_text_plain_post_to_ingest_is_415_and_stores_nothing() {
+    let server = Server::start(ApiConfig::default());
+    // What a cross-site fetch or form may send without asking the server first.
+    let form_types = [
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ];
+    for content_type in form_types {
+        for (method, path, body) in EVERY_KIND
+            .into_iter()
+            .filter(|(method, ..)| *method != "GET")
+        {
+            let (status, answer) =
+                server.send(method, path, &[("Content-Type", content_type)], body);
+            assert_eq!(status, 415, "{method} {path} {content_type}");
+            let error = answer["error"].as_str().unwrap();
+            assert!(error.contains("application/json"), "{error}");
+        }
+    }
+    let lines = [("Content-Type", "application/x-ndjson")];
+    assert_eq!(server.send("PUT", "/mesh/skills", &lines, SKILL_PUT).0, 415);
+    stored_nothing(&server);
+}
+
+#[test]
+fn loopback_clients_without_an_origin_need_no_token_nor_a_content_type() {
+    let server = Server::start(ApiConfig::default());
+    for content_type in [
+        None,
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+    ] {
+        let headers: Vec<_> = content_type
+            .map(|t| ("Content-Type", t))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            server.send("PUT", "/mesh/skills", &headers, SKILL_PUT).0,
+            200
+        );
+        assert_eq!(server.send("POST", "/ingest", &headers, MEMORY).0, 200);
+    }
+    let lines = format!("{MEMORY}\n{SKILL}");
+    for content_type in ["application/x-ndjson", "application/jsonl"] {
+        let (status, body) =
+            server.send("POST", "/ingest", &[("Content-Type", content_type)], &lines);
+        assert_eq!(
+            (status, body["ingested"].clone()),
+            (200, json!(2)),
+            "{content_type}"
+        );
+    }
+    assert_eq!(
+        server
+            .get("/mesh/skills/triage", &[("Host", "localhost:4078")])
+            .0,
+        200
+    );
+    assert_eq!(
+        server.get("/mesh/memory", &[]).1.as_array().unwrap().len(),
+        1
+    );
 }

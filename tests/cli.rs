@@ -2,6 +2,10 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
 use serde_json::{json, Value};
 use support::TestNode;
 
@@ -12,7 +16,7 @@ fn parse(text: &str) -> Value {
 #[test]
 fn init_creates_a_home_and_refuses_to_overwrite_it() {
     let node = TestNode::init("ceo");
-    for file in ["meshd.toml", "node.key", "node.crt", "store"] {
+    for file in ["meshd.toml", "node.key", "node.crt", "store", "api.token"] {
         assert!(node.file(file).exists(), "{file} missing");
     }
     let key_before = std::fs::read(node.file("node.key")).unwrap();
@@ -314,4 +318,72 @@ fn peers_add_for_a_known_peer_changes_only_what_is_given() {
         "{}",
         refused.stderr
     );
+}
+
+/// `meshd api serve` on a free loopback port: the child and the address it printed.
+fn api_serve(node: &TestNode) -> (std::process::Child, String) {
+    let mut child = node
+        .command(&["api", "serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = (line.trim().strip_prefix("meshd API listening on http://"))
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    (child, addr)
+}
+
+fn token_mode(node: &TestNode) -> u32 {
+    let metadata = std::fs::metadata(node.file("api.token")).unwrap();
+    metadata.permissions().mode() & 0o777
+}
+
+#[test]
+fn init_makes_a_private_api_token_that_the_api_accepts_from_a_page() {
+    let node = TestNode::init("ceo");
+    assert_eq!(token_mode(&node), 0o600);
+    let token = std::fs::read_to_string(node.file("api.token")).unwrap();
+    let token = token.trim().to_string();
+    assert_eq!(token.len(), 64, "32 random bytes in hex: {token}");
+    let origin = "http://dash.localhost:3000";
+    let config = node.file("meshd.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[api]\nallowed_origins = [\"{origin}\"]\n"));
+    std::fs::write(&config, text).unwrap();
+
+    let (mut serve, addr) = api_serve(&node);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let read = |authorization: Option<&str>| {
+        let mut request = agent
+            .get(format!("http://{addr}/mesh/memory"))
+            .header("Origin", origin);
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        request.call().unwrap().status().as_u16()
+    };
+    assert_eq!(read(Some(&format!("Bearer {token}"))), 200);
+    assert_eq!(read(None), 401);
+    assert_eq!(read(Some("Bearer not-the-token")), 401);
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(serve.wait().unwrap().success());
+    let kept = std::fs::read_to_string(node.file("api.token")).unwrap();
+    assert_eq!(kept.trim(), token, "serving never replaces the token");
+}
+
+#[test]
+fn a_home_made_before_the_token_gets_one_when_the_api_starts() {
+    let node = TestNode::init("ceo");
+    std::fs::remove_file(node.file("api.token")).unwrap();
+    let (mut serve, _) = api_serve(&node);
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert_eq!(token_mode(&node), 0o600);
 }

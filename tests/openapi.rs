@@ -265,6 +265,23 @@ fn every_route_answers_as_the_document_says() {
         let open = case.route == "/health" || case.route == "/";
         let status = exercise(&doc, &server, case, &[("Authorization", TOKEN)]);
         seen.insert((case.route, case.method, status));
+        // What a web page can do: name a rebound Host, send its Origin, label a body as text.
+        let mut refusals = vec![
+            (("Host", "evil.example"), 421),
+            (("Origin", "http://evil.example"), 403),
+        ];
+        if case.body.is_some() {
+            refusals.push((("Content-Type", "text/plain"), 415));
+        }
+        for (header, expected) in refusals {
+            let status = exercise(&doc, &server, case, &[("Authorization", TOKEN), header]);
+            assert_eq!(
+                status, expected,
+                "{} {} with {header:?}",
+                case.method, case.path
+            );
+            seen.insert((case.route, case.method, status));
+        }
         if !open {
             let status = exercise(&doc, &server, case, &[]);
             assert_eq!(status, 401);

@@ -326,7 +326,13 @@ fn a_store_larger_than_one_commit_imports_every_row() {
         let node_id = if i == 4_321 { "" } else { "ceo" };
         conn.execute(
             insert,
-            params!["mesh", format!("k{i}"), format!("v{i}"), node_id, 1739123456],
+            params![
+                "mesh",
+                format!("k{i}"),
+                format!("v{i}"),
+                node_id,
+                1739123456
+            ],
         )
         .unwrap();
     }

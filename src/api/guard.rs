@@ -1,5 +1,6 @@
-//! What every request passes before a handler: authentication, the per-minute rate limit,
-//! the body size limit; and the rule that every error answer is `{"error": "..."}`.
+//! What every request passes before a handler: the browser rules (Host, Origin),
+//! authentication, the per-minute rate limit, the body's type and size; and the rule that
+//! every error answer is `{"error": "..."}`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::ApiState;
+use super::body_type::BodyType;
+use super::{browser, ApiSettings, ApiState};
 
 /// An error answer: the status and `{"error": message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,17 +63,18 @@ pub struct Auth {
 
 impl Auth {
     fn allows(&self, headers: &HeaderMap) -> bool {
-        let bearer = self.bearer.as_ref().is_some_and(|token| {
-            headers
-                .get(AUTHORIZATION)
-                .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-                .is_some_and(|given| same(given, token.as_bytes()))
-        });
+        let bearer = (self.bearer.as_ref()).is_some_and(|token| carries_bearer(headers, token));
         let header = self.header.as_ref().is_some_and(|(name, secret)| {
             (headers.get(name)).is_some_and(|given| same(given.as_bytes(), secret.as_bytes()))
         });
         bearer || header
     }
+}
+
+fn carries_bearer(headers: &HeaderMap, token: &str) -> bool {
+    (headers.get(AUTHORIZATION))
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| same(given, token.as_bytes()))
 }
 
 /// Compares in time independent of where the inputs differ, so a caller cannot find the
@@ -121,24 +124,62 @@ fn is_open(path: &str) -> bool {
     path == "/health" || path == "/"
 }
 
-/// Authentication, then the rate limit, on every route but the health check.
+/// The browser rules on every route; then, but for the health check, authentication and
+/// the rate limit.
 pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let rules = &state.settings.browsers;
+    if let Err(refusal) = rules.check_host(&request) {
+        return refusal.into_response();
+    }
+    let origin = match rules.check_origin(request.headers()) {
+        Ok(origin) => origin,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(origin) = origin else {
+        return admit(&state, request, next, false).await;
+    };
+    if browser::is_preflight(&request) {
+        let auth_header = (state.settings.auth.as_ref()).and_then(|auth| auth.header.as_ref());
+        return browser::preflight(origin, auth_header.map(|(name, _)| name));
+    }
+    browser::allow(admit(&state, request, next, true).await, origin)
+}
+
+/// Authentication and the rate limit. A request from a web page (it has an Origin) needs a
+/// credential even where other callers do not: the node's token, or the configured one.
+async fn admit(state: &ApiState, request: Request, next: Next, from_browser: bool) -> Response {
     if is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    let headers = request.headers();
-    if let Some(auth) = &state.settings.auth {
-        if !auth.allows(headers) {
-            return HttpError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
-        }
+    let settings = &state.settings;
+    if (settings.auth.is_some() || from_browser) && !has_credential(settings, request.headers()) {
+        let message = match settings.auth {
+            Some(_) => "Unauthorized",
+            None => {
+                "Unauthorized: a request from a web page (one with an Origin header) must send \
+                 Authorization: Bearer with the token in the node's api.token"
+            }
+        };
+        return HttpError::new(StatusCode::UNAUTHORIZED, message).into_response();
     }
     if !state
         .limiter
-        .allow(client_key(&state, &request), Instant::now())
+        .allow(client_key(state, &request), Instant::now())
     {
         return HttpError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests").into_response();
     }
     next.run(request).await
+}
+
+/// The node's token is always a credential; the configured bearer token or header secret are
+/// too.
+fn has_credential(settings: &ApiSettings, headers: &HeaderMap) -> bool {
+    let node_token = (settings.node_token.as_ref()).is_some_and(|t| carries_bearer(headers, t));
+    node_token
+        || settings
+            .auth
+            .as_ref()
+            .is_some_and(|auth| auth.allows(headers))
 }
 
 /// A client is its credential when it sends one, else its address.
@@ -177,37 +218,60 @@ pub async fn json_errors(response: Response) -> Response {
     HttpError::new(status, message).into_response()
 }
 
-/// A request body read as UTF-8 text, refused with 413 past the configured size.
-pub struct Text(pub String);
+/// A JSON request body as text (see `JsonText` and `BridgeText`).
+async fn read_text(
+    request: Request,
+    state: &ApiState,
+    body_type: BodyType,
+) -> Result<String, HttpError> {
+    body_type.check(request.headers())?;
+    let limit = state.settings.max_body_bytes;
+    let too_large = || {
+        HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Payload too large: the limit is {limit} bytes"),
+        )
+    };
+    let declared = (request.headers().get(CONTENT_LENGTH))
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let body: Body = request.into_body();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let inner = error.into_inner();
+        if inner.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            HttpError::bad_request(format!("Failed to read body: {inner}"))
+        }
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| HttpError::bad_request("The body is not UTF-8 text"))
+}
 
-impl FromRequest<ApiState> for Text {
+/// A JSON body read as UTF-8 text: 415 when it is declared as anything else, 413 past the
+/// configured size.
+pub struct JsonText(pub String);
+
+impl FromRequest<ApiState> for JsonText {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
-        let limit = state.settings.max_body_bytes;
-        let too_large = || {
-            HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Payload too large: the limit is {limit} bytes"),
-            )
-        };
-        let declared = (request.headers().get(CONTENT_LENGTH))
-            .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|length| length > limit) {
-            return Err(too_large());
-        }
-        let body: Body = request.into_body();
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
-            let inner = error.into_inner();
-            if inner.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                HttpError::bad_request(format!("Failed to read body: {inner}"))
-            }
-        })?;
-        String::from_utf8(bytes.to_vec())
-            .map(Text)
-            .map_err(|_| HttpError::bad_request("The body is not UTF-8 text"))
+        read_text(request, state, BodyType::Json)
+            .await
+            .map(JsonText)
+    }
+}
+
+/// A bridge body (JSON or JSON Lines) read as UTF-8 text, with the limits of `JsonText`.
+pub struct BridgeText(pub String);
+
+impl FromRequest<ApiState> for BridgeText {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
+        (read_text(request, state, BodyType::JsonOrLines).await).map(BridgeText)
     }
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::guard::{HttpError, Text};
+use super::guard::{BridgeText, HttpError, JsonText};
 use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
@@ -133,7 +133,10 @@ fn node_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>, H
 
 /// `{scope,key,value,node_id}`; the server stamps `updated_at`. `node_id` defaults to this
 /// node. The write goes through validation and the secret guard like any other.
-pub async fn put_memory(State(state): State<ApiState>, Text(body): Text) -> Answer<MemoryRow> {
+pub async fn put_memory(
+    State(state): State<ApiState>,
+    JsonText(body): JsonText,
+) -> Answer<MemoryRow> {
     let map = object(&body)?;
     let (Some(scope_text), Some(key), Some(value)) =
         (given(&map, "scope")?, given(&map, "key")?, map.get("value"))
@@ -196,7 +199,10 @@ fn nullable(map: &Map<String, Value>, field: &str) -> Result<Option<Option<Strin
 
 /// `{name,source_node,content}` or `{name,source_node,path}`; the server stamps
 /// `updated_at`, and the skill keeps the description it had.
-pub async fn put_skill(State(state): State<ApiState>, Text(body): Text) -> Answer<SkillRow> {
+pub async fn put_skill(
+    State(state): State<ApiState>,
+    JsonText(body): JsonText,
+) -> Answer<SkillRow> {
     let map = object(&body)?;
     let (Some(name), Some(source_node)) = (given(&map, "name")?, node_field(&map, "source_node")?)
     else {
@@ -246,7 +252,10 @@ pub struct BridgeAnswer {
 }
 
 /// Mesh messages as they are: one, an array, a JSON string of either, or JSON Lines.
-pub async fn ingest(State(state): State<ApiState>, Text(body): Text) -> Answer<BridgeAnswer> {
+pub async fn ingest(
+    State(state): State<ApiState>,
+    BridgeText(body): BridgeText,
+) -> Answer<BridgeAnswer> {
     run_bridge(&state, body, None, false).await
 }
 
@@ -262,7 +271,7 @@ pub struct BridgeQuery {
 pub async fn bridge(
     State(state): State<ApiState>,
     Query(query): Query<BridgeQuery>,
-    Text(body): Text,
+    BridgeText(body): BridgeText,
 ) -> Answer<BridgeAnswer> {
     let unwrap = (query.unwrap.as_deref().unwrap_or("generic"))
         .parse::<Unwrap>()

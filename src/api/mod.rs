@@ -1,9 +1,12 @@
 //! The local HTTP API (axum): the reference Phase 2 store endpoints over the replica, and
 //! the reference bridge webhook (`POST /ingest`, `POST /bridge`). `router` builds it, `serve`
-//! runs it; the daemon and `meshd api serve` start the same function.
+//! runs it; the daemon and `meshd api serve` start the same function, with `node_settings`.
 
+mod body_type;
+mod browser;
 mod guard;
 mod handlers;
+pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,9 +17,11 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, Home};
 use crate::replica::SharedReplica;
+pub use browser::BrowserRules;
 pub use guard::{Auth, HttpError, RateLimiter};
+use token::TokenError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,16 +29,31 @@ pub enum ApiError {
     OpenToNetwork(SocketAddr),
     #[error("[api] {0}")]
     Config(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
     #[error("the API server failed: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// The API's settings, resolved from `[api]` and the environment.
+/// The API's settings, resolved from `[api]`, the environment and the node's token file.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
+    /// The configured credentials; when set, every request but the health check needs one.
     pub auth: Option<Auth>,
+    /// The node's own token (`<home>/api.token`): always a credential, and the one a web page
+    /// needs when nothing else is configured.
+    pub node_token: Option<String>,
+    pub browsers: BrowserRules,
     pub rate_limit_per_min: u32,
     pub max_body_bytes: usize,
+}
+
+/// The settings a node serves its API with: `[api]`, the process environment, and the
+/// node's token, made now if the home predates it.
+pub fn node_settings(home: &Home, config: &ApiConfig) -> Result<ApiSettings, ApiError> {
+    let settings = ApiSettings::from_config(config, |var| std::env::var(var).ok())?;
+    let token = token::load_or_create(&home.api_token_path())?;
+    Ok(settings.with_node_token(token))
 }
 
 impl ApiSettings {
@@ -67,9 +87,16 @@ impl ApiSettings {
         let auth = (bearer.is_some() || header.is_some()).then_some(Auth { bearer, header });
         Ok(ApiSettings {
             auth,
+            node_token: None,
+            browsers: BrowserRules::from_config(&config.allowed_hosts, &config.allowed_origins)?,
             rate_limit_per_min: config.rate_limit_per_min,
             max_body_bytes: config.max_body_bytes,
         })
+    }
+
+    pub fn with_node_token(mut self, token: impl Into<String>) -> ApiSettings {
+        self.node_token = Some(token.into());
+        self
     }
 }
 
@@ -144,7 +171,15 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    check_bind(listener.local_addr()?, &state.settings)?;
+    let addr = listener.local_addr()?;
+    check_bind(addr, &state.settings)?;
+    if !addr.ip().is_loopback() && !state.settings.browsers.has_allowed_hosts() {
+        tracing::warn!(
+            %addr,
+            "only requests to a loopback name or address are served: list the names clients \
+             use for this machine in [api] allowed_hosts"
+        );
+    }
     let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use meshd::api::{self, ApiSettings, ApiState};
+use meshd::api::{self, ApiState};
 use meshd::config::{self, Home};
 use meshd::replica::SharedReplica;
 use meshd::views::{ViewWriter, Views};
@@ -37,7 +37,7 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
              in meshd.toml and restart it to have it serve the local API"
         });
     }
-    let settings = ApiSettings::from_config(&config.api, |var| std::env::var(var).ok())?;
+    let settings = api::node_settings(home, &config.api)?;
     let addr = config::parse_listen(listen.as_deref().unwrap_or(&config.api.listen))?;
     api::check_bind(addr, &settings)?;
     let (replica, _) = open_replica(home)?;

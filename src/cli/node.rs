@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use meshd::api;
 use meshd::config::{self, ConfigError, Home};
 use meshd::net::identity::Identity;
 use meshd::replica::Replica;
@@ -35,6 +36,7 @@ pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
     identity.save(&home.key_path(), &home.cert_path())?;
     Replica::open(&home.store_path(), &identity.node_id.compact())?;
     home.write_new_config(&name, &args.listen)?;
+    api::token::load_or_create(&home.api_token_path())?;
     println!("{}", identity.node_id);
     eprintln!(
         "created node '{name}' in {}\nshare the id above with the operators of its peers; they pair with `meshd peers add`",

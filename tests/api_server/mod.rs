@@ -11,6 +11,16 @@ use meshd::config::ApiConfig;
 use meshd::replica::{Replica, SharedReplica};
 use serde_json::Value;
 
+/// The node token every test server holds, as a node reads it from `<home>/api.token`.
+pub const NODE_TOKEN: &str = "n0de-t0ken";
+
+/// An answer with its headers, for the tests that look at them.
+pub struct Answer {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: Value,
+}
+
 pub struct Server {
     pub addr: SocketAddr,
     pub replica: SharedReplica,
@@ -26,7 +36,9 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let replica = Replica::open(&dir.path().join("store"), "me").unwrap();
         let replica = SharedReplica::new(replica);
-        let settings = ApiSettings::from_config(&config, |_| None).unwrap();
+        let settings = ApiSettings::from_config(&config, |_| None)
+            .unwrap()
+            .with_node_token(NODE_TOKEN);
         let changes = Arc::new(AtomicUsize::new(0));
         let counter = changes.clone();
         let state = ApiState::new(replica.clone(), settings).on_change(move || {
@@ -91,6 +103,18 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> (u16, Value) {
+        let answer = self.exchange(method, path, headers, body);
+        (answer.status, answer.body)
+    }
+
+    /// `request`, keeping the answer's headers.
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
         let mut builder = ureq::http::Request::builder()
             .method(method)
             .uri(format!("http://{}{}", self.addr, path));
@@ -105,7 +129,11 @@ impl Server {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, body)
+        Answer {
+            status,
+            headers: response.headers().clone(),
+            body,
+        }
     }
 
     pub fn ingest_lines(&self, lines: &[&str]) {
