@@ -6,6 +6,7 @@ mod shared;
 mod skills_doc;
 mod storage;
 mod sync_store;
+mod text_edit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
