@@ -31,9 +31,10 @@ impl Command for BridgeIngest {
 
     fn execute(self, node: &Context) -> Result<Ingested, CommandError> {
         let items = bridge::items(&self.payload, self.unwrap);
+        let now = system_clock();
         let report = node
             .replica
-            .with(|replica| bridge::ingest(replica, items, system_clock()))
+            .batch(|batch| bridge::ingest(batch, &items, now))
             .map_err(CommandError::failed)?;
         Ok(Ingested {
             summary: report.summary,

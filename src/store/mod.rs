@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
-use crate::replica::{Batch, Replica, ReplicaError};
+use crate::replica::{Batch, Replica, ReplicaError, SharedReplica};
 pub use rows::{decode_value, encode_value, MemoryRow, SkillRow};
 
 /// The reference `schema.sql` for the two mesh tables, as formats.md gives it.
@@ -87,7 +87,7 @@ pub struct ExportReport {
 }
 
 /// Imports every row of a reference store into the replica, in one group commit.
-pub fn import(path: &Path, replica: &mut Replica) -> Result<ImportReport, StoreError> {
+pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing(path.to_path_buf()));
     }
@@ -116,20 +116,24 @@ pub fn import(path: &Path, replica: &mut Replica) -> Result<ImportReport, StoreE
     let (memory, skills) = (memory.map_err(sqlite)?, skills.map_err(sqlite)?);
     Ok(replica.batch(|batch| {
         let mut report = ImportReport::default();
-        for row in memory {
-            let outcome = row.and_then(|entry| refused(batch.import_memory(entry)));
+        for row in &memory {
+            let outcome = (row.clone().map_err(Refused::Row))
+                .and_then(|entry| refused(batch.import_memory(entry)));
             report.record(outcome, |r| &mut r.memory)?;
         }
-        for row in skills {
-            let outcome = row.and_then(|skill| refused(import_skill(batch, skill)));
+        for row in &skills {
+            let outcome = (row.clone().map_err(Refused::Row))
+                .and_then(|skill| refused(import_skill(batch, skill)));
             report.record(outcome, |r| &mut r.skills)?;
         }
         Ok(report)
     })?)
 }
 
-/// A row that could not become an entry carries the reason; a store failure is an error.
-type Row<T> = Result<T, Refused>;
+/// A row that could not become an entry carries the reason.
+type Row<T> = Result<T, String>;
+
+/// Why a row changed nothing: its own fault, or a failing store.
 
 #[derive(Debug)]
 enum Refused {
@@ -208,12 +212,12 @@ fn memory_entry(
     node_id: Sql,
     updated_at: Sql,
 ) -> Row<MemoryEntry> {
-    let bad = |what: &str| Refused::Row(format!("mesh_memory row with {what}"));
+    let bad = |what: &str| format!("mesh_memory row with {what}");
     let node_id = text(node_id)
         .filter(|id| !id.is_empty())
         .ok_or(bad("no node_id"))?;
     let scope = text(scope).ok_or(bad("no scope"))?;
-    let scope = Scope::parse_for(&scope, &node_id).map_err(|e| Refused::Row(e.to_string()))?;
+    let scope = Scope::parse_for(&scope, &node_id).map_err(|e| e.to_string())?;
     let value = match value {
         Sql::Text(text) => decode_value(&text),
         Sql::Integer(n) => Value::from(n),
@@ -247,7 +251,7 @@ fn skill_rows(conn: &Connection) -> rusqlite::Result<Vec<Row<Skill>>> {
 }
 
 fn skill(name: Sql, source: Sql, content: Sql, path: Sql, updated_at: Sql) -> Row<Skill> {
-    let bad = |what: &str| Refused::Row(format!("mesh_skills row with {what}"));
+    let bad = |what: &str| format!("mesh_skills row with {what}");
     let (content, path) = (text(content), text(path));
     if content.is_none() && path.is_none() {
         return Err(bad("neither content nor path"));
