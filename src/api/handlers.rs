@@ -11,7 +11,7 @@ use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
 use crate::model::{secret, MemoryEntry, Scope, Skill};
-use crate::replica::{system_clock, Replica, ReplicaError};
+use crate::replica::{system_clock, Batch, Replica, ReplicaError};
 use crate::store::{MemoryRow, SkillRow};
 
 type Answer<T> = Result<Json<T>, HttpError>;
@@ -35,6 +35,24 @@ async fn with_replica<T: Send + 'static>(
         .run(f)
         .await
         .map_err(|e| HttpError::internal(e.to_string()))??;
+    if changed {
+        (state.on_change)();
+    }
+    Ok(value)
+}
+
+/// A batch of writes (`SharedReplica::run_batch`: skill text work happens off the replica
+/// lock); tells the cache writer when `f` reports a change.
+async fn write_batch<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnMut(&mut Batch<'_>) -> Result<(T, bool), ReplicaError> + Send + 'static,
+) -> Result<T, HttpError> {
+    let (value, changed) = state
+        .replica
+        .run_batch(f)
+        .await
+        .map_err(|e| HttpError::internal(e.to_string()))?
+        .map_err(write_error)?;
     if changed {
         (state.on_change)();
     }
@@ -221,19 +239,23 @@ pub async fn put_skill(
         secret::check_text("skill path", path)
             .map_err(|e| HttpError::bad_request(e.to_string()))?;
     }
-    let row = with_replica(&state, move |replica| {
-        let newest = (replica.skill_versions(&name)).map(|(winner, _)| winner.updated_at);
-        let description = (replica.get_skill(&name)).map(|held| held.description);
+    let content = content.unwrap_or_default();
+    let row = write_batch(&state, move |batch| {
+        let winner = batch.current_skill(&name);
+        let newest = winner.as_ref().map(|winner| winner.updated_at);
+        let description = winner
+            .filter(|held| !held.deleted)
+            .map(|held| held.description);
         let skill = Skill {
-            name,
-            content: content.unwrap_or_default(),
-            path,
+            name: name.clone(),
+            content: content.clone(),
+            path: path.clone(),
             description: description.unwrap_or_default(),
-            source_node,
-            updated_at: replica.stamp_after(newest).map_err(write_error)?,
+            source_node: source_node.clone(),
+            updated_at: batch.stamp_after(newest)?,
             deleted: false,
         };
-        let changed = replica.import_skill(skill.clone()).map_err(write_error)?;
+        let changed = batch.import_skill(skill.clone())?;
         Ok((SkillRow::from(&skill), changed))
     })
     .await?;
@@ -286,35 +308,39 @@ async fn run_bridge(
     unwrap: Option<Unwrap>,
     handle_request: bool,
 ) -> Answer<BridgeAnswer> {
-    let answer = with_replica(state, move |replica| {
-        let items = bridge::items(&body, unwrap);
-        let single = items.len() == 1;
-        let now = system_clock();
-        let report = bridge::ingest(replica, items).map_err(write_error)?;
-        for (position, reason) in &report.reasons {
-            tracing::info!(position, reason, "bridge item ignored");
-        }
-        let response = match report.requests.as_slice() {
-            [request] if handle_request && single => {
-                let text = bridge::respond(replica, request, now / 1000);
-                Some(RawValue::from_string(text).expect("responses are JSON"))
-            }
-            _ => None,
-        };
-        let Summary {
-            ingested,
-            memory,
-            skill,
-            ..
-        } = report.summary;
-        let answer = BridgeAnswer {
-            ingested,
-            memory,
-            skill,
-            response,
-        };
-        Ok((answer, report.changed > 0))
+    let items = bridge::items(&body, unwrap);
+    let single = items.len() == 1;
+    let now = system_clock();
+    let report = write_batch(state, move |batch| {
+        let report = bridge::ingest(batch, &items)?;
+        let changed = report.changed > 0;
+        Ok((report, changed))
     })
     .await?;
-    Ok(Json(answer))
+    for (position, reason) in &report.reasons {
+        tracing::info!(position, reason, "bridge item ignored");
+    }
+    let response = match report.requests.as_slice() {
+        [request] if handle_request && single => {
+            let request = request.clone();
+            let text = with_replica(state, move |replica| {
+                Ok((bridge::respond(replica, &request, now / 1000), false))
+            })
+            .await?;
+            Some(RawValue::from_string(text).expect("responses are JSON"))
+        }
+        _ => None,
+    };
+    let Summary {
+        ingested,
+        memory,
+        skill,
+        ..
+    } = report.summary;
+    Ok(Json(BridgeAnswer {
+        ingested,
+        memory,
+        skill,
+        response,
+    }))
 }

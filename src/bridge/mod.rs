@@ -33,17 +33,16 @@ pub struct IngestReport {
     pub requests: Vec<MeshRequest>,
 }
 
-/// Imports every memory and skill message among `items` in one group commit. Anything else
-/// is counted as ignored with its reason; only a failing store is an error.
-pub fn ingest(replica: &mut Replica, items: Vec<Item>) -> Result<IngestReport, ReplicaError> {
-    replica.batch(|batch| {
-        let mut report = IngestReport::default();
-        for (index, item) in items.into_iter().enumerate() {
-            let outcome = apply(batch, item, &mut report.requests)?;
-            report.record(index + 1, outcome);
-        }
-        Ok(report)
-    })
+/// Imports every memory and skill message among `items` into `batch` (one group commit, run
+/// with `SharedReplica::batch`). Anything else is counted as ignored with its reason; only a
+/// failing store is an error.
+pub fn ingest(batch: &mut Batch<'_>, items: &[Item]) -> Result<IngestReport, ReplicaError> {
+    let mut report = IngestReport::default();
+    for (index, item) in items.iter().cloned().enumerate() {
+        let outcome = apply(batch, item, &mut report.requests)?;
+        report.record(index + 1, outcome);
+    }
+    Ok(report)
 }
 
 enum Outcome {

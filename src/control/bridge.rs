@@ -33,7 +33,7 @@ impl Command for BridgeIngest {
         let items = bridge::items(&self.payload, self.unwrap);
         let report = node
             .replica
-            .with(|replica| bridge::ingest(replica, items))
+            .batch(|batch| bridge::ingest(batch, &items))
             .map_err(CommandError::failed)?;
         Ok(Ingested {
             summary: report.summary,

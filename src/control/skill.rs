@@ -30,7 +30,7 @@ impl Command for SkillPut {
         };
         let skill = node
             .replica
-            .with(|replica| replica.put_skill(write))
+            .put_skill(write)
             .map_err(CommandError::failed)?;
         Ok(format!(
             "stored skill {} ({} bytes)",

@@ -23,8 +23,7 @@ impl Command for StoreImport {
     const EFFECTS: Effects = Effects::DATA;
 
     fn execute(self, node: &Context) -> Result<Imported, CommandError> {
-        node.replica
-            .with(|replica| store::import(&self.path, replica))
+        store::import(&self.path, &node.replica)
             .map(Imported)
             .map_err(CommandError::failed)
     }

@@ -1,11 +1,13 @@
 //! The node's replica: one Automerge document per memory scope plus one for skills, persisted
 //! in sled. The only code that touches Automerge documents or the store.
 
+mod detached;
 mod memory_doc;
 mod shared;
 mod skills_doc;
 mod storage;
 mod sync_store;
+mod text_edit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -91,6 +93,10 @@ const COMPACT_GROWTH: usize = 4;
 
 struct DocState {
     doc: Automerge,
+    /// Bumped by every change to `doc` in memory (local writes, received changes, merges, even
+    /// changes queued for missing dependencies), so that a copy edited off the lock can tell
+    /// whether the document is still the one it was copied from (see `detached`).
+    edits: u64,
     changes_since_snapshot: usize,
     bytes_since_snapshot: usize,
     snapshot_bytes: usize,
@@ -277,6 +283,17 @@ impl Replica {
     /// wrote is on disk. If `f` fails, the writes it staged before failing are kept and made
     /// durable too; the failed one changed nothing.
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
+        let (outcome, writes) = self.stage(f);
+        let changes = self.apply_writes(writes)?;
+        self.persist(changes)?;
+        outcome
+    }
+
+    /// Runs `f` and returns what it wrote, applied to no document yet.
+    fn stage<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T>,
+    ) -> (Result<T>, Vec<Staged>) {
         let mut batch = Batch {
             replica: self,
             writes: Vec::new(),
@@ -284,12 +301,12 @@ impl Replica {
             latest_skill: HashMap::new(),
         };
         let outcome = f(&mut batch);
-        let writes = batch.writes;
-        self.commit_writes(writes)?;
-        outcome
+        (outcome, batch.writes)
     }
 
-    fn commit_writes(&mut self, writes: Vec<Staged>) -> Result<()> {
+    /// Applies staged writes to the in-memory documents, one change per document, and returns
+    /// the changes for `persist`.
+    fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Vec<(DocId, Change)>> {
         let mut by_doc: BTreeMap<DocId, Vec<Staged>> = BTreeMap::new();
         for write in writes {
             by_doc.entry(write.doc()).or_default().push(write);
@@ -308,10 +325,11 @@ impl Replica {
             }
             let (hash, _) = tx.commit();
             if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
+                state.edits += 1;
                 changes.push((doc, change));
             }
         }
-        self.persist(changes)
+        Ok(changes)
     }
 
     /// Stores changes already applied to the in-memory documents, durably.
@@ -410,6 +428,7 @@ impl Replica {
             .entry(doc.clone())
             .or_insert_with(|| new_doc_state(&actor));
         let before = state.doc.get_heads();
+        state.edits += 1;
         state.doc.apply_changes(changes)?;
         if state.doc.get_heads() == before {
             return Ok(Vec::new());
@@ -435,6 +454,7 @@ impl Replica {
             .entry(doc.clone())
             .or_insert_with(|| new_doc_state(&actor));
         let before = state.doc.get_heads();
+        state.edits += 1;
         state.doc.load_incremental(bytes)?;
         let added: Vec<ChangeHash> = state
             .doc
@@ -482,6 +502,7 @@ impl Replica {
 fn new_doc_state(actor: &ActorId) -> DocState {
     DocState {
         doc: Automerge::new().with_actor(actor.clone()),
+        edits: 0,
         changes_since_snapshot: 0,
         bytes_since_snapshot: 0,
         snapshot_bytes: 0,

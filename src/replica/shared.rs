@@ -5,6 +5,11 @@
 //! disk never stalls the runtime threads. Code that already runs on a blocking thread (a
 //! control command, the CLI) uses `SharedReplica::with`.
 //!
+//! Writes that may touch skills go through `SharedReplica::batch` (or `run_batch`): it holds
+//! the lock to decide and to commit, but applies skill text edits, which take up to seconds
+//! for a large text, with the lock released (see `detached`), so that reads, memory writes
+//! and sync rounds carry on meanwhile.
+//!
 //! Poisoning: a panic while the lock is held is a bug, and the replica's state is still
 //! usable: every change is applied to the in-memory document first and acknowledged only
 //! after its sled batch is flushed, so a panic can at worst leave a change in memory that a
@@ -14,7 +19,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::Replica;
+use super::detached::{Commit, Staging};
+use super::{Batch, Replica, ReplicaError, SkillWrite};
+use crate::model::Skill;
+
+/// Stagings of one batch before it runs wholly under the lock instead: each further one means
+/// a concurrent write moved a document the batch writes while its skills were being edited.
+const DETACHED_ATTEMPTS: usize = 3;
 
 /// A piece of store work that panicked: a bug, reported to the one caller that hit it.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,54 @@ impl SharedReplica {
         tokio::task::spawn_blocking(move || shared.with(f))
             .await
             .map_err(|e| StoreTaskFailed(e.to_string()))
+    }
+
+    /// `Replica::batch` with the skill text work done off the lock. `f` may run more than once
+    /// (only the last run's writes are kept), so it must not consume its input.
+    pub fn batch<T>(
+        &self,
+        f: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        self.batch_pausing(f, || {})
+    }
+
+    /// `batch` on tokio's blocking pool.
+    pub async fn run_batch<T: Send + 'static>(
+        &self,
+        f: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
+    ) -> Result<Result<T, ReplicaError>, StoreTaskFailed> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.batch(f))
+            .await
+            .map_err(|e| StoreTaskFailed(e.to_string()))
+    }
+
+    /// `Replica::put_skill` with the text edit done off the lock.
+    pub fn put_skill(&self, write: SkillWrite) -> Result<Skill, ReplicaError> {
+        self.batch(|batch| batch.put_skill(write.clone()))
+    }
+
+    /// `batch`, calling `pause` whenever the lock is released for skill text work: tests use it
+    /// to act at that moment.
+    pub(super) fn batch_pausing<T>(
+        &self,
+        mut f: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError>,
+        mut pause: impl FnMut(),
+    ) -> Result<T, ReplicaError> {
+        for _ in 0..DETACHED_ATTEMPTS {
+            let mut detached = match self.with(|replica| replica.stage_detached(&mut f))? {
+                Staging::Committed(outcome) => return outcome,
+                Staging::Detached(detached) => detached,
+            };
+            pause();
+            detached.edit_skills()?;
+            if let Commit::Done(outcome) =
+                self.with(|replica| replica.commit_detached(*detached))?
+            {
+                return outcome;
+            }
+        }
+        self.with(|replica| replica.batch(f))
     }
 
     fn lock(&self) -> MutexGuard<'_, Replica> {

@@ -7,12 +7,14 @@
 //! rule as for memory, greatest `(updated_at, source_node)`, decides description, author and
 //! whether the skill is deleted, on every replica. A skill is created once and then edited in
 //! place; only two nodes creating the same name concurrently give two objects, and then
-//! `resolve` picks one.
+//! `resolve` picks one. A large rewrite puts a fresh `content` Text in the same object (see
+//! `text_edit`); two concurrent rewrites conflict there and Automerge's winner is read.
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ObjId, ObjType, ReadDoc, Value, ROOT};
 use serde::{Deserialize, Serialize};
 
+use super::text_edit::{self, TextEdit};
 use crate::model::entry::Versioned;
 use crate::model::{Skill, Stamp};
 
@@ -63,8 +65,8 @@ fn read(doc: &impl ReadDoc, name: &str, obj: &ObjId) -> Option<Skill> {
     })
 }
 
-/// Writes `skill` into the winning object of its name, editing the text by diff so that
-/// concurrent edits merge, or into a new object when the name is new.
+/// Writes `skill` into the winning object of its name, editing the text by the plan of
+/// `text_edit` so that concurrent edits merge, or into a new object when the name is new.
 pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::AutomergeError> {
     let winner = versions(tx, &skill.name)
         .into_iter()
@@ -78,7 +80,19 @@ pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::Aut
         Some((Value::Object(ObjType::Text), id)) => id,
         _ => tx.put_object(&obj, "content", ObjType::Text)?,
     };
-    tx.update_text(&content, &skill.content)?;
+    let held = tx.text(&content)?;
+    match text_edit::plan(&held, &skill.content, tx.text_encoding()) {
+        TextEdit::Splices(splices) => {
+            for splice in splices {
+                let delete = splice.delete as isize;
+                tx.splice_text(&content, splice.index, delete, &splice.insert)?;
+            }
+        }
+        TextEdit::Rewrite => {
+            let fresh = tx.put_object(&obj, "content", ObjType::Text)?;
+            tx.splice_text(&fresh, 0, 0, &skill.content)?;
+        }
+    }
     let meta = Meta {
         description: skill.description.clone(),
         path: skill.path.clone(),

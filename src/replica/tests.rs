@@ -9,8 +9,18 @@ fn fixed_clock(millis: Arc<AtomicU64>) -> WallClock {
     Box::new(move || millis.load(Ordering::SeqCst))
 }
 
+/// Opens the store, waiting out the file lock a replica dropped just before may still hold:
+/// sled's background flusher lets go of it a moment later.
 fn open(dir: &Path, node: &str) -> Replica {
-    Replica::open(dir, node).unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Replica::open(dir, node) {
+            Err(ReplicaError::Open { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result.unwrap(),
+        }
+    }
 }
 
 fn skill(name: &str, content: &str) -> SkillWrite {
@@ -323,4 +333,141 @@ fn every_write_path_stamps_with_the_one_clock() {
         "the API's stamp follows the CLI's on the same clock"
     );
     assert_eq!(by_api.unix_millis(), NOW);
+}
+
+/// Paragraphs of words, lines and multi-byte characters, different for each seed.
+fn prose(chars: usize, seed: u64) -> String {
+    const WORDS: [&str; 12] = [
+        "skill",
+        "gateway",
+        "merge",
+        "the",
+        "of",
+        "sync",
+        "技能",
+        "🐻‍❄️",
+        "naïve",
+        "node",
+        "a",
+        "🎉",
+    ];
+    let mut text = String::new();
+    let mut state = seed;
+    let mut count = 0;
+    while count < chars {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let word = WORDS[(state >> 33) as usize % WORDS.len()];
+        let gap = if (state >> 20) % 11 == 0 { "\n" } else { " " };
+        count += word.chars().count() + 1;
+        text.push_str(word);
+        text.push_str(gap);
+    }
+    text
+}
+
+#[test]
+fn rewriting_a_200k_character_skill_is_exact_and_quick() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    let (first, second) = (prose(200_000, 1), prose(200_000, 2));
+    r.put_skill(skill("big", &first)).unwrap();
+    let started = std::time::Instant::now();
+    r.put_skill(skill("big", &second)).unwrap();
+    let mut edited = second.clone();
+    edited.insert_str(edited.len() / 2, "一 small edit 🎉 ");
+    r.put_skill(skill("big", &edited)).unwrap();
+    // Automerge's own diff took over two minutes for 100k characters; this takes about one
+    // second even in a debug-ish test build, so the bound only catches a quadratic path.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(r.get_skill("big").unwrap().content, edited);
+    drop(r);
+    assert_eq!(
+        open(dir.path(), "n1").get_skill("big").unwrap().content,
+        edited
+    );
+}
+
+#[test]
+fn a_skill_edit_off_the_lock_lets_other_threads_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    shared.put_skill(skill("big", &prose(50_000, 1))).unwrap();
+    let content = prose(50_000, 2);
+    let mut pauses = 0;
+    let written = shared
+        .batch_pausing(
+            |batch| batch.put_skill(skill("big", &content)),
+            || {
+                pauses += 1;
+                // A memory write from another thread must complete while the skill text is
+                // being edited: were the lock held, it could not, and the wait would time out.
+                let (done, finished) = std::sync::mpsc::channel();
+                let writer = shared.clone();
+                std::thread::spawn(move || {
+                    let put = writer.with(|r| r.put_memory(&Scope::Mesh, "k", json!(1)));
+                    done.send(put.is_ok()).unwrap();
+                });
+                let waited = finished.recv_timeout(std::time::Duration::from_secs(60));
+                assert_eq!(waited, Ok(true));
+            },
+        )
+        .unwrap();
+    // Memory lives in another document: the batch was not staged again.
+    assert_eq!(pauses, 1);
+    assert_eq!(written.content, content);
+    shared.with(|r| {
+        assert_eq!(r.get_skill("big").unwrap().content, content);
+        assert_eq!(r.get_memory(&Scope::Mesh, "k").unwrap().value, json!(1));
+    });
+}
+
+#[test]
+fn a_skill_written_meanwhile_makes_the_batch_stage_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    shared.put_skill(skill("a", "first\n")).unwrap();
+    let mut pauses = 0;
+    shared
+        .batch_pausing(
+            |batch| batch.put_skill(skill("a", "second\n")),
+            || {
+                pauses += 1;
+                if pauses == 1 {
+                    shared.with(|r| r.put_skill(skill("b", "meanwhile\n")).unwrap());
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(pauses, 2);
+    shared.with(|r| {
+        assert_eq!(r.get_skill("a").unwrap().content, "second\n");
+        assert_eq!(r.get_skill("b").unwrap().content, "meanwhile\n");
+    });
+    drop(shared);
+    let r = open(dir.path(), "n1");
+    assert_eq!(r.get_skill("a").unwrap().content, "second\n");
+    assert_eq!(r.get_skill("b").unwrap().content, "meanwhile\n");
+}
+
+#[test]
+fn a_batch_that_keeps_going_stale_runs_under_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    let mut pauses = 0;
+    shared
+        .batch_pausing(
+            |batch| batch.put_skill(skill("a", "mine\n")),
+            || {
+                pauses += 1;
+                shared.with(|r| r.put_skill(skill(&format!("b{pauses}"), "x\n")).unwrap());
+            },
+        )
+        .unwrap();
+    assert_eq!(pauses, 3);
+    shared.with(|r| {
+        assert_eq!(r.get_skill("a").unwrap().content, "mine\n");
+        assert_eq!(r.list_skills().len(), 4);
+    });
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
-use crate::replica::{Batch, Replica, ReplicaError};
+use crate::replica::{Batch, Replica, ReplicaError, SharedReplica};
 pub use rows::{decode_value, encode_value, MemoryRow, SkillRow};
 
 /// The reference `schema.sql` for the two mesh tables, as formats.md gives it.
@@ -93,7 +93,7 @@ const IMPORT_BATCH_ROWS: usize = 2_000;
 /// Imports every row of a reference store into the replica, streamed in group commits of
 /// `IMPORT_BATCH_ROWS`. Imports are last-writer-wins and idempotent, so an import cut short
 /// (a full disk, a crash) is finished by running it again.
-pub fn import(path: &Path, replica: &mut Replica) -> Result<ImportReport, StoreError> {
+pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing(path.to_path_buf()));
     }
@@ -166,10 +166,13 @@ fn import_rows<T>(
     conn: &Connection,
     query: &str,
     convert: fn(Sql, Sql, Sql, Sql, Sql) -> Row<T>,
-    replica: &mut Replica,
+    replica: &SharedReplica,
     report: &mut ImportReport,
     apply: impl Fn(&mut Batch<'_>, T) -> (Result<bool, ReplicaError>, Counter),
-) -> Result<(), ImportFailure> {
+) -> Result<(), ImportFailure>
+where
+    T: Clone,
+{
     let mut statement = conn.prepare(query).map_err(ImportFailure::Sqlite)?;
     let mut rows = statement.query([]).map_err(ImportFailure::Sqlite)?;
     loop {
@@ -190,25 +193,29 @@ fn import_rows<T>(
         if chunk.is_empty() {
             return Ok(());
         }
-        replica
+        // The batch may run more than once (skill text is edited off the lock): each run
+        // counts afresh, and only the last run's counts are kept.
+        let counted = replica
             .batch(|batch| {
-                for row in chunk {
-                    match row {
+                let mut counted = ImportReport::default();
+                for row in &chunk {
+                    match row.clone() {
                         Ok(item) => {
                             let (result, counter) = apply(batch, item);
-                            report.record(refused(result), counter)?;
+                            counted.record(refused(result), counter)?;
                         }
-                        Err(refusal) => report.skip(refusal),
+                        Err(reason) => counted.skip(reason),
                     }
                 }
-                Ok(())
+                Ok(counted)
             })
             .map_err(ImportFailure::Replica)?;
+        report.add(counted);
     }
 }
 
-/// A row that could not become an entry carries the reason; a store failure is an error.
-type Row<T> = Result<T, Refused>;
+/// A row that could not become an entry carries the reason.
+type Row<T> = Result<T, String>;
 
 #[derive(Debug)]
 enum Refused {
@@ -225,11 +232,17 @@ fn refused(result: Result<bool, ReplicaError>) -> Result<bool, Refused> {
 
 impl ImportReport {
     /// A row that could not become an entry.
-    fn skip(&mut self, refusal: Refused) {
-        if let Refused::Row(reason) = refusal {
-            self.skipped += 1;
-            self.reasons.push(reason);
-        }
+    fn skip(&mut self, reason: String) {
+        self.skipped += 1;
+        self.reasons.push(reason);
+    }
+
+    fn add(&mut self, other: ImportReport) {
+        self.memory += other.memory;
+        self.skills += other.skills;
+        self.unchanged += other.unchanged;
+        self.skipped += other.skipped;
+        self.reasons.extend(other.reasons);
     }
 
     fn record(
@@ -280,12 +293,12 @@ fn memory_entry(
     node_id: Sql,
     updated_at: Sql,
 ) -> Row<MemoryEntry> {
-    let bad = |what: &str| Refused::Row(format!("mesh_memory row with {what}"));
+    let bad = |what: &str| format!("mesh_memory row with {what}");
     let node_id = text(node_id)
         .filter(|id| !id.is_empty())
         .ok_or(bad("no node_id"))?;
     let scope = text(scope).ok_or(bad("no scope"))?;
-    let scope = Scope::parse_for(&scope, &node_id).map_err(|e| Refused::Row(e.to_string()))?;
+    let scope = Scope::parse_for(&scope, &node_id).map_err(|e| e.to_string())?;
     let value = match value {
         Sql::Text(text) => decode_value(&text),
         Sql::Integer(n) => Value::from(n),
@@ -303,7 +316,7 @@ fn memory_entry(
 }
 
 fn skill(name: Sql, source: Sql, content: Sql, path: Sql, updated_at: Sql) -> Row<Skill> {
-    let bad = |what: &str| Refused::Row(format!("mesh_skills row with {what}"));
+    let bad = |what: &str| format!("mesh_skills row with {what}");
     let (content, path) = (text(content), text(path));
     if content.is_none() && path.is_none() {
         return Err(bad("neither content nor path"));

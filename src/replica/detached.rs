@@ -1,0 +1,130 @@
+//! Batches whose skill writes are applied off the replica lock.
+//!
+//! Editing a skill's text is the one write whose cost grows with its size: planning the edit
+//! and applying it to Automerge take up to seconds for a 1 MiB rewrite (see `text_edit`), and
+//! the replica lock guards every document of the node. So `SharedReplica::batch` stages a
+//! batch under the lock as usual (every decision: versions, stamps, descriptions), releases
+//! the lock, applies the skill writes to a copy of the skills document (copying is a clone of
+//! its buffers: about a millisecond for a 1 MiB text), and takes the lock again only to swap
+//! the edited copy in and make the batch durable.
+//!
+//! The swap is right only if no document the batch writes changed in between: each
+//! `DocState` counts its edits, and a batch whose documents moved on is staged again from
+//! the start, because its decisions may no longer hold. Memory written by others meanwhile
+//! lives in other documents and does not make a batch stale.
+
+use automerge::{Automerge, Change, ReadDoc};
+
+use super::{new_doc_state, Batch, DocId, Replica, Result, Staged};
+
+/// A staged batch, as `Replica::stage_detached` leaves it.
+pub(super) enum Staging<T> {
+    /// It wrote no skill, so it was committed under the lock like any batch.
+    Committed(Result<T>),
+    /// Its skill writes wait to be applied to `copy` off the lock. (Boxed: an `Automerge`
+    /// is some kilobytes of bookkeeping.)
+    Detached(Box<Detached<T>>),
+}
+
+pub(super) struct Detached<T> {
+    outcome: Result<T>,
+    skills: Vec<Staged>,
+    /// The batch's other writes, applied under the lock when it commits.
+    others: Vec<Staged>,
+    /// The skills document as it was when the batch was staged.
+    copy: Automerge,
+    /// The edit count of every document the batch writes, when it was staged (`None`: the
+    /// document did not exist).
+    seen: Vec<(DocId, Option<u64>)>,
+    /// The change `edit_skills` made to `copy`.
+    change: Option<Change>,
+}
+
+/// What `Replica::commit_detached` did.
+pub(super) enum Commit<T> {
+    Done(Result<T>),
+    /// A document the batch writes changed since it was staged; nothing was written.
+    Stale,
+}
+
+impl Replica {
+    /// Runs `f` like `batch`; commits at once when it wrote no skill, and otherwise returns the
+    /// writes with a copy of the skills document to apply them to.
+    pub(super) fn stage_detached<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T>,
+    ) -> Result<Staging<T>> {
+        let (outcome, writes) = self.stage(f);
+        let (skills, others): (Vec<Staged>, Vec<Staged>) = writes
+            .into_iter()
+            .partition(|write| write.doc() == DocId::Skills);
+        if skills.is_empty() {
+            let changes = self.apply_writes(others)?;
+            self.persist(changes)?;
+            return Ok(Staging::Committed(outcome));
+        }
+        let mut seen: Vec<(DocId, Option<u64>)> = Vec::new();
+        for doc in std::iter::once(DocId::Skills).chain(others.iter().map(Staged::doc)) {
+            if !seen.iter().any(|(known, _)| *known == doc) {
+                let edits = self.docs.get(&doc).map(|state| state.edits);
+                seen.push((doc, edits));
+            }
+        }
+        let copy = match self.docs.get(&DocId::Skills) {
+            Some(state) => state.doc.clone(),
+            None => new_doc_state(&self.actor).doc,
+        };
+        Ok(Staging::Detached(Box::new(Detached {
+            outcome,
+            skills,
+            others,
+            copy,
+            seen,
+            change: None,
+        })))
+    }
+
+    /// Swaps the edited copy in and makes the whole batch durable, unless a document it
+    /// writes changed since it was staged.
+    pub(super) fn commit_detached<T>(&mut self, detached: Detached<T>) -> Result<Commit<T>> {
+        let moved_on = detached
+            .seen
+            .iter()
+            .any(|(doc, edits)| self.docs.get(doc).map(|state| state.edits) != *edits);
+        if moved_on {
+            return Ok(Commit::Stale);
+        }
+        let mut changes = self.apply_writes(detached.others)?;
+        if let Some(change) = detached.change {
+            let actor = self.actor.clone();
+            let state = self
+                .docs
+                .entry(DocId::Skills)
+                .or_insert_with(|| new_doc_state(&actor));
+            state.doc = detached.copy;
+            state.edits += 1;
+            changes.push((DocId::Skills, change));
+        }
+        self.persist(changes)?;
+        Ok(Commit::Done(detached.outcome))
+    }
+}
+
+impl<T> Detached<T> {
+    /// Applies the batch's skill writes to the copy, as one change: the slow part, run with
+    /// the replica unlocked.
+    pub(super) fn edit_skills(&mut self) -> Result<()> {
+        let mut tx = self.copy.transaction();
+        if let Err(e) = self
+            .skills
+            .iter()
+            .try_for_each(|write| write.apply(&mut tx))
+        {
+            tx.rollback();
+            return Err(e.into());
+        }
+        let (hash, _) = tx.commit();
+        self.change = hash.and_then(|hash| self.copy.get_change_by_hash(&hash));
+        Ok(())
+    }
+}
