@@ -289,6 +289,12 @@ impl SyncStore for Counting<'_> {
     fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
         self.replica.missing_deps(doc, heads)
     }
+    fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String> {
+        self.replica.vet(doc, changes)
+    }
+    fn vet_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<(), String> {
+        SyncStore::vet_document(self.replica, doc, saved)
+    }
     fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
         self.replica.apply(doc, changes)
     }
@@ -431,4 +437,36 @@ fn hostile_parts_are_errors_not_panics() {
         session.handle(&mut b.replica, unknown),
         Err(SyncError::UnknownDoc(_))
     ));
+}
+
+/// A replica whose wall clock is whatever `now` holds (Unix milliseconds).
+fn peer_at(name: &str, now: &std::sync::Arc<std::sync::atomic::AtomicU64>) -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now.clone();
+    let clock = Box::new(move || now.load(std::sync::atomic::Ordering::SeqCst));
+    let replica = Replica::open_with_clock(&dir.path().join(name), name, clock).unwrap();
+    Peer { _dir: dir, replica }
+}
+
+/// A peer whose clock runs a year ahead stamped every concurrent write into the future and
+/// won them all. Its changes are refused, with the reason, until this node's clock catches up.
+#[test]
+fn changes_stamped_beyond_the_clock_bound_wait_until_the_clock_catches_up() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let now = 1_764_600_000_000;
+    let year = 365 * 86_400_000;
+    let (ahead, here) = (
+        Arc::new(AtomicU64::new(now + year)),
+        Arc::new(AtomicU64::new(now)),
+    );
+    let (mut a, mut b) = (peer_at("a", &ahead), peer_at("b", &here));
+    write(&mut a, Scope::Mesh, 0..3);
+    let traffic = full_round(&mut a, &mut b);
+    assert!(traffic.refused, "{traffic:?}");
+    assert!(b.replica.list_memory(None).is_empty());
+    here.store(now + year, Ordering::SeqCst);
+    full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    assert_eq!(b.replica.list_memory(None).len(), 3);
 }

@@ -8,6 +8,7 @@ mod skills_doc;
 mod storage;
 mod sync_store;
 mod text_edit;
+mod vet;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -62,6 +62,14 @@ impl SyncStore for Replica {
         }
     }
 
+    fn vet(&mut self, _doc: &DocId, changes: &[Change]) -> Result<(), String> {
+        self.vet_changes(changes).map_err(|e| e.to_string())
+    }
+
+    fn vet_document(&mut self, _doc: &DocId, saved: &[u8]) -> Result<(), String> {
+        Replica::vet_document(self, saved).map_err(|e| e.to_string())
+    }
+
     fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
         self.apply_changes(doc, changes).map_err(store_error)
     }

@@ -147,6 +147,7 @@ struct DocState {
     pushed: Option<(Vec<ChangeHash>, Vec<ChangeHash>)>,
     /// The peer's transfer spans more messages.
     more: bool,
+    /// One side refused the other's changes of this document: it is done for this round.
     refused: bool,
     saved: Option<Vec<ChangeHash>>,
 }
@@ -671,18 +672,21 @@ impl Session {
     ) -> Result<(), SyncError> {
         if !self.access.may_write(doc) {
             let reason = format!("peer {} may not write {doc} on this node", self.peer);
-            out.refuse(doc, reason.clone());
-            self.refusals.push(Refusal {
-                doc: doc.name(),
-                reason,
-                by_peer: false,
-            });
+            self.refuse(doc, reason, out);
             return Ok(());
         }
         let unpacked = bundle::unpack(bundle).map_err(|source| SyncError::Bundle {
             doc: doc.name(),
             source,
         })?;
+        let vetted = match &unpacked {
+            Unpacked::Changes(changes) => store.vet(doc, changes),
+            Unpacked::Document(saved) => store.vet_document(doc, saved),
+        };
+        if let Err(reason) = vetted {
+            self.refuse(doc, reason, out);
+            return Ok(());
+        }
         let hashes = match unpacked {
             Unpacked::Changes(changes) => store.apply(doc, changes)?,
             Unpacked::Document(saved) => store.apply_document(doc, &saved)?,
@@ -694,6 +698,18 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// Refuses what the peer sent for `doc`, telling it why; the document is done for this
+    /// round (the next round asks again).
+    fn refuse(&mut self, doc: &DocId, reason: String, out: &mut Outbox) {
+        self.docs.entry(doc.clone()).or_default().refused = true;
+        out.refuse(doc, reason.clone());
+        self.refusals.push(Refusal {
+            doc: doc.name(),
+            reason,
+            by_peer: false,
+        });
     }
 
     fn send(&mut self, doc: &DocId, change: Change, out: &mut Outbox) {

@@ -33,6 +33,11 @@ pub trait SyncStore {
     /// Hashes among `heads` and the dependencies of changes waiting for their own
     /// dependencies that are not here.
     fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash>;
+    /// Whether this node takes these changes from a peer; `Err` holds the reason it refuses
+    /// them (the whole bundle is refused and the peer is told why).
+    fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String>;
+    /// `vet` for a whole document in Automerge's compact format.
+    fn vet_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<(), String>;
     /// Applies changes durably; returns the hashes that were new and applied.
     fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError>;
     /// Merges a whole document in Automerge's compact format durably; returns the hashes that
