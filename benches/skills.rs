@@ -48,7 +48,11 @@ fn prose(bytes: usize, seed: u64) -> String {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let word = WORDS[(state >> 33) as usize % WORDS.len()];
-        let gap = if (state >> 20) % 11 == 0 { "\n" } else { " " };
+        let gap = if (state >> 20).is_multiple_of(11) {
+            "\n"
+        } else {
+            " "
+        };
         if text.len() + word.len() + gap.len() > bytes {
             return text;
         }

@@ -31,23 +31,6 @@ fn chromium() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A node whose daemon serves the API on a free loopback port.
-fn node_with_api() -> (TestNode, String) {
-    let (node, _) = TestNode::init_listening("target");
-    let api = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let config = node.file("meshd.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[api]\nenabled = false",
-        &format!("[api]\nlisten = \"{api}\""),
-    );
-    std::fs::write(&config, text).unwrap();
-    (node, api)
-}
-
 /// The attacker's page: every attempt, and what came of it, into `<pre id="seen">`.
 fn attack_page(api: &str) -> String {
     let port = api.rsplit(':').next().unwrap();
@@ -174,7 +157,7 @@ fn a_hostile_page_can_neither_write_nor_read() {
         );
         return;
     };
-    let (node, api) = node_with_api();
+    let (node, api) = TestNode::init_with_api("target");
     let daemon = node.start();
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     wait_until("the API answers", || {

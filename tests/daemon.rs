@@ -9,25 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{wait_until, TestNode};
 
-/// A free loopback TCP address for the local API.
-fn free_tcp_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// A node whose daemon serves the local API on a free port.
-fn node_with_api(name: &str) -> (TestNode, String) {
-    let (node, _) = TestNode::init_listening(name);
-    let api = free_tcp_addr();
-    let config = node.file("meshd.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[api]\nenabled = false",
-        &format!("[api]\nlisten = \"{api}\""),
-    );
-    std::fs::write(&config, text).unwrap();
-    (node, api)
-}
-
 fn put(agent: &ureq::Agent, api: &str, key: &str) -> Option<u16> {
     let body = format!(r#"{{"scope":"mesh","key":"{key}","value":{{"n":"{key}"}}}}"#);
     let request = ureq::http::Request::builder()
@@ -43,7 +24,7 @@ const CLIENTS: usize = 50;
 
 #[test]
 fn sigterm_with_puts_in_flight_keeps_every_answered_put_and_exits_promptly() {
-    let (node, api) = node_with_api("stopping");
+    let (node, api) = TestNode::init_with_api("stopping");
     let daemon = node.start();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -359,7 +359,11 @@ fn prose(chars: usize, seed: u64) -> String {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let word = WORDS[(state >> 33) as usize % WORDS.len()];
-        let gap = if (state >> 20) % 11 == 0 { "\n" } else { " " };
+        let gap = if (state >> 20).is_multiple_of(11) {
+            "\n"
+        } else {
+            " "
+        };
         count += word.chars().count() + 1;
         text.push_str(word);
         text.push_str(gap);

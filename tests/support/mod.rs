@@ -188,6 +188,25 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// `init_listening`, with the local API on a free loopback port: the node and that port.
+    pub fn init_with_api(name: &str) -> (TestNode, String) {
+        let (node, _) = TestNode::init_listening(name);
+        let api = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let config = node.file("meshd.toml");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[api]\nenabled = false",
+            &format!("[api]\nlisten = \"{api}\""),
+        );
+        std::fs::write(&config, text).unwrap();
+        (node, api)
+    }
+}
+
 /// Polls `done` every 10 ms for up to 30 s.
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
