@@ -76,8 +76,17 @@ pub struct FutureStamp {
     pub max_offset_ms: u64,
 }
 
+/// A span as people read it: `61.0 s`, `15 min`, `3.5 h`, `40 days`, `3112 years`.
 fn seconds(millis: u64) -> String {
-    format!("{:.1} s", millis as f64 / 1000.0)
+    let seconds = millis as f64 / 1000.0;
+    const DAY: f64 = 86_400.0;
+    match seconds {
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7_200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 2.0 * DAY => format!("{:.1} h", s / 3_600.0),
+        s if s < 730.0 * DAY => format!("{:.0} days", s / DAY),
+        s => format!("{:.0} years", s / (365.25 * DAY)),
+    }
 }
 
 /// How far ahead of the wall clock an accepted stamp may be.
@@ -216,6 +225,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(refused.ahead_ms, 61_000);
         assert!(refused.to_string().contains("61.0 s ahead"), "{refused}");
+        let far = bound
+            .check(Stamp::from_unix_seconds(99_999_999_999), now)
+            .unwrap_err();
+        assert!(far.to_string().contains("years ahead"), "{far}");
     }
 
     #[test]
