@@ -31,6 +31,7 @@ pub enum BundleError {
 
 /// A bundle's contents.
 pub enum Unpacked {
+    /// Parsed changes, in the order the bundle holds them.
     Changes(Vec<Change>),
     /// `Automerge::save` bytes.
     Document(Vec<u8>),

@@ -50,6 +50,7 @@ pub fn build<'a>(hashes: impl ExactSizeIterator<Item = &'a ChangeHash>, fp_rate:
 pub struct Filter(GrowableBloom);
 
 impl Filter {
+    /// Reads a filter from a peer, refusing any shape the crate would mishandle.
     pub fn decode(bytes: &[u8]) -> Result<Filter, FilterError> {
         let shape: Shape = postcard::from_bytes(bytes).map_err(|_| FilterError("layout"))?;
         if shape.parts.len() > MAX_PARTS {
@@ -65,6 +66,7 @@ impl Filter {
         Ok(Filter(filter))
     }
 
+    /// Whether `hash` may be in the filter (false positives at the sender's rate).
     pub fn contains(&self, hash: &ChangeHash) -> bool {
         self.0.contains(hash.0)
     }

@@ -20,8 +20,10 @@ mod store;
 mod summary;
 
 pub use access::Access;
-pub use bundle::{BundleError, MAX_BUNDLE_RAW};
-pub use filter::FilterError;
+// `unpack`, `Unpacked` and `Filter` are what a session does with a peer's bundles and
+// filters; they are public so the hostile-input tests and fuzz targets (fuzz/) reach them.
+pub use bundle::{unpack, BundleError, Unpacked, MAX_BUNDLE_RAW};
+pub use filter::{Filter, FilterError};
 pub use message::{
     body_len, Bundle, DecodeError, DocPart, Have, Heads, Hello, Knowledge, Message, Range, Sync,
     HEADER_LEN, MAX_MESSAGE, PROTOCOL_VERSION,
