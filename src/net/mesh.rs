@@ -351,19 +351,17 @@ impl Mesh {
             sync::Config::default(),
         );
         let dialer = dialed_by == self.own;
-        let result = link::run(
-            self.as_ref(),
-            connection,
-            session,
-            peer,
-            dialer,
-            self.config.anti_entropy,
-            receiver,
-        )
-        .await;
-        match result {
-            Ok(()) => tracing::info!(%peer, "disconnected"),
-            Err(e) => tracing::warn!(%peer, "link closed: {e}"),
+        // The link runs as a task of its own, so that a panic in it (a bug) ends that link
+        // only: the entry below is still removed and the dialer reconnects.
+        let (mesh, anti_entropy) = (self.clone(), self.config.anti_entropy);
+        let link = self.tasks.spawn(async move {
+            let host = mesh.as_ref();
+            link::run(host, connection, session, peer, dialer, anti_entropy, receiver).await
+        });
+        match link.await {
+            Ok(Ok(())) => tracing::info!(%peer, "disconnected"),
+            Ok(Err(e)) => tracing::warn!(%peer, "link closed: {e}"),
+            Err(e) => tracing::error!(%peer, "the link failed ({e}); this is a bug, it reconnects"),
         }
         let mut links = lock(&self.links);
         if links.get(&peer).is_some_and(|e| e.serial == serial) {
