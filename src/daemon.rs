@@ -21,7 +21,7 @@ use crate::api::{self, ApiError, ApiState};
 use crate::cache::CachePaths;
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
-use crate::control::{CommandError, Context, LiveMesh, Reply, Request};
+use crate::control::{CommandError, Context, LiveMesh, PeerRefusal, Reply, Request};
 use crate::model::NodeId;
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
@@ -167,6 +167,14 @@ impl LiveMesh for RunningMesh {
 
     fn is_connected(&self, peer: &NodeId) -> bool {
         self.mesh.is_connected(peer)
+    }
+
+    fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal> {
+        self.mesh.last_refusal(peer).map(|last| PeerRefusal {
+            at: last.at,
+            doc: last.doc,
+            reason: last.reason,
+        })
     }
 
     /// Commands run on the blocking pool, where waiting on the runtime is allowed.

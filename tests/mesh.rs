@@ -140,6 +140,21 @@ fn a_peer_without_write_access_cannot_change_a_scope() {
     });
     b.run(&["sync"]).ok();
     assert_eq!(value(&a, "mesh", "owner"), Some(json!("a")));
+    // A's status names the peer whose changes it refused, and why.
+    let status: Value = serde_json::from_str(&a.run(&["status", "--json"]).ok()).unwrap();
+    let refused = &status["peers"][0]["refused"];
+    assert_eq!(refused["doc"], "mesh", "{status}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("may not write"),
+        "{status}"
+    );
+    assert!(a
+        .run(&["status"])
+        .ok()
+        .contains("its changes to mesh were refused"));
 }
 
 /// A paired peer that sends garbage gets its link closed; the daemon and its data carry on.

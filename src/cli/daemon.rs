@@ -62,6 +62,14 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
             p.peer.label(),
             p.peer.addresses.join(","),
         );
+        if let Some(refused) = &p.refused {
+            println!(
+                "  its changes to {} were refused at {}: {}",
+                refused.doc,
+                format_time(refused.at),
+                refused.reason
+            );
+        }
     }
     Ok(())
 }

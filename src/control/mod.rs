@@ -38,7 +38,7 @@ pub use doc::DocExport;
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
-pub use status::{NodeStatus, PeerStatus, Status};
+pub use status::{NodeStatus, PeerRefusal, PeerStatus, Status};
 pub use store::{Exported, Imported, StoreExport, StoreImport};
 pub use sync::Sync;
 pub use wire::{decode, DecodeError, Reply, Request};
@@ -108,6 +108,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     /// UDP bytes sent to peers since the daemon started.
     fn bytes_sent(&self) -> u64;
     fn is_connected(&self, peer: &NodeId) -> bool;
+    /// The latest refusal of `peer`'s changes by this node.
+    fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal>;
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;

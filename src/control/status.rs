@@ -36,6 +36,17 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Documents the peer may read whose state here differs from what it last confirmed.
     pub documents_behind: usize,
+    /// The latest time this node refused the peer's changes since the daemon started (a
+    /// clock running ahead, or a document it may not write); `None` without the daemon.
+    pub refused: Option<PeerRefusal>,
+}
+
+/// This node refused a peer's changes: when (Unix seconds), for which document, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRefusal {
+    pub at: u64,
+    pub doc: String,
+    pub reason: String,
 }
 
 impl Command for Status {
@@ -76,6 +87,7 @@ pub(super) fn peer_statuses(
         .into_iter()
         .map(|peer| PeerStatus {
             connected: node.mesh.as_ref().is_some_and(|m| m.is_connected(&peer.id)),
+            refused: node.mesh.as_ref().and_then(|m| m.last_refusal(&peer.id)),
             documents_behind: documents_behind(replica, &peer),
             peer,
         })

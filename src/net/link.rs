@@ -46,6 +46,8 @@ pub trait LinkHost: Send + Sync + 'static {
     fn applied(&self, from: NodeId, applied: Vec<Applied>);
     /// A round with `peer` completed.
     fn round_done(&self, peer: NodeId, took: Duration);
+    /// Changes were refused, by this node or by `peer` (already logged).
+    fn refused(&self, peer: NodeId, refusal: &Refusal);
 }
 
 /// Runs the link until the connection ends or the command channel closes.
@@ -150,8 +152,13 @@ impl<H: LinkHost> Link<'_, H> {
     /// Acts on an outcome as `Session` documents it: send the messages, log the refusals,
     /// forward what was applied, and close the round when it is done.
     async fn act(&mut self, outcome: Outcome) -> Result<(), LinkError> {
+        // Recorded before the peer can hear of it, so `meshd status` already shows a refusal
+        // the peer was told about.
+        for refusal in &outcome.refusals {
+            log_refusal(self.peer, refusal);
+            self.host.refused(self.peer, refusal);
+        }
         send_all(&mut self.send, &outcome.messages).await?;
-        report_refusals(self.peer, &outcome.refusals);
         if !outcome.applied.is_empty() {
             self.host.applied(self.peer, outcome.applied);
         }
@@ -195,15 +202,13 @@ impl Round {
     }
 }
 
-fn report_refusals(peer: NodeId, refusals: &[Refusal]) {
-    for refusal in refusals {
-        let by = if refusal.by_peer {
-            "peer refused"
-        } else {
-            "refused from peer"
-        };
-        tracing::warn!(%peer, doc = %refusal.doc, reason = %refusal.reason, "{by} changes");
-    }
+fn log_refusal(peer: NodeId, refusal: &Refusal) {
+    let by = if refusal.by_peer {
+        "peer refused"
+    } else {
+        "refused from peer"
+    };
+    tracing::warn!(%peer, doc = %refusal.doc, reason = %refusal.reason, "{by} changes");
 }
 
 async fn send_all(send: &mut SendStream, messages: &[Message]) -> Result<(), LinkError> {

@@ -64,10 +64,21 @@ pub struct Mesh {
     /// The heads last pushed to peers, per document: the next push sends what came after.
     published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
     on_change: Box<dyn Fn() + Send + Sync>,
+    /// The latest refusal of each peer's changes by this node, for `meshd status`.
+    refusals: Mutex<HashMap<NodeId, LastRefusal>>,
     /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
     tasks: TaskTracker,
     /// Cancelled when the node stops: dialers end, links close.
     shutdown: CancellationToken,
+}
+
+/// This node refused a peer's changes: when (Unix seconds), for which document, and why (a
+/// clock running ahead, or a document the peer may not write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRefusal {
+    pub at: u64,
+    pub doc: String,
+    pub reason: String,
 }
 
 /// The daemon's hold on the mesh's tasks: where to spawn them and when they must stop.
@@ -122,6 +133,7 @@ impl Mesh {
             closed_bytes_sent: AtomicU64::new(0),
             published: Mutex::new(published),
             on_change: Box::new(on_change),
+            refusals: Mutex::new(HashMap::new()),
             tasks: lifecycle.tasks,
             shutdown: lifecycle.shutdown,
         });
@@ -177,6 +189,11 @@ impl Mesh {
                 _ = mesh.dial_loop(peer) => {}
             }
         })
+    }
+
+    /// The latest time this node refused `peer`'s changes, since the daemon started.
+    pub fn last_refusal(&self, peer: &NodeId) -> Option<LastRefusal> {
+        lock(&self.refusals).get(peer).cloned()
     }
 
     pub fn is_connected(&self, peer: &NodeId) -> bool {
@@ -356,7 +373,16 @@ impl Mesh {
         let (mesh, anti_entropy) = (self.clone(), self.config.anti_entropy);
         let link = self.tasks.spawn(async move {
             let host = mesh.as_ref();
-            link::run(host, connection, session, peer, dialer, anti_entropy, receiver).await
+            link::run(
+                host,
+                connection,
+                session,
+                peer,
+                dialer,
+                anti_entropy,
+                receiver,
+            )
+            .await
         });
         match link.await {
             Ok(Ok(())) => tracing::info!(%peer, "disconnected"),
@@ -429,6 +455,18 @@ impl LinkHost for Mesh {
             }
         }
         (self.on_change)();
+    }
+
+    fn refused(&self, peer: NodeId, refusal: &sync::Refusal) {
+        if refusal.by_peer {
+            return;
+        }
+        let last = LastRefusal {
+            at: unix_now(),
+            doc: refusal.doc.clone(),
+            reason: refusal.reason.clone(),
+        };
+        lock(&self.refusals).insert(peer, last);
     }
 
     fn round_done(&self, peer: NodeId, took: Duration) {
