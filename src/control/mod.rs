@@ -27,7 +27,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CachePaths;
-use crate::model::validate::ValidationError;
 use crate::model::{NodeId, Scope};
 use crate::peers::PeerStore;
 use crate::replica::SharedReplica;
@@ -130,12 +129,8 @@ pub struct Context {
 impl Context {
     /// Parses a scope as a user types it (`node` is this node's own).
     fn scope(&self, text: &str) -> Result<Scope, CommandError> {
-        Scope::parse(text, &self.own.compact()).map_err(invalid)
+        Scope::parse(text, &self.own.compact()).map_err(CommandError::failed)
     }
-}
-
-fn invalid(error: ValidationError) -> CommandError {
-    CommandError::failed(error)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ macro_rules! command_set {
                 }
             }
 
-            /// The wire name of the command, for logs.
+            /// The command's type name (`MemPut`), for logs and test messages.
             pub fn op(&self) -> &'static str {
                 match self {
                     $(Request::$variant(_) => stringify!($variant),)*
