@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use automerge::{ChangeHash, ReadDoc};
 use meshd::model::{DocId, MemoryEntry, Scope, Stamp};
-use meshd::replica::{Replica, ReplicaError, SkillWrite};
+use meshd::replica::{wait_for_store, Replica, SkillWrite};
 use meshd::sync::harness;
 use meshd::sync::{Access, Applied, Config, Knowledge, Message, Session, SyncStore};
 use proptest::prelude::*;
@@ -611,15 +611,10 @@ fn open(node: &Node, clock: &Arc<AtomicU64>) -> Replica {
     // A restart may find the store still locked for a moment: sled's background flusher
     // lets go of the file lock a little after the replica is dropped, as a real process
     // that exits does. Wait for it, as the daemon does.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Replica::open_with_clock(&node.path, &node.id, Box::new(wall.clone())) {
-            Err(ReplicaError::Open { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            result => return result.expect("replica opens"),
-        }
-    }
+    wait_for_store(std::time::Duration::from_secs(10), || {
+        Replica::open_with_clock(&node.path, &node.id, Box::new(wall.clone()))
+    })
+    .expect("replica opens")
 }
 
 fn scope(user: bool) -> Scope {

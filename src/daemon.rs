@@ -21,14 +21,14 @@ use crate::api::{self, ApiError, ApiState};
 use crate::cache::CachePaths;
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
-use crate::control::{CommandError, Context, LiveMesh, PeerRefusal, Reply, Request};
+use crate::control::{CommandError, Context, LiveMesh, Reply, Request};
 use crate::model::NodeId;
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{PeerError, PeerStore};
-use crate::replica::{Replica, ReplicaError, SharedReplica, StoreTaskFailed};
+use crate::peers::{PeerError, PeerRefusal, PeerStore};
+use crate::replica::{wait_for_store, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::views::{ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
@@ -170,11 +170,7 @@ impl LiveMesh for RunningMesh {
     }
 
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal> {
-        self.mesh.last_refusal(peer).map(|last| PeerRefusal {
-            at: last.at,
-            doc: last.doc,
-            reason: last.reason,
-        })
+        self.mesh.last_refusal(peer)
     }
 
     /// Commands run on the blocking pool, where waiting on the runtime is allowed.
@@ -189,17 +185,10 @@ const STORE_BUSY_WAIT: Duration = Duration::from_secs(5);
 /// Opens the store, waiting out a CLI command that holds it briefly; a store still locked
 /// after that belongs to another daemon.
 fn open_store(home: &Home, node_id: &str) -> Result<Replica, DaemonError> {
-    let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
-    loop {
-        match Replica::open(&home.store_path(), node_id) {
-            Err(ReplicaError::Open { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(ReplicaError::Open { .. }) => {
-                return Err(DaemonError::AlreadyRunning(home.dir.clone()))
-            }
-            result => return Ok(result?),
-        }
+    let path = home.store_path();
+    match wait_for_store(STORE_BUSY_WAIT, || Replica::open(&path, node_id)) {
+        Err(ReplicaError::Open { .. }) => Err(DaemonError::AlreadyRunning(home.dir.clone())),
+        result => Ok(result?),
     }
 }
 

@@ -38,6 +38,15 @@ impl Peer {
     }
 }
 
+/// This node refused a peer's changes: when (Unix seconds), for which document, and why (a
+/// clock running ahead, or a document the peer may not write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRefusal {
+    pub at: u64,
+    pub doc: String,
+    pub reason: String,
+}
+
 /// A node that tried to connect without being added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {

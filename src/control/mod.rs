@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CachePaths;
 use crate::model::{NodeId, Scope};
-use crate::peers::PeerStore;
+use crate::peers::{PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
 
 pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
@@ -37,7 +37,7 @@ pub use doc::DocExport;
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
-pub use status::{NodeStatus, PeerRefusal, PeerStatus, Status};
+pub use status::{NodeStatus, PeerStatus, Status};
 pub use store::{Exported, Imported, StoreExport, StoreImport};
 pub use sync::Sync;
 pub use wire::{decode, DecodeError, Reply, Request};

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandError, Context, Effects};
-use crate::peers::Peer;
+use crate::peers::{Peer, PeerRefusal};
 use crate::replica::Replica;
 use crate::sync::SyncStore;
 
@@ -39,14 +39,6 @@ pub struct PeerStatus {
     /// The latest time this node refused the peer's changes since the daemon started (a
     /// clock running ahead, or a document it may not write); `None` without the daemon.
     pub refused: Option<PeerRefusal>,
-}
-
-/// This node refused a peer's changes: when (Unix seconds), for which document, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRefusal {
-    pub at: u64,
-    pub doc: String,
-    pub reason: String,
 }
 
 impl Command for Status {

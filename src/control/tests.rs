@@ -34,16 +34,7 @@ fn node() -> Node {
 }
 
 fn heads(node: &Node) -> BTreeMap<DocId, Vec<ChangeHash>> {
-    node.context.replica.with(|replica| {
-        replica
-            .doc_ids()
-            .into_iter()
-            .map(|doc| {
-                let heads = replica.heads(&doc);
-                (doc, heads)
-            })
-            .collect()
-    })
+    node.context.replica.with(|replica| replica.all_heads())
 }
 
 /// A reference store holding one row no node has yet.

@@ -17,7 +17,7 @@ use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::link::{self, LinkCommand, LinkHost};
 use crate::model::{DocId, NodeId};
-use crate::peers::{Peer, PeerStore};
+use crate::peers::{Peer, PeerRefusal, PeerStore};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
 
@@ -65,20 +65,11 @@ pub struct Mesh {
     published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
     on_change: Box<dyn Fn() + Send + Sync>,
     /// The latest refusal of each peer's changes by this node, for `meshd status`.
-    refusals: Mutex<HashMap<NodeId, LastRefusal>>,
+    refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
     /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
     tasks: TaskTracker,
     /// Cancelled when the node stops: dialers end, links close.
     shutdown: CancellationToken,
-}
-
-/// This node refused a peer's changes: when (Unix seconds), for which document, and why (a
-/// clock running ahead, or a document the peer may not write).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastRefusal {
-    pub at: u64,
-    pub doc: String,
-    pub reason: String,
 }
 
 /// The daemon's hold on the mesh's tasks: where to spawn them and when they must stop.
@@ -110,16 +101,7 @@ impl Mesh {
         lifecycle: Lifecycle,
         on_change: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Mesh> {
-        let published = replica.with(|replica| {
-            replica
-                .doc_ids()
-                .into_iter()
-                .map(|doc| {
-                    let heads = replica.heads(&doc);
-                    (doc, heads)
-                })
-                .collect()
-        });
+        let published = replica.with(|replica| replica.all_heads().into_iter().collect());
         let mesh = Arc::new(Mesh {
             own,
             replica,
@@ -192,7 +174,7 @@ impl Mesh {
     }
 
     /// The latest time this node refused `peer`'s changes, since the daemon started.
-    pub fn last_refusal(&self, peer: &NodeId) -> Option<LastRefusal> {
+    pub fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal> {
         lock(&self.refusals).get(peer).cloned()
     }
 
@@ -461,7 +443,7 @@ impl LinkHost for Mesh {
         if refusal.by_peer {
             return;
         }
-        let last = LastRefusal {
+        let last = PeerRefusal {
             at: unix_now(),
             doc: refusal.doc.clone(),
             reason: refusal.reason.clone(),

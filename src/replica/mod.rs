@@ -12,7 +12,7 @@ mod vet;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
@@ -111,6 +111,22 @@ pub struct Replica {
     hlc: Hlc,
     wall_clock: WallClock,
     clock_bound: ClockBound,
+}
+
+/// Runs `open` until the store is no longer locked by another holder or `wait` has passed:
+/// sled admits one process, and a one-shot command (or a replica just dropped, whose flusher
+/// lets go a moment later) holds the lock briefly. Still locked after `wait`: the `Open`
+/// error, for the caller to explain.
+pub fn wait_for_store<T>(wait: Duration, mut open: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match open() {
+            Err(ReplicaError::Open { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The wall clock in Unix milliseconds: the replica's default clock, and the time of writes
@@ -408,6 +424,14 @@ impl Replica {
         self.document(doc)
             .map(|d| d.get_heads())
             .unwrap_or_default()
+    }
+
+    /// Every document with its heads.
+    pub fn all_heads(&self) -> BTreeMap<DocId, Vec<ChangeHash>> {
+        self.docs
+            .iter()
+            .map(|(doc, state)| (doc.clone(), state.doc.get_heads()))
+            .collect()
     }
 
     pub fn document(&self, doc: &DocId) -> Option<&Automerge> {

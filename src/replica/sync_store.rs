@@ -25,9 +25,7 @@ impl SyncStore for Replica {
     }
 
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
-        self.document(doc)
-            .map(|d| d.get_heads())
-            .unwrap_or_default()
+        Replica::heads(self, doc)
     }
 
     fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool {

@@ -12,15 +12,7 @@ fn fixed_clock(millis: Arc<AtomicU64>) -> WallClock {
 /// Opens the store, waiting out the file lock a replica dropped just before may still hold:
 /// sled's background flusher lets go of it a moment later.
 fn open(dir: &Path, node: &str) -> Replica {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Replica::open(dir, node) {
-            Err(ReplicaError::Open { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            result => return result.unwrap(),
-        }
-    }
+    wait_for_store(Duration::from_secs(10), || Replica::open(dir, node)).unwrap()
 }
 
 fn skill(name: &str, content: &str) -> SkillWrite {
