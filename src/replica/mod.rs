@@ -70,6 +70,7 @@ impl From<automerge::AutomergeError> for ReplicaError {
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
 pub use shared::{SharedReplica, StoreTaskFailed};
+pub use skills_doc::WHOLE_VALUE_MIN_BYTES;
 
 /// Reads the wall clock in Unix milliseconds; injected so tests can skew it.
 pub type WallClock = Box<dyn FnMut() -> u64 + Send>;

@@ -385,6 +385,57 @@ fn rewriting_a_200k_character_skill_is_exact_and_quick() {
     );
 }
 
+/// Ops in the newest change of the skills document.
+fn ops_of_last_skill_change(r: &Replica) -> usize {
+    let doc = r.document(&DocId::Skills).unwrap();
+    let head = doc.get_heads()[0];
+    doc.get_change_by_hash(&head).unwrap().len()
+}
+
+#[test]
+fn a_long_skill_is_one_value_and_a_short_one_merges_again() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(da.path(), "a");
+    let mut b = open(db.path(), "b");
+    let long = prose(WHOLE_VALUE_MIN_BYTES + 10, 1);
+    a.put_skill(skill("big", &long)).unwrap();
+    // One value, not a character per op: Automerge's Text costs about 2 µs per character
+    // on the writer and on every peer (2.2 s for 1 MiB).
+    assert!(ops_of_last_skill_change(&a) < 10);
+    a.put_skill(SkillWrite {
+        description: Some("described".into()),
+        ..skill("big", &long)
+    })
+    .unwrap();
+    assert!(ops_of_last_skill_change(&a) < 10);
+    let doc = a.document(&DocId::Skills).unwrap();
+    let stored: usize = doc
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().len())
+        .sum();
+    assert!(
+        stored < 2 * long.len(),
+        "the text was stored twice: {stored} bytes"
+    );
+    merge(&mut a, &mut b);
+    assert_eq!(b.get_skill("big").unwrap().content, long);
+    drop(b);
+    let mut b = open(db.path(), "b");
+    assert_eq!(b.get_skill("big").unwrap().description, "described");
+
+    a.put_skill(skill("big", "line one\nline two\n")).unwrap();
+    merge(&mut a, &mut b);
+    a.put_skill(skill("big", "line one (a)\nline two\n"))
+        .unwrap();
+    b.put_skill(skill("big", "line one\nline two (b)\n"))
+        .unwrap();
+    merge(&mut a, &mut b);
+    let merged = "line one (a)\nline two (b)\n";
+    assert_eq!(a.get_skill("big").unwrap().content, merged);
+    assert_eq!(b.get_skill("big").unwrap().content, merged);
+}
+
 #[test]
 fn a_skill_edit_off_the_lock_lets_other_threads_write() {
     let dir = tempfile::tempdir().unwrap();
