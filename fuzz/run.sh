@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for N seconds (default 30) on the committed corpus, when a nightly
-# toolchain and cargo-fuzz are installed; otherwise says it skipped and exits 0. Not part of
-# .ci/run: the proptest equivalent (proptests/hostile.rs) runs in `cargo test` instead.
+# toolchain and cargo-fuzz are installed; otherwise says it skipped and exits 0. CI's
+# .ci/fuzz (run by .ci/run after the tests) installs both when it can and calls this with 15 s
+# per target.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #

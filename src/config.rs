@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::hlc::ClockBound;
+use crate::replica::space;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7464";
 /// The local HTTP API's address: the reference store API's port, on loopback only.
@@ -263,11 +264,33 @@ fn default_openclaw_home() -> PathBuf {
         .join(".openclaw")
 }
 
-/// `[store]`: the Phase 2 SQLite file kept current for dashboards.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[store]`: the Phase 2 SQLite file kept current for dashboards, and the free space the
+/// store's disk must keep (`replica::space`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub mirror: Option<PathBuf>,
+    pub min_free_mb: u64,
+    pub min_free_percent: u8,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            mirror: None,
+            min_free_mb: space::DEFAULT_MIN_FREE_MB,
+            min_free_percent: space::DEFAULT_MIN_FREE_PERCENT,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn reserve(&self) -> space::Reserve {
+        space::Reserve {
+            min_free_mb: self.min_free_mb,
+            min_free_percent: self.min_free_percent,
+        }
+    }
 }
 
 fn config_template(name: &str, listen: &str) -> String {
@@ -296,7 +319,9 @@ fn config_template(name: &str, listen: &str) -> String {
          # [cache]\n\
          # openclaw_home = \"/home/me/.openclaw\"  # default: $OPENCLAW_HOME, else ~/.openclaw\n\
          # [store]\n\
-         # mirror = \"/path/to/mesh-store.sqlite\"\n"
+         # mirror = \"/path/to/mesh-store.sqlite\"\n\
+         # min_free_mb = 256              # below max(this, min_free_percent) free, the node is read-only\n\
+         # min_free_percent = 5\n"
     )
 }
 

@@ -28,7 +28,7 @@ use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
 use crate::peers::{PeerError, PeerRefusal, PeerStore};
-use crate::replica::{wait_for_store, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
+use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::views::{ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,7 @@ impl Node {
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
         let mut replica = open_store(home, &identity.node_id.compact())?;
         replica.set_clock_bound(config.node.clock_bound());
+        replica.set_reserve(config.store.reserve());
         let peers = PeerStore::open(replica.db())?;
         Ok(Node {
             own: identity.node_id,
@@ -179,17 +180,41 @@ impl LiveMesh for RunningMesh {
     }
 }
 
-/// How long the daemon waits for a store that a one-shot command holds for a moment.
-const STORE_BUSY_WAIT: Duration = Duration::from_secs(5);
+/// How long the daemon waits for a store that a one-shot command holds: loading a large store
+/// takes the command seconds.
+const STORE_BUSY_WAIT: Duration = Duration::from_secs(60);
 
-/// Opens the store, waiting out a CLI command that holds it briefly; a store still locked
-/// after that belongs to another daemon.
+/// Opens the store, waiting out a CLI command that holds it; a store held by a process that
+/// answers on the control socket belongs to another daemon.
 fn open_store(home: &Home, node_id: &str) -> Result<Replica, DaemonError> {
     let path = home.store_path();
-    match wait_for_store(STORE_BUSY_WAIT, || Replica::open(&path, node_id)) {
-        Err(ReplicaError::Open { .. }) => Err(DaemonError::AlreadyRunning(home.dir.clone())),
-        result => Ok(result?),
+    let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
+    let mut waiting = false;
+    loop {
+        match Replica::open(&path, node_id) {
+            Err(ReplicaError::Locked { .. })
+                if !another_daemon_answers(home) && std::time::Instant::now() < deadline =>
+            {
+                if !waiting {
+                    tracing::info!("a meshd command holds the store; waiting for it to finish");
+                    waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(ReplicaError::Locked { .. }) => {
+                return Err(DaemonError::AlreadyRunning(home.dir.clone()))
+            }
+            result => return Ok(result?),
+        }
     }
+}
+
+fn another_daemon_answers(home: &Home) -> bool {
+    let status = crate::control::Request::from(crate::control::Status {});
+    matches!(
+        crate::control::socket::send(&home.control_socket_path(), &status),
+        Ok(Some(_))
+    )
 }
 
 /// Runs the daemon until `shutdown` completes. `openclaw_home` is `$OPENCLAW_HOME`.
@@ -205,6 +230,7 @@ pub async fn run(
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
     start_views(&node, &config, openclaw_home);
+    start_integrity_ticker(&node);
     node.lifecycle
         .tasks
         .spawn(serve_control(listener, node.clone()));
@@ -276,6 +302,26 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
     }
     let _ = node.mesh.set(mesh);
     Ok(())
+}
+
+/// Keeps the integrity record at most about a second behind the store: the replica rewrites
+/// it on a write only when the last rewrite is a second old, so the last writes of a burst
+/// are recorded here.
+fn start_integrity_ticker(node: &Arc<Node>) {
+    let replica = node.replica.clone();
+    let shutdown = node.lifecycle.shutdown.clone();
+    node.lifecycle.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(replica::INTEGRITY_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = replica.run(Replica::record_integrity).await {
+                tracing::warn!(%error, "integrity record not written");
+            }
+        }
+    });
 }
 
 /// Caches and the SQLite mirror start from the store as it is, then follow every change.

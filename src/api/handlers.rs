@@ -1,6 +1,8 @@
 //! The routes, with the reference servers' shapes and status codes.
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,8 +18,27 @@ use crate::store::{MemoryRow, SkillRow};
 
 type Answer<T> = Result<Json<T>, HttpError>;
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"ok": true, "service": "meshd", "storeAvailable": true}))
+/// Up, and whether it takes writes: 503 with the reason while the node is read-only (reads
+/// still work, so `storeAvailable` stays true).
+pub async fn health(State(state): State<ApiState>) -> Response {
+    let read_only = state
+        .replica
+        .run(|replica| replica.read_only_reason())
+        .await
+        .unwrap_or_else(|e| Some(e.to_string()));
+    match read_only {
+        None => {
+            Json(json!({"ok": true, "service": "meshd", "storeAvailable": true})).into_response()
+        }
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"ok": false, "service": "meshd", "storeAvailable": true,
+                        "writable": false, "error": reason}),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn not_found() -> HttpError {
@@ -63,6 +84,9 @@ async fn write_batch<T: Send + 'static>(
 fn write_error(error: ReplicaError) -> HttpError {
     match error.into_refusal() {
         Ok(reason) => HttpError::bad_request(reason.to_string()),
+        Err(full @ (ReplicaError::ReadOnly(_) | ReplicaError::Failed(_))) => {
+            HttpError::new(StatusCode::INSUFFICIENT_STORAGE, full.to_string())
+        }
         Err(failure) => HttpError::internal(failure.to_string()),
     }
 }

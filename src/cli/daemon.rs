@@ -46,6 +46,9 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
         "{} documents, {} memory entries, {} skills",
         status.documents, status.memory_entries, status.skills
     );
+    if let Some(reason) = &status.read_only {
+        println!("READ-ONLY: {reason}");
+    }
     if status.running {
         println!("{} bytes sent to peers since start", status.bytes_sent);
     }

@@ -155,7 +155,9 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
     home.require_initialised()?;
     let identity = Identity::load(&home.key_path(), &home.cert_path())?;
     let mut replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
-    replica.set_clock_bound(home.load_config()?.node.clock_bound());
+    let config = home.load_config()?;
+    replica.set_clock_bound(config.node.clock_bound());
+    replica.set_reserve(config.store.reserve());
     Ok((replica, identity))
 }
 
@@ -181,7 +183,7 @@ fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> {
 fn store_busy(error: &anyhow::Error) -> bool {
     matches!(
         error.downcast_ref::<ReplicaError>(),
-        Some(ReplicaError::Open { .. })
+        Some(ReplicaError::Locked { .. })
     )
 }
 

@@ -25,6 +25,9 @@ pub struct NodeStatus {
     pub documents: usize,
     pub memory_entries: usize,
     pub skills: usize,
+    /// Why the node refuses writes, when it does (its disk below the reserve, or a write the
+    /// disk failed); it still serves reads and syncs out.
+    pub read_only: Option<String>,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -47,11 +50,12 @@ impl Command for Status {
 
     fn execute(self, node: &Context) -> Result<NodeStatus, CommandError> {
         let peers = node.peers.list().map_err(CommandError::failed)?;
-        let (documents, memory_entries, skills, peers) = node.replica.with(|replica| {
+        let (documents, memory_entries, skills, read_only, peers) = node.replica.with(|replica| {
             (
                 replica.doc_ids().len(),
                 replica.list_memory(None).len(),
                 replica.list_skills().len(),
+                replica.read_only_reason(),
                 peer_statuses(node, replica, peers),
             )
         });
@@ -64,6 +68,7 @@ impl Command for Status {
             documents,
             memory_entries,
             skills,
+            read_only,
             peers,
         })
     }

@@ -59,10 +59,11 @@ impl Replica {
             .into_iter()
             .partition(|write| write.doc() == DocId::Skills);
         if skills.is_empty() {
-            let changes = self.apply_writes(others)?;
-            self.persist(changes)?;
+            let pending = self.apply_writes(others)?;
+            self.persist(pending)?;
             return Ok(Staging::Committed(outcome));
         }
+        self.ensure_writable()?;
         let mut seen: Vec<(DocId, Option<u64>)> = Vec::new();
         for doc in std::iter::once(DocId::Skills).chain(others.iter().map(Staged::doc)) {
             if !seen.iter().any(|(known, _)| *known == doc) {
@@ -94,18 +95,20 @@ impl Replica {
         if moved_on {
             return Ok(Commit::Stale);
         }
-        let mut changes = self.apply_writes(detached.others)?;
+        self.ensure_writable()?;
+        let mut pending = self.apply_writes(detached.others)?;
         if let Some(change) = detached.change {
             let actor = self.actor.clone();
             let state = self
                 .docs
                 .entry(DocId::Skills)
                 .or_insert_with(|| new_doc_state(&actor));
-            state.doc = detached.copy;
+            pending.touch(&DocId::Skills, state.doc.get_heads());
+            state.doc = detached.copy.with_actor(actor);
             state.edits += 1;
-            changes.push((DocId::Skills, change));
+            pending.changes.push((DocId::Skills, change));
         }
-        self.persist(changes)?;
+        self.persist(pending)?;
         Ok(Commit::Done(detached.outcome))
     }
 }

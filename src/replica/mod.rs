@@ -2,9 +2,12 @@
 //! in sled. The only code that touches Automerge documents or the store.
 
 mod detached;
+mod durable;
+mod integrity;
 mod memory_doc;
 mod shared;
 mod skills_doc;
+pub mod space;
 mod storage;
 mod sync_store;
 mod text_edit;
@@ -21,11 +24,16 @@ use crate::model::entry::{resolve, Versioned};
 use crate::model::hlc::ClockBound;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{secret, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp};
+use durable::Pending;
 use storage::Storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    #[error("cannot open the store at {path}: {source} (is another meshd using this home? stop it or use its control socket)")]
+    #[error("the store at {path} is in use by another meshd (a daemon, or a command still running): stop it, or use the daemon through its control socket")]
+    Locked { path: PathBuf },
+    #[error("the disk holding the store at {path} is full, and opening a store writes to it: free some space, then start meshd again (nothing was lost)")]
+    NoRoomToOpen { path: PathBuf },
+    #[error("cannot open the store at {path}")]
     Open {
         path: PathBuf,
         #[source]
@@ -33,14 +41,26 @@ pub enum ReplicaError {
     },
     #[error("store error: {0}")]
     Storage(#[from] sled::Error),
-    #[error("the store is damaged: {0}")]
+    #[error("the store is damaged: {0}; nothing was changed: see docs/operations.md (Damaged store) to rebuild it from the peers")]
     Corrupt(&'static str),
-    #[error("document {doc} cannot be loaded: {source}")]
+    #[error("the store at {path} is damaged: {detail}; nothing was changed: see docs/operations.md (Damaged store) to rebuild it from the peers")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("the store at {path} lacks acknowledged writes: {shortfalls} (against the integrity record of {recorded_at}); it was damaged (a crash on a failing disk, or a changed file); nothing was changed: see docs/operations.md (Damaged store) to rebuild it from the peers")]
+    LostWrites {
+        path: PathBuf,
+        recorded_at: String,
+        shortfalls: String,
+    },
+    #[error("document {doc} cannot be loaded: {source}; the store is damaged, nothing was changed: see docs/operations.md (Damaged store) to rebuild it from the peers")]
     Load {
         doc: String,
         #[source]
         source: Box<automerge::AutomergeError>,
     },
+    #[error(transparent)]
+    ReadOnly(#[from] space::BelowReserve),
+    #[error("the store failed a write earlier ({0}) and accepts none until meshd restarts; every acknowledged write is safe: free disk space if it is full, then restart meshd")]
+    Failed(String),
     #[error("automerge: {0}")]
     Automerge(Box<automerge::AutomergeError>),
     #[error(transparent)]
@@ -69,6 +89,7 @@ impl From<automerge::AutomergeError> for ReplicaError {
 
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
+pub use integrity::REWRITE_EVERY as INTEGRITY_EVERY;
 pub use shared::{SharedReplica, StoreTaskFailed};
 pub use skills_doc::WHOLE_VALUE_MIN_BYTES;
 
@@ -106,6 +127,11 @@ struct DocState {
 
 pub struct Replica {
     storage: Storage,
+    store_path: PathBuf,
+    integrity: integrity::IntegrityFile,
+    reserve: space::Reserve,
+    /// Whether the last write was refused for want of space: logs the change of state once.
+    read_only: bool,
     docs: BTreeMap<DocId, DocState>,
     node_id: String,
     actor: ActorId,
@@ -116,13 +142,13 @@ pub struct Replica {
 
 /// Runs `open` until the store is no longer locked by another holder or `wait` has passed:
 /// sled admits one process, and a one-shot command (or a replica just dropped, whose flusher
-/// lets go a moment later) holds the lock briefly. Still locked after `wait`: the `Open`
-/// error, for the caller to explain.
+/// lets go a moment later) holds the lock briefly. Still locked after `wait`: the `Locked`
+/// error.
 pub fn wait_for_store<T>(wait: Duration, mut open: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = Instant::now() + wait;
     loop {
         match open() {
-            Err(ReplicaError::Open { .. }) if Instant::now() < deadline => {
+            Err(ReplicaError::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             result => return result,
@@ -158,15 +184,27 @@ impl Replica {
             };
             docs.insert(id, load_doc(&name, stored, &actor)?);
         }
-        Ok(Replica {
+        let replica = Replica {
             storage,
+            store_path: path.to_path_buf(),
+            integrity: integrity::IntegrityFile::new(path),
+            reserve: space::Reserve::default(),
+            read_only: false,
             docs,
             node_id: node_id.to_string(),
             actor,
             hlc: Hlc::default(),
             wall_clock,
             clock_bound: ClockBound::default(),
-        })
+        };
+        replica.check_integrity()?;
+        Ok(replica)
+    }
+
+    /// Sets the free space the store's disk must keep (`[store] min_free_mb`,
+    /// `min_free_percent`).
+    pub fn set_reserve(&mut self, reserve: space::Reserve) {
+        self.reserve = reserve;
     }
 
     pub fn node_id(&self) -> &str {
@@ -302,8 +340,8 @@ impl Replica {
     /// durable too; the failed one changed nothing.
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
         let (outcome, writes) = self.stage(f);
-        let changes = self.apply_writes(writes)?;
-        self.persist(changes)?;
+        let pending = self.apply_writes(writes)?;
+        self.persist(pending)?;
         outcome
     }
 
@@ -323,95 +361,37 @@ impl Replica {
     }
 
     /// Applies staged writes to the in-memory documents, one change per document, and returns
-    /// the changes for `persist`.
-    fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Vec<(DocId, Change)>> {
+    /// them for `persist`; a write that fails takes every document back.
+    fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Pending> {
+        let mut pending = Pending::default();
+        if writes.is_empty() {
+            return Ok(pending);
+        }
+        self.ensure_writable()?;
         let mut by_doc: BTreeMap<DocId, Vec<Staged>> = BTreeMap::new();
         for write in writes {
             by_doc.entry(write.doc()).or_default().push(write);
         }
-        let mut changes = Vec::new();
         for (doc, writes) in by_doc {
             let actor = self.actor.clone();
             let state = self
                 .docs
                 .entry(doc.clone())
                 .or_insert_with(|| new_doc_state(&actor));
+            pending.touch(&doc, state.doc.get_heads());
             let mut tx = state.doc.transaction();
             if let Err(e) = writes.iter().try_for_each(|write| write.apply(&mut tx)) {
                 tx.rollback();
+                self.roll_back(pending.before);
                 return Err(e.into());
             }
             let (hash, _) = tx.commit();
             if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
                 state.edits += 1;
-                changes.push((doc, change));
+                pending.changes.push((doc, change));
             }
         }
-        Ok(changes)
-    }
-
-    /// Stores changes already applied to the in-memory documents, durably.
-    fn persist(&mut self, changes: Vec<(DocId, Change)>) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = changes.iter().map(|(doc, _)| doc.name()).collect();
-        self.storage.append_durably(
-            changes
-                .iter()
-                .zip(&names)
-                .map(|((_, change), name)| (name.as_str(), change.hash(), change.raw_bytes())),
-        )?;
-        let mut touched: Vec<DocId> = Vec::new();
-        for (doc, change) in &changes {
-            let state = self
-                .docs
-                .get_mut(doc)
-                .expect("persisted changes belong to loaded docs");
-            state.changes_since_snapshot += 1;
-            state.bytes_since_snapshot += change.raw_bytes().len();
-            if !touched.contains(doc) {
-                touched.push(doc.clone());
-            }
-        }
-        for doc in touched {
-            self.compact_if_due(&doc)?;
-        }
-        Ok(())
-    }
-
-    fn compact_if_due(&mut self, doc: &DocId) -> Result<()> {
-        let state = &self.docs[doc];
-        let outweighs = state.changes_since_snapshot >= COMPACT_MIN_CHANGES
-            && state.bytes_since_snapshot >= COMPACT_GROWTH * state.snapshot_bytes;
-        if outweighs || state.changes_since_snapshot >= COMPACT_AFTER_CHANGES {
-            self.compact(doc)?;
-        }
-        Ok(())
-    }
-
-    /// Folds a document's stored changes into a new snapshot, atomically.
-    pub fn compact(&mut self, doc: &DocId) -> Result<()> {
-        let Some(state) = self.docs.get_mut(doc) else {
-            return Ok(());
-        };
-        let snapshot = state.doc.save();
-        let folded: Vec<ChangeHash> = state
-            .doc
-            .get_changes(&[])
-            .iter()
-            .map(Change::hash)
-            .collect();
-        self.storage.compact(&doc.name(), &snapshot, folded)?;
-        state.snapshot_bytes = snapshot.len();
-        state.changes_since_snapshot = 0;
-        state.bytes_since_snapshot = 0;
-        Ok(())
-    }
-
-    /// Waits until everything written so far is on disk.
-    pub fn flush(&self) -> Result<()> {
-        self.storage.flush()
+        Ok(pending)
     }
 
     // ---- documents, for sync and export -------------------------------------------------
@@ -448,6 +428,7 @@ impl Replica {
     /// changes that were new here; changes whose dependencies are still missing wait in the
     /// document's queue and are not stored until they apply.
     pub fn apply_changes(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>> {
+        self.ensure_writable()?;
         let actor = self.actor.clone();
         let state = self
             .docs
@@ -455,25 +436,29 @@ impl Replica {
             .or_insert_with(|| new_doc_state(&actor));
         let before = state.doc.get_heads();
         state.edits += 1;
-        state.doc.apply_changes(changes)?;
+        if let Err(error) = state.doc.apply_changes(changes) {
+            self.roll_back(vec![(doc.clone(), before)]);
+            return Err(error.into());
+        }
         if state.doc.get_heads() == before {
             return Ok(Vec::new());
         }
         let added = state.doc.get_changes(&before);
         let hashes = added.iter().map(Change::hash).collect();
-        self.persist(
-            added
+        self.persist(Pending {
+            changes: added
                 .into_iter()
                 .map(|change| (doc.clone(), change))
                 .collect(),
-        )?;
+            before: vec![(doc.clone(), before)],
+        })?;
         Ok(hashes)
     }
 
-    /// Merges a whole document received in Automerge's compact format and makes it durable
-    /// with one snapshot: for a peer's full copy this is far faster than applying its changes
-    /// one by one. Returns the hashes of the changes that were new here.
+    /// Merges a whole document (a sync snapshot, or a standard Automerge file) and stores the
+    /// result as its new snapshot.
     pub fn merge_document(&mut self, doc: &DocId, bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+        self.ensure_writable()?;
         let actor = self.actor.clone();
         let state = self
             .docs
@@ -481,7 +466,10 @@ impl Replica {
             .or_insert_with(|| new_doc_state(&actor));
         let before = state.doc.get_heads();
         state.edits += 1;
-        state.doc.load_incremental(bytes)?;
+        if let Err(error) = state.doc.load_incremental(bytes) {
+            self.roll_back(vec![(doc.clone(), before)]);
+            return Err(error.into());
+        }
         let added: Vec<ChangeHash> = state
             .doc
             .get_changes_meta(&before)
@@ -489,7 +477,10 @@ impl Replica {
             .map(|meta| meta.hash)
             .collect();
         if !added.is_empty() {
-            self.compact(doc)?;
+            if let Err(error) = self.compact(doc) {
+                self.roll_back(vec![(doc.clone(), before)]);
+                return Err(error);
+            }
         }
         Ok(added)
     }

@@ -15,6 +15,10 @@ use super::ReplicaError;
 const SNAPSHOT: &[u8] = b"s\0";
 const CHANGE: &[u8] = b"c\0";
 const DOCS_TREE: &str = "docs";
+/// sled's page cache. Its default (1 GiB) is half the memory of the small NAS a node may run
+/// on, and the documents live in memory anyway: the store is read whole once at open, then
+/// mostly appended to.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The durable bytes of one document: its snapshot, if any, and the changes stored beside it.
 #[derive(Default)]
@@ -26,19 +30,25 @@ pub struct StoredDoc {
 pub struct Storage {
     db: sled::Db,
     docs: sled::Tree,
+    /// The first write sled failed, after which it is not called to write again: sled 0.34
+    /// cannot recover from a failed write in process (its next flush waits for good for the
+    /// log buffer that failed). Cleared by a restart, which recovers the log from disk.
+    failed: Option<String>,
 }
 
 impl Storage {
     pub fn open(path: &Path) -> Result<Storage, ReplicaError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(|source| ReplicaError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| open_error(path, source))?;
         let docs = db.open_tree(DOCS_TREE)?;
-        Ok(Storage { db, docs })
+        Ok(Storage {
+            db,
+            docs,
+            failed: None,
+        })
     }
 
     /// The sled database, for other modules' own trees (peers, sync state).
@@ -70,22 +80,42 @@ impl Storage {
         Ok(docs)
     }
 
+    /// Why the store accepts no more writes until a restart, if it does not.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// Stores changes and waits until they are on disk.
     pub fn append_durably<'a>(
-        &self,
+        &mut self,
         changes: impl IntoIterator<Item = (&'a str, ChangeHash, &'a [u8])>,
     ) -> Result<(), ReplicaError> {
         let mut batch = sled::Batch::default();
         for (doc, hash, bytes) in changes {
             batch.insert(change_key(doc, &hash), bytes);
         }
-        self.docs.apply_batch(batch)?;
-        self.flush()
+        self.write(|storage| {
+            storage.docs.apply_batch(batch)?;
+            storage.db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Drops changes whose `append_durably` failed, so that they cannot reach the disk with a
+    /// later flush of sled's log (after a restart, sled recovers what its log holds).
+    pub fn forget<'a>(&self, changes: impl IntoIterator<Item = (&'a str, ChangeHash)>) {
+        let mut batch = sled::Batch::default();
+        for (doc, hash) in changes {
+            batch.remove(change_key(doc, &hash));
+        }
+        if let Err(error) = self.docs.apply_batch(batch) {
+            tracing::warn!(%error, "cannot drop the changes of a failed write from the store");
+        }
     }
 
     /// Replaces a document's snapshot and drops the changes it now contains, atomically.
     pub fn compact(
-        &self,
+        &mut self,
         doc: &str,
         snapshot: &[u8],
         folded: impl IntoIterator<Item = ChangeHash>,
@@ -95,13 +125,66 @@ impl Storage {
         for hash in folded {
             batch.remove(change_key(doc, &hash));
         }
-        self.docs.apply_batch(batch)?;
-        self.flush()
+        self.write(|storage| {
+            storage.docs.apply_batch(batch)?;
+            storage.db.flush()?;
+            Ok(())
+        })
     }
 
-    pub fn flush(&self) -> Result<(), ReplicaError> {
-        self.db.flush()?;
-        Ok(())
+    pub fn flush(&mut self) -> Result<(), ReplicaError> {
+        self.write(|storage| {
+            storage.db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Runs one write unless an earlier one failed; a failure stops all later ones.
+    fn write(
+        &mut self,
+        f: impl FnOnce(&Storage) -> Result<(), sled::Error>,
+    ) -> Result<(), ReplicaError> {
+        if let Some(first) = &self.failed {
+            return Err(ReplicaError::Failed(first.clone()));
+        }
+        f(self).map_err(|error| {
+            self.failed = Some(error.to_string());
+            ReplicaError::Storage(error)
+        })
+    }
+}
+
+impl Drop for Storage {
+    /// sled flushes when its last handle drops, and after a failed write that flush waits for
+    /// good: the stop of the daemon would hang. Forgetting one handle keeps sled from ever
+    /// dropping; what it holds unflushed was undone, and the process is ending (the file
+    /// lock goes with it).
+    fn drop(&mut self) {
+        if self.failed.is_some() {
+            std::mem::forget(self.db.clone());
+        }
+    }
+}
+
+/// Tells a store held by another process from a damaged one: sled reports the first as the
+/// file lock it could not take.
+fn open_error(path: &Path, source: sled::Error) -> ReplicaError {
+    let path = path.to_path_buf();
+    match source {
+        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
+            ReplicaError::Locked { path }
+        }
+        sled::Error::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+            ReplicaError::NoRoomToOpen { path }
+        }
+        sled::Error::Corruption { at, .. } => ReplicaError::Damaged {
+            path,
+            detail: match at {
+                Some(at) => format!("sled found corruption at {at}"),
+                None => "sled found corruption".to_string(),
+            },
+        },
+        source => ReplicaError::Open { path, source },
     }
 }
 

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub struct TestNode {
-    pub home: tempfile::TempDir,
+    home: PathBuf,
+    /// The temporary directory that holds `home`, removed with the node.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 pub struct Run {
@@ -64,18 +66,34 @@ impl TestNode {
     }
 
     pub fn empty() -> TestNode {
+        let temporary = tempfile::tempdir().unwrap();
         TestNode {
-            home: tempfile::tempdir().unwrap(),
+            home: temporary.path().to_path_buf(),
+            _temporary: Some(temporary),
+        }
+    }
+
+    /// A node whose home is `home` (not created yet), on a file system the test chose.
+    pub fn at(home: PathBuf) -> TestNode {
+        TestNode {
+            home,
+            _temporary: None,
         }
     }
 
     pub fn path(&self) -> &Path {
-        self.home.path()
+        &self.home
     }
 
+    /// meshd on this home, with its caches (`OPENCLAW_HOME`) inside it too: never in the
+    /// home of whoever runs the tests.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = meshd();
-        command.arg("--home").arg(self.home.path()).args(args);
+        command
+            .env("OPENCLAW_HOME", self.file("openclaw"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args);
         command
     }
 
@@ -96,7 +114,7 @@ impl TestNode {
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
-        self.home.path().join(name)
+        self.home.join(name)
     }
 }
 
@@ -176,13 +194,12 @@ impl TestNode {
             .spawn()
             .unwrap();
         let daemon = Daemon { child: Some(child) };
+        // Asks the socket only: a `meshd status` while no daemon answers would open the store
+        // itself, and hold it while the daemon starts.
+        let socket = self.file("control.sock");
         wait_until(
             &format!("daemon in {} answers", self.path().display()),
-            || {
-                self.run(&["status", "--json"])
-                    .stdout
-                    .contains("\"running\":true")
-            },
+            || try_ask(&socket, meshd::control::Status {}).is_some(),
         );
         daemon
     }
