@@ -60,11 +60,15 @@ impl SyncStore for Replica {
         }
     }
 
+    /// A read-only node (disk below its reserve) refuses the peer's changes here, with the
+    /// reason, instead of failing the link: it keeps sending its own data meanwhile.
     fn vet(&mut self, _doc: &DocId, changes: &[Change]) -> Result<(), String> {
+        self.ensure_writable().map_err(|e| e.to_string())?;
         self.vet_changes(changes).map_err(|e| e.to_string())
     }
 
     fn vet_document(&mut self, _doc: &DocId, saved: &[u8]) -> Result<(), String> {
+        self.ensure_writable().map_err(|e| e.to_string())?;
         Replica::vet_document(self, saved).map_err(|e| e.to_string())
     }
 
