@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::DocExport;
+use meshd::control::{DocExport, DocImport};
 
 use super::execute;
 
@@ -17,6 +17,12 @@ pub enum DocCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Merge a file in the standard Automerge binary format into a document
+    Import {
+        /// mesh, node, node:<id>, user:<id>, or skills
+        scope: String,
+        file: PathBuf,
+    },
 }
 
 pub fn run(home: &Home, command: DocCommand) -> anyhow::Result<()> {
@@ -25,6 +31,10 @@ pub fn run(home: &Home, command: DocCommand) -> anyhow::Result<()> {
             // The daemon may run in another directory: give it an absolute path.
             let out = std::path::absolute(&out)?;
             eprintln!("{}", execute(home, DocExport { scope, out })?);
+        }
+        DocCommand::Import { scope, file } => {
+            let file = std::path::absolute(&file)?;
+            eprintln!("{}", execute(home, DocImport { scope, file })?);
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The command line: one file per command group, each thin (parse, send a request, print).
 
 mod api;
+mod backup;
 mod bridge;
 mod cache;
 mod daemon;
@@ -60,6 +61,10 @@ enum Command {
     /// Work with the Automerge documents themselves
     #[command(subcommand)]
     Doc(doc::DocCommand),
+    /// Copy every document and the peer list into a new directory, while the node runs
+    Backup(backup::BackupArgs),
+    /// Merge a backup back into the store (a union: nothing held now is lost)
+    Restore(backup::RestoreArgs),
     /// Phase 1 bridge messages: ingest, emit, answer mesh_request
     #[command(subcommand)]
     Bridge(bridge::BridgeCommand),
@@ -83,6 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Skill(command) => skill::run(&home, command),
         Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
+        Command::Backup(args) => backup::backup(&home, args),
+        Command::Restore(args) => backup::restore(&home, args),
         Command::Run => daemon::run_daemon(home),
         Command::Demo => {
             let exe = std::env::current_exe().context("cannot find the meshd binary")?;

@@ -22,10 +22,7 @@ impl Command for DocExport {
     const EFFECTS: Effects = Effects::NONE;
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
-        let doc = match self.scope.as_str() {
-            "skills" => DocId::Skills,
-            scope => DocId::Memory(node.scope(scope)?),
-        };
+        let doc = document(node, &self.scope)?;
         let bytes = node
             .replica
             .with(|replica| replica.export(&doc))
@@ -41,4 +38,48 @@ impl Command for DocExport {
             self.out.display()
         ))
     }
+}
+
+/// Merges a file in Automerge's standard format (`meshd doc export`, another Automerge tool)
+/// into one of this node's documents. A merge is a union: nothing held is lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocImport {
+    /// A memory scope or `skills`.
+    pub scope: String,
+    /// Absolute: the daemon may run in another directory.
+    pub file: PathBuf,
+}
+
+impl Command for DocImport {
+    /// What was merged, for the operator.
+    type Reply = String;
+    const EFFECTS: Effects = Effects::DATA;
+
+    fn execute(self, node: &Context) -> Result<String, CommandError> {
+        let doc = document(node, &self.scope)?;
+        let saved = std::fs::read(&self.file).map_err(|e| {
+            CommandError::failed(format!("cannot read {}: {e}", self.file.display()))
+        })?;
+        let added = node
+            .replica
+            .with(|replica| super::backup::merge_vetted(replica, &doc, &saved))
+            .map_err(|e| {
+                CommandError::failed(format!(
+                    "{} was not merged into {doc}: {e}",
+                    self.file.display()
+                ))
+            })?;
+        Ok(format!(
+            "merged {} new changes from {} into {doc}",
+            added.len(),
+            self.file.display()
+        ))
+    }
+}
+
+fn document(node: &Context, scope: &str) -> Result<DocId, CommandError> {
+    Ok(match scope {
+        "skills" => DocId::Skills,
+        scope => DocId::Memory(node.scope(scope)?),
+    })
 }

@@ -6,6 +6,7 @@
 //! The same commands run against the store directly when no daemon is running, or go over
 //! the daemon's control socket (`socket`) when one is: sled allows one process per store.
 
+mod backup;
 mod bridge;
 mod cache;
 mod doc;
@@ -31,9 +32,10 @@ use crate::model::{NodeId, Scope};
 use crate::peers::{PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
 
+pub use backup::{Backup, BackupReport, Restore};
 pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
-pub use doc::DocExport;
+pub use doc::{DocExport, DocImport};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};

@@ -131,7 +131,53 @@ fn samples(node: &Node) -> Vec<Request> {
         }
         .into(),
         CacheWrite::default().into(),
+        Backup {
+            dir: out.join("backup"),
+        }
+        .into(),
+        Restore {
+            dir: backup_of_another_node(node),
+        }
+        .into(),
+        DocImport {
+            scope: "mesh".into(),
+            file: export_of_another_node(node),
+        }
+        .into(),
     ]
+}
+
+/// Another node's mesh document as a backup and as a file, holding a key no node has yet.
+fn another_node() -> Node {
+    let source = self::node();
+    let put = MemPut {
+        scope: "mesh".into(),
+        key: "restored".into(),
+        value: serde_json::json!("from a backup"),
+    };
+    put.execute(&source.context).unwrap();
+    source
+}
+
+fn backup_of_another_node(node: &Node) -> std::path::PathBuf {
+    let dir = node.dir.path().join("restorable");
+    if !dir.join("manifest.json").exists() {
+        let backup = Backup { dir: dir.clone() };
+        backup.execute(&another_node().context).unwrap();
+    }
+    dir
+}
+
+fn export_of_another_node(node: &Node) -> std::path::PathBuf {
+    let file = node.dir.path().join("importable.automerge");
+    if !file.exists() {
+        let export = DocExport {
+            scope: "mesh".into(),
+            out: file.clone(),
+        };
+        export.execute(&another_node().context).unwrap();
+    }
+    file
 }
 
 /// The position of each command in `samples`. No wildcard: a new command does not compile
@@ -159,6 +205,9 @@ fn position(request: &Request) -> usize {
         Request::StoreImport(_) => 18,
         Request::StoreExport(_) => 19,
         Request::CacheWrite(_) => 20,
+        Request::Backup(_) => 21,
+        Request::Restore(_) => 22,
+        Request::DocImport(_) => 23,
     }
 }
 

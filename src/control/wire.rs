@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    bridge, cache, doc, mem, peers, skill, status, store, sync, Command, CommandError, Context,
-    Effects,
+    backup, bridge, cache, doc, mem, peers, skill, status, store, sync, Command, CommandError,
+    Context, Effects,
 };
 
 /// A command's reply as it travels: its own reply as JSON, or why there is none.
@@ -74,6 +74,9 @@ command_set! {
     StoreImport => store::StoreImport,
     StoreExport => store::StoreExport,
     CacheWrite => cache::CacheWrite,
+    Backup => backup::Backup,
+    Restore => backup::Restore,
+    DocImport => doc::DocImport,
 }
 
 fn encode<T: Serialize>(reply: Result<T, CommandError>) -> Reply {

@@ -415,6 +415,15 @@ impl Replica {
             .collect()
     }
 
+    /// A copy of every document, for a backup taken at one moment: saving them is the slow
+    /// part, and happens after the lock is released.
+    pub fn copy_documents(&self) -> Vec<(DocId, Automerge)> {
+        self.docs
+            .iter()
+            .map(|(doc, state)| (doc.clone(), state.doc.clone()))
+            .collect()
+    }
+
     pub fn document(&self, doc: &DocId) -> Option<&Automerge> {
         self.docs.get(doc).map(|state| &state.doc)
     }
