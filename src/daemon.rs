@@ -77,13 +77,29 @@ pub struct Node {
     mesh: OnceLock<Arc<Mesh>>,
     identity: Identity,
     lifecycle: Lifecycle,
+    /// `meshd run --repair`: the store opened from what is intact, and this node's own scope
+    /// accepted back from its peers.
+    repairing: bool,
+}
+
+/// How `meshd run` was asked to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Open a damaged store from what is intact and take back from the peers what it lacks,
+    /// this node's own node scope included (`replica::repair`).
+    pub repair: bool,
 }
 
 impl Node {
-    fn open(home: &Home, config: &Config, cache: CachePaths) -> Result<Node, DaemonError> {
+    fn open(
+        home: &Home,
+        config: &Config,
+        cache: CachePaths,
+        options: RunOptions,
+    ) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let mut replica = open_store(home, &identity.node_id.compact())?;
+        let mut replica = open_store(home, &identity.node_id.compact(), options.repair)?;
         replica.set_clock_bound(config.node.clock_bound());
         replica.set_reserve(config.store.reserve());
         let peers = PeerStore::open(replica.db())?;
@@ -99,6 +115,7 @@ impl Node {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             },
+            repairing: options.repair,
         })
     }
 
@@ -186,12 +203,16 @@ const STORE_BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens the store, waiting out a CLI command that holds it; a store held by a process that
 /// answers on the control socket belongs to another daemon.
-fn open_store(home: &Home, node_id: &str) -> Result<Replica, DaemonError> {
+fn open_store(home: &Home, node_id: &str, repair: bool) -> Result<Replica, DaemonError> {
     let path = home.store_path();
     let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
     let mut waiting = false;
+    let open = || match repair {
+        true => Replica::open_for_repair(&path, node_id),
+        false => Replica::open(&path, node_id),
+    };
     loop {
-        match Replica::open(&path, node_id) {
+        match open() {
             Err(ReplicaError::Locked { .. })
                 if !another_daemon_answers(home) && std::time::Instant::now() < deadline =>
             {
@@ -221,11 +242,15 @@ fn another_daemon_answers(home: &Home) -> bool {
 pub async fn run(
     home: Home,
     openclaw_home: Option<PathBuf>,
+    options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let config = home.load_config()?;
     let cache = config.cache.paths(openclaw_home.clone());
-    let node = Arc::new(Node::open(&home, &config, cache)?);
+    let node = Arc::new(Node::open(&home, &config, cache, options)?);
+    if options.repair {
+        tracing::warn!("repairing: this node's own node scope is accepted from its peers until meshd restarts without --repair; `meshd status` shows what is still missing");
+    }
     let socket_path = home.control_socket_path();
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
@@ -289,7 +314,10 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
         node.replica.clone(),
         node.peers.clone(),
         endpoint,
-        MeshConfig::default(),
+        MeshConfig {
+            accept_own_scope: node.repairing,
+            ..MeshConfig::default()
+        },
         node.lifecycle.clone(),
         move || {
             if let Some(views) = &views {

@@ -356,3 +356,74 @@ fn a_backup_taken_while_writes_go_on_restores_one_moment_of_the_store() {
     assert!(refused.stderr.contains("damaged"), "{}", refused.stderr);
     assert!(stored_keys(&other).is_empty());
 }
+
+#[test]
+fn a_node_that_lost_its_store_refuses_to_start_then_repairs_from_a_peer_own_scope_included() {
+    let (a, a_listen) = TestNode::init_listening("a");
+    let (b, b_listen) = TestNode::init_listening("b");
+    let (a_id, b_id) = (a.id(), b.id());
+    a.run(&["peers", "add", &b_id, &b_listen]).ok();
+    b.run(&["peers", "add", &a_id, &a_listen]).ok();
+    let (a_daemon, b_daemon) = (a.start(), b.start());
+    let (a_socket, b_socket) = (a.file("control.sock"), b.file("control.sock"));
+    let put_to = |scope: &str, key: &str, value: &str| {
+        let put = MemPut {
+            scope: scope.into(),
+            key: key.into(),
+            value: json!(value),
+        };
+        ask(&a_socket, put).unwrap();
+    };
+    put_to("node", "own", "only a writes this");
+    put_to("mesh", "shared", "everyone's");
+    let a_scope = format!("node:{a_id}");
+    support::wait_until("b holds a's own scope", || {
+        let get = MemGet {
+            scope: a_scope.clone(),
+            key: "own".into(),
+        };
+        ask(&b_socket, get).is_ok()
+    });
+    assert_eq!(stop_bounded(a_daemon), 0);
+
+    // The store is lost; the integrity record beside it is not.
+    std::fs::remove_dir_all(a.file("store")).unwrap();
+    let refused = bounded("a start on a lost store", {
+        let mut command = a.command(&["run"]);
+        move || command.output().unwrap()
+    });
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("lacks acknowledged writes"), "{stderr}");
+    assert!(stderr.contains("is gone"), "{stderr}");
+
+    let repairing = Daemon::new(
+        a.command(&["run", "--repair"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_until("the repairing daemon answers", || {
+        support::try_ask(&a_socket, meshd::control::Status {}).is_some()
+    });
+    let status = ask(&a_socket, meshd::control::Status {}).unwrap();
+    assert!(status.repair.unwrap().contains("still missing"));
+    // The peer list was in the lost store: pair again, through the repairing daemon.
+    a.run(&["peers", "add", &b_id, &b_listen]).ok();
+    support::wait_until("the repair completes", || {
+        let status = ask(&a_socket, meshd::control::Status {}).unwrap();
+        status.repair.is_some_and(|r| r.starts_with("complete"))
+    });
+    assert_eq!(stop_bounded(repairing), 0);
+    drop(b_daemon);
+
+    let daemon = a.start();
+    let own = MemGet {
+        scope: "node".into(),
+        key: "own".into(),
+    };
+    let versions = ask(&a_socket, own).unwrap();
+    assert_eq!(versions.winner.value, json!("only a writes this"));
+    assert_eq!(stop_bounded(daemon), 0);
+}

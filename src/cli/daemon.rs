@@ -19,12 +19,25 @@ pub struct SyncArgs {
     peer: Option<String>,
 }
 
-pub fn run_daemon(home: Home) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Open a damaged store from what is intact (one sled cannot open is moved aside) and
+    /// take back from the peers what it lacks, this node's own node scope included; `meshd
+    /// status` says what is still missing (docs/operations.md)
+    #[arg(long)]
+    repair: bool,
+}
+
+pub fn run_daemon(home: Home, args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let openclaw_home = super::openclaw_home_env();
+    let options = meshd::daemon::RunOptions {
+        repair: args.repair,
+    };
     runtime.block_on(meshd::daemon::run(
         home,
         openclaw_home,
+        options,
         meshd::daemon::shutdown_signal(),
     ))?;
     Ok(())
@@ -48,6 +61,9 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     );
     if let Some(reason) = &status.read_only {
         println!("READ-ONLY: {reason}");
+    }
+    if let Some(repair) = &status.repair {
+        println!("repair: {repair}");
     }
     if status.running {
         println!("{} bytes sent to peers since start", status.bytes_sent);

@@ -53,7 +53,7 @@ enum Command {
     /// Start three real nodes on loopback and show them converge (the main job, self-contained)
     Demo,
     /// Run the node in the foreground: sync with peers, serve the CLI (logs to stderr; RUST_LOG)
-    Run,
+    Run(daemon::RunArgs),
     /// Show the node, its store and its peers
     Status(daemon::StatusArgs),
     /// Run a sync round with connected peers now and wait for it
@@ -90,7 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doc(command) => doc::run(&home, command),
         Command::Backup(args) => backup::backup(&home, args),
         Command::Restore(args) => backup::restore(&home, args),
-        Command::Run => daemon::run_daemon(home),
+        Command::Run(args) => daemon::run_daemon(home, args),
         Command::Demo => {
             let exe = std::env::current_exe().context("cannot find the meshd binary")?;
             Ok(meshd::demo::run(&exe)?)
@@ -108,7 +108,7 @@ impl Cli {
     /// The daemon reports what it does; one-shot commands only warn.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Command::Run => "info",
+            Command::Run(_) => "info",
             _ => "warn",
         }
     }

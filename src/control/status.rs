@@ -28,6 +28,8 @@ pub struct NodeStatus {
     /// Why the node refuses writes, when it does (its disk below the reserve, or a write the
     /// disk failed); it still serves reads and syncs out.
     pub read_only: Option<String>,
+    /// While `meshd run --repair` runs: what the store still lacks, or that it is complete.
+    pub repair: Option<String>,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -50,27 +52,19 @@ impl Command for Status {
 
     fn execute(self, node: &Context) -> Result<NodeStatus, CommandError> {
         let peers = node.peers.list().map_err(CommandError::failed)?;
-        let (documents, memory_entries, skills, read_only, peers) = node.replica.with(|replica| {
-            (
-                replica.doc_ids().len(),
-                replica.list_memory(None).len(),
-                replica.list_skills().len(),
-                replica.read_only_reason(),
-                peer_statuses(node, replica, peers),
-            )
-        });
         let mesh = node.mesh.as_deref();
-        Ok(NodeStatus {
+        Ok(node.replica.with(|replica| NodeStatus {
             node_id: node.own.to_string(),
             running: mesh.is_some(),
             listen: mesh.and_then(|m| m.listen_addr()).map(|a| a.to_string()),
             bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
-            documents,
-            memory_entries,
-            skills,
-            read_only,
-            peers,
-        })
+            documents: replica.doc_ids().len(),
+            memory_entries: replica.list_memory(None).len(),
+            skills: replica.list_skills().len(),
+            read_only: replica.read_only_reason(),
+            repair: replica.repair_status(),
+            peers: peer_statuses(node, replica, peers),
+        }))
     }
 }
 

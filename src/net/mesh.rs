@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::link::{self, LinkCommand, LinkHost};
-use crate::model::{DocId, NodeId};
+use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{Peer, PeerRefusal, PeerStore};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
@@ -30,6 +30,9 @@ pub struct MeshConfig {
     pub anti_entropy: Duration,
     /// First and last wait between failed dials; each failure doubles it, with jitter.
     pub backoff: (Duration, Duration),
+    /// Accept this node's own node scope from peers, which no peer may write otherwise: a
+    /// node repairing its store takes it back (`meshd run --repair`).
+    pub accept_own_scope: bool,
 }
 
 impl Default for MeshConfig {
@@ -37,6 +40,7 @@ impl Default for MeshConfig {
         MeshConfig {
             anti_entropy: Duration::from_secs(30),
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
+            accept_own_scope: false,
         }
     }
 }
@@ -405,9 +409,13 @@ impl Mesh {
     fn access(&self, record: &Peer) -> sync::Access {
         let (access, peer, own) = (record.access.clone(), record.id, self.own);
         let write = access.clone();
+        let own_scope = self
+            .config
+            .accept_own_scope
+            .then(|| DocId::Memory(Scope::Node(own.compact())));
         sync::Access::new(
             move |doc| access.may_read(doc, &peer),
-            move |doc| write.may_write(doc, &peer, &own),
+            move |doc| write.may_write(doc, &peer, &own) || own_scope.as_ref() == Some(doc),
         )
     }
 }

@@ -194,6 +194,7 @@ impl Replica {
         if self.integrity.is_dirty() && self.storage.failed().is_none() {
             self.write_integrity();
         }
+        self.check_repair();
     }
 
     /// Everything in memory is durable now: rewrite the integrity record when due.
@@ -254,7 +255,7 @@ impl Replica {
         })
     }
 
-    fn shortfall(&self, name: &str, recorded: &DocRecord) -> Option<Shortfall> {
+    pub(super) fn shortfall(&self, name: &str, recorded: &DocRecord) -> Option<Shortfall> {
         let doc = DocId::from_name(name)
             .ok()
             .and_then(|id| self.docs.get(&id))

@@ -86,13 +86,7 @@ impl IntegrityFile {
     /// The record on disk; `None` when there is none yet (a new store, or one from before
     /// records were kept).
     pub fn load(&self) -> io::Result<Option<Record>> {
-        match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        load(&self.path)
     }
 
     /// Notes that more changes are durable; true when the record is due for a rewrite.
@@ -121,6 +115,17 @@ impl IntegrityFile {
         self.last_written = Some(Instant::now());
         self.dirty = false;
         Ok(())
+    }
+}
+
+/// A record at `path`; `None` when there is none.
+pub fn load(path: &Path) -> io::Result<Option<Record>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -5,6 +5,7 @@ mod detached;
 mod durable;
 mod integrity;
 mod memory_doc;
+mod repair;
 mod shared;
 mod skills_doc;
 pub mod space;
@@ -93,6 +94,13 @@ pub use integrity::REWRITE_EVERY as INTEGRITY_EVERY;
 pub use shared::{SharedReplica, StoreTaskFailed};
 pub use skills_doc::WHOLE_VALUE_MIN_BYTES;
 
+/// What opening does with a document Automerge refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    Refuse,
+    Skip,
+}
+
 /// Reads the wall clock in Unix milliseconds; injected so tests can skew it.
 pub type WallClock = Box<dyn FnMut() -> u64 + Send>;
 
@@ -132,6 +140,8 @@ pub struct Replica {
     reserve: space::Reserve,
     /// Whether the last write was refused for want of space: logs the change of state once.
     read_only: bool,
+    /// A repair under way (`meshd run --repair`).
+    repair: Option<repair::Repair>,
     docs: BTreeMap<DocId, DocState>,
     node_id: String,
     actor: ActorId,
@@ -173,6 +183,20 @@ impl Replica {
 
     pub fn open_with_clock(path: &Path, node_id: &str, wall_clock: WallClock) -> Result<Replica> {
         let storage = Storage::open(path)?;
+        let replica = Replica::load(storage, path, node_id, wall_clock, Damage::Refuse)?;
+        replica.check_integrity()?;
+        Ok(replica)
+    }
+
+    /// Reads every document of `storage`; a document Automerge refuses is an error, or with
+    /// `Damage::Skip` (repair) left out with a warning.
+    fn load(
+        storage: Storage,
+        path: &Path,
+        node_id: &str,
+        wall_clock: WallClock,
+        damage: Damage,
+    ) -> Result<Replica> {
         // A fresh actor per process: a change made but never flushed before a crash can then
         // never collide with a different change under the same (actor, seq).
         let actor = ActorId::random();
@@ -182,23 +206,30 @@ impl Replica {
                 tracing::warn!(doc = %name, "skipping a document with an unknown name");
                 continue;
             };
-            docs.insert(id, load_doc(&name, stored, &actor)?);
+            match load_doc(&name, stored, &actor) {
+                Ok(state) => {
+                    docs.insert(id, state);
+                }
+                Err(error) if damage == Damage::Skip => {
+                    tracing::warn!(doc = %name, %error, "a damaged document is left out; the peers may send it back");
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let replica = Replica {
+        Ok(Replica {
             storage,
             store_path: path.to_path_buf(),
             integrity: integrity::IntegrityFile::new(path),
             reserve: space::Reserve::default(),
             read_only: false,
+            repair: None,
             docs,
             node_id: node_id.to_string(),
             actor,
             hlc: Hlc::default(),
             wall_clock,
             clock_bound: ClockBound::default(),
-        };
-        replica.check_integrity()?;
-        Ok(replica)
+        })
     }
 
     /// Sets the free space the store's disk must keep (`[store] min_free_mb`,
