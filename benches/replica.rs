@@ -1,6 +1,9 @@
 //! Replica throughput and load time.
 //!
-//! - `durable_put/single`: one write, one fsync.
+//! - `durable_put/single`: one write, one fsync, with the integrity record as a node keeps it
+//!   (rewritten at most once a second); `single_no_record` without it (the baseline for its
+//!   cost) and `single_record_every_put` rewritten after every put (what the once-a-second
+//!   rule saves).
 //! - `durable_put/batched_1000`: 1000 writes made durable by one flush (group commit).
 //! - `load/100k_keys`: opening a store that holds 100k memory keys.
 //!
@@ -31,6 +34,21 @@ fn durable_puts(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    for (name, every) in [
+        ("single_no_record", None),
+        ("single_record_every_put", Some(Duration::ZERO)),
+    ] {
+        replica.set_integrity_every(every);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                next += 1;
+                replica
+                    .put_memory(&Scope::Mesh, &format!("single.{next}"), json!({"n": next}))
+                    .unwrap()
+            })
+        });
+    }
+    replica.set_integrity_every(Some(meshd::replica::INTEGRITY_EVERY));
     group.throughput(Throughput::Elements(BATCH));
     group.bench_function("batched_1000", |b| {
         b.iter(|| {

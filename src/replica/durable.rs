@@ -188,6 +188,13 @@ impl Replica {
         Ok(())
     }
 
+    /// How often the integrity record may be rewritten while writes go on (default: once a
+    /// second); `None` keeps none, which only `benches/replica` does, to measure its cost.
+    #[doc(hidden)]
+    pub fn set_integrity_every(&mut self, every: Option<std::time::Duration>) {
+        self.integrity.set_every(every);
+    }
+
     /// Writes the integrity record if durable changes are missing from it (the daemon calls
     /// this every `INTEGRITY_EVERY`).
     pub fn record_integrity(&mut self) {
