@@ -179,14 +179,15 @@ fn below_the_reserve_the_node_is_read_only_and_resumes_by_itself() {
     let Some(disk) = Tmpfs::mount(64) else {
         return;
     };
-    let node = node_in(disk.path().join("home"), 24);
+    // 6 MiB: under the cap of a tenth of the 64 MiB volume.
+    let node = node_in(disk.path().join("home"), 6);
     let daemon = node.start();
     let socket = node.file("control.sock");
     put(&socket, "before", json!(1)).unwrap();
     // Something else fills the disk to below the reserve.
     let filler = disk.path().join("filler");
     let free = fs2_available(disk.path());
-    std::fs::write(&filler, vec![7u8; (free - 16 * 1024 * 1024) as usize]).unwrap();
+    std::fs::write(&filler, vec![7u8; (free - 4 * 1024 * 1024) as usize]).unwrap();
     let refused = put(&socket, "during", json!(2)).unwrap_err();
     assert!(refused.contains("read-only"), "{refused}");
     assert!(refused.contains("min_free_mb"), "{refused}");
