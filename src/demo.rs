@@ -107,20 +107,40 @@ pub fn run(exe: &Path) -> Result<()> {
         |n| all_have_skill(n, "triage", |c| c.contains("Invoices")),
     )?;
 
-    step(
-        &nodes,
-        "3. mac-mini and laptop edit the same skill at once",
-        |n| {
-            ask(&n[0], skill_put("triage", "# Triage rules\n\n- Urgent mail goes to the CEO at once.\n- Invoices go to the NAS.\n", None))?;
-            ask(&n[2], skill_put("triage", "# Triage rules\n\n- Urgent mail goes to the CEO.\n- Invoices go to the NAS.\n- Newsletters wait for Friday.\n", None))?;
-            Ok(())
-        },
-        |n| {
-            all_have_skill(n, "triage", |c| {
-                c.contains("at once") && c.contains("Friday")
-            })
-        },
+    // "At once" for real: with both online, the laptop could receive mac-mini's edit within
+    // milliseconds and write its own over it. Offline, neither sees the other's edit first.
+    println!("3. mac-mini and laptop edit the same skill at once (the laptop offline)");
+    stop(&mut nodes[2])?;
+    ask(
+        &nodes[0],
+        skill_put(
+            "triage",
+            "# Triage rules\n\n- Urgent mail goes to the CEO at once.\n- Invoices go to the NAS.\n",
+            None,
+        ),
     )?;
+    let laptop_edit = dir.path().join("laptop-edit.md");
+    std::fs::write(&laptop_edit, "# Triage rules\n\n- Urgent mail goes to the CEO.\n- Invoices go to the NAS.\n- Newsletters wait for Friday.\n")
+        .map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", laptop_edit.display())))?;
+    let laptop_edit = laptop_edit.to_string_lossy();
+    run_cli(
+        exe,
+        &nodes[2].home,
+        &["skill", "put", "triage", "--file", &laptop_edit],
+    )?;
+    let before = traffic(&nodes)?;
+    start(exe, &mut nodes[2])?;
+    let started = Instant::now();
+    wait_for("both edits are merged everywhere", || {
+        all_have_skill(&nodes, "triage", |c| {
+            c.contains("at once") && c.contains("Friday")
+        })
+    })?;
+    println!(
+        "   the laptop came back: both edits merged on all three nodes after {} ms, {} bytes on the wire\n",
+        started.elapsed().as_millis(),
+        traffic(&nodes)?.saturating_sub(before)
+    );
     println!(
         "   merged text on every node:\n{}",
         indent(&skill_content(&nodes[1], "triage")?)

@@ -1,0 +1,22 @@
+//! `meshd demo`, the main job of the README: three real daemons converge step by step.
+
+mod support;
+
+#[test]
+fn the_demo_runs_every_step_and_ends_with_identical_nodes() {
+    let output = support::meshd().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in ["1. ", "2. ", "3. ", "4. "] {
+        assert!(stdout.contains(step), "step {step} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("both edits merged"), "{stdout}");
+    assert!(
+        stdout.contains("all three nodes hold identical memory and skills"),
+        "{stdout}"
+    );
+}
