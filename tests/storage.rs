@@ -126,6 +126,18 @@ fn stored_keys(node: &TestNode) -> Vec<String> {
     keys
 }
 
+/// A node whose home is on `disk`, started: the node, its daemon and its control socket.
+fn started_on(disk: &Tmpfs, min_free_mb: u64) -> (TestNode, Daemon, PathBuf) {
+    let node = node_in(disk.path().join("home"), min_free_mb);
+    let daemon = node.start();
+    let socket = node.file("control.sock");
+    (node, daemon, socket)
+}
+
+fn status_json(node: &TestNode) -> Value {
+    serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap()
+}
+
 fn stop_bounded(daemon: Daemon) -> i32 {
     bounded("stopping the daemon", move || daemon.stop())
 }
@@ -136,9 +148,7 @@ fn a_full_disk_refuses_writes_and_loses_no_acknowledged_one() {
         return;
     };
     // No reserve: the disk really fills under sled.
-    let node = node_in(disk.path().join("home"), 0);
-    let daemon = node.start();
-    let socket = node.file("control.sock");
+    let (node, daemon, socket) = started_on(&disk, 0);
     let mut acked = Vec::new();
     let refusal = loop {
         let key = format!("k{:03}", acked.len());
@@ -158,8 +168,7 @@ fn a_full_disk_refuses_writes_and_loses_no_acknowledged_one() {
     assert!(ask(&socket, get).is_err());
     let again = put(&socket, "again", json!("small")).unwrap_err();
     assert!(again.contains("restart"), "{again}");
-    let status = node.run(&["status", "--json"]).ok();
-    let status: Value = serde_json::from_str(&status).unwrap();
+    let status = status_json(&node);
     assert!(status["read_only"].as_str().is_some(), "{status}");
     assert_eq!(stop_bounded(daemon), 0);
 
@@ -180,29 +189,28 @@ fn below_the_reserve_the_node_is_read_only_and_resumes_by_itself() {
         return;
     };
     // 6 MiB: under the cap of a tenth of the 64 MiB volume.
-    let node = node_in(disk.path().join("home"), 6);
-    let daemon = node.start();
-    let socket = node.file("control.sock");
+    let (node, daemon, socket) = started_on(&disk, 6);
     put(&socket, "before", json!(1)).unwrap();
     // Something else fills the disk to below the reserve.
     let filler = disk.path().join("filler");
-    let free = fs2_available(disk.path());
+    let free = available_bytes(disk.path());
     std::fs::write(&filler, vec![7u8; (free - 4 * 1024 * 1024) as usize]).unwrap();
     let refused = put(&socket, "during", json!(2)).unwrap_err();
     assert!(refused.contains("read-only"), "{refused}");
     assert!(refused.contains("min_free_mb"), "{refused}");
-    let status: Value = serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap();
-    assert!(status["read_only"].as_str().unwrap().contains("reserve"));
+    assert!(status_json(&node)["read_only"]
+        .as_str()
+        .unwrap()
+        .contains("reserve"));
     // Space comes back: writes resume without a restart.
     std::fs::remove_file(&filler).unwrap();
     put(&socket, "after", json!(3)).unwrap();
-    let status: Value = serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap();
-    assert_eq!(status["read_only"], Value::Null);
+    assert_eq!(status_json(&node)["read_only"], Value::Null);
     assert_eq!(stop_bounded(daemon), 0);
     assert_eq!(stored_keys(&node), ["after", "before"]);
 }
 
-fn fs2_available(path: &Path) -> u64 {
+fn available_bytes(path: &Path) -> u64 {
     let out = Command::new("df")
         .args(["--output=avail", "-B1"])
         .arg(path)
