@@ -117,7 +117,12 @@ fn put(socket: &Path, key: &str, value: Value) -> Result<(), String> {
 fn stored_keys(node: &TestNode) -> Vec<String> {
     let listed = node.run(&["mem", "ls", "--json"]);
     assert_eq!(listed.code, 0, "{}", listed.stderr);
-    let entries: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    sorted_keys(&listed.stdout)
+}
+
+/// The keys of `mem ls --json` output, sorted.
+fn sorted_keys(listed: &str) -> Vec<String> {
+    let entries: Vec<Value> = serde_json::from_str(listed).unwrap();
     let mut keys: Vec<String> = entries
         .iter()
         .map(|e| e["key"].as_str().unwrap().to_string())
@@ -283,12 +288,7 @@ fn a_flipped_bit_in_the_store_never_opens_silently_with_less() {
 
         let listed = copy.run(&["mem", "ls", "--json"]);
         if listed.code == 0 {
-            let entries: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
-            let mut keys: Vec<String> = entries
-                .iter()
-                .map(|e| e["key"].as_str().unwrap().to_string())
-                .collect();
-            keys.sort();
+            let keys = sorted_keys(&listed.stdout);
             assert_eq!(keys, acked, "flip {flip} at byte {at}: opened with less");
             opened += 1;
         } else {
