@@ -173,6 +173,14 @@ fn a_full_disk_refuses_writes_and_loses_no_acknowledged_one() {
     assert!(ask(&socket, get).is_err());
     let again = put(&socket, "again", json!("small")).unwrap_err();
     assert!(again.contains("restart"), "{again}");
+    // The peer list shares the failed store: changing it is refused, not left hanging.
+    let peer = TestNode::init("a-peer").id();
+    let add = bounded("peers add after a failed write", {
+        let mut command = node.command(&["peers", "add", &peer, "127.0.0.1:9"]);
+        move || command.output().unwrap()
+    });
+    assert!(!add.status.success());
+    assert!(String::from_utf8_lossy(&add.stderr).contains("restart"));
     let status = status_json(&node);
     assert!(status["read_only"].as_str().is_some(), "{status}");
     assert_eq!(stop_bounded(daemon), 0);

@@ -135,6 +135,7 @@ impl Command for Restore {
                 .with(|replica| merge_vetted(replica, doc, saved))
                 .map_err(|e| CommandError::failed(format!("cannot restore {doc}: {e}")))?;
         }
+        node.ensure_peers_writable()?;
         let known = node.peers.list().map_err(CommandError::failed)?;
         let mut added = 0;
         for peer in peers {

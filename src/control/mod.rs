@@ -129,6 +129,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// Refuses a change of the peer list once the store failed a write: the peer list lives
+    /// in the same sled database, which is not written again until a restart (its flush
+    /// would wait for good).
+    fn ensure_peers_writable(&self) -> Result<(), CommandError> {
+        match self.replica.with(|replica| replica.write_failure()) {
+            Some(failure) => Err(CommandError::Failed(failure)),
+            None => Ok(()),
+        }
+    }
+
     /// Parses a scope as a user types it (`node` is this node's own).
     fn scope(&self, text: &str) -> Result<Scope, CommandError> {
         Scope::parse(text, &self.own.compact()).map_err(CommandError::failed)

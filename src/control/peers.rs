@@ -31,6 +31,7 @@ impl Command for PeersAdd {
     const EFFECTS: Effects = Effects::PEERS;
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
+        node.ensure_peers_writable()?;
         let id: NodeId = self.id.parse().map_err(CommandError::failed)?;
         let known = node.peers.get(&id).map_err(CommandError::failed)?;
         if known.is_none() && self.addresses.is_empty() {
@@ -116,6 +117,7 @@ impl Command for PeersRm {
     const EFFECTS: Effects = Effects::PEERS;
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
+        node.ensure_peers_writable()?;
         let peer = node
             .peers
             .remove(&self.peer)

@@ -66,10 +66,16 @@ impl Replica {
         }
     }
 
+    /// The failed write after which the store takes none until a restart, if there was one.
+    pub fn write_failure(&self) -> Option<String> {
+        let first = self.storage.failed()?;
+        Some(ReplicaError::Failed(first.to_string()).to_string())
+    }
+
     /// Why the node refuses writes now, if it does: for status and health.
     pub fn read_only_reason(&self) -> Option<String> {
-        if let Some(first) = self.storage.failed() {
-            return Some(ReplicaError::Failed(first.to_string()).to_string());
+        if let Some(failure) = self.write_failure() {
+            return Some(failure);
         }
         match self.reserve.check(&self.store_path) {
             Ok(Err(below)) => Some(below.to_string()),
