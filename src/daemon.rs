@@ -393,14 +393,19 @@ async fn start_api(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(),
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Takes over SIGINT and SIGTERM at once and resolves when either arrives, so that a signal
+/// sent while the node is still starting is a clean stop, not the default sudden death. Call
+/// it inside the tokio runtime, before anything that takes time.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {

@@ -45,6 +45,8 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let debounce = Duration::from_millis(config.cache.debounce_ms);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let shutdown =
+            meshd::daemon::shutdown_signal().context("cannot take over SIGINT and SIGTERM")?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -56,7 +58,7 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         writer.changed();
         let hook = writer.clone();
         let state = ApiState::new(replica.clone(), settings).on_change(move || hook.changed());
-        api::serve(listener, state, meshd::daemon::shutdown_signal()).await?;
+        api::serve(listener, state, shutdown).await?;
         stop.cancel();
         tasks.close();
         tasks.wait().await;

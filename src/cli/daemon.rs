@@ -1,5 +1,6 @@
 //! `meshd run`, `meshd status` and `meshd sync`.
 
+use anyhow::Context;
 use clap::Args;
 use meshd::config::Home;
 use meshd::control::{Status, Sync};
@@ -34,12 +35,11 @@ pub fn run_daemon(home: Home, args: RunArgs) -> anyhow::Result<()> {
     let options = meshd::daemon::RunOptions {
         repair: args.repair,
     };
-    runtime.block_on(meshd::daemon::run(
-        home,
-        openclaw_home,
-        options,
-        meshd::daemon::shutdown_signal(),
-    ))?;
+    let shutdown = {
+        let _inside = runtime.enter();
+        meshd::daemon::shutdown_signal().context("cannot take over SIGINT and SIGTERM")?
+    };
+    runtime.block_on(meshd::daemon::run(home, openclaw_home, options, shutdown))?;
     Ok(())
 }
 
