@@ -12,6 +12,7 @@
 //! - ingest: `MESHD_BENCH_INGEST_MB` (default 1024) of JSON Lines cycling over 5000 memory
 //!   messages of about 2 kB and 50 skills of about 10 kB, with one line in 20 not JSON. The
 //!   file is large and what it holds is small, so this measures the streaming, not the store.
+//!   Once with the caches (`[cache]`) off, once on.
 //! - store import: `MESHD_BENCH_IMPORT_MB` (default 300) of distinct memory rows of about
 //!   10 kB, all kept: the store grows by as much, which the steady baseline accounts for. Then
 //!   the same file again into the node that now holds it: every row unchanged, so the store
@@ -204,6 +205,12 @@ fn measure(node: &TestNode, label: &str, input: &Path, args: &[&str]) -> Measure
     }
 }
 
+fn turn_caches_off(node: &TestNode) {
+    let config = node.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap() + "\n[cache]\nenabled = false\n";
+    std::fs::write(&config, text).unwrap();
+}
+
 /// How many items a `ls --json` lists.
 fn stored(node: &TestNode, args: &[&str]) -> usize {
     let listed: Vec<Value> = serde_json::from_str(&node.run(args).ok()).unwrap();
@@ -218,11 +225,19 @@ fn main() {
     if ingest_mb > 0 {
         let lines = work.path().join("ingest.jsonl");
         ingest_file(&lines, ingest_mb * MIB);
-        let node = TestNode::init("ingest");
         let args = ["bridge", "ingest", lines.to_str().unwrap()];
-        results.push(measure(&node, "bridge ingest (JSON Lines)", &lines, &args));
-        assert_eq!(stored(&node, &["mem", "ls", "--json"]), INGEST_KEYS);
-        assert_eq!(stored(&node, &["skill", "ls", "--json"]), INGEST_SKILLS);
+        for (label, caches) in [
+            ("bridge ingest (JSON Lines), no caches", false),
+            ("bridge ingest (JSON Lines), caches on", true),
+        ] {
+            let node = TestNode::init("ingest");
+            if !caches {
+                turn_caches_off(&node);
+            }
+            results.push(measure(&node, label, &lines, &args));
+            assert_eq!(stored(&node, &["mem", "ls", "--json"]), INGEST_KEYS);
+            assert_eq!(stored(&node, &["skill", "ls", "--json"]), INGEST_SKILLS);
+        }
         std::fs::remove_file(&lines).unwrap();
     }
 
@@ -233,8 +248,7 @@ fn main() {
         let node = TestNode::init("import");
         let config = node.file("meshd.toml");
         let with_caches = std::fs::read_to_string(&config).unwrap();
-        let without = format!("{with_caches}\n[cache]\nenabled = false\n");
-        std::fs::write(&config, without).unwrap();
+        turn_caches_off(&node);
         let args = ["store", "import", store.to_str().unwrap()];
         results.push(measure(&node, "store import, no caches", &store, &args));
         assert_eq!(stored(&node, &["mem", "ls", "--json"]), rows);
