@@ -557,6 +557,9 @@ fn a_foreign_origin_is_403_for_reads_writes_and_preflights() {
                     .unwrap()
                     .contains("allowed_origins"));
                 assert!(answer.headers.get("access-control-allow-origin").is_none());
+                // Refused before its body was read: the connection is not reused (a client
+                // that did would lose its next request on it).
+                assert_eq!(answer.headers["connection"], "close");
             }
         }
         let preflight = [

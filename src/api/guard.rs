@@ -48,8 +48,12 @@ impl HttpError {
 }
 
 impl IntoResponse for HttpError {
+    /// With `Connection: close`: an error may be answered before the request's body is read
+    /// (a refused origin, token or type), and hyper then closes the connection; a keep-alive
+    /// client told nothing would send its next request on it and lose that request.
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let close = [(axum::http::header::CONNECTION, "close")];
+        (self.status, close, Json(json!({ "error": self.message }))).into_response()
     }
 }
 
