@@ -223,10 +223,10 @@ impl Replica {
             docs: self
                 .docs
                 .iter()
-                .filter(|(_, state)| !state.doc.get_heads().is_empty())
-                .map(|(doc, state)| {
+                .filter_map(|(doc, state)| {
+                    let heads = state.doc.get_heads();
                     let changes = state.doc.stats().num_changes;
-                    (doc.name(), DocRecord::new(&state.doc.get_heads(), changes))
+                    (!heads.is_empty()).then(|| (doc.name(), DocRecord::new(&heads, changes)))
                 })
                 .collect(),
         };
