@@ -79,6 +79,10 @@ impl Home {
     pub fn api_token_path(&self) -> PathBuf {
         self.dir.join("api.token")
     }
+    /// The search index: derived from the store, rebuilt when missing.
+    pub fn search_index_path(&self) -> PathBuf {
+        self.dir.join("search.db")
+    }
 
     pub fn is_initialised(&self) -> bool {
         self.config_path().exists() || self.key_path().exists()
@@ -134,6 +138,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +299,16 @@ impl StoreConfig {
     }
 }
 
+/// `[search]`: the embedding endpoint for semantic search (`search::EmbeddingConfig`); the
+/// reference's `MESH_EMBEDDING_*` variables win over it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub embedding_url: Option<String>,
+    pub embedding_model: Option<String>,
+    pub embedding_dimensions: Option<u32>,
+}
+
 fn config_template(name: &str, listen: &str) -> String {
     let name = toml::Value::String(name.to_string());
     let listen = toml::Value::String(listen.to_string());
@@ -321,7 +337,10 @@ fn config_template(name: &str, listen: &str) -> String {
          # [store]\n\
          # mirror = \"/path/to/mesh-store.sqlite\"\n\
          # min_free_mb = 256              # below max(this, min_free_percent) free, the node is read-only\n\
-         # min_free_percent = 5\n"
+         # min_free_percent = 5\n\
+         # [search]                       # semantic search; MESH_EMBEDDING_URL etc. win\n\
+         # embedding_url = \"http://localhost:11434/api/embed\"  # Ollama, or .../v1/embeddings\n\
+         # embedding_model = \"nomic-embed-text\"\n"
     )
 }
 

@@ -29,6 +29,7 @@ use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
 use crate::peers::{PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
+use crate::search::{SearchError, Searcher};
 use crate::views::{ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub enum DaemonError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
     #[error("cannot listen for the local API on {addr}: {source} (set [api] listen, or enabled = false)")]
     ApiListen {
         addr: String,
@@ -73,6 +76,8 @@ pub struct Node {
     cache: CachePaths,
     /// Told after every change, so caches and the mirror follow.
     views: OnceLock<ViewWriter>,
+    /// The search index, refreshed by the view writer and by every search.
+    search: Arc<Searcher>,
     /// The links to peers, once the endpoint is up.
     mesh: OnceLock<Arc<Mesh>>,
     identity: Identity,
@@ -103,12 +108,14 @@ impl Node {
         replica.set_clock_bound(config.node.clock_bound());
         replica.set_reserve(config.store.reserve());
         let peers = PeerStore::open(replica.db())?;
+        let search = Arc::new(Searcher::for_node(home, config)?);
         Ok(Node {
             own: identity.node_id,
             replica: SharedReplica::new(replica),
             peers,
             cache,
             views: OnceLock::new(),
+            search,
             mesh: OnceLock::new(),
             identity,
             lifecycle: Lifecycle {
@@ -136,6 +143,7 @@ impl Node {
             peers: self.peers.clone(),
             own: self.own,
             cache: self.cache.clone(),
+            search: self.search.clone(),
             mesh: self.mesh.get().map(|mesh| {
                 Arc::new(RunningMesh {
                     mesh: mesh.clone(),
@@ -256,6 +264,7 @@ pub async fn run(
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
     start_views(&node, &config, openclaw_home);
     start_integrity_ticker(&node);
+    start_embedder(&node);
     node.lifecycle
         .tasks
         .spawn(serve_control(listener, node.clone()));
@@ -352,9 +361,52 @@ fn start_integrity_ticker(node: &Arc<Node>) {
     });
 }
 
+/// How often the embedder looks for entries without a vector, and how long it waits after
+/// the endpoint failed.
+const EMBED_EVERY: Duration = Duration::from_secs(2);
+const EMBED_RETRY: Duration = Duration::from_secs(60);
+
+/// Gives every entry its vector for semantic search, in the background, when an embedding
+/// endpoint is configured. A failing endpoint is logged once per failure streak and retried.
+fn start_embedder(node: &Arc<Node>) {
+    if !node.search.has_embedder() {
+        return;
+    }
+    let (search, replica) = (node.search.clone(), node.replica.clone());
+    let shutdown = node.lifecycle.shutdown.clone();
+    node.lifecycle.tasks.spawn(async move {
+        let mut failing = false;
+        loop {
+            let pause = if failing { EMBED_RETRY } else { EMBED_EVERY };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let (search, replica) = (search.clone(), replica.clone());
+            let embedded =
+                tokio::task::spawn_blocking(move || search.embed_pending(&replica, 512)).await;
+            match embedded {
+                Ok(Ok(count)) => {
+                    if failing || count > 0 {
+                        tracing::debug!(count, "entries embedded for semantic search");
+                    }
+                    failing = false;
+                }
+                Ok(Err(error)) => {
+                    if !failing {
+                        tracing::warn!(%error, "semantic search: entries not embedded; retrying every minute");
+                    }
+                    failing = true;
+                }
+                Err(error) => tracing::warn!(%error, "the embedder failed"),
+            }
+        }
+    });
+}
+
 /// Caches and the SQLite mirror start from the store as it is, then follow every change.
 fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>) {
-    let views = Views::from_config(config, openclaw_home);
+    let views = Views::from_config(config, openclaw_home).with_search(node.search.clone());
     let debounce = Duration::from_millis(config.cache.debounce_ms);
     let writer = ViewWriter::spawn(
         node.replica.clone(),
@@ -383,7 +435,9 @@ async fn start_api(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(),
         .unwrap_or_default();
     tracing::info!(api = %local, "local API listening");
     let hook = node.clone();
-    let state = ApiState::new(node.replica.clone(), settings).on_change(move || hook.after_write());
+    let state = ApiState::new(node.replica.clone(), settings)
+        .with_search(node.search.clone())
+        .on_change(move || hook.after_write());
     let shutdown = node.lifecycle.shutdown.clone().cancelled_owned();
     node.lifecycle.tasks.spawn(async move {
         if let Err(error) = api::serve(listener, state, shutdown).await {

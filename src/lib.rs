@@ -15,6 +15,7 @@ pub mod model;
 pub mod net;
 pub mod peers;
 pub mod replica;
+pub mod search;
 pub mod store;
 pub mod sync;
 pub mod views;

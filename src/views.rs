@@ -1,5 +1,5 @@
-//! Files derived from the replica for other programs: the caches (`cache`) and the SQLite
-//! mirror for dashboards (`[store] mirror`). `ViewWriter` rewrites them shortly after
+//! Data derived from the replica for other programs: the caches (`cache`), the SQLite
+//! mirror for dashboards (`[store] mirror`) and the search index. `ViewWriter` rewrites them shortly after
 //! changes, once for a burst of changes; whoever writes to the replica calls `changed`.
 
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::{self, CachePaths};
 use crate::config::Config;
 use crate::replica::SharedReplica;
+use crate::search::Searcher;
 use crate::store;
 
 /// Which views this node keeps.
@@ -21,6 +22,8 @@ use crate::store;
 pub struct Views {
     pub cache: Option<CachePaths>,
     pub mirror: Option<PathBuf>,
+    /// The search index, brought up to date after the files.
+    pub search: Option<Arc<Searcher>>,
 }
 
 impl Views {
@@ -29,7 +32,13 @@ impl Views {
         Views {
             cache: (config.cache.enabled).then(|| config.cache.paths(env_openclaw_home)),
             mirror: config.store.mirror.clone(),
+            search: None,
         }
+    }
+
+    pub fn with_search(mut self, search: Arc<Searcher>) -> Views {
+        self.search = Some(search);
+        self
     }
 
     /// Rewrites every view. A failing view is logged and does not stop the others: the
@@ -47,6 +56,12 @@ impl Views {
             match replica.with(|replica| store::export(replica, mirror, true)) {
                 Ok(report) => tracing::debug!(?report, "store mirror written"),
                 Err(error) => tracing::warn!(%error, "store mirror not written"),
+            }
+        }
+        if let Some(search) = &self.search {
+            match search.refresh(replica) {
+                Ok(refreshed) => tracing::debug!(?refreshed, "search index refreshed"),
+                Err(error) => tracing::warn!(%error, "search index not refreshed"),
             }
         }
     }

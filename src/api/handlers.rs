@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::guard::{BridgeText, HttpError, JsonText};
+use super::search;
 use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
@@ -103,17 +104,23 @@ fn memory_row(entry: &MemoryEntry, own: &str) -> MemoryRow {
 pub struct ListQuery {
     scope: Option<String>,
     q: Option<String>,
+    limit: Option<String>,
+    mode: Option<String>,
 }
 
-/// Newest first, as the reference lists rows.
+/// Newest first, as the reference lists rows; with `q`, a search (`api/search.rs`).
 pub async fn list_memory(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
-) -> Answer<Vec<MemoryRow>> {
-    if query.q.is_some() {
-        return Err(HttpError::bad_request(
-            "search (?q=) is not supported by meshd: list a scope and filter",
-        ));
+) -> Result<Response, HttpError> {
+    if let Some(text) = query.q.filter(|q| !q.is_empty()) {
+        let asked = search::Asked {
+            query: text,
+            scope: query.scope,
+            limit: query.limit,
+            mode: query.mode,
+        };
+        return Ok(search::search(&state, asked).await?.into_response());
     }
     let rows = with_replica(&state, move |replica| {
         let scope = (query.scope.filter(|s| !s.is_empty()))
@@ -122,10 +129,11 @@ pub async fn list_memory(
         let mut entries = replica.list_memory(scope.as_ref());
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.updated_at));
         let own = replica.node_id();
-        Ok((entries.iter().map(|e| memory_row(e, own)).collect(), false))
+        let rows: Vec<MemoryRow> = entries.iter().map(|e| memory_row(e, own)).collect();
+        Ok((rows, false))
     })
     .await?;
-    Ok(Json(rows))
+    Ok(Json(rows).into_response())
 }
 
 pub async fn get_memory(

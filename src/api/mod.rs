@@ -6,6 +6,7 @@ mod body_type;
 mod browser;
 mod guard;
 mod handlers;
+mod search;
 pub mod token;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{ApiConfig, Home};
 use crate::replica::SharedReplica;
+use crate::search::Searcher;
 pub use browser::BrowserRules;
 pub use guard::{Auth, HttpError, RateLimiter};
 use token::TokenError;
@@ -124,6 +126,8 @@ pub struct ApiState {
     settings: Arc<ApiSettings>,
     limiter: Arc<RateLimiter>,
     on_change: OnChange,
+    /// `None` where no search index is kept (`meshd api serve`).
+    search: Option<Arc<Searcher>>,
 }
 
 impl ApiState {
@@ -133,7 +137,13 @@ impl ApiState {
             limiter: Arc::new(RateLimiter::new(settings.rate_limit_per_min)),
             settings: Arc::new(settings),
             on_change: Arc::new(|| {}),
+            search: None,
         }
+    }
+
+    pub fn with_search(mut self, search: Arc<Searcher>) -> ApiState {
+        self.search = Some(search);
+        self
     }
 
     pub fn on_change(mut self, hook: impl Fn() + Send + Sync + 'static) -> ApiState {
@@ -152,6 +162,7 @@ pub fn router(state: ApiState) -> Router {
             get(handlers::list_memory).put(handlers::put_memory),
         )
         .route("/mesh/memory/{scope}/{*key}", get(handlers::get_memory))
+        .route("/mesh/query", post(search::query))
         .route(
             "/mesh/skills",
             get(handlers::list_skills).put(handlers::put_skill),

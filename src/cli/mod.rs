@@ -9,6 +9,7 @@ mod doc;
 mod mem;
 mod node;
 mod peers;
+mod search;
 mod skill;
 mod store;
 
@@ -47,6 +48,8 @@ enum Command {
     /// Read and write shared skills
     #[command(subcommand)]
     Skill(skill::SkillCommand),
+    /// Find memory (or skills) by words, or by meaning with an embedding endpoint
+    Search(search::SearchArgs),
     /// Pair with other nodes and see who tried to connect
     #[command(subcommand)]
     Peers(peers::PeersCommand),
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id(args) => node::id(&home, args),
         Command::Mem(command) => mem::run(&home, command),
         Command::Skill(command) => skill::run(&home, command),
+        Command::Search(args) => search::run(&home, args),
         Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
         Command::Backup(args) => backup::backup(&home, args),
@@ -195,7 +199,9 @@ fn store_busy(error: &anyhow::Error) -> bool {
 }
 
 fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
-    let cache = home.load_config()?.cache.paths(openclaw_home_env());
+    let config = home.load_config()?;
+    let cache = config.cache.paths(openclaw_home_env());
+    let search = std::sync::Arc::new(meshd::search::Searcher::for_node(home, &config)?);
     let (replica, identity) = open_replica(home)?;
     let peers = PeerStore::open(replica.db())?;
     let context = control::Context {
@@ -204,6 +210,7 @@ fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
         own: identity.node_id,
         cache,
         mesh: None,
+        search,
     };
     Ok(request.execute(&context))
 }

@@ -13,6 +13,7 @@ mod doc;
 mod mem;
 mod peers;
 mod remote;
+mod search;
 mod skill;
 pub mod socket;
 mod status;
@@ -38,6 +39,7 @@ pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
+pub use search::Search;
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
 pub use status::{NodeStatus, PeerStatus, Status};
 pub use store::{Exported, Imported, StoreExport, StoreImport};
@@ -126,6 +128,8 @@ pub struct Context {
     pub cache: CachePaths,
     /// `None` when the command runs without the daemon.
     pub mesh: Option<Arc<dyn LiveMesh>>,
+    /// The search index (`<home>/search.db`), opened on first use.
+    pub search: Arc<crate::search::Searcher>,
 }
 
 impl Context {

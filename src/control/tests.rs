@@ -29,6 +29,10 @@ fn node() -> Node {
         own,
         cache,
         mesh: None,
+        search: std::sync::Arc::new(crate::search::Searcher::new(
+            dir.path().join("search.db"),
+            None,
+        )),
     };
     Node { dir, context }
 }
@@ -144,6 +148,14 @@ fn samples(node: &Node) -> Vec<Request> {
             file: export_of_another_node(node),
         }
         .into(),
+        Search {
+            query: "steps".into(),
+            scope: None,
+            target: crate::search::Target::All,
+            limit: None,
+            mode: None,
+        }
+        .into(),
     ]
 }
 
@@ -208,6 +220,7 @@ fn position(request: &Request) -> usize {
         Request::Backup(_) => 21,
         Request::Restore(_) => 22,
         Request::DocImport(_) => 23,
+        Request::Search(_) => 24,
     }
 }
 

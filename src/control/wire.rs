@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    backup, bridge, cache, doc, mem, peers, skill, status, store, sync, Command, CommandError,
-    Context, Effects,
+    backup, bridge, cache, doc, mem, peers, search, skill, status, store, sync, Command,
+    CommandError, Context, Effects,
 };
 
 /// A command's reply as it travels: its own reply as JSON, or why there is none.
@@ -77,6 +77,7 @@ command_set! {
     Backup => backup::Backup,
     Restore => backup::Restore,
     DocImport => doc::DocImport,
+    Search => search::Search,
 }
 
 fn encode<T: Serialize>(reply: Result<T, CommandError>) -> Reply {

@@ -1,6 +1,7 @@
 //! The node's replica: one Automerge document per memory scope plus one for skills, persisted
 //! in sled. The only code that touches Automerge documents or the store.
 
+mod changes;
 mod detached;
 mod durable;
 mod integrity;
@@ -90,6 +91,7 @@ impl From<automerge::AutomergeError> for ReplicaError {
 
 type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
+pub use changes::Changed;
 pub use integrity::REWRITE_EVERY as INTEGRITY_EVERY;
 pub use shared::{SharedReplica, StoreTaskFailed};
 pub use skills_doc::WHOLE_VALUE_MIN_BYTES;

@@ -1,0 +1,578 @@
+//! Search over memory (key and value) and skills (name, description, content).
+//!
+//! Full text: SQLite FTS5 with BM25 ranking (`index`), in `<home>/search.db`. The index is
+//! derived data: it records the heads of each document it reflects, and `refresh` re-reads
+//! only the keys changed since (`Replica::changed_since`); a missing, damaged or outdated
+//! file is rebuilt from the replica. Searches refresh first, so a change is searchable as
+//! soon as it is in the replica; the daemon also refreshes after changes, so searches rarely
+//! pay for it.
+//!
+//! Semantic: when an embedding endpoint is configured (`embed`), every entry gets a vector
+//! (`embed_pending`, run by the daemon in the background), and a query is ranked by cosine
+//! similarity. Hybrid, the default when vectors exist, fuses both rankings by reciprocal
+//! rank fusion.
+//!
+//! Lock order: the index, then the replica; never the index while holding the replica, and
+//! no lock across a call to the embedding endpoint.
+
+mod embed;
+mod index;
+mod query;
+mod snippet;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Home};
+use crate::model::{DocId, Scope};
+use crate::replica::{Changed, Replica, SharedReplica};
+pub use embed::EmbeddingConfig;
+use index::{DocUpdate, Index, Item, ItemKey, RowFilter};
+use query::Terms;
+
+/// Results a search returns at most.
+pub const MAX_LIMIT: usize = 100;
+pub const DEFAULT_LIMIT: usize = 10;
+/// Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the first ranks.
+const RRF_K: f64 = 60.0;
+/// Items embedded per call to the endpoint.
+const EMBED_BATCH: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("the search index {path} failed: {source}; it is derived data: stop meshd and delete it to have it rebuilt")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot remove the old search index {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the query has no words to search for")]
+    EmptyQuery,
+    #[error("semantic search needs an embedding endpoint: set MESH_EMBEDDING_URL (e.g. http://localhost:11434/api/embed for Ollama) or [search] embedding_url in meshd.toml, or search with mode fts")]
+    NoEmbedder,
+    #[error("the embedding endpoint {url} failed: {reason}")]
+    Embedding { url: String, reason: String },
+    #[error("[search] {0}")]
+    Config(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SearchError {
+    fn sqlite(path: &Path, source: rusqlite::Error) -> SearchError {
+        SearchError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether the caller asked for something impossible (a client error), not a failure.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            SearchError::EmptyQuery | SearchError::NoEmbedder | SearchError::Refused(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    Memory = 0,
+    Skill = 1,
+}
+
+/// How results are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// BM25 over the words.
+    Fts,
+    /// Cosine similarity of embeddings.
+    Semantic,
+    /// Both, fused by reciprocal rank.
+    Hybrid,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = SearchError;
+    fn from_str(text: &str) -> Result<Mode, SearchError> {
+        match text.to_ascii_lowercase().as_str() {
+            "fts" => Ok(Mode::Fts),
+            "semantic" => Ok(Mode::Semantic),
+            "hybrid" => Ok(Mode::Hybrid),
+            other => Err(SearchError::Refused(format!(
+                "unknown search mode '{other}': use fts, semantic or hybrid"
+            ))),
+        }
+    }
+}
+
+/// What to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Memory,
+    Skills,
+    All,
+}
+
+/// Which memory scopes to search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeFilter {
+    Any,
+    Exact(Scope),
+    /// `user:*`
+    AllUsers,
+}
+
+impl ScopeFilter {
+    /// `mesh`, `node`, `user:<id>`, `node:<id>`, or `user:*`.
+    pub fn parse(text: &str, own_node: &str) -> Result<ScopeFilter, SearchError> {
+        match text.trim() {
+            "" | "*" => Ok(ScopeFilter::Any),
+            "user:*" => Ok(ScopeFilter::AllUsers),
+            scope => Scope::parse(scope, own_node)
+                .map(ScopeFilter::Exact)
+                .map_err(|e| SearchError::Refused(e.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub text: String,
+    pub target: Target,
+    pub scope: ScopeFilter,
+    pub limit: usize,
+    /// `None`: hybrid when an embedding endpoint is configured, full text otherwise.
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub kind: ItemKind,
+    /// The memory scope as this node names it (`node` for its own); `None` for a skill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The memory key or skill name.
+    pub key: String,
+    pub snippet: String,
+    /// Higher is better; comparable within one result list only.
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResults {
+    pub mode: Mode,
+    pub hits: Vec<Hit>,
+    /// Entries without a vector yet (semantic and hybrid only): they are missing from the
+    /// semantic ranking until the daemon has embedded them.
+    #[serde(default)]
+    pub not_embedded: usize,
+}
+
+/// What a refresh did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refreshed {
+    pub documents: usize,
+    pub items: usize,
+}
+
+/// The node's search index, opened on first use.
+pub struct Searcher {
+    path: PathBuf,
+    embedding: Option<EmbeddingConfig>,
+    index: Mutex<Option<Index>>,
+}
+
+impl std::fmt::Debug for Searcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Searcher")
+            .field("path", &self.path)
+            .field("embedding", &self.embedding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Searcher {
+    /// `path` is `<home>/search.db`; nothing is opened yet.
+    pub fn new(path: PathBuf, embedding: Option<EmbeddingConfig>) -> Searcher {
+        Searcher {
+            path,
+            embedding,
+            index: Mutex::new(None),
+        }
+    }
+
+    /// The node's searcher: `<home>/search.db`, and the embedding endpoint from the
+    /// environment over `[search]`.
+    pub fn for_node(home: &Home, config: &Config) -> Result<Searcher, SearchError> {
+        let embedding = EmbeddingConfig::resolve(&config.search, |var| std::env::var(var).ok())?;
+        Ok(Searcher::new(home.search_index_path(), embedding))
+    }
+
+    pub fn has_embedder(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// Brings the index up to date with the replica: every document whose heads moved gets
+    /// the keys changed since re-read; one that cannot say what changed is read whole.
+    /// Skipped while the node is read-only: the index must not eat the disk's reserve.
+    pub fn refresh(&self, replica: &SharedReplica) -> Result<Refreshed, SearchError> {
+        self.with_index(replica, |index| refresh(index, replica))
+    }
+
+    /// Runs a search; see `SearchRequest`.
+    pub fn search(
+        &self,
+        replica: &SharedReplica,
+        request: &SearchRequest,
+    ) -> Result<SearchResults, SearchError> {
+        let terms = Terms::parse(&request.text).ok_or(SearchError::EmptyQuery)?;
+        let mode = match (request.mode, &self.embedding) {
+            (Some(Mode::Semantic | Mode::Hybrid), None) => return Err(SearchError::NoEmbedder),
+            (Some(mode), _) => mode,
+            (None, Some(_)) => Mode::Hybrid,
+            (None, None) => Mode::Fts,
+        };
+        let filter = row_filter(request)?;
+        let limit = request.limit.clamp(1, MAX_LIMIT);
+        let query_vector = match (mode, &self.embedding) {
+            (Mode::Semantic | Mode::Hybrid, Some(embedding)) => {
+                Some((embedding, embedding.embed(&[&request.text])?.remove(0)))
+            }
+            _ => None,
+        };
+        let (ranked, not_embedded) = self.with_index(replica, |index| {
+            refresh(index, replica)?;
+            let full_text = match mode {
+                Mode::Semantic => Vec::new(),
+                _ => full_text(index, &terms, &filter, limit)?,
+            };
+            match query_vector {
+                Some((embedding, vector)) => {
+                    let semantic = semantic(index, &embedding.model, &vector, &filter, limit)?;
+                    let missing = index.count_missing_vectors(&embedding.model)?;
+                    let ranked = match mode {
+                        Mode::Semantic => semantic,
+                        _ => fuse(&[full_text, semantic], limit),
+                    };
+                    Ok((ranked, missing))
+                }
+                None => Ok((full_text, 0)),
+            }
+        })?;
+        let hits = replica.with(|replica| hits(replica, ranked, terms.as_slice()));
+        Ok(SearchResults {
+            mode,
+            hits,
+            not_embedded,
+        })
+    }
+
+    /// Embeds up to `max` entries that have no vector for their current text; returns how
+    /// many were embedded. Does nothing without an endpoint.
+    pub fn embed_pending(&self, replica: &SharedReplica, max: usize) -> Result<usize, SearchError> {
+        let Some(embedding) = &self.embedding else {
+            return Ok(0);
+        };
+        let mut done = 0;
+        while done < max {
+            let keys = self.with_index(replica, |index| {
+                refresh(index, replica)?;
+                index.missing_vectors(&embedding.model, EMBED_BATCH.min(max - done))
+            })?;
+            if keys.is_empty() {
+                break;
+            }
+            let items: Vec<Item> = replica.with(|replica| {
+                keys.iter()
+                    .filter_map(|key| read_item(replica, key.clone()))
+                    .collect()
+            });
+            let texts: Vec<String> = items.iter().map(embedding_text).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors = embedding.embed(&refs)?;
+            self.with_index(replica, |index| {
+                items.iter().zip(&vectors).try_for_each(|(item, vector)| {
+                    index.store_vector(item, &embedding.model, vector).map(drop)
+                })
+            })?;
+            // Keys whose entry vanished meanwhile are dropped by the next refresh.
+            done += keys.len();
+        }
+        Ok(done)
+    }
+
+    /// Runs `f` on the index, opened (or rebuilt) on first use.
+    fn with_index<T>(
+        &self,
+        replica: &SharedReplica,
+        f: impl FnOnce(&mut Index) -> Result<T, SearchError>,
+    ) -> Result<T, SearchError> {
+        // A panic while indexing leaves at worst rows behind their heads; the heads are
+        // written with the rows, so the next refresh redoes the rest.
+        let mut guard = self
+            .index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let index = match guard.take() {
+            Some(index) => guard.insert(index),
+            None => {
+                let own = replica.with(|r| r.node_id().to_string());
+                guard.insert(Index::open(&self.path, &own)?)
+            }
+        };
+        f(index)
+    }
+}
+
+fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, SearchError> {
+    let mut refreshed = Refreshed::default();
+    let docs = replica.with(|r| (r.read_only_reason().is_none()).then(|| r.doc_ids()));
+    let Some(docs) = docs else {
+        return Ok(refreshed);
+    };
+    let gone: Vec<String> = index
+        .documents()
+        .filter(|doc| !docs.iter().any(|d| &d.name() == *doc))
+        .cloned()
+        .collect();
+    for doc in gone {
+        index.apply(DocUpdate {
+            doc,
+            clear: true,
+            ..DocUpdate::default()
+        })?;
+    }
+    for doc in docs {
+        let name = doc.name();
+        let since = index.indexed_heads(&name).to_vec();
+        let update = replica.with(|replica| document_update(replica, &doc, &since));
+        if let Some(update) = update {
+            refreshed.documents += 1;
+            refreshed.items += update.upserts.len() + update.removals.len();
+            index.apply(update)?;
+        }
+    }
+    Ok(refreshed)
+}
+
+/// What one document's rows must become, read under the replica lock; `None` when the index
+/// already reflects it.
+fn document_update(
+    replica: &Replica,
+    doc: &DocId,
+    since: &[automerge::ChangeHash],
+) -> Option<DocUpdate> {
+    let scope = doc.name();
+    let kind = match doc {
+        DocId::Memory(_) => ItemKind::Memory,
+        DocId::Skills => ItemKind::Skill,
+    };
+    let (clear, names) = match replica.changed_since(doc, since) {
+        Changed::Nothing => return None,
+        Changed::Names(names) => (false, names.into_iter().collect::<Vec<_>>()),
+        Changed::Everything => (true, all_names(replica, doc)),
+    };
+    let mut update = DocUpdate {
+        doc: scope.clone(),
+        heads: replica.heads(doc),
+        clear,
+        ..DocUpdate::default()
+    };
+    for name in names {
+        let key = ItemKey {
+            kind,
+            scope: scope.clone(),
+            name,
+        };
+        match read_item(replica, key.clone()) {
+            Some(item) => update.upserts.push(item),
+            None if !clear => update.removals.push(key),
+            None => {}
+        }
+    }
+    Some(update)
+}
+
+fn all_names(replica: &Replica, doc: &DocId) -> Vec<String> {
+    match doc {
+        DocId::Memory(scope) => replica
+            .list_memory(Some(scope))
+            .into_iter()
+            .map(|entry| entry.key)
+            .collect(),
+        DocId::Skills => replica.list_skills().into_iter().map(|s| s.name).collect(),
+    }
+}
+
+/// The entry's searchable text, `None` when it is absent or deleted.
+fn read_item(replica: &Replica, key: ItemKey) -> Option<Item> {
+    match key.kind {
+        ItemKind::Memory => {
+            let DocId::Memory(scope) = DocId::from_name(&key.scope).ok()? else {
+                return None;
+            };
+            let entry = replica.get_memory(&scope, &key.name)?;
+            let body = match entry.value {
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            Some(Item {
+                key,
+                description: String::new(),
+                body,
+            })
+        }
+        ItemKind::Skill => {
+            let skill = replica.get_skill(&key.name)?;
+            Some(Item {
+                key,
+                description: skill.description.clone(),
+                body: skill.body().to_string(),
+            })
+        }
+    }
+}
+
+/// What is embedded for an entry: its name, description and text.
+fn embedding_text(item: &Item) -> String {
+    [&item.key.name, &item.description, &item.body]
+        .iter()
+        .filter(|part| !part.is_empty())
+        .map(|part| part.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A scope narrows the search to memory: skills have none.
+fn row_filter(request: &SearchRequest) -> Result<RowFilter, SearchError> {
+    Ok(match (&request.scope, request.target) {
+        (ScopeFilter::Exact(_) | ScopeFilter::AllUsers, Target::Skills) => {
+            return Err(SearchError::Refused(
+                "skills have no scope: search skills without one, or memory with it".into(),
+            ))
+        }
+        (ScopeFilter::Exact(scope), _) => RowFilter::Scope(DocId::Memory(scope.clone()).name()),
+        (ScopeFilter::AllUsers, _) => RowFilter::UserScopes,
+        (ScopeFilter::Any, Target::Memory) => RowFilter::Kind(ItemKind::Memory),
+        (ScopeFilter::Any, Target::Skills) => RowFilter::Kind(ItemKind::Skill),
+        (ScopeFilter::Any, Target::All) => RowFilter::Any,
+    })
+}
+
+/// Every word if that finds enough, else any word: precise first, and a question typed in
+/// full still finds the entries holding some of its words.
+fn full_text(
+    index: &Index,
+    terms: &Terms,
+    filter: &RowFilter,
+    limit: usize,
+) -> Result<Vec<(ItemKey, f64)>, SearchError> {
+    let mut ranked = index.full_text(&terms.all(), filter, limit)?;
+    if ranked.len() < limit && terms.as_slice().len() > 1 {
+        for (key, score) in index.full_text(&terms.any(), filter, limit)? {
+            if ranked.len() == limit {
+                break;
+            }
+            if !ranked.iter().any(|(k, _)| k == &key) {
+                ranked.push((key, score));
+            }
+        }
+    }
+    // BM25 from FTS5 is negative, lower is better: flip it so higher is better everywhere.
+    Ok(ranked
+        .into_iter()
+        .map(|(key, score)| (key, -score))
+        .collect())
+}
+
+fn semantic(
+    index: &Index,
+    model: &str,
+    query: &[f32],
+    filter: &RowFilter,
+    limit: usize,
+) -> Result<Vec<(ItemKey, f64)>, SearchError> {
+    let mut scored: Vec<(ItemKey, f64)> = index
+        .vectors(model)?
+        .into_iter()
+        .filter(|(key, _)| filter.admits(key))
+        .map(|(key, vector)| {
+            let similarity = embed::cosine(query, &vector) as f64;
+            (key, similarity)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.truncate(limit);
+    Ok(scored)
+}
+
+/// Reciprocal rank fusion: each list gives an item 1 / (k + rank); the sums rank the union.
+fn fuse(lists: &[Vec<(ItemKey, f64)>], limit: usize) -> Vec<(ItemKey, f64)> {
+    let mut scores: HashMap<&ItemKey, f64> = HashMap::new();
+    let mut order: Vec<&ItemKey> = Vec::new();
+    for list in lists {
+        for (rank, (key, _)) in list.iter().enumerate() {
+            let score = scores.entry(key).or_insert_with(|| {
+                order.push(key);
+                0.0
+            });
+            *score += 1.0 / (RRF_K + rank as f64 + 1.0);
+        }
+    }
+    let mut fused: Vec<(ItemKey, f64)> = order
+        .into_iter()
+        .map(|key| (key.clone(), scores[key]))
+        .collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1));
+    fused.truncate(limit);
+    fused
+}
+
+/// The hits as shown: the scope as this node names it and a snippet from the current text.
+/// An entry deleted since the ranking is left out.
+fn hits(replica: &Replica, ranked: Vec<(ItemKey, f64)>, terms: &[String]) -> Vec<Hit> {
+    let own = replica.node_id().to_string();
+    ranked
+        .into_iter()
+        .filter_map(|(key, score)| {
+            let item = read_item(replica, key)?;
+            let scope = match item.key.kind {
+                ItemKind::Memory => {
+                    DocId::from_name(&item.key.scope)
+                        .ok()
+                        .and_then(|doc| match doc {
+                            DocId::Memory(scope) => Some(scope.label(&own)),
+                            DocId::Skills => None,
+                        })
+                }
+                ItemKind::Skill => None,
+            };
+            let text = if item.body.is_empty() {
+                &item.description
+            } else {
+                &item.body
+            };
+            Some(Hit {
+                kind: item.key.kind,
+                scope,
+                snippet: snippet::snippet(text, terms),
+                key: item.key.name,
+                score,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
