@@ -171,6 +171,20 @@ fn cases() -> Vec<Case> {
         case("/", "get", "/", None),
         case("/mesh/memory", "get", "/mesh/memory?scope=mesh", None),
         case("/mesh/memory", "get", "/mesh/memory?q=x", None),
+        case("/mesh/memory", "get", "/mesh/memory?q=a&limit=no", None),
+        case(
+            "/mesh/query",
+            "post",
+            "/mesh/query",
+            Some(r#"{"query":"b","limit":3}"#),
+        ),
+        case(
+            "/mesh/query",
+            "post",
+            "/mesh/query",
+            Some(r#"{"scope":"mesh"}"#),
+        ),
+        case("/mesh/query", "post", "/mesh/query", Some(&big)),
         case(
             "/mesh/memory",
             "put",
@@ -294,6 +308,24 @@ fn every_route_answers_as_the_document_says() {
             seen.insert((case.route, case.method, status));
         }
     }
+    // An embedding endpoint that does not answer.
+    let dead_endpoint = Server::start_searching(
+        ApiConfig::default(),
+        Some(meshd::search::EmbeddingConfig {
+            url: "http://127.0.0.1:9/api/embed".into(),
+            model: "m".into(),
+            dimensions: None,
+        }),
+    );
+    let semantic = case(
+        "/mesh/query",
+        "post",
+        "/mesh/query",
+        Some(r#"{"query":"b"}"#),
+    );
+    let status = exercise(&doc, &dead_endpoint, &semantic, &[]);
+    assert_eq!(status, 502);
+    seen.insert((semantic.route, semantic.method, status));
     let mut documented = BTreeSet::new();
     for (route, operations) in doc["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {

@@ -40,6 +40,8 @@ pub const DEFAULT_LIMIT: usize = 10;
 const RRF_K: f64 = 60.0;
 /// Items embedded per call to the endpoint.
 const EMBED_BATCH: usize = 32;
+/// Entries a semantic search embeds before it runs, at most.
+const INLINE_EMBED_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -247,7 +249,11 @@ impl Searcher {
         let limit = request.limit.clamp(1, MAX_LIMIT);
         let query_vector = match (mode, &self.embedding) {
             (Mode::Semantic | Mode::Hybrid, Some(embedding)) => {
-                Some((embedding, embedding.embed(&[&request.text])?.remove(0)))
+                // A few fresh entries are embedded now, so what was just written is found;
+                // a backlog is the daemon's background work.
+                self.embed_pending(replica, INLINE_EMBED_MAX)?;
+                let vector = embedding.embed(&[&request.text])?.into_iter().next();
+                Some((embedding, vector.unwrap_or_default()))
             }
             _ => None,
         };

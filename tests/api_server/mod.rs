@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use meshd::api::{self, ApiSettings, ApiState};
 use meshd::config::ApiConfig;
 use meshd::replica::{Replica, SharedReplica};
+use meshd::search::{EmbeddingConfig, Searcher};
 use serde_json::Value;
 
 /// The node token every test server holds, as a node reads it from `<home>/api.token`.
@@ -33,6 +34,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: ApiConfig) -> Server {
+        Server::start_searching(config, None)
+    }
+
+    /// `start`, with search against an embedding endpoint.
+    pub fn start_searching(config: ApiConfig, embedding: Option<EmbeddingConfig>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let replica = Replica::open(&dir.path().join("store"), "me").unwrap();
         let replica = SharedReplica::new(replica);
@@ -41,9 +47,12 @@ impl Server {
             .with_node_token(NODE_TOKEN);
         let changes = Arc::new(AtomicUsize::new(0));
         let counter = changes.clone();
-        let state = ApiState::new(replica.clone(), settings).on_change(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        });
+        let search = Searcher::new(dir.path().join("search.db"), embedding);
+        let state = ApiState::new(replica.clone(), settings)
+            .with_search(Arc::new(search))
+            .on_change(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
