@@ -1,11 +1,12 @@
 //! The index on disk: one SQLite file with an FTS5 table over every memory entry and skill,
 //! the heads of each document it reflects, and the embedding vectors when there are any.
 //!
-//! The FTS5 table is contentless (`content=''`, `contentless_delete=1`): the text lives in
-//! the replica, so the index holds only the inverted lists and stays well under the size of
-//! the text. A row's id is a hash of (kind, scope, name), so finding the row of an entry needs
-//! no second index; `items` maps the id back to the entry, with a hash of the text indexed so
-//! an unchanged text is never indexed again.
+//! The FTS5 table is contentless (`content=''`, `contentless_delete=1`) and keeps no
+//! positions (`detail=column`): the text lives in the replica, so the index holds only which
+//! rows and columns hold each word. `items` gives each entry its row id, in order of
+//! arrival: FTS5 stores row ids as deltas, and ids hashed from the key (tried first) made
+//! each posting a 9-byte varint and the index 2.5× the text. `items` also keeps a hash of the
+//! text indexed, so an unchanged text is never indexed again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{ItemKind, SearchError};
 
 /// Bump when the schema or what is indexed changes: an index of another version is rebuilt.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 /// What the index holds for one memory entry or skill.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,22 +27,6 @@ pub struct ItemKey {
     pub scope: String,
     /// The memory key or skill name.
     pub name: String,
-}
-
-impl ItemKey {
-    /// The row id: 63 bits of BLAKE3, so ids are positive and collide with probability
-    /// about n²/2⁶⁴ (10⁻⁹ at a million entries).
-    pub fn row_id(&self) -> i64 {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&[self.kind as u8]);
-        hasher.update(self.scope.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(self.name.as_bytes());
-        let bytes = hasher.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&bytes.as_bytes()[..8]);
-        (u64::from_le_bytes(first) >> 1) as i64
-    }
 }
 
 /// An entry's searchable text, in three columns ranked by weight.
@@ -169,9 +154,10 @@ impl Index {
             "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE docs(doc TEXT PRIMARY KEY, heads TEXT NOT NULL);
              CREATE TABLE items(id INTEGER PRIMARY KEY, kind INTEGER NOT NULL,
-                                scope TEXT NOT NULL, name TEXT NOT NULL, text_hash INTEGER NOT NULL);
+                                scope TEXT NOT NULL, name TEXT NOT NULL, text_hash INTEGER NOT NULL,
+                                UNIQUE(scope, name));
              CREATE VIRTUAL TABLE items_fts USING fts5(name, description, body,
-                 content='', contentless_delete=1,
+                 content='', contentless_delete=1, detail=column,
                  tokenize='porter unicode61 remove_diacritics 2');
              CREATE TABLE vectors(id INTEGER PRIMARY KEY, text_hash INTEGER NOT NULL,
                                   model TEXT NOT NULL, vector BLOB NOT NULL);",
@@ -206,7 +192,7 @@ impl Index {
             clear_document(&tx, &update.doc).map_err(fail)?;
         }
         for key in &update.removals {
-            remove_row(&tx, key.row_id()).map_err(fail)?;
+            remove_row(&tx, key).map_err(fail)?;
         }
         for item in &update.upserts {
             upsert_row(&tx, item).map_err(fail)?;
@@ -296,9 +282,15 @@ impl Index {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO vectors(id, text_hash, model, vector)
-                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS
-                     (SELECT 1 FROM items WHERE id = ?1 AND text_hash = ?2)",
-                params![item.key.row_id(), item.text_hash(), model, bytes],
+                 SELECT id, text_hash, ?4, ?5 FROM items
+                 WHERE scope = ?1 AND name = ?2 AND text_hash = ?3",
+                params![
+                    item.key.scope,
+                    item.key.name,
+                    item.text_hash(),
+                    model,
+                    bytes
+                ],
             )
             .map(|changed| changed > 0)
             .map_err(|e| SearchError::sqlite(&self.path, e))
@@ -404,7 +396,19 @@ fn clear_document(tx: &rusqlite::Transaction<'_>, doc: &str) -> rusqlite::Result
     Ok(())
 }
 
-fn remove_row(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<()> {
+fn row_of(tx: &rusqlite::Transaction<'_>, key: &ItemKey) -> rusqlite::Result<Option<(i64, i64)>> {
+    tx.query_row(
+        "SELECT id, text_hash FROM items WHERE scope = ?1 AND name = ?2",
+        params![key.scope, key.name],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+}
+
+fn remove_row(tx: &rusqlite::Transaction<'_>, key: &ItemKey) -> rusqlite::Result<()> {
+    let Some((id, _)) = row_of(tx, key)? else {
+        return Ok(());
+    };
     tx.execute("DELETE FROM items_fts WHERE rowid = ?1", [id])?;
     tx.execute("DELETE FROM items WHERE id = ?1", [id])?;
     tx.execute("DELETE FROM vectors WHERE id = ?1", [id])?;
@@ -412,23 +416,25 @@ fn remove_row(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<()> {
 }
 
 fn upsert_row(tx: &rusqlite::Transaction<'_>, item: &Item) -> rusqlite::Result<()> {
-    let id = item.key.row_id();
     let hash = item.text_hash();
-    let stored: Option<i64> = tx
-        .query_row("SELECT text_hash FROM items WHERE id = ?1", [id], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    if stored == Some(hash) {
-        return Ok(());
-    }
-    if stored.is_some() {
-        tx.execute("DELETE FROM items_fts WHERE rowid = ?1", [id])?;
-    }
-    tx.execute(
-        "INSERT OR REPLACE INTO items(id, kind, scope, name, text_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, item.key.kind as u8, item.key.scope, item.key.name, hash],
-    )?;
+    let id = match row_of(tx, &item.key)? {
+        Some((_, stored)) if stored == hash => return Ok(()),
+        Some((id, _)) => {
+            tx.execute("DELETE FROM items_fts WHERE rowid = ?1", [id])?;
+            tx.execute(
+                "UPDATE items SET text_hash = ?2 WHERE id = ?1",
+                params![id, hash],
+            )?;
+            id
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO items(kind, scope, name, text_hash) VALUES (?1, ?2, ?3, ?4)",
+                params![item.key.kind as u8, item.key.scope, item.key.name, hash],
+            )?;
+            tx.last_insert_rowid()
+        }
+    };
     tx.execute(
         "INSERT INTO items_fts(rowid, name, description, body) VALUES (?1, ?2, ?3, ?4)",
         params![id, item.key.name, item.description, item.body],
