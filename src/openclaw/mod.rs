@@ -101,7 +101,7 @@ fn utf8(path: &Path) -> Result<String, OpenclawError> {
 /// One change to the configuration, for the operator to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// `key` did not exist or did not hold `value`.
+    /// `key` did not exist, or (an array) did not list `value`.
     Added { key: String, value: String },
     Replaced {
         key: String,
@@ -201,15 +201,14 @@ fn wire_server(
         });
         return Ok(());
     }
-    let url = [SERVER[0], SERVER[1], SERVER[2], "url"];
-    if document.contains(&url)? {
+    if document.contains(&field("url"))? {
         return Err(WireError::HttpServer);
     }
-    for (field, value) in [
-        ("command", json!(wiring.command)),
-        ("args", json!(wiring.args)),
+    for (name, value) in [
+        (SERVER_COMMAND, json!(wiring.command)),
+        (SERVER_ARGS, json!(wiring.args)),
     ] {
-        let key = [SERVER[0], SERVER[1], SERVER[2], field];
+        let key = field(name);
         let change = match document.set(&key, &value)? {
             Setting::Unchanged => continue,
             Setting::Created => Change::Added {
