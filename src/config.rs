@@ -264,7 +264,8 @@ impl CacheConfig {
     }
 }
 
-fn default_openclaw_home() -> PathBuf {
+/// `~/.openclaw`: OpenClaw's home when neither meshd.toml nor `OPENCLAW_HOME` names one.
+pub fn default_openclaw_home() -> PathBuf {
     dirs::home_dir()
         .unwrap_or_else(|| PathBuf::from("."))
         .join(".openclaw")

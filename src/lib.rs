@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod model;
 pub mod net;
+pub mod openclaw;
 pub mod peers;
 pub mod replica;
 pub mod search;

@@ -8,6 +8,7 @@ mod daemon;
 mod doc;
 mod mem;
 mod node;
+mod openclaw;
 mod peers;
 mod search;
 mod skill;
@@ -80,6 +81,9 @@ enum Command {
     /// The local HTTP API (Phase 2 endpoints, bridge webhook)
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Wire meshd into OpenClaw's openclaw.json: MCP server, skills and memory folders
+    #[command(subcommand)]
+    Openclaw(openclaw::OpenclawCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -105,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(command) => store::run(&home, command),
         Command::Cache(command) => cache::run(&home, command),
         Command::Api(command) => api::run(&home, command),
+        Command::Openclaw(command) => openclaw::run(&home, command),
     }
 }
 
