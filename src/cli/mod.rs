@@ -6,6 +6,7 @@ mod bridge;
 mod cache;
 mod daemon;
 mod doc;
+mod mcp;
 mod mem;
 mod node;
 mod peers;
@@ -77,6 +78,8 @@ enum Command {
     /// The local HTTP API (Phase 2 endpoints, bridge webhook)
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Serve memory and skills to an agent as MCP tools on stdin/stdout (logs to stderr)
+    Mcp,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(command) => store::run(&home, command),
         Command::Cache(command) => cache::run(&home, command),
         Command::Api(command) => api::run(&home, command),
+        Command::Mcp => mcp::serve(&home),
     }
 }
 
