@@ -33,10 +33,10 @@ pub trait Node: Send + Sync + 'static {
 pub enum McpError {
     #[error("the MCP tool {0}; this is a bug in meshd, please report it")]
     Tool(String),
-    #[error("the MCP client did not start a session ({0}); run meshd mcp from an MCP client such as an agent's tool configuration")]
-    Start(#[from] Box<ServerInitializeError>),
+    #[error("the MCP client did not start a session ({0}); run meshd mcp from an MCP client, such as an agent's tool configuration")]
+    Start(Box<ServerInitializeError>),
     #[error("the MCP session ended abnormally ({0})")]
-    Session(#[from] tokio::task::JoinError),
+    Session(tokio::task::JoinError),
 }
 
 /// What the server tells the client about itself when a session starts.
@@ -51,11 +51,13 @@ pub async fn serve_stdio(node: Arc<dyn Node>) -> Result<(), McpError> {
         node,
         tools: Arc::new(tools::all().map_err(McpError::Tool)?),
     };
+    // Non-blocking reads when stdin is a pipe, as MCP clients start servers: a blocking read
+    // of stdin could not be cancelled when the session ends while stdin stays open.
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve(rmcp::transport::stdio_pipes())
         .await
-        .map_err(Box::new)?;
-    running.waiting().await?;
+        .map_err(|e| McpError::Start(Box::new(e)))?;
+    running.waiting().await.map_err(McpError::Session)?;
     Ok(())
 }
 
