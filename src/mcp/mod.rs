@@ -87,10 +87,6 @@ impl ServerHandler for Server {
         ))
     }
 
-    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
-        tools::find(&self.tools, name).map(|tool| tool.definition.clone())
-    }
-
     /// A refusal or a bad argument is a tool error the agent reads and can act on; only a
     /// call to a tool that does not exist is a protocol error, as MCP asks.
     async fn call_tool(
