@@ -6,6 +6,7 @@ mod bridge;
 mod cache;
 mod daemon;
 mod doc;
+mod mcp;
 mod mem;
 mod node;
 mod openclaw;
@@ -84,6 +85,8 @@ enum Command {
     /// Wire meshd into OpenClaw's openclaw.json: MCP server, skills and memory folders
     #[command(subcommand)]
     Openclaw(openclaw::OpenclawCommand),
+    /// Serve memory and skills to an agent as MCP tools on stdin/stdout (logs to stderr)
+    Mcp,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -110,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache(command) => cache::run(&home, command),
         Command::Api(command) => api::run(&home, command),
         Command::Openclaw(command) => openclaw::run(&home, command),
+        Command::Mcp => mcp::serve(&home),
     }
 }
 
