@@ -18,3 +18,4 @@ pub mod replica;
 pub mod store;
 pub mod sync;
 pub mod views;
+pub mod watch;

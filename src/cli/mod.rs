@@ -14,9 +14,11 @@ mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use meshd::cache::CacheFiles;
 use meshd::config::Home;
 use meshd::control::{self, socket, CommandError, DecodeError, Reply, Request};
 use meshd::net::identity::Identity;
@@ -195,7 +197,8 @@ fn store_busy(error: &anyhow::Error) -> bool {
 }
 
 fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
-    let cache = home.load_config()?.cache.paths(openclaw_home_env());
+    let paths = home.load_config()?.cache.paths(openclaw_home_env());
+    let cache = Arc::new(CacheFiles::new(paths, home.cache_manifest_path()));
     let (replica, identity) = open_replica(home)?;
     let peers = PeerStore::open(replica.db())?;
     let context = control::Context {
