@@ -295,3 +295,60 @@ fn memory_pages(memory: &[MemoryEntry], own: &str) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::replica::SkillWrite;
+
+    fn put(replica: &SharedReplica, content: &str) {
+        let write = SkillWrite {
+            name: "triage".into(),
+            content: content.into(),
+            description: None,
+            path: None,
+        };
+        replica.put_skill(write).unwrap();
+    }
+
+    /// A file meshd wrote that the mesh has moved past since is stale, not an edit: reading
+    /// it back would undo the mesh's newer version. Only its content tells it apart.
+    #[test]
+    fn meshds_stale_files_are_not_read_back_and_edits_are() {
+        let temp = tempfile::tempdir().unwrap();
+        let replica = SharedReplica::new(Replica::open(&temp.path().join("store"), "own").unwrap());
+        let paths = CachePaths {
+            openclaw_home: temp.path().join("openclaw"),
+            skills_dir: temp.path().join("skills"),
+            memory_dir: temp.path().join("memory"),
+        };
+        let files = CacheFiles::new(paths.clone(), temp.path().join("cache.manifest"));
+        let imported = RefCell::new(Vec::new());
+        let import = |change: &Change| {
+            imported.borrow_mut().push(change.clone());
+            Ok(())
+        };
+        put(&replica, "one");
+        files.sync(&replica, Some(&import)).unwrap();
+        put(&replica, "two");
+        // A new process: only the manifest on disk knows what meshd wrote.
+        let files = CacheFiles::new(paths.clone(), temp.path().join("cache.manifest"));
+        files.sync(&replica, Some(&import)).unwrap();
+        assert!(imported.borrow().is_empty(), "{:?}", imported.borrow());
+        let reference = paths.reference_skills_dir().join("triage.md");
+        assert_eq!(std::fs::read_to_string(&reference).unwrap(), "two");
+        std::fs::write(&reference, "three").unwrap();
+        files.sync(&replica, Some(&import)).unwrap();
+        assert_eq!(
+            *imported.borrow(),
+            [Change::Skill {
+                name: "triage".into(),
+                content: "three".into(),
+                description: None,
+                path: None,
+            }]
+        );
+    }
+}
