@@ -72,6 +72,10 @@ impl Home {
     pub fn store_path(&self) -> PathBuf {
         self.dir.join("store")
     }
+    /// What meshd wrote into the cache directories (see `cache::CacheFiles`).
+    pub fn cache_manifest_path(&self) -> PathBuf {
+        self.dir.join("cache.manifest")
+    }
     pub fn control_socket_path(&self) -> PathBuf {
         self.dir.join("control.sock")
     }

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiError, ApiState};
-use crate::cache::CachePaths;
+use crate::cache::{CacheFiles, Change};
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
-use crate::control::{CommandError, Context, LiveMesh, Reply, Request};
+use crate::control::{CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut};
 use crate::model::NodeId;
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
@@ -30,7 +30,7 @@ use crate::net::{NetError, PeerPins};
 use crate::peers::{PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
-use crate::views::{ViewWriter, Views};
+use crate::views::{Importer, ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -72,8 +72,9 @@ pub struct Node {
     own: NodeId,
     replica: SharedReplica,
     peers: PeerStore,
-    /// Where `meshd cache write` puts the caches, fixed when the daemon starts.
-    cache: CachePaths,
+    /// The caches, where `[cache]` says when the daemon starts; the view writer and
+    /// `meshd cache write` share them.
+    cache: Arc<CacheFiles>,
     /// Told after every change, so caches and the mirror follow.
     views: OnceLock<ViewWriter>,
     /// The search index, refreshed by the view writer and by every search.
@@ -99,7 +100,7 @@ impl Node {
     fn open(
         home: &Home,
         config: &Config,
-        cache: CachePaths,
+        cache: Arc<CacheFiles>,
         options: RunOptions,
     ) -> Result<Node, DaemonError> {
         home.require_initialised()?;
@@ -164,6 +165,21 @@ impl Node {
                     "the request failed: {e}; this is a bug, the node keeps running"
                 )))
             });
+        self.apply(effects);
+        reply
+    }
+
+    /// Runs one request on this (blocking) thread, then acts on what it declared, as
+    /// `handle` does for the control socket.
+    fn execute_blocking(&self, request: Request) -> Reply {
+        let effects = request.effects();
+        let reply = request.execute(&self.context());
+        self.apply(effects);
+        reply
+    }
+
+    /// What the daemon does after a request, as the request declared.
+    fn apply(&self, effects: crate::control::Effects) {
         if effects.peers {
             if let Some(mesh) = self.mesh.get() {
                 mesh.peers_changed();
@@ -172,7 +188,33 @@ impl Node {
         if effects.data {
             self.after_write();
         }
-        reply
+    }
+
+    /// A change read back from a cache file, as the control command a user would type.
+    fn import(&self, change: &Change) -> Result<(), String> {
+        let request: Request = match change.clone() {
+            Change::Memory { scope, key, value } => MemPut {
+                scope: scope.to_string(),
+                key,
+                value,
+            }
+            .into(),
+            Change::Skill {
+                name,
+                content,
+                description,
+                path,
+            } => SkillPut {
+                name,
+                content,
+                description,
+                path,
+            }
+            .into(),
+        };
+        self.execute_blocking(request)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -254,7 +296,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let config = home.load_config()?;
-    let cache = config.cache.paths(openclaw_home.clone());
+    let paths = config.cache.paths(openclaw_home);
+    let cache = Arc::new(CacheFiles::new(paths, home.cache_manifest_path()));
     let node = Arc::new(Node::open(&home, &config, cache, options)?);
     if options.repair {
         tracing::warn!("repairing: this node's own node scope is accepted from its peers until meshd restarts without --repair; `meshd status` shows what is still missing");
@@ -262,7 +305,7 @@ pub async fn run(
     let socket_path = home.control_socket_path();
     let listener = bind_control(&socket_path)?;
     tracing::info!(node = %node.own, socket = %socket_path.display(), "meshd running");
-    start_views(&node, &config, openclaw_home);
+    start_views(&node, &config);
     start_integrity_ticker(&node);
     start_embedder(&node);
     node.lifecycle
@@ -404,9 +447,17 @@ fn start_embedder(node: &Arc<Node>) {
     });
 }
 
-/// Caches and the SQLite mirror start from the store as it is, then follow every change.
-fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>) {
-    let views = Views::from_config(config, openclaw_home).with_search(node.search.clone());
+/// Caches and the SQLite mirror start from the store as it is, then follow every change;
+/// what others change in the caches is read back into the mesh before each write, and the
+/// caches are watched so that happens soon after they change.
+fn start_views(node: &Arc<Node>, config: &Config) {
+    let mut views = Views::from_config(config, node.cache.clone()).with_search(node.search.clone());
+    // Weak: the node owns the writer, which must not keep the node alive.
+    let importer = Arc::downgrade(node);
+    views.import = Some(Arc::new(move |change: &Change| match importer.upgrade() {
+        Some(node) => node.import(change),
+        None => Err("the daemon is stopping".to_string()),
+    }) as Importer);
     let debounce = Duration::from_millis(config.cache.debounce_ms);
     let writer = ViewWriter::spawn(
         node.replica.clone(),
@@ -416,6 +467,15 @@ fn start_views(node: &Arc<Node>, config: &Config, openclaw_home: Option<PathBuf>
         node.lifecycle.shutdown.clone(),
     );
     writer.changed();
+    if config.cache.enabled {
+        let on_change = writer.clone();
+        crate::watch::spawn(
+            node.cache.paths(),
+            &node.lifecycle.tasks,
+            node.lifecycle.shutdown.clone(),
+            move || on_change.changed(),
+        );
+    }
     let _ = node.views.set(writer);
 }
 

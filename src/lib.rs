@@ -21,3 +21,4 @@ pub mod search;
 pub mod store;
 pub mod sync;
 pub mod views;
+pub mod watch;

@@ -11,28 +11,35 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{self, CachePaths};
+use crate::cache::{CacheFiles, Change};
 use crate::config::Config;
 use crate::replica::SharedReplica;
 use crate::search::Searcher;
 use crate::store;
 
+/// Runs a change read back from a cache file as a write to the mesh, with the write's
+/// effects; `Err` says why it was refused.
+pub type Importer = Arc<dyn Fn(&Change) -> Result<(), String> + Send + Sync>;
+
 /// Which views this node keeps.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Views {
-    pub cache: Option<CachePaths>,
+    pub cache: Option<Arc<CacheFiles>>,
     pub mirror: Option<PathBuf>,
     /// The search index, brought up to date after the files.
     pub search: Option<Arc<Searcher>>,
+    /// Set by the daemon: what others change in the caches is read back before each write.
+    pub import: Option<Importer>,
 }
 
 impl Views {
-    /// From `[cache]` and `[store]`, with `OPENCLAW_HOME` from the environment.
-    pub fn from_config(config: &Config, env_openclaw_home: Option<PathBuf>) -> Views {
+    /// From `[cache]` and `[store]`; `cache` are the node's cache files.
+    pub fn from_config(config: &Config, cache: Arc<CacheFiles>) -> Views {
         Views {
-            cache: (config.cache.enabled).then(|| config.cache.paths(env_openclaw_home)),
+            cache: config.cache.enabled.then_some(cache),
             mirror: config.store.mirror.clone(),
             search: None,
+            import: None,
         }
     }
 
@@ -41,13 +48,17 @@ impl Views {
         self
     }
 
-    /// Rewrites every view. A failing view is logged and does not stop the others: the
-    /// replica is the truth, the views are rewritten whole on the next change. The replica is
-    /// locked only to copy the caches' content out and to export the mirror.
+    /// Rewrites every view, after reading back what others changed in the caches when there
+    /// is an importer. A failing view is logged and does not stop the others: the replica is
+    /// the truth, the views are rewritten whole on the next change. The replica is locked only
+    /// to copy the caches' content out, to import, and to export the mirror.
     pub fn write(&self, replica: &SharedReplica) {
-        if let Some(paths) = &self.cache {
-            let snapshot = replica.with(|replica| cache::Snapshot::of(replica));
-            match cache::write_snapshot(snapshot, paths) {
+        if let Some(cache) = &self.cache {
+            let import = self
+                .import
+                .as_deref()
+                .map(|import| import as &dyn Fn(&Change) -> Result<(), String>);
+            match cache.sync(replica, import) {
                 Ok(report) => tracing::debug!(?report, "caches written"),
                 Err(error) => tracing::warn!(%error, "caches not written"),
             }

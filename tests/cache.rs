@@ -33,13 +33,10 @@ fn cache_files_byte_for_byte() {
         files_under(&home),
         [
             "mesh-memory.json",
-            "mesh/agent-memory/.meshd-manifest",
             "mesh/agent-memory/mesh.md",
             "mesh/agent-memory/node-sec.md",
             "mesh/agent-memory/user-alice.md",
-            "mesh/agent-skills/.meshd-manifest",
             "mesh/agent-skills/triage/SKILL.md",
-            "mesh/skills/.meshd-manifest",
             "mesh/skills/triage.md",
         ]
     );
@@ -142,7 +139,6 @@ fn hostile_skill_names_stay_inside_their_directories() {
     assert_eq!(
         reference,
         [
-            ".meshd-manifest",
             "c.md",
             "escape.md",
             "hidden.md",
@@ -157,9 +153,7 @@ fn hostile_skill_names_stay_inside_their_directories() {
         folders.contains(&"escape/SKILL.md".to_string()),
         "{folders:?}"
     );
-    assert!(folders
-        .iter()
-        .all(|f| f == ".meshd-manifest" || f.ends_with("/SKILL.md")));
+    assert!(folders.iter().all(|f| f.ends_with("/SKILL.md")));
     assert_eq!(
         read(&node.openclaw_home().join("mesh/skills/escape.md")),
         "../../escape"

@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 
 use crate::model::{MemoryEntry, Skill};
 
+/// The Phase 1 memory cache, in `$OPENCLAW_HOME`.
+pub const MEMORY_JSON: &str = "mesh-memory.json";
+
 /// Longest `description` written into SKILL.md: OpenClaw shows it on one line.
 const MAX_DESCRIPTION_CHARS: usize = 160;
 
@@ -68,7 +71,7 @@ struct CacheEntry<'a> {
 pub fn reference_memory(entries: &[MemoryEntry], own: &str) -> String {
     let mut cache: BTreeMap<String, &MemoryEntry> = BTreeMap::new();
     for entry in entries {
-        let key = format!("{}:{}", entry.scope.label(own), entry.key);
+        let key = memory_label(entry, own);
         // `node` + key `a:b` and `node:a` + key `b` read alike; the newer entry keeps it.
         if cache
             .get(&key)
@@ -91,6 +94,11 @@ pub fn reference_memory(entries: &[MemoryEntry], own: &str) -> String {
     serde_json::to_string_pretty(&cache).expect("cache entries always serialize")
 }
 
+/// An entry's key in `mesh-memory.json`: `"<scope>:<key>"`, this node's scope as `node`.
+pub fn memory_label(entry: &MemoryEntry, own: &str) -> String {
+    format!("{}:{}", entry.scope.label(own), entry.key)
+}
+
 /// An OpenClaw `SKILL.md`: single-line front matter (`name`, `description`, and meshd's
 /// source node and update time under `metadata`), then the skill as it is.
 pub fn skill_md(skill: &Skill) -> String {
@@ -108,7 +116,7 @@ pub fn skill_md(skill: &Skill) -> String {
 
 /// The skill's description, else its first line of text, else its name: OpenClaw needs one
 /// to decide when the skill applies.
-fn description(skill: &Skill) -> String {
+pub fn description(skill: &Skill) -> String {
     let first_line = || {
         skill
             .body()

@@ -1,11 +1,13 @@
 //! `meshd api`: the local HTTP API in the foreground, for a node whose daemon is not running
 //! (`meshd run` serves the API itself).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::api::{self, ApiState};
+use meshd::cache::CacheFiles;
 use meshd::config::{self, Home};
 use meshd::replica::SharedReplica;
 use meshd::views::{ViewWriter, Views};
@@ -41,7 +43,9 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let addr = config::parse_listen(listen.as_deref().unwrap_or(&config.api.listen))?;
     api::check_bind(addr, &settings)?;
     let (replica, _) = open_replica(home)?;
-    let views = Views::from_config(&config, openclaw_home_env());
+    let paths = config.cache.paths(openclaw_home_env());
+    let cache = Arc::new(CacheFiles::new(paths, home.cache_manifest_path()));
+    let views = Views::from_config(&config, cache);
     let debounce = Duration::from_millis(config.cache.debounce_ms);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

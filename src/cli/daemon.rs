@@ -68,6 +68,25 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     if status.running {
         println!("{} bytes sent to peers since start", status.bytes_sent);
     }
+    for collision in &status.files.collisions {
+        let copy = collision
+            .mesh_copy
+            .as_ref()
+            .map_or("not written: that name is taken too".to_string(), |copy| {
+                format!("the mesh's version is {}", copy.display())
+            });
+        println!(
+            "file not meshd's, left as it is: {} ({copy})",
+            collision.file.display()
+        );
+    }
+    for refusal in &status.files.refused {
+        println!(
+            "file not taken into the mesh: {}: {}",
+            refusal.file.display(),
+            refusal.reason
+        );
+    }
     for p in &status.peers {
         let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
         let behind = format!(", {} documents behind", p.documents_behind);

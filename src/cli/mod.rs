@@ -17,9 +17,11 @@ mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use meshd::cache::CacheFiles;
 use meshd::config::Home;
 use meshd::control::{self, socket, CommandError, DecodeError, Reply, Request};
 use meshd::net::identity::Identity;
@@ -209,8 +211,9 @@ fn store_busy(error: &anyhow::Error) -> bool {
 
 fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
     let config = home.load_config()?;
-    let cache = config.cache.paths(openclaw_home_env());
-    let search = std::sync::Arc::new(meshd::search::Searcher::for_node(home, &config)?);
+    let paths = config.cache.paths(openclaw_home_env());
+    let cache = Arc::new(CacheFiles::new(paths, home.cache_manifest_path()));
+    let search = Arc::new(meshd::search::Searcher::for_node(home, &config)?);
     let (replica, identity) = open_replica(home)?;
     let peers = PeerStore::open(replica.db())?;
     let context = control::Context {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{remote, Command, CommandError, Context, Effects};
-use crate::cache::{self, CachePaths, CacheReport};
+use crate::cache::{CachePaths, CacheReport};
 
 /// Rewrites the caches where the node's meshd.toml and `$OPENCLAW_HOME` say, even when
 /// `[cache] enabled = false` (that only stops the daemon from keeping them current).
@@ -25,11 +25,15 @@ impl Command for CacheWrite {
     const EFFECTS: Effects = Effects::NONE;
 
     fn execute(self, node: &Context) -> Result<CachesWritten, CommandError> {
-        let snapshot = node.replica.with(|replica| cache::Snapshot::of(replica));
-        let report = cache::write_snapshot(snapshot, &node.cache).map_err(CommandError::failed)?;
+        // No reading back here: without the daemon nothing could act on what is read, and
+        // the daemon reads back before each of its own writes.
+        let report = node
+            .cache
+            .sync(&node.replica, None)
+            .map_err(CommandError::failed)?;
         Ok(CachesWritten {
             report,
-            paths: node.cache.clone(),
+            paths: node.cache.paths().clone(),
         })
     }
 }

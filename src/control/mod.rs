@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::CachePaths;
+use crate::cache::CacheFiles;
 use crate::model::{NodeId, Scope};
 use crate::peers::{PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
@@ -124,8 +124,9 @@ pub struct Context {
     pub replica: SharedReplica,
     pub peers: PeerStore,
     pub own: NodeId,
-    /// Where `CacheWrite` writes: `[cache]` of meshd.toml with `$OPENCLAW_HOME`.
-    pub cache: CachePaths,
+    /// The caches `CacheWrite` writes (`[cache]` of meshd.toml with `$OPENCLAW_HOME`), shared
+    /// with the daemon's view writer when it runs.
+    pub cache: Arc<CacheFiles>,
     /// `None` when the command runs without the daemon.
     pub mesh: Option<Arc<dyn LiveMesh>>,
     /// The search index (`<home>/search.db`), opened on first use.

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandError, Context, Effects};
+use crate::cache::FilesStatus;
 use crate::peers::{Peer, PeerRefusal};
 use crate::replica::Replica;
 use crate::sync::SyncStore;
@@ -31,6 +32,10 @@ pub struct NodeStatus {
     /// While `meshd run --repair` runs: what the store still lacks, or that it is complete.
     pub repair: Option<String>,
     pub peers: Vec<PeerStatus>,
+    /// The cache files: names the mesh uses that hold someone else's file (kept in the cache
+    /// manifest), and files whose changes the daemon did not take into the mesh.
+    #[serde(default)]
+    pub files: FilesStatus,
 }
 
 /// A peer as `meshd peers ls` and `meshd status` show it.
@@ -53,6 +58,8 @@ impl Command for Status {
     fn execute(self, node: &Context) -> Result<NodeStatus, CommandError> {
         let peers = node.peers.list().map_err(CommandError::failed)?;
         let mesh = node.mesh.as_deref();
+        // Read before the replica is locked: the cache files' lock is taken before it.
+        let files = node.cache.status();
         Ok(node.replica.with(|replica| NodeStatus {
             node_id: node.own.to_string(),
             running: mesh.is_some(),
@@ -64,6 +71,7 @@ impl Command for Status {
             read_only: replica.read_only_reason(),
             repair: replica.repair_status(),
             peers: peer_statuses(node, replica, peers),
+            files,
         }))
     }
 }

@@ -18,11 +18,12 @@ fn node() -> Node {
     let own = NodeId::from_public_key(b"this node");
     let replica = Replica::open(&dir.path().join("store"), &own.compact()).unwrap();
     let peers = PeerStore::open(replica.db()).unwrap();
-    let cache = CachePaths {
+    let paths = crate::cache::CachePaths {
         openclaw_home: dir.path().join("openclaw"),
         skills_dir: dir.path().join("skills"),
         memory_dir: dir.path().join("memory"),
     };
+    let cache = Arc::new(CacheFiles::new(paths, dir.path().join("cache.manifest")));
     let context = Context {
         replica: SharedReplica::new(replica),
         peers,
