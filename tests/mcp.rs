@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 use support::TestNode;
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 10] = [
     "memory_get",
     "memory_put",
     "memory_delete",
@@ -21,6 +21,8 @@ const TOOLS: [&str; 8] = [
     "skill_get",
     "skill_put",
     "skill_list",
+    "memory_search",
+    "skill_search",
 ];
 
 const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -115,6 +117,15 @@ fn exercise(node: &TestNode) {
         call("skill_get", json!({"name": "deploy"})),
         call("skill_list", json!({})),
         call(
+            "memory_search",
+            json!({"query": "which lang, rust?", "scope": "mesh"}),
+        ),
+        call("skill_search", json!({"query": "tag release", "limit": 3})),
+        call(
+            "memory_search",
+            json!({"query": "rust", "mode": "semantic"}),
+        ),
+        call(
             "memory_put",
             json!({"scope": "mesh", "key": "aws", "value": format!("key {AWS_KEY}")}),
         ),
@@ -156,7 +167,7 @@ fn exercise(node: &TestNode) {
         .unwrap()
         .contains("user:<id>"));
 
-    let [put, cli_get, get, list, history, skill_put, skill_get, skill_list, aws, pem_put, aws_get, bad_scope, no_value, delete, deleted_get, delete_again, unknown, after] =
+    let [put, cli_get, get, list, history, skill_put, skill_get, skill_list, memory_search, skill_search, semantic, aws, pem_put, aws_get, bad_scope, no_value, delete, deleted_get, delete_again, unknown, after] =
         transcript["steps"].as_array().unwrap().as_slice()
     else {
         panic!("one outcome per step: {transcript}");
@@ -193,6 +204,12 @@ fn exercise(node: &TestNode) {
         skills[0].get("content").is_none(),
         "the list leaves the text out"
     );
+
+    let hits = success(memory_search)["hits"].as_array().unwrap();
+    assert_eq!(hits[0]["key"], json!("team.lang"), "{memory_search}");
+    assert!(hits[0]["snippet"].as_str().unwrap().contains("rust"));
+    assert_eq!(success(skill_search)["hits"][0]["name"], json!("deploy"));
+    assert!(refusal(semantic).contains("MESH_EMBEDDING_URL"));
 
     let reason = refusal(aws);
     assert!(reason.contains("AWS access key"), "{reason}");

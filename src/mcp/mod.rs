@@ -7,6 +7,7 @@
 //! freely beside a running daemon. stdout carries only JSON-RPC; logs go to stderr.
 
 mod memory;
+mod search;
 mod skill;
 mod tools;
 

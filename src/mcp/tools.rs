@@ -1,6 +1,6 @@
 //! The tool table: each tool turns its arguments into one control command and that command's
 //! reply into a JSON object for the agent. A new tool is an arguments type and one
-//! `Tool::new` line in its group's list (`memory::tools`, `skill::tools`).
+//! `Tool::new` line in its group's list (`memory::tools`, `skill::tools`, `search::tools`).
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{memory, skill, Node};
+use super::{memory, search, skill, Node};
 use crate::control::{decode, Command, DecodeError};
 
 /// Runs one call: the arguments in, the result object or the reason for a refusal out.
@@ -87,6 +87,7 @@ fn annotations(kind: Kind) -> ToolAnnotations {
 pub(super) fn all() -> Result<Vec<Tool>, String> {
     let mut tools = memory::tools()?;
     tools.extend(skill::tools()?);
+    tools.extend(search::tools()?);
     Ok(tools)
 }
 
