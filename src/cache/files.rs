@@ -16,6 +16,56 @@ use super::{CacheError, CacheReport};
 /// by `mesh.`; and a copy is never put where the mesh wants a file of its own.
 pub const COPY_MARK: &str = "..mesh";
 
+/// The largest cache file meshd reads (its own `mesh-memory.json` of a large store
+/// included); a larger file is someone else's and is neither read nor replaced.
+const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// What is at a cache path, looked at without following symbolic links.
+pub enum Found {
+    Missing,
+    /// A regular file of at most `MAX_FILE_BYTES`, with its bytes.
+    Regular(Vec<u8>),
+    /// A symbolic link (of the file or of its folder), a FIFO, a device, a directory or a
+    /// file too large: never read, never replaced, never removed.
+    Other,
+}
+
+/// Reads `rel` in the cache directory `dir` only as a regular file reached without links:
+/// someone else's link must not make meshd read another file into the mesh (or write
+/// through it), a FIFO must not block the writer, and a huge file must not fill memory.
+pub fn read_cache_file(dir: &Path, rel: &str) -> io::Result<Found> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some((folder, _)) = rel.rsplit_once('/') {
+        match fs::symlink_metadata(dir.join(folder)) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(Found::Other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+            Err(e) => return Err(e),
+        }
+    }
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(rel))
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Found::Other),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+        return Ok(Found::Other);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Ok(Found::Other);
+    }
+    Ok(Found::Regular(bytes))
+}
+
 /// How a directory's entries are laid out.
 #[derive(Debug, Clone, Copy)]
 pub enum Layout {
@@ -107,17 +157,17 @@ impl Placer<'_> {
     /// Writes `text` at `rel` unless someone else's file is there.
     fn put(&mut self, dir: &Path, rel: &str, text: &str) -> Result<Put, CacheError> {
         let path = dir.join(rel);
-        let meshds = match fs::read(&path) {
-            Ok(current) if current == text.as_bytes() => {
+        let meshds = match read_cache_file(dir, rel) {
+            Ok(Found::Regular(current)) if current == text.as_bytes() => {
                 // Also adopts a file that someone made identical to the mesh's version.
                 self.manifest.record(dir, rel, &current);
                 self.report.unchanged += 1;
                 return Ok(Put::Done);
             }
-            Ok(current) => self.manifest.wrote(dir, rel, &current),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-            // A folder, or a file meshd may not read, under the name: not meshd's.
-            Err(_) => false,
+            Ok(Found::Regular(current)) => self.manifest.wrote(dir, rel, &current),
+            Ok(Found::Missing) => true,
+            // A link, a folder, or a file meshd may not read, under the name: not meshd's.
+            Ok(Found::Other) | Err(_) => false,
         };
         if !meshds {
             return Ok(Put::Foreign);
@@ -136,7 +186,9 @@ impl Placer<'_> {
                 continue;
             }
             let path = dir.join(&rel);
-            if fs::read(&path).is_ok_and(|current| self.manifest.wrote(dir, &rel, &current)) {
+            let current = read_cache_file(dir, &rel);
+            if matches!(current, Ok(Found::Regular(bytes)) if self.manifest.wrote(dir, &rel, &bytes))
+            {
                 match fs::remove_file(&path) {
                     Ok(()) => self.report.removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -258,5 +310,53 @@ mod tests {
             .sync_dir(dir, Layout::SkillFolders, &files(&[]))
             .unwrap();
         assert!(!dir.join("s").exists());
+    }
+
+    #[test]
+    fn links_fifos_and_linked_folders_are_never_read_written_or_removed() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("cache");
+        let outside = temp.path().join("outside");
+        fs::create_dir_all(&dir).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret.txt"), "private").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.txt"), dir.join("a.md")).unwrap();
+        let skills_dir = temp.path().join("skills");
+        fs::create_dir_all(&skills_dir).unwrap();
+        std::os::unix::fs::symlink(&outside, skills_dir.join("s")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("f.md").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for (dir, rel) in [(&dir, "a.md"), (&skills_dir, "s/SKILL.md"), (&dir, "f.md")] {
+            assert!(
+                matches!(read_cache_file(dir, rel), Ok(Found::Other)),
+                "{rel}"
+            );
+        }
+        let mut manifest = Manifest::default();
+        let mut placer = Placer {
+            manifest: &mut manifest,
+            report: CacheReport::default(),
+            collisions: Vec::new(),
+        };
+        let wanted = files(&[("a.md", "mesh"), ("f.md", "mesh")]);
+        placer.sync_dir(&dir, Layout::Files, &wanted).unwrap();
+        let skills = files(&[("s", "mesh skill")]);
+        placer
+            .sync_dir(&skills_dir, Layout::SkillFolders, &skills)
+            .unwrap();
+        assert_eq!(placer.collisions.len(), 3, "{:?}", placer.collisions);
+        assert_eq!(
+            fs::read_to_string(outside.join("secret.txt")).unwrap(),
+            "private"
+        );
+        assert!(
+            !outside.join("SKILL.md").exists(),
+            "nothing written through the link"
+        );
+        assert!(fs::symlink_metadata(dir.join("a.md"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(dir.join("a..mesh.md")).unwrap(), "mesh");
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::files::Layout;
+use super::files::{read_cache_file, Found, Layout};
 use super::manifest::Manifest;
 use super::render::{self, MEMORY_JSON};
 use super::{CachePaths, Snapshot};
@@ -128,9 +128,12 @@ fn edit(dir: &Path, rel: String, bytes: Vec<u8>, change: Result<Option<Change>, 
 }
 
 /// The file's bytes, when it exists and is not what meshd wrote.
+/// Links, FIFOs and files too large are never read back (`files::read_cache_file`).
 fn foreign(manifest: &Manifest, dir: &Path, rel: &str) -> Option<Vec<u8>> {
-    let bytes = fs::read(dir.join(rel)).ok()?;
-    (!manifest.wrote(dir, rel, &bytes)).then_some(bytes)
+    match read_cache_file(dir, rel) {
+        Ok(Found::Regular(bytes)) => (!manifest.wrote(dir, rel, &bytes)).then_some(bytes),
+        _ => None,
+    }
 }
 
 /// The entries of a cache directory that name a skill: `*.md` files or folders holding a
@@ -139,12 +142,19 @@ fn entries(dir: &Path, layout: Layout) -> Vec<String> {
     let Ok(read) = fs::read_dir(dir) else {
         return Vec::new();
     };
+    // `file_type` does not follow links: a linked file or folder is not an entry.
     let mut names: Vec<String> = read
         .flatten()
+        .filter(|entry| {
+            entry.file_type().is_ok_and(|kind| match layout {
+                Layout::Files => kind.is_file(),
+                Layout::SkillFolders => kind.is_dir(),
+            })
+        })
         .filter_map(|entry| entry.file_name().into_string().ok())
         .filter(|name| !name.starts_with('.') && !name.contains(".."))
         .filter(|name| match layout {
-            Layout::Files => name.ends_with(".md") && dir.join(name).is_file(),
+            Layout::Files => name.ends_with(".md"),
             Layout::SkillFolders => dir.join(name).join("SKILL.md").is_file(),
         })
         .collect();

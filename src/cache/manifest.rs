@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::{CachePaths, MEMORY_JSON};
+
 /// BLAKE3 of some bytes, in hex.
 pub fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
@@ -39,7 +41,70 @@ pub struct Manifest {
     collisions: Vec<Collision>,
 }
 
+/// The list an older meshd kept in each cache directory: one entry it wrote per line.
+const LEGACY_LIST: &str = ".meshd-manifest";
+
 impl Manifest {
+    /// The manifest at `path`, or, before there is one, what an older meshd left
+    /// (`adopt_legacy`).
+    pub fn load_or_adopt(path: &Path, paths: &CachePaths) -> Manifest {
+        if path.exists() {
+            Manifest::load(path)
+        } else {
+            Manifest::adopt_legacy(paths)
+        }
+    }
+
+    /// A meshd from before `cache.manifest` kept a `.meshd-manifest` list of its entries in
+    /// each cache directory and always wrote `mesh-memory.json` whole. What those name is
+    /// taken as meshd's, with its bytes as they are now, so that the first start after an
+    /// upgrade never reads a cache that was merely stale (the mesh changed while no meshd
+    /// wrote it) back into the mesh as somebody's edit, undoing the newer change. Without
+    /// any such list (a new node) the manifest starts empty.
+    pub fn adopt_legacy(paths: &CachePaths) -> Manifest {
+        let mut manifest = Manifest::default();
+        let dirs = [
+            (paths.reference_skills_dir(), None),
+            (paths.skills_dir.clone(), Some("SKILL.md")),
+            (paths.memory_dir.clone(), None),
+        ];
+        let mut any = false;
+        for (dir, inner) in dirs {
+            let Ok(list) = fs::read_to_string(dir.join(LEGACY_LIST)) else {
+                continue;
+            };
+            any = true;
+            for entry in list.lines().filter(|line| !line.is_empty()) {
+                let rel = match inner {
+                    Some(file) => format!("{entry}/{file}"),
+                    None => entry.to_string(),
+                };
+                if let Ok(bytes) = fs::read(dir.join(&rel)) {
+                    manifest.record(&dir, &rel, &bytes);
+                }
+            }
+        }
+        if any {
+            manifest.adopt_legacy_memory_json(&paths.openclaw_home);
+        }
+        manifest
+    }
+
+    fn adopt_legacy_memory_json(&mut self, dir: &Path) {
+        let Ok(bytes) = fs::read(dir.join(MEMORY_JSON)) else {
+            return;
+        };
+        let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(&bytes) else {
+            return;
+        };
+        self.record(dir, MEMORY_JSON, &bytes);
+        for (label, entry) in &entries {
+            if let Some(value) = entry.get("value") {
+                self.record_entry(dir, label, value);
+            }
+        }
+    }
+
     /// The manifest at `path`; empty when there is none. A damaged one is logged and read as
     /// empty: every file is then foreign until it matches the mesh again, so nothing is lost.
     pub fn load(path: &Path) -> Manifest {
@@ -177,6 +242,40 @@ mod tests {
         assert_eq!(Manifest::load(&path), manifest);
         fs::write(&path, "{not json").unwrap();
         assert_eq!(Manifest::load(&path), Manifest::default());
+    }
+
+    #[test]
+    fn an_upgrade_adopts_what_the_older_meshd_listed_and_nothing_else() {
+        let temp = tempfile::tempdir().unwrap();
+        let paths = CachePaths {
+            openclaw_home: temp.path().to_path_buf(),
+            skills_dir: temp.path().join("agent-skills"),
+            memory_dir: temp.path().join("agent-memory"),
+        };
+        let reference = paths.reference_skills_dir();
+        fs::create_dir_all(&reference).unwrap();
+        fs::create_dir_all(paths.skills_dir.join("triage")).unwrap();
+        fs::write(reference.join(".meshd-manifest"), "triage.md\n").unwrap();
+        fs::write(reference.join("triage.md"), "stale text").unwrap();
+        fs::write(reference.join("mine.md"), "an agent's own").unwrap();
+        fs::write(paths.skills_dir.join(".meshd-manifest"), "triage\n").unwrap();
+        fs::write(paths.skills_dir.join("triage/SKILL.md"), "---\n").unwrap();
+        let entries = r#"{"mesh:k":{"value":"old","nodeId":"n","ts":1}}"#;
+        fs::write(temp.path().join(MEMORY_JSON), entries).unwrap();
+
+        let manifest = Manifest::load_or_adopt(&temp.path().join("cache.manifest"), &paths);
+        assert!(manifest.wrote(&reference, "triage.md", b"stale text"));
+        assert!(!manifest.wrote(&reference, "mine.md", b"an agent's own"));
+        assert!(manifest.wrote(&paths.skills_dir, "triage/SKILL.md", b"---\n"));
+        assert!(manifest.wrote(temp.path(), MEMORY_JSON, entries.as_bytes()));
+        assert!(manifest.knows_entry(temp.path(), "mesh:k", &serde_json::json!("old")));
+
+        // A new node (no list anywhere) adopts nothing, not even mesh-memory.json.
+        for dir in [&reference, &paths.skills_dir] {
+            fs::remove_file(dir.join(".meshd-manifest")).unwrap();
+        }
+        let fresh = Manifest::load_or_adopt(&temp.path().join("cache.manifest"), &paths);
+        assert_eq!(fresh, Manifest::default());
     }
 
     #[test]

@@ -153,7 +153,8 @@ impl CacheFiles {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let State { manifest, refused } = &mut *state;
-        let manifest = manifest.get_or_insert_with(|| Manifest::load(&self.manifest_path));
+        let manifest = manifest
+            .get_or_insert_with(|| Manifest::load_or_adopt(&self.manifest_path, &self.paths));
         if let Some(import) = import {
             let snapshot = replica.with(|replica| Snapshot::of(replica));
             for edit in inbound::scan(&self.paths, manifest, &snapshot) {
@@ -174,7 +175,8 @@ impl CacheFiles {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let State { manifest, refused } = &mut *state;
-        let manifest = manifest.get_or_insert_with(|| Manifest::load(&self.manifest_path));
+        let manifest = manifest
+            .get_or_insert_with(|| Manifest::load_or_adopt(&self.manifest_path, &self.paths));
         FilesStatus {
             collisions: manifest.collisions().to_vec(),
             refused: refused

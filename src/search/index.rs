@@ -175,6 +175,11 @@ impl Index {
         })
     }
 
+    /// Deletes the index files, for a rebuild.
+    pub fn discard(path: &Path) -> Result<(), SearchError> {
+        remove_database(path)
+    }
+
     pub fn indexed_heads(&self, doc: &str) -> &[ChangeHash] {
         self.heads.get(doc).map(Vec::as_slice).unwrap_or(&[])
     }

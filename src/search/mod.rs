@@ -75,6 +75,18 @@ impl SearchError {
         }
     }
 
+    /// Whether the index file is damaged (and should be rebuilt), not merely failing.
+    fn is_damage(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        matches!(
+            self,
+            SearchError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(failure, _),
+                ..
+            } if matches!(failure.code, DatabaseCorrupt | NotADatabase)
+        )
+    }
+
     /// Whether the caller asked for something impossible (a client error), not a failure.
     pub fn is_bad_request(&self) -> bool {
         matches!(
@@ -258,7 +270,13 @@ impl Searcher {
             _ => None,
         };
         let (ranked, not_embedded) = self.with_index(replica, |index| {
-            refresh(index, replica)?;
+            if let Err(error) = refresh(index, replica) {
+                if error.is_damage() {
+                    return Err(error);
+                }
+                // A full disk, say: the index as it is still answers.
+                tracing::warn!(%error, "searching an index that could not be brought up to date");
+            }
             let full_text = match mode {
                 Mode::Semantic => Vec::new(),
                 _ => full_text(index, &terms, &filter, limit)?,
@@ -337,7 +355,17 @@ impl Searcher {
                 guard.insert(Index::open(&self.path, &own)?)
             }
         };
-        f(index)
+        let result = f(index);
+        if let Err(error) = &result {
+            if error.is_damage() {
+                // Damaged under a running node (a flipped byte, a truncated file): drop it;
+                // the next use rebuilds it from the replica.
+                tracing::warn!(%error, "the search index is damaged; it is rebuilt from the store");
+                *guard = None;
+                Index::discard(&self.path)?;
+            }
+        }
+        result
     }
 }
 

@@ -265,3 +265,32 @@ fn reciprocal_rank_fusion_favours_items_both_lists_rank_high() {
     // c: 1/63 + 1/61 > b: 2/62 > a: 1/61 alone.
     assert_eq!(fused, ["c", "b", "a"]);
 }
+
+#[test]
+fn an_index_damaged_while_open_is_rebuilt_by_the_next_search() {
+    let node = node();
+    node.put("mesh", "k", json!("survivor"));
+    assert_eq!(node.keys("survivor", ""), ["k"]);
+    let path = node.dir.path().join("search.db");
+    std::fs::write(&path, vec![0xA5u8; 64 * 1024]).unwrap();
+    node.put("mesh", "k2", json!("survivor too"));
+    let request = SearchRequest {
+        text: "survivor".into(),
+        target: Target::Memory,
+        scope: ScopeFilter::Any,
+        limit: 10,
+        mode: None,
+    };
+    // The damage may be found by this search (which then fails and discards the file) or
+    // not at all (SQLite still holds every page it needs); either way the next one answers.
+    let first = node.searcher.search(&node.replica, &request);
+    let second = node.searcher.search(&node.replica, &request).unwrap();
+    let mut keys: Vec<String> = second.hits.into_iter().map(|hit| hit.key).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["k", "k2"],
+        "first attempt: {:?}",
+        first.map(|r| r.hits.len())
+    );
+}
