@@ -8,6 +8,7 @@
 //! `cargo test` (proptests/hostile.rs includes it with `#[path]`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use automerge::{Automerge, ChangeHash};
 use axum::body::Body;
@@ -17,6 +18,7 @@ use meshd::bridge::stream::{Piece, Pieces};
 use meshd::bridge::{self, Unwrap};
 use meshd::config::ApiConfig;
 use meshd::replica::{Replica, SharedReplica};
+use meshd::search::Searcher;
 use meshd::store::{self, SCHEMA};
 use meshd::sync::{self, Bundle, Filter, Message, Unpacked};
 use rusqlite::types::Value as Sql;
@@ -97,13 +99,14 @@ pub fn bridge_text(text: &str) {
 }
 
 /// The routes that read a JSON body, picked by the `api_body` input's first byte.
-pub const API_ROUTES: [(Method, &str); 6] = [
+pub const API_ROUTES: [(Method, &str); 7] = [
     (Method::PUT, "/mesh/memory"),
     (Method::PUT, "/mesh/skills"),
     (Method::POST, "/ingest"),
     (Method::POST, "/bridge"),
     (Method::POST, "/bridge?unwrap=telegram&handleRequest=1"),
     (Method::POST, "/bridge?unwrap=discord&handleRequest=true"),
+    (Method::POST, "/mesh/query"),
 ];
 
 /// The real API router over a replica in a temporary directory, driven in-process.
@@ -129,7 +132,10 @@ impl Api {
             .expect("tokio runtime");
         Api {
             runtime,
-            router: api::router(ApiState::new(SharedReplica::new(replica), settings)),
+            router: api::router(
+                ApiState::new(SharedReplica::new(replica), settings)
+                    .with_search(Arc::new(Searcher::new(dir.path().join("search.db"), None))),
+            ),
             _dir: dir,
         }
     }
