@@ -315,19 +315,7 @@ fn parse_skill_md(text: &str) -> Result<SkillMd<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Stamp;
-
-    fn skill(name: &str, content: &str, description: &str) -> Skill {
-        Skill {
-            name: name.into(),
-            content: content.into(),
-            path: None,
-            description: description.into(),
-            source_node: "ceo".into(),
-            updated_at: Stamp::from_unix_seconds(1_739_123_456),
-            deleted: false,
-        }
-    }
+    use crate::cache::render::tests::skill;
 
     #[test]
     fn skill_md_reads_back_what_meshd_writes() {

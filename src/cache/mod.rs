@@ -148,13 +148,16 @@ impl CacheFiles {
         replica: &SharedReplica,
         import: Option<Import<'_>>,
     ) -> Result<CacheReport, CacheError> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let State { manifest, refused } = &mut *state;
-        let manifest = manifest
-            .get_or_insert_with(|| Manifest::load_or_adopt(&self.manifest_path, &self.paths));
+        self.with_state(|manifest, refused| self.sync_locked(replica, import, manifest, refused))
+    }
+
+    fn sync_locked(
+        &self,
+        replica: &SharedReplica,
+        import: Option<Import<'_>>,
+        manifest: &mut Manifest,
+        refused: &mut BTreeMap<PathBuf, String>,
+    ) -> Result<CacheReport, CacheError> {
         if let Some(import) = import {
             let snapshot = replica.with(|replica| Snapshot::of(replica));
             for edit in inbound::scan(&self.paths, manifest, &snapshot) {
@@ -170,14 +173,7 @@ impl CacheFiles {
     }
 
     pub fn status(&self) -> FilesStatus {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let State { manifest, refused } = &mut *state;
-        let manifest = manifest
-            .get_or_insert_with(|| Manifest::load_or_adopt(&self.manifest_path, &self.paths));
-        FilesStatus {
+        self.with_state(|manifest, refused| FilesStatus {
             collisions: manifest.collisions().to_vec(),
             refused: refused
                 .iter()
@@ -186,7 +182,23 @@ impl CacheFiles {
                     reason: reason.clone(),
                 })
                 .collect(),
-        }
+        })
+    }
+
+    /// Runs `f` under the cache lock on the manifest (loaded, or adopted from an older
+    /// meshd, on first use) and the refusals.
+    fn with_state<T>(
+        &self,
+        f: impl FnOnce(&mut Manifest, &mut BTreeMap<PathBuf, String>) -> T,
+    ) -> T {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let State { manifest, refused } = &mut *state;
+        let manifest = manifest
+            .get_or_insert_with(|| Manifest::load_or_adopt(&self.manifest_path, &self.paths));
+        f(manifest, refused)
     }
 }
 

@@ -161,7 +161,7 @@ pub fn memory_md(label: &str, entries: &[&MemoryEntry]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::Stamp;
 
@@ -188,7 +188,8 @@ mod tests {
         assert_eq!(reference_skill_file("triage"), "triage.md");
     }
 
-    fn skill(name: &str, content: &str, description: &str) -> Skill {
+    /// A skill from `ceo`, for the cache's tests.
+    pub(in crate::cache) fn skill(name: &str, content: &str, description: &str) -> Skill {
         Skill {
             name: name.into(),
             content: content.into(),
