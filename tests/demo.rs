@@ -19,4 +19,11 @@ fn the_demo_runs_every_step_and_ends_with_identical_nodes() {
         stdout.contains("all three nodes hold identical memory and skills"),
         "{stdout}"
     );
+    // A healthy run warns about nothing: nodes stopping in turn is not a failure.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect();
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
 }

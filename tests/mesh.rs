@@ -236,3 +236,19 @@ fn http_api_writes_reach_peers() {
     });
     assert_eq!(value(&b, "mesh", "from.http"), Some(json!({"ok": true})));
 }
+
+#[test]
+fn sync_with_a_disconnected_peer_fails_and_says_why() {
+    let (a, _) = TestNode::init_listening("a");
+    let (b, b_listen) = TestNode::init_listening("b");
+    a.run(&["peers", "add", &b.id(), &b_listen, "--name", "nas"])
+        .ok();
+    let _a = a.start();
+    let run = a.run(&["sync", "--peer", "nas"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nas is not connected"),
+        "{}",
+        run.stderr
+    );
+}

@@ -26,12 +26,27 @@ impl Command for Sync {
         let mesh = node.mesh.as_ref().ok_or_else(|| {
             CommandError::failed("the daemon is not running: start it with `meshd run`")
         })?;
-        let only = match self.peer {
-            Some(peer) => Some(node.peers.find(&peer).map_err(CommandError::failed)?.id),
+        let only = match &self.peer {
+            Some(peer) => Some(node.peers.find(peer).map_err(CommandError::failed)?.id),
             None => None,
         };
+        if let (Some(id), Some(name)) = (only, &self.peer) {
+            if !mesh.is_connected(&id) {
+                return Err(CommandError::failed(format!(
+                    "{name} is not connected, so there is nothing to sync with: `meshd status` \
+                     shows its state (check its address, that it runs, and that it has this node \
+                     as a peer too)"
+                )));
+            }
+        }
         let started = Instant::now();
         let done = mesh.sync_now(only, SYNC_TIMEOUT);
+        if let (Some(name), 0) = (&self.peer, done) {
+            return Err(CommandError::failed(format!(
+                "the round with {name} did not complete within {} s; `meshd status` shows its state",
+                SYNC_TIMEOUT.as_secs()
+            )));
+        }
         Ok(format!(
             "synced with {done} peer{} in {} ms",
             if done == 1 { "" } else { "s" },

@@ -38,6 +38,32 @@ pub enum LinkError {
     Sync(#[from] SyncError),
 }
 
+impl LinkError {
+    /// Whether the connection ended as connections end on a healthy mesh: the peer stopped
+    /// (`CloseCode::Shutdown`), one of two connections gave way to the other, or this node
+    /// closed it. Anything else (a timeout, a reset, a malformed frame) is worth a warning.
+    pub fn is_orderly_close(&self) -> bool {
+        use quinn::{ConnectionError, ReadError, ReadExactError, WriteError};
+        let connection = match self {
+            LinkError::Connection(e)
+            | LinkError::Read(ReadExactError::ReadError(ReadError::ConnectionLost(e)))
+            | LinkError::Write(WriteError::ConnectionLost(e)) => e,
+            _ => return false,
+        };
+        match connection {
+            ConnectionError::LocallyClosed => true,
+            ConnectionError::ApplicationClosed(close) => [
+                CloseCode::Shutdown,
+                CloseCode::Duplicate,
+                CloseCode::Replaced,
+            ]
+            .iter()
+            .any(|code| close.error_code == quinn::VarInt::from(*code as u32)),
+            _ => false,
+        }
+    }
+}
+
 /// What a link needs from the node around it; the mesh implements it.
 pub trait LinkHost: Send + Sync + 'static {
     /// Runs `f` on the replica, as the sync store.

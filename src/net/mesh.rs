@@ -372,6 +372,7 @@ impl Mesh {
         });
         match link.await {
             Ok(Ok(())) => tracing::info!(%peer, "disconnected"),
+            Ok(Err(e)) if e.is_orderly_close() => tracing::info!(%peer, "disconnected: {e}"),
             Ok(Err(e)) => tracing::warn!(%peer, "link closed: {e}"),
             Err(e) => tracing::error!(%peer, "the link failed ({e}); this is a bug, it reconnects"),
         }
