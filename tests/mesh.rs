@@ -252,3 +252,34 @@ fn sync_with_a_disconnected_peer_fails_and_says_why() {
         run.stderr
     );
 }
+
+#[test]
+fn a_stranger_dialing_again_and_again_is_warned_about_once() {
+    let (a, a_addr) = TestNode::init_listening("a");
+    let (stranger, _) = TestNode::init_listening("stranger");
+    pair(&stranger, (&a, &a_addr));
+    let log = a.file("run.log");
+    let child = a
+        .command(&["run"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _da = support::Daemon::new(child);
+    wait_until("A answers", || {
+        support::try_ask(&a.file("control.sock"), meshd::control::Status {}).is_some()
+    });
+    let _ds = stranger.start();
+    wait_until("the stranger has tried three times", || {
+        let pending: Value = serde_json::from_str(&a.run(&["peers", "pending", "--json"]).stdout)
+            .unwrap_or_default();
+        pending.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["attempts"].as_u64().is_some_and(|n| n >= 3))
+        })
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("refused a connection").count(), 1, "{text}");
+}

@@ -1,7 +1,7 @@
 //! The node's place in the mesh: one link per connected peer, a dialer per configured peer,
 //! the accept loop, live push of local changes and gossip of received ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::link::{self, LinkCommand, LinkHost};
+use super::NetError;
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{Peer, PeerRefusal, PeerStore};
 use crate::replica::{Replica, SharedReplica};
@@ -70,6 +71,9 @@ pub struct Mesh {
     on_change: Box<dyn Fn() + Send + Sync>,
     /// The latest refusal of each peer's changes by this node, for `meshd status`.
     refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
+    /// Node ids refused at the handshake and warned about once already: a removed peer keeps
+    /// dialing every 30 s, and one warning (plus `meshd peers pending`) says all there is.
+    warned_strangers: Mutex<HashSet<NodeId>>,
     /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
     tasks: TaskTracker,
     /// Cancelled when the node stops: dialers end, links close.
@@ -120,6 +124,7 @@ impl Mesh {
             published: Mutex::new(published),
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
+            warned_strangers: Mutex::new(HashSet::new()),
             tasks: lifecycle.tasks,
             shutdown: lifecycle.shutdown,
         });
@@ -256,7 +261,7 @@ impl Mesh {
                 match endpoint::accept(&mesh.endpoint, incoming).await {
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
                     Err(e) => {
-                        tracing::warn!("refused a connection: {e}");
+                        mesh.log_refused(&e);
                         mesh.record_refused();
                     }
                 }
@@ -265,6 +270,20 @@ impl Mesh {
     }
 
     /// Persists the ids the TLS layer refused, for `meshd peers pending`.
+    /// A stranger's first attempt is a warning; its next ones (a removed peer dials every
+    /// 30 s for good) are debug lines.
+    fn log_refused(&self, error: &NetError) {
+        let repeated = match error {
+            NetError::NotAllowed { id, .. } => !lock(&self.warned_strangers).insert(*id),
+            _ => false,
+        };
+        if repeated {
+            tracing::debug!("refused a connection again: {error}");
+        } else {
+            tracing::warn!("refused a connection: {error}");
+        }
+    }
+
     fn record_refused(&self) {
         for refused in self.endpoint.pins().pending() {
             let record = crate::peers::Refused {
