@@ -371,15 +371,23 @@ impl Searcher {
 
 fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, SearchError> {
     let mut refreshed = Refreshed::default();
-    let docs = replica.with(|r| (r.read_only_reason().is_none()).then(|| r.doc_ids()));
-    let Some(docs) = docs else {
-        return Ok(refreshed);
-    };
+    let heads = replica.with(|r| r.all_heads());
+    let names: Vec<String> = heads.keys().map(DocId::name).collect();
     let gone: Vec<String> = index
         .documents()
-        .filter(|doc| !docs.iter().any(|d| &d.name() == *doc))
+        .filter(|doc| !names.contains(doc))
         .cloned()
         .collect();
+    let moved: Vec<DocId> = heads
+        .into_iter()
+        .filter(|(doc, heads)| index.indexed_heads(&doc.name()) != heads.as_slice())
+        .map(|(doc, _)| doc)
+        .collect();
+    // Most searches find nothing to do; only a refresh that would write asks for the disk's
+    // free space (a statvfs), and none writes while the node is read-only.
+    if (gone.is_empty() && moved.is_empty()) || replica.with(|r| r.read_only_reason()).is_some() {
+        return Ok(refreshed);
+    }
     for doc in gone {
         index.apply(DocUpdate {
             doc,
@@ -387,9 +395,8 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
             ..DocUpdate::default()
         })?;
     }
-    for doc in docs {
-        let name = doc.name();
-        let since = index.indexed_heads(&name).to_vec();
+    for doc in moved {
+        let since = index.indexed_heads(&doc.name()).to_vec();
         let update = replica.with(|replica| document_update(replica, &doc, &since));
         if let Some(update) = update {
             refreshed.documents += 1;
