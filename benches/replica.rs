@@ -138,7 +138,7 @@ fn load_child(dir: &str) {
     let replica = Replica::open(std::path::Path::new(dir), "bench").unwrap();
     let elapsed = started.elapsed();
     let resident = resident_bytes().saturating_sub(before);
-    assert_eq!(replica.list_memory(None).len(), LOAD_KEYS);
+    assert_eq!(replica.list_memory(None).unwrap().len(), LOAD_KEYS);
     println!(
         "load/100k_keys: cold open {:.0} ms in a fresh process, resident memory of the loaded replica {:.1} MiB",
         elapsed.as_secs_f64() * 1000.0,

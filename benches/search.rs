@@ -247,6 +247,7 @@ fn queries(
         let started = Instant::now();
         let matches = replica.with(|r| {
             r.list_memory(None)
+                .unwrap()
                 .into_iter()
                 .filter(|entry| {
                     let value = entry.value.as_str().unwrap_or_default();

@@ -101,7 +101,7 @@ fn replacement(shared: &SharedReplica, bytes: usize) -> (String, Duration, Durat
     let started = Instant::now();
     shared.put_skill(write(&name, &different)).unwrap();
     let rewrite = started.elapsed();
-    let stored = shared.with(|r| r.get_skill(&name)).unwrap();
+    let stored = shared.with(|r| r.get_skill(&name).unwrap()).unwrap();
     assert_eq!(stored.content, different);
     (
         format!(

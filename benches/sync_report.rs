@@ -84,7 +84,7 @@ fn write(replica: &mut Replica, node: &str, range: std::ops::Range<usize>) {
         .expect("bench writes apply");
 }
 
-fn doc(replica: &Replica) -> Automerge {
+fn doc(replica: &mut Replica) -> Automerge {
     replica.document(&mesh()).cloned().unwrap_or_default()
 }
 
@@ -105,7 +105,7 @@ impl Pair {
     fn common(n: usize) -> Pair {
         let mut pair = Pair::new();
         write(&mut pair.a, "node-a", 0..n);
-        let changes = doc(&pair.a).get_changes(&[]);
+        let changes = doc(&mut pair.a).get_changes(&[]);
         pair.b.apply_changes(&mesh(), changes).unwrap();
         pair
     }
@@ -113,14 +113,14 @@ impl Pair {
     /// Both sides sync once, untimed, so each stores its state for the other.
     fn remember(&mut self) {
         meshd_round(&mut self.a, &mut self.b);
-        let (mut da, mut db) = (doc(&self.a), doc(&self.b));
+        let (mut da, mut db) = (doc(&mut self.a), doc(&mut self.b));
         let (mut sa, mut sb) = (State::new(), State::new());
         automerge_round(&mut da, &mut db, &mut sa, &mut sb);
         self.automerge_states = Some((sa.encode(), sb.encode()));
     }
 
     fn run(mut self, workload: &'static str) -> Row {
-        let (mut da, mut db) = (doc(&self.a), doc(&self.b));
+        let (mut da, mut db) = (doc(&mut self.a), doc(&mut self.b));
         let lower_bound_bytes = lower_bound(&da, &db);
         let (mut sa, mut sb) = match &self.automerge_states {
             Some((a, b)) => (State::decode(a).unwrap(), State::decode(b).unwrap()),
@@ -129,8 +129,8 @@ impl Pair {
         let automerge = automerge_round(&mut da, &mut db, &mut sa, &mut sb);
         let meshd = meshd_round(&mut self.a, &mut self.b);
         assert_eq!(
-            doc(&self.a).get_heads(),
-            doc(&self.b).get_heads(),
+            doc(&mut self.a).get_heads(),
+            doc(&mut self.b).get_heads(),
             "{workload}: meshd did not converge"
         );
         assert_eq!(
@@ -241,7 +241,7 @@ fn diff_each(workload: &'static str, each: usize) -> Row {
 fn fresh_peer_one_missing() -> Row {
     let mut pair = Pair::new();
     write(&mut pair.a, "node-a", 0..100_000);
-    let mut changes = doc(&pair.a).get_changes(&[]);
+    let mut changes = doc(&mut pair.a).get_changes(&[]);
     changes.pop();
     pair.b.apply_changes(&mesh(), changes).unwrap();
     pair.run("fresh-peer-1-missing-100k")

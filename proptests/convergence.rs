@@ -292,7 +292,7 @@ impl World {
                 let replica = self.replica(*at);
                 let before = SyncStore::heads(replica, &doc);
                 if replica.delete_memory(&scope, &key).expect("valid delete") {
-                    let (tombstone, _) = replica.memory_versions(&scope, &key).unwrap();
+                    let (tombstone, _) = replica.memory_versions(&scope, &key).unwrap().unwrap();
                     let hash = last_local(replica, &doc);
                     self.model.memory(tombstone, hash);
                     self.push_local(*at, &doc, &before);
@@ -304,6 +304,7 @@ impl World {
                 let before = SyncStore::heads(replica, &DocId::Skills);
                 let current = replica
                     .get_skill(&name)
+                    .unwrap()
                     .map(|s| s.content)
                     .unwrap_or_default();
                 let content = edit.apply(&current);
@@ -324,7 +325,7 @@ impl World {
                 let replica = self.replica(*at);
                 let before = SyncStore::heads(replica, &DocId::Skills);
                 if replica.delete_skill(&name).expect("valid delete") {
-                    let (winner, _) = replica.skill_versions(&name).unwrap();
+                    let (winner, _) = replica.skill_versions(&name).unwrap().unwrap();
                     let hash = last_local(replica, &DocId::Skills);
                     self.model.skill(name, SkillVersion::of(&winner), hash);
                     self.push_local(*at, &DocId::Skills, &before);
@@ -458,7 +459,7 @@ impl World {
             let doc = DocId::from_name(&doc).expect("a known document");
             for head in heads {
                 assert!(
-                    SyncStore::has_change(&*store, &doc, &ChangeHash(head)),
+                    SyncStore::has_change(&mut *store, &doc, &ChangeHash(head)),
                     "node {node} lacks a head of {doc} that node {from} sent with HaveAll"
                 );
             }
@@ -625,7 +626,7 @@ fn scope(user: bool) -> Scope {
     }
 }
 
-fn last_local(replica: &Replica, doc: &DocId) -> ChangeHash {
+fn last_local(replica: &mut Replica, doc: &DocId) -> ChangeHash {
     replica
         .document(doc)
         .and_then(|d| d.get_last_local_change())
@@ -711,23 +712,27 @@ impl Model {
     }
 }
 
-fn check(world: &World) -> Result<(), TestCaseError> {
-    let replicas: Vec<&Replica> = world
+fn check(world: &mut World) -> Result<(), TestCaseError> {
+    let mut replicas: Vec<&mut Replica> = world
         .nodes
-        .iter()
-        .map(|n| n.replica.as_ref().unwrap())
+        .iter_mut()
+        .map(|n| n.replica.as_mut().unwrap())
         .collect();
-    let first = replicas[0];
-    for (i, replica) in replicas.iter().enumerate().skip(1) {
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        let indexed = replica.check_index();
+        prop_assert!(indexed.is_ok(), "index of node {}: {:?}", i, indexed);
+    }
+    let (first, others) = replicas.split_first_mut().unwrap();
+    for (i, replica) in others.iter_mut().enumerate().map(|(i, r)| (i + 1, r)) {
         prop_assert_eq!(
-            replica.list_memory(None),
-            first.list_memory(None),
+            replica.list_memory(None).unwrap(),
+            first.list_memory(None).unwrap(),
             "memory of node {}",
             i
         );
         prop_assert_eq!(
-            replica.list_skills(),
-            first.list_skills(),
+            replica.list_skills().unwrap(),
+            first.list_skills().unwrap(),
             "skills of node {}",
             i
         );
@@ -742,14 +747,14 @@ fn check(world: &World) -> Result<(), TestCaseError> {
         }
     }
     prop_assert_eq!(
-        first.list_memory(None),
+        first.list_memory(None).unwrap(),
         world.model.live_memory(),
         "memory against the model"
     );
     for (name, versions) in &world.model.skills {
         check_skill(first, name, versions)?;
     }
-    for (i, replica) in replicas.iter().enumerate() {
+    for (i, replica) in replicas.iter_mut().enumerate() {
         for (doc, hash) in &world.model.acknowledged {
             let held = replica
                 .document(doc)
@@ -773,7 +778,7 @@ fn check(world: &World) -> Result<(), TestCaseError> {
 /// skill object merge their text instead, so only its agreement across replicas is checked,
 /// above.
 fn check_skill(
-    replica: &Replica,
+    replica: &mut Replica,
     name: &str,
     versions: &[(SkillVersion, ChangeHash)],
 ) -> Result<(), TestCaseError> {
@@ -785,6 +790,7 @@ fn check_skill(
         .unwrap();
     let (winner, _) = replica
         .skill_versions(name)
+        .unwrap()
         .expect("a written skill exists");
     prop_assert_eq!(
         (winner.updated_at, &winner.source_node, winner.deleted),
@@ -905,7 +911,7 @@ fn converge(skews: &[i64], ops: &[Op]) -> Result<(), TestCaseError> {
     check_connected(&world)?;
     world.links.clear();
     world.final_round();
-    check(&world)
+    check(&mut world)
 }
 
 proptest! {

@@ -275,14 +275,16 @@ pub fn default_openclaw_home() -> PathBuf {
         .join(".openclaw")
 }
 
-/// `[store]`: the Phase 2 SQLite file kept current for dashboards, and the free space the
-/// store's disk must keep (`replica::space`).
+/// `[store]`: the Phase 2 SQLite file kept current for dashboards, the free space the
+/// store's disk must keep (`replica::space`) and the memory loaded documents may take
+/// (`replica::lazy`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub mirror: Option<PathBuf>,
     pub min_free_mb: u64,
     pub min_free_percent: u8,
+    pub memory_budget_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -291,6 +293,7 @@ impl Default for StoreConfig {
             mirror: None,
             min_free_mb: space::DEFAULT_MIN_FREE_MB,
             min_free_percent: space::DEFAULT_MIN_FREE_PERCENT,
+            memory_budget_mb: crate::replica::DEFAULT_MEMORY_BUDGET >> 20,
         }
     }
 }
@@ -301,6 +304,10 @@ impl StoreConfig {
             min_free_mb: self.min_free_mb,
             min_free_percent: self.min_free_percent,
         }
+    }
+
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget_mb.saturating_mul(1 << 20)
     }
 }
 
@@ -343,6 +350,7 @@ fn config_template(name: &str, listen: &str) -> String {
          # mirror = \"/path/to/mesh-store.sqlite\"\n\
          # min_free_mb = 256              # below max(this, min_free_percent) free, the node is read-only\n\
          # min_free_percent = 5\n\
+         # memory_budget_mb = 192         # documents kept loaded; reads never need them\n\
          # [search]                       # semantic search; MESH_EMBEDDING_URL etc. win\n\
          # embedding_url = \"http://localhost:11434/api/embed\"  # Ollama, or .../v1/embeddings\n\
          # embedding_model = \"nomic-embed-text\"\n"

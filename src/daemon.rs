@@ -108,6 +108,7 @@ impl Node {
         let mut replica = open_store(home, &identity.node_id.compact(), options.repair)?;
         replica.set_clock_bound(config.node.clock_bound());
         replica.set_reserve(config.store.reserve());
+        replica.set_memory_budget(config.store.memory_budget());
         let peers = PeerStore::open(replica.db())?;
         let search = Arc::new(Searcher::for_node(home, config)?);
         Ok(Node {

@@ -91,7 +91,7 @@ fn the_own_node_scope_is_plain_node() {
     assert_eq!(row["scope"], "node");
     let stored = server
         .replica
-        .with(|replica| replica.get_memory(&Scope::Node("me".into()), "k"));
+        .with(|replica| replica.get_memory(&Scope::Node("me".into()), "k").unwrap());
     assert!(stored.is_some());
 }
 
@@ -423,7 +423,7 @@ fn past_the_rate_limit_requests_are_429() {
     assert_eq!(server.get("/mesh/memory", &[]).0, 429);
     assert!(server
         .replica
-        .with(|replica| replica.list_memory(None).is_empty()));
+        .with(|replica| replica.list_memory(None).unwrap().is_empty()));
 }
 
 #[test]

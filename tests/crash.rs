@@ -78,11 +78,13 @@ fn kill_mid_loop(batch: usize, acks: usize) {
     for i in 0..acknowledged {
         let entry = replica
             .get_memory(&Scope::Mesh, &format!("k{i}"))
+            .unwrap()
             .unwrap_or_else(|| panic!("acknowledged write k{i} of {acknowledged} lost"));
         assert_eq!(entry.value, json!(i));
     }
     let round = replica
         .get_skill("log")
+        .unwrap()
         .expect("acknowledged skill lost")
         .content;
     let round: usize = round.strip_prefix("round ").unwrap().parse().unwrap();

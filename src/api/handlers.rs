@@ -81,6 +81,11 @@ async fn write_batch<T: Send + 'static>(
     Ok(value)
 }
 
+/// A read the store could not answer (a damaged index) is ours.
+fn read_error(error: ReplicaError) -> HttpError {
+    HttpError::internal(error.to_string())
+}
+
 /// A refused write is the caller's mistake (400, with the rule); anything else is ours.
 fn write_error(error: ReplicaError) -> HttpError {
     match error.into_refusal() {
@@ -126,7 +131,7 @@ pub async fn list_memory(
         let scope = (query.scope.filter(|s| !s.is_empty()))
             .map(|s| scope(&s, replica))
             .transpose()?;
-        let mut entries = replica.list_memory(scope.as_ref());
+        let mut entries = replica.list_memory(scope.as_ref()).map_err(read_error)?;
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.updated_at));
         let own = replica.node_id();
         let rows: Vec<MemoryRow> = entries.iter().map(|e| memory_row(e, own)).collect();
@@ -143,6 +148,7 @@ pub async fn get_memory(
     let row = with_replica(&state, move |replica| {
         let entry = replica
             .get_memory(&scope(&scope_text, replica)?, &key)
+            .map_err(read_error)?
             .ok_or_else(HttpError::not_found)?;
         Ok((memory_row(&entry, replica.node_id()), false))
     })
@@ -196,7 +202,8 @@ pub async fn put_memory(
     let (value, node_id) = (value.clone(), node_field(&map, "node_id")?);
     let row = with_replica(&state, move |replica| {
         let scope = scope(&scope_text, replica)?;
-        let newest = (replica.memory_versions(&scope, &key)).map(|(winner, _)| winner.updated_at);
+        let newest = (replica.memory_versions(&scope, &key).map_err(read_error)?)
+            .map(|(winner, _)| winner.updated_at);
         let entry = MemoryEntry {
             scope,
             key,
@@ -215,7 +222,7 @@ pub async fn put_memory(
 /// Newest first, as the reference lists rows.
 pub async fn list_skills(State(state): State<ApiState>) -> Answer<Vec<SkillRow>> {
     let rows = with_replica(&state, |replica| {
-        let mut skills = replica.list_skills();
+        let mut skills = replica.list_skills().map_err(read_error)?;
         skills.sort_by_key(|skill| std::cmp::Reverse(skill.updated_at));
         Ok((skills.iter().map(SkillRow::from).collect(), false))
     })
@@ -228,7 +235,8 @@ pub async fn get_skill(
     Path(name): Path<String>,
 ) -> Answer<SkillRow> {
     let row = with_replica(&state, move |replica| {
-        let skill = replica.get_skill(&name).ok_or_else(HttpError::not_found)?;
+        let skill =
+            (replica.get_skill(&name).map_err(read_error)?).ok_or_else(HttpError::not_found)?;
         Ok((SkillRow::from(&skill), false))
     })
     .await?;
@@ -273,7 +281,7 @@ pub async fn put_skill(
     }
     let content = content.unwrap_or_default();
     let row = write_batch(&state, move |batch| {
-        let winner = batch.current_skill(&name);
+        let winner = batch.current_skill(&name)?;
         let newest = winner.as_ref().map(|winner| winner.updated_at);
         let description = winner
             .filter(|held| !held.deleted)
@@ -356,7 +364,8 @@ async fn run_bridge(
         [request] if handle_request && single => {
             let request = request.clone();
             let text = with_replica(state, move |replica| {
-                Ok((bridge::respond(replica, &request, now / 1000), false))
+                let text = bridge::respond(replica, &request, now / 1000).map_err(read_error)?;
+                Ok((text, false))
             })
             .await?;
             Some(RawValue::from_string(text).expect("responses are JSON"))

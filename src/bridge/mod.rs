@@ -111,7 +111,7 @@ fn refused(result: Result<bool, ReplicaError>) -> Result<Result<bool, String>, R
 /// compare, so it counts as received now, and applies only when it would change the
 /// skill's content or source: the same message delivered again changes nothing.
 fn import_skill(batch: &mut Batch<'_>, message: SkillMessage) -> Result<bool, ReplicaError> {
-    let current = batch.current_skill(&message.name);
+    let current = batch.current_skill(&message.name)?;
     let newest = current.as_ref().map(|winner| winner.updated_at);
     let live = current.filter(|winner| !winner.deleted);
     let updated_at = match message.ts {
@@ -138,7 +138,11 @@ pub enum Selection {
 
 /// Memory and skill messages, one JSON text each, for everything live that was updated at or
 /// after `since` (Unix seconds). Tombstones have no bridge form and are left out.
-pub fn emit(replica: &Replica, since: Option<u64>, selection: &Selection) -> Vec<String> {
+pub fn emit(
+    replica: &Replica,
+    since: Option<u64>,
+    selection: &Selection,
+) -> Result<Vec<String>, ReplicaError> {
     let recent = |stamp: Stamp| since.is_none_or(|since| stamp.unix_seconds() >= since);
     let mut lines = Vec::new();
     let scope = match selection {
@@ -146,7 +150,7 @@ pub fn emit(replica: &Replica, since: Option<u64>, selection: &Selection) -> Vec
         _ => None,
     };
     if *selection != Selection::Skills {
-        for entry in replica.list_memory(scope) {
+        for entry in replica.list_memory(scope)? {
             if recent(entry.updated_at) {
                 lines.push(to_json(&MemoryOut {
                     kind: "memory",
@@ -160,13 +164,13 @@ pub fn emit(replica: &Replica, since: Option<u64>, selection: &Selection) -> Vec
         }
     }
     if matches!(selection, Selection::Everything | Selection::Skills) {
-        for skill in replica.list_skills() {
+        for skill in replica.list_skills()? {
             if recent(skill.updated_at) {
                 lines.push(to_json(&SkillOut::from(&skill)));
             }
         }
     }
-    lines
+    Ok(lines)
 }
 
 /// Field order follows formats.md, so emitted messages read like the reference's.
@@ -223,17 +227,22 @@ struct MeshResponse<'a> {
 
 /// The `mesh_response` this node sends for `request`, from its replica. A request's `node`
 /// scope is the requester's, as in every bridge message.
-pub fn respond(replica: &Replica, request: &MeshRequest, wall_seconds: u64) -> String {
+pub fn respond(
+    replica: &Replica,
+    request: &MeshRequest,
+    wall_seconds: u64,
+) -> Result<String, ReplicaError> {
     let (value, content) = match request.kind {
-        Kind::Memory => (lookup_memory(replica, request), None),
-        Kind::Skill => (
-            None,
-            (request.name.as_deref())
-                .and_then(|name| replica.get_skill(name))
-                .map(|skill| skill.body().to_string()),
-        ),
+        Kind::Memory => (lookup_memory(replica, request)?, None),
+        Kind::Skill => {
+            let skill = match request.name.as_deref() {
+                Some(name) => replica.get_skill(name)?,
+                None => None,
+            };
+            (None, skill.map(|skill| skill.body().to_string()))
+        }
     };
-    to_json(&MeshResponse {
+    Ok(to_json(&MeshResponse {
         message_type: "mesh_response",
         request_id: &request.request_id,
         kind: request.kind,
@@ -242,13 +251,17 @@ pub fn respond(replica: &Replica, request: &MeshRequest, wall_seconds: u64) -> S
         value,
         content,
         ts: wall_seconds,
-    })
+    }))
 }
 
-fn lookup_memory(replica: &Replica, request: &MeshRequest) -> Option<Value> {
-    let (scope, key) = (request.scope.as_deref()?, request.key.as_deref()?);
-    let scope = message::scope_of(scope, None, &request.node_id).ok()?;
-    replica.get_memory(&scope, key).map(|entry| entry.value)
+fn lookup_memory(replica: &Replica, request: &MeshRequest) -> Result<Option<Value>, ReplicaError> {
+    let (Some(scope), Some(key)) = (request.scope.as_deref(), request.key.as_deref()) else {
+        return Ok(None);
+    };
+    let Ok(scope) = message::scope_of(scope, None, &request.node_id) else {
+        return Ok(None);
+    };
+    Ok(replica.get_memory(&scope, key)?.map(|entry| entry.value))
 }
 
 fn to_json(value: &impl Serialize) -> String {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{MemoryEntry, Scope, Skill};
-use crate::replica::{Replica, SharedReplica};
+use crate::replica::{Replica, ReplicaError, SharedReplica};
 use files::{Layout, Placer};
 pub use inbound::Change;
 use inbound::Edit;
@@ -48,16 +48,20 @@ impl CachePaths {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the cache file {path}: {source}")]
-pub struct CacheError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+pub enum CacheError {
+    #[error("cannot write the cache file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the store for the caches: {0}")]
+    Store(#[from] ReplicaError),
 }
 
 impl CacheError {
     fn io(path: &Path, source: std::io::Error) -> CacheError {
-        CacheError {
+        CacheError::Io {
             path: path.to_path_buf(),
             source,
         }
@@ -81,12 +85,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn of(replica: &Replica) -> Snapshot {
-        Snapshot {
+    pub fn of(replica: &Replica) -> Result<Snapshot, ReplicaError> {
+        Ok(Snapshot {
             own: replica.node_id().to_string(),
-            memory: replica.list_memory(None),
-            skills: replica.list_skills(),
-        }
+            memory: replica.list_memory(None)?,
+            skills: replica.list_skills()?,
+        })
     }
 }
 
@@ -159,12 +163,12 @@ impl CacheFiles {
         refused: &mut BTreeMap<PathBuf, String>,
     ) -> Result<CacheReport, CacheError> {
         if let Some(import) = import {
-            let snapshot = replica.with(|replica| Snapshot::of(replica));
+            let snapshot = replica.with(|replica| Snapshot::of(replica))?;
             for edit in inbound::scan(&self.paths, manifest, &snapshot) {
                 read_back(edit, manifest, refused, import);
             }
         }
-        let snapshot = replica.with(|replica| Snapshot::of(replica));
+        let snapshot = replica.with(|replica| Snapshot::of(replica))?;
         let report = write_snapshot(snapshot, &self.paths, manifest)?;
         manifest
             .save(&self.manifest_path)

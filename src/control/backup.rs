@@ -69,7 +69,7 @@ impl Command for Backup {
         prepare_dir(&self.dir)?;
         let peers = node.peers.list().map_err(CommandError::failed)?;
         // One moment of the store: copies under the lock, saved after it.
-        let copies = node.replica.with(|replica| replica.copy_documents());
+        let copies = node.replica.with(|replica| replica.copy_documents())?;
         let docs_dir = self.dir.join("docs");
         fs::create_dir_all(&docs_dir).map_err(|e| cannot_write(&docs_dir, e))?;
         let mut manifest = Manifest {

@@ -64,7 +64,7 @@ impl Command for BridgeEmit {
         };
         Ok(node
             .replica
-            .with(|replica| bridge::emit(replica, self.since, &selection)))
+            .with(|replica| bridge::emit(replica, self.since, &selection))?)
     }
 }
 
@@ -95,8 +95,8 @@ impl Command for BridgeRespond {
             requests
                 .iter()
                 .map(|request| bridge::respond(replica, request, now))
-                .collect()
-        }))
+                .collect::<Result<_, _>>()
+        })?)
     }
 }
 

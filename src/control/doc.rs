@@ -25,7 +25,7 @@ impl Command for DocExport {
         let doc = document(node, &self.scope)?;
         let bytes = node
             .replica
-            .with(|replica| replica.export(&doc))
+            .with(|replica| replica.export(&doc))?
             .ok_or_else(|| {
                 CommandError::NotFound(format!("this node has no {doc} document yet"))
             })?;

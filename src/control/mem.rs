@@ -48,7 +48,7 @@ impl Command for MemGet {
         let scope = node.scope(&self.scope)?;
         match node
             .replica
-            .with(|replica| replica.memory_versions(&scope, &self.key))
+            .with(|replica| replica.memory_versions(&scope, &self.key))?
         {
             Some((winner, conflicts)) if !winner.deleted => Ok(Versions { winner, conflicts }),
             _ => Err(no_entry(&scope, &self.key)),
@@ -70,7 +70,7 @@ impl Command for MemLs {
         let scope = self.scope.map(|s| node.scope(&s)).transpose()?;
         Ok(node
             .replica
-            .with(|replica| replica.list_memory(scope.as_ref())))
+            .with(|replica| replica.list_memory(scope.as_ref()))?)
     }
 }
 

@@ -86,6 +86,13 @@ pub enum CommandError {
     Failed(String),
 }
 
+/// A store that could not answer a read or take a write: the store's own words.
+impl From<crate::replica::ReplicaError> for CommandError {
+    fn from(error: crate::replica::ReplicaError) -> CommandError {
+        CommandError::Failed(error.to_string())
+    }
+}
+
 impl CommandError {
     pub fn failed(error: impl ToString) -> CommandError {
         CommandError::Failed(error.to_string())

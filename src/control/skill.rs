@@ -52,7 +52,7 @@ impl Command for SkillGet {
 
     fn execute(self, node: &Context) -> Result<Skill, CommandError> {
         node.replica
-            .with(|replica| replica.get_skill(&self.name))
+            .with(|replica| replica.get_skill(&self.name))?
             .ok_or_else(|| no_skill(&self.name))
     }
 }
@@ -66,7 +66,7 @@ impl Command for SkillLs {
     const EFFECTS: Effects = Effects::NONE;
 
     fn execute(self, node: &Context) -> Result<Vec<Skill>, CommandError> {
-        Ok(node.replica.with(|replica| replica.list_skills()))
+        Ok(node.replica.with(|replica| replica.list_skills())?)
     }
 }
 

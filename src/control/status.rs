@@ -60,18 +60,21 @@ impl Command for Status {
         let mesh = node.mesh.as_deref();
         // Read before the replica is locked: the cache files' lock is taken before it.
         let files = node.cache.status();
-        Ok(node.replica.with(|replica| NodeStatus {
-            node_id: node.own.to_string(),
-            running: mesh.is_some(),
-            listen: mesh.and_then(|m| m.listen_addr()).map(|a| a.to_string()),
-            bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
-            documents: replica.doc_ids().len(),
-            memory_entries: replica.list_memory(None).len(),
-            skills: replica.list_skills().len(),
-            read_only: replica.read_only_reason(),
-            repair: replica.repair_status(),
-            peers: peer_statuses(node, replica, peers),
-            files,
+        Ok(node.replica.with(|replica| {
+            let (memory_entries, skills) = replica.counts();
+            NodeStatus {
+                node_id: node.own.to_string(),
+                running: mesh.is_some(),
+                listen: mesh.and_then(|m| m.listen_addr()).map(|a| a.to_string()),
+                bytes_sent: mesh.map_or(0, |m| m.bytes_sent()),
+                documents: replica.doc_ids().len(),
+                memory_entries: memory_entries as usize,
+                skills: skills as usize,
+                read_only: replica.read_only_reason(),
+                repair: replica.repair_status(),
+                peers: peer_statuses(node, replica, peers),
+                files,
+            }
         }))
     }
 }

@@ -1,12 +1,12 @@
 //! What changed in a document since given heads, by memory key or skill name: what a derived
 //! index (search) needs to bring itself up to date without reading the whole document.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use automerge::legacy::{Key, ObjectId};
-use automerge::{Automerge, ChangeHash, Prop, ReadDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 
-use super::Replica;
+use super::{skills_doc, Replica};
 use crate::model::DocId;
 
 /// The memory keys or skill names whose value may differ between two versions of a document.
@@ -22,8 +22,12 @@ pub enum Changed {
 }
 
 impl Replica {
-    /// What changed in `doc` since `since`, the heads an earlier reader saw.
-    pub fn changed_since(&self, doc: &DocId, since: &[ChangeHash]) -> Changed {
+    /// What changed in `doc` since `since`, the heads an earlier reader saw. Loads the
+    /// document only when it did change.
+    pub fn changed_since(&mut self, doc: &DocId, since: &[ChangeHash]) -> Changed {
+        if self.heads(doc) == since && !since.is_empty() {
+            return Changed::Nothing;
+        }
         let Some(document) = self.document(doc) else {
             return Changed::Everything;
         };
@@ -36,10 +40,20 @@ impl Replica {
         {
             return Changed::Everything;
         }
-        Changed::Names(match doc {
-            DocId::Memory(_) => root_keys_written(document, since),
-            DocId::Skills => top_level_names_patched(document, since),
-        })
+        Changed::Names(changed_names(doc, document, since))
+    }
+}
+
+/// The keys (memory) or names (skills) whose value may differ in `document` since `since`,
+/// heads it contains.
+pub(super) fn changed_names(
+    doc: &DocId,
+    document: &Automerge,
+    since: &[ChangeHash],
+) -> BTreeSet<String> {
+    match doc {
+        DocId::Memory(_) => root_keys_written(document, since),
+        DocId::Skills => skill_names_written(document, since),
     }
 }
 
@@ -57,30 +71,36 @@ fn root_keys_written(doc: &Automerge, since: &[ChangeHash]) -> BTreeSet<String> 
         .collect()
 }
 
-/// A skill's edits land in objects nested under its name (its map, its Text), so the names
-/// come from Automerge's diff, whose patches carry the path from the root.
-fn top_level_names_patched(doc: &Automerge, since: &[ChangeHash]) -> BTreeSet<String> {
-    doc.diff(since, &doc.get_heads())
-        .into_iter()
-        .filter_map(|patch| match patch.path.first() {
-            Some((_, Prop::Map(name))) => Some(name.clone()),
-            Some((_, Prop::Seq(_))) => None,
-            None => patch_root_key(&patch.action),
-        })
-        .collect()
-}
-
-fn patch_root_key(action: &automerge::PatchAction) -> Option<String> {
-    use automerge::PatchAction::*;
-    match action {
-        PutMap { key, .. } | DeleteMap { key } => Some(key.clone()),
-        Increment {
-            prop: Prop::Map(key),
-            ..
+/// A skill's edits land in objects nested under its name (its map, its `content` Text), so
+/// the names are those whose objects, among every concurrent version, the new operations
+/// touch. Automerge's diff is not enough: it shows only the version Automerge picks for a
+/// name, while the replica's winner may be another one (the greatest stamp), whose edits the
+/// diff would leave out.
+fn skill_names_written(doc: &Automerge, since: &[ChangeHash]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut nested = HashSet::new();
+    for change in doc.get_changes(since) {
+        for op in change.decode().operations {
+            match (op.obj, op.key) {
+                (ObjectId::Root, Key::Map(key)) => {
+                    names.insert(key.to_string());
+                }
+                (ObjectId::Root, Key::Seq(_)) => {}
+                (ObjectId::Id(id), _) => {
+                    nested.insert(id.to_string());
+                }
+            }
         }
-        | Conflict {
-            prop: Prop::Map(key),
-        } => Some(key.clone()),
-        _ => None,
     }
+    if nested.is_empty() {
+        return names;
+    }
+    for name in skills_doc::names(doc) {
+        if !names.contains(&name)
+            && skills_doc::objects(doc, &name).any(|obj| nested.contains(&obj))
+        {
+            names.insert(name);
+        }
+    }
+    names
 }

@@ -9,7 +9,7 @@
 //! the edited copy in and make the batch durable.
 //!
 //! The swap is right only if no document the batch writes changed in between: each
-//! `DocState` counts its edits, and a batch whose documents moved on is staged again from
+//! `DocState` carries the number of its last edit, and a batch whose documents moved on is staged again from
 //! the start, because its decisions may no longer hold. Memory written by others meanwhile
 //! lives in other documents and does not make a batch stale.
 
@@ -64,6 +64,8 @@ impl Replica {
             return Ok(Staging::Committed(outcome));
         }
         self.ensure_writable()?;
+        // Loaded first, so that its edit count below is the one of the copy.
+        self.load_state(&DocId::Skills)?;
         let mut seen: Vec<(DocId, Option<u64>)> = Vec::new();
         for doc in std::iter::once(DocId::Skills).chain(others.iter().map(Staged::doc)) {
             if !seen.iter().any(|(known, _)| *known == doc) {
@@ -71,7 +73,7 @@ impl Replica {
                 seen.push((doc, edits));
             }
         }
-        let copy = match self.docs.get(&DocId::Skills) {
+        let copy = match self.load_state(&DocId::Skills)? {
             Some(state) => state.doc.clone(),
             None => new_doc_state(&self.actor).doc,
         };
@@ -99,13 +101,17 @@ impl Replica {
         let mut pending = self.apply_writes(detached.others)?;
         if let Some(change) = detached.change {
             let actor = self.actor.clone();
-            let state = self
-                .docs
-                .entry(DocId::Skills)
-                .or_insert_with(|| new_doc_state(&actor));
+            let edit = self.next_edit();
+            let state = match self.state_or_new(&DocId::Skills) {
+                Ok(state) => state,
+                Err(error) => {
+                    self.roll_back(pending.before);
+                    return Err(error);
+                }
+            };
             pending.touch(&DocId::Skills, state.doc.get_heads());
             state.doc = detached.copy.with_actor(actor);
-            state.edits += 1;
+            state.edits = edit;
             pending.changes.push((DocId::Skills, change));
         }
         self.persist(pending)?;

@@ -11,13 +11,21 @@
 //! After each successful persist the integrity record (`integrity`) is rewritten when due,
 //! and `flush` rewrites it for sure; `check_integrity` runs at open.
 
+use std::collections::BTreeSet;
+
 use automerge::{ActorId, Change, ChangeHash, ReadDoc};
 
+use super::changes::changed_names;
+use super::index::{self, Summary};
 use super::integrity::{DocRecord, Record, Shortfall};
+use super::storage;
 use super::{
     system_clock, DocId, Replica, ReplicaError, Result, COMPACT_AFTER_CHANGES, COMPACT_GROWTH,
     COMPACT_MIN_CHANGES,
 };
+
+/// The keys or skill names a write changed in each document it touched.
+type Touched = Vec<(DocId, BTreeSet<String>)>;
 
 /// Changes applied in memory, not yet durable.
 #[derive(Default)]
@@ -83,31 +91,31 @@ impl Replica {
         }
     }
 
-    /// Makes `pending` durable, or takes the documents back to before it and returns why not.
+    /// Makes `pending` durable with the index entries it changes, or takes the documents back
+    /// to before it and returns why not.
     pub(super) fn persist(&mut self, pending: Pending) -> Result<()> {
         if pending.changes.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = pending.changes.iter().map(|(doc, _)| doc.name()).collect();
-        let stored = self.storage.append_durably(
-            pending
-                .changes
-                .iter()
-                .zip(&names)
-                .map(|((_, change), name)| (name.as_str(), change.hash(), change.raw_bytes())),
-        );
-        if let Err(error) = stored {
+        let mut batch = sled::Batch::default();
+        for (doc, change) in &pending.changes {
+            storage::stage_change(&mut batch, &doc.name(), &change.hash(), change.raw_bytes());
+        }
+        let touched = self.touched(&pending.before);
+        let summaries = match self.stage_index(&mut batch, &touched) {
+            Ok(summaries) => summaries,
+            Err(error) => {
+                self.roll_back(pending.before);
+                return Err(error);
+            }
+        };
+        if let Err(error) = self.storage.commit(batch) {
             tracing::error!(%error, "a write did not reach the disk; it is refused and undone");
-            self.storage.forget(
-                pending
-                    .changes
-                    .iter()
-                    .zip(&names)
-                    .map(|((_, change), name)| (name.as_str(), change.hash())),
-            );
             self.roll_back(pending.before);
+            self.undo(&pending.changes, &touched);
             return Err(error);
         }
+        self.summaries.extend(summaries);
         for (doc, change) in &pending.changes {
             if let Some(state) = self.docs.get_mut(doc) {
                 state.changes_since_snapshot += 1;
@@ -123,6 +131,78 @@ impl Replica {
         }
         self.note_durable();
         Ok(())
+    }
+
+    /// Stores a document that took a whole document in (`merge_document`) as a new snapshot,
+    /// with its index; undone like `persist` when that fails.
+    pub(super) fn persist_merged(&mut self, doc: &DocId, before: Vec<ChangeHash>) -> Result<()> {
+        let before = vec![(doc.clone(), before)];
+        let touched = self.touched(&before);
+        let mut batch = sled::Batch::default();
+        let snapshot_len = self.stage_snapshot(&mut batch, doc);
+        let summaries = match self.stage_index(&mut batch, &touched) {
+            Ok(summaries) => summaries,
+            Err(error) => {
+                self.roll_back(before);
+                return Err(error);
+            }
+        };
+        if let Err(error) = self.storage.commit(batch) {
+            self.roll_back(before);
+            self.undo(&[], &touched);
+            return Err(error);
+        }
+        self.summaries.extend(summaries);
+        self.snapshot_written(doc, snapshot_len);
+        self.note_durable();
+        Ok(())
+    }
+
+    /// What each document in `before` changed since those heads.
+    fn touched(&mut self, before: &[(DocId, Vec<ChangeHash>)]) -> Touched {
+        before
+            .iter()
+            .filter_map(|(doc, heads)| {
+                let state = self.docs.get(doc)?;
+                Some((doc.clone(), changed_names(doc, &state.doc, heads)))
+            })
+            .collect()
+    }
+
+    /// Adds the index entries of what was touched to `batch`; returns the new summaries.
+    fn stage_index(
+        &self,
+        batch: &mut sled::Batch,
+        touched: &Touched,
+    ) -> Result<Vec<(DocId, Summary)>> {
+        let mut summaries = Vec::new();
+        for (doc, names) in touched {
+            let Some(state) = self.docs.get(doc) else {
+                continue;
+            };
+            let before = self.summaries.get(doc).cloned().unwrap_or_default();
+            let summary =
+                index::stage_update(self.storage.tree(), batch, doc, &state.doc, names, &before)?;
+            summaries.push((doc.clone(), summary));
+        }
+        Ok(summaries)
+    }
+
+    /// After a failed commit (whose batch may be in sled's memory and log in part), puts back
+    /// what it wrote: its changes are dropped, so that a later flush of sled's log cannot
+    /// carry them to disk, and the index entries it touched are written again from the
+    /// documents, which `roll_back` has taken back already. Whichever of the two batches
+    /// reaches the disk, the index matches the changes stored.
+    fn undo(&mut self, changes: &[(DocId, Change)], touched: &Touched) {
+        let mut batch = sled::Batch::default();
+        for (doc, change) in changes {
+            storage::stage_forget(&mut batch, &doc.name(), &change.hash());
+        }
+        for (doc, names) in touched {
+            let document = self.docs.get(doc).map(|state| &state.doc);
+            index::stage_restore(&mut batch, doc, document, names, self.summaries.get(doc));
+        }
+        self.storage.undo(batch);
     }
 
     /// Takes documents back to heads that are durable, after a failed persist.
@@ -141,7 +221,8 @@ impl Replica {
                 // The heads were read from this very document: this cannot fail.
                 Err(error) => tracing::error!(doc = %doc.name(), %error, "cannot undo a write"),
             }
-            state.edits += 1;
+            self.edit_clock += 1;
+            state.edits = self.edit_clock;
         }
         for state in self.docs.values_mut() {
             state.doc.set_actor(self.actor.clone());
@@ -163,22 +244,40 @@ impl Replica {
     /// Folds a document's stored changes into a new snapshot, atomically.
     pub fn compact(&mut self, doc: &DocId) -> Result<()> {
         self.ensure_writable()?;
-        let Some(state) = self.docs.get_mut(doc) else {
+        if self.load_state(doc)?.is_none() {
             return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let snapshot_len = self.stage_snapshot(&mut batch, doc);
+        self.storage.commit(batch)?;
+        self.snapshot_written(doc, snapshot_len);
+        self.note_durable();
+        Ok(())
+    }
+
+    /// Adds a loaded document's snapshot to `batch`, replacing its stored changes; returns
+    /// the snapshot's size.
+    fn stage_snapshot(&self, batch: &mut sled::Batch, doc: &DocId) -> usize {
+        let Some(state) = self.docs.get(doc) else {
+            return 0;
         };
         let snapshot = state.doc.save();
-        let folded: Vec<ChangeHash> = state
+        let folded = state
             .doc
             .get_changes(&[])
             .iter()
             .map(Change::hash)
-            .collect();
-        self.storage.compact(&doc.name(), &snapshot, folded)?;
-        state.snapshot_bytes = snapshot.len();
-        state.changes_since_snapshot = 0;
-        state.bytes_since_snapshot = 0;
-        self.note_durable();
-        Ok(())
+            .collect::<Vec<_>>();
+        storage::stage_snapshot(batch, &doc.name(), &snapshot, folded);
+        snapshot.len()
+    }
+
+    fn snapshot_written(&mut self, doc: &DocId, snapshot_len: usize) {
+        if let Some(state) = self.docs.get_mut(doc) {
+            state.snapshot_bytes = snapshot_len;
+            state.changes_since_snapshot = 0;
+            state.bytes_since_snapshot = 0;
+        }
     }
 
     /// Waits until everything written so far is on disk, and records it. After a failed
@@ -221,13 +320,10 @@ impl Replica {
         let record = Record {
             written_at_ms: system_clock(),
             docs: self
-                .docs
+                .summaries
                 .iter()
-                .filter_map(|(doc, state)| {
-                    let heads = state.doc.get_heads();
-                    let changes = state.doc.stats().num_changes;
-                    (!heads.is_empty()).then(|| (doc.name(), DocRecord::new(&heads, changes)))
-                })
+                .filter(|(_, summary)| !summary.heads.is_empty())
+                .map(|(doc, summary)| (doc.name(), DocRecord::new(&summary.heads, summary.changes)))
                 .collect(),
         };
         if let Err(error) = self.integrity.write(&record) {
@@ -236,9 +332,8 @@ impl Replica {
         }
     }
 
-    /// Compares the loaded documents with the integrity record; `LostWrites` names what is
-    /// missing.
-    pub(super) fn check_integrity(&self) -> Result<()> {
+    /// Compares the store with the integrity record; `LostWrites` names what is missing.
+    pub(super) fn check_integrity(&mut self) -> Result<()> {
         let record = self
             .integrity
             .load()
@@ -249,11 +344,10 @@ impl Replica {
         let Some(record) = record else {
             return Ok(());
         };
-        let shortfalls: Vec<Shortfall> = record
-            .docs
-            .iter()
-            .filter_map(|(name, recorded)| self.shortfall(name, recorded))
-            .collect();
+        let mut shortfalls = Vec::new();
+        for (name, recorded) in &record.docs {
+            shortfalls.extend(self.shortfall(name, recorded)?);
+        }
         if shortfalls.is_empty() {
             return Ok(());
         }
@@ -268,12 +362,27 @@ impl Replica {
         })
     }
 
-    pub(super) fn shortfall(&self, name: &str, recorded: &DocRecord) -> Option<Shortfall> {
-        let doc = DocId::from_name(name)
-            .ok()
-            .and_then(|id| self.docs.get(&id))
-            .map(|state| &state.doc);
+    /// What the store lacks of one document of the record. A recorded head among the heads the
+    /// index reflects is there; only a document whose record differs is loaded to look for
+    /// the others (after a crash, those written in the last second).
+    pub(super) fn shortfall(
+        &mut self,
+        name: &str,
+        recorded: &DocRecord,
+    ) -> Result<Option<Shortfall>> {
         let heads = recorded.heads();
+        let id = DocId::from_name(name).ok();
+        let summary = id.as_ref().and_then(|id| self.summaries.get(id));
+        let indexed = |head: &Option<ChangeHash>| {
+            summary.is_some_and(|s| head.is_some_and(|h| s.heads.contains(&h)))
+        };
+        if heads.iter().all(indexed) {
+            return Ok(None);
+        }
+        let doc = match &id {
+            Some(id) => self.load_state(id)?.map(|state| &state.doc),
+            None => None,
+        };
         let missing = match doc {
             None => heads.len(),
             Some(doc) => heads
@@ -281,11 +390,11 @@ impl Replica {
                 .filter(|head| head.is_none_or(|h| doc.get_change_meta_by_hash(&h).is_none()))
                 .count(),
         };
-        (missing > 0).then(|| Shortfall {
+        Ok((missing > 0).then(|| Shortfall {
             doc: name.to_string(),
             missing_heads: missing,
             recorded_changes: recorded.changes,
             held_changes: doc.map_or(0, |d| d.stats().num_changes),
-        })
+        }))
     }
 }

@@ -4,7 +4,9 @@
 mod changes;
 mod detached;
 mod durable;
+mod index;
 mod integrity;
+mod lazy;
 mod memory_doc;
 mod repair;
 mod shared;
@@ -93,6 +95,7 @@ type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
 pub use changes::Changed;
 pub use integrity::REWRITE_EVERY as INTEGRITY_EVERY;
+pub use lazy::DEFAULT_MEMORY_BUDGET;
 pub use shared::{SharedReplica, StoreTaskFailed};
 pub use skills_doc::WHOLE_VALUE_MIN_BYTES;
 
@@ -126,10 +129,14 @@ const COMPACT_GROWTH: usize = 4;
 
 struct DocState {
     doc: Automerge,
-    /// Bumped by every change to `doc` in memory (local writes, received changes, merges, even
-    /// changes queued for missing dependencies), so that a copy edited off the lock can tell
-    /// whether the document is still the one it was copied from (see `detached`).
+    /// Set from the replica's edit clock by every change to `doc` in memory (local writes,
+    /// received changes, merges, even changes queued for missing dependencies) and by its
+    /// loading, so that a copy edited off the lock can tell whether the document is still the
+    /// one it was copied from (see `detached`), even if it was evicted and loaded again since.
     edits: u64,
+    /// When it was last used, on the replica's use clock: the least recently used documents
+    /// are evicted first (see `lazy`).
+    last_used: u64,
     changes_since_snapshot: usize,
     bytes_since_snapshot: usize,
     snapshot_bytes: usize,
@@ -144,7 +151,16 @@ pub struct Replica {
     read_only: bool,
     /// A repair under way (`meshd run --repair`).
     repair: Option<repair::Repair>,
+    /// The documents loaded in memory: those in use lately (see `lazy`).
     docs: BTreeMap<DocId, DocState>,
+    /// Every stored document's heads and counts, from the index: what the node has, without
+    /// loading it.
+    summaries: BTreeMap<DocId, index::Summary>,
+    /// The estimated memory loaded documents may take before the least recently used ones are
+    /// evicted (`[store] memory_budget_mb`).
+    memory_budget: u64,
+    edit_clock: u64,
+    use_clock: u64,
     node_id: String,
     actor: ActorId,
     hlc: Hlc,
@@ -185,53 +201,34 @@ impl Replica {
 
     pub fn open_with_clock(path: &Path, node_id: &str, wall_clock: WallClock) -> Result<Replica> {
         let storage = Storage::open(path)?;
-        let replica = Replica::load(storage, path, node_id, wall_clock, Damage::Refuse)?;
+        let mut replica = Replica::new(storage, path, node_id, wall_clock);
+        replica.open_index()?;
         replica.check_integrity()?;
         Ok(replica)
     }
 
-    /// Reads every document of `storage`; a document Automerge refuses is an error, or with
-    /// `Damage::Skip` (repair) left out with a warning.
-    fn load(
-        storage: Storage,
-        path: &Path,
-        node_id: &str,
-        wall_clock: WallClock,
-        damage: Damage,
-    ) -> Result<Replica> {
-        // A fresh actor per process: a change made but never flushed before a crash can then
-        // never collide with a different change under the same (actor, seq).
-        let actor = ActorId::random();
-        let mut docs = BTreeMap::new();
-        for (name, stored) in storage.load_all()? {
-            let Ok(id) = DocId::from_name(&name) else {
-                tracing::warn!(doc = %name, "skipping a document with an unknown name");
-                continue;
-            };
-            match load_doc(&name, stored, &actor) {
-                Ok(state) => {
-                    docs.insert(id, state);
-                }
-                Err(error) if damage == Damage::Skip => {
-                    tracing::warn!(doc = %name, %error, "a damaged document is left out; the peers may send it back");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(Replica {
+    /// A replica with no document loaded yet.
+    fn new(storage: Storage, path: &Path, node_id: &str, wall_clock: WallClock) -> Replica {
+        Replica {
             storage,
             store_path: path.to_path_buf(),
             integrity: integrity::IntegrityFile::new(path),
             reserve: space::Reserve::default(),
             read_only: false,
             repair: None,
-            docs,
+            docs: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            edit_clock: 0,
+            use_clock: 0,
             node_id: node_id.to_string(),
-            actor,
+            // A fresh actor per process: a change made but never flushed before a crash can
+            // then never collide with a different change under the same (actor, seq).
+            actor: ActorId::random(),
             hlc: Hlc::default(),
             wall_clock,
             clock_bound: ClockBound::default(),
-        })
+        }
     }
 
     /// Sets the free space the store's disk must keep (`[store] min_free_mb`,
@@ -278,10 +275,11 @@ impl Replica {
     }
 
     /// The winning version of a key, `None` when absent or deleted.
-    pub fn get_memory(&self, scope: &Scope, key: &str) -> Option<MemoryEntry> {
-        self.memory_versions(scope, key)
+    pub fn get_memory(&self, scope: &Scope, key: &str) -> Result<Option<MemoryEntry>> {
+        Ok(self
+            .memory_versions(scope, key)?
             .map(|(winner, _)| winner)
-            .filter(|winner| !winner.deleted)
+            .filter(|winner| !winner.deleted))
     }
 
     /// The winner (tombstones included) and the losing concurrent versions of a key.
@@ -289,37 +287,40 @@ impl Replica {
         &self,
         scope: &Scope,
         key: &str,
-    ) -> Option<(MemoryEntry, Vec<MemoryEntry>)> {
-        let state = self.docs.get(&DocId::Memory(scope.clone()))?;
-        resolve(memory_doc::versions(&state.doc, scope, key))
+    ) -> Result<Option<(MemoryEntry, Vec<MemoryEntry>)>> {
+        Ok(resolve(index::memory_versions(
+            self.storage.tree(),
+            scope,
+            key,
+        )?))
     }
 
     /// Live entries, sorted by scope then key; every scope when `scope` is `None`.
-    pub fn list_memory(&self, scope: Option<&Scope>) -> Vec<MemoryEntry> {
+    pub fn list_memory(&self, scope: Option<&Scope>) -> Result<Vec<MemoryEntry>> {
         let mut entries = Vec::new();
-        for (id, state) in &self.docs {
-            let DocId::Memory(doc_scope) = id else {
-                continue;
-            };
-            if scope.is_some_and(|s| s != doc_scope) {
-                continue;
-            }
-            for key in memory_doc::keys(&state.doc) {
-                if let Some((winner, _)) =
-                    resolve(memory_doc::versions(&state.doc, doc_scope, &key))
-                {
-                    if !winner.deleted {
-                        entries.push(winner);
-                    }
-                }
+        for doc_scope in self.scopes() {
+            if scope.is_none_or(|s| *s == doc_scope) {
+                entries.extend(index::live_memory(self.storage.tree(), &doc_scope)?);
             }
         }
-        entries
+        Ok(entries)
+    }
+
+    /// Live memory entries and live skills, as the index counts them.
+    pub fn counts(&self) -> (u64, u64) {
+        let mut counts = (0, 0);
+        for (doc, summary) in &self.summaries {
+            match doc {
+                DocId::Memory(_) => counts.0 += summary.live,
+                DocId::Skills => counts.1 += summary.live,
+            }
+        }
+        counts
     }
 
     /// Memory scopes that have a document here.
     pub fn scopes(&self) -> Vec<Scope> {
-        self.docs
+        self.summaries
             .keys()
             .filter_map(|id| match id {
                 DocId::Memory(scope) => Some(scope.clone()),
@@ -343,26 +344,20 @@ impl Replica {
         self.batch(|b| b.import_skill(skill))
     }
 
-    pub fn get_skill(&self, name: &str) -> Option<Skill> {
-        self.skill_versions(name)
+    pub fn get_skill(&self, name: &str) -> Result<Option<Skill>> {
+        Ok(self
+            .skill_versions(name)?
             .map(|(winner, _)| winner)
-            .filter(|winner| !winner.deleted)
+            .filter(|winner| !winner.deleted))
     }
 
-    pub fn skill_versions(&self, name: &str) -> Option<(Skill, Vec<Skill>)> {
-        let state = self.docs.get(&DocId::Skills)?;
-        let versions = skills_doc::versions(&state.doc, name);
-        resolve(versions.into_iter().map(|(skill, _)| skill).collect())
+    pub fn skill_versions(&self, name: &str) -> Result<Option<(Skill, Vec<Skill>)>> {
+        Ok(resolve(index::skill_versions(self.storage.tree(), name)?))
     }
 
     /// Live skills sorted by name.
-    pub fn list_skills(&self) -> Vec<Skill> {
-        let Some(state) = self.docs.get(&DocId::Skills) else {
-            return Vec::new();
-        };
-        skills_doc::names(&state.doc)
-            .filter_map(|name| self.get_skill(&name))
-            .collect()
+    pub fn list_skills(&self) -> Result<Vec<Skill>> {
+        index::live_skills(self.storage.tree())
     }
 
     // ---- batches ------------------------------------------------------------------------
@@ -406,11 +401,14 @@ impl Replica {
             by_doc.entry(write.doc()).or_default().push(write);
         }
         for (doc, writes) in by_doc {
-            let actor = self.actor.clone();
-            let state = self
-                .docs
-                .entry(doc.clone())
-                .or_insert_with(|| new_doc_state(&actor));
+            let edit = self.next_edit();
+            let state = match self.state_or_new(&doc) {
+                Ok(state) => state,
+                Err(error) => {
+                    self.roll_back(pending.before);
+                    return Err(error);
+                }
+            };
             pending.touch(&doc, state.doc.get_heads());
             let mut tx = state.doc.transaction();
             if let Err(e) = writes.iter().try_for_each(|write| write.apply(&mut tx)) {
@@ -420,7 +418,7 @@ impl Replica {
             }
             let (hash, _) = tx.commit();
             if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
-                state.edits += 1;
+                state.edits = edit;
                 pending.changes.push((doc, change));
             }
         }
@@ -430,40 +428,52 @@ impl Replica {
     // ---- documents, for sync and export -------------------------------------------------
 
     pub fn doc_ids(&self) -> Vec<DocId> {
-        self.docs.keys().cloned().collect()
+        self.summaries.keys().cloned().collect()
     }
 
     /// The document's heads, sorted; empty when the document is absent.
     pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
-        self.document(doc)
-            .map(|d| d.get_heads())
+        self.summaries
+            .get(doc)
+            .map(|summary| summary.heads.clone())
             .unwrap_or_default()
     }
 
     /// Every document with its heads.
     pub fn all_heads(&self) -> BTreeMap<DocId, Vec<ChangeHash>> {
-        self.docs
+        self.summaries
             .iter()
-            .map(|(doc, state)| (doc.clone(), state.doc.get_heads()))
+            .map(|(doc, summary)| (doc.clone(), summary.heads.clone()))
             .collect()
     }
 
     /// A copy of every document, for a backup taken at one moment: saving them is the slow
     /// part, and happens after the lock is released.
-    pub fn copy_documents(&self) -> Vec<(DocId, Automerge)> {
-        self.docs
-            .iter()
-            .map(|(doc, state)| (doc.clone(), state.doc.clone()))
-            .collect()
+    pub fn copy_documents(&mut self) -> Result<Vec<(DocId, Automerge)>> {
+        let mut copies = Vec::new();
+        for doc in self.doc_ids() {
+            if let Some(state) = self.load_state(&doc)? {
+                copies.push((doc, state.doc.clone()));
+            }
+        }
+        Ok(copies)
     }
 
-    pub fn document(&self, doc: &DocId) -> Option<&Automerge> {
-        self.docs.get(doc).map(|state| &state.doc)
+    /// The document, loaded if it is not; `None` when there is none or it cannot be loaded
+    /// (logged: the sync protocol, which reads it this way, then treats it as absent).
+    pub fn document(&mut self, doc: &DocId) -> Option<&Automerge> {
+        match self.load_state(doc) {
+            Ok(state) => state.map(|state| &state.doc),
+            Err(error) => {
+                tracing::error!(doc = %doc.name(), %error, "a document cannot be loaded");
+                None
+            }
+        }
     }
 
     /// The document in the standard Automerge binary format.
-    pub fn export(&self, doc: &DocId) -> Option<Vec<u8>> {
-        self.document(doc).map(Automerge::save)
+    pub fn export(&mut self, doc: &DocId) -> Result<Option<Vec<u8>>> {
+        Ok(self.load_state(doc)?.map(|state| state.doc.save()))
     }
 
     /// Applies changes received from a peer and makes them durable. Returns the hashes of the
@@ -471,13 +481,10 @@ impl Replica {
     /// document's queue and are not stored until they apply.
     pub fn apply_changes(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>> {
         self.ensure_writable()?;
-        let actor = self.actor.clone();
-        let state = self
-            .docs
-            .entry(doc.clone())
-            .or_insert_with(|| new_doc_state(&actor));
+        let edit = self.next_edit();
+        let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();
-        state.edits += 1;
+        state.edits = edit;
         if let Err(error) = state.doc.apply_changes(changes) {
             self.roll_back(vec![(doc.clone(), before)]);
             return Err(error.into());
@@ -501,13 +508,10 @@ impl Replica {
     /// result as its new snapshot.
     pub fn merge_document(&mut self, doc: &DocId, bytes: &[u8]) -> Result<Vec<ChangeHash>> {
         self.ensure_writable()?;
-        let actor = self.actor.clone();
-        let state = self
-            .docs
-            .entry(doc.clone())
-            .or_insert_with(|| new_doc_state(&actor));
+        let edit = self.next_edit();
+        let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();
-        state.edits += 1;
+        state.edits = edit;
         if let Err(error) = state.doc.load_incremental(bytes) {
             self.roll_back(vec![(doc.clone(), before)]);
             return Err(error.into());
@@ -519,10 +523,7 @@ impl Replica {
             .map(|meta| meta.hash)
             .collect();
         if !added.is_empty() {
-            if let Err(error) = self.compact(doc) {
-                self.roll_back(vec![(doc.clone(), before)]);
-                return Err(error);
-            }
+            self.persist_merged(doc, before)?;
         }
         Ok(added)
     }
@@ -562,6 +563,7 @@ fn new_doc_state(actor: &ActorId) -> DocState {
     DocState {
         doc: Automerge::new().with_actor(actor.clone()),
         edits: 0,
+        last_used: 0,
         changes_since_snapshot: 0,
         bytes_since_snapshot: 0,
         snapshot_bytes: 0,
@@ -633,7 +635,7 @@ impl Batch<'_> {
         validate::key(key)?;
         validate::value_size(&value)?;
         secret::check_memory(key, &value).map_err(ValidationError::from)?;
-        let current = self.current_memory(scope, key).map(|w| w.updated_at);
+        let current = self.current_memory(scope, key)?.map(|w| w.updated_at);
         let entry = MemoryEntry {
             scope: scope.clone(),
             key: key.to_string(),
@@ -647,7 +649,7 @@ impl Batch<'_> {
     }
 
     pub fn delete_memory(&mut self, scope: &Scope, key: &str) -> Result<bool> {
-        let Some(current) = self.current_memory(scope, key).filter(|e| !e.deleted) else {
+        let Some(current) = self.current_memory(scope, key)?.filter(|e| !e.deleted) else {
             return Ok(false);
         };
         let entry = MemoryEntry {
@@ -671,7 +673,7 @@ impl Batch<'_> {
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
         let newer = self
-            .current_memory(&entry.scope, &entry.key)
+            .current_memory(&entry.scope, &entry.key)?
             .is_none_or(|winner| entry.version() > winner.version());
         if newer {
             self.replica.accept_stamp(entry.updated_at)?;
@@ -688,28 +690,28 @@ impl Batch<'_> {
     }
 
     /// The winning version of a key as this batch will leave it.
-    fn current_memory(&self, scope: &Scope, key: &str) -> Option<MemoryEntry> {
+    fn current_memory(&self, scope: &Scope, key: &str) -> Result<Option<MemoryEntry>> {
         match self.latest_memory.get(&(scope.clone(), key.to_string())) {
             Some(&index) => match &self.writes[index] {
-                Staged::Memory(entry) => Some(entry.clone()),
+                Staged::Memory(entry) => Ok(Some(entry.clone())),
                 Staged::Skill(_) => unreachable!("memory index points at a memory write"),
             },
-            None => self
+            None => Ok(self
                 .replica
-                .memory_versions(scope, key)
-                .map(|(winner, _)| winner),
+                .memory_versions(scope, key)?
+                .map(|(winner, _)| winner)),
         }
     }
 
     /// The winning version of a skill (a tombstone included) as this batch will leave it,
     /// for imports whose outcome depends on it.
-    pub fn current_skill(&self, name: &str) -> Option<Skill> {
+    pub fn current_skill(&self, name: &str) -> Result<Option<Skill>> {
         match self.latest_skill.get(name) {
             Some(&index) => match &self.writes[index] {
-                Staged::Skill(skill) => Some(skill.clone()),
+                Staged::Skill(skill) => Ok(Some(skill.clone())),
                 Staged::Memory(_) => unreachable!("skill index points at a skill write"),
             },
-            None => self.replica.skill_versions(name).map(|(winner, _)| winner),
+            None => Ok(self.replica.skill_versions(name)?.map(|(winner, _)| winner)),
         }
     }
 
@@ -717,7 +719,7 @@ impl Batch<'_> {
         validate::skill_name(&write.name)?;
         validate::skill_text("content", &write.content)?;
         secret::check_text("skill content", &write.content).map_err(ValidationError::from)?;
-        let current = self.current_skill(&write.name);
+        let current = self.current_skill(&write.name)?;
         let description = write
             .description
             .or_else(|| current.as_ref().map(|c| c.description.clone()))
@@ -738,7 +740,7 @@ impl Batch<'_> {
     }
 
     pub fn delete_skill(&mut self, name: &str) -> Result<bool> {
-        let Some(current) = self.current_skill(name).filter(|s| !s.deleted) else {
+        let Some(current) = self.current_skill(name)?.filter(|s| !s.deleted) else {
             return Ok(false);
         };
         let skill = Skill {
@@ -756,7 +758,7 @@ impl Batch<'_> {
         validate::skill_text("content", &skill.content)?;
         secret::check_text("skill content", &skill.content).map_err(ValidationError::from)?;
         let newer = self
-            .current_skill(&skill.name)
+            .current_skill(&skill.name)?
             .is_none_or(|winner| skill.version() > winner.version());
         if newer {
             self.replica.accept_stamp(skill.updated_at)?;

@@ -42,8 +42,9 @@ impl Replica {
             }
             Err(error) => return Err(error),
         };
-        let mut replica =
-            Replica::load(storage, path, node_id, Box::new(system_clock), Damage::Skip)?;
+        let mut replica = Replica::new(storage, path, node_id, Box::new(system_clock));
+        replica.load_everything(Damage::Skip)?;
+        replica.rebuild_index()?;
         let before = replica.record_before_repair()?;
         replica.repair = Some(Repair {
             before,
@@ -73,9 +74,9 @@ impl Replica {
 
     /// During a repair, what the store still lacks against its record of before, or that it
     /// lacks nothing; `None` when no repair is under way.
-    pub fn repair_status(&self) -> Option<String> {
-        let repair = self.repair.as_ref()?;
-        let missing = self.missing_for_repair(&repair.before);
+    pub fn repair_status(&mut self) -> Option<String> {
+        let before = self.repair.as_ref()?.before.clone();
+        let missing = self.missing_for_repair(&before);
         Some(match missing.is_empty() {
             true => "complete: the store holds everything it had acknowledged; restart meshd without --repair".to_string(),
             false => format!("still missing: {}", missing.join("; ")),
@@ -88,7 +89,11 @@ impl Replica {
         let Some(repair) = &self.repair else {
             return;
         };
-        if repair.complete || !self.missing_for_repair(&repair.before).is_empty() {
+        if repair.complete {
+            return;
+        }
+        let before = repair.before.clone();
+        if !self.missing_for_repair(&before).is_empty() {
             return;
         }
         tracing::info!("repair complete: the store holds everything it had acknowledged; restart meshd without --repair");
@@ -98,13 +103,17 @@ impl Replica {
         }
     }
 
-    fn missing_for_repair(&self, before: &Record) -> Vec<String> {
-        before
-            .docs
-            .iter()
-            .filter_map(|(name, recorded)| self.shortfall(name, recorded))
-            .map(|shortfall| shortfall.to_string())
-            .collect()
+    /// What is missing against `before`; a document that cannot be loaded counts as missing.
+    fn missing_for_repair(&mut self, before: &Record) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (name, recorded) in &before.docs {
+            match self.shortfall(name, recorded) {
+                Ok(None) => {}
+                Ok(Some(shortfall)) => missing.push(shortfall.to_string()),
+                Err(error) => missing.push(format!("{name}: {error}")),
+            }
+        }
+        missing
     }
 }
 

@@ -42,9 +42,13 @@ impl SharedReplica {
     }
 
     /// Runs `f` with the replica locked, on the calling thread. Only for threads that may
-    /// block: a command on the blocking pool, the CLI, tests.
+    /// block: a command on the blocking pool, the CLI, tests. Documents beyond the memory
+    /// budget are evicted before the lock is released.
     pub fn with<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
-        f(&mut self.lock())
+        let mut replica = self.lock();
+        let result = f(&mut replica);
+        replica.trim();
+        result
     }
 
     /// Runs `f` with the replica locked on tokio's blocking pool and waits for it there.

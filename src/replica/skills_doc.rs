@@ -46,6 +46,27 @@ pub fn names(doc: &impl ReadDoc) -> impl Iterator<Item = String> + '_ {
     doc.keys(ROOT)
 }
 
+/// The ids (as text) of every object holding a version of the skill: each version's map and
+/// each of its concurrent `content` Texts.
+pub fn objects<'a>(doc: &'a impl ReadDoc, name: &str) -> impl Iterator<Item = String> + 'a {
+    let maps: Vec<ObjId> = doc
+        .get_all(ROOT, name)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(value, _)| matches!(value, Value::Object(ObjType::Map)))
+        .map(|(_, obj)| obj)
+        .collect();
+    maps.into_iter().flat_map(move |map| {
+        let texts = doc.get_all(&map, "content").unwrap_or_default();
+        std::iter::once(map.to_string()).chain(
+            texts
+                .into_iter()
+                .filter(|(value, _)| matches!(value, Value::Object(_)))
+                .map(|(_, obj)| obj.to_string()),
+        )
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct Meta {
     description: String,

@@ -80,20 +80,32 @@ impl Storage {
         Ok(docs)
     }
 
+    /// The stored bytes of one document (empty when it has none).
+    pub fn load_doc(&self, name: &str) -> Result<StoredDoc, ReplicaError> {
+        let snapshot = self
+            .docs
+            .get(snapshot_key(name))?
+            .map(|bytes| bytes.to_vec());
+        let mut changes = Vec::new();
+        for item in self.docs.scan_prefix(change_prefix(name)) {
+            let (_, value) = item?;
+            changes.push(value.to_vec());
+        }
+        Ok(StoredDoc { snapshot, changes })
+    }
+
+    /// The tree holding documents and their index, for reads and for building batches.
+    pub fn tree(&self) -> &sled::Tree {
+        &self.docs
+    }
+
     /// Why the store accepts no more writes until a restart, if it does not.
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
     }
 
-    /// Stores changes and waits until they are on disk.
-    pub fn append_durably<'a>(
-        &mut self,
-        changes: impl IntoIterator<Item = (&'a str, ChangeHash, &'a [u8])>,
-    ) -> Result<(), ReplicaError> {
-        let mut batch = sled::Batch::default();
-        for (doc, hash, bytes) in changes {
-            batch.insert(change_key(doc, &hash), bytes);
-        }
+    /// Applies `batch` atomically and waits until it is on disk.
+    pub fn commit(&mut self, batch: sled::Batch) -> Result<(), ReplicaError> {
         self.write(|storage| {
             storage.docs.apply_batch(batch)?;
             storage.db.flush()?;
@@ -101,35 +113,12 @@ impl Storage {
         })
     }
 
-    /// Drops changes whose `append_durably` failed, so that they cannot reach the disk with a
-    /// later flush of sled's log (after a restart, sled recovers what its log holds).
-    pub fn forget<'a>(&self, changes: impl IntoIterator<Item = (&'a str, ChangeHash)>) {
-        let mut batch = sled::Batch::default();
-        for (doc, hash) in changes {
-            batch.remove(change_key(doc, &hash));
-        }
+    /// Applies the undo of a failed `commit` (dropping its changes, so that they cannot reach
+    /// the disk with a later flush of sled's log), even after the failure: best effort.
+    pub fn undo(&self, batch: sled::Batch) {
         if let Err(error) = self.docs.apply_batch(batch) {
             tracing::warn!(%error, "cannot drop the changes of a failed write from the store");
         }
-    }
-
-    /// Replaces a document's snapshot and drops the changes it now contains, atomically.
-    pub fn compact(
-        &mut self,
-        doc: &str,
-        snapshot: &[u8],
-        folded: impl IntoIterator<Item = ChangeHash>,
-    ) -> Result<(), ReplicaError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(snapshot_key(doc), snapshot);
-        for hash in folded {
-            batch.remove(change_key(doc, &hash));
-        }
-        self.write(|storage| {
-            storage.docs.apply_batch(batch)?;
-            storage.db.flush()?;
-            Ok(())
-        })
     }
 
     pub fn flush(&mut self) -> Result<(), ReplicaError> {
@@ -197,6 +186,33 @@ fn snapshot_key(doc: &str) -> Vec<u8> {
     [SNAPSHOT, doc.as_bytes()].concat()
 }
 
+fn change_prefix(doc: &str) -> Vec<u8> {
+    [CHANGE, doc.as_bytes(), b"\0"].concat()
+}
+
 fn change_key(doc: &str, hash: &ChangeHash) -> Vec<u8> {
-    [CHANGE, doc.as_bytes(), b"\0", hash.as_ref()].concat()
+    [change_prefix(doc).as_slice(), hash.as_ref()].concat()
+}
+
+/// Adds a change to `batch`.
+pub fn stage_change(batch: &mut sled::Batch, doc: &str, hash: &ChangeHash, bytes: &[u8]) {
+    batch.insert(change_key(doc, hash), bytes);
+}
+
+/// Adds to `batch` the removal of a change (the undo of a failed write).
+pub fn stage_forget(batch: &mut sled::Batch, doc: &str, hash: &ChangeHash) {
+    batch.remove(change_key(doc, hash));
+}
+
+/// Adds to `batch` a document's new snapshot and the removal of the changes it now holds.
+pub fn stage_snapshot(
+    batch: &mut sled::Batch,
+    doc: &str,
+    snapshot: &[u8],
+    folded: impl IntoIterator<Item = ChangeHash>,
+) {
+    batch.insert(snapshot_key(doc), snapshot);
+    for hash in folded {
+        batch.remove(change_key(doc, &hash));
+    }
 }

@@ -28,32 +28,32 @@ impl SyncStore for Replica {
         Replica::heads(self, doc)
     }
 
-    fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool {
+    fn has_change(&mut self, doc: &DocId, hash: &ChangeHash) -> bool {
         self.document(doc)
             .is_some_and(|d| d.get_change_meta_by_hash(hash).is_some())
     }
 
-    fn hashes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    fn hashes_since(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
         self.document(doc)
             .map(|d| d.get_changes_meta(heads).iter().map(|m| m.hash).collect())
             .unwrap_or_default()
     }
 
-    fn changes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change> {
+    fn changes_since(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change> {
         self.document(doc)
             .map(|d| d.get_changes(heads))
             .unwrap_or_default()
     }
 
-    fn change(&self, doc: &DocId, hash: &ChangeHash) -> Option<Change> {
+    fn change(&mut self, doc: &DocId, hash: &ChangeHash) -> Option<Change> {
         self.document(doc)?.get_change_by_hash(hash)
     }
 
-    fn snapshot(&self, doc: &DocId) -> Option<Vec<u8>> {
-        self.export(doc)
+    fn snapshot(&mut self, doc: &DocId) -> Option<Vec<u8>> {
+        self.document(doc).map(automerge::Automerge::save)
     }
 
-    fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    fn missing_deps(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
         match self.document(doc) {
             Some(d) => d.get_missing_deps(heads),
             None => heads.to_vec(),

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Home};
 use crate::model::{DocId, Scope};
-use crate::replica::{Changed, Replica, SharedReplica};
+use crate::replica::{Changed, Replica, ReplicaError, SharedReplica};
 pub use embed::EmbeddingConfig;
 use index::{DocUpdate, Index, Item, ItemKey, RowFilter};
 use query::Terms;
@@ -65,6 +65,8 @@ pub enum SearchError {
     Config(String),
     #[error("{0}")]
     Refused(String),
+    #[error("cannot read the store: {0}")]
+    Store(#[from] ReplicaError),
 }
 
 impl SearchError {
@@ -294,7 +296,7 @@ impl Searcher {
                 None => Ok((full_text, 0)),
             }
         })?;
-        let hits = replica.with(|replica| hits(replica, ranked, terms.as_slice()));
+        let hits = replica.with(|replica| hits(replica, ranked, terms.as_slice()))?;
         Ok(SearchResults {
             mode,
             hits,
@@ -319,9 +321,9 @@ impl Searcher {
             }
             let items: Vec<Item> = replica.with(|replica| {
                 keys.iter()
-                    .filter_map(|key| read_item(replica, key.clone()))
-                    .collect()
-            });
+                    .filter_map(|key| read_item(replica, key.clone()).transpose())
+                    .collect::<Result<_, _>>()
+            })?;
             let texts: Vec<String> = items.iter().map(embedding_text).collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let vectors = embedding.embed(&refs)?;
@@ -397,7 +399,7 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
     }
     for doc in moved {
         let since = index.indexed_heads(&doc.name()).to_vec();
-        let update = replica.with(|replica| document_update(replica, &doc, &since));
+        let update = replica.with(|replica| document_update(replica, &doc, &since))?;
         if let Some(update) = update {
             refreshed.documents += 1;
             refreshed.items += update.upserts.len() + update.removals.len();
@@ -410,19 +412,19 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
 /// What one document's rows must become, read under the replica lock; `None` when the index
 /// already reflects it.
 fn document_update(
-    replica: &Replica,
+    replica: &mut Replica,
     doc: &DocId,
     since: &[automerge::ChangeHash],
-) -> Option<DocUpdate> {
+) -> Result<Option<DocUpdate>, ReplicaError> {
     let scope = doc.name();
     let kind = match doc {
         DocId::Memory(_) => ItemKind::Memory,
         DocId::Skills => ItemKind::Skill,
     };
     let (clear, names) = match replica.changed_since(doc, since) {
-        Changed::Nothing => return None,
+        Changed::Nothing => return Ok(None),
         Changed::Names(names) => (false, names.into_iter().collect::<Vec<_>>()),
-        Changed::Everything => (true, all_names(replica, doc)),
+        Changed::Everything => (true, all_names(replica, doc)?),
     };
     let mut update = DocUpdate {
         doc: scope.clone(),
@@ -436,51 +438,55 @@ fn document_update(
             scope: scope.clone(),
             name,
         };
-        match read_item(replica, key.clone()) {
+        match read_item(replica, key.clone())? {
             Some(item) => update.upserts.push(item),
             None if !clear => update.removals.push(key),
             None => {}
         }
     }
-    Some(update)
+    Ok(Some(update))
 }
 
-fn all_names(replica: &Replica, doc: &DocId) -> Vec<String> {
-    match doc {
+fn all_names(replica: &Replica, doc: &DocId) -> Result<Vec<String>, ReplicaError> {
+    Ok(match doc {
         DocId::Memory(scope) => replica
-            .list_memory(Some(scope))
+            .list_memory(Some(scope))?
             .into_iter()
             .map(|entry| entry.key)
             .collect(),
-        DocId::Skills => replica.list_skills().into_iter().map(|s| s.name).collect(),
-    }
+        DocId::Skills => replica.list_skills()?.into_iter().map(|s| s.name).collect(),
+    })
 }
 
 /// The entry's searchable text, `None` when it is absent or deleted.
-fn read_item(replica: &Replica, key: ItemKey) -> Option<Item> {
+fn read_item(replica: &Replica, key: ItemKey) -> Result<Option<Item>, ReplicaError> {
     match key.kind {
         ItemKind::Memory => {
-            let DocId::Memory(scope) = DocId::from_name(&key.scope).ok()? else {
-                return None;
+            let Ok(DocId::Memory(scope)) = DocId::from_name(&key.scope) else {
+                return Ok(None);
             };
-            let entry = replica.get_memory(&scope, &key.name)?;
+            let Some(entry) = replica.get_memory(&scope, &key.name)? else {
+                return Ok(None);
+            };
             let body = match entry.value {
                 serde_json::Value::String(text) => text,
                 other => other.to_string(),
             };
-            Some(Item {
+            Ok(Some(Item {
                 key,
                 description: String::new(),
                 body,
-            })
+            }))
         }
         ItemKind::Skill => {
-            let skill = replica.get_skill(&key.name)?;
-            Some(Item {
+            let Some(skill) = replica.get_skill(&key.name)? else {
+                return Ok(None);
+            };
+            Ok(Some(Item {
                 key,
                 description: skill.description.clone(),
                 body: skill.body().to_string(),
-            })
+            }))
         }
     }
 }
@@ -582,37 +588,38 @@ fn fuse(lists: &[Vec<(ItemKey, f64)>], limit: usize) -> Vec<(ItemKey, f64)> {
 
 /// The hits as shown: the scope as this node names it and a snippet from the current text.
 /// An entry deleted since the ranking is left out.
-fn hits(replica: &Replica, ranked: Vec<(ItemKey, f64)>, terms: &[String]) -> Vec<Hit> {
+fn hits(
+    replica: &Replica,
+    ranked: Vec<(ItemKey, f64)>,
+    terms: &[String],
+) -> Result<Vec<Hit>, ReplicaError> {
     let own = replica.node_id().to_string();
-    ranked
-        .into_iter()
-        .filter_map(|(key, score)| {
-            let item = read_item(replica, key)?;
-            let scope = match item.key.kind {
-                ItemKind::Memory => {
-                    DocId::from_name(&item.key.scope)
-                        .ok()
-                        .and_then(|doc| match doc {
-                            DocId::Memory(scope) => Some(scope.label(&own)),
-                            DocId::Skills => None,
-                        })
-                }
-                ItemKind::Skill => None,
-            };
-            let text = if item.body.is_empty() {
-                &item.description
-            } else {
-                &item.body
-            };
-            Some(Hit {
-                kind: item.key.kind,
-                scope,
-                snippet: snippet::snippet(text, terms),
-                key: item.key.name,
-                score,
-            })
-        })
-        .collect()
+    let mut hits = Vec::new();
+    for (key, score) in ranked {
+        let Some(item) = read_item(replica, key)? else {
+            continue;
+        };
+        let scope = match item.key.kind {
+            ItemKind::Memory => match DocId::from_name(&item.key.scope) {
+                Ok(DocId::Memory(scope)) => Some(scope.label(&own)),
+                _ => None,
+            },
+            ItemKind::Skill => None,
+        };
+        let text = if item.body.is_empty() {
+            &item.description
+        } else {
+            &item.body
+        };
+        hits.push(Hit {
+            kind: item.key.kind,
+            scope,
+            snippet: snippet::snippet(text, terms),
+            key: item.key.name,
+            score,
+        });
+    }
+    Ok(hits)
 }
 
 #[cfg(test)]

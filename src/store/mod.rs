@@ -269,7 +269,7 @@ fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<bool, Replica
         secret::check_text("skill path", path).map_err(|e| ReplicaError::Invalid(e.into()))?;
     }
     if let Some(held) = batch
-        .current_skill(&skill.name)
+        .current_skill(&skill.name)?
         .filter(|held| !held.deleted)
     {
         skill.description = held.description;
@@ -359,8 +359,9 @@ pub fn export(replica: &Replica, path: &Path, prune: bool) -> Result<ExportRepor
     let mut conn = Connection::open(path).map_err(sqlite)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    let (memory, skills) = (replica.list_memory(None)?, replica.list_skills()?);
     let tx = conn.transaction().map_err(sqlite)?;
-    let report = write_rows(&tx, replica, prune).map_err(sqlite)?;
+    let report = write_rows(&tx, &memory, &skills, prune).map_err(sqlite)?;
     tx.commit().map_err(sqlite)?;
     Ok(report)
 }
@@ -382,12 +383,17 @@ WHERE (excluded.updated_at, excluded.source_node) >= (mesh_skills.updated_at, me
   AND (excluded.source_node, excluded.content, excluded.path, excluded.updated_at)
       IS NOT (mesh_skills.source_node, mesh_skills.content, mesh_skills.path, mesh_skills.updated_at)";
 
-fn write_rows(conn: &Connection, replica: &Replica, prune: bool) -> rusqlite::Result<ExportReport> {
+fn write_rows(
+    conn: &Connection,
+    memory: &[MemoryEntry],
+    skills: &[Skill],
+    prune: bool,
+) -> rusqlite::Result<ExportReport> {
     let mut report = ExportReport::default();
     let mut memory_keys = HashSet::new();
     let mut upsert = conn.prepare(UPSERT_MEMORY)?;
-    for entry in replica.list_memory(None) {
-        let row = MemoryRow::new(&entry, sqlite_scope(&entry.scope));
+    for entry in memory {
+        let row = MemoryRow::new(entry, sqlite_scope(&entry.scope));
         let value = encode_value(&row.value);
         let updated_at = row.updated_at as i64;
         report.memory +=
@@ -396,8 +402,8 @@ fn write_rows(conn: &Connection, replica: &Replica, prune: bool) -> rusqlite::Re
     }
     let mut names = HashSet::new();
     let mut upsert = conn.prepare(UPSERT_SKILL)?;
-    for skill in replica.list_skills() {
-        let row = SkillRow::from(&skill);
+    for skill in skills {
+        let row = SkillRow::from(skill);
         let updated_at = row.updated_at as i64;
         report.skills += upsert.execute(params![
             row.name,

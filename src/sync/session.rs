@@ -236,7 +236,7 @@ fn to_hashes(wire: &[Hash]) -> Vec<ChangeHash> {
     hashes
 }
 
-fn has_all(store: &impl SyncStore, doc: &DocId, hashes: &[ChangeHash]) -> bool {
+fn has_all(store: &mut impl SyncStore, doc: &DocId, hashes: &[ChangeHash]) -> bool {
     hashes.iter().all(|h| store.has_change(doc, h))
 }
 
@@ -294,7 +294,7 @@ impl Session {
     /// refusals are taken either way, so an error never leaks them into a later outcome.
     fn conclude(
         &mut self,
-        store: &impl SyncStore,
+        store: &mut impl SyncStore,
         messages: Result<Vec<Message>, SyncError>,
     ) -> Result<Outcome, SyncError> {
         let applied = std::mem::take(&mut self.applied);
@@ -410,7 +410,7 @@ impl Session {
 
     /// True when the round is complete: nothing is owed to the peer and nothing is awaited
     /// from it.
-    fn is_done(&self, store: &impl SyncStore) -> bool {
+    fn is_done(&self, store: &mut impl SyncStore) -> bool {
         match self.phase {
             Phase::InSync => true,
             Phase::Idle | Phase::Opening { .. } => false,
@@ -469,7 +469,7 @@ impl Session {
     /// peer may write it, a filter of what we made since, so the peer can answer at once.
     fn opening_part(
         &mut self,
-        store: &impl SyncStore,
+        store: &mut impl SyncStore,
         doc: &DocId,
         heads: &[ChangeHash],
         since: Option<&[ChangeHash]>,
@@ -762,7 +762,7 @@ impl Session {
 
     fn answer_ranges(
         &mut self,
-        store: &impl SyncStore,
+        store: &mut impl SyncStore,
         doc: &DocId,
         ranges: &[super::message::Range],
         out: &mut Outbox,
@@ -825,7 +825,7 @@ impl Session {
     /// Returns whether this sent anything.
     fn push_difference(
         &mut self,
-        store: &impl SyncStore,
+        store: &mut impl SyncStore,
         doc: &DocId,
         theirs: &[ChangeHash],
         ours: &[ChangeHash],
@@ -932,7 +932,7 @@ impl Session {
         Ok(())
     }
 
-    fn doc_done(&self, store: &impl SyncStore, doc: &DocId, state: &DocState) -> bool {
+    fn doc_done(&self, store: &mut impl SyncStore, doc: &DocId, state: &DocState) -> bool {
         if state.refused {
             return true;
         }

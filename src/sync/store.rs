@@ -19,20 +19,20 @@ pub trait SyncStore {
     /// The document's heads, sorted; empty when the document is absent.
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;
     /// Whether the change `hash` of `doc` is held here.
-    fn has_change(&self, doc: &DocId, hash: &ChangeHash) -> bool;
+    fn has_change(&mut self, doc: &DocId, hash: &ChangeHash) -> bool;
     /// Hashes of the changes that are not ancestors of `heads` (all of them for `[]`).
     /// `heads` must all be present.
-    fn hashes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash>;
+    fn hashes_since(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash>;
     /// The changes that are not ancestors of `heads`, in dependency order. `heads` must all
     /// be present.
-    fn changes_since(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change>;
+    fn changes_since(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change>;
     /// The change `hash` of `doc`, if held here.
-    fn change(&self, doc: &DocId, hash: &ChangeHash) -> Option<Change>;
+    fn change(&mut self, doc: &DocId, hash: &ChangeHash) -> Option<Change>;
     /// The document in Automerge's compact format.
-    fn snapshot(&self, doc: &DocId) -> Option<Vec<u8>>;
+    fn snapshot(&mut self, doc: &DocId) -> Option<Vec<u8>>;
     /// Hashes among `heads` and the dependencies of changes waiting for their own
     /// dependencies that are not here.
-    fn missing_deps(&self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash>;
+    fn missing_deps(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash>;
     /// Whether this node takes these changes from a peer; `Err` holds the reason it refuses
     /// them (the whole bundle is refused and the peer is told why).
     fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String>;
