@@ -1,0 +1,229 @@
+//! Scale: a store of a million memory entries, read by the real binary, against the same
+//! commands on a store of one entry measured in the same run.
+//!
+//! - `MESHD_BENCH_SCALE_ENTRIES` (default 1000000) entries of about 100 bytes in the `mesh`
+//!   scope, written through `Replica::batch` in batches of 20000.
+//! - One-shot `meshd mem get` without a daemon (the CLI opens the store itself), median of 5.
+//!   Target: at most 50 ms.
+//! - `meshd run` until its control socket answers. Target: within 1 s.
+//! - The daemon's resident memory once started and idle, and its peak (VmHWM) until then.
+//!   Target: at most 256 MB.
+//! - `status` and `mem get` through the daemon, median of 5.
+//!
+//! Prints a Markdown table; asserts what was read, never a time.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meshd::control::{MemGet, Status};
+use meshd::model::Scope;
+use meshd::replica::Replica;
+use serde_json::json;
+use support::{ask, TestNode};
+
+const BATCH: usize = 20_000;
+
+fn key(i: usize) -> String {
+    format!("fact-{i:08}")
+}
+
+fn value(i: usize) -> serde_json::Value {
+    json!(format!(
+        "the user prefers option {} for project {} on weekdays",
+        i % 97,
+        i % 1013
+    ))
+}
+
+/// A home whose store holds `entries` entries; returns it with the seconds the writes took.
+fn node_with(entries: usize) -> (TestNode, f64) {
+    let (node, _) = TestNode::init_listening("scale");
+    let started = Instant::now();
+    let mut replica = Replica::open(&node.file("store"), "scalebench").expect("store opens");
+    for start in (0..entries).step_by(BATCH) {
+        replica
+            .batch(|batch| {
+                for i in start..(start + BATCH).min(entries) {
+                    batch.put_memory(&Scope::Mesh, &key(i), value(i))?;
+                }
+                Ok(())
+            })
+            .expect("bench writes are accepted");
+        if start % 200_000 == 0 && start > 0 {
+            eprintln!("  {start} entries written");
+        }
+    }
+    replica.flush().expect("store flushes");
+    drop(replica);
+    (node, started.elapsed().as_secs_f64())
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn one_shot_get_ms(node: &TestNode, key: &str) -> f64 {
+    median(
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let out = node.run(&["mem", "get", "mesh", key]).ok();
+                assert!(out.contains("option"), "{out}");
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    )
+}
+
+fn kib_of(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+struct Figures {
+    entries: usize,
+    write_s: f64,
+    store_mb: f64,
+    get_ms: f64,
+    listening_ms: f64,
+    rss_mb: f64,
+    peak_mb: f64,
+    status_ms: f64,
+    daemon_get_ms: f64,
+}
+
+fn measure(entries: usize) -> Figures {
+    eprintln!("writing {entries} entries");
+    let (node, write_s) = node_with(entries);
+    let store_mb = dir_bytes(&node.file("store")) as f64 / 1e6;
+    let probe = key(entries / 2);
+    let get_ms = one_shot_get_ms(&node, &probe);
+
+    let started = Instant::now();
+    let daemon = node.start();
+    let listening_ms = started.elapsed().as_secs_f64() * 1000.0;
+    std::thread::sleep(Duration::from_secs(3));
+    let socket = node.file("control.sock");
+    let timed = |f: &dyn Fn()| {
+        median(
+            (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    f();
+                    started.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect(),
+        )
+    };
+    let status_ms = timed(&|| {
+        let status = ask(&socket, Status {}).expect("status answers");
+        assert_eq!(status.memory_entries, entries);
+    });
+    let daemon_get_ms = timed(&|| {
+        let got = ask(
+            &socket,
+            MemGet {
+                scope: "mesh".into(),
+                key: probe.clone(),
+            },
+        )
+        .expect("the entry is there");
+        assert!(got.winner.value.to_string().contains("option"));
+    });
+    let rss_mb = kib_of(daemon.pid(), "VmRSS:") as f64 / 1024.0;
+    let peak_mb = kib_of(daemon.pid(), "VmHWM:") as f64 / 1024.0;
+    daemon.stop();
+    Figures {
+        entries,
+        write_s,
+        store_mb,
+        get_ms,
+        listening_ms,
+        rss_mb,
+        peak_mb,
+        status_ms,
+        daemon_get_ms,
+    }
+}
+
+fn main() {
+    let entries = std::env::var("MESHD_BENCH_SCALE_ENTRIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let baseline = measure(1);
+    let large = measure(entries);
+    println!(
+        "| figure | {} entries | 1 entry | ratio | target |",
+        large.entries
+    );
+    println!("|---|---|---|---|---|");
+    let row = |name: &str, large: f64, small: f64, target: &str| {
+        println!(
+            "| {name} | {large:.1} | {small:.1} | {:.2}× | {target} |",
+            large / small.max(1e-9)
+        );
+    };
+    row("writing the store (s)", large.write_s, baseline.write_s, "");
+    row("store on disk (MB)", large.store_mb, baseline.store_mb, "");
+    row(
+        "one-shot `mem get` (ms)",
+        large.get_ms,
+        baseline.get_ms,
+        "≤ 50 ms",
+    );
+    row(
+        "`meshd run` until it answers (ms)",
+        large.listening_ms,
+        baseline.listening_ms,
+        "≤ 1000 ms",
+    );
+    row(
+        "daemon resident after start (MB)",
+        large.rss_mb,
+        baseline.rss_mb,
+        "≤ 256 MB",
+    );
+    row(
+        "daemon peak resident (MB)",
+        large.peak_mb,
+        baseline.peak_mb,
+        "≤ 256 MB",
+    );
+    row(
+        "`status` through the daemon (ms)",
+        large.status_ms,
+        baseline.status_ms,
+        "",
+    );
+    row(
+        "`mem get` through the daemon (ms)",
+        large.daemon_get_ms,
+        baseline.daemon_get_ms,
+        "",
+    );
+}
