@@ -3,7 +3,6 @@
 //! up to date shortly after changes, once for a burst of changes, each in proportion to what
 //! changed (`follow`); whoever writes to the replica calls `changed`.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use crate::cache::{CacheFiles, Change, Pace};
 use crate::config::Config;
 use crate::replica::SharedReplica;
 use crate::search::Searcher;
-use crate::store;
+use crate::store::Mirror;
 
 /// Runs a change read back from a cache file as a write to the mesh, with the write's
 /// effects; `Err` says why it was refused.
@@ -26,7 +25,7 @@ pub type Importer = Arc<dyn Fn(&Change) -> Result<(), String> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Views {
     pub cache: Option<Arc<CacheFiles>>,
-    pub mirror: Option<PathBuf>,
+    pub mirror: Option<Arc<Mirror>>,
     /// The search index, brought up to date after the files.
     pub search: Option<Arc<Searcher>>,
     /// Set by the daemon: what others change in the caches is read back before each write.
@@ -38,7 +37,11 @@ impl Views {
     pub fn from_config(config: &Config, cache: Arc<CacheFiles>) -> Views {
         Views {
             cache: config.cache.enabled.then_some(cache),
-            mirror: config.store.mirror.clone(),
+            mirror: config
+                .store
+                .mirror
+                .clone()
+                .map(|path| Arc::new(Mirror::new(path))),
             search: None,
             import: None,
         }
@@ -70,7 +73,7 @@ impl Views {
             }
         }
         if let Some(mirror) = &self.mirror {
-            match replica.with(|replica| store::export(replica, mirror, true)) {
+            match mirror.write(replica) {
                 Ok(report) => tracing::debug!(?report, "store mirror written"),
                 Err(error) => tracing::warn!(%error, "store mirror not written"),
             }
