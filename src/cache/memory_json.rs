@@ -2,7 +2,7 @@
 //! to memory rewrites it whole. It is streamed into its temporary file (never built as one
 //! string), read from the replica one group of scopes at a time (never the whole store
 //! copied under the lock), and, under a stream of writes, rewritten at most once per
-//! interval that grows with its size (`JsonPace`).
+//! interval that grows with its size and with what its last write cost (`JsonPace`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,11 +13,14 @@ use super::{CacheError, CachePaths};
 use crate::model::MemoryEntry;
 use crate::replica::SharedReplica;
 
-/// The file is rewritten at most once per its size divided by this: 16 MiB/s, so a file of
-/// 1 MiB (about 4000 entries) may be rewritten every 62 ms, one of 268 MB (a million
-/// entries) every 16 s. Writing it costs about a second per 100 MB here, so a stream of
-/// writes spends at most a few percent of the time on it.
+/// After a write, the file waits at least its size divided by this (16 MiB/s: 62 ms for
+/// 1 MiB, about 4000 entries; 16 s for the 268 MB of a million entries) ...
 pub const BYTES_PER_SECOND: u64 = 16 << 20;
+
+/// ... and at least this many times what that write took, so a stream of writes spends at
+/// most a tenth of the writer's time on it (the write costs about 35 ms per MB on the
+/// benchmark's VM: 0.7 s for the 19 MB of 100k entries, which then wait 6 s).
+pub const COST_FACTOR: u32 = 9;
 
 /// Whether a write of the caches may put off `mesh-memory.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +56,12 @@ impl JsonPace {
         self.stale
     }
 
-    /// The file was written at `now`, `len` bytes long.
-    pub fn written(&mut self, len: u64, now: Instant) {
+    /// The file was written, `len` bytes long, from `started` until `now`.
+    pub fn written(&mut self, len: u64, started: Instant, now: Instant) {
         self.stale = false;
-        let interval = Duration::from_secs_f64(len as f64 / BYTES_PER_SECOND as f64);
-        self.not_before = Some(now + interval);
+        let by_size = Duration::from_secs_f64(len as f64 / BYTES_PER_SECOND as f64);
+        let by_cost = now.saturating_duration_since(started) * COST_FACTOR;
+        self.not_before = Some(now + by_size.max(by_cost));
     }
 }
 
@@ -119,7 +123,7 @@ mod tests {
         let start = Instant::now();
         let mut pace = JsonPace::default();
         assert_eq!(pace.wait(Pace::Paced, start), None, "nothing written yet");
-        pace.written(BYTES_PER_SECOND * 2, start);
+        pace.written(BYTES_PER_SECOND * 2, start, start);
         assert_eq!(pace.wait(Pace::Paced, start), None, "nothing changed since");
         pace.mark_stale();
         assert_eq!(
@@ -128,5 +132,12 @@ mod tests {
         );
         assert_eq!(pace.wait(Pace::Now, start), None);
         assert_eq!(pace.wait(Pace::Paced, start + Duration::from_secs(2)), None);
+        pace.written(0, start, start + Duration::from_secs(1));
+        pace.mark_stale();
+        assert_eq!(
+            pace.wait(Pace::Paced, start + Duration::from_secs(1)),
+            Some(Duration::from_secs(9)),
+            "a write that took a second waits nine"
+        );
     }
 }

@@ -109,12 +109,10 @@ fn write_all(
         followed.pages.insert(file.clone(), scope);
         pages.insert(file, text);
     }
-    let len = memory_json::write(
-        paths,
-        &mut placer,
-        std::iter::once(render::labelled(memory, &own)),
-    )?;
-    followed.json.written(len, Instant::now());
+    let started = Instant::now();
+    let groups = std::iter::once(render::labelled(memory, &own));
+    let len = memory_json::write(paths, &mut placer, groups)?;
+    followed.json.written(len, started, Instant::now());
     let reference: BTreeMap<String, String> = skills
         .iter()
         .map(|(safe, skill)| (render::reference_skill_file(safe), skill.body().to_string()))
@@ -201,11 +199,11 @@ impl Writer<'_> {
         ) {
             followed.json.mark_stale();
         }
-        let now = Instant::now();
-        let json_due = followed.json.wait(pace, now);
+        let started = Instant::now();
+        let json_due = followed.json.wait(pace, started);
         if followed.json.is_stale() && json_due.is_none() {
             let len = memory_json::write_from(self.paths, &mut placer, self.replica, self.own)?;
-            followed.json.written(len, now);
+            followed.json.written(len, started, Instant::now());
             touched.insert(self.paths.memory_json());
         }
         let Placer {
