@@ -3,6 +3,7 @@
 //! meshd wrote becomes a change for the mesh. Files meshd wrote (by content, per the
 //! manifest) are never read back. A removed entry or file asks nothing of the mesh.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,9 @@ use serde_json::Value;
 use super::files::{read_cache_file, Found, Layout};
 use super::manifest::Manifest;
 use super::render::{self, MEMORY_JSON};
-use super::{CachePaths, Snapshot};
+use super::CachePaths;
 use crate::model::{MemoryEntry, Scope, Skill};
+use crate::replica::{ReplicaError, SharedReplica};
 
 /// A write for the mesh, made from a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,20 +64,33 @@ impl Edit {
     }
 }
 
-/// Every cache file that is not what meshd wrote, with what it asks of the mesh.
-pub fn scan(paths: &CachePaths, manifest: &Manifest, snapshot: &Snapshot) -> Vec<Edit> {
-    let skills = render::unique_skills(snapshot.skills.clone());
+/// Every cache file that is not what meshd wrote, with what it asks of the mesh. The replica
+/// is read only when some file is not meshd's, and only for what that file needs.
+pub fn scan(
+    paths: &CachePaths,
+    manifest: &Manifest,
+    replica: &SharedReplica,
+) -> Result<Vec<Edit>, ReplicaError> {
+    let read = OnceCell::new();
+    let skills = || -> Result<&BTreeMap<String, Skill>, ReplicaError> {
+        if read.get().is_none() {
+            let held = replica.with(|r| r.list_skills())?;
+            let _ = read.set(render::unique_skills(held));
+        }
+        Ok(read.get().expect("set just above"))
+    };
     let mut edits = Vec::new();
     let home = &paths.openclaw_home;
     if let Some(bytes) = foreign(manifest, home, MEMORY_JSON) {
-        edits.push(memory_json(home, bytes, manifest, snapshot));
+        let (own, memory) = replica.with(|r| (r.node_id().to_string(), r.list_memory(None)));
+        edits.push(memory_json(home, bytes, manifest, &own, &memory?));
     }
     let reference = paths.reference_skills_dir();
     for entry in entries(&reference, Layout::Files) {
         let Some(bytes) = foreign(manifest, &reference, &entry) else {
             continue;
         };
-        let current = skills
+        let current = skills()?
             .iter()
             .find(|(safe, _)| render::reference_skill_file(safe) == entry)
             .map(|(_, skill)| skill);
@@ -90,7 +105,7 @@ pub fn scan(paths: &CachePaths, manifest: &Manifest, snapshot: &Snapshot) -> Vec
         let Some(bytes) = foreign(manifest, native, &rel) else {
             continue;
         };
-        let current = skills.get(&folder);
+        let current = skills()?.get(&folder);
         let changes = text(&bytes).and_then(|text| {
             let parsed = parse_skill_md(text)?;
             let name = match (current, parsed.name) {
@@ -109,7 +124,7 @@ pub fn scan(paths: &CachePaths, manifest: &Manifest, snapshot: &Snapshot) -> Vec
         });
         edits.push(edit(native, rel, bytes, changes));
     }
-    edits
+    Ok(edits)
 }
 
 fn edit(dir: &Path, rel: String, bytes: Vec<u8>, change: Result<Option<Change>, String>) -> Edit {
@@ -188,7 +203,13 @@ fn skill_change(
     })
 }
 
-fn memory_json(home: &Path, bytes: Vec<u8>, manifest: &Manifest, snapshot: &Snapshot) -> Edit {
+fn memory_json(
+    home: &Path,
+    bytes: Vec<u8>,
+    manifest: &Manifest,
+    own: &str,
+    memory: &[MemoryEntry],
+) -> Edit {
     let mut edit = edit(home, MEMORY_JSON.to_string(), bytes, Ok(None));
     let object = match serde_json::from_slice::<serde_json::Map<String, Value>>(&edit.bytes) {
         Ok(object) => object,
@@ -200,7 +221,7 @@ fn memory_json(home: &Path, bytes: Vec<u8>, manifest: &Manifest, snapshot: &Snap
             return edit;
         }
     };
-    let known = labelled(&snapshot.memory, &snapshot.own);
+    let known = labelled(memory, own);
     for (label, cached) in object {
         let Some(value) = cached.get("value").cloned() else {
             edit.problems.push(format!("{label} has no \"value\""));
@@ -216,7 +237,7 @@ fn memory_json(home: &Path, bytes: Vec<u8>, manifest: &Manifest, snapshot: &Snap
                 key: entry.key.clone(),
                 value: value.clone(),
             }),
-            None => match new_entry(&label, &snapshot.own) {
+            None => match new_entry(&label, own) {
                 Some((scope, key)) => edit.changes.push(Change::Memory {
                     scope,
                     key,

@@ -26,7 +26,7 @@ pub struct Collision {
     pub mesh_copy: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// Per cache directory (absolute path as configured): each file meshd wrote there, by its
     /// path relative to that directory, with the BLAKE3 of the bytes written.
@@ -39,7 +39,20 @@ pub struct Manifest {
     /// The collisions of the last write, so each is reported once, not on every rewrite.
     #[serde(default)]
     collisions: Vec<Collision>,
+    /// Whether it changed since it was loaded or saved: an update that changed no file
+    /// does not rewrite it.
+    #[serde(skip)]
+    unsaved: bool,
 }
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Manifest) -> bool {
+        (&self.files, &self.memory_entries, &self.collisions)
+            == (&other.files, &other.memory_entries, &other.collisions)
+    }
+}
+
+impl Eq for Manifest {}
 
 /// The list an older meshd kept in each cache directory: one entry it wrote per line.
 const LEGACY_LIST: &str = ".meshd-manifest";
@@ -123,7 +136,7 @@ impl Manifest {
 
     /// Replaces the manifest at `path` atomically (temporary file, fsync, rename, fsync of
     /// the directory).
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    pub fn save(&mut self, path: &Path) -> io::Result<()> {
         let temporary = path.with_extension("manifest.tmp");
         let mut file = File::create(&temporary)?;
         file.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
@@ -133,27 +146,52 @@ impl Manifest {
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
+        self.unsaved = false;
         Ok(())
+    }
+
+    /// Saves it at `path` when it changed since it was loaded or saved.
+    pub fn save_if_changed(&mut self, path: &Path) -> io::Result<()> {
+        match self.unsaved {
+            true => self.save(path),
+            false => Ok(()),
+        }
     }
 
     /// Whether meshd wrote exactly `bytes` at `rel` in `dir`.
     pub fn wrote(&self, dir: &Path, rel: &str, bytes: &[u8]) -> bool {
+        self.wrote_hash(dir, rel, &hash(bytes))
+    }
+
+    /// Whether meshd wrote the bytes hashing to `hash` (BLAKE3 in hex) at `rel` in `dir`.
+    pub fn wrote_hash(&self, dir: &Path, rel: &str, hash: &str) -> bool {
         self.files
             .get(&key(dir))
             .and_then(|files| files.get(rel))
-            .is_some_and(|recorded| *recorded == hash(bytes))
+            .is_some_and(|recorded| recorded == hash)
+    }
+
+    pub fn is_recorded(&self, dir: &Path, rel: &str) -> bool {
+        self.files
+            .get(&key(dir))
+            .is_some_and(|files| files.contains_key(rel))
     }
 
     pub fn record(&mut self, dir: &Path, rel: &str, bytes: &[u8]) {
-        self.files
-            .entry(key(dir))
-            .or_default()
-            .insert(rel.to_string(), hash(bytes));
+        self.record_hash(dir, rel, hash(bytes));
+    }
+
+    pub fn record_hash(&mut self, dir: &Path, rel: &str, hash: String) {
+        let files = self.files.entry(key(dir)).or_default();
+        if files.get(rel) != Some(&hash) {
+            files.insert(rel.to_string(), hash);
+            self.unsaved = true;
+        }
     }
 
     pub fn forget(&mut self, dir: &Path, rel: &str) {
         if let Some(files) = self.files.get_mut(&key(dir)) {
-            files.remove(rel);
+            self.unsaved |= files.remove(rel).is_some();
         }
     }
 
@@ -171,44 +209,67 @@ impl Manifest {
         self.memory_entries
             .get(&key(dir))
             .and_then(|entries| entries.get(label))
-            .is_some_and(|recorded| *recorded == hash(value.to_string().as_bytes()))
+            .is_some_and(|recorded| *recorded == entry_hash(value))
     }
 
     pub fn record_entry(&mut self, dir: &Path, label: &str, value: &serde_json::Value) {
         self.memory_entries
             .entry(key(dir))
             .or_default()
-            .insert(label.to_string(), hash(value.to_string().as_bytes()));
+            .insert(label.to_string(), entry_hash(value));
+        self.unsaved = true;
     }
 
-    /// Replaces every recorded entry of the `mesh-memory.json` in `dir`.
-    pub fn set_entries<'a>(
-        &mut self,
-        dir: &Path,
-        entries: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
-    ) {
-        let recorded = entries
-            .into_iter()
-            .map(|(label, value)| (label.clone(), hash(value.to_string().as_bytes())))
-            .collect();
-        self.memory_entries.insert(key(dir), recorded);
+    /// Replaces every recorded entry of the `mesh-memory.json` in `dir` by `entries`, each
+    /// label with its `entry_hash`.
+    pub fn set_entries(&mut self, dir: &Path, entries: BTreeMap<String, String>) {
+        if self.memory_entries.get(&key(dir)) != Some(&entries) {
+            self.memory_entries.insert(key(dir), entries);
+            self.unsaved = true;
+        }
     }
 
     pub fn collisions(&self) -> &[Collision] {
         &self.collisions
     }
 
+    /// Replaces the collisions of the files in `files` (their own names) by `collisions`,
+    /// the others staying; returns the ones not reported before.
+    pub fn update_collisions(
+        &mut self,
+        files: &std::collections::BTreeSet<PathBuf>,
+        collisions: Vec<Collision>,
+    ) -> Vec<Collision> {
+        let kept = self
+            .collisions
+            .iter()
+            .filter(|c| !files.contains(&c.file))
+            .cloned();
+        let all = kept.chain(collisions).collect();
+        self.set_collisions(all)
+    }
+
     /// Replaces the collisions; returns the ones not reported before.
     pub fn set_collisions(&mut self, mut collisions: Vec<Collision>) -> Vec<Collision> {
         collisions.sort();
+        collisions.dedup();
         let new = collisions
             .iter()
             .filter(|c| !self.collisions.contains(c))
             .cloned()
             .collect();
-        self.collisions = collisions;
+        if self.collisions != collisions {
+            self.collisions = collisions;
+            self.unsaved = true;
+        }
         new
     }
+}
+
+/// What the manifest keeps of a `mesh-memory.json` entry's value: the BLAKE3 of its compact
+/// JSON.
+pub fn entry_hash(value: &serde_json::Value) -> String {
+    hash(value.to_string().as_bytes())
 }
 
 fn key(dir: &Path) -> String {

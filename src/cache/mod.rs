@@ -1,30 +1,36 @@
 //! The files other programs read: the Phase 1 reference cache (`mesh-memory.json`,
 //! `mesh/skills/<name>.md`) and what an OpenClaw agent loads itself (`<name>/SKILL.md`
-//! folders and one Markdown file of memory per scope). Written whole from the replica, each
-//! file by atomic rename and only when its content changed, and only where the path is free
-//! or holds exactly what meshd wrote (`manifest`). Both ways: what others change in them
-//! is read back as writes to the mesh (`inbound`), except the memory pages.
+//! folders and one Markdown file of memory per scope). Written from the replica in
+//! proportion to what changed (`update`; `mesh-memory.json` is one file for all memory:
+//! `memory_json`), each file by atomic rename and only when its content changed, and only
+//! where the path is free or holds exactly what meshd wrote (`manifest`). Both ways: what
+//! others change in them is read back as writes to the mesh (`inbound`), except the memory
+//! pages.
 
 mod files;
 mod inbound;
 mod manifest;
+mod memory_json;
 mod render;
+mod update;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MemoryEntry, Scope, Skill};
+use crate::model::{MemoryEntry, Skill};
 use crate::replica::{Replica, ReplicaError, SharedReplica};
-use files::{Layout, Placer};
 pub use inbound::Change;
 use inbound::Edit;
 pub use manifest::Collision;
 use manifest::Manifest;
+pub use memory_json::{Pace, BYTES_PER_SECOND as MEMORY_JSON_BYTES_PER_SECOND};
 pub use render::safe_name;
 use render::MEMORY_JSON;
+use update::Followed;
+pub use update::Synced;
 
 /// Where the caches go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,16 +82,16 @@ pub struct CacheReport {
     pub removed: usize,
 }
 
-/// What the caches are made of, copied out of the replica so that rendering and disk writes
-/// happen without holding it.
-pub struct Snapshot {
+/// Everything the caches are made of, copied out of the replica so that rendering and disk
+/// writes happen without holding it: for the first write of a process only.
+struct Snapshot {
     own: String,
     memory: Vec<MemoryEntry>,
     skills: Vec<Skill>,
 }
 
 impl Snapshot {
-    pub fn of(replica: &Replica) -> Result<Snapshot, ReplicaError> {
+    fn of(replica: &Replica) -> Result<Snapshot, ReplicaError> {
         Ok(Snapshot {
             own: replica.node_id().to_string(),
             memory: replica.list_memory(None)?,
@@ -109,6 +115,8 @@ struct State {
     manifest: Option<Manifest>,
     /// Files whose changes the mesh refused, with why; while the daemon runs.
     refused: BTreeMap<PathBuf, String>,
+    /// What the files reflect, once this process has written them.
+    followed: Option<Followed>,
 }
 
 /// Runs one change read back from a file as a write to the mesh; `Err` says why it was
@@ -145,39 +153,44 @@ impl CacheFiles {
     }
 
     /// Takes what others changed in the cache files into the mesh through `import` (when
-    /// given: the daemon), then rewrites every cache from the replica where the path is
-    /// meshd's or free.
+    /// given: the daemon), then brings every cache up to date with the replica where the
+    /// path is meshd's or free.
     pub fn sync(
         &self,
         replica: &SharedReplica,
         import: Option<Import<'_>>,
     ) -> Result<CacheReport, CacheError> {
-        self.with_state(|manifest, refused| self.sync_locked(replica, import, manifest, refused))
+        self.sync_paced(replica, import, Pace::Now)
+            .map(|synced| synced.report)
     }
 
-    fn sync_locked(
+    /// `sync`, rewriting only what changed since this process last wrote the caches (the
+    /// first time: everything); with `Pace::Paced`, `mesh-memory.json` waits for its
+    /// interval (`Synced::json_due` says how long).
+    pub fn sync_paced(
         &self,
         replica: &SharedReplica,
         import: Option<Import<'_>>,
-        manifest: &mut Manifest,
-        refused: &mut BTreeMap<PathBuf, String>,
-    ) -> Result<CacheReport, CacheError> {
-        if let Some(import) = import {
-            let snapshot = replica.with(|replica| Snapshot::of(replica))?;
-            for edit in inbound::scan(&self.paths, manifest, &snapshot) {
-                read_back(edit, manifest, refused, import);
+        pace: Pace,
+    ) -> Result<Synced, CacheError> {
+        self.with_state(|manifest, refused, followed| {
+            let mut reread = BTreeSet::new();
+            if let Some(import) = import {
+                for edit in inbound::scan(&self.paths, manifest, replica)? {
+                    reread.insert(edit.file());
+                    read_back(edit, manifest, refused, import);
+                }
             }
-        }
-        let snapshot = replica.with(|replica| Snapshot::of(replica))?;
-        let report = write_snapshot(snapshot, &self.paths, manifest)?;
-        manifest
-            .save(&self.manifest_path)
-            .map_err(|source| CacheError::io(&self.manifest_path, source))?;
-        Ok(report)
+            let synced = update::write(&self.paths, replica, manifest, followed, &reread, pace)?;
+            manifest
+                .save_if_changed(&self.manifest_path)
+                .map_err(|source| CacheError::io(&self.manifest_path, source))?;
+            Ok(synced)
+        })
     }
 
     pub fn status(&self) -> FilesStatus {
-        self.with_state(|manifest, refused| FilesStatus {
+        self.with_state(|manifest, refused, _| FilesStatus {
             collisions: manifest.collisions().to_vec(),
             refused: refused
                 .iter()
@@ -190,19 +203,23 @@ impl CacheFiles {
     }
 
     /// Runs `f` under the cache lock on the manifest (loaded, or adopted from an older
-    /// meshd, on first use) and the refusals.
+    /// meshd, on first use), the refusals and what the files reflect.
     fn with_state<T>(
         &self,
-        f: impl FnOnce(&mut Manifest, &mut BTreeMap<PathBuf, String>) -> T,
+        f: impl FnOnce(&mut Manifest, &mut BTreeMap<PathBuf, String>, &mut Option<Followed>) -> T,
     ) -> T {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let State { manifest, refused } = &mut *state;
+        let State {
+            manifest,
+            refused,
+            followed,
+        } = &mut *state;
         let manifest = manifest
             .get_or_insert_with(|| Manifest::load_or_adopt(&self.manifest_path, &self.paths));
-        f(manifest, refused)
+        f(manifest, refused, followed)
     }
 }
 
@@ -242,88 +259,22 @@ fn read_back(
     }
 }
 
-/// Rewrites every cache from a snapshot where the path is meshd's or free, recording what it
-/// wrote in `manifest` and reporting new collisions.
-fn write_snapshot(
-    snapshot: Snapshot,
-    paths: &CachePaths,
-    manifest: &mut Manifest,
-) -> Result<CacheReport, CacheError> {
-    let own = snapshot.own.as_str();
-    let memory = snapshot.memory;
-    let skills = render::unique_skills(snapshot.skills);
-    let mut placer = Placer {
-        manifest,
-        report: CacheReport::default(),
-        collisions: Vec::new(),
-    };
-    let memory_json = render::reference_memory(&memory, own);
-    let json = BTreeMap::from([(MEMORY_JSON.to_string(), memory_json)]);
-    let held = placer.sync_dir(&paths.openclaw_home, Layout::Files, &json)?;
-    if held.contains(MEMORY_JSON) {
-        let entries: Vec<(String, &serde_json::Value)> = memory
-            .iter()
-            .map(|entry| (render::memory_label(entry, own), &entry.value))
-            .collect();
-        placer
-            .manifest
-            .set_entries(&paths.openclaw_home, entries.iter().map(|(l, v)| (l, *v)));
-    }
-    let reference: BTreeMap<String, String> = skills
-        .iter()
-        .map(|(safe, skill)| (render::reference_skill_file(safe), skill.body().to_string()))
-        .collect();
-    placer.sync_dir(&paths.reference_skills_dir(), Layout::Files, &reference)?;
-    let native: BTreeMap<String, String> = skills
-        .iter()
-        .map(|(safe, skill)| (safe.clone(), render::skill_md(skill)))
-        .collect();
-    placer.sync_dir(&paths.skills_dir, Layout::SkillFolders, &native)?;
-    let pages = memory_pages(&memory, own);
-    placer.sync_dir(&paths.memory_dir, Layout::Files, &pages)?;
-    let Placer {
-        manifest,
-        report,
-        collisions,
-    } = placer;
-    for collision in manifest.set_collisions(collisions) {
-        let copy = collision
-            .mesh_copy
-            .as_ref()
-            .map_or("nowhere: that name is taken too".to_string(), |c| {
-                c.display().to_string()
-            });
-        tracing::warn!(file = %collision.file.display(), mesh_copy = %copy, "a file meshd did not write holds a name the mesh uses; it stays, and the mesh's version is beside it");
-    }
-    Ok(report)
-}
-
-/// One Markdown file per scope, named after it.
-fn memory_pages(memory: &[MemoryEntry], own: &str) -> BTreeMap<String, String> {
-    let mut by_scope: BTreeMap<&Scope, Vec<&MemoryEntry>> = BTreeMap::new();
-    for entry in memory {
-        by_scope.entry(&entry.scope).or_default().push(entry);
-    }
-    by_scope
-        .into_iter()
-        .map(|(scope, entries)| {
-            let label = scope.label(own);
-            let file = format!("{}.md", label.replace(':', "-"));
-            (file, render::memory_md(&label, &entries))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
+    use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::model::Scope;
     use crate::replica::SkillWrite;
 
     fn put(replica: &SharedReplica, content: &str) {
+        put_skill(replica, "triage", content);
+    }
+
+    fn put_skill(replica: &SharedReplica, name: &str, content: &str) {
         let write = SkillWrite {
-            name: "triage".into(),
+            name: name.into(),
             content: content.into(),
             description: None,
             path: None,
@@ -331,10 +282,7 @@ mod tests {
         replica.put_skill(write).unwrap();
     }
 
-    /// A file meshd wrote that the mesh has moved past since is stale, not an edit: reading
-    /// it back would undo the mesh's newer version. Only its content tells it apart.
-    #[test]
-    fn meshds_stale_files_are_not_read_back_and_edits_are() {
+    fn setup() -> (tempfile::TempDir, SharedReplica, CachePaths, CacheFiles) {
         let temp = tempfile::tempdir().unwrap();
         let replica = SharedReplica::new(Replica::open(&temp.path().join("store"), "own").unwrap());
         let paths = CachePaths {
@@ -343,6 +291,14 @@ mod tests {
             memory_dir: temp.path().join("memory"),
         };
         let files = CacheFiles::new(paths.clone(), temp.path().join("cache.manifest"));
+        (temp, replica, paths, files)
+    }
+
+    /// A file meshd wrote that the mesh has moved past since is stale, not an edit: reading
+    /// it back would undo the mesh's newer version. Only its content tells it apart.
+    #[test]
+    fn meshds_stale_files_are_not_read_back_and_edits_are() {
+        let (temp, replica, paths, files) = setup();
         let imported = RefCell::new(Vec::new());
         let import = |change: &Change| {
             imported.borrow_mut().push(change.clone());
@@ -368,5 +324,107 @@ mod tests {
                 path: None,
             }]
         );
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    /// After the first write of a process, a write renders and looks at the files of what
+    /// changed only: every other file is neither read (`unchanged` counts the files compared)
+    /// nor replaced.
+    #[test]
+    fn a_write_touches_only_the_files_of_what_changed() {
+        let (_temp, replica, paths, files) = setup();
+        replica
+            .batch(|batch| {
+                for scope in 0..20 {
+                    let scope = Scope::User(format!("u{scope}"));
+                    for key in 0..3 {
+                        batch.put_memory(&scope, &format!("k{key}"), serde_json::json!(key))?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        for skill in 0..20 {
+            put_skill(&replica, &format!("s{skill}"), &format!("skill {skill}"));
+        }
+        let first = files.sync(&replica, None).unwrap();
+        assert_eq!(first.written, 20 + 1 + 2 * 20);
+        let quiet_page = paths.memory_dir.join("user-u1.md");
+        let quiet_skill = paths.skills_dir.join("s1/SKILL.md");
+        let (page_inode, skill_inode) = (inode(&quiet_page), inode(&quiet_skill));
+        let json_inode = inode(&paths.memory_json());
+
+        replica
+            .batch(|batch| batch.put_memory(&Scope::User("u0".into()), "k0", "new".into()))
+            .unwrap();
+        let report = files.sync(&replica, None).unwrap();
+        assert_eq!(
+            report,
+            CacheReport {
+                written: 2,
+                unchanged: 0,
+                removed: 0
+            },
+            "the scope's page and mesh-memory.json"
+        );
+        let page = std::fs::read_to_string(paths.memory_dir.join("user-u0.md")).unwrap();
+        assert!(page.contains("\nnew\n"), "{page}");
+        assert!(std::fs::read_to_string(paths.memory_json())
+            .unwrap()
+            .contains("\"user:u0:k0\": {\n    \"value\": \"new\""));
+        assert_ne!(inode(&paths.memory_json()), json_inode);
+        assert_eq!(inode(&quiet_page), page_inode);
+
+        put_skill(&replica, "s0", "skill zero, edited");
+        let report = files.sync(&replica, None).unwrap();
+        assert_eq!((report.written, report.unchanged), (2, 0));
+        let reference = paths.reference_skills_dir().join("s0.md");
+        assert_eq!(
+            std::fs::read_to_string(reference).unwrap(),
+            "skill zero, edited"
+        );
+        assert_eq!(inode(&quiet_skill), skill_inode);
+
+        replica.with(|r| r.delete_skill("s2")).unwrap();
+        let report = files.sync(&replica, None).unwrap();
+        assert_eq!(
+            (report.written, report.unchanged, report.removed),
+            (0, 0, 2)
+        );
+        assert!(!paths.skills_dir.join("s2").exists());
+
+        // meshd's file someone deleted comes back at the next write, and only it.
+        std::fs::remove_file(&quiet_page).unwrap();
+        let report = files.sync(&replica, None).unwrap();
+        assert_eq!((report.written, report.unchanged), (1, 0));
+        assert!(quiet_page.exists());
+        assert_eq!(files.sync(&replica, None).unwrap(), CacheReport::default());
+    }
+
+    /// Incremental writes keep the never-clobber rule: a foreign file at a skill's name gets
+    /// the mesh's version beside it, listed as a collision until the name is free again.
+    #[test]
+    fn a_changed_skill_goes_beside_a_foreign_file_until_the_name_is_free() {
+        let (_temp, replica, paths, files) = setup();
+        put(&replica, "one");
+        files.sync(&replica, None).unwrap();
+        let own = paths.skills_dir.join("triage/SKILL.md");
+        std::fs::write(&own, "the agent's own").unwrap();
+        put(&replica, "two");
+        files.sync(&replica, None).unwrap();
+        assert_eq!(std::fs::read_to_string(&own).unwrap(), "the agent's own");
+        let copy = paths.skills_dir.join("triage..mesh/SKILL.md");
+        assert!(std::fs::read_to_string(&copy).unwrap().ends_with("two"));
+        assert_eq!(files.status().collisions.len(), 1);
+
+        std::fs::remove_file(&own).unwrap();
+        put(&replica, "three");
+        files.sync(&replica, None).unwrap();
+        assert!(std::fs::read_to_string(&own).unwrap().ends_with("three"));
+        assert!(!copy.exists(), "meshd's copy goes once the name is free");
+        assert!(files.status().collisions.is_empty());
     }
 }

@@ -1,11 +1,14 @@
 //! The text of each cache file.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
-use crate::model::{MemoryEntry, Skill};
+use super::manifest::entry_hash;
+use crate::model::{MemoryEntry, Scope, Skill};
 
 /// The Phase 1 memory cache, in `$OPENCLAW_HOME`.
 pub const MEMORY_JSON: &str = "mesh-memory.json";
@@ -66,32 +69,70 @@ struct CacheEntry<'a> {
     ts: u64,
 }
 
-/// `mesh-memory.json` as the reference writes it (`JSON.stringify(cache, null, 2)`), keyed
-/// `"<scope>:<key>"` in key order.
-pub fn reference_memory(entries: &[MemoryEntry], own: &str) -> String {
-    let mut cache: BTreeMap<String, &MemoryEntry> = BTreeMap::new();
-    for entry in entries {
-        let key = memory_label(entry, own);
-        // `node` + key `a:b` and `node:a` + key `b` read alike; the newer entry keeps it.
-        if cache
-            .get(&key)
-            .is_none_or(|kept| kept.updated_at < entry.updated_at)
-        {
-            cache.insert(key, entry);
-        }
-    }
-    let cache: BTreeMap<&String, CacheEntry<'_>> = cache
-        .iter()
-        .map(|(key, entry)| {
+/// Streams `mesh-memory.json` as the reference writes it (`JSON.stringify(cache, null, 2)`),
+/// keyed `"<scope>:<key>"` in key order, from `groups` of entries by label whose labels sort
+/// apart (`label_groups`), so no more than one group is in memory at a time. Returns each
+/// label with the `entry_hash` of its value, for the manifest.
+pub fn write_reference_memory(
+    out: &mut dyn Write,
+    groups: impl Iterator<Item = BTreeMap<String, MemoryEntry>>,
+) -> io::Result<BTreeMap<String, String>> {
+    let mut serializer = serde_json::Serializer::pretty(out);
+    let mut map = serializer.serialize_map(None).map_err(io::Error::from)?;
+    let mut hashes = BTreeMap::new();
+    for group in groups {
+        for (label, entry) in group {
             let value = CacheEntry {
                 value: &entry.value,
                 node_id: &entry.node_id,
                 ts: entry.updated_at.unix_seconds(),
             };
-            (key, value)
-        })
+            map.serialize_entry(&label, &value)
+                .map_err(io::Error::from)?;
+            hashes.insert(label, entry_hash(&entry.value));
+        }
+    }
+    SerializeMap::end(map).map_err(io::Error::from)?;
+    Ok(hashes)
+}
+
+/// Entries by their label in `mesh-memory.json`. `node` + key `a:b` and `node:a` + key `b`
+/// read alike; the newer entry keeps the label.
+pub fn labelled(
+    entries: impl IntoIterator<Item = MemoryEntry>,
+    own: &str,
+) -> BTreeMap<String, MemoryEntry> {
+    let mut cache: BTreeMap<String, MemoryEntry> = BTreeMap::new();
+    for entry in entries {
+        let label = memory_label(&entry, own);
+        if cache
+            .get(&label)
+            .is_none_or(|kept| kept.updated_at < entry.updated_at)
+        {
+            cache.insert(label, entry);
+        }
+    }
+    cache
+}
+
+/// Memory scopes in groups whose labels in `mesh-memory.json` sort apart, in label order:
+/// every label starts with its scope's label and `:`, and a scope whose prefix extends
+/// another's (`node:<id>:` extends this node's `node:`) shares that one's group, so the
+/// entries of one group are all that need merging.
+pub fn label_groups(scopes: Vec<Scope>, own: &str) -> Vec<Vec<Scope>> {
+    let mut prefixed: Vec<(String, Scope)> = scopes
+        .into_iter()
+        .map(|scope| (format!("{}:", scope.label(own)), scope))
         .collect();
-    serde_json::to_string_pretty(&cache).expect("cache entries always serialize")
+    prefixed.sort();
+    let mut groups: Vec<(String, Vec<Scope>)> = Vec::new();
+    for (prefix, scope) in prefixed {
+        match groups.last_mut() {
+            Some((first, group)) if prefix.starts_with(first.as_str()) => group.push(scope),
+            _ => groups.push((prefix, vec![scope])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
 }
 
 /// An entry's key in `mesh-memory.json`: `"<scope>:<key>"`, this node's scope as `node`.
@@ -210,6 +251,52 @@ pub(super) mod tests {
              metadata: {\"meshd\":{\"sourceNode\":\"ceo\",\"updatedAt\":\"2025-02-09T17:50:56Z\"}}\n\
              ---\n# Triage rules\n..."
         );
+    }
+
+    #[test]
+    fn this_nodes_scope_is_grouped_with_the_node_scopes_its_labels_interleave_with() {
+        let scopes = vec![
+            Scope::User("b".into()),
+            Scope::Node("zz".into()),
+            Scope::Mesh,
+            Scope::Node("own".into()),
+            Scope::User("a-b".into()),
+            Scope::User("a".into()),
+        ];
+        assert_eq!(
+            label_groups(scopes, "own"),
+            vec![
+                vec![Scope::Mesh],
+                vec![Scope::Node("own".into()), Scope::Node("zz".into())],
+                vec![Scope::User("a-b".into())],
+                vec![Scope::User("a".into())],
+                vec![Scope::User("b".into())],
+            ]
+        );
+    }
+
+    #[test]
+    fn streamed_memory_json_is_what_json_stringify_writes() {
+        let entry = |scope: Scope, key: &str, value: Value| MemoryEntry {
+            scope,
+            key: key.into(),
+            value,
+            node_id: "n1".into(),
+            updated_at: Stamp::from_unix_seconds(1_739_123_456),
+            deleted: false,
+        };
+        let groups = vec![
+            labelled([entry(Scope::Mesh, "k", json!({"a": [1, 2]}))], "own"),
+            labelled([entry(Scope::Node("own".into()), "t", json!("x"))], "own"),
+        ];
+        let mut out = Vec::new();
+        let hashes = write_reference_memory(&mut out, groups.into_iter()).unwrap();
+        let expected = "{\n  \"mesh:k\": {\n    \"value\": {\n      \"a\": [\n        1,\n        2\n      ]\n    },\n    \"nodeId\": \"n1\",\n    \"ts\": 1739123456\n  },\n  \"node:t\": {\n    \"value\": \"x\",\n    \"nodeId\": \"n1\",\n    \"ts\": 1739123456\n  }\n}";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert_eq!(hashes["node:t"], entry_hash(&json!("x")));
+        let mut empty = Vec::new();
+        write_reference_memory(&mut empty, std::iter::empty()).unwrap();
+        assert_eq!(empty, b"{}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! importing the same file twice changes nothing. Export creates the schema when absent and
 //! upserts, never replacing a row newer than the replica's.
 
+mod mirror;
 pub mod rows;
 
 use std::collections::HashSet;
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
 use crate::replica::{Batch, Replica, ReplicaError, SharedReplica};
+pub use mirror::Mirror;
 pub use rows::{decode_value, encode_value, MemoryRow, SkillRow};
 
 /// The reference `schema.sql` for the two mesh tables, as formats.md gives it.
@@ -356,14 +358,24 @@ pub fn export(replica: &Replica, path: &Path, prune: bool) -> Result<ExportRepor
         path: path.to_path_buf(),
         source,
     };
-    let mut conn = Connection::open(path).map_err(sqlite)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
-    conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    let mut conn = connect(path)?;
     let (memory, skills) = (replica.list_memory(None)?, replica.list_skills()?);
     let tx = conn.transaction().map_err(sqlite)?;
     let report = write_rows(&tx, &memory, &skills, prune).map_err(sqlite)?;
     tx.commit().map_err(sqlite)?;
     Ok(report)
+}
+
+/// Opens (or creates) a store to write into, with the schema.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let sqlite = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(sqlite)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    Ok(conn)
 }
 
 const UPSERT_MEMORY: &str = "\

@@ -1,0 +1,309 @@
+//! Writing the caches in proportion to what changed. The caches remember the heads of each
+//! document they reflect (`follow::Seen`); after a burst of changes only the memory pages of
+//! the scopes that moved and the files of the skills that moved are rendered and put again,
+//! and `mesh-memory.json` when memory moved (paced: `memory_json`). A process that has
+//! written nothing yet, or a document whose heads the caches saw are not in it any more,
+//! writes everything once. The never-clobber rules (`files`) apply to each file alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::files::{Content, Layout, Placer};
+use super::manifest::{Collision, Manifest};
+use super::memory_json::{self, JsonPace, Pace};
+use super::render::{self, MEMORY_JSON};
+use super::{CacheError, CachePaths, CacheReport, Snapshot};
+use crate::follow::{Moved, Moves, Seen};
+use crate::model::{DocId, MemoryEntry, Scope, Skill};
+use crate::replica::SharedReplica;
+
+/// What the caches reflect, kept in memory: a new process writes everything once.
+#[derive(Default)]
+pub struct Followed {
+    seen: Seen,
+    /// The live skills by the safe name of their files: the skills competing for a file.
+    skill_files: BTreeMap<String, BTreeSet<String>>,
+    /// The memory pages by file name, with their scope.
+    pages: BTreeMap<String, Scope>,
+    json: JsonPace,
+}
+
+/// What a write did, and when it owes `mesh-memory.json` (its interval had not passed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub report: CacheReport,
+    pub json_due: Option<Duration>,
+}
+
+/// Brings the caches up to date with the replica. `reread` are the files just read back
+/// (their bytes are now recorded as meshd's, so the mesh's version goes there again).
+pub fn write(
+    paths: &CachePaths,
+    replica: &SharedReplica,
+    manifest: &mut Manifest,
+    followed: &mut Option<Followed>,
+    reread: &BTreeSet<PathBuf>,
+    pace: Pace,
+) -> Result<Synced, CacheError> {
+    let (own, moves) = replica.with(|r| {
+        let seen = followed.as_ref().map(|f| &f.seen);
+        (r.node_id().to_string(), Seen::moves(seen, r))
+    });
+    match followed {
+        Some(followed) if !moves.any_whole() => {
+            let writer = Writer {
+                paths,
+                replica,
+                own: &own,
+                reread,
+            };
+            writer.incremental(manifest, followed, moves, pace)
+        }
+        _ => {
+            let snapshot = replica.with(|r| Snapshot::of(r))?;
+            let (report, state) = write_all(snapshot, paths, manifest, moves.heads)?;
+            *followed = Some(state);
+            Ok(Synced {
+                report,
+                json_due: None,
+            })
+        }
+    }
+}
+
+/// Rewrites every cache from a snapshot where the path is meshd's or free, removing meshd's
+/// files the mesh no longer wants; returns what the caches then reflect (`heads`, read
+/// before the snapshot: what changed in between is written again next time).
+fn write_all(
+    snapshot: Snapshot,
+    paths: &CachePaths,
+    manifest: &mut Manifest,
+    heads: Seen,
+) -> Result<(CacheReport, Followed), CacheError> {
+    let Snapshot {
+        own,
+        memory,
+        skills,
+    } = snapshot;
+    let mut followed = Followed {
+        seen: heads,
+        ..Followed::default()
+    };
+    for skill in &skills {
+        followed
+            .skill_files
+            .entry(render::safe_name(&skill.name))
+            .or_default()
+            .insert(skill.name.clone());
+    }
+    let skills = render::unique_skills(skills);
+    let mut placer = Placer {
+        manifest,
+        report: CacheReport::default(),
+        collisions: Vec::new(),
+    };
+    let mut pages = BTreeMap::new();
+    for (scope, entries) in by_scope(&memory) {
+        let (file, text) = page(&scope, &entries, &own);
+        followed.pages.insert(file.clone(), scope);
+        pages.insert(file, text);
+    }
+    let started = Instant::now();
+    let groups = std::iter::once(render::labelled(memory, &own));
+    let len = memory_json::write(paths, &mut placer, groups)?;
+    followed.json.written(len, started, Instant::now());
+    let reference: BTreeMap<String, String> = skills
+        .iter()
+        .map(|(safe, skill)| (render::reference_skill_file(safe), skill.body().to_string()))
+        .collect();
+    placer.sync_dir(&paths.reference_skills_dir(), Layout::Files, &reference)?;
+    let native: BTreeMap<String, String> = skills
+        .iter()
+        .map(|(safe, skill)| (safe.clone(), render::skill_md(skill)))
+        .collect();
+    placer.sync_dir(&paths.skills_dir, Layout::SkillFolders, &native)?;
+    placer.sync_dir(&paths.memory_dir, Layout::Files, &pages)?;
+    let Placer {
+        manifest,
+        report,
+        collisions,
+    } = placer;
+    warn_new(manifest.set_collisions(collisions));
+    Ok((report, followed))
+}
+
+/// One incremental write: what it reads and where it puts it.
+struct Writer<'a> {
+    paths: &'a CachePaths,
+    replica: &'a SharedReplica,
+    own: &'a str,
+    reread: &'a BTreeSet<PathBuf>,
+}
+
+impl Writer<'_> {
+    fn incremental(
+        &self,
+        manifest: &mut Manifest,
+        followed: &mut Followed,
+        moves: Moves,
+        pace: Pace,
+    ) -> Result<Synced, CacheError> {
+        let mut placer = Placer {
+            manifest,
+            report: CacheReport::default(),
+            collisions: Vec::new(),
+        };
+        let mut touched = BTreeSet::new();
+        let mut scopes = BTreeSet::new();
+        let mut skill_names = BTreeSet::new();
+        for (doc, moved) in &moves.docs {
+            match (doc, moved) {
+                (DocId::Memory(scope), _) => {
+                    scopes.insert(scope.clone());
+                    followed.json.mark_stale();
+                }
+                (DocId::Skills, Moved::Keys(names)) => skill_names.extend(names.iter().cloned()),
+                // `write` reads everything when some document must be read whole.
+                (DocId::Skills, Moved::Whole) => {}
+            }
+        }
+        let memory_dir = &self.paths.memory_dir;
+        for (file, scope) in &followed.pages {
+            if self.needs_check(placer.manifest, memory_dir, Layout::Files, file) {
+                scopes.insert(scope.clone());
+            }
+        }
+        for scope in scopes {
+            let entries = self.replica.with(|r| r.list_memory(Some(&scope)))?;
+            let (file, text) = page(&scope, &entries.iter().collect::<Vec<_>>(), self.own);
+            let text = (!entries.is_empty()).then_some(text);
+            placer.update(
+                memory_dir,
+                Layout::Files,
+                &file,
+                text.as_deref().map(Content::Text),
+            )?;
+            touched.insert(memory_dir.join(&file));
+            match text {
+                Some(_) => followed.pages.insert(file, scope),
+                None => followed.pages.remove(&file),
+            };
+        }
+        self.skills(&mut placer, followed, skill_names, &mut touched)?;
+        if self.needs_check(
+            placer.manifest,
+            &self.paths.openclaw_home,
+            Layout::Files,
+            MEMORY_JSON,
+        ) {
+            followed.json.mark_stale();
+        }
+        let started = Instant::now();
+        let json_due = followed.json.wait(pace, started);
+        if followed.json.is_stale() && json_due.is_none() {
+            let len = memory_json::write_from(self.paths, &mut placer, self.replica, self.own)?;
+            followed.json.written(len, started, Instant::now());
+            touched.insert(self.paths.memory_json());
+        }
+        let Placer {
+            manifest,
+            report,
+            collisions,
+        } = placer;
+        warn_new(manifest.update_collisions(&touched, collisions));
+        followed.seen = moves.heads;
+        Ok(Synced { report, json_due })
+    }
+
+    /// Puts again the files of the skills named, and of any other skill whose file needs a
+    /// look; each file holds the newest of the skills whose names reduce to it.
+    fn skills(
+        &self,
+        placer: &mut Placer<'_>,
+        followed: &mut Followed,
+        changed: BTreeSet<String>,
+        touched: &mut BTreeSet<PathBuf>,
+    ) -> Result<(), CacheError> {
+        let reference_dir = self.paths.reference_skills_dir();
+        let skills_dir = &self.paths.skills_dir;
+        let mut candidates: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for name in changed {
+            candidates
+                .entry(render::safe_name(&name))
+                .or_default()
+                .insert(name);
+        }
+        for safe in followed.skill_files.keys() {
+            let reference = render::reference_skill_file(safe);
+            if self.needs_check(placer.manifest, &reference_dir, Layout::Files, &reference)
+                || self.needs_check(placer.manifest, skills_dir, Layout::SkillFolders, safe)
+            {
+                candidates.entry(safe.clone()).or_default();
+            }
+        }
+        for (safe, mut names) in candidates {
+            names.extend(followed.skill_files.remove(&safe).unwrap_or_default());
+            let live: Vec<Skill> = self.replica.with(|r| {
+                names
+                    .iter()
+                    .filter_map(|name| r.get_skill(name).transpose())
+                    .collect::<Result<_, _>>()
+            })?;
+            if !live.is_empty() {
+                let live_names = live.iter().map(|skill| skill.name.clone()).collect();
+                followed.skill_files.insert(safe.clone(), live_names);
+            }
+            let winner = render::unique_skills(live).remove(&safe);
+            let reference = render::reference_skill_file(&safe);
+            let body = winner.as_ref().map(|skill| Content::Text(skill.body()));
+            placer.update(&reference_dir, Layout::Files, &reference, body)?;
+            let skill_md = winner.as_ref().map(render::skill_md);
+            let native = skill_md.as_deref().map(Content::Text);
+            placer.update(skills_dir, Layout::SkillFolders, &safe, native)?;
+            touched.insert(reference_dir.join(Layout::Files.rel(&reference)));
+            touched.insert(skills_dir.join(Layout::SkillFolders.rel(&safe)));
+        }
+        Ok(())
+    }
+
+    /// Whether an entry's file must be looked at although its entry did not change: it was
+    /// just read back, or meshd's file (at its name or beside a foreign one) was deleted.
+    fn needs_check(&self, manifest: &Manifest, dir: &Path, layout: Layout, entry: &str) -> bool {
+        [layout.rel(entry), layout.rel(&layout.copy_entry(entry))]
+            .iter()
+            .any(|rel| {
+                let path = dir.join(rel);
+                self.reread.contains(&path)
+                    || (manifest.is_recorded(dir, rel) && std::fs::symlink_metadata(&path).is_err())
+            })
+    }
+}
+
+/// Memory entries grouped by scope, in order.
+fn by_scope(memory: &[MemoryEntry]) -> BTreeMap<Scope, Vec<&MemoryEntry>> {
+    let mut by_scope: BTreeMap<Scope, Vec<&MemoryEntry>> = BTreeMap::new();
+    for entry in memory {
+        by_scope.entry(entry.scope.clone()).or_default().push(entry);
+    }
+    by_scope
+}
+
+/// A scope's Markdown page: its file name and text.
+fn page(scope: &Scope, entries: &[&MemoryEntry], own: &str) -> (String, String) {
+    let label = scope.label(own);
+    let file = format!("{}.md", label.replace(':', "-"));
+    (file, render::memory_md(&label, entries))
+}
+
+fn warn_new(collisions: Vec<Collision>) {
+    for collision in collisions {
+        let copy = collision
+            .mesh_copy
+            .as_ref()
+            .map_or("nowhere: that name is taken too".to_string(), |c| {
+                c.display().to_string()
+            });
+        tracing::warn!(file = %collision.file.display(), mesh_copy = %copy, "a file meshd did not write holds a name the mesh uses; it stays, and the mesh's version is beside it");
+    }
+}
