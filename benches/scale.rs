@@ -2,7 +2,7 @@
 //! commands on a store of one entry measured in the same run.
 //!
 //! - `MESHD_BENCH_SCALE_ENTRIES` (default 1000000) entries of about 100 bytes in the `mesh`
-//!   scope, written through `Replica::batch` in batches of 20000.
+//!   scope, written through `Replica::batch` in batches of 20000, then compacted.
 //! - One-shot `meshd mem get` without a daemon (the CLI opens the store itself), median of 5.
 //!   Target: at most 50 ms.
 //! - `meshd run` until its control socket answers. Target: within 1 s.
@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meshd::control::{MemGet, Status};
-use meshd::model::Scope;
+use meshd::model::{DocId, Scope};
 use meshd::replica::Replica;
 use serde_json::json;
 use support::{ask, TestNode};
@@ -56,6 +56,10 @@ fn node_with(entries: usize) -> (TestNode, f64) {
             eprintln!("  {start} entries written");
         }
     }
+    // A store in steady state: the daemon folds changes into a snapshot as they accumulate.
+    replica
+        .compact(&DocId::Memory(Scope::Mesh))
+        .expect("the store compacts");
     replica.flush().expect("store flushes");
     drop(replica);
     (node, started.elapsed().as_secs_f64())

@@ -541,3 +541,118 @@ fn a_batch_that_keeps_going_stale_runs_under_the_lock() {
         assert_eq!(r.list_skills().unwrap().len(), 4);
     });
 }
+
+/// Three scopes and two skills, one of them deleted, and one deleted key.
+fn seeded(r: &mut Replica) {
+    for (i, scope) in [
+        Scope::Mesh,
+        Scope::User("ann".into()),
+        Scope::Node("n1".into()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for k in 0..10 {
+            r.put_memory(scope, &format!("k{k}"), json!(i * 100 + k))
+                .unwrap();
+        }
+    }
+    r.delete_memory(&Scope::Mesh, "k3").unwrap();
+    r.put_skill(skill("triage", "first look")).unwrap();
+    r.put_skill(skill("gone", "soon")).unwrap();
+    r.delete_skill("gone").unwrap();
+}
+
+#[test]
+fn reads_and_counts_come_from_the_index_without_loading_a_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let (memory, skills) = {
+        let mut r = open(dir.path(), "n1");
+        seeded(&mut r);
+        // As a clean stop does: the integrity record is then the store's heads, and opening
+        // checks it against the index alone.
+        r.flush().unwrap();
+        (r.list_memory(None).unwrap(), r.list_skills().unwrap())
+    };
+    let r = open(dir.path(), "n1");
+    assert_eq!(r.loaded().0, 0, "opening loads no document");
+    assert_eq!(r.list_memory(None).unwrap(), memory);
+    assert_eq!(r.list_skills().unwrap(), skills);
+    assert_eq!(r.counts(), (29, 1));
+    let user = Scope::User("ann".into());
+    assert_eq!(
+        r.get_memory(&user, "k4").unwrap().unwrap().value,
+        json!(104)
+    );
+    assert!(r.get_memory(&Scope::Mesh, "k3").unwrap().is_none());
+    assert!(
+        r.memory_versions(&Scope::Mesh, "k3")
+            .unwrap()
+            .unwrap()
+            .0
+            .deleted
+    );
+    assert!(r.get_skill("gone").unwrap().is_none());
+    assert_eq!(r.doc_ids().len(), 4);
+    assert_eq!(r.loaded().0, 0, "reads load no document");
+}
+
+#[test]
+fn a_store_without_an_index_is_indexed_at_its_first_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (memory, skills, heads) = {
+        let mut r = open(dir.path(), "n1");
+        seeded(&mut r);
+        let seen = (
+            r.list_memory(None).unwrap(),
+            r.list_skills().unwrap(),
+            r.all_heads(),
+        );
+        // What a store written by a version without the index holds: documents only.
+        let docs = r.db().open_tree("docs").unwrap();
+        for prefix in [&b"e\0"[..], b"h\0", b"v\0"] {
+            for key in docs.scan_prefix(prefix).keys() {
+                docs.remove(key.unwrap()).unwrap();
+            }
+        }
+        r.flush().unwrap();
+        seen
+    };
+    let mut r = open(dir.path(), "n1");
+    assert_eq!(r.list_memory(None).unwrap(), memory);
+    assert_eq!(r.list_skills().unwrap(), skills);
+    assert_eq!(r.all_heads(), heads);
+    assert_eq!(r.counts(), (29, 1));
+    r.check_index().unwrap();
+}
+
+#[test]
+fn documents_beyond_the_memory_budget_are_evicted_and_load_again_when_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = open(dir.path(), "n1");
+    replica.set_memory_budget(1);
+    let shared = SharedReplica::new(replica);
+    let scopes = [
+        Scope::Mesh,
+        Scope::User("ann".into()),
+        Scope::User("bob".into()),
+    ];
+    for round in 0..3 {
+        for scope in &scopes {
+            shared
+                .with(|r| r.put_memory(scope, "k", json!(round)))
+                .unwrap();
+            assert_eq!(
+                shared.with(|r| r.loaded().0),
+                1,
+                "only the last one used stays"
+            );
+        }
+    }
+    shared.with(|r| {
+        for scope in &scopes {
+            assert_eq!(r.get_memory(scope, "k").unwrap().unwrap().value, json!(2));
+        }
+        r.check_index().unwrap();
+    });
+}
