@@ -141,6 +141,18 @@ pub fn live_memory(tree: &sled::Tree, scope: &Scope) -> Result<Vec<MemoryEntry>>
     Ok(entries)
 }
 
+/// Every key or name the index holds for `doc`.
+pub fn names(tree: &sled::Tree, doc: &DocId) -> Result<Vec<String>> {
+    let prefix = entry_prefix(doc);
+    let mut names = Vec::new();
+    for key in tree.scan_prefix(&prefix).keys() {
+        let key = key?;
+        let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| damaged_entry())?;
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
 pub fn skill_versions(tree: &sled::Tree, name: &str) -> Result<Vec<Skill>> {
     match tree.get(entry_key(&DocId::Skills, name))? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| damaged_entry()),

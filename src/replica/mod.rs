@@ -295,6 +295,12 @@ impl Replica {
         )?))
     }
 
+    /// Every memory key or skill name of a document, tombstones included, without reading
+    /// their versions.
+    pub fn names(&self, doc: &DocId) -> Result<Vec<String>> {
+        index::names(self.storage.tree(), doc)
+    }
+
     /// Live entries, sorted by scope then key; every scope when `scope` is `None`.
     pub fn list_memory(&self, scope: Option<&Scope>) -> Result<Vec<MemoryEntry>> {
         let mut entries = Vec::new();

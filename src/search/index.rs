@@ -54,7 +54,9 @@ impl Item {
 #[derive(Debug, Default)]
 pub struct DocUpdate {
     pub doc: String,
-    pub heads: Vec<ChangeHash>,
+    /// The heads the index reflects once this update is in; `None` for all but the last part
+    /// of an update applied in parts.
+    pub heads: Option<Vec<ChangeHash>>,
     /// Drop every row of the document first (it was read whole).
     pub clear: bool,
     pub upserts: Vec<Item>,
@@ -202,15 +204,18 @@ impl Index {
         for item in &update.upserts {
             upsert_row(&tx, item).map_err(fail)?;
         }
-        let heads = encode_heads(&update.heads);
-        tx.execute(
-            "INSERT INTO docs(doc, heads) VALUES (?1, ?2)
-             ON CONFLICT(doc) DO UPDATE SET heads = excluded.heads",
-            params![update.doc, heads],
-        )
-        .map_err(fail)?;
+        if let Some(heads) = &update.heads {
+            tx.execute(
+                "INSERT INTO docs(doc, heads) VALUES (?1, ?2)
+                 ON CONFLICT(doc) DO UPDATE SET heads = excluded.heads",
+                params![update.doc, encode_heads(heads)],
+            )
+            .map_err(fail)?;
+        }
         tx.commit().map_err(fail)?;
-        self.heads.insert(update.doc, update.heads);
+        if let Some(heads) = update.heads {
+            self.heads.insert(update.doc, heads);
+        }
         Ok(())
     }
 

@@ -394,14 +394,30 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
         index.apply(DocUpdate {
             doc,
             clear: true,
+            heads: Some(Vec::new()),
             ..DocUpdate::default()
         })?;
     }
     for doc in moved {
         let since = index.indexed_heads(&doc.name()).to_vec();
-        let update = replica.with(|replica| document_update(replica, &doc, &since))?;
-        if let Some(update) = update {
-            refreshed.documents += 1;
+        let Some(plan) = replica.with(|replica| plan_update(replica, &doc, &since))? else {
+            continue;
+        };
+        refreshed.documents += 1;
+        let parts = plan.names.len().div_ceil(REFRESH_PART).max(1);
+        for part in 0..parts {
+            let names = plan
+                .names
+                .iter()
+                .skip(part * REFRESH_PART)
+                .take(REFRESH_PART);
+            let mut update = DocUpdate {
+                doc: doc.name(),
+                clear: plan.clear && part == 0,
+                heads: (part + 1 == parts).then(|| plan.heads.clone()),
+                ..DocUpdate::default()
+            };
+            replica.with(|replica| read_part(replica, &doc, names, &mut update))?;
             refreshed.items += update.upserts.len() + update.removals.len();
             index.apply(update)?;
         }
@@ -409,53 +425,62 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
     Ok(refreshed)
 }
 
-/// What one document's rows must become, read under the replica lock; `None` when the index
-/// already reflects it.
-fn document_update(
+/// Names re-read under one short hold of the replica and written in one transaction, so that
+/// a document read whole (a new index of a million entries) is never in memory at once.
+/// Parts before the last record no heads: a refresh cut short is done again.
+const REFRESH_PART: usize = 5000;
+
+/// What one document's refresh must read.
+struct Plan {
+    heads: Vec<automerge::ChangeHash>,
+    /// The document is read whole: its rows are dropped first.
+    clear: bool,
+    names: Vec<String>,
+}
+
+/// What one document's refresh must read; `None` when the index already reflects it.
+fn plan_update(
     replica: &mut Replica,
     doc: &DocId,
     since: &[automerge::ChangeHash],
-) -> Result<Option<DocUpdate>, ReplicaError> {
-    let scope = doc.name();
+) -> Result<Option<Plan>, ReplicaError> {
+    let (clear, names) = match replica.changed_since(doc, since) {
+        Changed::Nothing => return Ok(None),
+        Changed::Names(names) => (false, names.into_iter().collect()),
+        Changed::Everything => (true, replica.names(doc)?),
+    };
+    Ok(Some(Plan {
+        heads: replica.heads(doc),
+        clear,
+        names,
+    }))
+}
+
+/// Reads the rows of `names` into `update`: upserts for live entries, removals for the rest
+/// (none after a clear).
+fn read_part<'a>(
+    replica: &Replica,
+    doc: &DocId,
+    names: impl Iterator<Item = &'a String>,
+    update: &mut DocUpdate,
+) -> Result<(), ReplicaError> {
     let kind = match doc {
         DocId::Memory(_) => ItemKind::Memory,
         DocId::Skills => ItemKind::Skill,
     };
-    let (clear, names) = match replica.changed_since(doc, since) {
-        Changed::Nothing => return Ok(None),
-        Changed::Names(names) => (false, names.into_iter().collect::<Vec<_>>()),
-        Changed::Everything => (true, all_names(replica, doc)?),
-    };
-    let mut update = DocUpdate {
-        doc: scope.clone(),
-        heads: replica.heads(doc),
-        clear,
-        ..DocUpdate::default()
-    };
     for name in names {
         let key = ItemKey {
             kind,
-            scope: scope.clone(),
-            name,
+            scope: update.doc.clone(),
+            name: name.clone(),
         };
         match read_item(replica, key.clone())? {
             Some(item) => update.upserts.push(item),
-            None if !clear => update.removals.push(key),
+            None if !update.clear => update.removals.push(key),
             None => {}
         }
     }
-    Ok(Some(update))
-}
-
-fn all_names(replica: &Replica, doc: &DocId) -> Result<Vec<String>, ReplicaError> {
-    Ok(match doc {
-        DocId::Memory(scope) => replica
-            .list_memory(Some(scope))?
-            .into_iter()
-            .map(|entry| entry.key)
-            .collect(),
-        DocId::Skills => replica.list_skills()?.into_iter().map(|s| s.name).collect(),
-    })
+    Ok(())
 }
 
 /// The entry's searchable text, `None` when it is absent or deleted.

@@ -294,3 +294,27 @@ fn an_index_damaged_while_open_is_rebuilt_by_the_next_search() {
         first.map(|r| r.hits.len())
     );
 }
+
+#[test]
+fn a_document_larger_than_a_part_is_indexed_whole_and_then_followed() {
+    let n = node();
+    let count = 2 * REFRESH_PART + 1;
+    n.replica
+        .with(|r| {
+            r.batch(|b| {
+                for i in 0..count {
+                    b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(format!("plain {i}")))?;
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    n.put("mesh", "k0", json!("first zebra"));
+    n.put("mesh", &format!("k{}", count - 1), json!("last zebra"));
+    let mut found = n.keys("zebra", "mesh");
+    found.sort();
+    assert_eq!(found, vec!["k0".to_string(), format!("k{}", count - 1)]);
+    let middle = REFRESH_PART + 3;
+    let found = n.keys(&format!("plain {middle}"), "mesh");
+    assert_eq!(found.first(), Some(&format!("k{middle}")));
+}
