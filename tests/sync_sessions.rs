@@ -529,3 +529,29 @@ fn a_document_larger_than_a_message_reaches_a_fresh_peer() {
     assert!(same(&a, &b));
     assert_eq!(b.replica.list_memory(None).len(), 50_000);
 }
+
+#[test]
+fn a_large_batch_makes_bounded_changes() {
+    let mut a = peer("a");
+    let text = "the quick brown fox jumps over the lazy dog ".repeat(10);
+    a.replica
+        .batch(|batch| {
+            for i in 0..30_000 {
+                batch.put_memory(
+                    &Scope::Mesh,
+                    &format!("key{i}"),
+                    (text.clone() + &i.to_string()).into(),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mesh = DocId::Memory(Scope::Mesh);
+    let changes = a.replica.document(&mesh).unwrap().get_changes(&[]);
+    // 30 000 values of about 450 bytes: over 13 MiB, at most 4 MiB of them per change.
+    assert!(changes.len() >= 4, "{} changes", changes.len());
+    let ops: Vec<usize> = changes.iter().map(Change::len).collect();
+    assert!(ops.iter().all(|&n| n <= 10_000), "ops per change: {ops:?}");
+    assert_eq!(ops.iter().sum::<usize>(), 30_000);
+    assert_eq!(a.replica.list_memory(None).len(), 30_000);
+}
