@@ -54,7 +54,7 @@ fn seeds() -> Corpus {
     let mut bundles = Vec::new();
     for bundle in parts().filter_map(|part| part.changes.as_ref()) {
         let (mode, compressed) = match bundle {
-            Bundle::Changes(bytes) => (0u8, bytes),
+            Bundle::Changes(bytes) | Bundle::Piece(bytes) => (0u8, bytes),
             Bundle::Document(bytes) => (2u8, bytes),
         };
         let raw = zstd::bulk::decompress(compressed, MAX_BUNDLE_RAW).expect("bundles unpack");

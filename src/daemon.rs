@@ -27,7 +27,7 @@ use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{PeerError, PeerRefusal, PeerStore};
+use crate::peers::{LinkFailure, PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
 use crate::views::{Importer, ViewWriter, Views};
@@ -240,6 +240,10 @@ impl LiveMesh for RunningMesh {
 
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal> {
         self.mesh.last_refusal(peer)
+    }
+
+    fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure> {
+        self.mesh.link_failure(peer)
     }
 
     /// Commands run on the blocking pool, where waiting on the runtime is allowed.

@@ -47,6 +47,15 @@ pub struct PeerRefusal {
     pub reason: String,
 }
 
+/// Why the links to a peer keep failing, for `meshd status`: the latest reason, when (Unix
+/// seconds), and how many links in a row failed soon after they came up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkFailure {
+    pub at: u64,
+    pub reason: String,
+    pub failures: u32,
+}
+
 /// A node that tried to connect without being added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {

@@ -283,3 +283,62 @@ fn a_stranger_dialing_again_and_again_is_warned_about_once() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("refused a connection").count(), 1, "{text}");
 }
+
+/// A peer that closes every link at once (as a node closes one on something it refuses) is
+/// dialed again with backoff, not in a loop; the node warns once and `meshd status` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_closing_the_link_is_redialed_with_backoff() {
+    use meshd::net::{endpoint, identity::Identity, CloseCode, PeerPins};
+    use std::time::{Duration, Instant};
+    let (a, _) = TestNode::init_listening("a");
+    let refuser = Identity::generate().unwrap();
+    let a_id: meshd::model::NodeId = a.id().parse().unwrap();
+    let pins = PeerPins::new();
+    pins.allow(a_id);
+    let local = endpoint::bind(&refuser, "127.0.0.1:0".parse().unwrap(), pins).unwrap();
+    let address = local.local_addr().unwrap().to_string();
+    a.run(&["peers", "add", &refuser.node_id.to_string(), &address])
+        .ok();
+    let log = a.file("run.log");
+    let child = a
+        .command(&["run"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _da = support::Daemon::new(child);
+    // Every connection A makes over 8 s is closed as soon as A speaks on it.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut links = 0;
+    while let Ok(Some(incoming)) =
+        tokio::time::timeout_at(deadline.into(), local.quic().accept()).await
+    {
+        let Ok((connection, _)) = endpoint::accept(&local, incoming).await else {
+            continue;
+        };
+        links += 1;
+        // The streams stay open until the close, so A reads the close and its reason.
+        let _streams = tokio::time::timeout(Duration::from_secs(5), connection.accept_bi()).await;
+        CloseCode::LinkFailed.close(&connection, "refused for the test: too big");
+    }
+    // Backoff from 250 ms doubling: about 6 connections in 8 s; a loop makes hundreds.
+    assert!((2..=15).contains(&links), "{links} connections in 8 s");
+    let status: Value = serde_json::from_str(&a.run(&["status", "--json"]).ok()).unwrap();
+    let failure = &status["peers"][0]["link_failure"];
+    assert!(
+        failure["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused for the test: too big")),
+        "{status}"
+    );
+    assert!(
+        failure["failures"].as_u64().is_some_and(|n| n >= 2),
+        "{status}"
+    );
+    assert!(a.run(&["status"]).ok().contains("its links keep failing"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("link closed").count(), 1, "{text}");
+    assert!(text.contains("reconnecting with backoff"), "{text}");
+}

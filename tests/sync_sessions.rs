@@ -470,3 +470,88 @@ fn changes_stamped_beyond_the_clock_bound_wait_until_the_clock_catches_up() {
     assert!(same(&a, &b));
     assert_eq!(b.replica.list_memory(None).unwrap().len(), 3);
 }
+
+/// Adds to `peer`'s mesh document one Automerge change writing `keys` entries of
+/// incompressible 400-byte values: a change larger than one bundle, and than one message,
+/// as a bridge ingest made it before batches were cut into bounded changes.
+fn add_huge_change(peer: &mut Peer, keys: usize) {
+    use automerge::transaction::Transactable;
+    let mesh = DocId::Memory(Scope::Mesh);
+    let mut doc = peer
+        .replica
+        .document(&mesh)
+        .map_or_else(automerge::Automerge::new, automerge::Automerge::fork);
+    let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut tx = doc.transaction();
+    for i in 0..keys {
+        let value: String = (0..25)
+            .map(|_| {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                format!("{noise:016x}")
+            })
+            .collect();
+        let version = serde_json::json!({
+            "value": value, "node_id": "a", "updated_at": 1, "deleted": false,
+        });
+        tx.put(automerge::ROOT, format!("big{i}"), version.to_string())
+            .unwrap();
+    }
+    tx.commit();
+    let change = doc.get_last_local_change().unwrap().clone();
+    assert!(
+        change.raw_bytes().len() > meshd::sync::MAX_BUNDLE_RAW,
+        "the change ({} bytes) must not fit one bundle",
+        change.raw_bytes().len()
+    );
+    peer.replica.apply_changes(&mesh, vec![change]).unwrap();
+}
+
+#[test]
+fn a_change_larger_than_a_message_reaches_a_peer_that_has_data() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    full_round(&mut a, &mut b);
+    add_huge_change(&mut a, 50_000);
+    full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    assert_eq!(b.replica.list_memory(None).unwrap().len(), 50_005);
+}
+
+#[test]
+fn a_document_larger_than_a_message_reaches_a_fresh_peer() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    add_huge_change(&mut a, 50_000);
+    let mesh = DocId::Memory(Scope::Mesh);
+    assert!(a.replica.export(&mesh).unwrap().unwrap().len() > meshd::sync::MAX_BUNDLE_RAW);
+    full_round(&mut a, &mut b);
+    assert!(same(&a, &b));
+    assert_eq!(b.replica.list_memory(None).unwrap().len(), 50_000);
+}
+
+#[test]
+fn a_large_batch_makes_bounded_changes() {
+    let mut a = peer("a");
+    let text = "the quick brown fox jumps over the lazy dog ".repeat(10);
+    a.replica
+        .batch(|batch| {
+            for i in 0..30_000 {
+                batch.put_memory(
+                    &Scope::Mesh,
+                    &format!("key{i}"),
+                    (text.clone() + &i.to_string()).into(),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mesh = DocId::Memory(Scope::Mesh);
+    let changes = a.replica.document(&mesh).unwrap().get_changes(&[]);
+    // 30 000 values of about 450 bytes: over 13 MiB, at most 4 MiB of them per change.
+    assert!(changes.len() >= 4, "{} changes", changes.len());
+    let ops: Vec<usize> = changes.iter().map(Change::len).collect();
+    assert!(ops.iter().all(|&n| n <= 10_000), "ops per change: {ops:?}");
+    assert_eq!(ops.iter().sum::<usize>(), 30_000);
+    assert_eq!(a.replica.list_memory(None).unwrap().len(), 30_000);
+}

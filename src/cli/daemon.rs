@@ -108,6 +108,15 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
                 refused.reason
             );
         }
+        if let Some(failure) = &p.link_failure {
+            println!(
+                "  its links keep failing ({} in a row, the latest at {}; reconnecting with \
+                 backoff): {}",
+                failure.failures,
+                format_time(failure.at),
+                failure.reason
+            );
+        }
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheFiles;
 use crate::model::{NodeId, Scope};
-use crate::peers::{PeerRefusal, PeerStore};
+use crate::peers::{LinkFailure, PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
 
 pub use backup::{Backup, BackupReport, Restore};
@@ -120,6 +120,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn is_connected(&self, peer: &NodeId) -> bool;
     /// The latest refusal of `peer`'s changes by this node.
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal>;
+    /// Why the links to `peer` keep failing, while they do.
+    fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure>;
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandError, Context, Effects};
 use crate::cache::FilesStatus;
-use crate::peers::{Peer, PeerRefusal};
+use crate::peers::{LinkFailure, Peer, PeerRefusal};
 use crate::replica::Replica;
 use crate::sync::SyncStore;
 
@@ -49,6 +49,10 @@ pub struct PeerStatus {
     /// The latest time this node refused the peer's changes since the daemon started (a
     /// clock running ahead, or a document it may not write); `None` without the daemon.
     pub refused: Option<PeerRefusal>,
+    /// Why the links to the peer keep failing soon after they come up (the dialer backs off
+    /// meanwhile); `None` while they do not, and without the daemon.
+    #[serde(default)]
+    pub link_failure: Option<LinkFailure>,
 }
 
 impl Command for Status {
@@ -90,6 +94,7 @@ pub(super) fn peer_statuses(
         .map(|peer| PeerStatus {
             connected: node.mesh.as_ref().is_some_and(|m| m.is_connected(&peer.id)),
             refused: node.mesh.as_ref().and_then(|m| m.last_refusal(&peer.id)),
+            link_failure: node.mesh.as_ref().and_then(|m| m.link_failure(&peer.id)),
             documents_behind: documents_behind(replica, &peer),
             peer,
         })

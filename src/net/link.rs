@@ -28,14 +28,32 @@ pub enum LinkCommand {
 pub enum LinkError {
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("stream closed: {0}")]
+    #[error("stream closed: {}", write_failure(.0))]
     Write(#[from] quinn::WriteError),
     #[error("peer sent a malformed frame: {0}")]
     Frame(#[from] sync::DecodeError),
-    #[error("cannot read from the peer: {0}")]
+    #[error("cannot read from the peer: {}", read_failure(.0))]
     Read(#[from] quinn::ReadExactError),
     #[error(transparent)]
     Sync(#[from] SyncError),
+}
+
+/// Why a read failed. quinn's message for a lost connection says only "connection lost";
+/// the reason the peer gave when it closed is in the connection error.
+fn read_failure(error: &quinn::ReadExactError) -> String {
+    use quinn::{ReadError, ReadExactError};
+    match error {
+        ReadExactError::ReadError(ReadError::ConnectionLost(e)) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Why a write failed; see `read_failure`.
+fn write_failure(error: &quinn::WriteError) -> String {
+    match error {
+        quinn::WriteError::ConnectionLost(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 impl LinkError {

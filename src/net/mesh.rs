@@ -18,12 +18,22 @@ use super::endpoint::{self, Endpoint};
 use super::link::{self, LinkCommand, LinkHost};
 use super::NetError;
 use crate::model::{DocId, NodeId, Scope};
-use crate::peers::{Peer, PeerRefusal, PeerStore};
+use crate::peers::{LinkFailure, Peer, PeerRefusal, PeerStore};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
 
 /// Connections from one peer this close together are a simultaneous dial, not a reconnect.
 const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
+/// A link that fails sooner than this after it came up failed on something that a new
+/// connection meets again at once (a refusal, a round that cannot complete): the next one
+/// waits, longer each time. A link up this long ended for reasons of its own.
+const STABLE_LINK: Duration = Duration::from_secs(60);
+
+/// A peer's failing links, and when the dialer may connect again.
+struct Failing {
+    last: LinkFailure,
+    retry_at: Instant,
+}
 
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -71,6 +81,9 @@ pub struct Mesh {
     on_change: Box<dyn Fn() + Send + Sync>,
     /// The latest refusal of each peer's changes by this node, for `meshd status`.
     refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
+    /// Peers whose links fail soon after they come up: the dialer backs off (see
+    /// `STABLE_LINK`), and `meshd status` says why.
+    failing: Mutex<HashMap<NodeId, Failing>>,
     /// Node ids refused at the handshake and warned about once already: a removed peer keeps
     /// dialing every 30 s, and one warning (plus `meshd peers pending`) says all there is.
     warned_strangers: Mutex<HashSet<NodeId>>,
@@ -124,6 +137,7 @@ impl Mesh {
             published: Mutex::new(published),
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
             warned_strangers: Mutex::new(HashSet::new()),
             tasks: lifecycle.tasks,
             shutdown: lifecycle.shutdown,
@@ -185,6 +199,11 @@ impl Mesh {
     /// The latest time this node refused `peer`'s changes, since the daemon started.
     pub fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal> {
         lock(&self.refusals).get(peer).cloned()
+    }
+
+    /// Why the links to `peer` keep failing, while they do.
+    pub fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure> {
+        lock(&self.failing).get(peer).map(|f| f.last.clone())
     }
 
     pub fn is_connected(&self, peer: &NodeId) -> bool {
@@ -307,6 +326,13 @@ impl Mesh {
                     tokio::time::timeout(Duration::from_secs(5), self.link_closed.notified()).await;
                 continue;
             }
+            let retry_at = lock(&self.failing).get(&peer).map(|f| f.retry_at);
+            if let Some(at) = retry_at.filter(|at| *at > Instant::now()) {
+                // A link that failed early would fail again at once: wait, then look again (the
+                // peer may have connected meanwhile).
+                tokio::time::sleep_until(at.into()).await;
+                continue;
+            }
             match self.dial(peer).await {
                 Some(connection) => {
                     wait = first;
@@ -367,6 +393,7 @@ impl Mesh {
             return;
         }
         tracing::info!(%peer, name = ?record.name, "connected");
+        let started = Instant::now();
         let session = Session::new(
             peer.compact(),
             self.access(&record),
@@ -389,10 +416,13 @@ impl Mesh {
             )
             .await
         });
-        match link.await {
+        let ended = link.await;
+        let lasted = started.elapsed();
+        match ended {
             Ok(Ok(())) => tracing::info!(%peer, "disconnected"),
             Ok(Err(e)) if e.is_orderly_close() => tracing::info!(%peer, "disconnected: {e}"),
-            Ok(Err(e)) => tracing::warn!(%peer, "link closed: {e}"),
+            Ok(Err(e)) if lasted >= STABLE_LINK => tracing::warn!(%peer, "link closed: {e}"),
+            Ok(Err(e)) => self.link_failed(peer, e.to_string()),
             Err(e) => tracing::error!(%peer, "the link failed ({e}); this is a bug, it reconnects"),
         }
         let mut links = lock(&self.links);
@@ -404,6 +434,35 @@ impl Mesh {
         }
         drop(links);
         self.link_closed.notify_waiters();
+    }
+
+    /// A link to `peer` failed soon after it came up: the next connection waits, twice as long
+    /// as the last up to the dialers' cap. Warned about once per reason; the same reason again
+    /// is a debug line, and `meshd status` shows it under the peer.
+    fn link_failed(&self, peer: NodeId, reason: String) {
+        let (first, last) = self.config.backoff;
+        let mut failing = lock(&self.failing);
+        let failures = failing.get(&peer).map_or(1, |f| f.last.failures + 1);
+        let wait = jitter(first.saturating_mul(1 << (failures - 1).min(16)).min(last));
+        let repeated = failing.get(&peer).is_some_and(|f| f.last.reason == reason);
+        if repeated {
+            tracing::debug!(%peer, failures, "link closed again: {reason}");
+        } else {
+            tracing::warn!(
+                %peer,
+                "link closed: {reason}; reconnecting with backoff (up to {} s) while it keeps \
+                 failing. `meshd status` shows the reason under the peer; if it persists, read \
+                 the peer's log and check both nodes run the same meshd version",
+                last.as_secs()
+            );
+        }
+        let last = LinkFailure {
+            at: unix_now(),
+            reason,
+            failures,
+        };
+        let retry_at = Instant::now() + wait;
+        failing.insert(peer, Failing { last, retry_at });
     }
 
     /// Two nodes that dial each other at once both keep the connection dialed by the smaller
@@ -481,6 +540,13 @@ impl LinkHost for Mesh {
 
     fn round_done(&self, peer: NodeId, took: Duration) {
         tracing::debug!(%peer, ms = took.as_millis() as u64, "sync round complete");
+        let stable = lock(&self.links)
+            .get(&peer)
+            .is_some_and(|link| link.since.elapsed() >= STABLE_LINK);
+        if stable {
+            // Rounds complete on a link that stayed up: whatever failed before is over.
+            lock(&self.failing).remove(&peer);
+        }
         if let Err(e) = self.peers.record_sync(&peer, unix_now()) {
             tracing::error!("cannot record the sync time: {e}");
         }

@@ -369,9 +369,9 @@ impl Replica {
     // ---- batches ------------------------------------------------------------------------
 
     /// Runs several writes and makes them durable with one flush (group commit): each
-    /// document the batch touches gets one Automerge change. Returns only once everything `f`
-    /// wrote is on disk. If `f` fails, the writes it staged before failing are kept and made
-    /// durable too; the failed one changed nothing.
+    /// document the batch touches gets one Automerge change per 4 MiB of values. Returns only
+    /// once everything `f` wrote is on disk. If `f` fails, the writes it staged before failing
+    /// are kept and made durable too; the failed one changed nothing.
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
         let (outcome, writes) = self.stage(f);
         let pending = self.apply_writes(writes)?;
@@ -394,8 +394,9 @@ impl Replica {
         (outcome, batch.writes)
     }
 
-    /// Applies staged writes to the in-memory documents, one change per document, and returns
-    /// them for `persist`; a write that fails takes every document back.
+    /// Applies staged writes to the in-memory documents, one change per document (several
+    /// for more than 4 MiB of values), and returns them for `persist`; a write that fails
+    /// takes every document back.
     fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Pending> {
         let mut pending = Pending::default();
         if writes.is_empty() {
@@ -416,16 +417,38 @@ impl Replica {
                 }
             };
             pending.touch(&doc, state.doc.get_heads());
-            let mut tx = state.doc.transaction();
-            if let Err(e) = writes.iter().try_for_each(|write| write.apply(&mut tx)) {
-                tx.rollback();
-                self.roll_back(pending.before);
-                return Err(e.into());
+            // Past this many bytes of values a change is committed and the next one begun, so
+            // a large batch (a bridge ingest of 70 000 keys) makes bounded changes that travel
+            // and apply whole, not one of tens of MiB.
+            const MAX_CHANGE_VALUES: usize = 4 << 20;
+            let size = |write: &Staged| match write {
+                Staged::Memory(entry) => serde_json::to_vec(&entry.value).map_or(0, |v| v.len()),
+                Staged::Skill(skill) => skill.content.len() + skill.description.len(),
+            };
+            let mut chunks: Vec<Vec<&Staged>> = Vec::new();
+            let mut staged = MAX_CHANGE_VALUES;
+            for write in &writes {
+                if staged >= MAX_CHANGE_VALUES {
+                    chunks.push(Vec::new());
+                    staged = 0;
+                }
+                staged += size(write);
+                if let Some(chunk) = chunks.last_mut() {
+                    chunk.push(write);
+                }
             }
-            let (hash, _) = tx.commit();
-            if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
-                state.edits = edit;
-                pending.changes.push((doc, change));
+            for chunk in chunks {
+                let mut tx = state.doc.transaction();
+                if let Err(e) = chunk.iter().try_for_each(|write| write.apply(&mut tx)) {
+                    tx.rollback();
+                    self.roll_back(pending.before);
+                    return Err(e.into());
+                }
+                let (hash, _) = tx.commit();
+                if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
+                    state.edits = edit;
+                    pending.changes.push((doc.clone(), change));
+                }
             }
         }
         Ok(pending)

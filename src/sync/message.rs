@@ -155,6 +155,10 @@ pub enum Bundle {
     /// zstd over the whole document in Automerge's own compact format (`save`), for a peer
     /// that has nothing.
     Document(Vec<u8>),
+    /// zstd over a slice of a payload too large for one bundle; the next bundle for the same
+    /// document continues it, and the `Changes` or `Document` bundle that ends it says what
+    /// the whole payload is.
+    Piece(Vec<u8>),
 }
 
 /// Why bytes from a peer are not a message. The link closes the stream with the reason.

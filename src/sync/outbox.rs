@@ -18,7 +18,7 @@ struct Draft {
     have: Option<Have>,
     need: Vec<ChangeHash>,
     ranges: Vec<Range>,
-    document: Option<Bundle>,
+    document: Vec<Bundle>,
     changes: Vec<Change>,
     queued: HashSet<ChangeHash>,
     reset: bool,
@@ -71,8 +71,9 @@ impl Outbox {
         }
     }
 
-    pub fn document(&mut self, doc: &DocId, bundle: Bundle) {
-        self.draft(doc).document = Some(bundle);
+    /// The whole document, as `bundle::document` cut it.
+    pub fn document(&mut self, doc: &DocId, bundles: Vec<Bundle>) {
+        self.draft(doc).document = bundles;
     }
 
     pub fn reset(&mut self, doc: &DocId) {
@@ -122,7 +123,7 @@ impl Draft {
     /// The document's first part (everything but the bundles, and `more` when bundles
     /// follow), and one part per bundle, the last with `more: false`.
     fn into_parts(self, name: String) -> (Option<DocPart>, Vec<DocPart>) {
-        let mut bundles: Vec<Bundle> = self.document.into_iter().collect();
+        let mut bundles = self.document;
         bundles.extend(bundle::pack(&self.changes));
         let head = DocPart {
             doc: name.clone(),

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use automerge::{Change, ChangeHash};
 
 use super::access::Access;
-use super::bundle::{self, BundleError, Unpacked};
+use super::bundle::{self, Assembly, BundleError, Unpacked};
 use super::filter::{self, Filter, FilterError};
 use super::message::{DocPart, Hash, Have, Hello, Knowledge, Message, Sync};
 use super::outbox::Outbox;
@@ -227,6 +227,10 @@ pub struct Session {
     /// What the call under way applied and refused, for its `Outcome`.
     applied: Vec<Applied>,
     refusals: Vec<Refusal>,
+    /// A transfer from the peer whose pieces are arriving, with its document. A sender ends
+    /// one transfer before it starts another, and rounds do not interrupt it, so there is at
+    /// most one and it outlives rounds.
+    transfer: Option<(DocId, Assembly)>,
 }
 
 fn to_hashes(wire: &[Hash]) -> Vec<ChangeHash> {
@@ -253,6 +257,7 @@ impl Session {
             unanswered: None,
             applied: Vec::new(),
             refusals: Vec::new(),
+            transfer: None,
         }
     }
 
@@ -675,10 +680,9 @@ impl Session {
             self.refuse(doc, reason, out);
             return Ok(());
         }
-        let unpacked = bundle::unpack(bundle).map_err(|source| SyncError::Bundle {
-            doc: doc.name(),
-            source,
-        })?;
+        let Some(unpacked) = self.assemble(doc, bundle)? else {
+            return Ok(());
+        };
         let vetted = match &unpacked {
             Unpacked::Changes(changes) => store.vet(doc, changes),
             Unpacked::Document(saved) => store.vet_document(doc, saved),
@@ -698,6 +702,33 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// Adds a bundle to the transfer under way for `doc` (or starts one): `None` until its
+    /// last bundle is in. A bundle for another document while one is under way is an error.
+    fn assemble(
+        &mut self,
+        doc: &DocId,
+        bundle: &super::message::Bundle,
+    ) -> Result<Option<Unpacked>, SyncError> {
+        let mut assembly = match self.transfer.take() {
+            Some((pending, assembly)) if pending == *doc => assembly,
+            Some((pending, _)) => {
+                return Err(SyncError::Bundle {
+                    doc: pending.name(),
+                    source: BundleError::Unfinished,
+                })
+            }
+            None => Assembly::default(),
+        };
+        let unpacked = assembly.take(bundle).map_err(|source| SyncError::Bundle {
+            doc: doc.name(),
+            source,
+        })?;
+        if unpacked.is_none() {
+            self.transfer = Some((doc.clone(), assembly));
+        }
+        Ok(unpacked)
     }
 
     /// Refuses what the peer sent for `doc`, telling it why; the document is done for this
