@@ -612,10 +612,14 @@ fn open(node: &Node, clock: &Arc<AtomicU64>) -> Replica {
     // A restart may find the store still locked for a moment: sled's background flusher
     // lets go of the file lock a little after the replica is dropped, as a real process
     // that exits does. Wait for it, as the daemon does.
-    wait_for_store(std::time::Duration::from_secs(10), || {
+    let mut replica = wait_for_store(std::time::Duration::from_secs(10), || {
         Replica::open_with_clock(&node.path, &node.id, Box::new(wall.clone()))
     })
-    .expect("replica opens")
+    .expect("replica opens");
+    // Every document but the last one used is evicted after each step (`converge`), so
+    // every step also reads documents back from the store.
+    replica.set_memory_budget(1);
+    replica
 }
 
 fn scope(user: bool) -> Scope {
@@ -906,6 +910,13 @@ fn converge(skews: &[i64], ops: &[Op]) -> Result<(), TestCaseError> {
     let mut world = World::new(skews);
     for op in ops {
         world.run(op);
+        for replica in world
+            .nodes
+            .iter_mut()
+            .filter_map(|node| node.replica.as_mut())
+        {
+            replica.trim();
+        }
     }
     world.settle();
     check_connected(&world)?;
