@@ -54,6 +54,7 @@ impl Replica {
         &mut self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<T>,
     ) -> Result<Staging<T>> {
+        self.refuse_after_failure()?;
         let (outcome, writes) = self.stage(f);
         let (skills, others): (Vec<Staged>, Vec<Staged>) = writes
             .into_iter()

@@ -49,9 +49,7 @@ impl Replica {
     /// Refuses a write when the store's disk is below its reserve. Checked before a write is
     /// applied in memory, so a refusal costs nothing to undo.
     pub(super) fn ensure_writable(&mut self) -> Result<()> {
-        if let Some(first) = self.storage.failed() {
-            return Err(ReplicaError::Failed(first.to_string()));
-        }
+        self.refuse_after_failure()?;
         match self.reserve.check(&self.store_path) {
             Ok(Ok(())) => {
                 if self.read_only {

@@ -373,10 +373,20 @@ impl Replica {
     /// once everything `f` wrote is on disk. If `f` fails, the writes it staged before failing
     /// are kept and made durable too; the failed one changed nothing.
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
+        self.refuse_after_failure()?;
         let (outcome, writes) = self.stage(f);
         let pending = self.apply_writes(writes)?;
         self.persist(pending)?;
         outcome
+    }
+
+    /// After a failed write, sled refuses work on its log, reads of the index included, so
+    /// a batch (whose staging reads the index) is refused with the reason first.
+    fn refuse_after_failure(&self) -> Result<()> {
+        match self.storage.failed() {
+            Some(first) => Err(ReplicaError::Failed(first.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Runs `f` and returns what it wrote, applied to no document yet.
