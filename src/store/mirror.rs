@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection};
 
 use super::{
-    connect, encode_value, export, sqlite_scope, ExportReport, MemoryRow, SkillRow, StoreError,
-    UPSERT_MEMORY, UPSERT_SKILL,
+    connect, encode_value, export, sqlite_scope, upsert_skill, ExportReport, MemoryRow, SkillRow,
+    StoreError, UPSERT_MEMORY, UPSERT_SKILL,
 };
 use crate::follow::{Moved, Moves, Seen};
 use crate::model::{DocId, Scope};
@@ -138,16 +138,7 @@ fn apply_rows(conn: &Connection, rows: Rows) -> rusqlite::Result<ExportReport> {
     let mut delete = conn.prepare("DELETE FROM mesh_skills WHERE name = ?1")?;
     for (name, row) in rows.skills {
         match row {
-            Some(row) => {
-                let updated_at = row.updated_at as i64;
-                report.skills += upsert.execute(params![
-                    row.name,
-                    row.source_node,
-                    row.content,
-                    row.path,
-                    updated_at
-                ])?;
-            }
+            Some(row) => report.skills += upsert_skill(&mut upsert, &row)?,
             None => report.removed += delete.execute(params![name])?,
         }
     }

@@ -395,6 +395,17 @@ WHERE (excluded.updated_at, excluded.source_node) >= (mesh_skills.updated_at, me
   AND (excluded.source_node, excluded.content, excluded.path, excluded.updated_at)
       IS NOT (mesh_skills.source_node, mesh_skills.content, mesh_skills.path, mesh_skills.updated_at)";
 
+/// Upserts one skill row with a prepared `UPSERT_SKILL`; the rows it changed.
+fn upsert_skill(upsert: &mut rusqlite::Statement<'_>, row: &SkillRow) -> rusqlite::Result<usize> {
+    upsert.execute(params![
+        row.name,
+        row.source_node,
+        row.content,
+        row.path,
+        row.updated_at as i64
+    ])
+}
+
 fn write_rows(
     conn: &Connection,
     memory: &[MemoryEntry],
@@ -416,14 +427,7 @@ fn write_rows(
     let mut upsert = conn.prepare(UPSERT_SKILL)?;
     for skill in skills {
         let row = SkillRow::from(skill);
-        let updated_at = row.updated_at as i64;
-        report.skills += upsert.execute(params![
-            row.name,
-            row.source_node,
-            row.content,
-            row.path,
-            updated_at
-        ])?;
+        report.skills += upsert_skill(&mut upsert, &row)?;
         names.insert(row.name);
     }
     if prune {
