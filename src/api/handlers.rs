@@ -81,18 +81,26 @@ async fn write_batch<T: Send + 'static>(
     Ok(value)
 }
 
-/// A read the store could not answer (a damaged index) is ours.
+/// A read the store could not answer (a damaged index) is ours; one refused after a failed
+/// write says so with 507, as the write was.
 fn read_error(error: ReplicaError) -> HttpError {
-    HttpError::internal(error.to_string())
+    match error {
+        unreadable @ ReplicaError::Unreadable(_) => {
+            HttpError::new(StatusCode::INSUFFICIENT_STORAGE, unreadable.to_string())
+        }
+        failure => HttpError::internal(failure.to_string()),
+    }
 }
 
 /// A refused write is the caller's mistake (400, with the rule); anything else is ours.
 fn write_error(error: ReplicaError) -> HttpError {
     match error.into_refusal() {
         Ok(reason) => HttpError::bad_request(reason.to_string()),
-        Err(full @ (ReplicaError::ReadOnly(_) | ReplicaError::Failed(_))) => {
-            HttpError::new(StatusCode::INSUFFICIENT_STORAGE, full.to_string())
-        }
+        Err(
+            full @ (ReplicaError::ReadOnly(_)
+            | ReplicaError::Failed(_)
+            | ReplicaError::Unreadable(_)),
+        ) => HttpError::new(StatusCode::INSUFFICIENT_STORAGE, full.to_string()),
         Err(failure) => HttpError::internal(failure.to_string()),
     }
 }

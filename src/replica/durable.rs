@@ -180,7 +180,7 @@ impl Replica {
             };
             let before = self.summaries.get(doc).cloned().unwrap_or_default();
             let summary =
-                index::stage_update(self.storage.tree(), batch, doc, &state.doc, names, &before)?;
+                index::stage_update(self.storage.tree()?, batch, doc, &state.doc, names, &before)?;
             summaries.push((doc.clone(), summary));
         }
         Ok(summaries)

@@ -77,7 +77,10 @@ impl Replica {
 
     fn read_stored(&mut self, doc: &DocId) -> Result<DocState> {
         let name = doc.name();
-        let stored = self.storage.load_doc(&name)?;
+        let stored = self
+            .storage
+            .load_doc(&name)
+            .map_err(|error| self.storage.note_failure(error))?;
         let mut state = load_doc(&name, stored, &self.actor)?;
         state.edits = self.next_edit();
         Ok(state)
@@ -103,7 +106,7 @@ impl Replica {
     ) -> Result<()> {
         let mut summaries = Vec::new();
         for (doc, document) in docs {
-            let summary = index::stage_rebuild(self.storage.tree(), &mut batch, doc, document)?;
+            let summary = index::stage_rebuild(self.storage.tree()?, &mut batch, doc, document)?;
             summaries.push((doc.clone(), summary));
         }
         batch.insert(index::COMPLETE, &b"1"[..]);
@@ -114,8 +117,8 @@ impl Replica {
 
     /// Reads the summaries; indexes a store that has no index yet.
     pub(super) fn open_index(&mut self) -> Result<()> {
-        if self.storage.tree().contains_key(index::COMPLETE)? {
-            self.summaries = index::summaries(self.storage.tree())?;
+        if self.storage.tree()?.contains_key(index::COMPLETE)? {
+            self.summaries = index::summaries(self.storage.tree()?)?;
             return Ok(());
         }
         self.load_everything(Damage::Refuse)?;
@@ -132,12 +135,12 @@ impl Replica {
     pub(super) fn rebuild_index(&mut self) -> Result<()> {
         let docs = std::mem::take(&mut self.docs);
         let mut batch = sled::Batch::default();
-        let stale: Vec<DocId> = index::summaries(self.storage.tree())?
+        let stale: Vec<DocId> = index::summaries(self.storage.tree()?)?
             .into_keys()
             .filter(|doc| !docs.contains_key(doc))
             .collect();
         for doc in &stale {
-            index::stage_drop(self.storage.tree(), &mut batch, doc)?;
+            index::stage_drop(self.storage.tree()?, &mut batch, doc)?;
             self.summaries.remove(doc);
         }
         let result = self.reindex(batch, docs.iter().map(|(doc, state)| (doc, &state.doc)));
@@ -207,12 +210,13 @@ impl Replica {
     /// Checks that the index says exactly what the documents do, loading each: for tests.
     #[doc(hidden)]
     pub fn check_index(&mut self) -> std::result::Result<(), String> {
+        let tree = self.storage.tree().map_err(|e| e.to_string())?.clone();
         for doc in self.doc_ids() {
             let loaded = self.load_state(&doc).map_err(|e| e.to_string())?;
             let document = loaded.map(|state| state.doc.clone()).unwrap_or_default();
-            index::verify(self.storage.tree(), &doc, &document)?;
+            index::verify(&tree, &doc, &document)?;
         }
-        let held = index::summaries(self.storage.tree()).map_err(|e| e.to_string())?;
+        let held = index::summaries(&tree).map_err(|e| e.to_string())?;
         if held != self.summaries {
             return Err("the summaries in memory are not the stored ones".to_string());
         }

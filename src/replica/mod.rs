@@ -65,6 +65,8 @@ pub enum ReplicaError {
     ReadOnly(#[from] space::BelowReserve),
     #[error("the store failed a write earlier ({0}) and accepts none until meshd restarts; every acknowledged write is safe: free disk space if it is full, then restart meshd")]
     Failed(String),
+    #[error("the store failed a write earlier ({0}) and could not undo it in memory, so it is not read until meshd restarts; every acknowledged write is safe on disk: free disk space if it is full, then restart meshd")]
+    Unreadable(String),
     #[error("automerge: {0}")]
     Automerge(Box<automerge::AutomergeError>),
     #[error(transparent)]
@@ -288,17 +290,14 @@ impl Replica {
         scope: &Scope,
         key: &str,
     ) -> Result<Option<(MemoryEntry, Vec<MemoryEntry>)>> {
-        Ok(resolve(index::memory_versions(
-            self.storage.tree(),
-            scope,
-            key,
-        )?))
+        let versions = self.reading(|tree| index::memory_versions(tree, scope, key))?;
+        Ok(resolve(versions))
     }
 
     /// Every memory key or skill name of a document, tombstones included, without reading
     /// their versions.
     pub fn names(&self, doc: &DocId) -> Result<Vec<String>> {
-        index::names(self.storage.tree(), doc)
+        self.reading(|tree| index::names(tree, doc))
     }
 
     /// Live entries, sorted by scope then key; every scope when `scope` is `None`.
@@ -306,7 +305,7 @@ impl Replica {
         let mut entries = Vec::new();
         for doc_scope in self.scopes() {
             if scope.is_none_or(|s| *s == doc_scope) {
-                entries.extend(index::live_memory(self.storage.tree(), &doc_scope)?);
+                entries.extend(self.reading(|tree| index::live_memory(tree, &doc_scope))?);
             }
         }
         Ok(entries)
@@ -358,12 +357,20 @@ impl Replica {
     }
 
     pub fn skill_versions(&self, name: &str) -> Result<Option<(Skill, Vec<Skill>)>> {
-        Ok(resolve(index::skill_versions(self.storage.tree(), name)?))
+        Ok(resolve(
+            self.reading(|tree| index::skill_versions(tree, name))?,
+        ))
     }
 
     /// Live skills sorted by name.
     pub fn list_skills(&self) -> Result<Vec<Skill>> {
-        index::live_skills(self.storage.tree())
+        self.reading(index::live_skills)
+    }
+
+    /// Runs a read of the index, noting an I/O error as the store's failure (see
+    /// `Storage::note_failure`).
+    fn reading<T>(&self, read: impl FnOnce(&sled::Tree) -> Result<T>) -> Result<T> {
+        read(self.storage.tree()?).map_err(|error| self.storage.note_failure(error))
     }
 
     // ---- batches ------------------------------------------------------------------------
@@ -401,7 +408,11 @@ impl Replica {
             latest_skill: HashMap::new(),
         };
         let outcome = f(&mut batch);
-        (outcome, batch.writes)
+        let writes = batch.writes;
+        (
+            outcome.map_err(|error| self.storage.note_failure(error)),
+            writes,
+        )
     }
 
     /// Applies staged writes to the in-memory documents, one change per document (several

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use automerge::ChangeHash;
 
@@ -30,10 +31,15 @@ pub struct StoredDoc {
 pub struct Storage {
     db: sled::Db,
     docs: sled::Tree,
-    /// The first write sled failed, after which it is not called to write again: sled 0.34
-    /// cannot recover from a failed write in process (its next flush waits for good for the
-    /// log buffer that failed). Cleared by a restart, which recovers the log from disk.
-    failed: Option<String>,
+    /// The first write (or read) sled failed, after which it is not called to write again:
+    /// sled 0.34 cannot recover from a failed write in process (its next flush waits for good
+    /// for the log buffer that failed, and reads fail too once its background flusher hit the
+    /// error first). Cleared by a restart, which recovers the log from disk.
+    failed: OnceLock<String>,
+    /// Set when the undo of a failed write could not be applied either: sled's memory may
+    /// then hold the refused write, so reads are refused too, until a restart reads the store
+    /// back from disk (where the refused write never landed).
+    unreadable: bool,
 }
 
 impl Storage {
@@ -47,7 +53,8 @@ impl Storage {
         Ok(Storage {
             db,
             docs,
-            failed: None,
+            failed: OnceLock::new(),
+            unreadable: false,
         })
     }
 
@@ -57,6 +64,7 @@ impl Storage {
     }
 
     pub fn load_all(&self) -> Result<BTreeMap<String, StoredDoc>, ReplicaError> {
+        self.refuse_unreadable()?;
         let mut docs: BTreeMap<String, StoredDoc> = BTreeMap::new();
         for item in self.docs.scan_prefix(SNAPSHOT) {
             let (key, value) = item?;
@@ -82,6 +90,7 @@ impl Storage {
 
     /// The stored bytes of one document (empty when it has none).
     pub fn load_doc(&self, name: &str) -> Result<StoredDoc, ReplicaError> {
+        self.refuse_unreadable()?;
         let snapshot = self
             .docs
             .get(snapshot_key(name))?
@@ -95,13 +104,34 @@ impl Storage {
     }
 
     /// The tree holding documents and their index, for reads and for building batches.
-    pub fn tree(&self) -> &sled::Tree {
-        &self.docs
+    /// Refused once a failed write could not be undone in memory (see `undo`).
+    pub fn tree(&self) -> Result<&sled::Tree, ReplicaError> {
+        self.refuse_unreadable()?;
+        Ok(&self.docs)
+    }
+
+    fn refuse_unreadable(&self) -> Result<(), ReplicaError> {
+        match (self.failed.get(), self.unreadable) {
+            (Some(first), true) => Err(ReplicaError::Unreadable(first.clone())),
+            _ => Ok(()),
+        }
     }
 
     /// Why the store accepts no more writes until a restart, if it does not.
     pub fn failed(&self) -> Option<&str> {
-        self.failed.as_deref()
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Turns an I/O error sled returned (to a read as well as a write) into the failure that
+    /// stops later writes: sled does not recover from one in process.
+    pub fn note_failure(&self, error: ReplicaError) -> ReplicaError {
+        match error {
+            ReplicaError::Storage(sled::Error::Io(io)) => {
+                let first = self.failed.get_or_init(|| io.to_string());
+                ReplicaError::Failed(first.clone())
+            }
+            other => other,
+        }
     }
 
     /// Applies `batch` atomically and waits until it is on disk.
@@ -114,10 +144,13 @@ impl Storage {
     }
 
     /// Applies the undo of a failed `commit` (dropping its changes, so that they cannot reach
-    /// the disk with a later flush of sled's log), even after the failure: best effort.
-    pub fn undo(&self, batch: sled::Batch) {
+    /// the disk with a later flush of sled's log), even after the failure. sled may refuse
+    /// it too; its memory then still holds the refused write, and the store is no longer
+    /// read until a restart.
+    pub fn undo(&mut self, batch: sled::Batch) {
         if let Err(error) = self.docs.apply_batch(batch) {
-            tracing::warn!(%error, "cannot drop the changes of a failed write from the store");
+            tracing::error!(%error, "cannot drop the changes of a failed write from the store's memory; reads are refused until meshd restarts");
+            self.unreadable = true;
         }
     }
 
@@ -133,11 +166,11 @@ impl Storage {
         &mut self,
         f: impl FnOnce(&Storage) -> Result<(), sled::Error>,
     ) -> Result<(), ReplicaError> {
-        if let Some(first) = &self.failed {
+        if let Some(first) = self.failed.get() {
             return Err(ReplicaError::Failed(first.clone()));
         }
         f(self).map_err(|error| {
-            self.failed = Some(error.to_string());
+            self.failed.get_or_init(|| error.to_string());
             ReplicaError::Storage(error)
         })
     }
@@ -149,7 +182,7 @@ impl Drop for Storage {
     /// dropping; what it holds unflushed was undone, and the process is ending (the file
     /// lock goes with it).
     fn drop(&mut self) {
-        if self.failed.is_some() {
+        if self.failed.get().is_some() {
             std::mem::forget(self.db.clone());
         }
     }
