@@ -92,6 +92,24 @@ fn read_error(error: ReplicaError) -> HttpError {
     }
 }
 
+/// A write committed with those of other requests that arrive meanwhile (one flush for all,
+/// `SharedReplica::grouped`); tells the cache writer when `f` reports a change.
+async fn write_grouped<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnMut(&mut Batch<'_>) -> Result<(T, bool), ReplicaError> + Send + 'static,
+) -> Result<T, HttpError> {
+    let (value, changed) = state
+        .replica
+        .run_grouped(f)
+        .await
+        .map_err(|e| HttpError::internal(e.to_string()))?
+        .map_err(write_error)?;
+    if changed {
+        (state.on_change)();
+    }
+    Ok(value)
+}
+
 /// A refused write is the caller's mistake (400, with the rule); anything else is ours.
 fn write_error(error: ReplicaError) -> HttpError {
     match error.into_refusal() {
@@ -208,23 +226,25 @@ pub async fn put_memory(
         return Err(HttpError::bad_request("Missing scope, key, or value"));
     };
     let (value, node_id) = (value.clone(), node_field(&map, "node_id")?);
-    let row = with_replica(&state, move |replica| {
-        let scope = scope(&scope_text, replica)?;
-        let newest = (replica.memory_versions(&scope, &key).map_err(read_error)?)
-            .map(|(winner, _)| winner.updated_at);
+    let scope = Scope::parse(&scope_text, state.replica.node_id())
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let entry = write_grouped(&state, move |batch| {
+        let newest = batch.current_memory(&scope, &key)?.map(|w| w.updated_at);
         let entry = MemoryEntry {
-            scope,
-            key,
-            value,
-            node_id: node_id.unwrap_or_else(|| replica.node_id().to_string()),
-            updated_at: replica.stamp_after(newest).map_err(write_error)?,
+            scope: scope.clone(),
+            key: key.clone(),
+            value: value.clone(),
+            node_id: node_id
+                .clone()
+                .unwrap_or_else(|| batch.node_id().to_string()),
+            updated_at: batch.stamp_after(newest)?,
             deleted: false,
         };
-        let changed = replica.import_memory(entry.clone()).map_err(write_error)?;
-        Ok((memory_row(&entry, replica.node_id()), changed))
+        let changed = batch.import_memory(entry.clone())?;
+        Ok((entry, changed))
     })
     .await?;
-    Ok(Json(row))
+    Ok(Json(memory_row(&entry, state.replica.node_id())))
 }
 
 /// Newest first, as the reference lists rows.

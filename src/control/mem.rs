@@ -21,7 +21,7 @@ impl Command for MemPut {
     fn execute(self, node: &Context) -> Result<MemoryEntry, CommandError> {
         let scope = node.scope(&self.scope)?;
         node.replica
-            .with(|replica| replica.put_memory(&scope, &self.key, self.value))
+            .grouped(move |batch| batch.put_memory(&scope, &self.key, self.value.clone()))
             .map_err(CommandError::failed)
     }
 }
@@ -88,9 +88,10 @@ impl Command for MemRm {
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let scope = node.scope(&self.scope)?;
+        let (deleting, key) = (scope.clone(), self.key.clone());
         match node
             .replica
-            .with(|replica| replica.delete_memory(&scope, &self.key))
+            .grouped(move |batch| batch.delete_memory(&deleting, &key))
         {
             Ok(true) => Ok(format!("deleted {scope}:{}", self.key)),
             Ok(false) => Err(no_entry(&scope, &self.key)),

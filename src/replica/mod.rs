@@ -4,6 +4,7 @@
 mod changes;
 mod detached;
 mod durable;
+mod group;
 mod index;
 mod integrity;
 mod lazy;
@@ -67,6 +68,8 @@ pub enum ReplicaError {
     Failed(String),
     #[error("the store failed a write earlier ({0}) and could not undo it in memory, so it is not read until meshd restarts; every acknowledged write is safe on disk: free disk space if it is full, then restart meshd")]
     Unreadable(String),
+    #[error("a write committed with others was interrupted by an internal error (see the log); it may or may not be stored: read it back before writing it again")]
+    Interrupted,
     #[error("automerge: {0}")]
     Automerge(Box<automerge::AutomergeError>),
     #[error(transparent)]
@@ -739,8 +742,13 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// The winning version of a key as this batch will leave it.
-    fn current_memory(&self, scope: &Scope, key: &str) -> Result<Option<MemoryEntry>> {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.replica.node_id()
+    }
+
+    /// The winning version of a key (a tombstone included) as this batch will leave it.
+    pub fn current_memory(&self, scope: &Scope, key: &str) -> Result<Option<MemoryEntry>> {
         match self.latest_memory.get(&(scope.clone(), key.to_string())) {
             Some(&index) => match &self.writes[index] {
                 Staged::Memory(entry) => Ok(Some(entry.clone())),

@@ -17,9 +17,10 @@
 //! is cleared and the event logged once, and the node keeps serving. A panic inside `run`
 //! becomes an error for the one request that hit it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use super::detached::{Commit, Staging};
+use super::group::{self, Pending, Queue};
 use super::{Batch, Replica, ReplicaError, SkillWrite};
 use crate::model::Skill;
 
@@ -34,11 +35,26 @@ pub struct StoreTaskFailed(String);
 
 /// A cheap handle to the process's one replica.
 #[derive(Clone)]
-pub struct SharedReplica(Arc<Mutex<Replica>>);
+pub struct SharedReplica {
+    replica: Arc<Mutex<Replica>>,
+    /// Writes waiting to be committed as a group (`grouped`).
+    queue: Arc<Queue>,
+    /// Fixed for the replica's life, so read without the lock.
+    node_id: Arc<str>,
+}
 
 impl SharedReplica {
     pub fn new(replica: Replica) -> SharedReplica {
-        SharedReplica(Arc::new(Mutex::new(replica)))
+        SharedReplica {
+            node_id: replica.node_id().into(),
+            replica: Arc::new(Mutex::new(replica)),
+            queue: Arc::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Runs `f` with the replica locked, on the calling thread. Only for threads that may
@@ -82,6 +98,48 @@ impl SharedReplica {
             .map_err(|e| StoreTaskFailed(e.to_string()))
     }
 
+    /// `Replica::batch`, committed with the writes of other callers that arrive meanwhile:
+    /// one flush for all of them (see `group`). `write` may run more than once, so it must not
+    /// consume its input; it should not write large skill texts, which `batch` edits off the
+    /// lock.
+    pub fn grouped<T: Send + 'static>(
+        &self,
+        write: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
+    ) -> Result<T, ReplicaError> {
+        let (pending, answer) = Pending::new(write);
+        self.queue.push(Box::new(pending));
+        let mut replica = self.lock();
+        // A leader answers every job it took before it lets the lock go, so an answer not
+        // here now means the job is still queued.
+        match answer.try_recv() {
+            Ok(answered) => return answered,
+            // The leader that took it panicked (the lock was poisoned, see `lock`).
+            Err(mpsc::TryRecvError::Disconnected) => return Err(ReplicaError::Interrupted),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        group::commit(&mut replica, self.queue.take());
+        replica.trim();
+        drop(replica);
+        answer.recv().unwrap_or(Err(ReplicaError::Interrupted))
+    }
+
+    /// Writes waiting for a leader: for tests that line a group up.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// `grouped` on tokio's blocking pool.
+    pub async fn run_grouped<T: Send + 'static>(
+        &self,
+        write: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
+    ) -> Result<Result<T, ReplicaError>, StoreTaskFailed> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.grouped(write))
+            .await
+            .map_err(|e| StoreTaskFailed(e.to_string()))
+    }
+
     /// `Replica::put_skill` with the text edit done off the lock.
     pub fn put_skill(&self, write: SkillWrite) -> Result<Skill, ReplicaError> {
         self.batch(|batch| batch.put_skill(write.clone()))
@@ -111,9 +169,9 @@ impl SharedReplica {
     }
 
     fn lock(&self) -> MutexGuard<'_, Replica> {
-        self.0.lock().unwrap_or_else(|poisoned| {
+        self.replica.lock().unwrap_or_else(|poisoned| {
             tracing::error!("a task panicked while holding the replica; carrying on (see above)");
-            self.0.clear_poison();
+            self.replica.clear_poison();
             poisoned.into_inner()
         })
     }

@@ -656,3 +656,89 @@ fn documents_beyond_the_memory_budget_are_evicted_and_load_again_when_written() 
         r.check_index().unwrap();
     });
 }
+
+/// Starts `count` threads writing through `grouped` while the test holds the replica, and
+/// lets go once all are queued: whichever takes the lock then commits them as one group.
+fn grouped_puts_while_locked(
+    shared: &SharedReplica,
+    values: Vec<serde_json::Value>,
+) -> Vec<Result<MemoryEntry>> {
+    let writers: Vec<_> = shared.with(|_| {
+        let writers: Vec<_> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let writer = shared.clone();
+                std::thread::spawn(move || {
+                    writer.grouped(move |b| {
+                        b.put_memory(&Scope::Mesh, &format!("k{i}"), value.clone())
+                    })
+                })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        while shared.queued() < writers.len() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "writers never queued"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writers
+    });
+    writers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+fn mesh_changes(shared: &SharedReplica) -> usize {
+    shared.with(|r| {
+        r.document(&DocId::Memory(Scope::Mesh))
+            .unwrap()
+            .get_changes(&[])
+            .len()
+    })
+}
+
+#[test]
+fn writes_that_wait_for_the_lock_are_committed_as_one_change_and_each_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    shared
+        .grouped(|b| b.put_memory(&Scope::Mesh, "first", json!(0)))
+        .unwrap();
+    let before = mesh_changes(&shared);
+    let answers = grouped_puts_while_locked(&shared, (0..8).map(|i| json!(i)).collect());
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap().value, json!(i));
+    }
+    assert_eq!(
+        mesh_changes(&shared),
+        before + 1,
+        "eight writes, one commit"
+    );
+    drop(shared);
+    let mut reopened = open(dir.path(), "n1");
+    for i in 0..8 {
+        let entry = reopened.get_memory(&Scope::Mesh, &format!("k{i}")).unwrap();
+        assert_eq!(entry.unwrap().value, json!(i));
+    }
+    reopened.check_index().unwrap();
+}
+
+#[test]
+fn a_refused_write_in_a_group_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    let huge = json!("x".repeat(validate::MAX_VALUE_BYTES + 1));
+    let answers = grouped_puts_while_locked(&shared, vec![json!("a"), huge, json!("c")]);
+    assert_eq!(answers[0].as_ref().unwrap().value, json!("a"));
+    assert!(
+        matches!(answers[1], Err(ReplicaError::Invalid(_))),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2].as_ref().unwrap().value, json!("c"));
+    shared.with(|r| {
+        assert!(r.get_memory(&Scope::Mesh, "k1").unwrap().is_none());
+        assert!(r.get_memory(&Scope::Mesh, "k2").unwrap().is_some());
+    });
+}

@@ -1,0 +1,120 @@
+//! Group commit across callers: writes that arrive while another write holds the replica
+//! (most of that time is its flush) are committed together, with one flush, once the lock is
+//! free again.
+//!
+//! Leader and followers on the replica lock itself, so nothing runs beside it: each writer
+//! queues its job, then takes the lock. Whoever gets the lock first stages every queued job
+//! into one batch, commits it and answers each job before it lets go. A writer whose job was
+//! answered meanwhile only picks up its answer. A lone write runs alone, with the same latency
+//! as a plain `Replica::batch`.
+//!
+//! A group whose commit fails (a full disk, the reserve, a change Automerge refuses) is run
+//! again one job at a time, so each caller gets the answer it would have had alone: only the
+//! job at fault fails for a fault of its own, and after a failed flush every job is refused
+//! with the reason. Jobs may therefore run more than once and must not consume their input.
+
+use std::sync::{mpsc, Mutex};
+
+use super::{Batch, Replica, ReplicaError};
+
+/// Jobs waiting for the next leader.
+#[derive(Default)]
+pub(super) struct Queue(Mutex<Vec<Box<dyn Job>>>);
+
+impl Queue {
+    pub fn push(&self, job: Box<dyn Job>) {
+        self.jobs().push(job);
+    }
+
+    pub fn take(&self) -> Vec<Box<dyn Job>> {
+        std::mem::take(&mut *self.jobs())
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.jobs().len()
+    }
+
+    /// A job is queued or taken whole, so a panic elsewhere cannot leave the list torn.
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Job>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One caller's writes, erased to be queued with others.
+pub(super) trait Job: Send {
+    /// Stages the writes into the group's batch and keeps the outcome for `answer`.
+    fn stage(&mut self, batch: &mut Batch<'_>);
+    /// Sends the kept outcome: the group's commit succeeded.
+    fn answer(self: Box<Self>);
+    /// Runs the job again in a batch of its own and sends that outcome.
+    fn run_alone(self: Box<Self>, replica: &mut Replica);
+}
+
+/// A job and where its answer goes.
+pub(super) struct Pending<T, F> {
+    write: F,
+    outcome: Option<Result<T, ReplicaError>>,
+    reply: mpsc::SyncSender<Result<T, ReplicaError>>,
+}
+
+impl<T, F> Pending<T, F> {
+    pub fn new(write: F) -> (Self, mpsc::Receiver<Result<T, ReplicaError>>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let pending = Pending {
+            write,
+            outcome: None,
+            reply,
+        };
+        (pending, answer)
+    }
+}
+
+impl<T, F> Job for Pending<T, F>
+where
+    T: Send,
+    F: FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send,
+{
+    fn stage(&mut self, batch: &mut Batch<'_>) {
+        self.outcome = Some((self.write)(batch));
+    }
+
+    fn answer(self: Box<Self>) {
+        if let Some(outcome) = self.outcome {
+            // The caller waits on the other end until it has its answer; gone only if its
+            // thread died, and then nobody needs it.
+            let _ = self.reply.send(outcome);
+        }
+    }
+
+    fn run_alone(mut self: Box<Self>, replica: &mut Replica) {
+        let outcome = replica.batch(&mut self.write);
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// Commits `jobs` as one batch with one flush, then answers each; see the module comment for
+/// a group that fails.
+pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
+    if jobs.len() == 1 {
+        if let Some(job) = jobs.pop() {
+            job.run_alone(replica);
+        }
+        return;
+    }
+    let committed = replica.batch(|batch| {
+        for job in jobs.iter_mut() {
+            job.stage(batch);
+        }
+        Ok(())
+    });
+    match committed {
+        Ok(()) => jobs.into_iter().for_each(|job| job.answer()),
+        Err(error) => {
+            tracing::debug!(%error, jobs = jobs.len(), "a group commit failed; its writes run one by one");
+            jobs.into_iter().for_each(|job| job.run_alone(replica));
+        }
+    }
+}
