@@ -2,24 +2,46 @@
 //! (most of that time is its flush) are committed together, with one flush, once the lock is
 //! free again.
 //!
-//! Leader and followers on the replica lock itself, so nothing runs beside it: each writer
-//! queues its job, then takes the lock. Whoever gets the lock first stages every queued job
-//! into one batch, commits it and answers each job before it lets go. A writer whose job was
-//! answered meanwhile only picks up its answer. A lone write runs alone, with the same latency
-//! as a plain `Replica::batch`.
+//! A leader and followers: each writer queues its job, then becomes the leader unless another
+//! writer is leading. The leader takes the replica lock, stages every queued job into one
+//! batch, commits it and answers each job; it leads again while jobs are queued. A follower
+//! sleeps until its answer arrives, woken once, by the leader, so a group costs no queue of
+//! threads taking the lock in turn. A lone write runs alone, with the same latency as a plain
+//! `Replica::batch`.
+//!
+//! No job is left behind: a writer that saw another leading pushed its job before it looked,
+//! and a leader looks at the queue again after it stops leading. A follower that still waits
+//! after `FOLLOWER_PATIENCE` (its leader panicked) tries to lead itself.
 //!
 //! A group whose commit fails (a full disk, the reserve, a change Automerge refuses) is run
 //! again one job at a time, so each caller gets the answer it would have had alone: only the
 //! job at fault fails for a fault of its own, and after a failed flush every job is refused
 //! with the reason. Jobs may therefore run more than once and must not consume their input.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
+use std::time::Duration;
 
 use super::{Batch, Replica, ReplicaError};
 
-/// Jobs waiting for the next leader.
+/// How long a follower waits for its answer before it checks whether anyone still leads.
+pub(super) const FOLLOWER_PATIENCE: Duration = Duration::from_millis(20);
+
+/// Jobs waiting for the next leader, and whether one is leading.
 #[derive(Default)]
-pub(super) struct Queue(Mutex<Vec<Box<dyn Job>>>);
+pub(super) struct Queue {
+    jobs: Mutex<Vec<Box<dyn Job>>>,
+    leading: AtomicBool,
+}
+
+/// Leadership of a queue, given back when dropped (a panicking leader too).
+pub(super) struct Leading<'a>(&'a Queue);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.leading.store(false, Ordering::SeqCst);
+    }
+}
 
 impl Queue {
     pub fn push(&self, job: Box<dyn Job>) {
@@ -30,6 +52,18 @@ impl Queue {
         std::mem::take(&mut *self.jobs())
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.jobs().is_empty()
+    }
+
+    /// Leadership, unless another writer holds it.
+    pub fn lead(&self) -> Option<Leading<'_>> {
+        self.leading
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            .then_some(Leading(self))
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.jobs().len()
@@ -37,7 +71,7 @@ impl Queue {
 
     /// A job is queued or taken whole, so a panic elsewhere cannot leave the list torn.
     fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Job>>> {
-        self.0
+        self.jobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

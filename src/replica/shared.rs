@@ -108,19 +108,30 @@ impl SharedReplica {
     ) -> Result<T, ReplicaError> {
         let (pending, answer) = Pending::new(write);
         self.queue.push(Box::new(pending));
-        let mut replica = self.lock();
-        // A leader answers every job it took before it lets the lock go, so an answer not
-        // here now means the job is still queued.
-        match answer.try_recv() {
-            Ok(answered) => return answered,
-            // The leader that took it panicked (the lock was poisoned, see `lock`).
-            Err(mpsc::TryRecvError::Disconnected) => return Err(ReplicaError::Interrupted),
-            Err(mpsc::TryRecvError::Empty) => {}
+        loop {
+            self.lead_while_queued();
+            match answer.recv_timeout(group::FOLLOWER_PATIENCE) {
+                Ok(answered) => return answered,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // The leader that took the job panicked with it.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(ReplicaError::Interrupted),
+            }
         }
-        group::commit(&mut replica, self.queue.take());
-        replica.trim();
-        drop(replica);
-        answer.recv().unwrap_or(Err(ReplicaError::Interrupted))
+    }
+
+    /// Commits queued writes group after group, unless another writer is leading.
+    fn lead_while_queued(&self) {
+        while let Some(leading) = self.queue.lead() {
+            {
+                let mut replica = self.lock();
+                group::commit(&mut replica, self.queue.take());
+                replica.trim();
+            }
+            drop(leading);
+            if self.queue.is_empty() {
+                return;
+            }
+        }
     }
 
     /// Writes waiting for a leader: for tests that line a group up.

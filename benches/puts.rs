@@ -1,0 +1,201 @@
+//! Single durable puts through the HTTP API (issue 14): one real `meshd run` on loopback,
+//! `PUT /mesh/memory` with one client and then with many concurrent clients, each request a
+//! new key and acknowledged only once durable. The baseline, measured in the same run on the
+//! same file system: SQLite in WAL mode with `synchronous=FULL`, one transaction per write,
+//! the durable write a gateway would otherwise make.
+//!
+//! Prints a Markdown table; times are reported, never asserted. Correctness is asserted: every
+//! acknowledged key is then read back from the node with its value.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::TestNode;
+
+/// Puts per run unless `MESHD_BENCH_PUTS` says otherwise; the concurrent run splits them
+/// between its clients.
+const PUTS: usize = 3000;
+
+fn puts() -> usize {
+    std::env::var("MESHD_BENCH_PUTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(PUTS)
+}
+/// Puts before any run, so that links, caches and the page cache are warm.
+const WARMUP: usize = 100;
+/// Clients of the concurrent run.
+const CLIENTS: usize = 16;
+
+const TARGET_ONE_CLIENT: f64 = 1.0;
+const TARGET_CONCURRENT: f64 = 4.0;
+
+/// One keep-alive HTTP/1.1 connection to the API.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to the API");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Sends one request and returns the status and the body.
+    fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        write!(
+            self.writer,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).unwrap();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {status_line:?}"));
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            self.reader.read_line(&mut header).unwrap();
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+
+    fn put(&mut self, key: &str, value: &Value) {
+        let body = json!({"scope": "mesh", "key": key, "value": value}).to_string();
+        let (status, answer) = self.send("PUT", "/mesh/memory", &body);
+        assert_eq!(status, 200, "put {key}: {answer}");
+    }
+}
+
+fn value_of(key: &str) -> Value {
+    json!(format!("the value written under {key}"))
+}
+
+/// Puts `PUTS` keys named `<run>-<n>` from `clients` threads; returns puts per second.
+fn api_run(addr: &str, run: &str, clients: usize) -> f64 {
+    let per_client = puts() / clients;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for client in 0..clients {
+            scope.spawn(move || {
+                let mut connection = Client::connect(addr);
+                for n in 0..per_client {
+                    let key = format!("{run}-{client}-{n}");
+                    connection.put(&key, &value_of(&key));
+                }
+            });
+        }
+    });
+    (per_client * clients) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Reads every key of a run back and checks its value.
+fn assert_stored(addr: &str, run: &str, clients: usize) {
+    let mut connection = Client::connect(addr);
+    let (status, body) = connection.send("GET", "/mesh/memory?scope=mesh", "");
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let stored: std::collections::HashMap<&str, &Value> = rows
+        .iter()
+        .map(|row| (row["key"].as_str().unwrap(), &row["value"]))
+        .collect();
+    for client in 0..clients {
+        for n in 0..puts() / clients {
+            let key = format!("{run}-{client}-{n}");
+            assert_eq!(stored.get(key.as_str()), Some(&&value_of(&key)), "{key}");
+        }
+    }
+}
+
+/// SQLite's durable single writes on the same file system: puts per second.
+fn sqlite_run(dir: &Path) -> f64 {
+    let db = rusqlite::Connection::open(dir.join("baseline.sqlite")).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE memory (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    )
+    .unwrap();
+    let mut insert = db
+        .prepare("INSERT INTO memory (key, value) VALUES (?1, ?2)")
+        .unwrap();
+    for n in 0..WARMUP {
+        insert.execute((format!("warm-{n}"), "x")).unwrap();
+    }
+    let started = Instant::now();
+    for n in 0..puts() {
+        let key = format!("k-{n}");
+        insert.execute((&key, value_of(&key).to_string())).unwrap();
+    }
+    puts() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn wait_for_api(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the API never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let (node, addr) = TestNode::init_with_api("puts");
+    let daemon = node.start();
+    wait_for_api(&addr);
+    let mut warm = Client::connect(&addr);
+    for n in 0..WARMUP {
+        warm.put(&format!("warm-{n}"), &json!(n));
+    }
+    let sqlite = sqlite_run(node.path());
+    let one = api_run(&addr, "one", 1);
+    assert_stored(&addr, "one", 1);
+    let many = api_run(&addr, "many", CLIENTS);
+    assert_stored(&addr, "many", CLIENTS);
+    drop(daemon);
+
+    println!("| single durable puts | puts/s | vs SQLite | target |");
+    println!("|---|---:|---:|---|");
+    println!("| SQLite, WAL, synchronous=FULL, one transaction per write (baseline) | {sqlite:.0} | 1.00× | |");
+    row("meshd API, 1 client", one, sqlite, TARGET_ONE_CLIENT);
+    row(
+        &format!("meshd API, {CLIENTS} clients"),
+        many,
+        sqlite,
+        TARGET_CONCURRENT,
+    );
+}
+
+fn row(what: &str, rate: f64, baseline: f64, target: f64) {
+    let ratio = rate / baseline;
+    let verdict = if ratio >= target { "met" } else { "NOT met" };
+    println!("| {what} | {rate:.0} | {ratio:.2}× | ≥ {target}×: {verdict} |");
+}
