@@ -14,7 +14,7 @@ use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
 use crate::model::{secret, MemoryEntry, Scope, Skill};
-use crate::replica::{system_clock, Batch, Replica, ReplicaError};
+use crate::replica::{system_clock, Batch, Replica, ReplicaError, StoreTaskFailed};
 use crate::store::{MemoryRow, SkillRow};
 
 type Answer<T> = Result<Json<T>, HttpError>;
@@ -69,10 +69,16 @@ async fn write_batch<T: Send + 'static>(
     state: &ApiState,
     f: impl FnMut(&mut Batch<'_>) -> Result<(T, bool), ReplicaError> + Send + 'static,
 ) -> Result<T, HttpError> {
-    let (value, changed) = state
-        .replica
-        .run_batch(f)
-        .await
+    written(state, state.replica.run_batch(f).await)
+}
+
+/// Ends a write run on the blocking pool: maps its failure, and tells the cache writer when
+/// it reports a change.
+fn written<T>(
+    state: &ApiState,
+    outcome: Result<Result<(T, bool), ReplicaError>, StoreTaskFailed>,
+) -> Result<T, HttpError> {
+    let (value, changed) = outcome
         .map_err(|e| HttpError::internal(e.to_string()))?
         .map_err(write_error)?;
     if changed {
@@ -90,24 +96,6 @@ fn read_error(error: ReplicaError) -> HttpError {
         }
         failure => HttpError::internal(failure.to_string()),
     }
-}
-
-/// A write committed with those of other requests that arrive meanwhile (one flush for all,
-/// `SharedReplica::grouped`); tells the cache writer when `f` reports a change.
-async fn write_grouped<T: Send + 'static>(
-    state: &ApiState,
-    f: impl FnMut(&mut Batch<'_>) -> Result<(T, bool), ReplicaError> + Send + 'static,
-) -> Result<T, HttpError> {
-    let (value, changed) = state
-        .replica
-        .run_grouped(f)
-        .await
-        .map_err(|e| HttpError::internal(e.to_string()))?
-        .map_err(write_error)?;
-    if changed {
-        (state.on_change)();
-    }
-    Ok(value)
 }
 
 /// A refused write is the caller's mistake (400, with the rule); anything else is ours.
@@ -228,7 +216,8 @@ pub async fn put_memory(
     let (value, node_id) = (value.clone(), node_field(&map, "node_id")?);
     let scope = Scope::parse(&scope_text, state.replica.node_id())
         .map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let entry = write_grouped(&state, move |batch| {
+    // Committed with the puts of other requests that arrive meanwhile: one flush for all.
+    let grouped = state.replica.run_grouped(move |batch| {
         let newest = batch.current_memory(&scope, &key)?.map(|w| w.updated_at);
         let entry = MemoryEntry {
             scope: scope.clone(),
@@ -242,8 +231,8 @@ pub async fn put_memory(
         };
         let changed = batch.import_memory(entry.clone())?;
         Ok((entry, changed))
-    })
-    .await?;
+    });
+    let entry = written(&state, grouped.await)?;
     Ok(Json(memory_row(&entry, state.replica.node_id())))
 }
 

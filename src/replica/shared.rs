@@ -72,8 +72,17 @@ impl SharedReplica {
         &self,
         f: impl FnOnce(&mut Replica) -> T + Send + 'static,
     ) -> Result<T, StoreTaskFailed> {
+        self.on_blocking_pool(move |shared| shared.with(f)).await
+    }
+
+    /// Runs `f` on tokio's blocking pool, where it may wait for the lock and the disk; a
+    /// panic in it becomes an error for this one caller.
+    async fn on_blocking_pool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(SharedReplica) -> T + Send + 'static,
+    ) -> Result<T, StoreTaskFailed> {
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || shared.with(f))
+        tokio::task::spawn_blocking(move || f(shared))
             .await
             .map_err(|e| StoreTaskFailed(e.to_string()))
     }
@@ -92,10 +101,7 @@ impl SharedReplica {
         &self,
         f: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
     ) -> Result<Result<T, ReplicaError>, StoreTaskFailed> {
-        let shared = self.clone();
-        tokio::task::spawn_blocking(move || shared.batch(f))
-            .await
-            .map_err(|e| StoreTaskFailed(e.to_string()))
+        self.on_blocking_pool(move |shared| shared.batch(f)).await
     }
 
     /// `Replica::batch`, committed with the writes of other callers that arrive meanwhile:
@@ -145,10 +151,8 @@ impl SharedReplica {
         &self,
         write: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
     ) -> Result<Result<T, ReplicaError>, StoreTaskFailed> {
-        let shared = self.clone();
-        tokio::task::spawn_blocking(move || shared.grouped(write))
+        self.on_blocking_pool(move |shared| shared.grouped(write))
             .await
-            .map_err(|e| StoreTaskFailed(e.to_string()))
     }
 
     /// `Replica::put_skill` with the text edit done off the lock.
