@@ -3,10 +3,21 @@
 //!
 //! The test binary runs itself as the writer: with `MESHD_CRASH_WRITER` set, the ignored test
 //! `writer_loop` writes forever and prints a line after each write the replica acknowledged.
+//! The daemon is killed the same way while clients write to it concurrently.
 
+mod support;
+
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshd::control::MemPut;
+use serde_json::Value;
+use support::{try_ask, TestNode};
 
 use meshd::model::Scope;
 use meshd::replica::{Replica, SkillWrite};
@@ -102,4 +113,78 @@ fn sigkill_during_single_writes_loses_no_acknowledged_write() {
 #[test]
 fn sigkill_during_batched_writes_loses_no_acknowledged_write() {
     kill_mid_loop(100, 30);
+}
+
+/// Clients of the daemon's concurrent run, and the acknowledgements to wait for before the
+/// kill.
+const CLIENTS: usize = 8;
+const DAEMON_ACKS: usize = 400;
+
+/// Puts `w<client>-<n>` until the daemon stops answering; records each acknowledged key.
+fn put_until_killed(socket: &Path, client: usize, acked: &Mutex<Vec<String>>, stop: &AtomicBool) {
+    for n in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let key = format!("w{client}-{n}");
+        let put = MemPut {
+            scope: "mesh".into(),
+            key: key.clone(),
+            value: json!(n),
+        };
+        match try_ask(socket, put) {
+            Some(Ok(_)) => acked.lock().unwrap().push(key),
+            _ => return,
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_concurrent_puts_to_the_daemon_loses_no_acknowledged_put() {
+    let node = TestNode::init("crash");
+    let daemon = node.start();
+    let socket = node.file("control.sock");
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (socket, acked, stop) = (socket.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || put_until_killed(&socket, client, &acked, &stop))
+        })
+        .collect();
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < DAEMON_ACKS {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the daemon stopped acknowledging"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Mid-burst: groups are being staged and flushed while the clients keep sending.
+    daemon.kill();
+    stop.store(true, Ordering::SeqCst);
+    clients
+        .into_iter()
+        .for_each(|client| client.join().unwrap());
+
+    let listed = node.run(&["mem", "ls", "--json"]);
+    assert_eq!(
+        listed.code, 0,
+        "the store must open after SIGKILL: {}",
+        listed.stderr
+    );
+    let entries: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    let stored: HashMap<&str, &Value> = entries
+        .iter()
+        .map(|entry| (entry["key"].as_str().unwrap(), &entry["value"]))
+        .collect();
+    let acked = acked.lock().unwrap();
+    for key in acked.iter() {
+        let n: u64 = key.rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(
+            stored.get(key.as_str()),
+            Some(&&json!(n)),
+            "acknowledged {key} lost"
+        );
+    }
 }
