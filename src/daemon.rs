@@ -246,6 +246,10 @@ impl LiveMesh for RunningMesh {
         self.mesh.link_failure(peer)
     }
 
+    fn forget_refused(&self) {
+        self.mesh.forget_refused();
+    }
+
     /// Commands run on the blocking pool, where waiting on the runtime is allowed.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize {
         self.runtime.block_on(self.mesh.sync_now(only, timeout))

@@ -162,6 +162,13 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Forgets every refused id.
+    pub fn clear_refused(&self) -> Result<(), PeerError> {
+        self.refused.clear()?;
+        self.refused.flush()?;
+        Ok(())
+    }
+
     pub fn refused(&self) -> Result<Vec<Refused>, PeerError> {
         self.refused
             .iter()

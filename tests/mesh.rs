@@ -254,7 +254,7 @@ fn sync_with_a_disconnected_peer_fails_and_says_why() {
 }
 
 #[test]
-fn a_stranger_dialing_again_and_again_is_warned_about_once() {
+fn a_stranger_dialing_again_and_again_is_warned_about_once_until_the_list_is_cleared() {
     let (a, a_addr) = TestNode::init_listening("a");
     let (stranger, _) = TestNode::init_listening("stranger");
     pair(&stranger, (&a, &a_addr));
@@ -282,6 +282,26 @@ fn a_stranger_dialing_again_and_again_is_warned_about_once() {
     });
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("refused a connection").count(), 1, "{text}");
+
+    // Cleared: the list is forgotten, on disk and in the daemon; the stranger, still dialing,
+    // is listed and warned about afresh.
+    let cleared = a.run(&["peers", "pending", "--clear"]);
+    assert_eq!(cleared.code, 0, "{}", cleared.stderr);
+    assert!(
+        cleared.stdout.contains(&stranger.id()),
+        "{}",
+        cleared.stdout
+    );
+    assert!(
+        cleared.stderr.contains("forgot 1 refused node ids"),
+        "{}",
+        cleared.stderr
+    );
+    wait_until("the stranger is listed again, warned about again", || {
+        let listed = a.run(&["peers", "pending", "--json"]).stdout;
+        let text = std::fs::read_to_string(&log).unwrap();
+        listed.contains(&stranger.id()) && text.matches("refused a connection").count() == 2
+    });
 }
 
 /// A peer that closes every link at once (as a node closes one on something it refuses) is

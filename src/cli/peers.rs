@@ -45,6 +45,9 @@ pub enum PeersCommand {
     Pending {
         #[arg(long)]
         json: bool,
+        /// Forget them once listed (one that dials again is listed again)
+        #[arg(long)]
+        clear: bool,
     },
 }
 
@@ -79,8 +82,8 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
             }
         }
         PeersCommand::Rm { peer } => eprintln!("{}", execute(home, PeersRm { peer })?),
-        PeersCommand::Pending { json } => {
-            let refused = execute(home, PeersPending::default())?;
+        PeersCommand::Pending { json, clear } => {
+            let refused = execute(home, PeersPending { clear })?;
             if json {
                 println!("{}", serde_json::to_string(&refused)?);
             } else {
@@ -93,7 +96,9 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
                         format_time(r.last_seen)
                     );
                 }
-                if !refused.is_empty() {
+                if clear {
+                    eprintln!("forgot {} refused node ids", refused.len());
+                } else if !refused.is_empty() {
                     eprintln!("to accept one: meshd peers add <id> <host:port>");
                 }
             }

@@ -122,6 +122,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal>;
     /// Why the links to `peer` keep failing, while they do.
     fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure>;
+    /// Forgets the ids the TLS layer refused so far (`meshd peers pending --clear`).
+    fn forget_refused(&self);
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;

@@ -126,15 +126,29 @@ impl Command for PeersRm {
     }
 }
 
-/// The nodes that tried to connect without being added.
+/// The nodes that tried to connect without being added; with `clear`, they are forgotten
+/// too (the reply is what was forgotten).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PeersPending {}
+pub struct PeersPending {
+    #[serde(default)]
+    pub clear: bool,
+}
 
 impl Command for PeersPending {
     type Reply = Vec<Refused>;
     const EFFECTS: Effects = Effects::NONE;
 
     fn execute(self, node: &Context) -> Result<Vec<Refused>, CommandError> {
-        node.peers.refused().map_err(CommandError::failed)
+        let refused = node.peers.refused().map_err(CommandError::failed)?;
+        if self.clear {
+            node.ensure_peers_writable()?;
+            // The running mesh first: it would otherwise store its list again at the next
+            // refusal.
+            if let Some(mesh) = &node.mesh {
+                mesh.forget_refused();
+            }
+            node.peers.clear_refused().map_err(CommandError::failed)?;
+        }
+        Ok(refused)
     }
 }

@@ -196,6 +196,13 @@ impl Mesh {
         })
     }
 
+    /// Forgets the ids refused so far, and that they were warned about: one that dials again
+    /// is listed and warned about again.
+    pub fn forget_refused(&self) {
+        self.endpoint.pins().forget_refused();
+        lock(&self.warned_strangers).clear();
+    }
+
     /// The latest time this node refused `peer`'s changes, since the daemon started.
     pub fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal> {
         lock(&self.refusals).get(peer).cloned()

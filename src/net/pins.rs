@@ -65,6 +65,12 @@ impl PeerPins {
         pending
     }
 
+    /// Forgets every refused id (`meshd peers pending --clear`); one that dials again is
+    /// listed again.
+    pub fn forget_refused(&self) {
+        self.write().refused.clear();
+    }
+
     /// Decides one handshake: true if `id` is allowed, else records the refusal. One lock for
     /// both, so an `allow` racing with the handshake never leaves an allowed id listed as pending.
     pub(crate) fn admit(&self, id: NodeId, addr: Option<SocketAddr>, now: u64) -> bool {
