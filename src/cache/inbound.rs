@@ -222,12 +222,13 @@ fn memory_json(
         }
     };
     let known = labelled(memory, own);
+    let recorded = manifest.entries(home);
     for (label, cached) in object {
         let Some(value) = cached.get("value").cloned() else {
             edit.problems.push(format!("{label} has no \"value\""));
             continue;
         };
-        if manifest.knows_entry(home, &label, &value) {
+        if recorded.knows(&label, &value) {
             continue;
         }
         match known.get(&label) {
