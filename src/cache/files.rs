@@ -86,13 +86,15 @@ pub fn read_cache_file(dir: &Path, rel: &str) -> io::Result<Found> {
 
 /// What is at a cache path, by the BLAKE3 of its bytes: a large `mesh-memory.json` is
 /// compared without being read into memory.
-enum Hashed {
+pub enum Hashed {
     Missing,
     Regular(String),
     Other,
 }
 
-fn hash_cache_file(dir: &Path, rel: &str) -> io::Result<Hashed> {
+/// Hashes `rel` in the cache directory `dir` in a stream (see `open_cache_file` for what is
+/// read).
+pub fn hash_cache_file(dir: &Path, rel: &str) -> io::Result<Hashed> {
     use std::io::Read;
     let file = match open_cache_file(dir, rel)? {
         Opened::Regular(file) => file,
