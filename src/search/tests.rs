@@ -345,7 +345,11 @@ fn a_new_index_is_built_without_loading_the_document() {
         searcher: Searcher::new(dir.path().join("search.db"), None),
         dir,
     };
-    assert_eq!(n.replica.with(|r| r.loaded().0), 0, "opening loads no document");
+    assert_eq!(
+        n.replica.with(|r| r.loaded().0),
+        0,
+        "opening loads no document"
+    );
     n.searcher.refresh(&n.replica).unwrap();
     assert_eq!(n.replica.with(|r| r.loaded().0), 0, "no document loaded");
     assert_eq!(
