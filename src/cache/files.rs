@@ -86,13 +86,15 @@ pub fn read_cache_file(dir: &Path, rel: &str) -> io::Result<Found> {
 
 /// What is at a cache path, by the BLAKE3 of its bytes: a large `mesh-memory.json` is
 /// compared without being read into memory.
-enum Hashed {
+pub enum Hashed {
     Missing,
     Regular(String),
     Other,
 }
 
-fn hash_cache_file(dir: &Path, rel: &str) -> io::Result<Hashed> {
+/// Hashes `rel` in the cache directory `dir` in a stream (see `open_cache_file` for what is
+/// read).
+pub fn hash_cache_file(dir: &Path, rel: &str) -> io::Result<Hashed> {
     use std::io::Read;
     let file = match open_cache_file(dir, rel)? {
         Opened::Regular(file) => file,
@@ -112,6 +114,18 @@ fn hash_cache_file(dir: &Path, rel: &str) -> io::Result<Hashed> {
 pub enum Content<'a> {
     Text(&'a str),
     Rendered(&'a Rendered),
+}
+
+impl<'a> From<&'a String> for Content<'a> {
+    fn from(text: &'a String) -> Content<'a> {
+        Content::Text(text)
+    }
+}
+
+impl<'a> From<&'a Rendered> for Content<'a> {
+    fn from(rendered: &'a Rendered) -> Content<'a> {
+        Content::Rendered(rendered)
+    }
 }
 
 impl Content<'_> {
@@ -147,11 +161,11 @@ pub struct Rendered {
 impl Rendered {
     /// Streams `write` into a temporary file for `name` in `dir` (buffered, hashed on the
     /// way); returns it with what `write` returned.
-    pub fn write<T>(
+    pub fn write<T, E: From<io::Error>>(
         dir: &Path,
         name: &str,
-        write: impl FnOnce(&mut dyn Write) -> io::Result<T>,
-    ) -> io::Result<(Rendered, T)> {
+        write: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+    ) -> Result<(Rendered, T), E> {
         fs::create_dir_all(dir)?;
         let temp = temp_path(dir, name);
         let mut rendered = Rendered {
@@ -256,20 +270,23 @@ pub enum Placed {
 }
 
 impl Placer<'_> {
-    /// Makes `dir` hold `files` (by entry name) among the files meshd holds there, and
-    /// removes meshd's other files; returns the paths (relative to `dir`) that hold the
-    /// mesh's version of each entry at its own name.
-    pub fn sync_dir(
+    /// Makes `dir` hold `files` (by entry name: texts, or files rendered beside) among the
+    /// files meshd holds there, and removes meshd's other files; returns the paths (relative
+    /// to `dir`) that hold the mesh's version of each entry at its own name.
+    pub fn sync_dir<'c, C>(
         &mut self,
         dir: &Path,
         layout: Layout,
-        files: &BTreeMap<String, String>,
-    ) -> Result<BTreeSet<String>, CacheError> {
+        files: &'c BTreeMap<String, C>,
+    ) -> Result<BTreeSet<String>, CacheError>
+    where
+        Content<'c>: From<&'c C>,
+    {
         let mut held = BTreeSet::new();
         let mut at_own_name = BTreeSet::new();
-        for (entry, text) in files {
+        for (entry, content) in files {
             let copy_wanted = files.contains_key(&layout.copy_entry(entry));
-            match self.place(dir, layout, entry, Content::Text(text), copy_wanted)? {
+            match self.place(dir, layout, entry, content.into(), copy_wanted)? {
                 Placed::Own(rel) => {
                     at_own_name.insert(rel.clone());
                     held.insert(rel);

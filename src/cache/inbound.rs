@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::files::{read_cache_file, Found, Layout};
+use super::files::{hash_cache_file, read_cache_file, Found, Hashed, Layout};
 use super::manifest::Manifest;
 use super::render::{self, MEMORY_JSON};
 use super::CachePaths;
@@ -145,6 +145,13 @@ fn edit(dir: &Path, rel: String, bytes: Vec<u8>, change: Result<Option<Change>, 
 /// The file's bytes, when it exists and is not what meshd wrote.
 /// Links, FIFOs and files too large are never read back (`files::read_cache_file`).
 fn foreign(manifest: &Manifest, dir: &Path, rel: &str) -> Option<Vec<u8>> {
+    // Hashed in a stream first: meshd's own file (a `mesh-memory.json` of a million entries
+    // is 140 MB, looked at on every start and after each of its writes) is never read into
+    // memory; the bytes are read, and compared again, only when someone changed it.
+    match hash_cache_file(dir, rel) {
+        Ok(Hashed::Regular(hash)) if !manifest.wrote_hash(dir, rel, &hash) => {}
+        _ => return None,
+    }
     match read_cache_file(dir, rel) {
         Ok(Found::Regular(bytes)) => (!manifest.wrote(dir, rel, &bytes)).then_some(bytes),
         _ => None,
@@ -222,12 +229,13 @@ fn memory_json(
         }
     };
     let known = labelled(memory, own);
+    let recorded = manifest.entries(home);
     for (label, cached) in object {
         let Some(value) = cached.get("value").cloned() else {
             edit.problems.push(format!("{label} has no \"value\""));
             continue;
         };
-        if manifest.knows_entry(home, &label, &value) {
+        if recorded.knows(&label, &value) {
             continue;
         }
         match known.get(&label) {

@@ -1,6 +1,8 @@
 //! What meshd wrote into the cache directories, by content: a file is meshd's only while its
 //! bytes hash to what is recorded here. Kept in the node home (`cache.manifest`), replaced
-//! atomically, so it survives restarts and no cache directory holds anything but caches.
+//! atomically, so it survives restarts and no cache directory holds anything but caches. It
+//! holds a hash per file; what meshd wrote for each `mesh-memory.json` entry is in a digest
+//! file beside it (`entries`), so the manifest's size follows the files, not the entries.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::entries::{self, EntryDigests};
 use super::{CachePaths, MEMORY_JSON};
 
 /// BLAKE3 of some bytes, in hex.
@@ -32,9 +35,10 @@ pub struct Manifest {
     /// path relative to that directory, with the BLAKE3 of the bytes written.
     #[serde(default)]
     files: BTreeMap<String, BTreeMap<String, String>>,
-    /// Per `mesh-memory.json` (by its directory): the BLAKE3 of each entry's value meshd
-    /// wrote or imported, so an entry someone else changed is told from one the mesh changed.
-    #[serde(default)]
+    /// What manifests of earlier versions held per `mesh-memory.json` (by its directory):
+    /// the BLAKE3 of each entry's value meshd wrote or imported. Moved into the digest files
+    /// (`entries`) when loaded, and never written again.
+    #[serde(default, skip_serializing)]
     memory_entries: BTreeMap<String, BTreeMap<String, String>>,
     /// The collisions of the last write, so each is reported once, not on every rewrite.
     #[serde(default)]
@@ -43,12 +47,14 @@ pub struct Manifest {
     /// does not rewrite it.
     #[serde(skip)]
     unsaved: bool,
+    /// Where it is saved; the entries' digest files go beside it.
+    #[serde(skip)]
+    path: PathBuf,
 }
 
 impl PartialEq for Manifest {
     fn eq(&self, other: &Manifest) -> bool {
-        (&self.files, &self.memory_entries, &self.collisions)
-            == (&other.files, &other.memory_entries, &other.collisions)
+        (&self.files, &self.collisions) == (&other.files, &other.collisions)
     }
 }
 
@@ -64,7 +70,15 @@ impl Manifest {
         if path.exists() {
             Manifest::load(path)
         } else {
-            Manifest::adopt_legacy(paths)
+            Manifest::adopt_legacy(path, paths)
+        }
+    }
+
+    /// An empty manifest, to be saved at `path`.
+    pub fn empty(path: &Path) -> Manifest {
+        Manifest {
+            path: path.to_path_buf(),
+            ..Manifest::default()
         }
     }
 
@@ -73,9 +87,9 @@ impl Manifest {
     /// taken as meshd's, with its bytes as they are now, so that the first start after an
     /// upgrade never reads a cache that was merely stale (the mesh changed while no meshd
     /// wrote it) back into the mesh as somebody's edit, undoing the newer change. Without
-    /// any such list (a new node) the manifest starts empty.
-    pub fn adopt_legacy(paths: &CachePaths) -> Manifest {
-        let mut manifest = Manifest::default();
+    /// any such list (a new node) the manifest starts empty. It is to be saved at `path`.
+    pub fn adopt_legacy(path: &Path, paths: &CachePaths) -> Manifest {
+        let mut manifest = Manifest::empty(path);
         let dirs = [
             (paths.reference_skills_dir(), None),
             (paths.skills_dir.clone(), Some("SKILL.md")),
@@ -111,17 +125,18 @@ impl Manifest {
             return;
         };
         self.record(dir, MEMORY_JSON, &bytes);
-        for (label, entry) in &entries {
-            if let Some(value) = entry.get("value") {
-                self.record_entry(dir, label, value);
-            }
-        }
+        let entries: Vec<(String, serde_json::Value)> = entries
+            .into_iter()
+            .filter_map(|(label, mut entry)| Some((label, entry.get_mut("value")?.take())))
+            .collect();
+        self.record_entries(dir, &entries);
     }
 
     /// The manifest at `path`; empty when there is none. A damaged one is logged and read as
     /// empty: every file is then foreign until it matches the mesh again, so nothing is lost.
+    /// The entries an earlier version's manifest held move into their digest files.
     pub fn load(path: &Path) -> Manifest {
-        match fs::read(path) {
+        let loaded = match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
                 tracing::warn!(manifest = %path.display(), %error, "the cache manifest is damaged; files meshd wrote count as foreign until they match the mesh again");
                 Manifest::default()
@@ -131,12 +146,31 @@ impl Manifest {
                 tracing::warn!(manifest = %path.display(), %error, "cannot read the cache manifest; files meshd wrote count as foreign until they match the mesh again");
                 Manifest::default()
             }
+        };
+        let mut manifest = Manifest {
+            path: path.to_path_buf(),
+            ..loaded
+        };
+        manifest.move_legacy_entries();
+        manifest
+    }
+
+    /// Writes the per-entry hashes of an earlier manifest into digest files; the manifest
+    /// is then saved without them at the next save.
+    fn move_legacy_entries(&mut self) {
+        for (dir, hashes) in std::mem::take(&mut self.memory_entries) {
+            let file = entries::path_for(&self.path, Path::new(&dir));
+            if let Err(error) = EntryDigests::from_hashes(&hashes).save(&file) {
+                tracing::warn!(file = %file.display(), %error, "cannot move the cache manifest's entries of mesh-memory.json into their own file; an entry of that file that differs from the mesh counts as an edit");
+            }
+            self.unsaved = true;
         }
     }
 
-    /// Replaces the manifest at `path` atomically (temporary file, fsync, rename, fsync of
-    /// the directory).
-    pub fn save(&mut self, path: &Path) -> io::Result<()> {
+    /// Replaces the manifest where it was loaded from atomically (temporary file, fsync,
+    /// rename, fsync of the directory).
+    pub fn save(&mut self) -> io::Result<()> {
+        let path = &self.path;
         let temporary = path.with_extension("manifest.tmp");
         let mut file = File::create(&temporary)?;
         file.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
@@ -150,10 +184,10 @@ impl Manifest {
         Ok(())
     }
 
-    /// Saves it at `path` when it changed since it was loaded or saved.
-    pub fn save_if_changed(&mut self, path: &Path) -> io::Result<()> {
+    /// Saves it when it changed since it was loaded or saved.
+    pub fn save_if_changed(&mut self) -> io::Result<()> {
         match self.unsaved {
-            true => self.save(path),
+            true => self.save(),
             false => Ok(()),
         }
     }
@@ -203,29 +237,32 @@ impl Manifest {
             .unwrap_or_default()
     }
 
-    /// Whether `value` is what meshd last wrote or imported for the entry `label` of the
+    /// The digest file of what meshd last wrote or imported for each entry of the
     /// `mesh-memory.json` in `dir`.
-    pub fn knows_entry(&self, dir: &Path, label: &str, value: &serde_json::Value) -> bool {
-        self.memory_entries
-            .get(&key(dir))
-            .and_then(|entries| entries.get(label))
-            .is_some_and(|recorded| *recorded == entry_hash(value))
+    pub fn entries_path(&self, dir: &Path) -> PathBuf {
+        entries::path_for(&self.path, dir)
     }
 
-    pub fn record_entry(&mut self, dir: &Path, label: &str, value: &serde_json::Value) {
-        self.memory_entries
-            .entry(key(dir))
-            .or_default()
-            .insert(label.to_string(), entry_hash(value));
-        self.unsaved = true;
+    /// What meshd last wrote or imported for each entry of the `mesh-memory.json` in `dir`,
+    /// read from its file: only to read that file back.
+    pub fn entries(&self, dir: &Path) -> EntryDigests {
+        EntryDigests::load(&self.entries_path(dir))
     }
 
-    /// Replaces every recorded entry of the `mesh-memory.json` in `dir` by `entries`, each
-    /// label with its `entry_hash`.
-    pub fn set_entries(&mut self, dir: &Path, entries: BTreeMap<String, String>) {
-        if self.memory_entries.get(&key(dir)) != Some(&entries) {
-            self.memory_entries.insert(key(dir), entries);
-            self.unsaved = true;
+    /// Records entries of the `mesh-memory.json` in `dir` imported from it. A failure is
+    /// logged: those entries then count as unknown, and are compared with the mesh, which
+    /// holds them now.
+    pub fn record_entries(&mut self, dir: &Path, imported: &[(String, serde_json::Value)]) {
+        if imported.is_empty() {
+            return;
+        }
+        let file = self.entries_path(dir);
+        let mut digests = EntryDigests::load(&file);
+        for (label, value) in imported {
+            digests.record(label, value);
+        }
+        if let Err(error) = digests.save(&file) {
+            tracing::warn!(file = %file.display(), %error, "cannot record the entries imported from mesh-memory.json; they are compared with the mesh when the file is read back again");
         }
     }
 
@@ -266,12 +303,6 @@ impl Manifest {
     }
 }
 
-/// What the manifest keeps of a `mesh-memory.json` entry's value: the BLAKE3 of its compact
-/// JSON.
-pub fn entry_hash(value: &serde_json::Value) -> String {
-    hash(value.to_string().as_bytes())
-}
-
 fn key(dir: &Path) -> String {
     dir.to_string_lossy().into_owned()
 }
@@ -296,13 +327,49 @@ mod tests {
     fn survives_a_save_and_a_damaged_file_reads_as_empty() {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("cache.manifest");
-        let mut manifest = Manifest::default();
+        let mut manifest = Manifest::empty(&path);
         manifest.record(temp.path(), "x/SKILL.md", b"text");
-        manifest.record_entry(temp.path(), "mesh:k", &serde_json::json!(1));
-        manifest.save(&path).unwrap();
-        assert_eq!(Manifest::load(&path), manifest);
+        manifest.record_entries(temp.path(), &[("mesh:k".into(), serde_json::json!(1))]);
+        manifest.save().unwrap();
+        let loaded = Manifest::load(&path);
+        assert_eq!(loaded, manifest);
+        assert!(loaded
+            .entries(temp.path())
+            .knows("mesh:k", &serde_json::json!(1)));
         fs::write(&path, "{not json").unwrap();
         assert_eq!(Manifest::load(&path), Manifest::default());
+    }
+
+    /// A manifest of an earlier version held a hash per `mesh-memory.json` entry: they move
+    /// into the digest file, so the entries meshd wrote are still not read back as edits,
+    /// and the manifest is saved without them.
+    #[test]
+    fn an_earlier_manifests_entries_move_into_their_own_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("cache.manifest");
+        let home = temp.path().join("openclaw");
+        let hash = |value: &serde_json::Value| hash(value.to_string().as_bytes());
+        let earlier = serde_json::json!({
+            "files": {home.to_str().unwrap(): {MEMORY_JSON: hash(&serde_json::json!("file"))}},
+            "memory_entries": {home.to_str().unwrap(): {
+                "mesh:k": hash(&serde_json::json!("old")),
+                "user:u:n": hash(&serde_json::json!({"a": 1})),
+            }},
+            "collisions": [],
+        });
+        fs::write(&path, serde_json::to_vec_pretty(&earlier).unwrap()).unwrap();
+
+        let mut manifest = Manifest::load(&path);
+        let entries = manifest.entries(&home);
+        assert!(entries.knows("mesh:k", &serde_json::json!("old")));
+        assert!(entries.knows("user:u:n", &serde_json::json!({"a": 1})));
+        assert!(!entries.knows("mesh:k", &serde_json::json!("edited")));
+        manifest.save_if_changed().unwrap();
+        let saved = fs::read_to_string(&path).unwrap();
+        assert!(!saved.contains("memory_entries"), "{saved}");
+        assert!(Manifest::load(&path)
+            .entries(&home)
+            .knows("mesh:k", &serde_json::json!("old")));
     }
 
     #[test]
@@ -329,7 +396,9 @@ mod tests {
         assert!(!manifest.wrote(&reference, "mine.md", b"an agent's own"));
         assert!(manifest.wrote(&paths.skills_dir, "triage/SKILL.md", b"---\n"));
         assert!(manifest.wrote(temp.path(), MEMORY_JSON, entries.as_bytes()));
-        assert!(manifest.knows_entry(temp.path(), "mesh:k", &serde_json::json!("old")));
+        assert!(manifest
+            .entries(temp.path())
+            .knows("mesh:k", &serde_json::json!("old")));
 
         // A new node (no list anywhere) adopts nothing, not even mesh-memory.json.
         for dir in [&reference, &paths.skills_dir] {

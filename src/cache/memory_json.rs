@@ -1,17 +1,17 @@
 //! `mesh-memory.json`, the Phase 1 cache: one JSON object holding every entry, so any change
 //! to memory rewrites it whole. It is streamed into its temporary file (never built as one
-//! string), read from the replica one group of scopes at a time (never the whole store
-//! copied under the lock), and, under a stream of writes, rewritten at most once per
+//! string), read from the replica a part of a scope at a time (never a scope or the whole
+//! store copied under the lock), and, under a stream of writes, rewritten at most once per
 //! interval that grows with its size and with what its last write cost (`JsonPace`).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::entries::EntryList;
 use super::files::{Content, Layout, Placed, Placer, Rendered};
+use super::parts::Labelled;
 use super::render::{self, MEMORY_JSON};
 use super::{CacheError, CachePaths};
-use crate::model::MemoryEntry;
-use crate::replica::{ReplicaError, SharedReplica};
+use crate::replica::SharedReplica;
 
 /// After a write, the file waits at least its size divided by this (16 MiB/s: 62 ms for
 /// 1 MiB, about 4000 entries; 16 s for the 268 MB of a million entries) ...
@@ -65,18 +65,25 @@ impl JsonPace {
     }
 }
 
-/// Streams the file from `groups` of entries by label (`render::label_groups`, in order) and
-/// puts it where the mesh wants it; returns its length.
-pub fn write(
+/// Streams the file from the replica (`parts::Labelled`: a part of a scope under the lock
+/// at a time) and puts it where the mesh wants it, with the digests of its entries (for
+/// reading it back: `entries`) when it is at its own name; returns its length.
+pub fn write_from(
     paths: &CachePaths,
     placer: &mut Placer<'_>,
-    groups: impl Iterator<Item = BTreeMap<String, MemoryEntry>>,
+    replica: &SharedReplica,
+    own: &str,
+    part: usize,
 ) -> Result<u64, CacheError> {
     let home = &paths.openclaw_home;
-    let (rendered, hashes) = Rendered::write(home, MEMORY_JSON, |out| {
-        render::write_reference_memory(out, groups)
+    let digests_path = placer.manifest.entries_path(home);
+    let digests_error = |source: std::io::Error| CacheError::io(&digests_path, source);
+    let mut digests = EntryList::create(&digests_path).map_err(digests_error)?;
+    let entries = Labelled::new(replica, own, part);
+    let (rendered, ()) = Rendered::write(home, MEMORY_JSON, |out| {
+        render::write_reference_memory(out, entries, &mut |label, value| digests.add(label, value))
     })
-    .map_err(|source| CacheError::io(&paths.memory_json(), source))?;
+    .map_err(|error| error.for_file(&paths.memory_json()))?;
     let placed = placer.update(
         home,
         Layout::Files,
@@ -85,35 +92,9 @@ pub fn write(
     )?;
     // A copy beside someone else's file is not what read-back compares entries against.
     if let Some(Placed::Own(_)) = placed {
-        placer.manifest.set_entries(home, hashes);
+        digests.install().map_err(digests_error)?;
     }
     Ok(rendered.len())
-}
-
-/// The file from the replica, one group of scopes under the lock at a time.
-pub fn write_from(
-    paths: &CachePaths,
-    placer: &mut Placer<'_>,
-    replica: &SharedReplica,
-    own: &str,
-) -> Result<u64, CacheError> {
-    let scopes = replica.with(|r| r.scopes());
-    let groups = render::label_groups(scopes, own)
-        .into_iter()
-        .map(|mut group| {
-            // The order `list_memory(None)` reads them in, so equal stamps resolve alike.
-            group.sort();
-            let entries = replica.with(|r| -> Result<Vec<MemoryEntry>, ReplicaError> {
-                let mut entries = Vec::new();
-                for scope in &group {
-                    entries.extend(r.list_memory(Some(scope))?);
-                }
-                Ok(entries)
-            })?;
-            Ok(render::labelled(entries, own))
-        })
-        .collect::<Result<Vec<_>, ReplicaError>>()?;
-    write(paths, placer, groups.into_iter())
 }
 
 #[cfg(test)]

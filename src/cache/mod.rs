@@ -7,10 +7,12 @@
 //! others change in them is read back as writes to the mesh (`inbound`), except the memory
 //! pages.
 
+mod entries;
 mod files;
 mod inbound;
 mod manifest;
 mod memory_json;
+mod parts;
 mod render;
 mod update;
 
@@ -20,8 +22,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MemoryEntry, Skill};
-use crate::replica::{Replica, ReplicaError, SharedReplica};
+use crate::replica::{ReplicaError, SharedReplica};
 pub use inbound::Change;
 use inbound::Edit;
 pub use manifest::Collision;
@@ -29,8 +30,8 @@ use manifest::Manifest;
 pub use memory_json::{Pace, BYTES_PER_SECOND as MEMORY_JSON_BYTES_PER_SECOND};
 pub use render::safe_name;
 use render::MEMORY_JSON;
-use update::Followed;
 pub use update::Synced;
+use update::{Followed, Target};
 
 /// Where the caches go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,30 +83,14 @@ pub struct CacheReport {
     pub removed: usize,
 }
 
-/// Everything the caches are made of, copied out of the replica so that rendering and disk
-/// writes happen without holding it: for the first write of a process only.
-struct Snapshot {
-    own: String,
-    memory: Vec<MemoryEntry>,
-    skills: Vec<Skill>,
-}
-
-impl Snapshot {
-    fn of(replica: &Replica) -> Result<Snapshot, ReplicaError> {
-        Ok(Snapshot {
-            own: replica.node_id().to_string(),
-            memory: replica.list_memory(None)?,
-            skills: replica.list_skills()?,
-        })
-    }
-}
-
 /// The caches of one node: where they go, what meshd wrote there (the manifest) and what it
 /// could not read back. One lock serialises reading back and writing, so meshd's own files
 /// are always recorded before anyone looks at them again.
 pub struct CacheFiles {
     paths: CachePaths,
     manifest_path: PathBuf,
+    /// Memory keys read under one hold of the replica (`parts::READ_PART`).
+    read_part: usize,
     state: Mutex<State>,
 }
 
@@ -144,7 +129,17 @@ impl CacheFiles {
         CacheFiles {
             paths,
             manifest_path,
+            read_part: parts::READ_PART,
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Reads memory `keys` at a time: tests compare the files of small parts with one part.
+    #[cfg(test)]
+    fn reading_parts_of(self, keys: usize) -> CacheFiles {
+        CacheFiles {
+            read_part: keys,
+            ..self
         }
     }
 
@@ -181,9 +176,14 @@ impl CacheFiles {
                     read_back(edit, manifest, refused, import);
                 }
             }
-            let synced = update::write(&self.paths, replica, manifest, followed, &reread, pace)?;
+            let target = Target {
+                paths: &self.paths,
+                replica,
+                part: self.read_part,
+            };
+            let synced = update::write(&target, manifest, followed, &reread, pace)?;
             manifest
-                .save_if_changed(&self.manifest_path)
+                .save_if_changed()
                 .map_err(|source| CacheError::io(&self.manifest_path, source))?;
             Ok(synced)
         })
@@ -244,9 +244,7 @@ fn read_back(
         }
     }
     let imported = edit.problems.is_empty();
-    for (label, value) in &edit.entries {
-        manifest.record_entry(&edit.dir, label, value);
-    }
+    manifest.record_entries(&edit.dir, &edit.entries);
     if imported {
         manifest.record(&edit.dir, &edit.rel, &edit.bytes);
         refused.remove(&file);
@@ -265,8 +263,8 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::model::Scope;
-    use crate::replica::SkillWrite;
+    use crate::model::{MemoryEntry, Scope, Stamp};
+    use crate::replica::{Replica, SkillWrite};
 
     fn put(replica: &SharedReplica, content: &str) {
         put_skill(replica, "triage", content);
@@ -324,6 +322,177 @@ mod tests {
                 path: None,
             }]
         );
+    }
+
+    /// An entry written by `node` at `seconds`, as a peer's arrives.
+    fn import(
+        replica: &SharedReplica,
+        scope: Scope,
+        key: &str,
+        value: serde_json::Value,
+        seconds: u64,
+    ) {
+        let entry = MemoryEntry {
+            scope,
+            key: key.into(),
+            value,
+            node_id: "peer".into(),
+            updated_at: Stamp::from_unix_seconds(seconds),
+            deleted: false,
+        };
+        replica.with(|r| r.import_memory(entry)).unwrap();
+    }
+
+    /// Every file under `dir` (but meshd's temporary files, of which none may be left), by
+    /// relative path.
+    fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(next) = pending.pop() {
+            for entry in std::fs::read_dir(&next).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    assert!(!path.to_string_lossy().ends_with("meshd-tmp"), "{path:?}");
+                    let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+                    files.insert(rel, std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        files
+    }
+
+    /// The first write reads memory a part at a time (a scope larger than a part included,
+    /// node scopes whose labels interleave merged as they are read, deleted keys left out)
+    /// and makes the same files as one read of everything.
+    #[test]
+    fn the_first_write_in_parts_makes_the_files_of_one_read() {
+        let (temp, replica, _, _) = setup();
+        for i in 0..11 {
+            import(
+                &replica,
+                Scope::Mesh,
+                &format!("k{i:02}"),
+                serde_json::json!(i),
+                100 + i,
+            );
+        }
+        import(
+            &replica,
+            Scope::Mesh,
+            "obj",
+            serde_json::json!({"a": [1, "x"]}),
+            50,
+        );
+        replica
+            .with(|r| r.delete_memory(&Scope::Mesh, "k03"))
+            .unwrap();
+        replica
+            .with(|r| r.delete_memory(&Scope::Mesh, "k04"))
+            .unwrap();
+        let own = Scope::Node("own".into());
+        let other = Scope::Node("abc".into());
+        // `node` + `abc:x` and `node:abc` + `x` are both `node:abc:x`: the newer keeps it.
+        import(&replica, own.clone(), "abc:x", "own, older".into(), 10);
+        import(&replica, other.clone(), "x", "other, newer".into(), 20);
+        import(&replica, own.clone(), "abc:y", "own, newer".into(), 30);
+        import(&replica, other.clone(), "y", "other, older".into(), 5);
+        for key in ["a", "abc", "abd:z", "b", "m", "z"] {
+            import(&replica, own.clone(), key, key.into(), 40);
+            import(&replica, other.clone(), key, key.into(), 40);
+        }
+        import(&replica, Scope::User("u".into()), "k", "user's".into(), 60);
+        put(&replica, "a skill");
+
+        let written = |dir: &str, part: usize| {
+            let root = temp.path().join(dir);
+            let paths = CachePaths {
+                openclaw_home: root.join("openclaw"),
+                skills_dir: root.join("skills"),
+                memory_dir: root.join("memory"),
+            };
+            let files = CacheFiles::new(paths, temp.path().join(format!("{dir}.manifest")))
+                .reading_parts_of(part);
+            files.sync(&replica, None).unwrap();
+            tree(&root)
+        };
+        let whole = written("whole", usize::MAX);
+        for part in [1, 2, 3] {
+            assert_eq!(
+                written(&format!("parts-{part}"), part),
+                whole,
+                "parts of {part}"
+            );
+        }
+        let json =
+            String::from_utf8(whole[Path::new("openclaw/mesh-memory.json")].clone()).unwrap();
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).unwrap();
+        assert_eq!(object["node:abc:x"]["value"], "other, newer");
+        assert_eq!(object["node:abc:y"]["value"], "own, newer");
+        assert!(!object.contains_key("mesh:k03"));
+        let labels: Vec<&str> = json
+            .lines()
+            .filter_map(|line| line.strip_prefix("  \"")?.split_once('"'))
+            .map(|(label, _)| label)
+            .collect();
+        assert!(labels.windows(2).all(|w| w[0] < w[1]), "{labels:?}");
+        assert_eq!((labels.len(), object.len()), (10 + 14 + 1, 10 + 14 + 1));
+        let page = String::from_utf8(whole[Path::new("memory/mesh.md")].clone()).unwrap();
+        assert!(
+            page.contains("\n## k10\n\n```json\n10\n```\n") && !page.contains("## k03"),
+            "{page}"
+        );
+    }
+
+    /// The manifest holds no entry of `mesh-memory.json`; what meshd wrote for each entry is
+    /// in the digest file beside it, so an entry the mesh changed since meshd wrote the file
+    /// is not read back, and a user's edit of another entry in the same file is.
+    #[test]
+    fn a_users_edit_of_mesh_memory_json_is_imported_and_a_stale_entry_is_not() {
+        let (temp, replica, paths, files) = setup();
+        let imported = RefCell::new(Vec::new());
+        let import = |change: &Change| {
+            imported.borrow_mut().push(change.clone());
+            Ok(())
+        };
+        let put_memory = |key: &str, value: &str| {
+            replica
+                .batch(|batch| batch.put_memory(&Scope::Mesh, key, value.into()))
+                .unwrap();
+        };
+        put_memory("a", "one");
+        put_memory("b", "one");
+        files.sync(&replica, Some(&import)).unwrap();
+        let manifest = std::fs::read_to_string(temp.path().join("cache.manifest")).unwrap();
+        assert!(!manifest.contains("mesh:a"), "{manifest}");
+
+        // The mesh moves on while the file still holds meshd's older `b`, and the user edits
+        // `a` in it; a new process knows what meshd wrote only from the files on disk.
+        put_memory("b", "two");
+        let json = std::fs::read_to_string(paths.memory_json()).unwrap();
+        let edited = json.replace(
+            "\"mesh:a\": {\n    \"value\": \"one\"",
+            "\"mesh:a\": {\n    \"value\": \"edited\"",
+        );
+        assert_ne!(edited, json);
+        std::fs::write(paths.memory_json(), edited).unwrap();
+        let files = CacheFiles::new(paths.clone(), temp.path().join("cache.manifest"));
+        files.sync(&replica, Some(&import)).unwrap();
+        assert_eq!(
+            *imported.borrow(),
+            [Change::Memory {
+                scope: Scope::Mesh,
+                key: "a".into(),
+                value: "edited".into(),
+            }]
+        );
+        // The importer here does not write: the file is meshd's again, and is not read back.
+        files.sync(&replica, Some(&import)).unwrap();
+        assert_eq!(imported.borrow().len(), 1);
+        let json = std::fs::read_to_string(paths.memory_json()).unwrap();
+        assert!(json.contains("\"value\": \"two\""), "{json}");
     }
 
     fn inode(path: &Path) -> u64 {

@@ -7,8 +7,9 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
 
-use super::manifest::entry_hash;
+use super::parts::StreamError;
 use crate::model::{MemoryEntry, Scope, Skill};
+use crate::replica::ReplicaError;
 
 /// The Phase 1 memory cache, in `$OPENCLAW_HOME`.
 pub const MEMORY_JSON: &str = "mesh-memory.json";
@@ -70,49 +71,28 @@ struct CacheEntry<'a> {
 }
 
 /// Streams `mesh-memory.json` as the reference writes it (`JSON.stringify(cache, null, 2)`),
-/// keyed `"<scope>:<key>"` in key order, from `groups` of entries by label whose labels sort
-/// apart (`label_groups`), so no more than one group is in memory at a time. Returns each
-/// label with the `entry_hash` of its value, for the manifest.
+/// keyed `"<scope>:<key>"`, from `entries` by label in label order (`parts::Labelled`: one
+/// entry per label, read a part at a time), telling `written` each label and value.
 pub fn write_reference_memory(
     out: &mut dyn Write,
-    groups: impl Iterator<Item = BTreeMap<String, MemoryEntry>>,
-) -> io::Result<BTreeMap<String, String>> {
+    entries: impl Iterator<Item = Result<(String, MemoryEntry), ReplicaError>>,
+    written: &mut dyn FnMut(&str, &Value),
+) -> Result<(), StreamError> {
     let mut serializer = serde_json::Serializer::pretty(out);
     let mut map = serializer.serialize_map(None).map_err(io::Error::from)?;
-    let mut hashes = BTreeMap::new();
-    for group in groups {
-        for (label, entry) in group {
-            let value = CacheEntry {
-                value: &entry.value,
-                node_id: &entry.node_id,
-                ts: entry.updated_at.unix_seconds(),
-            };
-            map.serialize_entry(&label, &value)
-                .map_err(io::Error::from)?;
-            hashes.insert(label, entry_hash(&entry.value));
-        }
+    for labelled in entries {
+        let (label, entry) = labelled?;
+        let value = CacheEntry {
+            value: &entry.value,
+            node_id: &entry.node_id,
+            ts: entry.updated_at.unix_seconds(),
+        };
+        map.serialize_entry(&label, &value)
+            .map_err(io::Error::from)?;
+        written(&label, &entry.value);
     }
     SerializeMap::end(map).map_err(io::Error::from)?;
-    Ok(hashes)
-}
-
-/// Entries by their label in `mesh-memory.json`. `node` + key `a:b` and `node:a` + key `b`
-/// read alike; the newer entry keeps the label.
-pub fn labelled(
-    entries: impl IntoIterator<Item = MemoryEntry>,
-    own: &str,
-) -> BTreeMap<String, MemoryEntry> {
-    let mut cache: BTreeMap<String, MemoryEntry> = BTreeMap::new();
-    for entry in entries {
-        let label = memory_label(&entry, own);
-        if cache
-            .get(&label)
-            .is_none_or(|kept| kept.updated_at < entry.updated_at)
-        {
-            cache.insert(label, entry);
-        }
-    }
-    cache
+    Ok(())
 }
 
 /// Memory scopes in groups whose labels in `mesh-memory.json` sort apart, in label order:
@@ -176,29 +156,45 @@ pub fn description(skill: &Skill) -> String {
     one_line.chars().take(MAX_DESCRIPTION_CHARS).collect()
 }
 
-/// One scope's memory as Markdown for `memory_search`: a heading per key, the value (text as
-/// text, anything else as JSON), and where it came from.
-pub fn memory_md(label: &str, entries: &[&MemoryEntry]) -> String {
-    let mut page = format!(
+/// The file name of a scope's Markdown page, from its label.
+pub fn page_file(label: &str) -> String {
+    format!("{}.md", label.replace(':', "-"))
+}
+
+/// Streams one scope's memory as Markdown for `memory_search`: a heading per key, the value
+/// (text as text, anything else as JSON), and where it came from. Returns how many entries
+/// it holds.
+pub fn write_memory_md(
+    out: &mut dyn Write,
+    label: &str,
+    entries: impl Iterator<Item = Result<MemoryEntry, ReplicaError>>,
+) -> Result<usize, StreamError> {
+    write!(
+        out,
         "# Mesh memory: {label}\n\n\
          Shared between mesh nodes by meshd, which rewrites this file: change entries with meshd.\n"
-    );
+    )?;
+    let mut count = 0;
     for entry in entries {
-        let value = match &entry.value {
-            Value::String(text) => text.clone(),
-            other => format!(
-                "```json\n{}\n```",
-                serde_json::to_string_pretty(other).expect("JSON values always serialize")
-            ),
-        };
-        page.push_str(&format!(
-            "\n## {}\n\n{value}\n\nFrom {}, updated {}.\n",
-            entry.key,
+        let entry = entry?;
+        write!(out, "\n## {}\n\n", entry.key)?;
+        match &entry.value {
+            Value::String(text) => out.write_all(text.as_bytes())?,
+            other => {
+                out.write_all(b"```json\n")?;
+                serde_json::to_writer_pretty(&mut *out, other).map_err(io::Error::from)?;
+                out.write_all(b"\n```")?;
+            }
+        }
+        write!(
+            out,
+            "\n\nFrom {}, updated {}.\n",
             entry.node_id,
             entry.updated_at.to_rfc3339()
-        ));
+        )?;
+        count += 1;
     }
-    page
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -285,17 +281,23 @@ pub(super) mod tests {
             updated_at: Stamp::from_unix_seconds(1_739_123_456),
             deleted: false,
         };
-        let groups = vec![
-            labelled([entry(Scope::Mesh, "k", json!({"a": [1, 2]}))], "own"),
-            labelled([entry(Scope::Node("own".into()), "t", json!("x"))], "own"),
+        let entries = [
+            ("mesh:k", entry(Scope::Mesh, "k", json!({"a": [1, 2]}))),
+            ("node:t", entry(Scope::Node("own".into()), "t", json!("x"))),
         ];
+        let entries = entries
+            .into_iter()
+            .map(|(label, entry)| Ok((label.to_string(), entry)));
         let mut out = Vec::new();
-        let hashes = write_reference_memory(&mut out, groups.into_iter()).unwrap();
+        let mut written = Vec::new();
+        let mut record =
+            |label: &str, value: &Value| written.push((label.to_string(), value.clone()));
+        write_reference_memory(&mut out, entries, &mut record).unwrap();
         let expected = "{\n  \"mesh:k\": {\n    \"value\": {\n      \"a\": [\n        1,\n        2\n      ]\n    },\n    \"nodeId\": \"n1\",\n    \"ts\": 1739123456\n  },\n  \"node:t\": {\n    \"value\": \"x\",\n    \"nodeId\": \"n1\",\n    \"ts\": 1739123456\n  }\n}";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
-        assert_eq!(hashes["node:t"], entry_hash(&json!("x")));
+        assert_eq!(written[1], ("node:t".to_string(), json!("x")));
         let mut empty = Vec::new();
-        write_reference_memory(&mut empty, std::iter::empty()).unwrap();
+        write_reference_memory(&mut empty, std::iter::empty(), &mut |_, _| {}).unwrap();
         assert_eq!(empty, b"{}");
     }
 

@@ -3,20 +3,22 @@
 //! the scopes that moved and the files of the skills that moved are rendered and put again,
 //! and `mesh-memory.json` when memory moved (paced: `memory_json`). A process that has
 //! written nothing yet, or a document whose heads the caches saw are not in it any more,
-//! writes everything once. The never-clobber rules (`files`) apply to each file alike.
+//! writes everything once. Memory is read a part at a time (`parts`) for both. The
+//! never-clobber rules (`files`) apply to each file alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::files::{Content, Layout, Placer};
+use super::files::{Content, Layout, Placer, Rendered};
 use super::manifest::{Collision, Manifest};
 use super::memory_json::{self, JsonPace, Pace};
+use super::parts::ScopeEntries;
 use super::render::{self, MEMORY_JSON};
-use super::{CacheError, CachePaths, CacheReport, Snapshot};
+use super::{CacheError, CachePaths, CacheReport};
 use crate::follow::{Moved, Moves, Seen};
-use crate::model::{DocId, MemoryEntry, Scope, Skill};
-use crate::replica::SharedReplica;
+use crate::model::{DocId, Scope, Skill};
+use crate::replica::{ReplicaError, SharedReplica};
 
 /// What the caches reflect, kept in memory: a new process writes everything once.
 #[derive(Default)]
@@ -36,33 +38,36 @@ pub struct Synced {
     pub json_due: Option<Duration>,
 }
 
+/// Where the caches go and how they are read from the replica.
+pub struct Target<'a> {
+    pub paths: &'a CachePaths,
+    pub replica: &'a SharedReplica,
+    /// Memory keys read under one hold of the replica (`parts::READ_PART`).
+    pub part: usize,
+}
+
 /// Brings the caches up to date with the replica. `reread` are the files just read back
 /// (their bytes are now recorded as meshd's, so the mesh's version goes there again).
 pub fn write(
-    paths: &CachePaths,
-    replica: &SharedReplica,
+    target: &Target<'_>,
     manifest: &mut Manifest,
     followed: &mut Option<Followed>,
     reread: &BTreeSet<PathBuf>,
     pace: Pace,
 ) -> Result<Synced, CacheError> {
-    let (own, moves) = replica.with(|r| {
+    let (own, moves) = target.replica.with(|r| {
         let seen = followed.as_ref().map(|f| &f.seen);
         (r.node_id().to_string(), Seen::moves(seen, r))
     });
+    let writer = Writer {
+        target,
+        own: &own,
+        reread,
+    };
     match followed {
-        Some(followed) if !moves.any_whole() => {
-            let writer = Writer {
-                paths,
-                replica,
-                own: &own,
-                reread,
-            };
-            writer.incremental(manifest, followed, moves, pace)
-        }
+        Some(followed) if !moves.any_whole() => writer.incremental(manifest, followed, moves, pace),
         _ => {
-            let snapshot = replica.with(|r| Snapshot::of(r))?;
-            let (report, state) = write_all(snapshot, paths, manifest, moves.heads)?;
+            let (report, state) = writer.all(manifest, moves.heads)?;
             *followed = Some(state);
             Ok(Synced {
                 report,
@@ -72,76 +77,102 @@ pub fn write(
     }
 }
 
-/// Rewrites every cache from a snapshot where the path is meshd's or free, removing meshd's
-/// files the mesh no longer wants; returns what the caches then reflect (`heads`, read
-/// before the snapshot: what changed in between is written again next time).
-fn write_all(
-    snapshot: Snapshot,
-    paths: &CachePaths,
-    manifest: &mut Manifest,
-    heads: Seen,
-) -> Result<(CacheReport, Followed), CacheError> {
-    let Snapshot {
-        own,
-        memory,
-        skills,
-    } = snapshot;
-    let mut followed = Followed {
-        seen: heads,
-        ..Followed::default()
-    };
-    for skill in &skills {
-        followed
-            .skill_files
-            .entry(render::safe_name(&skill.name))
-            .or_default()
-            .insert(skill.name.clone());
-    }
-    let skills = render::unique_skills(skills);
-    let mut placer = Placer {
-        manifest,
-        report: CacheReport::default(),
-        collisions: Vec::new(),
-    };
-    let mut pages = BTreeMap::new();
-    for (scope, entries) in by_scope(&memory) {
-        let (file, text) = page(&scope, &entries, &own);
-        followed.pages.insert(file.clone(), scope);
-        pages.insert(file, text);
-    }
-    let started = Instant::now();
-    let groups = std::iter::once(render::labelled(memory, &own));
-    let len = memory_json::write(paths, &mut placer, groups)?;
-    followed.json.written(len, started, Instant::now());
-    let reference: BTreeMap<String, String> = skills
-        .iter()
-        .map(|(safe, skill)| (render::reference_skill_file(safe), skill.body().to_string()))
-        .collect();
-    placer.sync_dir(&paths.reference_skills_dir(), Layout::Files, &reference)?;
-    let native: BTreeMap<String, String> = skills
-        .iter()
-        .map(|(safe, skill)| (safe.clone(), render::skill_md(skill)))
-        .collect();
-    placer.sync_dir(&paths.skills_dir, Layout::SkillFolders, &native)?;
-    placer.sync_dir(&paths.memory_dir, Layout::Files, &pages)?;
-    let Placer {
-        manifest,
-        report,
-        collisions,
-    } = placer;
-    warn_new(manifest.set_collisions(collisions));
-    Ok((report, followed))
-}
-
-/// One incremental write: what it reads and where it puts it.
+/// One write: what it reads and where it puts it.
 struct Writer<'a> {
-    paths: &'a CachePaths,
-    replica: &'a SharedReplica,
+    target: &'a Target<'a>,
     own: &'a str,
     reread: &'a BTreeSet<PathBuf>,
 }
 
 impl Writer<'_> {
+    /// Rewrites every cache where the path is meshd's or free, removing meshd's files the
+    /// mesh no longer wants; returns what the caches then reflect (`heads`, read before
+    /// anything else: what changes while the files are read is written again next time).
+    fn all(
+        &self,
+        manifest: &mut Manifest,
+        heads: Seen,
+    ) -> Result<(CacheReport, Followed), CacheError> {
+        let Target {
+            paths,
+            replica,
+            part,
+        } = *self.target;
+        let (scopes, skills) =
+            replica.with(|r| -> Result<_, ReplicaError> { Ok((r.scopes(), r.list_skills()?)) })?;
+        let mut followed = Followed {
+            seen: heads,
+            ..Followed::default()
+        };
+        let mut placer = Placer {
+            manifest,
+            report: CacheReport::default(),
+            collisions: Vec::new(),
+        };
+        let started = Instant::now();
+        let len = memory_json::write_from(paths, &mut placer, replica, self.own, part)?;
+        followed.json.written(len, started, Instant::now());
+        followed.skill_files = self.all_skills(&mut placer, skills)?;
+        followed.pages = self.all_pages(&mut placer, scopes)?;
+        let Placer {
+            manifest,
+            report,
+            collisions,
+        } = placer;
+        warn_new(manifest.set_collisions(collisions));
+        Ok((report, followed))
+    }
+
+    /// Puts the files of every skill (the skills are read at once: a few hundred); returns
+    /// the live skills by the safe name of their files.
+    fn all_skills(
+        &self,
+        placer: &mut Placer<'_>,
+        skills: Vec<Skill>,
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, CacheError> {
+        let paths = self.target.paths;
+        let mut skill_files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for skill in &skills {
+            skill_files
+                .entry(render::safe_name(&skill.name))
+                .or_default()
+                .insert(skill.name.clone());
+        }
+        let skills = render::unique_skills(skills);
+        let reference: BTreeMap<String, String> = skills
+            .iter()
+            .map(|(safe, skill)| (render::reference_skill_file(safe), skill.body().to_string()))
+            .collect();
+        placer.sync_dir(&paths.reference_skills_dir(), Layout::Files, &reference)?;
+        let native: BTreeMap<String, String> = skills
+            .iter()
+            .map(|(safe, skill)| (safe.clone(), render::skill_md(skill)))
+            .collect();
+        placer.sync_dir(&paths.skills_dir, Layout::SkillFolders, &native)?;
+        Ok(skill_files)
+    }
+
+    /// Puts the page of every scope that has live entries, each streamed into its
+    /// temporary file first; returns the pages by file name, with their scope.
+    fn all_pages(
+        &self,
+        placer: &mut Placer<'_>,
+        scopes: Vec<Scope>,
+    ) -> Result<BTreeMap<String, Scope>, CacheError> {
+        let mut pages = BTreeMap::new();
+        let mut rendered_pages = BTreeMap::new();
+        for scope in scopes {
+            let (file, rendered) = self.page(&scope)?;
+            if let Some(rendered) = rendered {
+                pages.insert(file.clone(), scope);
+                rendered_pages.insert(file, rendered);
+            }
+        }
+        let memory_dir = &self.target.paths.memory_dir;
+        placer.sync_dir(memory_dir, Layout::Files, &rendered_pages)?;
+        Ok(pages)
+    }
+
     fn incremental(
         &self,
         manifest: &mut Manifest,
@@ -168,32 +199,35 @@ impl Writer<'_> {
                 (DocId::Skills, Moved::Whole) => {}
             }
         }
-        let memory_dir = &self.paths.memory_dir;
+        let memory_dir = &self.target.paths.memory_dir;
         for (file, scope) in &followed.pages {
             if self.needs_check(placer.manifest, memory_dir, Layout::Files, file) {
                 scopes.insert(scope.clone());
             }
         }
         for scope in scopes {
-            let entries = self.replica.with(|r| r.list_memory(Some(&scope)))?;
-            let (file, text) = page(&scope, &entries.iter().collect::<Vec<_>>(), self.own);
-            let text = (!entries.is_empty()).then_some(text);
+            let (file, rendered) = self.page(&scope)?;
             placer.update(
                 memory_dir,
                 Layout::Files,
                 &file,
-                text.as_deref().map(Content::Text),
+                rendered.as_ref().map(Content::Rendered),
             )?;
             touched.insert(memory_dir.join(&file));
-            match text {
+            match rendered {
                 Some(_) => followed.pages.insert(file, scope),
                 None => followed.pages.remove(&file),
             };
         }
         self.skills(&mut placer, followed, skill_names, &mut touched)?;
+        let Target {
+            paths,
+            replica,
+            part,
+        } = *self.target;
         if self.needs_check(
             placer.manifest,
-            &self.paths.openclaw_home,
+            &paths.openclaw_home,
             Layout::Files,
             MEMORY_JSON,
         ) {
@@ -202,9 +236,9 @@ impl Writer<'_> {
         let started = Instant::now();
         let json_due = followed.json.wait(pace, started);
         if followed.json.is_stale() && json_due.is_none() {
-            let len = memory_json::write_from(self.paths, &mut placer, self.replica, self.own)?;
+            let len = memory_json::write_from(paths, &mut placer, replica, self.own, part)?;
             followed.json.written(len, started, Instant::now());
-            touched.insert(self.paths.memory_json());
+            touched.insert(paths.memory_json());
         }
         let Placer {
             manifest,
@@ -225,8 +259,8 @@ impl Writer<'_> {
         changed: BTreeSet<String>,
         touched: &mut BTreeSet<PathBuf>,
     ) -> Result<(), CacheError> {
-        let reference_dir = self.paths.reference_skills_dir();
-        let skills_dir = &self.paths.skills_dir;
+        let reference_dir = self.target.paths.reference_skills_dir();
+        let skills_dir = &self.target.paths.skills_dir;
         let mut candidates: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for name in changed {
             candidates
@@ -244,7 +278,7 @@ impl Writer<'_> {
         }
         for (safe, mut names) in candidates {
             names.extend(followed.skill_files.remove(&safe).unwrap_or_default());
-            let live: Vec<Skill> = self.replica.with(|r| {
+            let live: Vec<Skill> = self.target.replica.with(|r| {
                 names
                     .iter()
                     .filter_map(|name| r.get_skill(name).transpose())
@@ -267,6 +301,24 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// A scope's Markdown page, streamed into its temporary file a part at a time: its file
+    /// name, and the file unless the scope has no live entry.
+    fn page(&self, scope: &Scope) -> Result<(String, Option<Rendered>), CacheError> {
+        let Target {
+            paths,
+            replica,
+            part,
+        } = *self.target;
+        let label = scope.label(self.own);
+        let file = render::page_file(&label);
+        let entries = ScopeEntries::new(replica, scope.clone(), part);
+        let (rendered, count) = Rendered::write(&paths.memory_dir, &file, |out| {
+            render::write_memory_md(out, &label, entries)
+        })
+        .map_err(|error| error.for_file(&paths.memory_dir.join(&file)))?;
+        Ok((file, (count > 0).then_some(rendered)))
+    }
+
     /// Whether an entry's file must be looked at although its entry did not change: it was
     /// just read back, or meshd's file (at its name or beside a foreign one) was deleted.
     fn needs_check(&self, manifest: &Manifest, dir: &Path, layout: Layout, entry: &str) -> bool {
@@ -278,22 +330,6 @@ impl Writer<'_> {
                     || (manifest.is_recorded(dir, rel) && std::fs::symlink_metadata(&path).is_err())
             })
     }
-}
-
-/// Memory entries grouped by scope, in order.
-fn by_scope(memory: &[MemoryEntry]) -> BTreeMap<Scope, Vec<&MemoryEntry>> {
-    let mut by_scope: BTreeMap<Scope, Vec<&MemoryEntry>> = BTreeMap::new();
-    for entry in memory {
-        by_scope.entry(entry.scope.clone()).or_default().push(entry);
-    }
-    by_scope
-}
-
-/// A scope's Markdown page: its file name and text.
-fn page(scope: &Scope, entries: &[&MemoryEntry], own: &str) -> (String, String) {
-    let label = scope.label(own);
-    let file = format!("{}.md", label.replace(':', "-"));
-    (file, render::memory_md(&label, entries))
 }
 
 fn warn_new(collisions: Vec<Collision>) {

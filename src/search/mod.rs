@@ -444,6 +444,16 @@ fn plan_update(
     doc: &DocId,
     since: &[automerge::ChangeHash],
 ) -> Result<Option<Plan>, ReplicaError> {
+    // A document the index never took in whole (a new index, or a refresh cut short) is
+    // read whole from the replica's index: asking the document what changed since nothing
+    // would load it (hundreds of MB for a million entries) only to list every key.
+    if since.is_empty() {
+        return Ok(Some(Plan {
+            heads: replica.heads(doc),
+            clear: true,
+            names: replica.names(doc)?,
+        }));
+    }
     let (clear, names) = match replica.changed_since(doc, since) {
         Changed::Nothing => return Ok(None),
         Changed::Names(names) => (false, names.into_iter().collect()),

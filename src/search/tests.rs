@@ -318,3 +318,45 @@ fn a_document_larger_than_a_part_is_indexed_whole_and_then_followed() {
     let found = n.keys(&format!("plain {middle}"), "mesh");
     assert_eq!(found.first(), Some(&format!("k{middle}")));
 }
+
+/// A new index is built from the replica's index of keys and values, without loading the
+/// Automerge document (for a million entries, hundreds of MB at the daemon's start).
+#[test]
+fn a_new_index_is_built_without_loading_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut replica = Replica::open(&store, OWN).unwrap();
+    replica
+        .batch(|b| {
+            for i in 0..50 {
+                b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(format!("plain {i}")))?;
+            }
+            b.put_memory(&Scope::Mesh, "gone", json!("deleted zebra"))?;
+            Ok(())
+        })
+        .unwrap();
+    replica.delete_memory(&Scope::Mesh, "gone").unwrap();
+    // As a daemon leaves it: changes folded into a snapshot, which opening does not load.
+    replica.compact(&DocId::Memory(Scope::Mesh)).unwrap();
+    replica.flush().unwrap();
+    drop(replica);
+    let n = Node {
+        replica: SharedReplica::new(Replica::open(&store, OWN).unwrap()),
+        searcher: Searcher::new(dir.path().join("search.db"), None),
+        dir,
+    };
+    assert_eq!(
+        n.replica.with(|r| r.loaded().0),
+        0,
+        "opening loads no document"
+    );
+    n.searcher.refresh(&n.replica).unwrap();
+    assert_eq!(n.replica.with(|r| r.loaded().0), 0, "no document loaded");
+    assert_eq!(
+        n.keys("plain 7", "mesh").first().map(String::as_str),
+        Some("k7")
+    );
+    assert!(n.keys("zebra", "mesh").is_empty());
+    n.put("mesh", "k1", json!("now a zebra"));
+    assert_eq!(n.keys("zebra", "mesh"), vec!["k1".to_string()]);
+}
