@@ -164,6 +164,9 @@ fn a_full_disk_refuses_writes_and_loses_no_acknowledged_one() {
         assert!(acked.len() < 500, "12 MiB never filled up");
     };
     assert!(refusal.contains("No space left"), "{refusal}");
+    // Refused at its flush ("may or may not be found after a restart"), or before it reached
+    // sled when sled's own flusher hit the full disk first: either way, restart meshd.
+    assert!(refusal.contains("restart meshd"), "{refusal}");
     let refused_key = format!("k{:03}", acked.len());
     // The refused write is not readable, and the next one is refused at once.
     let get = MemGet {
@@ -193,7 +196,12 @@ fn a_full_disk_refuses_writes_and_loses_no_acknowledged_one() {
     let mut expected = acked.clone();
     expected.push("after".to_string());
     expected.sort();
-    assert_eq!(stored_keys(&node), expected);
+    // The refused write was never acknowledged: sled may have logged it whole before the disk
+    // filled (and refuses the undo after the failure), so it may be there or not, as its
+    // refusal said; nothing else may differ.
+    let mut stored = stored_keys(&node);
+    stored.retain(|key| *key != refused_key);
+    assert_eq!(stored, expected);
 }
 
 #[test]

@@ -105,7 +105,8 @@ fn write_error(error: ReplicaError) -> HttpError {
         Err(
             full @ (ReplicaError::ReadOnly(_)
             | ReplicaError::Failed(_)
-            | ReplicaError::Unreadable(_)),
+            | ReplicaError::Unreadable(_)
+            | ReplicaError::NotDurable(_)),
         ) => HttpError::new(StatusCode::INSUFFICIENT_STORAGE, full.to_string()),
         Err(failure) => HttpError::internal(failure.to_string()),
     }

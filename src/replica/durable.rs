@@ -111,7 +111,7 @@ impl Replica {
             tracing::error!(%error, "a write did not reach the disk; it is refused and undone");
             self.roll_back(pending.before);
             self.undo(&pending.changes, &touched);
-            return Err(error);
+            return Err(not_durable(error));
         }
         self.summaries.extend(summaries);
         for (doc, change) in &pending.changes {
@@ -148,7 +148,7 @@ impl Replica {
         if let Err(error) = self.storage.commit(batch) {
             self.roll_back(before);
             self.undo(&[], &touched);
-            return Err(error);
+            return Err(not_durable(error));
         }
         self.summaries.extend(summaries);
         self.snapshot_written(doc, snapshot_len);
@@ -394,5 +394,15 @@ impl Replica {
             recorded_changes: recorded.changes,
             held_changes: doc.map_or(0, |d| d.stats().num_changes),
         }))
+    }
+}
+
+/// A commit sled failed: its batch may sit in sled's log in part or whole, which the undo
+/// cannot always take back (sled refuses it too after a failed write), so the caller is told
+/// the outcome is unknown rather than that nothing was stored.
+fn not_durable(error: ReplicaError) -> ReplicaError {
+    match error {
+        ReplicaError::Storage(source) => ReplicaError::NotDurable(source.to_string()),
+        other => other,
     }
 }

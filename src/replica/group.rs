@@ -13,10 +13,11 @@
 //! and a leader looks at the queue again after it stops leading. A follower that still waits
 //! after `FOLLOWER_PATIENCE` (its leader panicked) tries to lead itself.
 //!
-//! A group whose commit fails (a full disk, the reserve, a change Automerge refuses) is run
-//! again one job at a time, so each caller gets the answer it would have had alone: only the
-//! job at fault fails for a fault of its own, and after a failed flush every job is refused
-//! with the reason. Jobs may therefore run more than once and must not consume their input.
+//! A group whose commit fails before it reaches sled (the reserve, a change Automerge
+//! refuses) is run again one job at a time, so each caller gets the answer it would have had
+//! alone: only the job at fault fails for a fault of its own. Jobs may therefore run more than
+//! once and must not consume their input. A group whose flush fails is answered as a whole
+//! with `NotDurable`: every write in it may be on disk after a restart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -85,6 +86,8 @@ pub(super) trait Job: Send {
     fn answer(self: Box<Self>);
     /// Runs the job again in a batch of its own and sends that outcome.
     fn run_alone(self: Box<Self>, replica: &mut Replica);
+    /// Sends `error` instead of an outcome.
+    fn fail(self: Box<Self>, error: ReplicaError);
 }
 
 /// A job and where its answer goes.
@@ -127,6 +130,10 @@ where
         let outcome = replica.batch(&mut self.write);
         let _ = self.reply.send(outcome);
     }
+
+    fn fail(self: Box<Self>, error: ReplicaError) {
+        let _ = self.reply.send(Err(error));
+    }
 }
 
 /// Commits `jobs` as one batch with one flush, then answers each; see the module comment for
@@ -146,6 +153,10 @@ pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
     });
     match committed {
         Ok(()) => jobs.into_iter().for_each(|job| job.answer()),
+        // Each write of the group may be on disk after a restart: each caller is told so.
+        Err(ReplicaError::NotDurable(reason)) => jobs
+            .into_iter()
+            .for_each(|job| job.fail(ReplicaError::NotDurable(reason.clone()))),
         Err(error) => {
             tracing::debug!(%error, jobs = jobs.len(), "a group commit failed; its writes run one by one");
             jobs.into_iter().for_each(|job| job.run_alone(replica));

@@ -68,6 +68,8 @@ pub enum ReplicaError {
     Failed(String),
     #[error("the store failed a write earlier ({0}) and could not undo it in memory, so it is not read until meshd restarts; every acknowledged write is safe on disk: free disk space if it is full, then restart meshd")]
     Unreadable(String),
+    #[error("a write did not reach the disk ({0}): it is not acknowledged, and may or may not be found after a restart (read it back then); the store accepts no writes until meshd restarts: free disk space if it is full, then restart meshd")]
+    NotDurable(String),
     #[error("a write committed with others was interrupted by an internal error (see the log); it may or may not be stored: read it back before writing it again")]
     Interrupted,
     #[error("automerge: {0}")]
