@@ -112,8 +112,9 @@ fn write_error(error: ReplicaError) -> HttpError {
     }
 }
 
-fn scope(text: &str, replica: &Replica) -> Result<Scope, HttpError> {
-    Scope::parse(text, replica.node_id()).map_err(|e| HttpError::bad_request(e.to_string()))
+/// A scope as a client names it (`node` is this node's, `own`).
+fn scope(text: &str, own: &str) -> Result<Scope, HttpError> {
+    Scope::parse(text, own).map_err(|e| HttpError::bad_request(e.to_string()))
 }
 
 fn memory_row(entry: &MemoryEntry, own: &str) -> MemoryRow {
@@ -144,7 +145,7 @@ pub async fn list_memory(
     }
     let rows = with_replica(&state, move |replica| {
         let scope = (query.scope.filter(|s| !s.is_empty()))
-            .map(|s| scope(&s, replica))
+            .map(|s| scope(&s, replica.node_id()))
             .transpose()?;
         let mut entries = replica.list_memory(scope.as_ref()).map_err(read_error)?;
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.updated_at));
@@ -162,7 +163,7 @@ pub async fn get_memory(
 ) -> Answer<MemoryRow> {
     let row = with_replica(&state, move |replica| {
         let entry = replica
-            .get_memory(&scope(&scope_text, replica)?, &key)
+            .get_memory(&scope(&scope_text, replica.node_id())?, &key)
             .map_err(read_error)?
             .ok_or_else(HttpError::not_found)?;
         Ok((memory_row(&entry, replica.node_id()), false))
@@ -215,8 +216,7 @@ pub async fn put_memory(
         return Err(HttpError::bad_request("Missing scope, key, or value"));
     };
     let (value, node_id) = (value.clone(), node_field(&map, "node_id")?);
-    let scope = Scope::parse(&scope_text, state.replica.node_id())
-        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let scope = scope(&scope_text, state.replica.node_id())?;
     // Committed with the puts of other requests that arrive meanwhile: one flush for all.
     let grouped = state.replica.run_grouped(move |batch| {
         let newest = batch.current_memory(&scope, &key)?.map(|w| w.updated_at);

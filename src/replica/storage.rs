@@ -38,7 +38,7 @@ pub struct Storage {
     failed: OnceLock<String>,
     /// Set when the undo of a failed write could not be applied either: sled's memory may
     /// then hold the refused write, so reads are refused too, until a restart reads the store
-    /// back from disk (where the refused write never landed).
+    /// back from disk (where that write may or may not be, as `NotDurable` told its caller).
     unreadable: bool,
 }
 
