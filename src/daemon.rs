@@ -22,12 +22,14 @@ use crate::cache::{CacheFiles, Change};
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
 use crate::control::{CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut};
+use crate::invite::Ticket;
+use crate::model::access::Access;
 use crate::model::NodeId;
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{LinkFailure, PeerError, PeerRefusal, PeerStore};
+use crate::peers::{LinkFailure, Peer, PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
 use crate::views::{Importer, ViewWriter, Views};
@@ -254,6 +256,23 @@ impl LiveMesh for RunningMesh {
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize {
         self.runtime.block_on(self.mesh.sync_now(only, timeout))
     }
+
+    fn join(
+        &self,
+        ticket: Ticket,
+        access: Access,
+        name: Option<String>,
+    ) -> Result<(Peer, Access), String> {
+        let mesh = self.mesh.clone();
+        // The join runs on the runtime: it needs `block_in_place`, which the blocking pool's
+        // threads cannot do.
+        self.runtime
+            .block_on(async move {
+                tokio::spawn(async move { mesh.join(&ticket, access, name).await }).await
+            })
+            .map_err(|e| format!("the join failed: {e}; this is a bug, the node keeps running"))?
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// How long the daemon waits for a store that a one-shot command holds: loading a large store
@@ -377,6 +396,7 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
         endpoint,
         MeshConfig {
             accept_own_scope: node.repairing,
+            name: Some(config.node.name.clone()),
             ..MeshConfig::default()
         },
         node.lifecycle.clone(),

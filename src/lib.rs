@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod follow;
+pub mod invite;
 pub mod mcp;
 pub mod model;
 pub mod net;

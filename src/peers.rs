@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::invite::Invites;
 use crate::model::access::Access;
 use crate::model::NodeId;
 
@@ -69,6 +70,7 @@ pub struct Refused {
 pub struct PeerStore {
     peers: sled::Tree,
     refused: sled::Tree,
+    invites: Invites,
 }
 
 pub fn validate_address(address: &str) -> Result<(), PeerError> {
@@ -87,7 +89,13 @@ impl PeerStore {
         Ok(PeerStore {
             peers: db.open_tree("peers")?,
             refused: db.open_tree("refused")?,
+            invites: Invites::open(db)?,
         })
+    }
+
+    /// The invites this node made (`meshd invite`).
+    pub fn invites(&self) -> &Invites {
+        &self.invites
     }
 
     /// Adds or replaces a peer; returns whether it replaced one. Durable on return.

@@ -10,6 +10,7 @@ mod backup;
 mod bridge;
 mod cache;
 mod doc;
+mod invite;
 mod mem;
 mod peers;
 mod remote;
@@ -37,6 +38,7 @@ pub use backup::{Backup, BackupReport, Restore};
 pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
+pub use invite::{Invite, InviteMade, Join};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
 pub use search::Search;
@@ -127,6 +129,14 @@ pub trait LiveMesh: Send + std::marker::Sync {
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;
+    /// Joins the node that made `ticket` (`meshd join`), granting it `access` here; returns
+    /// the inviter as added to the peer list and what this node may do there.
+    fn join(
+        &self,
+        ticket: crate::invite::Ticket,
+        access: crate::model::access::Access,
+        name: Option<String>,
+    ) -> Result<(crate::peers::Peer, crate::model::access::Access), String>;
 }
 
 /// The node a command runs against: its store, and the mesh when the daemon runs.

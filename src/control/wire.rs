@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    backup, bridge, cache, doc, mem, peers, search, skill, status, store, sync, Command,
+    backup, bridge, cache, doc, invite, mem, peers, search, skill, status, store, sync, Command,
     CommandError, Context, Effects,
 };
 
@@ -66,6 +66,8 @@ command_set! {
     PeersLs => peers::PeersLs,
     PeersRm => peers::PeersRm,
     PeersPending => peers::PeersPending,
+    Invite => invite::Invite,
+    Join => invite::Join,
     Status => status::Status,
     Sync => sync::Sync,
     BridgeIngest => bridge::BridgeIngest,

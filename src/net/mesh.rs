@@ -15,10 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
+use super::join::{self, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
 use super::NetError;
+use crate::invite::Ticket;
+use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
-use crate::peers::{LinkFailure, Peer, PeerRefusal, PeerStore};
+use crate::peers::{validate_address, LinkFailure, Peer, PeerError, PeerRefusal, PeerStore};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
 
@@ -44,6 +47,8 @@ pub struct MeshConfig {
     /// Accept this node's own node scope from peers, which no peer may write otherwise: a
     /// node repairing its store takes it back (`meshd run --repair`).
     pub accept_own_scope: bool,
+    /// This node's name (`[node] name`), offered to nodes that join it or that it joins.
+    pub name: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -52,6 +57,7 @@ impl Default for MeshConfig {
             anti_entropy: Duration::from_secs(30),
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             accept_own_scope: false,
+            name: None,
         }
     }
 }
@@ -183,6 +189,13 @@ impl Mesh {
                 .entry(peer.id)
                 .or_insert_with(|| self.spawn_dialer(peer.id));
         }
+        drop(dialers);
+        let open = self.peers.invites().any_open(unix_now());
+        let open = open.unwrap_or_else(|e| {
+            tracing::error!("cannot read the invites, so no one can join now: {e}");
+            false
+        });
+        self.endpoint.pins().welcome_joiners(open);
     }
 
     /// A dialer lives until its peer is removed (aborted) or the node stops.
@@ -285,6 +298,20 @@ impl Mesh {
             let mesh = self.clone();
             self.tasks.spawn(async move {
                 match endpoint::accept(&mesh.endpoint, incoming).await {
+                    Ok((connection, peer)) if endpoint::is_join(&connection) => {
+                        mesh.welcome(connection, peer).await
+                    }
+                    Ok((connection, peer)) if !mesh.endpoint.pins().is_allowed(peer) => {
+                        // Let through the handshake because an invite is open, but it came to
+                        // link, not to join.
+                        let remote = connection.remote_address();
+                        CloseCode::NotAPeer.close(&connection, "not a peer");
+                        mesh.refuse_stranger(
+                            peer,
+                            remote,
+                            "it is not in the peer list and presented no invite",
+                        );
+                    }
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
                     Err(e) => {
                         mesh.log_refused(&e);
@@ -320,6 +347,148 @@ impl Mesh {
             };
             if let Err(e) = self.peers.record_refused(&record) {
                 tracing::error!("cannot record a refused peer: {e}");
+            }
+        }
+    }
+
+    /// A stranger let through the handshake while an invite is open: it may present one,
+    /// and nothing else.
+    async fn welcome(self: &Arc<Self>, connection: quinn::Connection, joiner: NodeId) {
+        let remote = connection.remote_address();
+        let decide =
+            |request| tokio::task::block_in_place(|| self.decide_join(joiner, remote, request));
+        let refusal = match join::answer(connection, decide).await {
+            Ok(JoinReply::Accepted { .. }) => {
+                self.peers_changed();
+                return;
+            }
+            Ok(JoinReply::Refused { reason }) => reason,
+            Err(e) => format!("it presented no invite ({e})"),
+        };
+        self.refuse_stranger(joiner, remote, &refusal);
+    }
+
+    /// Records a node refused after its handshake, warned about once, as `log_refused` does.
+    fn refuse_stranger(&self, id: NodeId, remote: SocketAddr, why: &str) {
+        if lock(&self.warned_strangers).insert(id) {
+            tracing::warn!(node = %id, %remote, "refused a node: {why}; `meshd peers pending` lists it");
+        } else {
+            tracing::debug!(node = %id, %remote, "refused a node again: {why}");
+        }
+        self.endpoint.pins().refuse(id, Some(remote), unix_now());
+        self.record_refused();
+    }
+
+    /// Redeems the invite `joiner` presented and adds it as a peer with the access offered.
+    fn decide_join(&self, joiner: NodeId, remote: SocketAddr, request: JoinRequest) -> JoinReply {
+        let redeemed = self.peers.invites().redeem(
+            request.invite,
+            &request.proof,
+            joiner,
+            self.own,
+            unix_now(),
+        );
+        let invite = match redeemed {
+            Ok(Ok(invite)) => invite,
+            Ok(Err(refusal)) => {
+                return JoinReply::Refused {
+                    reason: refusal.to_string(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(%joiner, "cannot read the invites to answer a join: {e}");
+                return JoinReply::Refused {
+                    reason: "the inviting node cannot read its invites; its log says why".into(),
+                };
+            }
+        };
+        let peer = Peer {
+            id: joiner,
+            name: invite
+                .name
+                .clone()
+                .or(join::suggested_name(request.name.clone())),
+            addresses: joiner_addresses(remote, &request),
+            access: invite.access.clone(),
+            last_sync: None,
+        };
+        if let Err(e) = self.add_peer_named_if_free(peer.clone()) {
+            tracing::error!(%joiner, "cannot add a node that joined with a valid invite: {e}");
+            return JoinReply::Refused {
+                reason: format!(
+                    "the inviting node could not add this node ({e}); ask for a new ticket"
+                ),
+            };
+        }
+        tracing::info!(%joiner, name = peer.label(), addresses = ?peer.addresses, "a node joined with an invite");
+        JoinReply::Accepted {
+            access: invite.access,
+            name: self.config.name.clone(),
+        }
+    }
+
+    /// Adds `peer`; if its name is taken, without the name.
+    fn add_peer_named_if_free(&self, peer: Peer) -> Result<(), PeerError> {
+        match self.peers.add(&self.own, peer.clone()) {
+            Err(PeerError::NameTaken(_)) => self.peers.add(&self.own, Peer { name: None, ..peer }),
+            other => other,
+        }
+        .map(|_| ())
+    }
+
+    /// Joins the node that made `ticket`, granting it `access` here. The inviter is in the
+    /// peer list (and pinned) while the exchange runs, so that its first connection back is
+    /// taken; it is removed again if the join fails. Returns the inviter as added.
+    pub async fn join(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        access: Access,
+        name: Option<String>,
+    ) -> Result<(Peer, Access), JoinError> {
+        let known = self.peers.get(&ticket.inviter).ok().flatten();
+        let peer = Peer {
+            id: ticket.inviter,
+            name: name.clone(),
+            addresses: ticket.addresses.clone(),
+            access,
+            last_sync: known.as_ref().and_then(|p| p.last_sync),
+        };
+        let add = tokio::task::block_in_place(|| self.peers.add(&self.own, peer.clone()));
+        add.map_err(|e| JoinError::Refused(format!("cannot add the inviting node here: {e}")))?;
+        self.endpoint.pins().allow(ticket.inviter);
+        let request = JoinRequest {
+            invite: ticket.invite,
+            proof: Vec::new(),
+            listen_port: self.local_addr().map(|a| a.port()),
+            addresses: Vec::new(),
+            name: self.config.name.clone(),
+        };
+        match join::join(&self.endpoint, ticket, request).await {
+            Ok((granted, offered_name)) => {
+                let named = match (name, join::suggested_name(offered_name)) {
+                    (None, Some(offered)) => {
+                        let renamed = Peer {
+                            name: Some(offered),
+                            ..peer.clone()
+                        };
+                        tokio::task::block_in_place(|| self.add_peer_named_if_free(renamed)).ok();
+                        self.peers.get(&peer.id).ok().flatten().unwrap_or(peer)
+                    }
+                    _ => peer,
+                };
+                self.peers_changed();
+                Ok((named, granted))
+            }
+            Err(e) => {
+                let restore = tokio::task::block_in_place(|| match known {
+                    Some(known) => self.peers.add(&self.own, known).map(|_| ()),
+                    None => self.peers.remove(&ticket.inviter.to_string()).map(|_| ()),
+                });
+                if let Err(undo) = restore {
+                    tracing::error!("cannot undo the half-made pairing with {}: {undo}; remove it with `meshd peers rm`", ticket.inviter);
+                }
+                self.peers_changed();
+                Err(e)
             }
         }
     }
@@ -558,6 +727,28 @@ impl LinkHost for Mesh {
             tracing::error!("cannot record the sync time: {e}");
         }
     }
+}
+
+/// Where a joiner can be reached: the address its join came from with the port it listens
+/// on, then the addresses it named (a few, valid ones only).
+fn joiner_addresses(remote: SocketAddr, request: &JoinRequest) -> Vec<String> {
+    let seen = request
+        .listen_port
+        .filter(|port| *port != 0)
+        .map(|port| SocketAddr::new(remote.ip(), port).to_string());
+    let named = request
+        .addresses
+        .iter()
+        .take(8)
+        .filter(|address| validate_address(address).is_ok())
+        .cloned();
+    let mut addresses: Vec<String> = Vec::new();
+    for address in seen.into_iter().chain(named) {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    addresses
 }
 
 /// Waits for every receiver; counts those that completed.
