@@ -29,7 +29,7 @@ use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{LinkFailure, Peer, PeerError, PeerRefusal, PeerStore};
+use crate::peers::{DialFailure, LinkFailure, LinkState, Peer, PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
 use crate::views::{Importer, ViewWriter, Views};
@@ -246,6 +246,14 @@ impl LiveMesh for RunningMesh {
 
     fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure> {
         self.mesh.link_failure(peer)
+    }
+
+    fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure> {
+        self.mesh.dial_failure(peer)
+    }
+
+    fn link_state(&self, peer: &NodeId) -> Option<LinkState> {
+        self.mesh.link_state(peer)
     }
 
     fn forget_refused(&self) {

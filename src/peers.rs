@@ -57,6 +57,30 @@ pub struct LinkFailure {
     pub failures: u32,
 }
 
+/// Why the latest dial to a peer found no address that worked, for `meshd status`: when (Unix
+/// seconds), and each address tried with what went wrong there, in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialFailure {
+    pub at: u64,
+    pub addresses: Vec<AddressFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressFailure {
+    /// As configured (`HOST:PORT`), with the resolved address when it differs.
+    pub address: String,
+    pub reason: String,
+}
+
+/// The live link to a peer, for `meshd status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    /// When the link came up (Unix seconds).
+    pub since: u64,
+    /// QUIC's smoothed round-trip time.
+    pub rtt_ms: u64,
+}
+
 /// A node that tried to connect without being added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {

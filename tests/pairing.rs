@@ -150,3 +150,63 @@ fn join_says_what_to_do_without_a_daemon_or_with_a_damaged_ticket() {
     assert!(late.stderr.contains("no open invite"), "{}", late.stderr);
     assert!(peers(&c).is_empty(), "a refused join leaves no peer behind");
 }
+
+/// What `meshd status --json` says about the peer with this id.
+fn peer_status(node: &TestNode, id: &str) -> Value {
+    let status: Value = serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap();
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+fn dial_reason(node: &TestNode, id: &str) -> String {
+    peer_status(node, id)["unreachable"]["addresses"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn status_says_why_a_peer_cannot_be_reached() {
+    let (a, _) = TestNode::init_listening("a");
+    let (one_sided, one_sided_addr) = TestNode::init_listening("one-sided");
+    let (elsewhere, _) = TestNode::init_listening("elsewhere");
+    let (down, down_addr) = TestNode::init_listening("down");
+    // One-sided: A has it, it does not have A. Wrong node: ELSEWHERE's id at ONE-SIDED's
+    // address. Wrong port: DOWN's address, where nothing listens.
+    for (id, address) in [
+        (one_sided.id(), &one_sided_addr),
+        (elsewhere.id(), &one_sided_addr),
+        (down.id(), &down_addr),
+    ] {
+        a.run(&["peers", "add", &id, address]).ok();
+    }
+    let (_d1, _da) = (one_sided.start(), a.start());
+
+    let (one_sided_id, elsewhere_id, down_id) = (one_sided.id(), elsewhere.id(), down.id());
+    wait_until("A knows why each dial failed", || {
+        dial_reason(&a, &one_sided_id).contains("not in its peer list")
+            && dial_reason(&a, &elsewhere_id).contains("another node answered")
+            && dial_reason(&a, &down_id).contains("timed out: nothing answered")
+    });
+    assert!(
+        dial_reason(&a, &elsewhere_id).contains(&one_sided_id),
+        "names who answered"
+    );
+    let shown = a.run(&["status"]).ok();
+    assert!(shown.contains("dialing it failed"), "{shown}");
+    assert!(shown.contains("wrong address or port"), "{shown}");
+
+    // Once the other side pairs too, the reason goes and the link says how it is.
+    one_sided
+        .run(&["peers", "add", &a.id(), "127.0.0.1:9"])
+        .ok();
+    wait_until("A connects to ONE-SIDED", || {
+        peer_status(&a, &one_sided_id)["link"]["rtt_ms"].is_u64()
+    });
+    assert!(peer_status(&a, &one_sided_id)["unreachable"].is_null());
+}

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheFiles;
 use crate::model::{NodeId, Scope};
-use crate::peers::{LinkFailure, PeerRefusal, PeerStore};
+use crate::peers::{DialFailure, LinkFailure, LinkState, PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
 
 pub use backup::{Backup, BackupReport, Restore};
@@ -124,6 +124,10 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal>;
     /// Why the links to `peer` keep failing, while they do.
     fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure>;
+    /// Why the latest dial to `peer` found no address that worked, until one does.
+    fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure>;
+    /// The live link to `peer`, while there is one.
+    fn link_state(&self, peer: &NodeId) -> Option<LinkState>;
     /// Forgets the ids the TLS layer refused so far (`meshd peers pending --clear`).
     fn forget_refused(&self);
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or

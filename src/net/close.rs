@@ -19,6 +19,8 @@ pub enum CloseCode {
     Replaced = 4,
     /// A join exchange (`net::join`) is over, whatever its outcome.
     Joined = 5,
+    /// Too many join exchanges at once; the joiner may try again.
+    Busy = 6,
 }
 
 impl CloseCode {

@@ -2,8 +2,8 @@
 //! the accept loop, live push of local changes and gossip of received ones.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,13 +15,18 @@ use tokio_util::task::TaskTracker;
 
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
+use super::error::TIMED_OUT;
 use super::join::{self, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
+use super::tls::MISDIALED;
 use super::NetError;
 use crate::invite::Ticket;
 use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
-use crate::peers::{validate_address, LinkFailure, Peer, PeerError, PeerRefusal, PeerStore};
+use crate::peers::{
+    validate_address, AddressFailure, DialFailure, LinkFailure, LinkState, Peer, PeerError,
+    PeerRefusal, PeerStore,
+};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
 
@@ -31,6 +36,44 @@ const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
 /// connection meets again at once (a refusal, a round that cannot complete): the next one
 /// waits, longer each time. A link up this long ended for reasons of its own.
 const STABLE_LINK: Duration = Duration::from_secs(60);
+
+/// What was warned about once already, so repeats are debug lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Warned {
+    /// A node id refused at the handshake: a removed peer keeps dialing every 30 s.
+    Stranger(NodeId),
+    /// A host whose node dials this address expecting another node.
+    Misdialed(IpAddr),
+}
+
+/// Things warned about kept at most.
+const MAX_WARNED: usize = 1024;
+
+/// How long one dial may take: QUIC's own limit is the idle timeout (30 s), and a wrong port
+/// or a host that is down answers nothing at all.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Join exchanges answered at once: each holds a stranger's connection for up to
+/// `join::EXCHANGE_TIMEOUT`, so a flood of them while an invite is open stays bounded.
+const MAX_JOINS_IN_FLIGHT: usize = 8;
+
+/// One of the `MAX_JOINS_IN_FLIGHT` turns, given back on drop.
+struct JoinTurn<'a>(&'a AtomicUsize);
+
+impl<'a> JoinTurn<'a> {
+    fn take(in_flight: &'a AtomicUsize) -> Option<JoinTurn<'a>> {
+        let taken = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_JOINS_IN_FLIGHT).then_some(n + 1)
+        });
+        taken.is_ok().then_some(JoinTurn(in_flight))
+    }
+}
+
+impl Drop for JoinTurn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A peer's failing links, and when the dialer may connect again.
 struct Failing {
@@ -65,6 +108,7 @@ impl Default for MeshConfig {
 struct LinkEntry {
     serial: u64,
     since: Instant,
+    since_unix: u64,
     dialed_by: NodeId,
     commands: mpsc::UnboundedSender<LinkCommand>,
     connection: quinn::Connection,
@@ -90,9 +134,12 @@ pub struct Mesh {
     /// Peers whose links fail soon after they come up: the dialer backs off (see
     /// `STABLE_LINK`), and `meshd status` says why.
     failing: Mutex<HashMap<NodeId, Failing>>,
-    /// Node ids refused at the handshake and warned about once already: a removed peer keeps
-    /// dialing every 30 s, and one warning (plus `meshd peers pending`) says all there is.
-    warned_strangers: Mutex<HashSet<NodeId>>,
+    /// Refusals warned about once already: a removed peer keeps dialing every 30 s, and one
+    /// warning (plus `meshd peers pending`) says all there is.
+    warned: Mutex<HashSet<Warned>>,
+    /// Why the latest dial to each peer found no address that worked, until one does.
+    unreachable: Mutex<HashMap<NodeId, DialFailure>>,
+    joins_in_flight: AtomicUsize,
     /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
     tasks: TaskTracker,
     /// Cancelled when the node stops: dialers end, links close.
@@ -144,7 +191,9 @@ impl Mesh {
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
-            warned_strangers: Mutex::new(HashSet::new()),
+            warned: Mutex::new(HashSet::new()),
+            unreachable: Mutex::new(HashMap::new()),
+            joins_in_flight: AtomicUsize::new(0),
             tasks: lifecycle.tasks,
             shutdown: lifecycle.shutdown,
         });
@@ -179,6 +228,7 @@ impl Mesh {
                 task.abort();
                 self.endpoint.pins().revoke(*id);
                 lock(&self.links).remove(id);
+                lock(&self.unreachable).remove(id);
                 tracing::info!(peer = %id, "peer removed");
             }
             keep
@@ -213,7 +263,7 @@ impl Mesh {
     /// is listed and warned about again.
     pub fn forget_refused(&self) {
         self.endpoint.pins().forget_refused();
-        lock(&self.warned_strangers).clear();
+        lock(&self.warned).clear();
     }
 
     /// The latest time this node refused `peer`'s changes, since the daemon started.
@@ -326,15 +376,33 @@ impl Mesh {
     /// A stranger's first attempt is a warning; its next ones (a removed peer dials every
     /// 30 s for good) are debug lines.
     fn log_refused(&self, error: &NetError) {
-        let repeated = match error {
-            NetError::NotAllowed { id, .. } => !lock(&self.warned_strangers).insert(*id),
-            _ => false,
+        let (warned, shown) = match error {
+            NetError::NotAllowed { id, .. } => (Some(Warned::Stranger(*id)), error.to_string()),
+            NetError::RefusedByPeer { addr, reason, .. } if reason.contains(MISDIALED) => (
+                Some(Warned::Misdialed(addr.ip())),
+                format!(
+                    "a node at {addr} dialed this node's address expecting another node id: its \
+                     peer list has this address for a different node (`meshd status` there \
+                     shows which)"
+                ),
+            ),
+            _ => (None, error.to_string()),
         };
-        if repeated {
-            tracing::debug!("refused a connection again: {error}");
+        if warned.is_some_and(|warned| !self.warn_once(warned)) {
+            tracing::debug!("refused a connection again: {shown}");
         } else {
-            tracing::warn!("refused a connection: {error}");
+            tracing::warn!("refused a connection: {shown}");
         }
+    }
+
+    /// Whether `what` is new: the first time is a warning, the next ones debug lines. Anyone
+    /// can make a new key per attempt, so the record is bounded.
+    fn warn_once(&self, what: Warned) -> bool {
+        let mut warned = lock(&self.warned);
+        if warned.len() >= MAX_WARNED {
+            warned.clear();
+        }
+        warned.insert(what)
     }
 
     fn record_refused(&self) {
@@ -355,6 +423,11 @@ impl Mesh {
     /// and nothing else.
     async fn welcome(self: &Arc<Self>, connection: quinn::Connection, joiner: NodeId) {
         let remote = connection.remote_address();
+        let Some(_turn) = JoinTurn::take(&self.joins_in_flight) else {
+            CloseCode::Busy.close(&connection, "too many joins at once; try again");
+            tracing::debug!(%joiner, %remote, "turned a join away: {MAX_JOINS_IN_FLIGHT} already in flight");
+            return;
+        };
         let decide =
             |request| tokio::task::block_in_place(|| self.decide_join(joiner, remote, request));
         let refusal = match join::answer(connection, decide).await {
@@ -365,12 +438,17 @@ impl Mesh {
             Ok(JoinReply::Refused { reason }) => reason,
             Err(e) => format!("it presented no invite ({e})"),
         };
+        if self.endpoint.pins().is_allowed(joiner) {
+            // A peer re-joining with a bad ticket is still a peer, not a stranger to list.
+            tracing::warn!(peer = %joiner, %remote, "refused a join from a peer: {refusal}");
+            return;
+        }
         self.refuse_stranger(joiner, remote, &refusal);
     }
 
     /// Records a node refused after its handshake, warned about once, as `log_refused` does.
     fn refuse_stranger(&self, id: NodeId, remote: SocketAddr, why: &str) {
-        if lock(&self.warned_strangers).insert(id) {
+        if self.warn_once(Warned::Stranger(id)) {
             tracing::warn!(node = %id, %remote, "refused a node: {why}; `meshd peers pending` lists it");
         } else {
             tracing::debug!(node = %id, %remote, "refused a node again: {why}");
@@ -522,25 +600,65 @@ impl Mesh {
         }
     }
 
-    /// Tries each address of the peer in order.
+    /// Tries each address of the peer in order; when none works, keeps why for `meshd status`.
     async fn dial(&self, peer: NodeId) -> Option<quinn::Connection> {
         let record: Peer = self.peers.get(&peer).ok().flatten()?;
+        let mut failures = Vec::new();
         for address in &record.addresses {
             let addrs = match tokio::net::lookup_host(address.as_str()).await {
                 Ok(addrs) => addrs.collect::<Vec<_>>(),
                 Err(e) => {
-                    tracing::debug!(%peer, %address, "cannot resolve: {e}");
+                    tracing::debug!(peer = record.label(), %address, "cannot resolve: {e}");
+                    failures.push(AddressFailure {
+                        address: address.clone(),
+                        reason: format!("cannot resolve the host name: {e}"),
+                    });
                     continue;
                 }
             };
             for addr in addrs {
-                match endpoint::connect(&self.endpoint, addr, peer).await {
-                    Ok((connection, _)) => return Some(connection),
-                    Err(e) => tracing::debug!(%peer, %addr, "dial failed: {e}"),
-                }
+                let dialed = tokio::time::timeout(
+                    DIAL_TIMEOUT,
+                    endpoint::connect(&self.endpoint, addr, peer),
+                );
+                let reason = match dialed.await {
+                    Ok(Ok((connection, _))) => {
+                        lock(&self.unreachable).remove(&peer);
+                        return Some(connection);
+                    }
+                    Ok(Err(e)) => e.dial_reason(),
+                    Err(_) => TIMED_OUT.to_string(),
+                };
+                tracing::debug!(peer = record.label(), %addr, "dial failed: {reason}");
+                let shown = match address.parse::<SocketAddr>() {
+                    Ok(_) => address.clone(),
+                    Err(_) => format!("{address} ({addr})"),
+                };
+                failures.push(AddressFailure {
+                    address: shown,
+                    reason,
+                });
             }
         }
+        let failure = DialFailure {
+            at: unix_now(),
+            addresses: failures,
+        };
+        lock(&self.unreachable).insert(peer, failure);
         None
+    }
+
+    /// Why the latest dial to `peer` found no address that worked, until one does.
+    pub fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure> {
+        lock(&self.unreachable).get(peer).cloned()
+    }
+
+    /// The live link to `peer`: since when, and its round-trip time.
+    pub fn link_state(&self, peer: &NodeId) -> Option<LinkState> {
+        lock(&self.links).get(peer).map(|entry| LinkState {
+            since: entry.since_unix,
+            rtt_ms: entry.connection.rtt().as_millis() as u64,
+        })
     }
 
     /// Registers and drives one link. Two nodes may dial each other at once; both keep the
@@ -560,6 +678,7 @@ impl Mesh {
         let entry = LinkEntry {
             serial,
             since: Instant::now(),
+            since_unix: unix_now(),
             dialed_by,
             commands,
             connection: connection.clone(),

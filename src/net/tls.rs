@@ -34,6 +34,10 @@ use crate::model::NodeId;
 
 /// The one application protocol both sides speak; a new incompatible protocol gets `meshd/2`.
 pub const ALPN: &[u8] = b"meshd/1";
+/// The TLS alert text a client sends when the server is not the node it dialed: the server
+/// reads it back from the alert to tell the operator its address is misused.
+pub(crate) const MISDIALED: &str = "this is not the node id that was dialled";
+
 /// The protocol of a join exchange (`net::join`): a connection that carries one ticket proof
 /// and nothing else, whoever opens it.
 pub const JOIN_ALPN: &[u8] = b"meshd-join/1";
@@ -56,7 +60,7 @@ enum PinError {
     NotEd25519,
     #[error("node id {0} is not in this node's peer list")]
     NotAllowed(NodeId),
-    #[error("this is not the node id that was dialled")]
+    #[error("{MISDIALED}")]
     Unexpected,
 }
 
