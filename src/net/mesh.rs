@@ -498,7 +498,7 @@ impl Mesh {
                 ),
             };
         }
-        tracing::info!(%joiner, name = peer.label(), addresses = ?peer.addresses, "a node joined with an invite");
+        tracing::info!(peer = %peer.label(), id = %joiner, addresses = ?peer.addresses, "a node joined with an invite");
         JoinReply::Accepted {
             access: invite.access,
             name: self.config.name.clone(),
@@ -648,6 +648,14 @@ impl Mesh {
         None
     }
 
+    /// How logs name a peer: its name, or its id when it has none.
+    fn label(&self, peer: &NodeId) -> String {
+        match self.peers.get(peer) {
+            Ok(Some(record)) => record.label(),
+            _ => peer.to_string(),
+        }
+    }
+
     /// Why the latest dial to `peer` found no address that worked, until one does.
     pub fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure> {
         lock(&self.unreachable).get(peer).cloned()
@@ -687,7 +695,8 @@ impl Mesh {
             CloseCode::Duplicate.close(&connection, "duplicate connection");
             return;
         }
-        tracing::info!(%peer, name = ?record.name, "connected");
+        let label = record.label();
+        tracing::info!(peer = %label, "connected");
         let started = Instant::now();
         let session = Session::new(
             peer.compact(),
@@ -714,11 +723,17 @@ impl Mesh {
         let ended = link.await;
         let lasted = started.elapsed();
         match ended {
-            Ok(Ok(())) => tracing::info!(%peer, "disconnected"),
-            Ok(Err(e)) if e.is_orderly_close() => tracing::info!(%peer, "disconnected: {e}"),
-            Ok(Err(e)) if lasted >= STABLE_LINK => tracing::warn!(%peer, "link closed: {e}"),
+            Ok(Ok(())) => tracing::info!(peer = %label, "disconnected"),
+            Ok(Err(e)) if e.is_orderly_close() => {
+                tracing::info!(peer = %label, "disconnected: {e}")
+            }
+            Ok(Err(e)) if lasted >= STABLE_LINK => {
+                tracing::warn!(peer = %label, "link closed: {e}")
+            }
             Ok(Err(e)) => self.link_failed(peer, e.to_string()),
-            Err(e) => tracing::error!(%peer, "the link failed ({e}); this is a bug, it reconnects"),
+            Err(e) => {
+                tracing::error!(peer = %label, "the link failed ({e}); this is a bug, it reconnects")
+            }
         }
         let mut links = lock(&self.links);
         if links.get(&peer).is_some_and(|e| e.serial == serial) {
@@ -741,10 +756,10 @@ impl Mesh {
         let wait = jitter(first.saturating_mul(1 << (failures - 1).min(16)).min(last));
         let repeated = failing.get(&peer).is_some_and(|f| f.last.reason == reason);
         if repeated {
-            tracing::debug!(%peer, failures, "link closed again: {reason}");
+            tracing::debug!(peer = %self.label(&peer), failures, "link closed again: {reason}");
         } else {
             tracing::warn!(
-                %peer,
+                peer = %self.label(&peer),
                 "link closed: {reason}; reconnecting with backoff (up to {} s) while it keeps \
                  failing. `meshd status` shows the reason under the peer; if it persists, read \
                  the peer's log and check both nodes run the same meshd version",
@@ -795,6 +810,10 @@ impl Mesh {
 }
 
 impl LinkHost for Mesh {
+    fn label(&self, peer: &NodeId) -> String {
+        Mesh::label(self, peer)
+    }
+
     fn with_store<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
         self.replica.with(f)
     }
@@ -834,7 +853,7 @@ impl LinkHost for Mesh {
     }
 
     fn round_done(&self, peer: NodeId, took: Duration) {
-        tracing::debug!(%peer, ms = took.as_millis() as u64, "sync round complete");
+        tracing::debug!(peer = %self.label(&peer), ms = took.as_millis() as u64, "sync round complete");
         let stable = lock(&self.links)
             .get(&peer)
             .is_some_and(|link| link.since.elapsed() >= STABLE_LINK);
