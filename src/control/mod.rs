@@ -117,6 +117,8 @@ pub trait Command: Serialize + DeserializeOwned + Into<Request> {
 pub trait LiveMesh: Send + std::marker::Sync {
     /// The QUIC address the daemon listens on.
     fn listen_addr(&self) -> Option<SocketAddr>;
+    /// This node's name (`[node] name`).
+    fn name(&self) -> Option<String>;
     /// UDP bytes sent to peers since the daemon started.
     fn bytes_sent(&self) -> u64;
     fn is_connected(&self, peer: &NodeId) -> bool;

@@ -100,8 +100,9 @@ impl Invites {
     }
 
     /// Uses invite `id` for `joiner`, whose node id TLS proved, if `presented` proves the
-    /// secret and the invite is neither used nor expired. Marked used (and flushed) before it
-    /// returns, atomically: of two joiners racing with one ticket, one wins.
+    /// secret and the invite is neither expired nor used by another node. Marked used (and
+    /// flushed) before it returns, atomically: of two joiners racing with one ticket, one
+    /// wins. The node that used it may present it again and is answered the same.
     pub fn redeem(
         &self,
         id: InviteId,
@@ -118,8 +119,11 @@ impl Invites {
             if !proof_matches(&proof(&invite.secret, id, joiner, inviter), presented) {
                 return Ok(Err(Refusal::BadProof));
             }
-            if let Some(used) = &invite.used {
-                return Ok(Err(Refusal::Used { by: used.by }));
+            match &invite.used {
+                // The same node asking again (its first answer was lost): the same answer.
+                Some(used) if used.by == joiner => return Ok(Ok(invite)),
+                Some(used) => return Ok(Err(Refusal::Used { by: used.by })),
+                None => {}
             }
             if invite.expires <= now {
                 let ago = std::time::Duration::from_secs(now - invite.expires);
@@ -171,7 +175,11 @@ mod tests {
         let shown = proof(&secret, id, joiner, inviter);
         let used = invites.redeem(id, &shown, joiner, inviter, 1_000).unwrap();
         assert_eq!(used.unwrap().used.unwrap().by, joiner);
-        let again = invites.redeem(id, &shown, joiner, inviter, 1_001).unwrap();
+        let retried = invites.redeem(id, &shown, joiner, inviter, 1_001).unwrap();
+        assert!(retried.is_ok(), "the same joiner asking again: {retried:?}");
+        let other = NodeId::from_public_key(b"other");
+        let theirs = proof(&secret, id, other, inviter);
+        let again = invites.redeem(id, &theirs, other, inviter, 1_001).unwrap();
         assert_eq!(again, Err(Refusal::Used { by: joiner }));
         assert!(!invites.any_open(1_000).unwrap());
     }
