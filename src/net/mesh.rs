@@ -20,7 +20,7 @@ use super::join::{self, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
 use super::tls::MISDIALED;
 use super::NetError;
-use crate::invite::Ticket;
+use crate::invite::{Redeemed, Ticket};
 use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{
@@ -472,7 +472,20 @@ impl Mesh {
             unix_now(),
         );
         let invite = match redeemed {
-            Ok(Ok(invite)) => invite,
+            Ok(Ok(Redeemed::First(invite))) => invite,
+            Ok(Ok(Redeemed::Again(_))) => {
+                // Decided already: what the operator changed since (access, removal) stands.
+                return match self.peers.get(&joiner).ok().flatten() {
+                    Some(peer) => JoinReply::Accepted {
+                        access: peer.access,
+                    },
+                    None => JoinReply::Refused {
+                        reason: "this node used this ticket before and was removed from the \
+                                 inviting node's peers since; ask for a new ticket"
+                            .into(),
+                    },
+                };
+            }
             Ok(Err(refusal)) => {
                 return JoinReply::Refused {
                     reason: refusal.to_string(),
