@@ -10,8 +10,7 @@ use serde_json::json;
 
 use crate::config::Home;
 use crate::control::{
-    self, socket, CommandError, DecodeError, MemGet, MemLs, MemPut, NodeStatus, SkillGet, SkillLs,
-    SkillPut, Status,
+    self, socket, CommandError, DecodeError, MemGet, MemLs, NodeStatus, SkillGet, SkillLs, Status,
 };
 
 /// How long any one step may take before the demo gives up.
@@ -32,7 +31,6 @@ type Result<T, E = DemoError> = std::result::Result<T, E>;
 struct DemoNode {
     name: &'static str,
     home: Home,
-    listen: String,
     daemon: Option<Child>,
 }
 
@@ -51,56 +49,70 @@ pub fn run(exe: &Path) -> Result<()> {
         .prefix("meshd-demo-")
         .tempdir()
         .map_err(|e| DemoError::Setup(format!("cannot create a temporary directory: {e}")))?;
-    println!("meshd demo: three nodes in {}", dir.path().display());
+    println!(
+        "meshd demo: three nodes in DEMO={}, driven by the commands an operator types\n",
+        dir.path().display()
+    );
     let mut nodes = Vec::new();
     for name in ["mac-mini", "nas", "laptop"] {
         nodes.push(init_node(exe, dir.path(), name)?);
     }
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|n| node_id(exe, n))
-        .collect::<Result<_>>()?;
-    // A chain: mac-mini – nas – laptop. mac-mini and laptop never connect; the nas relays.
-    for (a, b) in [(0, 1), (1, 2)] {
-        pair(exe, &nodes[a], &ids[b], &nodes[b])?;
-        pair(exe, &nodes[b], &ids[a], &nodes[a])?;
-    }
-    println!("paired: mac-mini <-> nas <-> laptop (mac-mini and laptop never talk directly)\n");
     for node in &mut nodes {
+        show(node, "run &");
         start(exe, node)?;
+    }
+    // A chain: mac-mini – nas – laptop. mac-mini and laptop never connect; the nas relays.
+    for joiner in [0, 2] {
+        let ticket = operator(exe, &nodes[1], &["invite", "--no-qr"])?;
+        let ticket = ticket.lines().last().unwrap_or_default().trim().to_string();
+        operator(exe, &nodes[joiner], &["join", &ticket])?;
     }
     wait_for("every link is up", || {
         Ok(connected(&nodes[0])? == 1 && connected(&nodes[1])? == 2 && connected(&nodes[2])? == 1)
     })?;
+    println!("   paired: mac-mini <-> nas <-> laptop (mac-mini and laptop never talk directly)\n");
 
     step(
         &nodes,
         "1. mac-mini writes a preference",
         |n| {
-            ask(
+            operator(
+                exe,
                 &n[0],
-                MemPut {
-                    scope: "mesh".into(),
-                    key: "user.preferences".into(),
-                    value: json!({"shortAnswers": true, "units": "metric"}),
-                },
+                &[
+                    "mem",
+                    "put",
+                    "mesh",
+                    "user.preferences",
+                    r#"{"shortAnswers":true,"units":"metric"}"#,
+                ],
             )?;
             Ok(())
         },
         |n| all_have_memory(n, "user.preferences"),
     )?;
 
+    let triage = write_file(
+        dir.path(),
+        "triage.md",
+        "# Triage rules\n\n- Urgent mail goes to the CEO.\n- Invoices go to the NAS.\n",
+    )?;
     step(
         &nodes,
         "2. nas shares a skill",
         |n| {
-            ask(
+            operator(
+                exe,
                 &n[1],
-                skill_put(
+                &[
+                    "skill",
+                    "put",
                     "triage",
-                    "# Triage rules\n\n- Urgent mail goes to the CEO.\n- Invoices go to the NAS.\n",
-                    Some("How to sort incoming work"),
-                ),
+                    "--file",
+                    &triage,
+                    "-d",
+                    "How to sort incoming work",
+                ],
             )?;
             Ok(())
         },
@@ -110,24 +122,29 @@ pub fn run(exe: &Path) -> Result<()> {
     // "At once" for real: with both online, the laptop could receive mac-mini's edit within
     // milliseconds and write its own over it. Offline, neither sees the other's edit first.
     println!("3. mac-mini and laptop edit the same skill at once (the laptop offline)");
+    println!("   (the laptop's `meshd run` gets SIGTERM, as from its service manager)");
     stop(&mut nodes[2])?;
-    ask(
-        &nodes[0],
-        skill_put(
-            "triage",
-            "# Triage rules\n\n- Urgent mail goes to the CEO at once.\n- Invoices go to the NAS.\n",
-            None,
-        ),
+    let mac_edit = write_file(
+        dir.path(),
+        "mac-edit.md",
+        "# Triage rules\n\n- Urgent mail goes to the CEO at once.\n- Invoices go to the NAS.\n",
     )?;
-    let laptop_edit = dir.path().join("laptop-edit.md");
-    std::fs::write(&laptop_edit, "# Triage rules\n\n- Urgent mail goes to the CEO.\n- Invoices go to the NAS.\n- Newsletters wait for Friday.\n")
-        .map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", laptop_edit.display())))?;
-    let laptop_edit = laptop_edit.to_string_lossy();
-    run_cli(
+    operator(
         exe,
-        &nodes[2].home,
+        &nodes[0],
+        &["skill", "put", "triage", "--file", &mac_edit],
+    )?;
+    let laptop_edit = write_file(
+        dir.path(),
+        "laptop-edit.md",
+        "# Triage rules\n\n- Urgent mail goes to the CEO.\n- Invoices go to the NAS.\n- Newsletters wait for Friday.\n",
+    )?;
+    operator(
+        exe,
+        &nodes[2],
         &["skill", "put", "triage", "--file", &laptop_edit],
     )?;
+    show(&nodes[2], "run &");
     let before = traffic(&nodes)?;
     start(exe, &mut nodes[2])?;
     let started = Instant::now();
@@ -147,23 +164,32 @@ pub fn run(exe: &Path) -> Result<()> {
     );
 
     println!("4. laptop stops; mac-mini and nas keep writing");
+    println!("   (the laptop's `meshd run` gets SIGTERM)");
     stop(&mut nodes[2])?;
-    ask(
+    operator(
+        exe,
         &nodes[0],
-        MemPut {
-            scope: "mesh".into(),
-            key: "project.focus".into(),
-            value: json!("Q3 launch"),
-        },
+        &["mem", "put", "mesh", "project.focus", r#""Q3 launch""#],
     )?;
-    ask(
+    let handoff = write_file(
+        dir.path(),
+        "handoff.md",
+        "Hand tasks to the NAS node with a one-line summary.\n",
+    )?;
+    operator(
+        exe,
         &nodes[1],
-        skill_put(
+        &[
+            "skill",
+            "put",
             "handoff",
-            "Hand tasks to the NAS node with a one-line summary.\n",
-            Some("How to hand off"),
-        ),
+            "--file",
+            &handoff,
+            "-d",
+            "How to hand off",
+        ],
     )?;
+    show(&nodes[2], "run &");
     let before = traffic(&nodes)?;
     start(exe, &mut nodes[2])?;
     let started = Instant::now();
@@ -195,10 +221,13 @@ pub fn run(exe: &Path) -> Result<()> {
     {
         println!("   {line}");
     }
+    println!();
+    let status = operator(exe, &nodes[1], &["status"])?;
+    println!("{}", indent(&status));
     for node in &mut nodes {
         stop(node)?;
     }
-    println!("\nconverged: every node ends identical");
+    println!("converged: every node ends identical");
     Ok(())
 }
 
@@ -249,6 +278,49 @@ fn run_cli(exe: &Path, home: &Home, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Prints a command line as an operator types it, `$DEMO` standing for the demo's directory.
+fn show(node: &DemoNode, command: &str) {
+    println!("   $ meshd --home $DEMO/{} {command}", node.name);
+}
+
+/// Shows the command, then runs it with the real CLI; returns its stdout.
+fn operator(exe: &Path, node: &DemoNode, args: &[&str]) -> Result<String> {
+    let demo = node
+        .home
+        .dir
+        .parent()
+        .map(|dir| dir.to_string_lossy().into_owned());
+    let shown: Vec<String> = args
+        .iter()
+        .map(|arg| match &demo {
+            Some(demo) => shell_word(&arg.replace(demo.as_str(), "$DEMO")),
+            None => shell_word(arg),
+        })
+        .collect();
+    show(node, &shown.join(" "));
+    run_cli(exe, &node.home, args)
+}
+
+/// `word` as a POSIX shell reads it back: single-quoted unless it is plain.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=$".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)
+        .map_err(|e| DemoError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
 fn free_udp_port() -> Result<u16> {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -259,6 +331,7 @@ fn free_udp_port() -> Result<u16> {
 fn init_node(exe: &Path, dir: &Path, name: &'static str) -> Result<DemoNode> {
     let home = Home::new(dir.join(name));
     let listen = format!("127.0.0.1:{}", free_udp_port()?);
+    println!("   $ meshd --home $DEMO/{name} init --name {name} --listen {listen}");
     run_cli(exe, &home, &["init", "--name", name, "--listen", &listen])?;
     // The demo's nodes share one machine: no local API ports, caches in the demo directory.
     let extra = format!(
@@ -271,23 +344,8 @@ fn init_node(exe: &Path, dir: &Path, name: &'static str) -> Result<DemoNode> {
     Ok(DemoNode {
         name,
         home,
-        listen,
         daemon: None,
     })
-}
-
-fn node_id(exe: &Path, node: &DemoNode) -> Result<String> {
-    let out = run_cli(exe, &node.home, &["id"])?;
-    Ok(out.lines().next().unwrap_or_default().to_string())
-}
-
-fn pair(exe: &Path, node: &DemoNode, peer_id: &str, peer: &DemoNode) -> Result<()> {
-    run_cli(
-        exe,
-        &node.home,
-        &["peers", "add", peer_id, &peer.listen, "--name", peer.name],
-    )?;
-    Ok(())
 }
 
 fn start(exe: &Path, node: &mut DemoNode) -> Result<()> {
@@ -346,15 +404,6 @@ fn look<C: control::Command>(node: &DemoNode, command: C) -> Result<Option<C::Re
 /// Runs a command on a node's daemon that must succeed.
 fn ask<C: control::Command>(node: &DemoNode, command: C) -> Result<C::Reply> {
     look(node, command)?.ok_or_else(|| DemoError::Step(format!("{}: not found", node.name)))
-}
-
-fn skill_put(name: &str, content: &str, description: Option<&str>) -> SkillPut {
-    SkillPut {
-        name: name.into(),
-        content: content.into(),
-        description: description.map(str::to_string),
-        path: None,
-    }
 }
 
 fn status(node: &DemoNode) -> Result<NodeStatus> {

@@ -15,6 +15,15 @@ fn the_demo_runs_every_step_and_ends_with_identical_nodes() {
         assert!(stdout.contains(step), "step {step} missing:\n{stdout}");
     }
     assert!(stdout.contains("both edits merged"), "{stdout}");
+    // It shows what an operator types: pairing by invite, and each write.
+    for command in [
+        "$ meshd --home $DEMO/nas invite",
+        "$ meshd --home $DEMO/laptop join MESHD1",
+        "$ meshd --home $DEMO/mac-mini mem put mesh user.preferences",
+        "$ meshd --home $DEMO/nas status",
+    ] {
+        assert!(stdout.contains(command), "{command} missing:\n{stdout}");
+    }
     assert!(
         stdout.contains("all three nodes hold identical memory and skills"),
         "{stdout}"

@@ -80,6 +80,20 @@ impl NetError {
             .any(|code| close.error_code == (*code as u32).into()))
     }
 
+    /// Whether a dial failed because of the address itself (another node there, nothing
+    /// answering, the peer not knowing this node), rather than for a passing reason.
+    pub fn is_about_the_address(&self) -> bool {
+        matches!(
+            self,
+            NetError::RefusedByPeer { .. }
+                | NetError::WrongPeer { .. }
+                | NetError::Connection {
+                    source: quinn::ConnectionError::TimedOut,
+                    ..
+                }
+        )
+    }
+
     /// Why a dial failed, in the words `meshd status` shows under the peer: what it means and
     /// what to check.
     pub fn dial_reason(&self) -> String {

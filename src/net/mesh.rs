@@ -37,6 +37,15 @@ const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
 /// waits, longer each time. A link up this long ended for reasons of its own.
 const STABLE_LINK: Duration = Duration::from_secs(60);
 
+/// The latest failed dial to a peer, and whether every address failed for a reason that
+/// lies with the address (kept while the peer is connected by dialing in: the address here is
+/// still wrong) or some failed for a passing reason (the peer was stopping: forgotten once
+/// a link comes up).
+struct Unreachable {
+    failure: DialFailure,
+    about_the_addresses: bool,
+}
+
 /// What was warned about once already, so repeats are debug lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Warned {
@@ -138,7 +147,7 @@ pub struct Mesh {
     /// warning (plus `meshd peers pending`) says all there is.
     warned: Mutex<HashSet<Warned>>,
     /// Why the latest dial to each peer found no address that worked, until one does.
-    unreachable: Mutex<HashMap<NodeId, DialFailure>>,
+    unreachable: Mutex<HashMap<NodeId, Unreachable>>,
     joins_in_flight: AtomicUsize,
     /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
     tasks: TaskTracker,
@@ -616,6 +625,7 @@ impl Mesh {
     async fn dial(&self, peer: NodeId) -> Option<quinn::Connection> {
         let record: Peer = self.peers.get(&peer).ok().flatten()?;
         let mut failures = Vec::new();
+        let mut about_the_addresses = true;
         for address in &record.addresses {
             let addrs = match tokio::net::lookup_host(address.as_str()).await {
                 Ok(addrs) => addrs.collect::<Vec<_>>(),
@@ -642,7 +652,10 @@ impl Mesh {
                         lock(&self.unreachable).remove(&peer);
                         return None;
                     }
-                    Ok(Err(e)) => e.dial_reason(),
+                    Ok(Err(e)) => {
+                        about_the_addresses &= e.is_about_the_address();
+                        e.dial_reason()
+                    }
                     Err(_) => TIMED_OUT.to_string(),
                 };
                 tracing::debug!(peer = record.label(), %addr, "dial failed: {reason}");
@@ -660,8 +673,24 @@ impl Mesh {
             at: unix_now(),
             addresses: failures,
         };
-        lock(&self.unreachable).insert(peer, failure);
+        let unreachable = Unreachable {
+            failure,
+            about_the_addresses,
+        };
+        lock(&self.unreachable).insert(peer, unreachable);
         None
+    }
+
+    /// A link is up: a dial failure for a passing reason is over; one about the addresses
+    /// stays (the peer may have dialed in while its address here is still wrong).
+    fn forget_passing_dial_failure(&self, peer: NodeId) {
+        let mut unreachable = lock(&self.unreachable);
+        if unreachable
+            .get(&peer)
+            .is_some_and(|u| !u.about_the_addresses)
+        {
+            unreachable.remove(&peer);
+        }
     }
 
     /// How logs name a peer: its name, or its id when it has none.
@@ -674,7 +703,9 @@ impl Mesh {
 
     /// Why the latest dial to `peer` found no address that worked, until one does.
     pub fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure> {
-        lock(&self.unreachable).get(peer).cloned()
+        lock(&self.unreachable)
+            .get(peer)
+            .map(|unreachable| unreachable.failure.clone())
     }
 
     /// The live link to `peer`: since when, and its round-trip time.
@@ -711,6 +742,7 @@ impl Mesh {
             CloseCode::Duplicate.close(&connection, "duplicate connection");
             return;
         }
+        self.forget_passing_dial_failure(peer);
         let label = record.label();
         tracing::info!(peer = %label, "connected");
         let started = Instant::now();
