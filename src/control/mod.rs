@@ -10,6 +10,7 @@ mod backup;
 mod bridge;
 mod cache;
 mod doc;
+mod doctor;
 mod mem;
 mod peers;
 mod remote;
@@ -37,6 +38,7 @@ pub use backup::{Backup, BackupReport, Restore};
 pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
+pub use doctor::Doctor;
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
 pub use search::Search;
@@ -115,6 +117,8 @@ pub trait Command: Serialize + DeserializeOwned + Into<Request> {
 pub trait LiveMesh: Send + std::marker::Sync {
     /// The QUIC address the daemon listens on.
     fn listen_addr(&self) -> Option<SocketAddr>;
+    /// The TCP address the daemon's local API listens on, when it serves one.
+    fn api_addr(&self) -> Option<SocketAddr>;
     /// UDP bytes sent to peers since the daemon started.
     fn bytes_sent(&self) -> u64;
     fn is_connected(&self, peer: &NodeId) -> bool;

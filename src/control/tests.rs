@@ -157,6 +157,7 @@ fn samples(node: &Node) -> Vec<Request> {
             mode: None,
         }
         .into(),
+        Doctor::default().into(),
     ]
 }
 
@@ -222,6 +223,7 @@ fn position(request: &Request) -> usize {
         Request::Restore(_) => 22,
         Request::DocImport(_) => 23,
         Request::Search(_) => 24,
+        Request::Doctor(_) => 25,
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    backup, bridge, cache, doc, mem, peers, search, skill, status, store, sync, Command,
+    backup, bridge, cache, doc, doctor, mem, peers, search, skill, status, store, sync, Command,
     CommandError, Context, Effects,
 };
 
@@ -78,6 +78,7 @@ command_set! {
     Restore => backup::Restore,
     DocImport => doc::DocImport,
     Search => search::Search,
+    Doctor => doctor::Doctor,
 }
 
 fn encode<T: Serialize>(reply: Result<T, CommandError>) -> Reply {
