@@ -1,10 +1,13 @@
 //! `meshd doctor`: checks the node and prints each problem with its fix.
 
+use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use meshd::config::{default_openclaw_home, Home};
-use meshd::control::{self, CommandError, DecodeError, Doctor};
+use meshd::control::socket::{self, ControlError};
+use meshd::control::{self, CommandError, DecodeError, Doctor, Request};
 use meshd::doctor::{self, gather, Facts, NodeFacts, Report, StoreError, StoreErrorKind};
 use meshd::replica::{system_clock, ReplicaError};
 
@@ -86,28 +89,48 @@ fn examine(home: &Home, args: &DoctorArgs) -> Report {
     doctor::examine(&facts)
 }
 
+/// How long a running daemon may take to answer: it loads every document once, which takes
+/// seconds for a scope of a million keys. Longer, and it is stuck.
+const DAEMON_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The store's side, from the daemon when it runs, else from the store opened here.
 fn node_facts(home: &Home) -> Result<NodeFacts, StoreError> {
-    let failed = |message: String| StoreError {
-        kind: StoreErrorKind::Other,
+    let failed = |kind, message: String| StoreError {
+        kind,
         message,
         path: home.store_path().display().to_string(),
     };
-    let reply = match execute_anywhere(home, Doctor::default().into()) {
+    let socket = home.control_socket_path();
+    let request = Request::from(Doctor::default());
+    let answered = match socket::send_within(&socket, &request, Some(DAEMON_PATIENCE)) {
+        Err(ControlError::Io { source, .. })
+            if matches!(source.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+        {
+            let message = format!(
+                "a daemon accepted the question on {} but gave no answer within {} s: it is stuck",
+                socket.display(),
+                DAEMON_PATIENCE.as_secs()
+            );
+            return Err(failed(StoreErrorKind::Unanswered, message));
+        }
+        Err(error) => return Err(failed(StoreErrorKind::Other, error.to_string())),
+        Ok(answered) => answered,
+    };
+    let reply = match answered.map_or_else(|| execute_anywhere(home, request), Ok) {
         Ok(reply) => reply,
         Err(error) => {
             let message = format!("{error:#}");
             return Err(match error.downcast_ref::<ReplicaError>() {
                 Some(replica) => gather::store_error(replica, message, home),
-                None => failed(message),
+                None => failed(StoreErrorKind::Other, message),
             });
         }
     };
     control::decode::<Doctor>(reply).map_err(|error| match error {
         DecodeError::Command(CommandError::Failed(message) | CommandError::NotFound(message)) => {
-            failed(message)
+            failed(StoreErrorKind::Other, message)
         }
-        shape => failed(shape.to_string()),
+        shape => failed(StoreErrorKind::Other, shape.to_string()),
     })
 }
 

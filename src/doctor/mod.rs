@@ -179,7 +179,12 @@ pub fn examine(facts: &Facts) -> Report {
     checks.push(store::check(&facts.node));
     checks.push(space::check(&facts.space));
     checks.push(clock::check(node, facts.now_ms));
-    checks.extend(facts.ports.iter().map(|port| ports::check(port, node)));
+    checks.extend(
+        facts
+            .ports
+            .iter()
+            .map(|port| ports::check(port, &facts.node)),
+    );
     checks.extend(peers::check(node, &facts.resolved));
     checks.push(openclaw::check(&facts.openclaw));
     Report { checks }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Check, NodeFacts};
+use super::{Check, NodeFacts, StoreError, StoreErrorKind};
 
 /// Which listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +69,10 @@ pub struct PortFacts {
     pub probe: Option<Probe>,
 }
 
-pub fn check(facts: &PortFacts, node: Option<&NodeFacts>) -> Check {
+pub fn check(facts: &PortFacts, node: &Result<NodeFacts, StoreError>) -> Check {
     let (kind, name) = (facts.kind, facts.kind.check());
+    let stuck = matches!(node, Err(e) if e.kind == StoreErrorKind::Unanswered);
+    let node = node.as_ref().ok();
     let Some(text) = &facts.configured else {
         return Check::ok(name, "the local API is off ([api] enabled = false)");
     };
@@ -105,6 +107,11 @@ pub fn check(facts: &PortFacts, node: Option<&NodeFacts>) -> Check {
         _ => String::new(),
     };
     match &facts.probe {
+        Some(Probe::InUse) if stuck => Check::warn(
+            name,
+            format!("{shown} is held, likely by this node's daemon, which does not answer"),
+            "restart meshd (see the store line), then run meshd doctor again",
+        ),
         _ if configured.port() == 0 && !running => {
             Check::ok(name, format!("{shown}: any free port is taken at start"))
         }
@@ -161,20 +168,42 @@ mod tests {
         }
     }
 
+    fn locked() -> StoreError {
+        StoreError {
+            kind: StoreErrorKind::Locked,
+            message: "in use".into(),
+            path: "/h/store".into(),
+        }
+    }
+
+    #[test]
+    fn a_port_a_stuck_daemon_holds_warns_and_points_at_the_store_line() {
+        let quic = port(PortKind::Quic, "0.0.0.0:7464", Probe::InUse);
+        let stuck = StoreError {
+            kind: StoreErrorKind::Unanswered,
+            ..locked()
+        };
+        let check = check(&quic, &Err(stuck));
+        assert_eq!(check.status, Status::Warn);
+        assert!(check.finding.contains("does not answer"), "{check:?}");
+        // Without a stuck daemon, the same port is someone else's.
+        assert_eq!(super::check(&quic, &Err(locked())).status, Status::Fail);
+    }
+
     #[test]
     fn a_port_the_daemon_holds_is_ok_even_though_it_cannot_be_bound() {
         let quic = port(PortKind::Quic, "0.0.0.0:7464", Probe::InUse);
-        let check = check(&quic, Some(&daemon()));
+        let check = check(&quic, &Ok(daemon()));
         assert_eq!(check.status, Status::Ok, "{check:?}");
         assert!(check.finding.contains("held by this node's daemon"));
         let api = port(PortKind::Api, "127.0.0.1:4078", Probe::InUse);
-        assert_eq!(super::check(&api, Some(&daemon())).status, Status::Ok);
+        assert_eq!(super::check(&api, &Ok(daemon())).status, Status::Ok);
     }
 
     #[test]
     fn a_port_held_by_another_process_fails_with_the_setting_to_change() {
         let api = port(PortKind::Api, "127.0.0.1:4078", Probe::InUse);
-        let check = check(&api, Some(&sample_node()));
+        let check = check(&api, &Ok(sample_node()));
         assert_eq!(check.status, Status::Fail);
         assert!(check
             .finding
@@ -185,7 +214,7 @@ mod tests {
 
         // The daemon runs, but elsewhere: what meshd.toml asks for is someone else's.
         let quic = port(PortKind::Quic, "0.0.0.0:7465", Probe::InUse);
-        let check = super::check(&quic, Some(&daemon()));
+        let check = super::check(&quic, &Ok(daemon()));
         assert_eq!(check.status, Status::Fail);
         assert!(check
             .finding
@@ -196,10 +225,10 @@ mod tests {
     #[test]
     fn a_free_port_is_ok_without_the_daemon_and_a_restart_with_it() {
         let quic = port(PortKind::Quic, "0.0.0.0:7464", Probe::Free);
-        assert_eq!(check(&quic, Some(&sample_node())).status, Status::Ok);
-        assert_eq!(check(&quic, None).status, Status::Ok);
+        assert_eq!(check(&quic, &Ok(sample_node())).status, Status::Ok);
+        assert_eq!(check(&quic, &Err(locked())).status, Status::Ok);
         let moved = port(PortKind::Quic, "0.0.0.0:7465", Probe::Free);
-        let check = check(&moved, Some(&daemon()));
+        let check = check(&moved, &Ok(daemon()));
         assert_eq!(check.status, Status::Warn);
         assert!(check.fix.unwrap().contains("restart meshd"));
     }
@@ -211,23 +240,23 @@ mod tests {
             "10.9.9.9:7464",
             Probe::Failed("Cannot assign requested address".into()),
         );
-        assert_eq!(check(&foreign, None).status, Status::Fail);
+        assert_eq!(check(&foreign, &Err(locked())).status, Status::Fail);
         let bad = port(PortKind::Api, "localhost:4078", Probe::Free);
-        assert_eq!(check(&bad, None).status, Status::Fail);
+        assert_eq!(check(&bad, &Err(locked())).status, Status::Fail);
     }
 
     #[test]
     fn port_zero_and_an_api_turned_off_are_ok() {
         let any = port(PortKind::Quic, "127.0.0.1:0", Probe::Free);
-        assert_eq!(check(&any, None).status, Status::Ok);
+        assert_eq!(check(&any, &Ok(sample_node())).status, Status::Ok);
         let mut running = daemon();
         running.quic_listen = Some("127.0.0.1:40123".into());
-        assert_eq!(check(&any, Some(&running)).status, Status::Ok);
+        assert_eq!(check(&any, &Ok(running)).status, Status::Ok);
         let off = PortFacts {
             kind: PortKind::Api,
             configured: None,
             probe: None,
         };
-        assert_eq!(check(&off, None).status, Status::Ok);
+        assert_eq!(check(&off, &Err(locked())).status, Status::Ok);
     }
 }

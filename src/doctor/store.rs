@@ -46,6 +46,8 @@ pub enum StoreErrorKind {
     Damaged,
     /// The disk is too full to open it.
     NoRoom,
+    /// A daemon accepted the question on control.sock but did not answer in time.
+    Unanswered,
     /// Anything else (permissions, an unreadable configuration): the message says.
     Other,
 }
@@ -119,6 +121,9 @@ fn cannot_open(error: &StoreError) -> Check {
         ),
         StoreErrorKind::Damaged => REPAIR.to_string(),
         StoreErrorKind::NoRoom => "free disk space, then start meshd again".to_string(),
+        StoreErrorKind::Unanswered => "restart meshd (sudo systemctl restart meshd, or \
+            launchctl kickstart -k gui/$(id -u)/com.openclaw.meshd)"
+            .to_string(),
         StoreErrorKind::Other => "act on the message above".to_string(),
     };
     Check::fail(CHECK, format!("cannot be read: {}", error.message), fix)
@@ -184,6 +189,18 @@ mod tests {
             "{check:?}"
         );
         assert!(check.fix.unwrap().contains("lsof /h/store/db"));
+    }
+
+    #[test]
+    fn a_daemon_that_does_not_answer_fails_with_a_restart() {
+        let error = StoreError {
+            kind: StoreErrorKind::Unanswered,
+            message: "no answer within 60 s".into(),
+            path: "/h/store".into(),
+        };
+        let check = check(&Err(error));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.fix.unwrap().starts_with("restart meshd"));
     }
 
     #[test]
