@@ -253,3 +253,31 @@ fn a_home_made_by_init_is_private_and_passes_as_it_is() {
         run.stdout
     );
 }
+
+#[test]
+fn a_store_held_by_a_process_that_does_not_answer_fails_with_how_to_find_it() {
+    let node = without_api("ceo");
+    let _daemon = node.start();
+    // The daemon holds the store but can no longer be asked: as a daemon whose socket file
+    // was removed. doctor waits for the store as every command does (10 s), then says so.
+    std::fs::remove_file(node.file("control.sock")).unwrap();
+    let run = node.run(&["doctor"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        line(&run, "store").starts_with("FAIL  store: cannot be read: ")
+            && line(&run, "store").contains("in use by another meshd"),
+        "{}",
+        run.stdout
+    );
+    let store_db = node.file("store").join("db");
+    assert!(
+        fix_after(&run, "store").contains(&format!("lsof {}", store_db.display())),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        line(&run, "clock").starts_with("warn  clock: not checked"),
+        "{}",
+        run.stdout
+    );
+}

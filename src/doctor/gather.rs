@@ -27,6 +27,7 @@ pub fn home(home: &Home, config: Option<&Config>) -> HomeFacts {
         (home.control_socket_path(), Role::Socket),
         (home.config_path(), Role::Config { holds_secret }),
     ];
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     HomeFacts {
         user: Account {
