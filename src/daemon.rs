@@ -22,12 +22,14 @@ use crate::cache::{CacheFiles, Change};
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
 use crate::control::{CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut};
+use crate::invite::Ticket;
+use crate::model::access::Access;
 use crate::model::NodeId;
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{LinkFailure, PeerError, PeerRefusal, PeerStore};
+use crate::peers::{DialFailure, LinkFailure, LinkState, Peer, PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
 use crate::views::{Importer, ViewWriter, Views};
@@ -255,6 +257,14 @@ impl LiveMesh for RunningMesh {
         self.mesh.link_failure(peer)
     }
 
+    fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure> {
+        self.mesh.dial_failure(peer)
+    }
+
+    fn link_state(&self, peer: &NodeId) -> Option<LinkState> {
+        self.mesh.link_state(peer)
+    }
+
     fn forget_refused(&self) {
         self.mesh.forget_refused();
     }
@@ -262,6 +272,23 @@ impl LiveMesh for RunningMesh {
     /// Commands run on the blocking pool, where waiting on the runtime is allowed.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize {
         self.runtime.block_on(self.mesh.sync_now(only, timeout))
+    }
+
+    fn join(
+        &self,
+        ticket: Ticket,
+        access: Access,
+        name: Option<String>,
+    ) -> Result<(Peer, Access), String> {
+        let mesh = self.mesh.clone();
+        // The join runs on the runtime: it needs `block_in_place`, which the blocking pool's
+        // threads cannot do.
+        self.runtime
+            .block_on(async move {
+                tokio::spawn(async move { mesh.join(&ticket, access, name).await }).await
+            })
+            .map_err(|e| format!("the join failed: {e}; this is a bug, the node keeps running"))?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -386,6 +413,7 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
         endpoint,
         MeshConfig {
             accept_own_scope: node.repairing,
+            name: Some(config.node.name.clone()),
             ..MeshConfig::default()
         },
         node.lifecycle.clone(),

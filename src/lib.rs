@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod follow;
+pub mod invite;
 pub mod mcp;
 pub mod model;
 pub mod net;

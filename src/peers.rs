@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::invite::Invites;
 use crate::model::access::Access;
 use crate::model::NodeId;
 
@@ -56,6 +57,30 @@ pub struct LinkFailure {
     pub failures: u32,
 }
 
+/// Why the latest dial to a peer found no address that worked, for `meshd status`: when (Unix
+/// seconds), and each address tried with what went wrong there, in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialFailure {
+    pub at: u64,
+    pub addresses: Vec<AddressFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressFailure {
+    /// As configured (`HOST:PORT`), with the resolved address when it differs.
+    pub address: String,
+    pub reason: String,
+}
+
+/// The live link to a peer, for `meshd status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    /// When the link came up (Unix seconds).
+    pub since: u64,
+    /// QUIC's smoothed round-trip time.
+    pub rtt_ms: u64,
+}
+
 /// A node that tried to connect without being added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {
@@ -69,6 +94,7 @@ pub struct Refused {
 pub struct PeerStore {
     peers: sled::Tree,
     refused: sled::Tree,
+    invites: Invites,
 }
 
 pub fn validate_address(address: &str) -> Result<(), PeerError> {
@@ -87,7 +113,13 @@ impl PeerStore {
         Ok(PeerStore {
             peers: db.open_tree("peers")?,
             refused: db.open_tree("refused")?,
+            invites: Invites::open(db)?,
         })
+    }
+
+    /// The invites this node made (`meshd invite`).
+    pub fn invites(&self) -> &Invites {
+        &self.invites
     }
 
     /// Adds or replaces a peer; returns whether it replaced one. Durable on return.

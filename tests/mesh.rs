@@ -362,3 +362,29 @@ async fn a_peer_that_keeps_closing_the_link_is_redialed_with_backoff() {
     assert_eq!(text.matches("link closed").count(), 1, "{text}");
     assert!(text.contains("reconnecting with backoff"), "{text}");
 }
+
+#[test]
+fn logs_name_peers_by_their_name() {
+    let (a, a_addr) = TestNode::init_listening("a");
+    let (b, b_addr) = TestNode::init_listening("b");
+    a.run(&["peers", "add", &b.id(), &b_addr, "--name", "nas"])
+        .ok();
+    pair(&b, (&a, &a_addr));
+    let log = a.file("run.log");
+    let child = a
+        .command(&["run"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _da = support::Daemon::new(child);
+    let _db = b.start();
+    wait_until("A logs the link", || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("connected"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("peer=nas"), "{text}");
+    assert!(!text.contains("Some("), "{text}");
+}

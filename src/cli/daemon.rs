@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use meshd::config::Home;
-use meshd::control::{Status, Sync};
+use meshd::control::{PeerStatus, Status, Sync};
 
 use super::{execute, format_time};
 
@@ -88,37 +88,64 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     for p in &status.peers {
-        let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
-        let behind = format!(", {} documents behind", p.documents_behind);
-        let state = if p.connected {
-            "connected"
-        } else {
-            "disconnected"
-        };
-        println!(
-            "peer {} ({}): {state}, last sync {last_sync}{behind}",
-            p.peer.label(),
-            p.peer.addresses.join(","),
-        );
-        if let Some(refused) = &p.refused {
-            println!(
-                "  its changes to {} were refused at {}: {}",
-                refused.doc,
-                format_time(refused.at),
-                refused.reason
-            );
+        print_peer(p);
+    }
+    Ok(())
+}
+
+/// A peer's state in words: the link, how far behind it is, and why anything fails.
+pub(super) fn print_peer(p: &PeerStatus) {
+    let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
+    let state = match &p.link {
+        Some(link) => format!(
+            "connected since {}, round trip {} ms",
+            format_time(link.since),
+            link.rtt_ms
+        ),
+        None if p.connected => "connected".to_string(),
+        None => "disconnected".to_string(),
+    };
+    let behind = match p.changes_behind {
+        Some(changes) => format!(
+            "{changes} changes ({} documents) it lacks",
+            p.documents_behind
+        ),
+        None => "never synced".to_string(),
+    };
+    println!(
+        "peer {} ({}): {state}; last sync {last_sync}; {behind}",
+        p.peer.label(),
+        p.peer.addresses.join(","),
+    );
+    if let Some(unreachable) = &p.unreachable {
+        println!("  dialing it failed at {}:", format_time(unreachable.at));
+        for failure in &unreachable.addresses {
+            println!("    {}: {}", failure.address, failure.reason);
         }
-        if let Some(failure) = &p.link_failure {
+        if unreachable.addresses.is_empty() {
             println!(
-                "  its links keep failing ({} in a row, the latest at {}; reconnecting with \
-                 backoff): {}",
-                failure.failures,
-                format_time(failure.at),
-                failure.reason
+                "    it has no address here: `meshd peers add {} HOST:PORT`",
+                p.peer.id
             );
         }
     }
-    Ok(())
+    if let Some(refused) = &p.refused {
+        println!(
+            "  its changes to {} were refused at {}: {}",
+            refused.doc,
+            format_time(refused.at),
+            refused.reason
+        );
+    }
+    if let Some(failure) = &p.link_failure {
+        println!(
+            "  its links keep failing ({} in a row, the latest at {}; reconnecting with \
+             backoff): {}",
+            failure.failures,
+            format_time(failure.at),
+            failure.reason
+        );
+    }
 }
 
 pub fn sync(home: &Home, args: SyncArgs) -> anyhow::Result<()> {

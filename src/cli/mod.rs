@@ -7,6 +7,7 @@ mod cache;
 mod daemon;
 mod doc;
 mod doctor;
+mod invite;
 mod mcp;
 mod mem;
 mod node;
@@ -55,6 +56,10 @@ enum Command {
     Skill(skill::SkillCommand),
     /// Find memory (or skills) by words, or by meaning with an embedding endpoint
     Search(search::SearchArgs),
+    /// Make a one-time ticket another node pairs with (`meshd join TICKET` there)
+    Invite(invite::InviteArgs),
+    /// Pair with the node that printed TICKET (`meshd invite`), both ways
+    Join(invite::JoinArgs),
     /// Pair with other nodes and see who tried to connect
     #[command(subcommand)]
     Peers(peers::PeersCommand),
@@ -103,6 +108,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mem(command) => mem::run(&home, command),
         Command::Skill(command) => skill::run(&home, command),
         Command::Search(args) => search::run(&home, args),
+        Command::Invite(args) => invite::invite(&home, args),
+        Command::Join(args) => invite::join(&home, args),
         Command::Peers(command) => peers::run(&home, command),
         Command::Doc(command) => doc::run(&home, command),
         Command::Backup(args) => backup::backup(&home, args),

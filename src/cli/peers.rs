@@ -109,18 +109,6 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
 
 fn print_peers(peers: &[PeerStatus]) {
     for p in peers {
-        let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
-        let behind = p.documents_behind;
-        println!(
-            "{}\t{}\t{}\t{}\tlast sync {last_sync}\t{behind} documents behind",
-            p.peer.id,
-            p.peer.name.as_deref().unwrap_or("-"),
-            p.peer.addresses.join(","),
-            if p.connected {
-                "connected"
-            } else {
-                "disconnected"
-            },
-        );
+        super::daemon::print_peer(p);
     }
 }

@@ -11,6 +11,7 @@ mod bridge;
 mod cache;
 mod doc;
 mod doctor;
+mod invite;
 mod mem;
 mod peers;
 mod remote;
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheFiles;
 use crate::model::{NodeId, Scope};
-use crate::peers::{LinkFailure, PeerRefusal, PeerStore};
+use crate::peers::{DialFailure, LinkFailure, LinkState, PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
 
 pub use backup::{Backup, BackupReport, Restore};
@@ -39,6 +40,7 @@ pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
 pub use doctor::Doctor;
+pub use invite::{Invite, InviteMade, Join};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
 pub use search::Search;
@@ -126,11 +128,23 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal>;
     /// Why the links to `peer` keep failing, while they do.
     fn link_failure(&self, peer: &NodeId) -> Option<LinkFailure>;
+    /// Why the latest dial to `peer` found no address that worked, until one does.
+    fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure>;
+    /// The live link to `peer`, while there is one.
+    fn link_state(&self, peer: &NodeId) -> Option<LinkState>;
     /// Forgets the ids the TLS layer refused so far (`meshd peers pending --clear`).
     fn forget_refused(&self);
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;
+    /// Joins the node that made `ticket` (`meshd join`), granting it `access` here; returns
+    /// the inviter as added to the peer list and what this node may do there.
+    fn join(
+        &self,
+        ticket: crate::invite::Ticket,
+        access: crate::model::access::Access,
+        name: Option<String>,
+    ) -> Result<(crate::peers::Peer, crate::model::access::Access), String>;
 }
 
 /// The node a command runs against: its store, and the mesh when the daemon runs.

@@ -43,14 +43,7 @@ impl Command for PeersAdd {
             Some(peer) if !self.reset_access => peer.access.clone(),
             _ => Access::default_for_peer(),
         };
-        let patterns = |list: Option<String>, kept: Vec<Pattern>| {
-            list.map_or(Ok(kept), |l| Pattern::parse_list(&l))
-                .map_err(CommandError::failed)
-        };
-        let access = Access {
-            read: patterns(self.read, base.read)?,
-            write: patterns(self.write, base.write)?,
-        };
+        let access = access_over(base, self.read, self.write)?;
         let peer = Peer {
             id,
             name: self.name.or(known.as_ref().and_then(|p| p.name.clone())),
@@ -64,12 +57,7 @@ impl Command for PeersAdd {
             access,
             last_sync: known.as_ref().and_then(|p| p.last_sync),
         };
-        let summary = format!(
-            "peer {}: read {}; write {}",
-            peer.label(),
-            patterns_text(&peer.access.read),
-            patterns_text(&peer.access.write)
-        );
+        let summary = format!("peer {}: {}", peer.label(), access_text(&peer.access));
         let replaced = node
             .peers
             .add(&node.own, peer)
@@ -79,6 +67,31 @@ impl Command for PeersAdd {
             if replaced { "updated" } else { "added" }
         ))
     }
+}
+
+/// `base`, with its read and write lists replaced by those given (comma-separated patterns).
+pub(super) fn access_over(
+    base: Access,
+    read: Option<String>,
+    write: Option<String>,
+) -> Result<Access, CommandError> {
+    let patterns = |list: Option<String>, kept: Vec<Pattern>| {
+        list.map_or(Ok(kept), |l| Pattern::parse_list(&l))
+            .map_err(CommandError::failed)
+    };
+    Ok(Access {
+        read: patterns(read, base.read)?,
+        write: patterns(write, base.write)?,
+    })
+}
+
+/// `read A,B; write C`, for the operator.
+pub(super) fn access_text(access: &Access) -> String {
+    format!(
+        "read {}; write {}",
+        patterns_text(&access.read),
+        patterns_text(&access.write)
+    )
 }
 
 fn patterns_text(patterns: &[Pattern]) -> String {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandError, Context, Effects};
 use crate::cache::FilesStatus;
-use crate::peers::{LinkFailure, Peer, PeerRefusal};
+use crate::peers::{DialFailure, LinkFailure, LinkState, Peer, PeerRefusal};
 use crate::replica::Replica;
 use crate::sync::SyncStore;
 
@@ -53,6 +53,18 @@ pub struct PeerStatus {
     /// meanwhile); `None` while they do not, and without the daemon.
     #[serde(default)]
     pub link_failure: Option<LinkFailure>,
+    /// The live link: since when, and its round-trip time; `None` while disconnected.
+    #[serde(default)]
+    pub link: Option<LinkState>,
+    /// Why this node's latest dial found no address of the peer that worked, per address;
+    /// shown even while the peer is connected by dialing in, since its address here is still
+    /// wrong. `None` once a dial works, and without the daemon.
+    #[serde(default)]
+    pub unreachable: Option<DialFailure>,
+    /// Changes this node holds that the peer may read and has not confirmed yet; `None`
+    /// before the first round with it.
+    #[serde(default)]
+    pub changes_behind: Option<usize>,
 }
 
 impl Command for Status {
@@ -86,31 +98,46 @@ impl Command for Status {
 /// Each peer with what the mesh and the store say about it.
 pub(super) fn peer_statuses(
     node: &Context,
-    replica: &Replica,
+    replica: &mut Replica,
     peers: Vec<Peer>,
 ) -> Vec<PeerStatus> {
     peers
         .into_iter()
-        .map(|peer| PeerStatus {
-            connected: node.mesh.as_ref().is_some_and(|m| m.is_connected(&peer.id)),
-            refused: node.mesh.as_ref().and_then(|m| m.last_refusal(&peer.id)),
-            link_failure: node.mesh.as_ref().and_then(|m| m.link_failure(&peer.id)),
-            documents_behind: documents_behind(replica, &peer),
-            peer,
+        .map(|peer| {
+            let mesh = node.mesh.as_ref();
+            let (documents_behind, changes_behind) = behind(replica, &peer);
+            PeerStatus {
+                connected: mesh.is_some_and(|m| m.is_connected(&peer.id)),
+                refused: mesh.and_then(|m| m.last_refusal(&peer.id)),
+                link_failure: mesh.and_then(|m| m.link_failure(&peer.id)),
+                link: mesh.and_then(|m| m.link_state(&peer.id)),
+                unreachable: mesh.and_then(|m| m.dial_failure(&peer.id)),
+                documents_behind,
+                changes_behind,
+                peer,
+            }
         })
         .collect()
 }
 
-/// Documents the peer may read whose state here differs from what it last confirmed.
-fn documents_behind(replica: &Replica, peer: &Peer) -> usize {
+/// The documents the peer may read whose state here differs from what it last confirmed, and
+/// the changes in them it lacks (`None` if it never confirmed any: then it lacks them all).
+fn behind(replica: &mut Replica, peer: &Peer) -> (usize, Option<usize>) {
     let session_peer = peer.id.compact();
-    replica
-        .doc_ids()
-        .iter()
-        .filter(|doc| peer.access.may_read(doc, &peer.id))
-        .filter(|doc| {
-            let shared = replica.shared_heads(&session_peer, doc).ok().flatten();
-            shared.as_deref() != Some(replica.heads(doc).as_slice())
-        })
-        .count()
+    let (mut documents, mut changes, mut ever_synced) = (0, 0, false);
+    for doc in replica.doc_ids() {
+        if !peer.access.may_read(&doc, &peer.id) {
+            continue;
+        }
+        let shared = replica.shared_heads(&session_peer, &doc).ok().flatten();
+        ever_synced |= shared.is_some();
+        if shared.as_deref() == Some(replica.heads(&doc).as_slice()) {
+            continue;
+        }
+        documents += 1;
+        if let Some(shared) = shared {
+            changes += SyncStore::hashes_since(replica, &doc, &shared).len();
+        }
+    }
+    (documents, ever_synced.then_some(changes))
 }

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    backup, bridge, cache, doc, doctor, mem, peers, search, skill, status, store, sync, Command,
-    CommandError, Context, Effects,
+    backup, bridge, cache, doc, doctor, invite, mem, peers, search, skill, status, store, sync,
+    Command, CommandError, Context, Effects,
 };
 
 /// A command's reply as it travels: its own reply as JSON, or why there is none.
@@ -66,6 +66,8 @@ command_set! {
     PeersLs => peers::PeersLs,
     PeersRm => peers::PeersRm,
     PeersPending => peers::PeersPending,
+    Invite => invite::Invite,
+    Join => invite::Join,
     Status => status::Status,
     Sync => sync::Sync,
     BridgeIngest => bridge::BridgeIngest,

@@ -37,6 +37,11 @@ impl NodeId {
         NodeId(id)
     }
 
+    /// The id from its bytes as `as_bytes` gave them (from a ticket, say).
+    pub fn from_bytes(bytes: [u8; ID_BYTES]) -> Self {
+        NodeId(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; ID_BYTES] {
         &self.0
     }

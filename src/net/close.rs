@@ -17,6 +17,10 @@ pub enum CloseCode {
     Duplicate = 3,
     /// The peer reconnected; this older connection gives way.
     Replaced = 4,
+    /// A join exchange (`net::join`) is over, whatever its outcome.
+    Joined = 5,
+    /// Too many join exchanges at once; the joiner may try again.
+    Busy = 6,
 }
 
 impl CloseCode {

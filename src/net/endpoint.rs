@@ -15,7 +15,7 @@ use quinn::{Connection, ConnectionError, TransportConfig, VarInt};
 
 use super::identity::Identity;
 use super::pins::PeerPins;
-use super::tls::{peer_node_id, RefusedId, TlsContext};
+use super::tls::{peer_node_id, RefusedId, TlsContext, ALPN, JOIN_ALPN};
 use super::NetError;
 use crate::model::NodeId;
 
@@ -71,8 +71,9 @@ impl Endpoint {
     fn client_config(
         &self,
         expected: NodeId,
+        alpn: &[u8],
     ) -> Result<(quinn::ClientConfig, RefusedId), NetError> {
-        let (tls, refused) = self.tls.client_config(expected)?;
+        let (tls, refused) = self.tls.client_config(expected, alpn)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(no_initial_suite)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.transport.clone());
@@ -136,7 +137,36 @@ pub async fn connect(
     if !endpoint.pins().is_allowed(expected) {
         return Err(NetError::NotPinned { addr, id: expected });
     }
-    let (config, refused) = endpoint.client_config(expected)?;
+    dial(endpoint, addr, expected, ALPN).await
+}
+
+/// Dials `addr`, which must be the node `expected`, for a join exchange (`net::join`):
+/// whether or not it is a peer yet, since the ticket names the id. The inviter still proves
+/// that id in TLS.
+pub async fn dial_to_join(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    expected: NodeId,
+) -> Result<(Connection, NodeId), NetError> {
+    dial(endpoint, addr, expected, JOIN_ALPN).await
+}
+
+/// Whether the peer opened `connection` for a join exchange rather than a link.
+pub fn is_join(connection: &Connection) -> bool {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|protocol| protocol == JOIN_ALPN)
+}
+
+async fn dial(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    expected: NodeId,
+    alpn: &[u8],
+) -> Result<(Connection, NodeId), NetError> {
+    let (config, refused) = endpoint.client_config(expected, alpn)?;
     let ours = endpoint.node_id();
     let failed = |source| match refused.get() {
         Some(presented) => NetError::WrongPeer {

@@ -26,7 +26,7 @@ pub enum NetError {
         expected: NodeId,
         presented: NodeId,
     },
-    #[error("refused node id {id} from {addr}: it is not in the peer list; if you trust it, run `meshd peers add {id} HOST:PORT`")]
+    #[error("refused node id {id} from {addr}: it is not in the peer list; if you trust it, pair with it: `meshd invite` here and `meshd join TICKET` there, or `meshd peers add {id} HOST:PORT`")]
     NotAllowed { addr: SocketAddr, id: NodeId },
     #[error("peer at {addr} refused the TLS handshake ({reason}); if it refused our node id, run `meshd peers add {ours} HOST:PORT` on that node")]
     RefusedByPeer {
@@ -66,6 +66,37 @@ impl NetError {
         }
     }
 }
+
+impl NetError {
+    /// Why a dial failed, in the words `meshd status` shows under the peer: what it means and
+    /// what to check.
+    pub fn dial_reason(&self) -> String {
+        match self {
+            NetError::RefusedByPeer { ours, .. } => format!(
+                "refused by the peer: this node is not in its peer list (pair again with \
+                 `meshd invite` here and `meshd join` there, or run `meshd peers add {ours} \
+                 HOST:PORT` on it)"
+            ),
+            NetError::WrongPeer { presented, .. } => format!(
+                "another node answered at that address ({presented}): the address is wrong, or \
+                 that host runs a different node now"
+            ),
+            NetError::Connection {
+                source: quinn::ConnectionError::TimedOut,
+                ..
+            } => TIMED_OUT.to_string(),
+            NetError::Connection {
+                source: quinn::ConnectionError::ApplicationClosed(close),
+                ..
+            } => format!("closed by the peer: {}", printable(&close.reason)),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What a dial that nothing answered means.
+pub const TIMED_OUT: &str = "timed out: nothing answered (wrong address or port, the host is \
+                             down, or a firewall drops UDP)";
 
 /// The peer chooses these bytes: keep them to one printable line so they cannot forge log lines
 /// or send terminal escapes to the operator.

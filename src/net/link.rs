@@ -92,6 +92,8 @@ pub trait LinkHost: Send + Sync + 'static {
     fn round_done(&self, peer: NodeId, took: Duration);
     /// Changes were refused, by this node or by `peer` (already logged).
     fn refused(&self, peer: NodeId, refusal: &Refusal);
+    /// How logs name `peer`: its name, or its id.
+    fn label(&self, peer: &NodeId) -> String;
 }
 
 /// Runs the link until the connection ends or the command channel closes.
@@ -199,7 +201,7 @@ impl<H: LinkHost> Link<'_, H> {
         // Recorded before the peer can hear of it, so `meshd status` already shows a refusal
         // the peer was told about.
         for refusal in &outcome.refusals {
-            log_refusal(self.peer, refusal);
+            log_refusal(&self.host.label(&self.peer), refusal);
             self.host.refused(self.peer, refusal);
         }
         send_all(&mut self.send, &outcome.messages).await?;
@@ -246,7 +248,7 @@ impl Round {
     }
 }
 
-fn log_refusal(peer: NodeId, refusal: &Refusal) {
+fn log_refusal(peer: &str, refusal: &Refusal) {
     let by = if refusal.by_peer {
         "peer refused"
     } else {

@@ -2,8 +2,8 @@
 //! the accept loop, live push of local changes and gossip of received ones.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,10 +15,18 @@ use tokio_util::task::TaskTracker;
 
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
+use super::error::TIMED_OUT;
+use super::join::{self, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
+use super::tls::MISDIALED;
 use super::NetError;
+use crate::invite::Ticket;
+use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
-use crate::peers::{LinkFailure, Peer, PeerRefusal, PeerStore};
+use crate::peers::{
+    validate_address, AddressFailure, DialFailure, LinkFailure, LinkState, Peer, PeerError,
+    PeerRefusal, PeerStore,
+};
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
 
@@ -28,6 +36,44 @@ const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
 /// connection meets again at once (a refusal, a round that cannot complete): the next one
 /// waits, longer each time. A link up this long ended for reasons of its own.
 const STABLE_LINK: Duration = Duration::from_secs(60);
+
+/// What was warned about once already, so repeats are debug lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Warned {
+    /// A node id refused at the handshake: a removed peer keeps dialing every 30 s.
+    Stranger(NodeId),
+    /// A host whose node dials this address expecting another node.
+    Misdialed(IpAddr),
+}
+
+/// Things warned about kept at most.
+const MAX_WARNED: usize = 1024;
+
+/// How long one dial may take: QUIC's own limit is the idle timeout (30 s), and a wrong port
+/// or a host that is down answers nothing at all.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Join exchanges answered at once: each holds a stranger's connection for up to
+/// `join::EXCHANGE_TIMEOUT`, so a flood of them while an invite is open stays bounded.
+const MAX_JOINS_IN_FLIGHT: usize = 8;
+
+/// One of the `MAX_JOINS_IN_FLIGHT` turns, given back on drop.
+struct JoinTurn<'a>(&'a AtomicUsize);
+
+impl<'a> JoinTurn<'a> {
+    fn take(in_flight: &'a AtomicUsize) -> Option<JoinTurn<'a>> {
+        let taken = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_JOINS_IN_FLIGHT).then_some(n + 1)
+        });
+        taken.is_ok().then_some(JoinTurn(in_flight))
+    }
+}
+
+impl Drop for JoinTurn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A peer's failing links, and when the dialer may connect again.
 struct Failing {
@@ -44,6 +90,8 @@ pub struct MeshConfig {
     /// Accept this node's own node scope from peers, which no peer may write otherwise: a
     /// node repairing its store takes it back (`meshd run --repair`).
     pub accept_own_scope: bool,
+    /// This node's name (`[node] name`), offered to nodes that join it or that it joins.
+    pub name: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -52,6 +100,7 @@ impl Default for MeshConfig {
             anti_entropy: Duration::from_secs(30),
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             accept_own_scope: false,
+            name: None,
         }
     }
 }
@@ -59,6 +108,7 @@ impl Default for MeshConfig {
 struct LinkEntry {
     serial: u64,
     since: Instant,
+    since_unix: u64,
     dialed_by: NodeId,
     commands: mpsc::UnboundedSender<LinkCommand>,
     connection: quinn::Connection,
@@ -84,9 +134,12 @@ pub struct Mesh {
     /// Peers whose links fail soon after they come up: the dialer backs off (see
     /// `STABLE_LINK`), and `meshd status` says why.
     failing: Mutex<HashMap<NodeId, Failing>>,
-    /// Node ids refused at the handshake and warned about once already: a removed peer keeps
-    /// dialing every 30 s, and one warning (plus `meshd peers pending`) says all there is.
-    warned_strangers: Mutex<HashSet<NodeId>>,
+    /// Refusals warned about once already: a removed peer keeps dialing every 30 s, and one
+    /// warning (plus `meshd peers pending`) says all there is.
+    warned: Mutex<HashSet<Warned>>,
+    /// Why the latest dial to each peer found no address that worked, until one does.
+    unreachable: Mutex<HashMap<NodeId, DialFailure>>,
+    joins_in_flight: AtomicUsize,
     /// Every task of the mesh is spawned here, so the daemon can wait for them at shutdown.
     tasks: TaskTracker,
     /// Cancelled when the node stops: dialers end, links close.
@@ -138,7 +191,9 @@ impl Mesh {
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
-            warned_strangers: Mutex::new(HashSet::new()),
+            warned: Mutex::new(HashSet::new()),
+            unreachable: Mutex::new(HashMap::new()),
+            joins_in_flight: AtomicUsize::new(0),
             tasks: lifecycle.tasks,
             shutdown: lifecycle.shutdown,
         });
@@ -173,6 +228,7 @@ impl Mesh {
                 task.abort();
                 self.endpoint.pins().revoke(*id);
                 lock(&self.links).remove(id);
+                lock(&self.unreachable).remove(id);
                 tracing::info!(peer = %id, "peer removed");
             }
             keep
@@ -183,6 +239,13 @@ impl Mesh {
                 .entry(peer.id)
                 .or_insert_with(|| self.spawn_dialer(peer.id));
         }
+        drop(dialers);
+        let open = self.peers.invites().any_open(unix_now());
+        let open = open.unwrap_or_else(|e| {
+            tracing::error!("cannot read the invites, so no one can join now: {e}");
+            false
+        });
+        self.endpoint.pins().welcome_joiners(open);
     }
 
     /// A dialer lives until its peer is removed (aborted) or the node stops.
@@ -200,7 +263,7 @@ impl Mesh {
     /// is listed and warned about again.
     pub fn forget_refused(&self) {
         self.endpoint.pins().forget_refused();
-        lock(&self.warned_strangers).clear();
+        lock(&self.warned).clear();
     }
 
     /// The latest time this node refused `peer`'s changes, since the daemon started.
@@ -285,6 +348,20 @@ impl Mesh {
             let mesh = self.clone();
             self.tasks.spawn(async move {
                 match endpoint::accept(&mesh.endpoint, incoming).await {
+                    Ok((connection, peer)) if endpoint::is_join(&connection) => {
+                        mesh.welcome(connection, peer).await
+                    }
+                    Ok((connection, peer)) if !mesh.endpoint.pins().is_allowed(peer) => {
+                        // Let through the handshake because an invite is open, but it came to
+                        // link, not to join.
+                        let remote = connection.remote_address();
+                        CloseCode::NotAPeer.close(&connection, "not a peer");
+                        mesh.refuse_stranger(
+                            peer,
+                            remote,
+                            "it is not in the peer list and presented no invite",
+                        );
+                    }
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
                     Err(e) => {
                         mesh.log_refused(&e);
@@ -299,15 +376,33 @@ impl Mesh {
     /// A stranger's first attempt is a warning; its next ones (a removed peer dials every
     /// 30 s for good) are debug lines.
     fn log_refused(&self, error: &NetError) {
-        let repeated = match error {
-            NetError::NotAllowed { id, .. } => !lock(&self.warned_strangers).insert(*id),
-            _ => false,
+        let (warned, shown) = match error {
+            NetError::NotAllowed { id, .. } => (Some(Warned::Stranger(*id)), error.to_string()),
+            NetError::RefusedByPeer { addr, reason, .. } if reason.contains(MISDIALED) => (
+                Some(Warned::Misdialed(addr.ip())),
+                format!(
+                    "a node at {addr} dialed this node's address expecting another node id: its \
+                     peer list has this address for a different node (`meshd status` there \
+                     shows which)"
+                ),
+            ),
+            _ => (None, error.to_string()),
         };
-        if repeated {
-            tracing::debug!("refused a connection again: {error}");
+        if warned.is_some_and(|warned| !self.warn_once(warned)) {
+            tracing::debug!("refused a connection again: {shown}");
         } else {
-            tracing::warn!("refused a connection: {error}");
+            tracing::warn!("refused a connection: {shown}");
         }
+    }
+
+    /// Whether `what` is new: the first time is a warning, the next ones debug lines. Anyone
+    /// can make a new key per attempt, so the record is bounded.
+    fn warn_once(&self, what: Warned) -> bool {
+        let mut warned = lock(&self.warned);
+        if warned.len() >= MAX_WARNED {
+            warned.clear();
+        }
+        warned.insert(what)
     }
 
     fn record_refused(&self) {
@@ -320,6 +415,158 @@ impl Mesh {
             };
             if let Err(e) = self.peers.record_refused(&record) {
                 tracing::error!("cannot record a refused peer: {e}");
+            }
+        }
+    }
+
+    /// A stranger let through the handshake while an invite is open: it may present one,
+    /// and nothing else.
+    async fn welcome(self: &Arc<Self>, connection: quinn::Connection, joiner: NodeId) {
+        let remote = connection.remote_address();
+        let Some(_turn) = JoinTurn::take(&self.joins_in_flight) else {
+            CloseCode::Busy.close(&connection, "too many joins at once; try again");
+            tracing::debug!(%joiner, %remote, "turned a join away: {MAX_JOINS_IN_FLIGHT} already in flight");
+            return;
+        };
+        let decide =
+            |request| tokio::task::block_in_place(|| self.decide_join(joiner, remote, request));
+        let refusal = match join::answer(connection, decide).await {
+            Ok(JoinReply::Accepted { .. }) => {
+                self.peers_changed();
+                return;
+            }
+            Ok(JoinReply::Refused { reason }) => reason,
+            Err(e) => format!("it presented no invite ({e})"),
+        };
+        if self.endpoint.pins().is_allowed(joiner) {
+            // A peer re-joining with a bad ticket is still a peer, not a stranger to list.
+            tracing::warn!(peer = %joiner, %remote, "refused a join from a peer: {refusal}");
+            return;
+        }
+        self.refuse_stranger(joiner, remote, &refusal);
+    }
+
+    /// Records a node refused after its handshake, warned about once, as `log_refused` does.
+    fn refuse_stranger(&self, id: NodeId, remote: SocketAddr, why: &str) {
+        if self.warn_once(Warned::Stranger(id)) {
+            tracing::warn!(node = %id, %remote, "refused a node: {why}; `meshd peers pending` lists it");
+        } else {
+            tracing::debug!(node = %id, %remote, "refused a node again: {why}");
+        }
+        self.endpoint.pins().refuse(id, Some(remote), unix_now());
+        self.record_refused();
+    }
+
+    /// Redeems the invite `joiner` presented and adds it as a peer with the access offered.
+    fn decide_join(&self, joiner: NodeId, remote: SocketAddr, request: JoinRequest) -> JoinReply {
+        let redeemed = self.peers.invites().redeem(
+            request.invite,
+            &request.proof,
+            joiner,
+            self.own,
+            unix_now(),
+        );
+        let invite = match redeemed {
+            Ok(Ok(invite)) => invite,
+            Ok(Err(refusal)) => {
+                return JoinReply::Refused {
+                    reason: refusal.to_string(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(%joiner, "cannot read the invites to answer a join: {e}");
+                return JoinReply::Refused {
+                    reason: "the inviting node cannot read its invites; its log says why".into(),
+                };
+            }
+        };
+        let peer = Peer {
+            id: joiner,
+            name: invite
+                .name
+                .clone()
+                .or(join::suggested_name(request.name.clone())),
+            addresses: joiner_addresses(remote, &request),
+            access: invite.access.clone(),
+            last_sync: None,
+        };
+        if let Err(e) = self.add_peer_named_if_free(peer.clone()) {
+            tracing::error!(%joiner, "cannot add a node that joined with a valid invite: {e}");
+            return JoinReply::Refused {
+                reason: format!(
+                    "the inviting node could not add this node ({e}); ask for a new ticket"
+                ),
+            };
+        }
+        tracing::info!(peer = %peer.label(), id = %joiner, addresses = ?peer.addresses, "a node joined with an invite");
+        JoinReply::Accepted {
+            access: invite.access,
+            name: self.config.name.clone(),
+        }
+    }
+
+    /// Adds `peer`; if its name is taken, without the name.
+    fn add_peer_named_if_free(&self, peer: Peer) -> Result<(), PeerError> {
+        match self.peers.add(&self.own, peer.clone()) {
+            Err(PeerError::NameTaken(_)) => self.peers.add(&self.own, Peer { name: None, ..peer }),
+            other => other,
+        }
+        .map(|_| ())
+    }
+
+    /// Joins the node that made `ticket`, granting it `access` here. The inviter is in the
+    /// peer list (and pinned) while the exchange runs, so that its first connection back is
+    /// taken; it is removed again if the join fails. Returns the inviter as added.
+    pub async fn join(
+        self: &Arc<Self>,
+        ticket: &Ticket,
+        access: Access,
+        name: Option<String>,
+    ) -> Result<(Peer, Access), JoinError> {
+        let known = self.peers.get(&ticket.inviter).ok().flatten();
+        let peer = Peer {
+            id: ticket.inviter,
+            name: name.clone(),
+            addresses: ticket.addresses.clone(),
+            access,
+            last_sync: known.as_ref().and_then(|p| p.last_sync),
+        };
+        let add = tokio::task::block_in_place(|| self.peers.add(&self.own, peer.clone()));
+        add.map_err(|e| JoinError::Refused(format!("cannot add the inviting node here: {e}")))?;
+        self.endpoint.pins().allow(ticket.inviter);
+        let request = JoinRequest {
+            invite: ticket.invite,
+            proof: Vec::new(),
+            listen_port: self.local_addr().map(|a| a.port()),
+            addresses: Vec::new(),
+            name: self.config.name.clone(),
+        };
+        match join::join(&self.endpoint, ticket, request).await {
+            Ok((granted, offered_name)) => {
+                let named = match (name, join::suggested_name(offered_name)) {
+                    (None, Some(offered)) => {
+                        let renamed = Peer {
+                            name: Some(offered),
+                            ..peer.clone()
+                        };
+                        tokio::task::block_in_place(|| self.add_peer_named_if_free(renamed)).ok();
+                        self.peers.get(&peer.id).ok().flatten().unwrap_or(peer)
+                    }
+                    _ => peer,
+                };
+                self.peers_changed();
+                Ok((named, granted))
+            }
+            Err(e) => {
+                let restore = tokio::task::block_in_place(|| match known {
+                    Some(known) => self.peers.add(&self.own, known).map(|_| ()),
+                    None => self.peers.remove(&ticket.inviter.to_string()).map(|_| ()),
+                });
+                if let Err(undo) = restore {
+                    tracing::error!("cannot undo the half-made pairing with {}: {undo}; remove it with `meshd peers rm`", ticket.inviter);
+                }
+                self.peers_changed();
+                Err(e)
             }
         }
     }
@@ -353,25 +600,73 @@ impl Mesh {
         }
     }
 
-    /// Tries each address of the peer in order.
+    /// Tries each address of the peer in order; when none works, keeps why for `meshd status`.
     async fn dial(&self, peer: NodeId) -> Option<quinn::Connection> {
         let record: Peer = self.peers.get(&peer).ok().flatten()?;
+        let mut failures = Vec::new();
         for address in &record.addresses {
             let addrs = match tokio::net::lookup_host(address.as_str()).await {
                 Ok(addrs) => addrs.collect::<Vec<_>>(),
                 Err(e) => {
-                    tracing::debug!(%peer, %address, "cannot resolve: {e}");
+                    tracing::debug!(peer = record.label(), %address, "cannot resolve: {e}");
+                    failures.push(AddressFailure {
+                        address: address.clone(),
+                        reason: format!("cannot resolve the host name: {e}"),
+                    });
                     continue;
                 }
             };
             for addr in addrs {
-                match endpoint::connect(&self.endpoint, addr, peer).await {
-                    Ok((connection, _)) => return Some(connection),
-                    Err(e) => tracing::debug!(%peer, %addr, "dial failed: {e}"),
-                }
+                let dialed = tokio::time::timeout(
+                    DIAL_TIMEOUT,
+                    endpoint::connect(&self.endpoint, addr, peer),
+                );
+                let reason = match dialed.await {
+                    Ok(Ok((connection, _))) => {
+                        lock(&self.unreachable).remove(&peer);
+                        return Some(connection);
+                    }
+                    Ok(Err(e)) => e.dial_reason(),
+                    Err(_) => TIMED_OUT.to_string(),
+                };
+                tracing::debug!(peer = record.label(), %addr, "dial failed: {reason}");
+                let shown = match address.parse::<SocketAddr>() {
+                    Ok(_) => address.clone(),
+                    Err(_) => format!("{address} ({addr})"),
+                };
+                failures.push(AddressFailure {
+                    address: shown,
+                    reason,
+                });
             }
         }
+        let failure = DialFailure {
+            at: unix_now(),
+            addresses: failures,
+        };
+        lock(&self.unreachable).insert(peer, failure);
         None
+    }
+
+    /// How logs name a peer: its name, or its id when it has none.
+    fn label(&self, peer: &NodeId) -> String {
+        match self.peers.get(peer) {
+            Ok(Some(record)) => record.label(),
+            _ => peer.to_string(),
+        }
+    }
+
+    /// Why the latest dial to `peer` found no address that worked, until one does.
+    pub fn dial_failure(&self, peer: &NodeId) -> Option<DialFailure> {
+        lock(&self.unreachable).get(peer).cloned()
+    }
+
+    /// The live link to `peer`: since when, and its round-trip time.
+    pub fn link_state(&self, peer: &NodeId) -> Option<LinkState> {
+        lock(&self.links).get(peer).map(|entry| LinkState {
+            since: entry.since_unix,
+            rtt_ms: entry.connection.rtt().as_millis() as u64,
+        })
     }
 
     /// Registers and drives one link. Two nodes may dial each other at once; both keep the
@@ -391,6 +686,7 @@ impl Mesh {
         let entry = LinkEntry {
             serial,
             since: Instant::now(),
+            since_unix: unix_now(),
             dialed_by,
             commands,
             connection: connection.clone(),
@@ -399,7 +695,8 @@ impl Mesh {
             CloseCode::Duplicate.close(&connection, "duplicate connection");
             return;
         }
-        tracing::info!(%peer, name = ?record.name, "connected");
+        let label = record.label();
+        tracing::info!(peer = %label, "connected");
         let started = Instant::now();
         let session = Session::new(
             peer.compact(),
@@ -426,11 +723,17 @@ impl Mesh {
         let ended = link.await;
         let lasted = started.elapsed();
         match ended {
-            Ok(Ok(())) => tracing::info!(%peer, "disconnected"),
-            Ok(Err(e)) if e.is_orderly_close() => tracing::info!(%peer, "disconnected: {e}"),
-            Ok(Err(e)) if lasted >= STABLE_LINK => tracing::warn!(%peer, "link closed: {e}"),
+            Ok(Ok(())) => tracing::info!(peer = %label, "disconnected"),
+            Ok(Err(e)) if e.is_orderly_close() => {
+                tracing::info!(peer = %label, "disconnected: {e}")
+            }
+            Ok(Err(e)) if lasted >= STABLE_LINK => {
+                tracing::warn!(peer = %label, "link closed: {e}")
+            }
             Ok(Err(e)) => self.link_failed(peer, e.to_string()),
-            Err(e) => tracing::error!(%peer, "the link failed ({e}); this is a bug, it reconnects"),
+            Err(e) => {
+                tracing::error!(peer = %label, "the link failed ({e}); this is a bug, it reconnects")
+            }
         }
         let mut links = lock(&self.links);
         if links.get(&peer).is_some_and(|e| e.serial == serial) {
@@ -453,10 +756,10 @@ impl Mesh {
         let wait = jitter(first.saturating_mul(1 << (failures - 1).min(16)).min(last));
         let repeated = failing.get(&peer).is_some_and(|f| f.last.reason == reason);
         if repeated {
-            tracing::debug!(%peer, failures, "link closed again: {reason}");
+            tracing::debug!(peer = %self.label(&peer), failures, "link closed again: {reason}");
         } else {
             tracing::warn!(
-                %peer,
+                peer = %self.label(&peer),
                 "link closed: {reason}; reconnecting with backoff (up to {} s) while it keeps \
                  failing. `meshd status` shows the reason under the peer; if it persists, read \
                  the peer's log and check both nodes run the same meshd version",
@@ -507,6 +810,10 @@ impl Mesh {
 }
 
 impl LinkHost for Mesh {
+    fn label(&self, peer: &NodeId) -> String {
+        Mesh::label(self, peer)
+    }
+
     fn with_store<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
         self.replica.with(f)
     }
@@ -546,7 +853,7 @@ impl LinkHost for Mesh {
     }
 
     fn round_done(&self, peer: NodeId, took: Duration) {
-        tracing::debug!(%peer, ms = took.as_millis() as u64, "sync round complete");
+        tracing::debug!(peer = %self.label(&peer), ms = took.as_millis() as u64, "sync round complete");
         let stable = lock(&self.links)
             .get(&peer)
             .is_some_and(|link| link.since.elapsed() >= STABLE_LINK);
@@ -558,6 +865,28 @@ impl LinkHost for Mesh {
             tracing::error!("cannot record the sync time: {e}");
         }
     }
+}
+
+/// Where a joiner can be reached: the address its join came from with the port it listens
+/// on, then the addresses it named (a few, valid ones only).
+fn joiner_addresses(remote: SocketAddr, request: &JoinRequest) -> Vec<String> {
+    let seen = request
+        .listen_port
+        .filter(|port| *port != 0)
+        .map(|port| SocketAddr::new(remote.ip(), port).to_string());
+    let named = request
+        .addresses
+        .iter()
+        .take(8)
+        .filter(|address| validate_address(address).is_ok())
+        .cloned();
+    let mut addresses: Vec<String> = Vec::new();
+    for address in seen.into_iter().chain(named) {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    addresses
 }
 
 /// Waits for every receiver; counts those that completed.

@@ -5,6 +5,7 @@ pub mod close;
 pub mod endpoint;
 pub mod error;
 pub mod identity;
+pub mod join;
 pub mod link;
 pub mod mesh;
 pub mod pins;

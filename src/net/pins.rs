@@ -35,6 +35,18 @@ pub struct PeerPins {
 struct Pins {
     allowed: HashSet<NodeId>,
     refused: HashMap<NodeId, Refused>,
+    /// While this node has an open invite, a stranger completes the handshake, but only to
+    /// present it (`net::join`); its connection carries nothing else.
+    joiners_welcome: bool,
+}
+
+/// How a handshake was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Peer,
+    /// A stranger let in only to present an invite.
+    Joiner,
+    Refused,
 }
 
 impl PeerPins {
@@ -71,15 +83,29 @@ impl PeerPins {
         self.write().refused.clear();
     }
 
-    /// Decides one handshake: true if `id` is allowed, else records the refusal. One lock for
-    /// both, so an `allow` racing with the handshake never leaves an allowed id listed as pending.
-    pub(crate) fn admit(&self, id: NodeId, addr: Option<SocketAddr>, now: u64) -> bool {
+    /// Lets strangers through the handshake to present an invite, or stops doing so.
+    pub fn welcome_joiners(&self, welcome: bool) {
+        self.write().joiners_welcome = welcome;
+    }
+
+    /// Decides one handshake: a peer, a stranger let in to present an invite, or a refusal,
+    /// which is recorded. One lock for all, so an `allow` racing with the handshake never
+    /// leaves an allowed id listed as pending.
+    pub(crate) fn admit(&self, id: NodeId, addr: Option<SocketAddr>, now: u64) -> Admission {
         let mut pins = self.write();
         if pins.allowed.contains(&id) {
-            return true;
+            return Admission::Peer;
+        }
+        if pins.joiners_welcome {
+            return Admission::Joiner;
         }
         pins.record_refusal(id, addr, now);
-        false
+        Admission::Refused
+    }
+
+    /// Records a stranger that was let in to join and presented no valid invite.
+    pub(crate) fn refuse(&self, id: NodeId, addr: Option<SocketAddr>, now: u64) {
+        self.write().record_refusal(id, addr, now);
     }
 
     // A panic elsewhere cannot leave two plain sets half-updated, so a poisoned lock is still
@@ -136,9 +162,9 @@ mod tests {
     #[test]
     fn refusals_are_counted_and_keep_the_latest_known_address() {
         let pins = PeerPins::new();
-        assert!(!pins.admit(id(1), addr(1), 100));
-        assert!(!pins.admit(id(1), None, 200));
-        assert!(!pins.admit(id(1), addr(2), 150));
+        assert_eq!(pins.admit(id(1), addr(1), 100), Admission::Refused);
+        assert_eq!(pins.admit(id(1), None, 200), Admission::Refused);
+        assert_eq!(pins.admit(id(1), addr(2), 150), Admission::Refused);
         let pending = pins.pending();
         assert_eq!(
             pending,
@@ -154,17 +180,30 @@ mod tests {
     #[test]
     fn allow_admits_and_clears_pending_and_revoke_undoes_it() {
         let pins = PeerPins::new();
-        assert!(!pins.admit(id(1), addr(1), 100));
+        assert_eq!(pins.admit(id(1), addr(1), 100), Admission::Refused);
         pins.allow(id(1));
         assert!(pins.pending().is_empty());
-        assert!(
+        assert_eq!(
             pins.clone().admit(id(1), addr(1), 101),
+            Admission::Peer,
             "clones share the set"
         );
         assert!(pins.pending().is_empty(), "an allowed id is not pending");
         pins.revoke(id(1));
         assert!(!pins.is_allowed(id(1)));
-        assert!(!pins.admit(id(1), addr(1), 102));
+        assert_eq!(pins.admit(id(1), addr(1), 102), Admission::Refused);
+    }
+
+    #[test]
+    fn strangers_pass_only_while_joiners_are_welcome_and_are_not_listed_until_refused() {
+        let pins = PeerPins::new();
+        pins.welcome_joiners(true);
+        assert_eq!(pins.admit(id(1), addr(1), 100), Admission::Joiner);
+        assert!(pins.pending().is_empty());
+        pins.refuse(id(1), addr(1), 101);
+        assert_eq!(pins.pending()[0].attempts, 1);
+        pins.welcome_joiners(false);
+        assert_eq!(pins.admit(id(2), addr(1), 102), Admission::Refused);
     }
 
     #[test]

@@ -28,12 +28,19 @@ use rustls::{
 };
 
 use super::identity::Identity;
-use super::pins::PeerPins;
+use super::pins::{Admission, PeerPins};
 use super::NetError;
 use crate::model::NodeId;
 
 /// The one application protocol both sides speak; a new incompatible protocol gets `meshd/2`.
 pub const ALPN: &[u8] = b"meshd/1";
+/// The TLS alert text a client sends when the server is not the node it dialed: the server
+/// reads it back from the alert to tell the operator its address is misused.
+pub(crate) const MISDIALED: &str = "this is not the node id that was dialled";
+
+/// The protocol of a join exchange (`net::join`): a connection that carries one ticket proof
+/// and nothing else, whoever opens it.
+pub const JOIN_ALPN: &[u8] = b"meshd-join/1";
 
 /// DER of an Ed25519 SubjectPublicKeyInfo up to the key itself:
 /// `SEQUENCE(42) { SEQUENCE(5) { OID 1.3.101.112 } BIT STRING(33) { 0 unused bits, key } }`.
@@ -53,7 +60,7 @@ enum PinError {
     NotEd25519,
     #[error("node id {0} is not in this node's peer list")]
     NotAllowed(NodeId),
-    #[error("this is not the node id that was dialled")]
+    #[error("{MISDIALED}")]
     Unexpected,
 }
 
@@ -160,7 +167,7 @@ impl TlsContext {
             .map_err(tls_error)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(self.own_cert.clone());
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![ALPN.to_vec(), JOIN_ALPN.to_vec()];
         // A resumed session restores the client's identity without running the verifier, so a
         // revoked peer could come back on an old ticket. Every handshake authenticates in full;
         // one Ed25519 signature per connection costs nothing at mesh scale.
@@ -170,10 +177,11 @@ impl TlsContext {
         Ok((config, refused))
     }
 
-    /// A client configuration for dialling the node `expected`.
+    /// A client configuration for dialling the node `expected`, to speak `alpn`.
     pub(crate) fn client_config(
         &self,
         expected: NodeId,
+        alpn: &[u8],
     ) -> Result<(rustls::ClientConfig, RefusedId), NetError> {
         let refused = RefusedId::default();
         let verifier = Arc::new(ExpectedServer {
@@ -187,7 +195,7 @@ impl TlsContext {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(self.own_cert.clone());
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         // The server issues no tickets (see `server_config`); say so rather than cache nothing.
         config.resumption = Resumption::disabled();
         // The expected id travels inside the verifier, not in the server name; sending SNI would
@@ -283,11 +291,13 @@ impl ClientCertVerifier for AllowedClients {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         let (valid, id) = self.signatures.proven_id(message, cert, dss)?;
-        if self.pins.admit(id, self.remote, unix_now()) {
-            return Ok(valid);
+        match self.pins.admit(id, self.remote, unix_now()) {
+            Admission::Peer | Admission::Joiner => Ok(valid),
+            Admission::Refused => {
+                self.refused.set(id);
+                Err(PinError::NotAllowed(id).into())
+            }
         }
-        self.refused.set(id);
-        Err(PinError::NotAllowed(id).into())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -458,7 +468,7 @@ mod tests {
         let (a, b) = (identity(), identity());
         let (a_tls, b_tls) = (context(&a), context(&b));
         b_tls.pins().allow(a.node_id);
-        let (client_config, _) = a_tls.client_config(b.node_id).unwrap();
+        let (client_config, _) = a_tls.client_config(b.node_id, ALPN).unwrap();
         let (server_config, _) = b_tls.server_config(None).unwrap();
         handshake(&mut client(client_config), &mut server(server_config)).unwrap();
     }
@@ -468,7 +478,7 @@ mod tests {
         let (a, b) = (identity(), identity());
         let (a_tls, b_tls) = (context(&a), context(&b));
         b_tls.pins().allow(a.node_id);
-        let (mut client_config, _) = a_tls.client_config(b.node_id).unwrap();
+        let (mut client_config, _) = a_tls.client_config(b.node_id, ALPN).unwrap();
         client_config.resumption = Resumption::in_memory_sessions(8);
         let client_config = Arc::new(client_config);
         let server_config = Arc::new(b_tls.server_config(None).unwrap().0);
@@ -488,7 +498,7 @@ mod tests {
         let (a, b, c) = (identity(), identity(), identity());
         let (a_tls, b_tls) = (context(&a), context(&b));
         b_tls.pins().allow(a.node_id);
-        let (client_config, refused) = a_tls.client_config(c.node_id).unwrap();
+        let (client_config, refused) = a_tls.client_config(c.node_id, ALPN).unwrap();
         let (mut server_config, _) = b_tls.server_config(None).unwrap();
         server_config.cert_resolver = forged(&c, &b);
         let result = handshake(&mut client(client_config), &mut server(server_config));
@@ -503,7 +513,7 @@ mod tests {
     fn a_client_with_a_copied_certificate_fails_the_signature_check_and_is_not_recorded() {
         let (a, b, c) = (identity(), identity(), identity());
         let (a_tls, b_tls) = (context(&a), context(&b));
-        let (mut client_config, _) = a_tls.client_config(b.node_id).unwrap();
+        let (mut client_config, _) = a_tls.client_config(b.node_id, ALPN).unwrap();
         client_config.client_auth_cert_resolver = forged(&c, &a);
         let (server_config, refused) = b_tls.server_config(None).unwrap();
         let result = handshake(&mut client(client_config), &mut server(server_config));
@@ -542,7 +552,7 @@ mod tests {
             "{result:?}"
         );
 
-        let (ours, _) = a_tls.client_config(b.node_id).unwrap();
+        let (ours, _) = a_tls.client_config(b.node_id, ALPN).unwrap();
         let theirs = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS12])
             .unwrap()

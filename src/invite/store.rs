@@ -1,0 +1,204 @@
+//! The invites this node made, in its sled store (tree `invites`): each used at most once.
+
+use serde::{Deserialize, Serialize};
+
+use super::ticket::{proof, proof_matches, InviteId, InviteSecret};
+use crate::model::access::Access;
+use crate::model::NodeId;
+
+/// An invite as the inviter keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    pub secret: InviteSecret,
+    /// Unix seconds after which the invite is refused.
+    pub expires: u64,
+    /// What the joiner may read and write here.
+    pub access: Access,
+    /// The name the joiner gets in this node's peer list, when the inviter chose one.
+    pub name: Option<String>,
+    pub used: Option<Used>,
+}
+
+/// Who used an invite, and when (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Used {
+    pub by: NodeId,
+    pub at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    #[error("invite store: {0}; check the disk, then restart meshd")]
+    Storage(#[from] sled::Error),
+    #[error("the invite store holds a damaged record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("cannot make a random invite secret: {0}")]
+    Random(#[from] getrandom::Error),
+}
+
+/// Why a join was refused, worded for the operator of the joining node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the inviting node has no such invite (it was never made there, or that node's store was reset); ask for a new ticket with `meshd invite`")]
+    Unknown,
+    #[error("this ticket was already used (by node {by}); a ticket pairs one node only: ask for a new one with `meshd invite`")]
+    Used { by: NodeId },
+    #[error("this ticket expired {ago} ago; ask for a new one with `meshd invite` (`--expires` makes it last longer)")]
+    Expired { ago: String },
+    #[error(
+        "the ticket's secret does not match its invite: the ticket was altered; copy it again"
+    )]
+    BadProof,
+}
+
+#[derive(Clone)]
+pub struct Invites {
+    tree: sled::Tree,
+}
+
+impl Invites {
+    pub fn open(db: &sled::Db) -> Result<Invites, sled::Error> {
+        Ok(Invites {
+            tree: db.open_tree("invites")?,
+        })
+    }
+
+    /// Makes a new invite, durable on return.
+    pub fn create(
+        &self,
+        expires: u64,
+        access: Access,
+        name: Option<String>,
+    ) -> Result<(InviteId, InviteSecret), InviteError> {
+        let mut id = [0u8; 8];
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut id)?;
+        getrandom::fill(&mut secret)?;
+        let invite = Invite {
+            secret: InviteSecret(secret),
+            expires,
+            access,
+            name,
+            used: None,
+        };
+        self.tree.insert(id, serde_json::to_vec(&invite)?)?;
+        self.tree.flush()?;
+        Ok((InviteId(id), invite.secret))
+    }
+
+    /// Whether an invite may still be used: strangers are then let through the TLS
+    /// handshake, to present it.
+    pub fn any_open(&self, now: u64) -> Result<bool, InviteError> {
+        for record in self.tree.iter() {
+            let (_, value) = record?;
+            let invite: Invite = serde_json::from_slice(&value)?;
+            if invite.used.is_none() && invite.expires > now {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Uses invite `id` for `joiner`, whose node id TLS proved, if `presented` proves the
+    /// secret and the invite is neither used nor expired. Marked used (and flushed) before it
+    /// returns, atomically: of two joiners racing with one ticket, one wins.
+    pub fn redeem(
+        &self,
+        id: InviteId,
+        presented: &[u8],
+        joiner: NodeId,
+        inviter: NodeId,
+        now: u64,
+    ) -> Result<Result<Invite, Refusal>, InviteError> {
+        loop {
+            let Some(stored) = self.tree.get(id.0)? else {
+                return Ok(Err(Refusal::Unknown));
+            };
+            let invite: Invite = serde_json::from_slice(&stored)?;
+            if !proof_matches(&proof(&invite.secret, id, joiner, inviter), presented) {
+                return Ok(Err(Refusal::BadProof));
+            }
+            if let Some(used) = &invite.used {
+                return Ok(Err(Refusal::Used { by: used.by }));
+            }
+            if invite.expires <= now {
+                let ago = std::time::Duration::from_secs(now - invite.expires);
+                let ago = humantime::format_duration(ago).to_string();
+                return Ok(Err(Refusal::Expired { ago }));
+            }
+            let used = Invite {
+                used: Some(Used {
+                    by: joiner,
+                    at: now,
+                }),
+                ..invite
+            };
+            let swapped =
+                self.tree
+                    .compare_and_swap(id.0, Some(stored), Some(serde_json::to_vec(&used)?))?;
+            if swapped.is_ok() {
+                self.tree.flush()?;
+                return Ok(Ok(used));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invites() -> Invites {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        Invites::open(&db).unwrap()
+    }
+
+    fn ids() -> (NodeId, NodeId) {
+        (
+            NodeId::from_public_key(b"joiner"),
+            NodeId::from_public_key(b"inviter"),
+        )
+    }
+
+    #[test]
+    fn an_invite_is_used_once_then_refused_with_who_used_it() {
+        let invites = invites();
+        let (joiner, inviter) = ids();
+        let (id, secret) = invites
+            .create(2_000, Access::default_for_peer(), None)
+            .unwrap();
+        assert!(invites.any_open(1_000).unwrap());
+        let shown = proof(&secret, id, joiner, inviter);
+        let used = invites.redeem(id, &shown, joiner, inviter, 1_000).unwrap();
+        assert_eq!(used.unwrap().used.unwrap().by, joiner);
+        let again = invites.redeem(id, &shown, joiner, inviter, 1_001).unwrap();
+        assert_eq!(again, Err(Refusal::Used { by: joiner }));
+        assert!(!invites.any_open(1_000).unwrap());
+    }
+
+    #[test]
+    fn an_expired_invite_a_wrong_proof_and_an_unknown_id_are_refused() {
+        let invites = invites();
+        let (joiner, inviter) = ids();
+        let (id, secret) = invites
+            .create(2_000, Access::default_for_peer(), None)
+            .unwrap();
+        let shown = proof(&secret, id, joiner, inviter);
+        let stolen = proof(&secret, id, inviter, joiner);
+        assert_eq!(
+            invites.redeem(id, &stolen, joiner, inviter, 1_000).unwrap(),
+            Err(Refusal::BadProof)
+        );
+        assert!(matches!(
+            invites.redeem(id, &shown, joiner, inviter, 2_060).unwrap(),
+            Err(Refusal::Expired { .. })
+        ));
+        assert!(!invites.any_open(2_000).unwrap());
+        assert_eq!(
+            invites
+                .redeem(InviteId([0; 8]), &shown, joiner, inviter, 1_000)
+                .unwrap(),
+            Err(Refusal::Unknown)
+        );
+    }
+}
