@@ -65,6 +65,7 @@ impl Command for Doctor {
                     connected: status.connected,
                     link_failure: status.link_failure,
                     refused: status.refused,
+                    unreachable: status.unreachable,
                 })
                 .collect(),
         })

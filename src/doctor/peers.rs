@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{not_checked, Check, NodeFacts};
 use crate::model::hlc::rfc3339_seconds;
-use crate::peers::{LinkFailure, PeerRefusal};
+use crate::peers::{DialFailure, LinkFailure, PeerRefusal};
 
 /// A peer as the store and the running mesh see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,9 @@ pub struct PeerFacts {
     pub connected: bool,
     pub link_failure: Option<LinkFailure>,
     pub refused: Option<PeerRefusal>,
+    /// Why this node's latest dial to it failed, per address, while it does.
+    #[serde(default)]
+    pub unreachable: Option<DialFailure>,
 }
 
 /// What the resolver said of one peer address.
@@ -99,7 +102,26 @@ fn check_peer(node: &NodeFacts, peer: &PeerFacts, resolved: &[Resolution]) -> Ch
             ),
         );
     }
+    let dial = peer.unreachable.as_ref().map(|failure| {
+        let reasons: Vec<String> = failure
+            .addresses
+            .iter()
+            .map(|a| format!("{}: {}", a.address, a.reason))
+            .collect();
+        format!(
+            "dialing it failed at {}: {}",
+            rfc3339_seconds(failure.at),
+            reasons.join("; ")
+        )
+    });
     if connected {
+        if let Some(dial) = &dial {
+            return Check::warn(
+                name,
+                format!("connected (it dialed in), but {dial}{refused}"),
+                readdress,
+            );
+        }
         if refused.is_empty() {
             return Check::ok(name, format!("connected, last sync {last_sync}"));
         }
@@ -123,18 +145,39 @@ fn check_peer(node: &NodeFacts, peer: &PeerFacts, resolved: &[Resolution]) -> Ch
              peer's log for its side",
         );
     }
+    let pair = format!(
+        "on that node: meshd peers add {} <this node's HOST:PORT> (or meshd invite here, \
+         meshd join there)",
+        node.node_id
+    );
+    let Some(dial) = dial else {
+        return Check::warn(
+            name,
+            format!(
+                "disconnected, last sync {last_sync} (tried {}): it is down, unreachable, or \
+                 has not added this node{refused}",
+                peer.addresses.join(", ")
+            ),
+            format!(
+                "{pair}; make sure it runs and its UDP port is open (operator guide, section 6)"
+            ),
+        );
+    };
+    let reasons = peer.unreachable.iter().flat_map(|f| &f.addresses);
+    let fix = match reasons.map(|a| a.reason.as_str()).collect::<Vec<_>>() {
+        r if r.iter().any(|r| r.starts_with("refused by the peer")) => pair,
+        r if r.iter().any(|r| r.starts_with("another node answered")) => readdress,
+        _ => {
+            "make sure it runs at that address and its UDP port is open (operator guide, \
+              section 6); a wrong address: "
+                .to_string()
+                + &readdress
+        }
+    };
     Check::warn(
         name,
-        format!(
-            "disconnected, last sync {last_sync} (tried {}): it is down, unreachable, or has \
-             not added this node{refused}",
-            peer.addresses.join(", ")
-        ),
-        format!(
-            "on that node: meshd peers add {} <this node's HOST:PORT>; make sure it runs and \
-             its UDP port is open (operator guide, section 6)",
-            node.node_id
-        ),
+        format!("disconnected, last sync {last_sync}; {dial}{refused}"),
+        fix,
     )
 }
 
@@ -152,6 +195,7 @@ mod tests {
             connected: false,
             link_failure: None,
             refused: None,
+            unreachable: None,
         }
     }
 
@@ -227,6 +271,39 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("meshd peers add aaaaaaaaaaa-bbbbbbbbbbb-ccccccccccc"));
+    }
+
+    #[test]
+    fn a_failed_dial_gives_its_reason_and_the_fix_it_calls_for() {
+        use crate::peers::AddressFailure;
+        let failed = |reason: &str| {
+            let mut silent = peer(&["192.168.1.20:7464"]);
+            silent.unreachable = Some(DialFailure {
+                at: 1_795_325_958,
+                addresses: vec![AddressFailure {
+                    address: "192.168.1.20:7464".into(),
+                    reason: reason.into(),
+                }],
+            });
+            check(Some(&with(silent, true)), &[resolves("192.168.1.20:7464")]).remove(0)
+        };
+        let refused = failed("refused by the peer: this node is not in its peer list");
+        assert_eq!(refused.status, Status::Warn);
+        assert!(refused
+            .finding
+            .contains("192.168.1.20:7464: refused by the peer"));
+        assert!(refused
+            .fix
+            .unwrap()
+            .starts_with("on that node: meshd peers add aaaaaaaaaaa"));
+        let other = failed("another node answered at that address (xyz)");
+        assert!(other
+            .fix
+            .unwrap()
+            .starts_with("meshd peers add ni6yvoglwp7"));
+        let silent = failed("timed out: nothing answered");
+        assert!(silent.finding.contains("timed out"), "{silent:?}");
+        assert!(silent.fix.unwrap().contains("UDP port is open"));
     }
 
     #[test]
