@@ -195,6 +195,24 @@ fn peers_that_cannot_be_reached_are_reported() {
         "{}",
         run.stdout
     );
+
+    // Once a dial has failed, the line gives its reason at that address, as status does.
+    support::wait_until("a dial to the silent peer fails", || {
+        let status: Value = serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap();
+        !status["peers"][0]["unreachable"].is_null()
+    });
+    let run = node.run(&["doctor"]);
+    let peer = line(&run, "peer sec");
+    assert!(
+        peer.contains(&format!("{silent}: timed out")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        fix_after(&run, "peer sec").contains("UDP port is open"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
