@@ -245,6 +245,10 @@ impl LiveMesh for RunningMesh {
         self.mesh.bytes_sent()
     }
 
+    fn name(&self) -> Option<String> {
+        self.mesh.name()
+    }
+
     fn is_connected(&self, peer: &NodeId) -> bool {
         self.mesh.is_connected(peer)
     }

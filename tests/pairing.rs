@@ -50,6 +50,14 @@ fn invite_and_join_pair_two_nodes_with_one_command_each() {
     wait_until("B sees A's write", || {
         b.run(&["mem", "get", "mesh", "paired.by"]).code == 0
     });
+    a.run(&["sync", "--peer", "nas"]).ok();
+    let b_at_a = peer_status(&a, &b_id);
+    assert_eq!(b_at_a["changes_behind"], 0, "{b_at_a}");
+
+    // Joining again with the same ticket (say, the first answer was lost) is answered the same.
+    let again = b.run(&["join", &ticket]).ok();
+    assert!(again.contains("joined mac-mini"), "{again}");
+    assert_eq!(peers(&a).len(), 1);
 }
 
 #[test]

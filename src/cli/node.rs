@@ -38,7 +38,7 @@ pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
     api::token::load_or_create(&home.api_token_path())?;
     println!("{}", identity.node_id);
     eprintln!(
-        "created node '{name}' in {}\nshare the id above with the operators of its peers; they pair with `meshd peers add`",
+        "created node '{name}' in {}\nstart it with `meshd run`, then pair: `meshd invite` here and `meshd join TICKET` on the other node (or `meshd peers add` with the id above on both)",
         home.dir.display()
     );
     Ok(())

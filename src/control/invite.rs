@@ -75,6 +75,7 @@ impl Command for Invite {
             invite,
             secret,
             expires,
+            name: node.mesh.as_ref().and_then(|mesh| mesh.name()),
         };
         Ok(InviteMade {
             ticket: ticket.encode(),

@@ -119,6 +119,8 @@ pub trait Command: Serialize + DeserializeOwned + Into<Request> {
 pub trait LiveMesh: Send + std::marker::Sync {
     /// The QUIC address the daemon listens on.
     fn listen_addr(&self) -> Option<SocketAddr>;
+    /// This node's name (`[node] name`).
+    fn name(&self) -> Option<String>;
     /// The TCP address the daemon's local API listens on, when it serves one.
     fn api_addr(&self) -> Option<SocketAddr>;
     /// UDP bytes sent to peers since the daemon started.

@@ -121,23 +121,23 @@ pub(super) fn peer_statuses(
 }
 
 /// The documents the peer may read whose state here differs from what it last confirmed, and
-/// the changes in them it lacks (`None` if it never confirmed any: then it lacks them all).
+/// the changes in them it lacks (`None` before the first round with it).
 fn behind(replica: &mut Replica, peer: &Peer) -> (usize, Option<usize>) {
     let session_peer = peer.id.compact();
-    let (mut documents, mut changes, mut ever_synced) = (0, 0, false);
+    let (mut documents, mut changes) = (0, 0);
     for doc in replica.doc_ids() {
         if !peer.access.may_read(&doc, &peer.id) {
             continue;
         }
         let shared = replica.shared_heads(&session_peer, &doc).ok().flatten();
-        ever_synced |= shared.is_some();
         if shared.as_deref() == Some(replica.heads(&doc).as_slice()) {
             continue;
         }
         documents += 1;
-        if let Some(shared) = shared {
-            changes += SyncStore::hashes_since(replica, &doc, &shared).len();
+        if peer.last_sync.is_some() {
+            let confirmed = shared.unwrap_or_default();
+            changes += SyncStore::hashes_since(replica, &doc, &confirmed).len();
         }
     }
-    (documents, ever_synced.then_some(changes))
+    (documents, peer.last_sync.map(|_| changes))
 }

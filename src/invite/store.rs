@@ -19,6 +19,16 @@ pub struct Invite {
     pub used: Option<Used>,
 }
 
+/// An invite a join presented validly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeemed {
+    /// Used now, by this joiner.
+    First(Invite),
+    /// Used before by the same joiner, which asks again (its answer was lost): whatever was
+    /// decided then stands.
+    Again(Invite),
+}
+
 /// Who used an invite, and when (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Used {
@@ -100,8 +110,9 @@ impl Invites {
     }
 
     /// Uses invite `id` for `joiner`, whose node id TLS proved, if `presented` proves the
-    /// secret and the invite is neither used nor expired. Marked used (and flushed) before it
-    /// returns, atomically: of two joiners racing with one ticket, one wins.
+    /// secret and the invite is neither expired nor used by another node. Marked used (and
+    /// flushed) before it returns, atomically: of two joiners racing with one ticket, one
+    /// wins. The node that used it may present it again and is answered the same.
     pub fn redeem(
         &self,
         id: InviteId,
@@ -109,7 +120,7 @@ impl Invites {
         joiner: NodeId,
         inviter: NodeId,
         now: u64,
-    ) -> Result<Result<Invite, Refusal>, InviteError> {
+    ) -> Result<Result<Redeemed, Refusal>, InviteError> {
         loop {
             let Some(stored) = self.tree.get(id.0)? else {
                 return Ok(Err(Refusal::Unknown));
@@ -118,8 +129,11 @@ impl Invites {
             if !proof_matches(&proof(&invite.secret, id, joiner, inviter), presented) {
                 return Ok(Err(Refusal::BadProof));
             }
-            if let Some(used) = &invite.used {
-                return Ok(Err(Refusal::Used { by: used.by }));
+            match &invite.used {
+                // The same node asking again (its first answer was lost): the same answer.
+                Some(used) if used.by == joiner => return Ok(Ok(Redeemed::Again(invite))),
+                Some(used) => return Ok(Err(Refusal::Used { by: used.by })),
+                None => {}
             }
             if invite.expires <= now {
                 let ago = std::time::Duration::from_secs(now - invite.expires);
@@ -138,7 +152,7 @@ impl Invites {
                     .compare_and_swap(id.0, Some(stored), Some(serde_json::to_vec(&used)?))?;
             if swapped.is_ok() {
                 self.tree.flush()?;
-                return Ok(Ok(used));
+                return Ok(Ok(Redeemed::First(used)));
             }
         }
     }
@@ -170,8 +184,18 @@ mod tests {
         assert!(invites.any_open(1_000).unwrap());
         let shown = proof(&secret, id, joiner, inviter);
         let used = invites.redeem(id, &shown, joiner, inviter, 1_000).unwrap();
-        assert_eq!(used.unwrap().used.unwrap().by, joiner);
-        let again = invites.redeem(id, &shown, joiner, inviter, 1_001).unwrap();
+        let Ok(Redeemed::First(used)) = used else {
+            panic!("{used:?}")
+        };
+        assert_eq!(used.used.unwrap().by, joiner);
+        let retried = invites.redeem(id, &shown, joiner, inviter, 1_001).unwrap();
+        assert!(
+            matches!(retried, Ok(Redeemed::Again(_))),
+            "the same joiner asking again: {retried:?}"
+        );
+        let other = NodeId::from_public_key(b"other");
+        let theirs = proof(&secret, id, other, inviter);
+        let again = invites.redeem(id, &theirs, other, inviter, 1_001).unwrap();
         assert_eq!(again, Err(Refusal::Used { by: joiner }));
         assert!(!invites.any_open(1_000).unwrap());
     }

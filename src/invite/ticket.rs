@@ -44,6 +44,8 @@ pub struct Ticket {
     pub secret: InviteSecret,
     /// Unix seconds after which the inviter refuses the ticket.
     pub expires: u64,
+    /// The inviter's own name (`[node] name`), the joiner's name for it unless told otherwise.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +69,7 @@ struct Wire {
     invite: InviteId,
     secret: InviteSecret,
     expires: u64,
+    name: Option<String>,
 }
 
 const VERSION: u8 = 1;
@@ -80,6 +83,7 @@ impl Ticket {
             invite: self.invite,
             secret: self.secret.clone(),
             expires: self.expires,
+            name: self.name.clone(),
         };
         // Serializing plain owned data into a Vec cannot fail.
         let mut bytes = postcard::to_allocvec(&wire).unwrap_or_default();
@@ -118,6 +122,7 @@ impl Ticket {
             invite: wire.invite,
             secret: wire.secret,
             expires: wire.expires,
+            name: wire.name,
         })
     }
 }
@@ -152,6 +157,7 @@ mod tests {
             invite: InviteId([7; 8]),
             secret: InviteSecret([9; 32]),
             expires: 1_900_000_000,
+            name: Some("nas".into()),
         }
     }
 

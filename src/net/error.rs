@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use super::close::CloseCode;
 use crate::model::NodeId;
 
 /// Longest peer-supplied close reason we repeat, in characters.
@@ -68,6 +69,17 @@ impl NetError {
 }
 
 impl NetError {
+    /// Whether the peer closed this connection only because another one between the two
+    /// nodes won (a simultaneous dial, or a reconnect): nothing is wrong with the address.
+    pub fn is_dial_race(&self) -> bool {
+        matches!(self, NetError::Connection {
+            source: quinn::ConnectionError::ApplicationClosed(close),
+            ..
+        } if [CloseCode::Duplicate, CloseCode::Replaced]
+            .iter()
+            .any(|code| close.error_code == (*code as u32).into()))
+    }
+
     /// Why a dial failed, in the words `meshd status` shows under the peer: what it means and
     /// what to check.
     pub fn dial_reason(&self) -> String {

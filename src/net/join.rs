@@ -43,8 +43,6 @@ pub enum JoinReply {
     Accepted {
         /// What the joiner may read and write at the inviter.
         access: Access,
-        /// The inviter's own name, a suggestion for the joiner's peer list.
-        name: Option<String>,
     },
     Refused {
         reason: String,
@@ -61,13 +59,13 @@ pub enum JoinError {
     Exchange(String),
 }
 
-/// Joins: dials the ticket's addresses in order, proves the ticket, returns the reply's
-/// access and name.
+/// Joins: dials the ticket's addresses in order, proves the ticket, returns what this node
+/// may do at the inviter.
 pub async fn join(
     endpoint: &Endpoint,
     ticket: &Ticket,
     mut request: JoinRequest,
-) -> Result<(Access, Option<String>), JoinError> {
+) -> Result<Access, JoinError> {
     request.proof = proof(
         &ticket.secret,
         ticket.invite,
@@ -84,7 +82,7 @@ pub async fn join(
             EXCHANGE_TIMEOUT.as_secs()
         ))),
         Ok(Err(e)) => Err(JoinError::Exchange(e)),
-        Ok(Ok(JoinReply::Accepted { access, name })) => Ok((access, name)),
+        Ok(Ok(JoinReply::Accepted { access })) => Ok(access),
         Ok(Ok(JoinReply::Refused { reason })) => Err(JoinError::Refused(printable(&reason))),
     }
 }

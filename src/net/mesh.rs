@@ -20,7 +20,7 @@ use super::join::{self, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
 use super::tls::MISDIALED;
 use super::NetError;
-use crate::invite::Ticket;
+use crate::invite::{Redeemed, Ticket};
 use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{
@@ -208,6 +208,11 @@ impl Mesh {
         CloseCode::Shutdown.close_endpoint(self.endpoint.quic(), "node shutting down");
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.endpoint.quic().wait_idle()).await;
+    }
+
+    /// This node's name (`[node] name`).
+    pub fn name(&self) -> Option<String> {
+        self.config.name.clone()
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -467,7 +472,20 @@ impl Mesh {
             unix_now(),
         );
         let invite = match redeemed {
-            Ok(Ok(invite)) => invite,
+            Ok(Ok(Redeemed::First(invite))) => invite,
+            Ok(Ok(Redeemed::Again(_))) => {
+                // Decided already: what the operator changed since (access, removal) stands.
+                return match self.peers.get(&joiner).ok().flatten() {
+                    Some(peer) => JoinReply::Accepted {
+                        access: peer.access,
+                    },
+                    None => JoinReply::Refused {
+                        reason: "this node used this ticket before and was removed from the \
+                                 inviting node's peers since; ask for a new ticket"
+                            .into(),
+                    },
+                };
+            }
             Ok(Err(refusal)) => {
                 return JoinReply::Refused {
                     reason: refusal.to_string(),
@@ -501,7 +519,6 @@ impl Mesh {
         tracing::info!(peer = %peer.label(), id = %joiner, addresses = ?peer.addresses, "a node joined with an invite");
         JoinReply::Accepted {
             access: invite.access,
-            name: self.config.name.clone(),
         }
     }
 
@@ -516,7 +533,7 @@ impl Mesh {
 
     /// Joins the node that made `ticket`, granting it `access` here. The inviter is in the
     /// peer list (and pinned) while the exchange runs, so that its first connection back is
-    /// taken; it is removed again if the join fails. Returns the inviter as added.
+    /// taken; it is put back as it was if the join fails. Returns the inviter as added.
     pub async fn join(
         self: &Arc<Self>,
         ticket: &Ticket,
@@ -526,12 +543,14 @@ impl Mesh {
         let known = self.peers.get(&ticket.inviter).ok().flatten();
         let peer = Peer {
             id: ticket.inviter,
-            name: name.clone(),
+            name: name
+                .or_else(|| known.as_ref().and_then(|p| p.name.clone()))
+                .or_else(|| join::suggested_name(ticket.name.clone())),
             addresses: ticket.addresses.clone(),
             access,
             last_sync: known.as_ref().and_then(|p| p.last_sync),
         };
-        let add = tokio::task::block_in_place(|| self.peers.add(&self.own, peer.clone()));
+        let add = tokio::task::block_in_place(|| self.add_peer_named_if_free(peer.clone()));
         add.map_err(|e| JoinError::Refused(format!("cannot add the inviting node here: {e}")))?;
         self.endpoint.pins().allow(ticket.inviter);
         let request = JoinRequest {
@@ -541,34 +560,27 @@ impl Mesh {
             addresses: Vec::new(),
             name: self.config.name.clone(),
         };
-        match join::join(&self.endpoint, ticket, request).await {
-            Ok((granted, offered_name)) => {
-                let named = match (name, join::suggested_name(offered_name)) {
-                    (None, Some(offered)) => {
-                        let renamed = Peer {
-                            name: Some(offered),
-                            ..peer.clone()
-                        };
-                        tokio::task::block_in_place(|| self.add_peer_named_if_free(renamed)).ok();
-                        self.peers.get(&peer.id).ok().flatten().unwrap_or(peer)
-                    }
-                    _ => peer,
-                };
-                self.peers_changed();
-                Ok((named, granted))
-            }
-            Err(e) => {
-                let restore = tokio::task::block_in_place(|| match known {
-                    Some(known) => self.peers.add(&self.own, known).map(|_| ()),
-                    None => self.peers.remove(&ticket.inviter.to_string()).map(|_| ()),
-                });
-                if let Err(undo) = restore {
-                    tracing::error!("cannot undo the half-made pairing with {}: {undo}; remove it with `meshd peers rm`", ticket.inviter);
-                }
-                self.peers_changed();
-                Err(e)
+        let joined = join::join(&self.endpoint, ticket, request).await;
+        if joined.is_err() {
+            let restore = tokio::task::block_in_place(|| match known {
+                Some(known) => self.peers.add(&self.own, known).map(|_| ()),
+                None => self.peers.remove(&ticket.inviter.to_string()).map(|_| ()),
+            });
+            if let Err(undo) = restore {
+                tracing::error!(
+                    "cannot undo the half-made pairing with {}: {undo}; remove it with `meshd peers rm`",
+                    ticket.inviter
+                );
             }
         }
+        self.peers_changed();
+        let added = self
+            .peers
+            .get(&ticket.inviter)
+            .ok()
+            .flatten()
+            .unwrap_or(peer);
+        Ok((added, joined?))
     }
 
     async fn dial_loop(self: Arc<Self>, peer: NodeId) {
@@ -625,6 +637,10 @@ impl Mesh {
                     Ok(Ok((connection, _))) => {
                         lock(&self.unreachable).remove(&peer);
                         return Some(connection);
+                    }
+                    Ok(Err(e)) if e.is_dial_race() => {
+                        lock(&self.unreachable).remove(&peer);
+                        return None;
                     }
                     Ok(Err(e)) => e.dial_reason(),
                     Err(_) => TIMED_OUT.to_string(),
