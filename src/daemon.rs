@@ -83,6 +83,8 @@ pub struct Node {
     search: Arc<Searcher>,
     /// The links to peers, once the endpoint is up.
     mesh: OnceLock<Arc<Mesh>>,
+    /// Where the local API listens, once it does.
+    api_addr: OnceLock<SocketAddr>,
     identity: Identity,
     lifecycle: Lifecycle,
     /// `meshd run --repair`: the store opened from what is intact, and this node's own scope
@@ -121,6 +123,7 @@ impl Node {
             views: OnceLock::new(),
             search,
             mesh: OnceLock::new(),
+            api_addr: OnceLock::new(),
             identity,
             lifecycle: Lifecycle {
                 tasks: TaskTracker::new(),
@@ -151,6 +154,7 @@ impl Node {
             mesh: self.mesh.get().map(|mesh| {
                 Arc::new(RunningMesh {
                     mesh: mesh.clone(),
+                    api_addr: self.api_addr.get().copied(),
                     runtime: tokio::runtime::Handle::current(),
                 }) as Arc<dyn LiveMesh>
             }),
@@ -224,12 +228,17 @@ impl Node {
 /// The running mesh as control commands see it.
 struct RunningMesh {
     mesh: Arc<Mesh>,
+    api_addr: Option<SocketAddr>,
     runtime: tokio::runtime::Handle,
 }
 
 impl LiveMesh for RunningMesh {
     fn listen_addr(&self) -> Option<SocketAddr> {
         self.mesh.local_addr()
+    }
+
+    fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     fn bytes_sent(&self) -> u64 {
@@ -530,10 +539,11 @@ async fn start_api(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(),
             addr: addr.to_string(),
             source,
         })?;
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = listener.local_addr();
+    if let Ok(addr) = local {
+        let _ = node.api_addr.set(addr);
+    }
+    let local = local.map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(api = %local, "local API listening");
     let hook = node.clone();
     let state = ApiState::new(node.replica.clone(), settings)

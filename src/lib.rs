@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod follow;
 pub mod invite;
 pub mod mcp;

@@ -6,6 +6,7 @@ mod bridge;
 mod cache;
 mod daemon;
 mod doc;
+mod doctor;
 mod invite;
 mod mcp;
 mod mem;
@@ -68,6 +69,9 @@ enum Command {
     Run(daemon::RunArgs),
     /// Show the node, its store and its peers
     Status(daemon::StatusArgs),
+    /// Check the node (home permissions, store, free space, clock, ports, peers, OpenClaw
+    /// wiring) and print each problem with its fix; exit status 1 when a check fails
+    Doctor(doctor::DoctorArgs),
     /// Run a sync round with connected peers now and wait for it
     Sync(daemon::SyncArgs),
     /// Work with the Automerge documents themselves
@@ -116,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(meshd::demo::run(&exe)?)
         }
         Command::Status(args) => daemon::status(&home, args),
+        Command::Doctor(args) => doctor::run(&home, args),
         Command::Sync(args) => daemon::sync(&home, args),
         Command::Bridge(command) => bridge::run(&home, command),
         Command::Store(command) => store::run(&home, command),
@@ -194,7 +199,7 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
 /// starting (its socket appears a moment later) or another command.
 const STORE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> {
+pub fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> {
     let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
     loop {
         if let Some(response) = socket::send(&home.control_socket_path(), &request)? {

@@ -30,8 +30,7 @@ pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
         return Err(ConfigError::AlreadyInitialised(home.dir.clone()).into());
     }
     let name = args.name.unwrap_or_else(default_name);
-    std::fs::create_dir_all(&home.dir)
-        .with_context(|| format!("cannot create {}", home.dir.display()))?;
+    create_home(&home.dir)?;
     let identity = Identity::generate()?;
     identity.save(&home.key_path(), &home.cert_path())?;
     Replica::open(&home.store_path(), &identity.node_id.compact())?;
@@ -42,6 +41,19 @@ pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
         "created node '{name}' in {}\nstart it with `meshd run`, then pair: `meshd invite` here and `meshd join TICKET` on the other node (or `meshd peers add` with the id above on both)",
         home.dir.display()
     );
+    Ok(())
+}
+
+/// Creates the home private to its user (0700): it holds the store and the node's key. A
+/// directory that exists already (a service manager's, say) keeps its mode.
+fn create_home(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let existed = dir.exists();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if !existed {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod backup;
 mod bridge;
 mod cache;
 mod doc;
+mod doctor;
 mod invite;
 mod mem;
 mod peers;
@@ -38,6 +39,7 @@ pub use backup::{Backup, BackupReport, Restore};
 pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
+pub use doctor::Doctor;
 pub use invite::{Invite, InviteMade, Join};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
 pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
@@ -119,6 +121,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn listen_addr(&self) -> Option<SocketAddr>;
     /// This node's name (`[node] name`).
     fn name(&self) -> Option<String>;
+    /// The TCP address the daemon's local API listens on, when it serves one.
+    fn api_addr(&self) -> Option<SocketAddr>;
     /// UDP bytes sent to peers since the daemon started.
     fn bytes_sent(&self) -> u64;
     fn is_connected(&self, peer: &NodeId) -> bool;

@@ -25,6 +25,17 @@ pub enum ControlError {
 
 /// Sends one request to a running daemon. `Ok(None)` when no daemon listens there.
 pub fn send(path: &Path, request: &Request) -> Result<Option<Reply>, ControlError> {
+    send_within(path, request, None)
+}
+
+/// `send`, giving up after `patience` without an answer (an `Io` error of kind `TimedOut`
+/// or `WouldBlock`): for `meshd doctor`, which must say that a daemon is stuck rather than
+/// wait with it.
+pub fn send_within(
+    path: &Path,
+    request: &Request,
+    patience: Option<std::time::Duration>,
+) -> Result<Option<Reply>, ControlError> {
     let io_error = |source| ControlError::Io {
         path: path.display().to_string(),
         source,
@@ -33,6 +44,7 @@ pub fn send(path: &Path, request: &Request) -> Result<Option<Reply>, ControlErro
         Ok(stream) => stream,
         Err(_) => return Ok(None),
     };
+    stream.set_read_timeout(patience).map_err(io_error)?;
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
     // A daemon that refuses a request answers before it stops reading: read its answer even

@@ -169,6 +169,7 @@ fn samples(node: &Node) -> Vec<Request> {
             write: None,
         }
         .into(),
+        Doctor::default().into(),
     ]
 }
 
@@ -247,6 +248,7 @@ fn position(request: &Request) -> usize {
         Request::Search(_) => 24,
         Request::Invite(_) => 25,
         Request::Join(_) => 26,
+        Request::Doctor(_) => 27,
     }
 }
 

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    backup, bridge, cache, doc, invite, mem, peers, search, skill, status, store, sync, Command,
-    CommandError, Context, Effects,
+    backup, bridge, cache, doc, doctor, invite, mem, peers, search, skill, status, store, sync,
+    Command, CommandError, Context, Effects,
 };
 
 /// A command's reply as it travels: its own reply as JSON, or why there is none.
@@ -80,6 +80,7 @@ command_set! {
     Restore => backup::Restore,
     DocImport => doc::DocImport,
     Search => search::Search,
+    Doctor => doctor::Doctor,
 }
 
 fn encode<T: Serialize>(reply: Result<T, CommandError>) -> Reply {

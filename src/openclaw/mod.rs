@@ -304,6 +304,22 @@ pub fn setup(
     })
 }
 
+/// What `setup` would change in `<openclaw_home>/openclaw.json`, changing nothing: the file
+/// (symlinks resolved) and the changes, none when it is wired; `None` when there is no file
+/// (`meshd doctor`).
+pub fn pending_changes(
+    openclaw_home: &Path,
+    wiring: &Wiring,
+) -> Result<Option<(PathBuf, Vec<Change>)>, OpenclawError> {
+    let openclaw_home = resolve_openclaw_home(openclaw_home)?;
+    let path = config_path(&openclaw_home)?;
+    let Some(existing) = file::read(&path)? else {
+        return Ok(None);
+    };
+    let plan = plan(&path, &existing.text, wiring)?;
+    Ok(Some((path, plan.changes)))
+}
+
 /// The configuration file; a symlink is followed, so the rename replaces its target and the
 /// link stays.
 fn config_path(openclaw_home: &Path) -> Result<PathBuf, OpenclawError> {

@@ -332,6 +332,13 @@ impl Replica {
 
     /// Compares the store with the integrity record; `LostWrites` names what is missing.
     pub(super) fn check_integrity(&mut self) -> Result<()> {
+        self.verify_integrity().map(drop)
+    }
+
+    /// Compares the store with the integrity record now, as opening does (`meshd doctor`
+    /// asks a running daemon this way); returns when the record was written (Unix
+    /// milliseconds), `None` when there is no record yet.
+    pub fn verify_integrity(&mut self) -> Result<Option<u64>> {
         let record = self
             .integrity
             .load()
@@ -340,14 +347,14 @@ impl Replica {
                 detail: format!("the integrity record cannot be read ({error})"),
             })?;
         let Some(record) = record else {
-            return Ok(());
+            return Ok(None);
         };
         let mut shortfalls = Vec::new();
         for (name, recorded) in &record.docs {
             shortfalls.extend(self.shortfall(name, recorded)?);
         }
         if shortfalls.is_empty() {
-            return Ok(());
+            return Ok(Some(record.written_at_ms));
         }
         Err(ReplicaError::LostWrites {
             path: self.store_path.clone(),

@@ -175,6 +175,42 @@ pub fn live_skills(tree: &sled::Tree) -> Result<Vec<Skill>> {
     Ok(skills)
 }
 
+/// The latest stamp of any version the index holds (tombstones and concurrent versions
+/// included), with the entry's label (`mesh:key`, `skill triage`): a scan of every entry.
+pub fn newest_stamp(tree: &sled::Tree) -> Result<Option<(String, Stamp)>> {
+    let mut newest: Option<(String, Stamp)> = None;
+    for item in tree.scan_prefix(ENTRY) {
+        let (sled_key, bytes) = item?;
+        let rest = &sled_key[ENTRY.len()..];
+        let split = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(damaged_entry)?;
+        let (doc, name) = (&rest[..split], &rest[split + 1..]);
+        let name = std::str::from_utf8(name).map_err(|_| damaged_entry())?;
+        let (label, stamps) = match doc_of(doc) {
+            Some(DocId::Memory(scope)) => {
+                let versions = decode_memory(&scope, name, &bytes)?;
+                let stamps: Vec<Stamp> = versions.iter().map(|v| v.updated_at).collect();
+                (format!("{scope}:{name}"), stamps)
+            }
+            Some(DocId::Skills) => {
+                let versions: Vec<Skill> =
+                    serde_json::from_slice(&bytes).map_err(|_| damaged_entry())?;
+                let stamps = versions.iter().map(|v| v.updated_at).collect();
+                (format!("skill {name}"), stamps)
+            }
+            None => continue,
+        };
+        if let Some(stamp) = stamps.into_iter().max() {
+            if newest.as_ref().is_none_or(|(_, best)| stamp > *best) {
+                newest = Some((label, stamp));
+            }
+        }
+    }
+    Ok(newest)
+}
+
 fn decode_memory(scope: &Scope, key: &str, bytes: &[u8]) -> Result<Vec<MemoryEntry>> {
     let versions: Vec<IndexedVersion> =
         serde_json::from_slice(bytes).map_err(|_| damaged_entry())?;

@@ -75,6 +75,13 @@ impl Replica {
         ))
     }
 
+    /// Reads a document from the store and parses it, without keeping it (`meshd doctor`:
+    /// every stored document loads). A document already in memory is read from disk anyway:
+    /// what is checked is the stored bytes. Peak memory is that one document.
+    pub fn verify_stored(&mut self, doc: &DocId) -> Result<()> {
+        self.read_stored(doc).map(drop)
+    }
+
     fn read_stored(&mut self, doc: &DocId) -> Result<DocState> {
         let name = doc.name();
         let stored = self

@@ -494,6 +494,12 @@ impl Replica {
             .unwrap_or_default()
     }
 
+    /// The latest stamp any version in the store carries, with its entry's label (`meshd
+    /// doctor` compares it with the clock). Reads every entry of the index.
+    pub fn newest_stamp(&self) -> Result<Option<(String, Stamp)>> {
+        index::newest_stamp(self.storage.tree()?)
+    }
+
     /// Every document with its heads.
     pub fn all_heads(&self) -> BTreeMap<DocId, Vec<ChangeHash>> {
         self.summaries

@@ -742,3 +742,24 @@ fn a_refused_write_in_a_group_fails_alone() {
         assert!(r.get_memory(&Scope::Mesh, "k2").unwrap().is_some());
     });
 }
+
+#[test]
+fn doctor_finds_the_newest_stamp_and_checks_the_record_and_documents_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let millis = Arc::new(AtomicU64::new(1_000_000));
+    let mut r = Replica::open_with_clock(dir.path(), "n1", fixed_clock(millis.clone())).unwrap();
+    assert_eq!(r.newest_stamp().unwrap(), None);
+    assert_eq!(r.verify_integrity().unwrap(), None);
+    r.put_skill(skill("triage", "steps")).unwrap();
+    millis.store(2_000_000, Ordering::SeqCst);
+    let entry = r.put_memory(&Scope::Mesh, "a", json!(1)).unwrap();
+    // Memory is scanned before skills: the newest is found, not the last one read.
+    let (label, stamp) = r.newest_stamp().unwrap().unwrap();
+    assert_eq!((label.as_str(), stamp), ("mesh:a", entry.updated_at));
+    assert_eq!(stamp.unix_millis(), 2_000_000);
+    r.flush().unwrap();
+    assert!(r.verify_integrity().unwrap().is_some());
+    for doc in r.doc_ids() {
+        r.verify_stored(&doc).unwrap();
+    }
+}
