@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod follow;
 pub mod mcp;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod openclaw;

@@ -46,6 +46,9 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Documents the peer may read whose state here differs from what it last confirmed.
     pub documents_behind: usize,
+    /// UDP bytes sent to the peer since the daemon started; 0 without the daemon.
+    #[serde(default)]
+    pub bytes_sent: u64,
     /// The latest time this node refused the peer's changes since the daemon started (a
     /// clock running ahead, or a document it may not write); `None` without the daemon.
     pub refused: Option<PeerRefusal>,
@@ -96,6 +99,7 @@ pub(super) fn peer_statuses(
             refused: node.mesh.as_ref().and_then(|m| m.last_refusal(&peer.id)),
             link_failure: node.mesh.as_ref().and_then(|m| m.link_failure(&peer.id)),
             documents_behind: documents_behind(replica, &peer),
+            bytes_sent: node.mesh.as_ref().map_or(0, |m| m.bytes_sent_to(&peer.id)),
             peer,
         })
         .collect()

@@ -17,6 +17,7 @@ use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::link::{self, LinkCommand, LinkHost};
 use super::NetError;
+use crate::metrics::{Metrics, Refusal};
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{LinkFailure, Peer, PeerRefusal, PeerStore};
 use crate::replica::{Replica, SharedReplica};
@@ -44,6 +45,8 @@ pub struct MeshConfig {
     /// Accept this node's own node scope from peers, which no peer may write otherwise: a
     /// node repairing its store takes it back (`meshd run --repair`).
     pub accept_own_scope: bool,
+    /// Where sync rounds and refusals are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for MeshConfig {
@@ -52,6 +55,7 @@ impl Default for MeshConfig {
             anti_entropy: Duration::from_secs(30),
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             accept_own_scope: false,
+            metrics: Arc::default(),
         }
     }
 }
@@ -74,8 +78,9 @@ pub struct Mesh {
     dialers: Mutex<HashMap<NodeId, JoinHandle<()>>>,
     link_closed: Notify,
     serial: AtomicU64,
-    /// UDP bytes sent over links that have closed since.
-    closed_bytes_sent: AtomicU64,
+    /// UDP bytes sent to each peer over links that have closed since; a leaf lock, changed
+    /// only under `links`, so that a link's bytes move from open to closed in one step.
+    closed_bytes_sent: Mutex<HashMap<NodeId, u64>>,
     /// The heads last pushed to peers, per document: the next push sends what came after.
     published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
     on_change: Box<dyn Fn() + Send + Sync>,
@@ -133,7 +138,7 @@ impl Mesh {
             dialers: Mutex::new(HashMap::new()),
             link_closed: Notify::new(),
             serial: AtomicU64::new(0),
-            closed_bytes_sent: AtomicU64::new(0),
+            closed_bytes_sent: Mutex::new(HashMap::new()),
             published: Mutex::new(published),
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
@@ -219,11 +224,27 @@ impl Mesh {
 
     /// UDP bytes this node has sent to peers since it started: what sync costs on the wire.
     pub fn bytes_sent(&self) -> u64 {
-        let open: u64 = lock(&self.links)
-            .values()
+        let links = lock(&self.links);
+        let open: u64 = (links.values())
             .map(|entry| entry.connection.stats().udp_tx.bytes)
             .sum();
-        open + self.closed_bytes_sent.load(Ordering::Relaxed)
+        open + lock(&self.closed_bytes_sent).values().sum::<u64>()
+    }
+
+    /// UDP bytes this node has sent to `peer` since it started.
+    pub fn bytes_sent_to(&self, peer: &NodeId) -> u64 {
+        let links = lock(&self.links);
+        let open = (links.get(peer)).map_or(0, |entry| entry.connection.stats().udp_tx.bytes);
+        open + lock(&self.closed_bytes_sent)
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Moves a closing link's bytes to the closed ones; call it holding `links`.
+    fn count_closed(&self, peer: NodeId, connection: &quinn::Connection) {
+        let sent = connection.stats().udp_tx.bytes;
+        *lock(&self.closed_bytes_sent).entry(peer).or_default() += sent;
     }
 
     /// Pushes whatever changed locally since the last push to every connected peer.
@@ -287,6 +308,9 @@ impl Mesh {
                 match endpoint::accept(&mesh.endpoint, incoming).await {
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
                     Err(e) => {
+                        if matches!(e, NetError::NotAllowed { .. }) {
+                            mesh.config.metrics.refused(Refusal::UnknownNode);
+                        }
                         mesh.log_refused(&e);
                         mesh.record_refused();
                     }
@@ -435,8 +459,7 @@ impl Mesh {
         let mut links = lock(&self.links);
         if links.get(&peer).is_some_and(|e| e.serial == serial) {
             if let Some(entry) = links.remove(&peer) {
-                let sent = entry.connection.stats().udp_tx.bytes;
-                self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                self.count_closed(peer, &entry.connection);
             }
         }
         drop(links);
@@ -485,8 +508,7 @@ impl Mesh {
             }
         }
         if let Some(replaced) = links.insert(peer, entry) {
-            let sent = replaced.connection.stats().udp_tx.bytes;
-            self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+            self.count_closed(peer, &replaced.connection);
             CloseCode::Replaced.close(&replaced.connection, "replaced by a newer connection");
         }
         true
@@ -537,6 +559,7 @@ impl LinkHost for Mesh {
         if refusal.by_peer {
             return;
         }
+        (self.config.metrics).refused(Refusal::of_changes(&refusal.reason));
         let last = PeerRefusal {
             at: unix_now(),
             doc: refusal.doc.clone(),
@@ -547,6 +570,7 @@ impl LinkHost for Mesh {
 
     fn round_done(&self, peer: NodeId, took: Duration) {
         tracing::debug!(%peer, ms = took.as_millis() as u64, "sync round complete");
+        self.config.metrics.sync_round(peer);
         let stable = lock(&self.links)
             .get(&peer)
             .is_some_and(|link| link.since.elapsed() >= STABLE_LINK);
