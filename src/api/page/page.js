@@ -178,6 +178,7 @@ async function openSkill(name) {
 function showEntries(entries) {
   const rows = $("entry-rows");
   rows.replaceChildren();
+  $("no-entries").hidden = entries.length > 0;
   for (const entry of entries) {
     const key = openButton(entry.key, () => openEntry(entry.scope, entry.key));
     const tr = row([entry.scope, key, el("div", shown(entry.value), "value mono"), entry.node_id,
@@ -190,6 +191,7 @@ function showEntries(entries) {
 function showSkills(skills) {
   const rows = $("skill-rows");
   rows.replaceChildren();
+  $("no-skills").hidden = skills.length > 0;
   for (const skill of skills) {
     rows.append(row([openButton(skill.name, () => openSkill(skill.name)), skill.source_node,
       time(skill.updated_at)]));
