@@ -55,6 +55,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every kind: each has a series from the start, at 0, so that a rate is defined before
+    /// the first refusal.
+    const ALL: [Refusal; 5] = [
+        Refusal::MayNotWrite,
+        Refusal::ClockAhead,
+        Refusal::ReadOnly,
+        Refusal::Other,
+        Refusal::UnknownNode,
+    ];
+
     /// The kind of a refusal of a peer's changes, from the reason the session gives it (the
     /// sync protocol carries reasons as words; `tests` pins each one to its source).
     pub fn of_changes(reason: &str) -> Refusal {
@@ -127,6 +137,11 @@ impl Metrics {
             "Sync rounds completed with each peer",
             rounds,
         );
+        for reason in Refusal::ALL {
+            self.refusals
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
+        }
         registry.register(
             "refusals",
             "Peer changes refused and connections refused at the handshake, by reason",
@@ -197,6 +212,10 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.matches("meshd_sync_rounds_total{").count(), 1, "{out}");
+        assert!(
+            out.contains("meshd_refusals_total{reason=\"clock_ahead\"} 0\n"),
+            "every reason from the start: {out}"
+        );
         assert!(
             out.contains("meshd_refusals_total{reason=\"unknown_node\"} 1\n"),
             "{out}"

@@ -1,7 +1,8 @@
 //! A real headless Chromium, a real `meshd run`, and a hostile page from another loopback
 //! origin: the page tries to write a skill (a no-cors text/plain POST, a body without a type,
 //! a JSON PUT) and to read memory (cross-origin, and through a name that resolves to
-//! 127.0.0.1 as DNS rebinding makes it), then writes what it saw into its DOM.
+//! 127.0.0.1 as DNS rebinding makes it), then writes what it saw into its DOM. The node's
+//! status page, loaded the same way, shows the node, its peer and its store's text as text.
 //!
 //! Skipped, with a message, when `chromium` is not installed, unless `CI` is set: CI installs
 //! it (.ci/run), so there a missing browser is a failure.
