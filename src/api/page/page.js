@@ -5,6 +5,8 @@
 
 const TOKEN_KEY = "meshd.api.token";
 const REFRESH_MS = 5000;
+// The lists are read whole from the store's index: less often than the status.
+const LISTS_EVERY = 6;
 const LATEST = 50;
 const SHOWN_VALUE_CHARS = 200;
 
@@ -226,20 +228,24 @@ function handle(error) {
   }
 }
 
+let refreshes = 0;
+
 async function refresh() {
+  const withLists = refreshes % LISTS_EVERY === 0;
   try {
     const [status, entries, skills] = await Promise.all([
       api("/mesh/status"),
-      api("/mesh/memory?limit=" + LATEST),
-      api("/mesh/skills"),
+      withLists ? api("/mesh/memory?limit=" + LATEST) : null,
+      withLists ? api("/mesh/skills") : null,
     ]);
+    refreshes += 1;
     $("login").hidden = true;
     $("main").hidden = false;
     showError(null);
     showNode(status);
     showPeers(status.peers);
-    showEntries(entries);
-    showSkills(skills);
+    if (entries) showEntries(entries);
+    if (skills) showSkills(skills);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     return true;
   } catch (error) {
