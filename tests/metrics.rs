@@ -130,6 +130,23 @@ fn counters_follow_writes_sync_rounds_and_refusals() {
             &[("reason", "may_not_write")],
         ) >= 1.0
     });
+
+    // A node A never added dials it: refused at the handshake, counted, and given no series.
+    let (stranger, _) = TestNode::init_listening("stranger");
+    stranger.run(&["peers", "add", &a.id(), &a_addr]).ok();
+    let _ds = stranger.start();
+    wait_until("A counts the stranger", || {
+        sample(
+            &scrape(&api),
+            "meshd_refusals_total",
+            &[("reason", "unknown_node")],
+        ) >= 1.0
+    });
+    let last = scrape(&api);
+    let peers: std::collections::BTreeSet<&str> = (last.samples.iter())
+        .filter_map(|s| s.labels.get("peer"))
+        .collect();
+    assert_eq!(peers.into_iter().collect::<Vec<_>>(), ["beta"]);
 }
 
 #[test]
