@@ -1,6 +1,8 @@
 //! The local HTTP API (axum): the reference Phase 2 store endpoints over the replica, and
-//! the reference bridge webhook (`POST /ingest`, `POST /bridge`). `router` builds it, `serve`
-//! runs it; the daemon and `meshd api serve` start the same function, with `node_settings`.
+//! the reference bridge webhook (`POST /ingest`, `POST /bridge`); beside them, the node's
+//! status (`GET /mesh/status`), its metrics (`GET /metrics`) and the status page (`GET /` in a
+//! browser). `router` builds it, `serve` runs it; the daemon and `meshd api serve` start the
+//! same function, with `node_settings`.
 
 mod body_type;
 mod browser;
