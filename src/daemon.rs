@@ -17,12 +17,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, ApiError, ApiState};
+use crate::api::{self, ApiError, ApiState, NodeView};
 use crate::cache::{CacheFiles, Change};
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
-use crate::control::{CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut};
+use crate::control::{
+    Command, CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut, Status,
+};
 use crate::invite::Ticket;
+use crate::metrics::Metrics;
 use crate::model::access::Access;
 use crate::model::NodeId;
 use crate::net::endpoint;
@@ -90,6 +93,8 @@ pub struct Node {
     /// `meshd run --repair`: the store opened from what is intact, and this node's own scope
     /// accepted back from its peers.
     repairing: bool,
+    /// The counters `/metrics` serves, shared with the replica and the mesh.
+    metrics: Arc<Metrics>,
 }
 
 /// How `meshd run` was asked to run.
@@ -113,6 +118,8 @@ impl Node {
         replica.set_clock_bound(config.node.clock_bound());
         replica.set_reserve(config.store.reserve());
         replica.set_memory_budget(config.store.memory_budget());
+        let metrics = Arc::new(Metrics::default());
+        replica.set_metrics(metrics.clone());
         let peers = PeerStore::open(replica.db())?;
         let search = Arc::new(Searcher::for_node(home, config)?);
         Ok(Node {
@@ -130,6 +137,7 @@ impl Node {
                 shutdown: CancellationToken::new(),
             },
             repairing: options.repair,
+            metrics,
         })
     }
 
@@ -247,6 +255,10 @@ impl LiveMesh for RunningMesh {
 
     fn name(&self) -> Option<String> {
         self.mesh.name()
+    }
+
+    fn bytes_sent_to(&self, peer: &NodeId) -> u64 {
+        self.mesh.bytes_sent_to(peer)
     }
 
     fn is_connected(&self, peer: &NodeId) -> bool {
@@ -418,6 +430,7 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
         MeshConfig {
             accept_own_scope: node.repairing,
             name: Some(config.node.name.clone()),
+            metrics: node.metrics.clone(),
             ..MeshConfig::default()
         },
         node.lifecycle.clone(),
@@ -545,9 +558,14 @@ async fn start_api(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(),
     }
     let local = local.map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(api = %local, "local API listening");
-    let hook = node.clone();
+    let (hook, viewed) = (node.clone(), node.clone());
+    let view = NodeView::new(
+        move || Status {}.execute(&viewed.context()),
+        node.metrics.clone(),
+    );
     let state = ApiState::new(node.replica.clone(), settings)
         .with_search(node.search.clone())
+        .with_node(view)
         .on_change(move || hook.after_write());
     let shutdown = node.lifecycle.shutdown.clone().cancelled_owned();
     node.lifecycle.tasks.spawn(async move {

@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod follow;
 pub mod invite;
 pub mod mcp;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod openclaw;

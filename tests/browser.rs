@@ -1,7 +1,8 @@
 //! A real headless Chromium, a real `meshd run`, and a hostile page from another loopback
 //! origin: the page tries to write a skill (a no-cors text/plain POST, a body without a type,
 //! a JSON PUT) and to read memory (cross-origin, and through a name that resolves to
-//! 127.0.0.1 as DNS rebinding makes it), then writes what it saw into its DOM.
+//! 127.0.0.1 as DNS rebinding makes it), then writes what it saw into its DOM. The node's
+//! status page, loaded the same way, shows the node, its peer and its store's text as text.
 //!
 //! Skipped, with a message, when `chromium` is not installed, unless `CI` is set: CI installs
 //! it (.ci/run), so there a missing browser is a failure.
@@ -62,6 +63,10 @@ async function attempt(name, url, init) {{
   await attempt("cross_origin_read", api + "/mesh/memory", {{}});
   await attempt("rebound_read", rebound + "/mesh/memory", {{}});
   await attempt("no_cors_read", api + "/mesh/memory", {{mode: "no-cors"}});
+  await attempt("status_read", api + "/mesh/status", {{}});
+  await attempt("metrics_read", api + "/metrics", {{}});
+  await attempt("rebound_status_read", rebound + "/mesh/status", {{}});
+  await attempt("rebound_metrics_read", rebound + "/metrics", {{}});
   document.getElementById("seen").textContent = JSON.stringify(seen);
 }})();
 </script></body></html>"#
@@ -91,6 +96,11 @@ fn serve_page(listener: TcpListener, page: String) {
 
 /// Chromium's DOM after loading `url`, with REBOUND resolving to 127.0.0.1.
 fn dump_dom(chromium: &PathBuf, url: &str) -> String {
+    run_chromium(chromium, url, &["--dump-dom"])
+}
+
+/// Chromium loading `url` with `extra` arguments; what it printed.
+fn run_chromium(chromium: &PathBuf, url: &str, extra: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new(chromium)
         .args([
@@ -105,9 +115,9 @@ fn dump_dom(chromium: &PathBuf, url: &str) -> String {
             "--virtual-time-budget=10000",
             &format!("--host-resolver-rules=MAP {REBOUND} 127.0.0.1"),
             &format!("--user-data-dir={}", profile.path().display()),
-            "--dump-dom",
-            url,
         ])
+        .args(extra)
+        .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -142,9 +152,10 @@ fn json_of(node: &TestNode, args: &[&str]) -> Value {
     serde_json::from_str(&node.run(args).ok()).unwrap()
 }
 
-#[test]
-fn a_hostile_page_can_neither_write_nor_read() {
-    let Some(chromium) = chromium() else {
+/// Chromium, or `None` after saying the test is skipped; under CI a missing browser fails.
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "chromium is not installed, and CI is set: .ci/run must install it"
@@ -152,9 +163,16 @@ fn a_hostile_page_can_neither_write_nor_read() {
         // Straight to stderr: the test harness hides what eprintln! prints for a passing test.
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED a_hostile_page_can_neither_write_nor_read: chromium is not installed \
-             (apt-get install chromium; under CI this fails instead)"
+            "SKIPPED {test}: chromium is not installed (apt-get install chromium; under CI this \
+             fails instead)"
         );
+    }
+    found
+}
+
+#[test]
+fn a_hostile_page_can_neither_write_nor_read() {
+    let Some(chromium) = chromium_or_skip("a_hostile_page_can_neither_write_nor_read") else {
         return;
     };
     let (node, api) = TestNode::init_with_api("target");
@@ -193,7 +211,15 @@ fn a_hostile_page_can_neither_write_nor_read() {
         // Opaque: the browser sent it and hides the answer.
         assert_eq!(seen[attempt]["type"], "opaque", "{attempt}: {seen}");
     }
-    for attempt in ["json_put", "cross_origin_read", "rebound_read"] {
+    for attempt in [
+        "json_put",
+        "cross_origin_read",
+        "rebound_read",
+        "status_read",
+        "metrics_read",
+        "rebound_status_read",
+        "rebound_metrics_read",
+    ] {
         assert!(seen[attempt]["blocked"].is_string(), "{attempt}: {seen}");
     }
     assert!(
@@ -206,4 +232,150 @@ fn a_hostile_page_can_neither_write_nor_read() {
     );
     assert!(rebound_dom.contains("allowed_hosts"), "{rebound_dom}");
     assert_eq!(daemon.stop(), 0);
+}
+
+/// A memory value that runs a script if the page ever inserts store text as HTML.
+const HOSTILE: &str =
+    r#"<img src=x onerror="document.title='pwned';document.body.dataset.pwned=1">"#;
+
+/// The text of the element with `id` in a dumped DOM: from its opening tag to the next `<`.
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+    let start = at + dom[at..].find('>').unwrap() + 1;
+    &dom[start..start + dom[start..].find('<').unwrap()]
+}
+
+fn api_up(api: &str) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    wait_until("the API answers", || {
+        agent.get(format!("http://{api}/health")).call().is_ok()
+    });
+}
+
+#[test]
+fn the_status_page_shows_the_node_its_peers_and_store_text_as_text() {
+    let Some(chromium) =
+        chromium_or_skip("the_status_page_shows_the_node_its_peers_and_store_text_as_text")
+    else {
+        return;
+    };
+    let (node, api) = TestNode::init_with_api("alpha");
+    let (peer, peer_addr) = TestNode::init_listening("beta");
+    let node_addr = {
+        let config = std::fs::read_to_string(node.file("meshd.toml")).unwrap();
+        let line = config.lines().find(|l| l.starts_with("listen")).unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    };
+    let peer_id = peer.id();
+    node.run(&["peers", "add", &peer_id, &peer_addr, "--name", "beta"])
+        .ok();
+    peer.run(&["peers", "add", &node.id(), &node_addr]).ok();
+    let _daemon = node.start();
+    let _peer_daemon = peer.start();
+    api_up(&api);
+    wait_until("the peer is connected", || {
+        json_of(&node, &["status", "--json"])["peers"][0]["connected"] == true
+    });
+    let hostile = serde_json::to_string(HOSTILE).unwrap();
+    node.run(&["mem", "put", "mesh", "hostile", &hostile]).ok();
+    node.run(&[
+        "mem",
+        "put",
+        "mesh",
+        "release",
+        "\"ship the release on friday\"",
+    ])
+    .ok();
+
+    // The fragment asks the page to search; it never reaches the server.
+    let url = format!("http://{api}/#q=friday");
+    let dom = dump_dom(&chromium, &url);
+    let own_id = node.id();
+    assert_eq!(text_of(&dom, "node-id"), own_id, "{dom}");
+    assert!(
+        !dom.contains("<main id=\"main\" hidden"),
+        "the page shows its data: {dom}"
+    );
+    assert!(dom.contains(&format!("data-peer=\"{peer_id}\"")), "{dom}");
+    assert!(dom.contains("<div class=\"peer-name\">beta</div>"), "{dom}");
+    assert!(
+        dom.contains("<span class=\"peer-state up\">connected</span>"),
+        "{dom}"
+    );
+    // The hostile value is listed as its literal text, and nothing of it ran.
+    let escaped = HOSTILE
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert!(
+        dom.contains(&escaped),
+        "the value is not shown as text: {dom}"
+    );
+    assert!(!dom.contains("<img"), "the value became an element: {dom}");
+    assert!(
+        !dom.contains("pwned=\"1\""),
+        "the value's script ran: {dom}"
+    );
+    assert_eq!(text_of(&dom, "node-state"), "running");
+    assert!(
+        dom.contains("<title>meshd</title>"),
+        "the value's script ran: {dom}"
+    );
+    // The search from the fragment found the entry.
+    let hits = &dom[dom.find("id=\"hits\"").unwrap()..];
+    let hits = &hits[..hits.find("</ol>").unwrap()];
+    assert!(hits.contains("mesh : release"), "{hits}");
+    assert!(!hits.contains("hostile"), "{hits}");
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &chromium,
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,1400",
+            "--hide-scrollbars",
+        ],
+    );
+    assert!(shot.is_file(), "no screenshot at {}", shot.display());
+    let _ = writeln!(
+        std::io::stderr(),
+        "status page screenshot: {}",
+        shot.display()
+    );
+}
+
+#[test]
+fn the_status_page_asks_for_the_token_when_the_api_needs_one() {
+    let Some(chromium) =
+        chromium_or_skip("the_status_page_asks_for_the_token_when_the_api_needs_one")
+    else {
+        return;
+    };
+    let (node, api) = TestNode::init_with_api("guarded");
+    let config = node.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[api]\nlisten",
+        "[api]\nbearer_token = \"s3cret-t0ken\"\nlisten",
+    );
+    std::fs::write(&config, text).unwrap();
+    let _daemon = node.start();
+    api_up(&api);
+    node.run(&["mem", "put", "mesh", "plan", &format!("\"{PLAN}\"")])
+        .ok();
+    let dom = dump_dom(&chromium, &format!("http://{api}/"));
+    assert!(
+        dom.contains("<section id=\"login\">"),
+        "the token form is shown: {dom}"
+    );
+    assert!(dom.contains("<main id=\"main\" hidden"), "{dom}");
+    assert!(dom.contains("type=\"password\""), "{dom}");
+    assert_eq!(text_of(&dom, "node-state"), "token needed");
+    assert!(
+        !dom.contains(PLAN),
+        "the page read memory without the token: {dom}"
+    );
 }

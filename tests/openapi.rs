@@ -145,6 +145,8 @@ struct Case {
     method: &'static str,
     path: String,
     body: Option<String>,
+    /// The `Accept` header, when the case sends one.
+    accept: Option<&'static str>,
 }
 
 fn case(route: &'static str, method: &'static str, path: &str, body: Option<&str>) -> Case {
@@ -153,8 +155,19 @@ fn case(route: &'static str, method: &'static str, path: &str, body: Option<&str
         method,
         path: path.to_string(),
         body: body.map(str::to_string),
+        accept: None,
     }
 }
+
+impl Case {
+    fn accepting(mut self, accept: &'static str) -> Case {
+        self.accept = Some(accept);
+        self
+    }
+}
+
+/// What a browser sends when it loads a page.
+const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 const MEMORY: &str =
     r#"{"type":"memory","scope":"mesh","key":"k","value":1,"nodeId":"ceo","ts":5}"#;
@@ -169,6 +182,11 @@ fn cases() -> Vec<Case> {
     vec![
         case("/health", "get", "/health", None),
         case("/", "get", "/", None),
+        case("/", "get", "/", None).accepting(BROWSER_ACCEPT),
+        case("/mesh/status", "get", "/mesh/status", None),
+        case("/metrics", "get", "/metrics", None),
+        case("/mesh/memory", "get", "/mesh/memory?limit=2", None),
+        case("/mesh/memory", "get", "/mesh/memory?limit=many", None),
         case("/mesh/memory", "get", "/mesh/memory?scope=mesh", None),
         case("/mesh/memory", "get", "/mesh/memory?q=x", None),
         case("/mesh/memory", "get", "/mesh/memory?q=a&limit=no", None),
@@ -235,14 +253,24 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Sends a case and checks the answer against the document; returns the status.
+/// Sends a case and checks the answer against the document: its status, its media type,
+/// and a JSON body against its schema; returns the status.
 fn exercise(doc: &Value, server: &Server, case: &Case, headers: &[(&str, &str)]) -> u16 {
-    let (status, body) = server.request(
+    let mut headers = headers.to_vec();
+    headers.extend(case.accept.map(|accept| ("Accept", accept)));
+    let answer = server.exchange(
         &case.method.to_uppercase(),
         &case.path,
-        headers,
+        &headers,
         case.body.as_deref(),
     );
+    let (status, body) = (answer.status, answer.body);
+    let media = (answer.headers.get("content-type"))
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let pointer = format!("/paths/{}/{}", case.route.replace('/', "~1"), case.method);
     let operation = doc
         .pointer(&pointer)
@@ -254,9 +282,16 @@ fn exercise(doc: &Value, server: &Server, case: &Case, headers: &[(&str, &str)])
         )
     });
     let response = resolve(doc, response);
-    let schema = &response["content"]["application/json"]["schema"];
-    if let Err(error) = check(doc, schema, &body, "body") {
-        panic!("{} {} ({status}): {error}", case.method, case.path);
+    let content = (response["content"].get(&media)).unwrap_or_else(|| {
+        panic!(
+            "{} {} ({status}) answered {media}, not documented",
+            case.method, case.path
+        )
+    });
+    if media == "application/json" {
+        if let Err(error) = check(doc, &content["schema"], &body, "body") {
+            panic!("{} {} ({status}): {error}", case.method, case.path);
+        }
     }
     status
 }
@@ -326,6 +361,16 @@ fn every_route_answers_as_the_document_says() {
     let status = exercise(&doc, &dead_endpoint, &semantic, &[]);
     assert_eq!(status, 502);
     seen.insert((semantic.route, semantic.method, status));
+    // `meshd api serve` runs without the mesh: no status, no metrics.
+    let without_node = Server::start_without_node(ApiConfig::default());
+    for case in [
+        case("/mesh/status", "get", "/mesh/status", None),
+        case("/metrics", "get", "/metrics", None),
+    ] {
+        let status = exercise(&doc, &without_node, &case, &[]);
+        assert_eq!(status, 404, "{}", case.path);
+        seen.insert((case.route, case.method, status));
+    }
     let mut documented = BTreeSet::new();
     for (route, operations) in doc["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {

@@ -129,7 +129,8 @@ pub struct ListQuery {
     mode: Option<String>,
 }
 
-/// Newest first, as the reference lists rows; with `q`, a search (`api/search.rs`).
+/// Newest first, as the reference lists rows, the newest `limit` when given (the status
+/// page's latest entries); with `q`, a search (`api/search.rs`).
 pub async fn list_memory(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
@@ -143,12 +144,19 @@ pub async fn list_memory(
         };
         return Ok(search::search(&state, asked).await?.into_response());
     }
+    let limit = match query.limit.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(text.parse::<usize>().map_err(|_| {
+            HttpError::bad_request("limit must be a whole number (the newest rows returned)")
+        })?),
+    };
     let rows = with_replica(&state, move |replica| {
         let scope = (query.scope.filter(|s| !s.is_empty()))
             .map(|s| scope(&s, replica.node_id()))
             .transpose()?;
         let mut entries = replica.list_memory(scope.as_ref()).map_err(read_error)?;
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.updated_at));
+        entries.truncate(limit.unwrap_or(usize::MAX));
         let own = replica.node_id();
         let rows: Vec<MemoryRow> = entries.iter().map(|e| memory_row(e, own)).collect();
         Ok((rows, false))

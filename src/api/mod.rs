@@ -1,11 +1,16 @@
 //! The local HTTP API (axum): the reference Phase 2 store endpoints over the replica, and
-//! the reference bridge webhook (`POST /ingest`, `POST /bridge`). `router` builds it, `serve`
-//! runs it; the daemon and `meshd api serve` start the same function, with `node_settings`.
+//! the reference bridge webhook (`POST /ingest`, `POST /bridge`); beside them, the node's
+//! status (`GET /mesh/status`), its metrics (`GET /metrics`) and the status page (`GET /` in a
+//! browser). `router` builds it, `serve` runs it; the daemon and `meshd api serve` start the
+//! same function, with `node_settings`.
 
 mod body_type;
 mod browser;
 mod guard;
 mod handlers;
+mod metrics;
+mod node;
+mod page;
 mod search;
 pub mod token;
 
@@ -23,6 +28,7 @@ use crate::replica::SharedReplica;
 use crate::search::Searcher;
 pub use browser::BrowserRules;
 pub use guard::{Auth, HttpError, RateLimiter};
+pub use node::NodeView;
 use token::TokenError;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +134,8 @@ pub struct ApiState {
     on_change: OnChange,
     /// `None` where no search index is kept (`meshd api serve`).
     search: Option<Arc<Searcher>>,
+    /// The node's status and counters; `None` where no mesh runs (`meshd api serve`).
+    node: Option<NodeView>,
 }
 
 impl ApiState {
@@ -138,11 +146,18 @@ impl ApiState {
             settings: Arc::new(settings),
             on_change: Arc::new(|| {}),
             search: None,
+            node: None,
         }
     }
 
     pub fn with_search(mut self, search: Arc<Searcher>) -> ApiState {
         self.search = Some(search);
+        self
+    }
+
+    /// Serves `/mesh/status`, the status page's data, and `/metrics`.
+    pub fn with_node(mut self, node: NodeView) -> ApiState {
+        self.node = Some(node);
         self
     }
 
@@ -155,7 +170,7 @@ impl ApiState {
 /// Every route; docs/openapi.yaml describes them.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/", get(handlers::health))
+        .route("/", get(page::index))
         .route("/health", get(handlers::health))
         .route(
             "/mesh/memory",
@@ -168,6 +183,8 @@ pub fn router(state: ApiState) -> Router {
             get(handlers::list_skills).put(handlers::put_skill),
         )
         .route("/mesh/skills/{name}", get(handlers::get_skill))
+        .route("/mesh/status", get(node::status))
+        .route("/metrics", get(metrics::metrics))
         .route("/ingest", post(handlers::ingest))
         .route("/bridge", post(handlers::bridge))
         .fallback(handlers::not_found)

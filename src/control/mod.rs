@@ -125,6 +125,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn api_addr(&self) -> Option<SocketAddr>;
     /// UDP bytes sent to peers since the daemon started.
     fn bytes_sent(&self) -> u64;
+    /// UDP bytes sent to `peer` since the daemon started.
+    fn bytes_sent_to(&self, peer: &NodeId) -> u64;
     fn is_connected(&self, peer: &NodeId) -> bool;
     /// The latest refusal of `peer`'s changes by this node.
     fn last_refusal(&self, peer: &NodeId) -> Option<PeerRefusal>;

@@ -46,6 +46,9 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Documents the peer may read whose state here differs from what it last confirmed.
     pub documents_behind: usize,
+    /// UDP bytes sent to the peer since the daemon started; 0 without the daemon.
+    #[serde(default)]
+    pub bytes_sent: u64,
     /// The latest time this node refused the peer's changes since the daemon started (a
     /// clock running ahead, or a document it may not write); `None` without the daemon.
     pub refused: Option<PeerRefusal>,
@@ -112,6 +115,7 @@ pub(super) fn peer_statuses(
                 link_failure: mesh.and_then(|m| m.link_failure(&peer.id)),
                 link: mesh.and_then(|m| m.link_state(&peer.id)),
                 unreachable: mesh.and_then(|m| m.dial_failure(&peer.id)),
+                bytes_sent: mesh.map_or(0, |m| m.bytes_sent_to(&peer.id)),
                 documents_behind,
                 changes_behind,
                 peer,

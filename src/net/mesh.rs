@@ -21,6 +21,7 @@ use super::link::{self, LinkCommand, LinkHost};
 use super::tls::MISDIALED;
 use super::NetError;
 use crate::invite::{Redeemed, Ticket};
+use crate::metrics::{Metrics, Refusal};
 use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{
@@ -101,6 +102,8 @@ pub struct MeshConfig {
     pub accept_own_scope: bool,
     /// This node's name (`[node] name`), offered to nodes that join it or that it joins.
     pub name: Option<String>,
+    /// Where sync rounds and refusals are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for MeshConfig {
@@ -110,6 +113,7 @@ impl Default for MeshConfig {
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             accept_own_scope: false,
             name: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -133,8 +137,9 @@ pub struct Mesh {
     dialers: Mutex<HashMap<NodeId, JoinHandle<()>>>,
     link_closed: Notify,
     serial: AtomicU64,
-    /// UDP bytes sent over links that have closed since.
-    closed_bytes_sent: AtomicU64,
+    /// UDP bytes sent to each peer over links that have closed since; a leaf lock, changed
+    /// only under `links`, so that a link's bytes move from open to closed in one step.
+    closed_bytes_sent: Mutex<HashMap<NodeId, u64>>,
     /// The heads last pushed to peers, per document: the next push sends what came after.
     published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
     on_change: Box<dyn Fn() + Send + Sync>,
@@ -195,7 +200,7 @@ impl Mesh {
             dialers: Mutex::new(HashMap::new()),
             link_closed: Notify::new(),
             serial: AtomicU64::new(0),
-            closed_bytes_sent: AtomicU64::new(0),
+            closed_bytes_sent: Mutex::new(HashMap::new()),
             published: Mutex::new(published),
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
@@ -296,11 +301,27 @@ impl Mesh {
 
     /// UDP bytes this node has sent to peers since it started: what sync costs on the wire.
     pub fn bytes_sent(&self) -> u64 {
-        let open: u64 = lock(&self.links)
-            .values()
+        let links = lock(&self.links);
+        let open: u64 = (links.values())
             .map(|entry| entry.connection.stats().udp_tx.bytes)
             .sum();
-        open + self.closed_bytes_sent.load(Ordering::Relaxed)
+        open + lock(&self.closed_bytes_sent).values().sum::<u64>()
+    }
+
+    /// UDP bytes this node has sent to `peer` since it started.
+    pub fn bytes_sent_to(&self, peer: &NodeId) -> u64 {
+        let links = lock(&self.links);
+        let open = (links.get(peer)).map_or(0, |entry| entry.connection.stats().udp_tx.bytes);
+        open + lock(&self.closed_bytes_sent)
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Moves a closing link's bytes to the closed ones; call it holding `links`.
+    fn count_closed(&self, peer: NodeId, connection: &quinn::Connection) {
+        let sent = connection.stats().udp_tx.bytes;
+        *lock(&self.closed_bytes_sent).entry(peer).or_default() += sent;
     }
 
     /// Pushes whatever changed locally since the last push to every connected peer.
@@ -378,6 +399,9 @@ impl Mesh {
                     }
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
                     Err(e) => {
+                        if matches!(e, NetError::NotAllowed { .. }) {
+                            mesh.config.metrics.refused(Refusal::UnknownNode);
+                        }
                         mesh.log_refused(&e);
                         mesh.record_refused();
                     }
@@ -786,8 +810,7 @@ impl Mesh {
         let mut links = lock(&self.links);
         if links.get(&peer).is_some_and(|e| e.serial == serial) {
             if let Some(entry) = links.remove(&peer) {
-                let sent = entry.connection.stats().udp_tx.bytes;
-                self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                self.count_closed(peer, &entry.connection);
             }
         }
         drop(links);
@@ -836,8 +859,7 @@ impl Mesh {
             }
         }
         if let Some(replaced) = links.insert(peer, entry) {
-            let sent = replaced.connection.stats().udp_tx.bytes;
-            self.closed_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+            self.count_closed(peer, &replaced.connection);
             CloseCode::Replaced.close(&replaced.connection, "replaced by a newer connection");
         }
         true
@@ -892,6 +914,7 @@ impl LinkHost for Mesh {
         if refusal.by_peer {
             return;
         }
+        (self.config.metrics).refused(Refusal::of_changes(&refusal.reason));
         let last = PeerRefusal {
             at: unix_now(),
             doc: refusal.doc.clone(),
@@ -902,6 +925,7 @@ impl LinkHost for Mesh {
 
     fn round_done(&self, peer: NodeId, took: Duration) {
         tracing::debug!(peer = %self.label(&peer), ms = took.as_millis() as u64, "sync round complete");
+        self.config.metrics.sync_round(peer);
         let stable = lock(&self.links)
             .get(&peer)
             .is_some_and(|link| link.since.elapsed() >= STABLE_LINK);

@@ -100,6 +100,7 @@ impl Replica {
         }
         self.ensure_writable()?;
         let mut pending = self.apply_writes(detached.others)?;
+        pending.writes += detached.skills.len();
         if let Some(change) = detached.change {
             let actor = self.actor.clone();
             let edit = self.next_edit();

@@ -34,6 +34,9 @@ pub(super) struct Pending {
     /// The heads of every document touched, from before the changes: where a failed persist
     /// takes them back to (empty: the document did not exist).
     pub before: Vec<(DocId, Vec<ChangeHash>)>,
+    /// The local writes (memory and skill versions) these changes hold; none for changes
+    /// from peers.
+    pub writes: usize,
 }
 
 impl Pending {
@@ -128,6 +131,9 @@ impl Replica {
             }
         }
         self.note_durable();
+        if let Some(metrics) = &self.metrics {
+            metrics.writes_acknowledged(pending.writes);
+        }
         Ok(())
     }
 

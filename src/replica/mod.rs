@@ -20,11 +20,13 @@ mod vet;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
+use crate::metrics::Metrics;
 use crate::model::entry::{resolve, Versioned};
 use crate::model::hlc::ClockBound;
 use crate::model::validate::{self, ValidationError};
@@ -173,6 +175,8 @@ pub struct Replica {
     hlc: Hlc,
     wall_clock: WallClock,
     clock_bound: ClockBound,
+    /// Counts the local writes each persist acknowledges, where the daemon keeps metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs `open` until the store is no longer locked by another holder or `wait` has passed:
@@ -235,6 +239,7 @@ impl Replica {
             hlc: Hlc::default(),
             wall_clock,
             clock_bound: ClockBound::default(),
+            metrics: None,
         }
     }
 
@@ -244,8 +249,18 @@ impl Replica {
         self.reserve = reserve;
     }
 
+    /// Counts acknowledged local writes in `metrics` (the daemon's).
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The store's directory.
+    pub fn store_path(&self) -> &Path {
+        &self.store_path
     }
 
     /// The sled database, for the peer list and per-peer sync state.
@@ -424,7 +439,10 @@ impl Replica {
     /// for more than 4 MiB of values), and returns them for `persist`; a write that fails
     /// takes every document back.
     fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Pending> {
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            writes: writes.len(),
+            ..Pending::default()
+        };
         if writes.is_empty() {
             return Ok(pending);
         }
@@ -561,6 +579,7 @@ impl Replica {
                 .map(|change| (doc.clone(), change))
                 .collect(),
             before: vec![(doc.clone(), before)],
+            writes: 0,
         })?;
         Ok(hashes)
     }

@@ -6,8 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use meshd::api::{self, ApiSettings, ApiState};
+use meshd::api::{self, ApiSettings, ApiState, NodeView};
+use meshd::cache::{CacheFiles, CachePaths};
 use meshd::config::ApiConfig;
+use meshd::control::{Command, Context, Status};
+use meshd::metrics::Metrics;
+use meshd::model::access::Access;
+use meshd::model::NodeId;
+use meshd::peers::{Peer, PeerStore};
 use meshd::replica::{Replica, SharedReplica};
 use meshd::search::{EmbeddingConfig, Searcher};
 use serde_json::Value;
@@ -39,20 +45,59 @@ impl Server {
 
     /// `start`, with search against an embedding endpoint.
     pub fn start_searching(config: ApiConfig, embedding: Option<EmbeddingConfig>) -> Server {
+        Server::launch(config, embedding, true)
+    }
+
+    /// A server without the node's status and metrics, as `meshd api serve` runs.
+    pub fn start_without_node(config: ApiConfig) -> Server {
+        Server::launch(config, None, false)
+    }
+
+    fn launch(config: ApiConfig, embedding: Option<EmbeddingConfig>, with_node: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let replica = Replica::open(&dir.path().join("store"), "me").unwrap();
+        let mut replica = Replica::open(&dir.path().join("store"), "me").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        replica.set_metrics(metrics.clone());
+        let peers = PeerStore::open(replica.db()).unwrap();
         let replica = SharedReplica::new(replica);
         let settings = ApiSettings::from_config(&config, |_| None)
             .unwrap()
             .with_node_token(NODE_TOKEN);
         let changes = Arc::new(AtomicUsize::new(0));
         let counter = changes.clone();
-        let search = Searcher::new(dir.path().join("search.db"), embedding);
-        let state = ApiState::new(replica.clone(), settings)
-            .with_search(Arc::new(search))
+        let search = Arc::new(Searcher::new(dir.path().join("search.db"), embedding));
+        let mut state = ApiState::new(replica.clone(), settings)
+            .with_search(search.clone())
             .on_change(move || {
                 counter.fetch_add(1, Ordering::SeqCst);
             });
+        if with_node {
+            // The status as `meshd status` reports it without the daemon: no mesh.
+            let paths = CachePaths {
+                openclaw_home: dir.path().join("openclaw"),
+                skills_dir: dir.path().join("skills"),
+                memory_dir: dir.path().join("memory"),
+            };
+            let own = NodeId::from_public_key(b"me");
+            // One peer, so that the status has a peer row to show.
+            let nas = Peer {
+                id: NodeId::from_public_key(b"nas"),
+                name: Some("nas".into()),
+                addresses: vec!["127.0.0.1:4000".into()],
+                access: Access::default_for_peer(),
+                last_sync: None,
+            };
+            peers.add(&own, nas).unwrap();
+            let context = Context {
+                replica: replica.clone(),
+                peers,
+                own,
+                cache: Arc::new(CacheFiles::new(paths, dir.path().join("cache.manifest"))),
+                mesh: None,
+                search,
+            };
+            state = state.with_node(NodeView::new(move || Status {}.execute(&context), metrics));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
