@@ -301,8 +301,9 @@ fn the_status_page_shows_the_node_its_peers_and_store_text_as_text() {
     assert!(dom.contains(&format!("data-peer=\"{peer_id}\"")), "{dom}");
     assert!(dom.contains("<div class=\"peer-name\">beta</div>"), "{dom}");
     assert!(
-        dom.contains("<span class=\"peer-state up\">connected</span>"),
-        "{dom}"
+        dom.contains("<span class=\"peer-state up\" title=\"since ")
+            && dom.contains(" ms\">connected</span>"),
+        "the peer is shown connected, with since when and the round trip: {dom}"
     );
     // The hostile value is listed as its literal text, and nothing of it ran.
     let escaped = HOSTILE

@@ -116,7 +116,15 @@ function problems(peer) {
     box.append(el("div", "its changes to " + r.doc + " refused at " + time(r.at) + ": " + r.reason,
       "bad"));
   }
-  if (!peer.link_failure && !peer.refused) box.append(el("span", "none", "muted"));
+  if (peer.unreachable) {
+    box.append(el("div", "dialing it failed at " + time(peer.unreachable.at) + ":", "bad"));
+    for (const a of peer.unreachable.addresses || []) {
+      box.append(el("div", a.address + ": " + a.reason, "bad"));
+    }
+  }
+  if (!peer.link_failure && !peer.refused && !peer.unreachable) {
+    box.append(el("span", "none", "muted"));
+  }
   return box;
 }
 
@@ -132,7 +140,12 @@ function showPeers(peers) {
     if (addresses) who.append(el("div", addresses, "mono muted"));
     const state = el("span", peer.connected ? "connected" : "not connected",
       "peer-state " + (peer.connected ? "up" : "down"));
-    const tr = row([who, state, time(peer.last_sync), String(peer.documents_behind),
+    if (peer.link) {
+      state.title = "since " + time(peer.link.since) + ", round trip " + peer.link.rtt_ms + " ms";
+    }
+    const behind = peer.changes_behind == null ? "never synced" :
+      peer.changes_behind + " changes (" + peer.documents_behind + " documents)";
+    const tr = row([who, state, time(peer.last_sync), behind,
       bytes(peer.bytes_sent || 0), problems(peer)]);
     tr.dataset.peer = peer.id;
     rows.append(tr);
