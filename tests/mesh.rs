@@ -24,6 +24,24 @@ fn connected(node: &TestNode) -> usize {
         .count()
 }
 
+/// Starts `meshd run` with its log at `level` in a file, and waits until it answers.
+fn start_logging(node: &TestNode, level: &str) -> (support::Daemon, std::path::PathBuf) {
+    let log = node.file("run.log");
+    let child = node
+        .command(&["run"])
+        .env("RUST_LOG", level)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = support::Daemon::new(child);
+    wait_until("the daemon answers", || {
+        support::try_ask(&node.file("control.sock"), meshd::control::Status {}).is_some()
+    });
+    (daemon, log)
+}
+
 /// Three nodes in a chain A–B–C, each pair added on both sides.
 fn chain() -> [(TestNode, String); 3] {
     let nodes = [
@@ -258,19 +276,7 @@ fn a_stranger_dialing_again_and_again_is_warned_about_once_until_the_list_is_cle
     let (a, a_addr) = TestNode::init_listening("a");
     let (stranger, _) = TestNode::init_listening("stranger");
     pair(&stranger, (&a, &a_addr));
-    let log = a.file("run.log");
-    let child = a
-        .command(&["run"])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _da = support::Daemon::new(child);
-    wait_until("A answers", || {
-        support::try_ask(&a.file("control.sock"), meshd::control::Status {}).is_some()
-    });
+    let (_da, log) = start_logging(&a, "warn");
     let _ds = stranger.start();
     wait_until("the stranger has tried three times", || {
         let pending: Value = serde_json::from_str(&a.run(&["peers", "pending", "--json"]).stdout)
@@ -370,16 +376,7 @@ fn logs_name_peers_by_their_name() {
     a.run(&["peers", "add", &b.id(), &b_addr, "--name", "nas"])
         .ok();
     pair(&b, (&a, &a_addr));
-    let log = a.file("run.log");
-    let child = a
-        .command(&["run"])
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _da = support::Daemon::new(child);
+    let (_da, log) = start_logging(&a, "info");
     let _db = b.start();
     wait_until("A logs the link", || {
         std::fs::read_to_string(&log).is_ok_and(|text| text.contains("connected"))

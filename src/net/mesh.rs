@@ -19,7 +19,7 @@ use super::error::TIMED_OUT;
 use super::join::{self, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
 use super::tls::MISDIALED;
-use super::NetError;
+use super::{unix_now, NetError};
 use crate::invite::{Redeemed, Ticket};
 use crate::metrics::{Metrics, Refusal};
 use crate::model::access::Access;
@@ -169,12 +169,6 @@ pub struct Lifecycle {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Mesh {

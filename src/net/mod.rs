@@ -14,3 +14,10 @@ pub mod tls;
 pub use close::CloseCode;
 pub use error::NetError;
 pub use pins::{PeerPins, Refused};
+
+/// The wall clock in Unix seconds, for the records operators read (refusals, failures).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

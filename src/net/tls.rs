@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
@@ -29,7 +28,7 @@ use rustls::{
 
 use super::identity::Identity;
 use super::pins::{Admission, PeerPins};
-use super::NetError;
+use super::{unix_now, NetError};
 use crate::model::NodeId;
 
 /// The one application protocol both sides speak; a new incompatible protocol gets `meshd/2`.
@@ -353,12 +352,6 @@ impl ServerCertVerifier for ExpectedServer {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         Signatures::schemes()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
