@@ -349,13 +349,16 @@ fn init_node(exe: &Path, dir: &Path, name: &'static str) -> Result<DemoNode> {
 }
 
 fn start(exe: &Path, node: &mut DemoNode) -> Result<()> {
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--home")
         .arg(&node.home.dir)
         .arg("run")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    end_with_the_demo(&mut command);
+    let child = command
         .spawn()
         .map_err(|e| DemoError::Setup(format!("cannot start {}: {e}", node.name)))?;
     node.daemon = Some(child);
@@ -367,6 +370,29 @@ fn start(exe: &Path, node: &mut DemoNode) -> Result<()> {
         ))
     })
 }
+
+/// The demo's daemons must not outlive it, even when it dies without unwinding: `meshd demo |
+/// head` ends it with SIGPIPE (main restores the default action). Linux stops each daemon
+/// with SIGTERM when the demo's main thread, which spawned it, goes away.
+#[cfg(target_os = "linux")]
+fn end_with_the_demo(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only makes one async-signal-safe system call.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Elsewhere the daemons are stopped when the demo ends normally or unwinds (`DemoNode`'s
+/// drop), and by the terminal's Ctrl-C, which reaches them too.
+#[cfg(not(target_os = "linux"))]
+fn end_with_the_demo(_command: &mut Command) {}
 
 /// SIGTERM, then wait: the daemon flushes and exits 0.
 fn stop(node: &mut DemoNode) -> Result<()> {

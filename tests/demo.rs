@@ -36,3 +36,37 @@ fn the_demo_runs_every_step_and_ends_with_identical_nodes() {
         .collect();
     assert!(warnings.is_empty(), "{}", warnings.join("\n"));
 }
+
+#[test]
+fn a_demo_cut_short_leaves_no_daemon_running() {
+    use std::io::{BufRead, BufReader};
+    let mut demo = support::meshd()
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let dir = first
+        .split("DEMO=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_string();
+    // Read until the daemons run, then close the pipe, as `meshd demo | head` does.
+    for line in lines.by_ref() {
+        if line.unwrap().contains(" join ") {
+            break;
+        }
+    }
+    drop(lines);
+    demo.wait().unwrap();
+    support::wait_until("the demo's daemons are gone", || {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", &dir])
+            .output()
+            .unwrap();
+        found.stdout.is_empty()
+    });
+}
