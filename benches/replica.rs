@@ -22,7 +22,11 @@ const LOAD_KEYS: usize = 100_000;
 
 fn durable_puts(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let mut replica = Replica::open(dir.path(), "bench").unwrap();
+    let mut replica = Replica::open(
+        dir.path(),
+        meshd::trust::NodeKey::insecure_from_name("bench"),
+    )
+    .unwrap();
     let mut next = 0u64;
     let mut group = c.benchmark_group("durable_put");
     group.throughput(Throughput::Elements(1));
@@ -88,7 +92,11 @@ fn resident_bytes() -> u64 {
 fn load(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut replica = Replica::open(dir.path(), "bench").unwrap();
+        let mut replica = Replica::open(
+            dir.path(),
+            meshd::trust::NodeKey::insecure_from_name("bench"),
+        )
+        .unwrap();
         for chunk in 0..LOAD_KEYS / 1000 {
             replica
                 .batch(|b| {
@@ -113,7 +121,13 @@ fn load(c: &mut Criterion) {
     group.bench_function("100k_keys", |b| {
         b.iter_batched(
             || (),
-            |_| Replica::open(dir.path(), "bench").unwrap(),
+            |_| {
+                Replica::open(
+                    dir.path(),
+                    meshd::trust::NodeKey::insecure_from_name("bench"),
+                )
+                .unwrap()
+            },
             BatchSize::PerIteration,
         )
     });
@@ -135,7 +149,11 @@ const LOAD_CHILD_ENV: &str = "MESHD_BENCH_LOAD_DIR";
 fn load_child(dir: &str) {
     let before = resident_bytes();
     let started = Instant::now();
-    let replica = Replica::open(std::path::Path::new(dir), "bench").unwrap();
+    let replica = Replica::open(
+        std::path::Path::new(dir),
+        meshd::trust::NodeKey::insecure_from_name("bench"),
+    )
+    .unwrap();
     let elapsed = started.elapsed();
     let resident = resident_bytes().saturating_sub(before);
     assert_eq!(replica.list_memory(None).unwrap().len(), LOAD_KEYS);

@@ -45,7 +45,11 @@ fn value(i: usize) -> serde_json::Value {
 fn node_with(entries: usize) -> (TestNode, f64) {
     let (node, _) = TestNode::init_listening("scale");
     let started = Instant::now();
-    let mut replica = Replica::open(&node.file("store"), "scalebench").expect("store opens");
+    let mut replica = Replica::open(
+        &node.file("store"),
+        meshd::trust::NodeKey::insecure_from_name("scalebench"),
+    )
+    .expect("store opens");
     for start in (0..entries).step_by(BATCH) {
         replica
             .batch(|batch| {

@@ -91,7 +91,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
-    let replica = SharedReplica::new(Replica::open(&dir.path().join("store"), "bench").unwrap());
+    let replica = SharedReplica::new(
+        Replica::open(
+            &dir.path().join("store"),
+            meshd::trust::NodeKey::insecure_from_name("bench"),
+        )
+        .unwrap(),
+    );
     let mut rng = Rng(7);
     let mesh = Scope::Mesh;
     let mut text_bytes = 0usize;

@@ -155,7 +155,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = SharedReplica::new(Replica::open(dir.path(), "bench").unwrap());
+    let shared = SharedReplica::new(
+        Replica::open(
+            dir.path(),
+            meshd::trust::NodeKey::insecure_from_name("bench"),
+        )
+        .unwrap(),
+    );
 
     println!("| replaced text | small edit ms | different text ms | target |");
     println!("|---|---:|---:|---|");

@@ -19,6 +19,7 @@ use meshd::model::{DocId, Scope};
 use meshd::replica::Replica;
 use meshd::sync::harness::Link;
 use meshd::sync::{Access, Config, Session};
+use meshd::trust::NodeKey;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -57,11 +58,14 @@ fn mesh() -> DocId {
 /// the scope's root map), a few thousand keys rewritten over time, one change per write. They
 /// are made on a copy of the document and applied to the replica in one durable batch: the
 /// replica's own `batch` would fold them into a single change. The writer's actor id is
-/// derived from the node and the range, so every run makes the same bytes and the report's
-/// byte columns compare between runs.
+/// the node's id and bytes derived from the range, so every run makes the same bytes and the
+/// report's byte columns compare between runs. The node signs its newest change, which
+/// vouches for the others, as a node does.
 fn write(replica: &mut Replica, node: &str, range: std::ops::Range<usize>) {
+    let key = NodeKey::insecure_from_name(node);
     let seed = blake3::hash(format!("{node}/{}", range.start).as_bytes());
-    let mut doc = doc(replica).with_actor(ActorId::from(&seed.as_bytes()[..16]));
+    let actor = [key.node_id().as_bytes().as_slice(), &seed.as_bytes()[..8]].concat();
+    let mut doc = doc(replica).with_actor(ActorId::from(actor));
     let before = doc.get_heads();
     for i in range {
         let version = serde_json::json!({
@@ -79,8 +83,14 @@ fn write(replica: &mut Replica, node: &str, range: std::ops::Range<usize>) {
             .expect("a put on the root map");
         tx.commit();
     }
+    let changes = doc.get_changes(&before);
+    let signatures = changes
+        .last()
+        .map(|c| key.sign(&c.hash()))
+        .into_iter()
+        .collect();
     replica
-        .apply_changes(&mesh(), doc.get_changes(&before))
+        .apply_changes(&mesh(), changes, signatures)
         .expect("bench writes apply");
 }
 
@@ -91,8 +101,10 @@ fn doc(replica: &mut Replica) -> Automerge {
 impl Pair {
     fn new() -> Pair {
         let dir = tempfile::tempdir().unwrap();
-        let a = Replica::open(&dir.path().join("a"), "node-a").unwrap();
-        let b = Replica::open(&dir.path().join("b"), "node-b").unwrap();
+        let a =
+            Replica::open(&dir.path().join("a"), NodeKey::insecure_from_name("node-a")).unwrap();
+        let b =
+            Replica::open(&dir.path().join("b"), NodeKey::insecure_from_name("node-b")).unwrap();
         Pair {
             _dir: dir,
             a,
@@ -106,7 +118,8 @@ impl Pair {
         let mut pair = Pair::new();
         write(&mut pair.a, "node-a", 0..n);
         let changes = doc(&mut pair.a).get_changes(&[]);
-        pair.b.apply_changes(&mesh(), changes).unwrap();
+        let signatures = pair.a.signatures(&mesh()).unwrap();
+        pair.b.apply_changes(&mesh(), changes, signatures).unwrap();
         pair
     }
 
@@ -243,7 +256,8 @@ fn fresh_peer_one_missing() -> Row {
     write(&mut pair.a, "node-a", 0..100_000);
     let mut changes = doc(&mut pair.a).get_changes(&[]);
     changes.pop();
-    pair.b.apply_changes(&mesh(), changes).unwrap();
+    let signatures = pair.a.signatures(&mesh()).unwrap();
+    pair.b.apply_changes(&mesh(), changes, signatures).unwrap();
     pair.run("fresh-peer-1-missing-100k")
 }
 

@@ -60,7 +60,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
-    let replica = SharedReplica::new(Replica::open(&dir.path().join("store"), "bench").unwrap());
+    let replica = SharedReplica::new(
+        Replica::open(
+            &dir.path().join("store"),
+            meshd::trust::NodeKey::insecure_from_name("bench"),
+        )
+        .unwrap(),
+    );
     let started = Instant::now();
     let per_scope = entries.div_ceil(SCOPES);
     for scope in 0..SCOPES {

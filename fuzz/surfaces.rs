@@ -21,6 +21,7 @@ use meshd::replica::{Replica, SharedReplica};
 use meshd::search::Searcher;
 use meshd::store::{self, SCHEMA};
 use meshd::sync::{self, Bundle, Filter, Message, Unpacked};
+use meshd::trust::NodeKey;
 use rusqlite::types::Value as Sql;
 use tower::ServiceExt;
 
@@ -120,7 +121,11 @@ impl Api {
     /// Default settings, but without the rate limit: every request must reach its handler.
     pub fn new() -> Api {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let replica = Replica::open(&dir.path().join("store"), "fuzz").expect("replica opens");
+        let replica = Replica::open(
+            &dir.path().join("store"),
+            NodeKey::insecure_from_name("fuzz"),
+        )
+        .expect("replica opens");
         let config = ApiConfig {
             rate_limit_per_min: 0,
             ..ApiConfig::default()
@@ -247,7 +252,11 @@ impl Store {
     /// A fresh replica in a temporary directory.
     pub fn new() -> Store {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let replica = Replica::open(&dir.path().join("store"), "fuzz").expect("replica opens");
+        let replica = Replica::open(
+            &dir.path().join("store"),
+            NodeKey::insecure_from_name("fuzz"),
+        )
+        .expect("replica opens");
         Store {
             replica: SharedReplica::new(replica),
             file: dir.path().join("mesh-store.sqlite"),

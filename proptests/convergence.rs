@@ -613,7 +613,11 @@ fn open(node: &Node, clock: &Arc<AtomicU64>) -> Replica {
     // lets go of the file lock a little after the replica is dropped, as a real process
     // that exits does. Wait for it, as the daemon does.
     let mut replica = wait_for_store(std::time::Duration::from_secs(10), || {
-        Replica::open_with_clock(&node.path, &node.id, Box::new(wall.clone()))
+        Replica::open_with_clock(
+            &node.path,
+            meshd::trust::NodeKey::insecure_from_name(&node.id),
+            Box::new(wall.clone()),
+        )
     })
     .expect("replica opens");
     // Every document but the last one used is evicted after each step (`converge`), so
@@ -904,6 +908,21 @@ fn cases() -> u32 {
         .unwrap_or(DEFAULT_CASES)
 }
 
+/// A node keeps signatures that vouch for every change it holds, so that it can relay any of
+/// them (`trust`).
+fn can_vouch_for_all_it_holds(replica: &mut Replica) -> Result<(), String> {
+    for doc in replica.doc_ids() {
+        let changes = replica
+            .document(&doc)
+            .map(|d| d.get_changes(&[]))
+            .unwrap_or_default();
+        let signatures = replica.signatures(&doc).map_err(|e| e.to_string())?;
+        meshd::trust::check_all(&doc, changes, signatures, |_| false)
+            .map_err(|e| format!("node {} cannot vouch for {doc}: {e}", replica.node_id()))?;
+    }
+    Ok(())
+}
+
 /// Runs the steps, lets every connection fall silent, checks what live push and gossip
 /// alone must have done, then closes the connections and runs the final round.
 fn converge(skews: &[i64], ops: &[Op]) -> Result<(), TestCaseError> {
@@ -915,6 +934,8 @@ fn converge(skews: &[i64], ops: &[Op]) -> Result<(), TestCaseError> {
             .iter_mut()
             .filter_map(|node| node.replica.as_mut())
         {
+            can_vouch_for_all_it_holds(replica)
+                .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}")))?;
             replica.trim();
         }
     }

@@ -104,8 +104,16 @@ impl Wire for Recording {
 /// concurrent writes on both sides, and a live push.
 fn sync_frames() -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Replica::open(&dir.path().join("a"), "alpha").unwrap();
-    let mut b = Replica::open(&dir.path().join("b"), "beta").unwrap();
+    let mut a = Replica::open(
+        &dir.path().join("a"),
+        meshd::trust::NodeKey::insecure_from_name("alpha"),
+    )
+    .unwrap();
+    let mut b = Replica::open(
+        &dir.path().join("b"),
+        meshd::trust::NodeKey::insecure_from_name("beta"),
+    )
+    .unwrap();
     let user = Scope::User("ann".into());
     a.put_memory(
         &Scope::Mesh,

@@ -35,6 +35,7 @@ use crate::net::{NetError, PeerPins};
 use crate::peers::{DialFailure, LinkFailure, LinkState, Peer, PeerError, PeerRefusal, PeerStore};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
+use crate::trust::NodeKey;
 use crate::views::{Importer, ViewWriter, Views};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,7 @@ impl Node {
     ) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let mut replica = open_store(home, &identity.node_id.compact(), options.repair)?;
+        let mut replica = open_store(home, identity.signing_key()?, options.repair)?;
         replica.set_clock_bound(config.node.clock_bound());
         replica.set_reserve(config.store.reserve());
         replica.set_memory_budget(config.store.memory_budget());
@@ -314,13 +315,13 @@ const STORE_BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens the store, waiting out a CLI command that holds it; a store held by a process that
 /// answers on the control socket belongs to another daemon.
-fn open_store(home: &Home, node_id: &str, repair: bool) -> Result<Replica, DaemonError> {
+fn open_store(home: &Home, key: NodeKey, repair: bool) -> Result<Replica, DaemonError> {
     let path = home.store_path();
     let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
     let mut waiting = false;
     let open = || match repair {
-        true => Replica::open_for_repair(&path, node_id),
-        false => Replica::open(&path, node_id),
+        true => Replica::open_for_repair(&path, key.clone()),
+        false => Replica::open(&path, key.clone()),
     };
     loop {
         match open() {

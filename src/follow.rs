@@ -88,7 +88,11 @@ mod tests {
     #[test]
     fn only_what_changed_since_moves() {
         let temp = tempfile::tempdir().unwrap();
-        let mut replica = Replica::open(&temp.path().join("store"), "own").unwrap();
+        let mut replica = Replica::open(
+            &temp.path().join("store"),
+            crate::trust::NodeKey::insecure_from_name("own"),
+        )
+        .unwrap();
         let user = Scope::User("bob".into());
         replica.put_memory(&Scope::Mesh, "a", json!(1)).unwrap();
         replica.put_memory(&user, "b", json!(2)).unwrap();

@@ -24,5 +24,6 @@ pub mod replica;
 pub mod search;
 pub mod store;
 pub mod sync;
+pub mod trust;
 pub mod views;
 pub mod watch;

@@ -33,7 +33,11 @@ fn writer_loop() {
         return;
     };
     let batch: usize = std::env::var(BATCH_ENV).unwrap().parse().unwrap();
-    let mut replica = Replica::open(Path::new(&dir), "writer").unwrap();
+    let mut replica = Replica::open(
+        Path::new(&dir),
+        meshd::trust::NodeKey::insecure_from_name("writer"),
+    )
+    .unwrap();
     for round in 0.. {
         let first = round * batch;
         replica
@@ -85,7 +89,11 @@ fn kill_mid_loop(batch: usize, acks: usize) {
     child.wait().unwrap();
     drop(lines);
 
-    let replica = Replica::open(dir.path(), "reader").expect("store must reopen after SIGKILL");
+    let replica = Replica::open(
+        dir.path(),
+        meshd::trust::NodeKey::insecure_from_name("reader"),
+    )
+    .expect("store must reopen after SIGKILL");
     for i in 0..acknowledged {
         let entry = replica
             .get_memory(&Scope::Mesh, &format!("k{i}"))

@@ -13,6 +13,7 @@ use meshd::sync::{
     Access, Bundle, Config, DocPart, Have, Heads, Knowledge, Message, Session, StoreError, Sync,
     SyncError, SyncStore,
 };
+use meshd::trust::ChangeSignature;
 
 struct Peer {
     _dir: tempfile::TempDir,
@@ -21,7 +22,11 @@ struct Peer {
 
 fn peer(name: &str) -> Peer {
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::open(&dir.path().join(name), name).unwrap();
+    let replica = Replica::open(
+        &dir.path().join(name),
+        meshd::trust::NodeKey::insecure_from_name(name),
+    )
+    .unwrap();
     Peer { _dir: dir, replica }
 }
 
@@ -292,14 +297,32 @@ impl SyncStore for Counting<'_> {
     fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String> {
         self.replica.vet(doc, changes)
     }
-    fn vet_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<(), String> {
-        SyncStore::vet_document(self.replica, doc, saved)
+    fn vet_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String> {
+        SyncStore::vet_document(self.replica, doc, saved, signatures)
     }
-    fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
-        self.replica.apply(doc, changes)
+    fn apply(
+        &mut self,
+        doc: &DocId,
+        changes: Vec<Change>,
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>, StoreError> {
+        self.replica.apply(doc, changes, signatures)
     }
-    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
-        self.replica.apply_document(doc, saved)
+    fn apply_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>, StoreError> {
+        self.replica.apply_document(doc, saved, signatures)
+    }
+    fn signatures(&mut self, doc: &DocId) -> Result<Vec<ChangeSignature>, StoreError> {
+        SyncStore::signatures(self.replica, doc)
     }
     fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError> {
         self.replica.shared_heads(peer, doc)
@@ -444,7 +467,12 @@ fn peer_at(name: &str, now: &std::sync::Arc<std::sync::atomic::AtomicU64>) -> Pe
     let dir = tempfile::tempdir().unwrap();
     let now = now.clone();
     let clock = Box::new(move || now.load(std::sync::atomic::Ordering::SeqCst));
-    let replica = Replica::open_with_clock(&dir.path().join(name), name, clock).unwrap();
+    let replica = Replica::open_with_clock(
+        &dir.path().join(name),
+        meshd::trust::NodeKey::insecure_from_name(name),
+        clock,
+    )
+    .unwrap();
     Peer { _dir: dir, replica }
 }
 
@@ -481,6 +509,9 @@ fn add_huge_change(peer: &mut Peer, keys: usize) {
         .replica
         .document(&mesh)
         .map_or_else(automerge::Automerge::new, automerge::Automerge::fork);
+    // Made as node `a` would, and signed by it, so that peers take it.
+    let key = meshd::trust::NodeKey::insecure_from_name("a");
+    doc.set_actor(key.actor());
     let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
     let mut tx = doc.transaction();
     for i in 0..keys {
@@ -505,7 +536,10 @@ fn add_huge_change(peer: &mut Peer, keys: usize) {
         "the change ({} bytes) must not fit one bundle",
         change.raw_bytes().len()
     );
-    peer.replica.apply_changes(&mesh, vec![change]).unwrap();
+    let signature = key.sign(&change.hash());
+    peer.replica
+        .apply_changes(&mesh, vec![change], vec![signature])
+        .unwrap();
 }
 
 #[test]

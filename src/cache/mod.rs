@@ -282,7 +282,13 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, SharedReplica, CachePaths, CacheFiles) {
         let temp = tempfile::tempdir().unwrap();
-        let replica = SharedReplica::new(Replica::open(&temp.path().join("store"), "own").unwrap());
+        let replica = SharedReplica::new(
+            Replica::open(
+                &temp.path().join("store"),
+                crate::trust::NodeKey::insecure_from_name("own"),
+            )
+            .unwrap(),
+        );
         let paths = CachePaths {
             openclaw_home: temp.path().join("openclaw"),
             skills_dir: temp.path().join("skills"),
@@ -391,7 +397,7 @@ mod tests {
         replica
             .with(|r| r.delete_memory(&Scope::Mesh, "k04"))
             .unwrap();
-        let own = Scope::Node("own".into());
+        let own = replica.with(|r| r.own_scope());
         let other = Scope::Node("abc".into());
         // `node` + `abc:x` and `node:abc` + `x` are both `node:abc:x`: the newer keeps it.
         import(&replica, own.clone(), "abc:x", "own, older".into(), 10);

@@ -188,7 +188,7 @@ pub fn is_daemon_running(home: &Home) -> bool {
 pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
     home.require_initialised()?;
     let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-    let mut replica = Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    let mut replica = Replica::open(&home.store_path(), identity.signing_key()?)?;
     let config = home.load_config()?;
     replica.set_clock_bound(config.node.clock_bound());
     replica.set_reserve(config.store.reserve());

@@ -33,7 +33,7 @@ pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
     create_home(&home.dir)?;
     let identity = Identity::generate()?;
     identity.save(&home.key_path(), &home.cert_path())?;
-    Replica::open(&home.store_path(), &identity.node_id.compact())?;
+    Replica::open(&home.store_path(), identity.signing_key()?)?;
     home.write_new_config(&name, &args.listen)?;
     api::token::load_or_create(&home.api_token_path())?;
     println!("{}", identity.node_id);

@@ -20,6 +20,7 @@ use crate::model::hlc::rfc3339_seconds;
 use crate::model::DocId;
 use crate::peers::Peer;
 use crate::replica::system_clock;
+use crate::trust::ChangeSignature;
 
 const FORMAT: &str = "meshd-backup";
 const VERSION: u32 = 1;
@@ -43,6 +44,10 @@ struct BackedUpDoc {
     file: String,
     heads: Vec<String>,
     bytes: usize,
+    /// The signatures that vouch for the document's changes (`trust`); a backup made
+    /// before meshd signed changes has none.
+    #[serde(default)]
+    signatures: Vec<ChangeSignature>,
 }
 
 /// Writes a backup of every document and the peer list into a new directory.
@@ -69,7 +74,13 @@ impl Command for Backup {
         prepare_dir(&self.dir)?;
         let peers = node.peers.list().map_err(CommandError::failed)?;
         // One moment of the store: copies under the lock, saved after it.
-        let copies = node.replica.with(|replica| replica.copy_documents())?;
+        let copies = node.replica.with(|replica| {
+            let copies = replica.copy_documents()?;
+            copies
+                .into_iter()
+                .map(|(doc, copy)| Ok((replica.signatures(&doc)?, doc, copy)))
+                .collect::<Result<Vec<_>, crate::replica::ReplicaError>>()
+        })?;
         let docs_dir = self.dir.join("docs");
         fs::create_dir_all(&docs_dir).map_err(|e| cannot_write(&docs_dir, e))?;
         let mut manifest = Manifest {
@@ -80,7 +91,7 @@ impl Command for Backup {
             docs: Vec::new(),
         };
         let mut bytes = 0;
-        for (index, (doc, copy)) in copies.into_iter().enumerate() {
+        for (index, (signatures, doc, copy)) in copies.into_iter().enumerate() {
             let saved = copy.save();
             let file = format!("docs/{index}.automerge");
             write_synced(&self.dir.join(&file), &saved)?;
@@ -90,6 +101,7 @@ impl Command for Backup {
                 file,
                 heads: copy.get_heads().iter().map(ToString::to_string).collect(),
                 bytes: saved.len(),
+                signatures,
             });
         }
         let peers_json = serde_json::to_vec_pretty(&peers).map_err(CommandError::failed)?;
@@ -125,14 +137,16 @@ impl Command for Restore {
         let manifest = read_manifest(&self.dir)?;
         let mut docs = Vec::new();
         for entry in &manifest.docs {
-            docs.push(read_doc(&self.dir, entry)?);
+            let (doc, saved) = read_doc(&self.dir, entry)?;
+            docs.push((doc, saved, entry.signatures.clone()));
         }
         let peers: Vec<Peer> = read_json(&self.dir.join(PEERS))?;
         let mut bytes = 0;
-        for (doc, saved) in &docs {
+        let documents = docs.len();
+        for (doc, saved, signatures) in docs {
             bytes += saved.len();
             node.replica
-                .with(|replica| merge_vetted(replica, doc, saved))
+                .with(|replica| merge_vetted(replica, &doc, &saved, signatures.clone()))
                 .map_err(|e| CommandError::failed(format!("cannot restore {doc}: {e}")))?;
         }
         node.ensure_peers_writable()?;
@@ -148,23 +162,24 @@ impl Command for Restore {
         }
         Ok(BackupReport {
             dir: self.dir,
-            documents: docs.len(),
+            documents,
             bytes,
             peers: added,
         })
     }
 }
 
-/// Merges a whole document from outside (a backup, a file), with the clock rule every change
-/// from outside obeys; the new change hashes.
+/// Merges a whole document from outside (a backup, a file), with the clock rule and the
+/// trust rule every change from outside obeys (`Replica::vet_file`); the new change hashes.
 pub(super) fn merge_vetted(
     replica: &mut crate::replica::Replica,
     doc: &DocId,
     saved: &[u8],
+    signatures: Vec<ChangeSignature>,
 ) -> Result<Vec<automerge::ChangeHash>, String> {
-    replica.vet_document(saved).map_err(|e| e.to_string())?;
+    let keep = replica.vet_file(doc, saved, signatures)?;
     replica
-        .merge_document(doc, saved)
+        .merge_document(doc, saved, keep)
         .map_err(|e| e.to_string())
 }
 

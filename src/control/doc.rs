@@ -62,7 +62,7 @@ impl Command for DocImport {
         })?;
         let added = node
             .replica
-            .with(|replica| super::backup::merge_vetted(replica, &doc, &saved))
+            .with(|replica| super::backup::merge_vetted(replica, &doc, &saved, Vec::new()))
             .map_err(|e| {
                 CommandError::failed(format!(
                     "{} was not merged into {doc}: {e}",

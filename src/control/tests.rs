@@ -15,8 +15,9 @@ struct Node {
 
 fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let own = NodeId::from_public_key(b"this node");
-    let replica = Replica::open(&dir.path().join("store"), &own.compact()).unwrap();
+    let key = crate::trust::NodeKey::insecure_from_name("this node");
+    let own = key.node_id();
+    let replica = Replica::open(&dir.path().join("store"), key).unwrap();
     let peers = PeerStore::open(replica.db()).unwrap();
     let paths = crate::cache::CachePaths {
         openclaw_home: dir.path().join("openclaw"),

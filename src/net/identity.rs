@@ -23,6 +23,8 @@ pub enum IdentityError {
     },
     #[error("{path} does not hold a usable Ed25519 key: {source}")]
     Key { path: String, source: rcgen::Error },
+    #[error(transparent)]
+    Signing(#[from] crate::trust::KeyError),
 }
 
 pub struct Identity {
@@ -34,6 +36,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The key that signs this node's changes: the same key as its TLS identity.
+    pub fn signing_key(&self) -> Result<crate::trust::NodeKey, IdentityError> {
+        Ok(crate::trust::NodeKey::from_pem(&self.key_pem)?)
+    }
+
     pub fn generate() -> Result<Identity, IdentityError> {
         let key =
             rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(IdentityError::Generate)?;

@@ -13,15 +13,15 @@
 
 use std::collections::BTreeSet;
 
-use automerge::{ActorId, Change, ChangeHash, ReadDoc};
+use automerge::{Change, ChangeHash, ReadDoc};
 
 use super::changes::changed_names;
 use super::index::{self, Summary};
 use super::integrity::{DocRecord, Record, Shortfall};
 use super::storage;
 use super::{
-    system_clock, DocId, Replica, ReplicaError, Result, COMPACT_AFTER_CHANGES, COMPACT_GROWTH,
-    COMPACT_MIN_CHANGES,
+    system_clock, ChangeSignature, DocId, Replica, ReplicaError, Result, COMPACT_AFTER_CHANGES,
+    COMPACT_GROWTH, COMPACT_MIN_CHANGES,
 };
 
 /// The keys or skill names a write changed in each document it touched.
@@ -37,6 +37,9 @@ pub(super) struct Pending {
     /// The local writes (memory and skill versions) these changes hold; none for changes
     /// from peers.
     pub writes: usize,
+    /// Signatures from peers that vouch for `changes`; the changes made here are signed when
+    /// they are stored.
+    pub signatures: Vec<(DocId, ChangeSignature)>,
 }
 
 impl Pending {
@@ -102,6 +105,10 @@ impl Replica {
         for (doc, change) in &pending.changes {
             storage::stage_change(&mut batch, &doc.name(), &change.hash(), change.raw_bytes());
         }
+        if let Err(error) = self.stage_signatures(&mut batch, &pending) {
+            self.roll_back(pending.before);
+            return Err(error);
+        }
         let touched = self.touched(&pending.before);
         let summaries = match self.stage_index(&mut batch, &touched) {
             Ok(summaries) => summaries,
@@ -139,11 +146,24 @@ impl Replica {
 
     /// Stores a document that took a whole document in (`merge_document`) as a new snapshot,
     /// with its index; undone like `persist` when that fails.
-    pub(super) fn persist_merged(&mut self, doc: &DocId, before: Vec<ChangeHash>) -> Result<()> {
+    pub(super) fn persist_merged(
+        &mut self,
+        doc: &DocId,
+        before: Vec<ChangeHash>,
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<()> {
         let before = vec![(doc.clone(), before)];
         let touched = self.touched(&before);
         let mut batch = sled::Batch::default();
         let snapshot_len = self.stage_snapshot(&mut batch, doc);
+        let vouching = Pending {
+            signatures: signatures.into_iter().map(|s| (doc.clone(), s)).collect(),
+            ..Pending::default()
+        };
+        if let Err(error) = self.stage_signatures(&mut batch, &vouching) {
+            self.roll_back(before);
+            return Err(error);
+        }
         let summaries = match self.stage_index(&mut batch, &touched) {
             Ok(summaries) => summaries,
             Err(error) => {
@@ -211,7 +231,7 @@ impl Replica {
 
     /// Takes documents back to heads that are durable, after a failed persist.
     pub(super) fn roll_back(&mut self, before: Vec<(DocId, Vec<ChangeHash>)>) {
-        self.actor = ActorId::random();
+        self.actor = self.key.actor();
         for (doc, heads) in before {
             if heads.is_empty() {
                 self.docs.remove(&doc);

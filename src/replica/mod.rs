@@ -11,6 +11,7 @@ mod lazy;
 mod memory_doc;
 mod repair;
 mod shared;
+mod signatures;
 mod skills_doc;
 pub mod space;
 mod storage;
@@ -31,6 +32,7 @@ use crate::model::entry::{resolve, Versioned};
 use crate::model::hlc::ClockBound;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{secret, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp};
+use crate::trust::{ChangeSignature, NodeKey};
 use durable::Pending;
 use storage::Storage;
 
@@ -171,6 +173,8 @@ pub struct Replica {
     edit_clock: u64,
     use_clock: u64,
     node_id: String,
+    /// Signs every change made here; its id is `node_id`.
+    key: NodeKey,
     actor: ActorId,
     hlc: Hlc,
     wall_clock: WallClock,
@@ -205,21 +209,21 @@ pub fn system_clock() -> u64 {
 }
 
 impl Replica {
-    /// Opens (or creates) the store at `path` for the node `node_id` (its compact id).
-    pub fn open(path: &Path, node_id: &str) -> Result<Replica> {
-        Replica::open_with_clock(path, node_id, Box::new(system_clock))
+    /// Opens (or creates) the store at `path` for the node whose key is `key`.
+    pub fn open(path: &Path, key: NodeKey) -> Result<Replica> {
+        Replica::open_with_clock(path, key, Box::new(system_clock))
     }
 
-    pub fn open_with_clock(path: &Path, node_id: &str, wall_clock: WallClock) -> Result<Replica> {
+    pub fn open_with_clock(path: &Path, key: NodeKey, wall_clock: WallClock) -> Result<Replica> {
         let storage = Storage::open(path)?;
-        let mut replica = Replica::new(storage, path, node_id, wall_clock);
+        let mut replica = Replica::new(storage, path, key, wall_clock);
         replica.open_index()?;
         replica.check_integrity()?;
         Ok(replica)
     }
 
     /// A replica with no document loaded yet.
-    fn new(storage: Storage, path: &Path, node_id: &str, wall_clock: WallClock) -> Replica {
+    fn new(storage: Storage, path: &Path, key: NodeKey, wall_clock: WallClock) -> Replica {
         Replica {
             storage,
             store_path: path.to_path_buf(),
@@ -232,10 +236,13 @@ impl Replica {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             edit_clock: 0,
             use_clock: 0,
-            node_id: node_id.to_string(),
+            node_id: key.node_id().compact(),
             // A fresh actor per process: a change made but never flushed before a crash can
-            // then never collide with a different change under the same (actor, seq).
-            actor: ActorId::random(),
+            // then never collide with a different change under the same (actor, seq). It
+            // starts with the node id, so peers know whose signature the change needs.
+            actor: key.actor(),
+            key,
+
             hlc: Hlc::default(),
             wall_clock,
             clock_bound: ClockBound::default(),
@@ -558,7 +565,13 @@ impl Replica {
     /// Applies changes received from a peer and makes them durable. Returns the hashes of the
     /// changes that were new here; changes whose dependencies are still missing wait in the
     /// document's queue and are not stored until they apply.
-    pub fn apply_changes(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>> {
+    /// `signatures` vouch for them (`trust`), and are kept to send on with them.
+    pub fn apply_changes(
+        &mut self,
+        doc: &DocId,
+        changes: Vec<Change>,
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>> {
         self.ensure_writable()?;
         let edit = self.next_edit();
         let state = self.state_or_new(doc)?;
@@ -580,13 +593,19 @@ impl Replica {
                 .collect(),
             before: vec![(doc.clone(), before)],
             writes: 0,
+            signatures: signatures.into_iter().map(|s| (doc.clone(), s)).collect(),
         })?;
         Ok(hashes)
     }
 
     /// Merges a whole document (a sync snapshot, or a standard Automerge file) and stores the
-    /// result as its new snapshot.
-    pub fn merge_document(&mut self, doc: &DocId, bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+    /// result as its new snapshot, with the `signatures` that vouch for its changes.
+    pub fn merge_document(
+        &mut self,
+        doc: &DocId,
+        bytes: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>> {
         self.ensure_writable()?;
         let edit = self.next_edit();
         let state = self.state_or_new(doc)?;
@@ -603,7 +622,7 @@ impl Replica {
             .map(|meta| meta.hash)
             .collect();
         if !added.is_empty() {
-            self.persist_merged(doc, before)?;
+            self.persist_merged(doc, before, signatures)?;
         }
         Ok(added)
     }

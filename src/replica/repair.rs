@@ -31,7 +31,7 @@ fn before_repair_path(store: &Path) -> PathBuf {
 
 impl Replica {
     /// Opens the store at `path` from whatever is intact, for `meshd run --repair`.
-    pub fn open_for_repair(path: &Path, node_id: &str) -> Result<Replica> {
+    pub fn open_for_repair(path: &Path, key: crate::trust::NodeKey) -> Result<Replica> {
         let storage = match Storage::open(path) {
             Ok(storage) => storage,
             Err(error @ (ReplicaError::Damaged { .. } | ReplicaError::Corrupt(_))) => {
@@ -42,7 +42,7 @@ impl Replica {
             }
             Err(error) => return Err(error),
         };
-        let mut replica = Replica::new(storage, path, node_id, Box::new(system_clock));
+        let mut replica = Replica::new(storage, path, key, Box::new(system_clock));
         replica.load_everything(Damage::Skip)?;
         replica.rebuild_index()?;
         let before = replica.record_before_repair()?;

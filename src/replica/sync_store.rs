@@ -6,6 +6,7 @@ use automerge::{Change, ChangeHash, ReadDoc};
 use super::{Replica, ReplicaError};
 use crate::model::DocId;
 use crate::sync::{StoreError, SyncStore};
+use crate::trust::ChangeSignature;
 
 /// The sled tree of per-peer sync state: `<peer>\0<doc name>` → the shared heads, 32 bytes
 /// each.
@@ -67,17 +68,38 @@ impl SyncStore for Replica {
         self.vet_changes(changes).map_err(|e| e.to_string())
     }
 
-    fn vet_document(&mut self, _doc: &DocId, saved: &[u8]) -> Result<(), String> {
+    fn vet_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String> {
         self.ensure_writable().map_err(|e| e.to_string())?;
-        Replica::vet_document(self, saved).map_err(|e| e.to_string())
+        Replica::vet_document(self, doc, saved, signatures)
     }
 
-    fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError> {
-        self.apply_changes(doc, changes).map_err(store_error)
+    fn apply(
+        &mut self,
+        doc: &DocId,
+        changes: Vec<Change>,
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>, StoreError> {
+        self.apply_changes(doc, changes, signatures)
+            .map_err(store_error)
     }
 
-    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
-        self.merge_document(doc, saved).map_err(store_error)
+    fn apply_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>, StoreError> {
+        self.merge_document(doc, saved, signatures)
+            .map_err(store_error)
+    }
+
+    fn signatures(&mut self, doc: &DocId) -> Result<Vec<ChangeSignature>, StoreError> {
+        Replica::signatures(self, doc).map_err(store_error)
     }
 
     fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError> {

@@ -12,7 +12,10 @@ fn fixed_clock(millis: Arc<AtomicU64>) -> WallClock {
 /// Opens the store, waiting out the file lock a replica dropped just before may still hold:
 /// sled's background flusher lets go of it a moment later.
 fn open(dir: &Path, node: &str) -> Replica {
-    wait_for_store(Duration::from_secs(10), || Replica::open(dir, node)).unwrap()
+    wait_for_store(Duration::from_secs(10), || {
+        Replica::open(dir, crate::trust::NodeKey::insecure_from_name(node))
+    })
+    .unwrap()
 }
 
 fn skill(name: &str, content: &str) -> SkillWrite {
@@ -28,7 +31,8 @@ fn merge(a: &mut Replica, b: &mut Replica) {
     for _ in 0..2 {
         for doc in a.doc_ids() {
             let changes = a.document(&doc).unwrap().get_changes(&[]);
-            b.apply_changes(&doc, changes).unwrap();
+            let signatures = a.signatures(&doc).unwrap();
+            b.apply_changes(&doc, changes, signatures).unwrap();
         }
         std::mem::swap(a, b);
     }
@@ -121,7 +125,12 @@ fn compaction_keeps_state_and_shrinks_the_change_log() {
 fn stamps_increase_per_key_even_when_the_clock_goes_back() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(10_000));
-    let mut r = Replica::open_with_clock(dir.path(), "n1", fixed_clock(now.clone())).unwrap();
+    let mut r = Replica::open_with_clock(
+        dir.path(),
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(now.clone()),
+    )
+    .unwrap();
     let first = r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
     now.store(5_000, Ordering::SeqCst);
     let second = r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
@@ -131,10 +140,18 @@ fn stamps_increase_per_key_even_when_the_clock_goes_back() {
 #[test]
 fn concurrent_writes_resolve_to_the_newest_everywhere_and_keep_the_loser_visible() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a =
-        Replica::open_with_clock(da.path(), "a", fixed_clock(Arc::new(2_000.into()))).unwrap();
-    let mut b =
-        Replica::open_with_clock(db.path(), "b", fixed_clock(Arc::new(1_000.into()))).unwrap();
+    let mut a = Replica::open_with_clock(
+        da.path(),
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(Arc::new(2_000.into())),
+    )
+    .unwrap();
+    let mut b = Replica::open_with_clock(
+        db.path(),
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(Arc::new(1_000.into())),
+    )
+    .unwrap();
     a.put_memory(&Scope::Mesh, "tz", json!("UTC")).unwrap();
     b.put_memory(&Scope::Mesh, "tz", json!("CET")).unwrap();
     merge(&mut a, &mut b);
@@ -155,10 +172,18 @@ fn concurrent_writes_resolve_to_the_newest_everywhere_and_keep_the_loser_visible
 #[test]
 fn same_stamp_ties_break_by_node_id() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a =
-        Replica::open_with_clock(da.path(), "a", fixed_clock(Arc::new(1_000.into()))).unwrap();
-    let mut b =
-        Replica::open_with_clock(db.path(), "b", fixed_clock(Arc::new(1_000.into()))).unwrap();
+    let mut a = Replica::open_with_clock(
+        da.path(),
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(Arc::new(1_000.into())),
+    )
+    .unwrap();
+    let mut b = Replica::open_with_clock(
+        db.path(),
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(Arc::new(1_000.into())),
+    )
+    .unwrap();
     a.put_memory(&Scope::Mesh, "k", json!("from a")).unwrap();
     b.put_memory(&Scope::Mesh, "k", json!("from b")).unwrap();
     merge(&mut a, &mut b);
@@ -250,7 +275,12 @@ fn exported_documents_load_in_plain_automerge() {
 
 /// A replica whose wall clock reads `now` (Unix milliseconds).
 fn at(dir: &Path, now: u64) -> Replica {
-    Replica::open_with_clock(dir, "n1", fixed_clock(Arc::new(now.into()))).unwrap()
+    Replica::open_with_clock(
+        dir,
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(Arc::new(now.into())),
+    )
+    .unwrap()
 }
 
 fn imported(key: &str, millis: u64) -> MemoryEntry {
@@ -747,7 +777,12 @@ fn a_refused_write_in_a_group_fails_alone() {
 fn doctor_finds_the_newest_stamp_and_checks_the_record_and_documents_again() {
     let dir = tempfile::tempdir().unwrap();
     let millis = Arc::new(AtomicU64::new(1_000_000));
-    let mut r = Replica::open_with_clock(dir.path(), "n1", fixed_clock(millis.clone())).unwrap();
+    let mut r = Replica::open_with_clock(
+        dir.path(),
+        crate::trust::NodeKey::insecure_from_name("own"),
+        fixed_clock(millis.clone()),
+    )
+    .unwrap();
     assert_eq!(r.newest_stamp().unwrap(), None);
     assert_eq!(r.verify_integrity().unwrap(), None);
     r.put_skill(skill("triage", "steps")).unwrap();

@@ -5,12 +5,13 @@
 //! named in the log and in `meshd status` meanwhile.
 
 use automerge::legacy::OpType;
-use automerge::{Automerge, Change, ScalarValue};
+use automerge::{Automerge, Change, ChangeHash, ScalarValue};
 use serde::Deserialize;
 
 use super::Replica;
 use crate::model::hlc::FutureStamp;
-use crate::model::Stamp;
+use crate::model::{DocId, Stamp};
+use crate::trust::{self, ChangeSignature};
 
 /// The one field of a memory version or skill metadata that vetting reads.
 #[derive(Deserialize)]
@@ -44,12 +45,51 @@ impl Replica {
             .try_for_each(|stamp| self.clock_bound.check(stamp, wall))
     }
 
-    /// `vet_changes` for a whole document a peer sent. Bytes that do not load are left to
-    /// the merge, which refuses them with its own error.
-    pub fn vet_document(&mut self, saved: &[u8]) -> Result<(), FutureStamp> {
-        match Automerge::load(saved) {
-            Ok(doc) => self.vet_changes(&doc.get_changes(&[])),
-            Err(_) => Ok(()),
-        }
+    /// `vet_changes` for a whole document a peer sent, and the trust check of every change
+    /// in it that is new here: `Ok` holds the signatures to keep. Bytes that do not load are
+    /// left to the merge, which refuses them with its own error.
+    pub fn vet_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String> {
+        let Ok(loaded) = Automerge::load(saved) else {
+            return Ok(Vec::new());
+        };
+        let changes = loaded.get_changes(&[]);
+        self.vet_changes(&changes).map_err(|e| e.to_string())?;
+        self.vouch_for(doc, changes, signatures)
+    }
+
+    /// `vet_document` for a document the operator brings from a file (a backup, `meshd doc
+    /// import`): this node vouches for the file's history as a witness, so changes it made
+    /// itself and changes that name no author go in; another node's changes still need that
+    /// node's signature (a backup keeps them).
+    pub fn vet_file(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        mut signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String> {
+        let Ok(loaded) = Automerge::load(saved) else {
+            return Ok(Vec::new());
+        };
+        let changes = loaded.get_changes(&[]);
+        self.vet_changes(&changes).map_err(|e| e.to_string())?;
+        signatures.extend(loaded.get_heads().iter().map(|head| self.key.sign(head)));
+        self.vouch_for(doc, changes, signatures)
+    }
+
+    fn vouch_for(
+        &mut self,
+        doc: &DocId,
+        changes: Vec<Change>,
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String> {
+        let held = self.document(doc);
+        let stored =
+            |hash: &ChangeHash| held.is_some_and(|d| d.get_change_meta_by_hash(hash).is_some());
+        trust::check_all(doc, changes, signatures, stored)
     }
 }

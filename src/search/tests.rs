@@ -9,11 +9,19 @@ struct Node {
     searcher: Searcher,
 }
 
-const OWN: &str = "ownnode";
+fn own() -> String {
+    crate::trust::NodeKey::insecure_from_name("ownnode")
+        .node_id()
+        .compact()
+}
 
 fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::open(&dir.path().join("store"), OWN).unwrap();
+    let replica = Replica::open(
+        &dir.path().join("store"),
+        crate::trust::NodeKey::insecure_from_name("ownnode"),
+    )
+    .unwrap();
     let searcher = Searcher::new(dir.path().join("search.db"), None);
     Node {
         dir,
@@ -24,7 +32,7 @@ fn node() -> Node {
 
 impl Node {
     fn put(&self, scope: &str, key: &str, value: serde_json::Value) {
-        let scope = Scope::parse(scope, OWN).unwrap();
+        let scope = Scope::parse(scope, &own()).unwrap();
         self.replica
             .with(|r| r.put_memory(&scope, key, value))
             .unwrap();
@@ -44,7 +52,7 @@ impl Node {
         let request = SearchRequest {
             text: text.into(),
             target,
-            scope: ScopeFilter::parse(scope, OWN).unwrap(),
+            scope: ScopeFilter::parse(scope, &own()).unwrap(),
             limit: 10,
             mode: None,
         };
@@ -135,7 +143,7 @@ fn skills_are_searched_by_name_description_and_content() {
     let request = SearchRequest {
         text: "x".into(),
         target: Target::Skills,
-        scope: ScopeFilter::parse("mesh", OWN).unwrap(),
+        scope: ScopeFilter::parse("mesh", &own()).unwrap(),
         limit: 5,
         mode: None,
     };
@@ -153,7 +161,7 @@ fn changes_updates_and_deletes_are_followed() {
     node.put("mesh", "color", json!("green"));
     assert!(node.keys("blue", "").is_empty());
     assert_eq!(node.keys("green", ""), ["color"]);
-    let scope = Scope::parse("mesh", OWN).unwrap();
+    let scope = Scope::parse("mesh", &own()).unwrap();
     node.replica
         .with(|r| r.delete_memory(&scope, "color"))
         .unwrap();
@@ -325,7 +333,8 @@ fn a_document_larger_than_a_part_is_indexed_whole_and_then_followed() {
 fn a_new_index_is_built_without_loading_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let mut replica = Replica::open(&store, OWN).unwrap();
+    let mut replica =
+        Replica::open(&store, crate::trust::NodeKey::insecure_from_name("ownnode")).unwrap();
     replica
         .batch(|b| {
             for i in 0..50 {
@@ -341,7 +350,9 @@ fn a_new_index_is_built_without_loading_the_document() {
     replica.flush().unwrap();
     drop(replica);
     let n = Node {
-        replica: SharedReplica::new(Replica::open(&store, OWN).unwrap()),
+        replica: SharedReplica::new(
+            Replica::open(&store, crate::trust::NodeKey::insecure_from_name("ownnode")).unwrap(),
+        ),
         searcher: Searcher::new(dir.path().join("search.db"), None),
         dir,
     };

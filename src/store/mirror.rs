@@ -161,7 +161,13 @@ mod tests {
     #[test]
     fn a_write_upserts_and_deletes_only_what_changed() {
         let temp = tempfile::tempdir().unwrap();
-        let replica = SharedReplica::new(Replica::open(&temp.path().join("store"), "own").unwrap());
+        let replica = SharedReplica::new(
+            Replica::open(
+                &temp.path().join("store"),
+                crate::trust::NodeKey::insecure_from_name("own"),
+            )
+            .unwrap(),
+        );
         replica
             .batch(|batch| {
                 for key in 0..50 {

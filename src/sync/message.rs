@@ -9,8 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::trust::ChangeSignature;
+
 /// The protocol version this code speaks; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes before the body: the version and the body length.
 pub const HEADER_LEN: usize = 5;
 /// The largest body accepted or produced.
@@ -90,6 +92,9 @@ pub struct DocPart {
     /// More parts for this document follow (a large transfer spans several messages); the
     /// receiver acts on the document once the last part is in.
     pub more: bool,
+    /// Signatures that vouch for the changes sent for this document (see `trust`): on the
+    /// document's last part.
+    pub signatures: Vec<ChangeSignature>,
 }
 
 /// A document's heads, with what the sender knows of the receiver's.
@@ -168,7 +173,7 @@ pub enum DecodeError {
     #[error("frame shorter than its {HEADER_LEN}-byte header")]
     Truncated,
     /// Another protocol version: nothing after the first byte is read.
-    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 2 signs every change, 1 did not)")]
     Version(u8),
     /// A body over `MAX_MESSAGE`, refused from the header alone.
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
@@ -274,12 +279,17 @@ impl DocPart {
             && self.changes.is_none()
             && !self.reset
             && !self.more
+            && self.signatures.is_empty()
     }
 
     fn check_limits(&self) -> Result<(), DecodeError> {
         let heads = self.heads.as_ref().map_or(0, |h| h.hashes.len());
         let since = self.have.as_ref().map_or(0, |h| h.since.len());
-        if heads > MAX_HASHES || since > MAX_HASHES || self.need.len() > MAX_HASHES {
+        if heads > MAX_HASHES
+            || since > MAX_HASHES
+            || self.need.len() > MAX_HASHES
+            || self.signatures.len() > MAX_HASHES
+        {
             return Err(DecodeError::Limit("too many hashes"));
         }
         if self.ranges.len() > MAX_RANGES {

@@ -2,7 +2,8 @@
 //! moves frames (`Message::encode` / `Message::decode`) between two `Session`s and acts on the
 //! `Outcome` of every call (see `Session` for the call order); each session reads and writes
 //! the node's data only through a `SyncStore`, which the replica implements
-//! (src/replica/sync_store.rs). This module depends on `model` and nothing else in the crate.
+//! (src/replica/sync_store.rs). This module depends on `model` and `trust` (who made a
+//! change, and whether to take it) and nothing else in the crate.
 //! `harness` runs sessions over an in-memory wire for tests and benchmarks.
 //! docs/protocol.md is the specification.
 

@@ -8,6 +8,7 @@ use automerge::{Change, ChangeHash};
 use super::bundle;
 use super::message::{Bundle, DocPart, Have, Heads, Knowledge, Message, Range, Sync, MAX_MESSAGE};
 use crate::model::DocId;
+use crate::trust::ChangeSignature;
 
 /// Room left in each message for everything around the parts.
 const MESSAGE_BUDGET: usize = MAX_MESSAGE - (64 << 10);
@@ -21,6 +22,7 @@ struct Draft {
     document: Vec<Bundle>,
     changes: Vec<Change>,
     queued: HashSet<ChangeHash>,
+    signatures: Vec<ChangeSignature>,
     reset: bool,
 }
 
@@ -69,6 +71,21 @@ impl Outbox {
         if draft.queued.insert(change.hash()) {
             draft.changes.push(change);
         }
+    }
+
+    /// What each document's queued changes are: `None` for a whole document. The session
+    /// looks up the signatures that vouch for them.
+    pub fn sending(&self) -> Vec<(DocId, Option<HashSet<ChangeHash>>)> {
+        self.drafts
+            .iter()
+            .filter(|(_, d)| !d.document.is_empty() || !d.changes.is_empty())
+            .map(|(doc, d)| (doc.clone(), d.document.is_empty().then(|| d.queued.clone())))
+            .collect()
+    }
+
+    /// The signatures to send with `doc`'s changes.
+    pub fn signatures(&mut self, doc: &DocId, signatures: Vec<ChangeSignature>) {
+        self.draft(doc).signatures = signatures;
     }
 
     /// The whole document, as `bundle::document` cut it.
@@ -125,6 +142,8 @@ impl Draft {
     fn into_parts(self, name: String) -> (Option<DocPart>, Vec<DocPart>) {
         let mut bundles = self.document;
         bundles.extend(bundle::pack(&self.changes));
+        let count = bundles.len();
+        let mut signatures = Some(self.signatures);
         let head = DocPart {
             doc: name.clone(),
             heads: self.heads,
@@ -133,15 +152,24 @@ impl Draft {
             ranges: self.ranges,
             changes: None,
             reset: self.reset,
-            more: !bundles.is_empty(),
+            more: count > 0,
+            signatures: match count {
+                0 => signatures.take().unwrap_or_default(),
+                _ => Vec::new(),
+            },
         };
-        let count = bundles.len();
+        // The signatures ride with the last bundle: the receiver holds the changes until
+        // they are vouched for, and the last bundle holds the newest changes anyway.
         let rest = bundles
             .into_iter()
             .enumerate()
             .map(|(i, bundle)| DocPart {
                 changes: Some(bundle),
                 more: i + 1 < count,
+                signatures: match i + 1 == count {
+                    true => signatures.take().unwrap_or_default(),
+                    false => Vec::new(),
+                },
                 ..DocPart::new(name.clone())
             })
             .collect();
@@ -163,6 +191,7 @@ fn merge_single_bundles(heads: Vec<DocPart>, bundles: Vec<DocPart>) -> Vec<DocPa
         match parts.iter_mut().find(|p| p.doc == bundle.doc) {
             Some(head) if single => {
                 head.changes = bundle.changes;
+                head.signatures = bundle.signatures;
                 head.more = false;
             }
             _ => rest.push(bundle),

@@ -23,6 +23,7 @@ use super::recon;
 use super::store::{StoreError, SyncStore};
 use super::summary;
 use crate::model::DocId;
+use crate::trust::{self, ChangeSignature, Vouching};
 
 /// Filters above this many hashes cost more than reconciling ranges; the pull uses ranges.
 const MAX_FILTER_HASHES: usize = 50_000;
@@ -231,6 +232,8 @@ pub struct Session {
     /// one transfer before it starts another, and rounds do not interrupt it, so there is at
     /// most one and it outlives rounds.
     transfer: Option<(DocId, Assembly)>,
+    /// Changes from the peer waiting for the signatures that vouch for them, per document.
+    vouching: BTreeMap<DocId, Vouching>,
 }
 
 fn to_hashes(wire: &[Hash]) -> Vec<ChangeHash> {
@@ -258,6 +261,7 @@ impl Session {
             applied: Vec::new(),
             refusals: Vec::new(),
             transfer: None,
+            vouching: BTreeMap::new(),
         }
     }
 
@@ -410,7 +414,7 @@ impl Session {
         };
         out.heads(doc, &ours, view);
         state.told = Some(ours);
-        Ok(out.into_messages(false))
+        seal(store, out, false)
     }
 
     /// True when the round is complete: nothing is owed to the peer and nothing is awaited
@@ -547,7 +551,7 @@ impl Session {
         for doc in touched {
             self.plan(store, &doc, &mut out)?;
         }
-        Ok(out.into_messages(complete))
+        seal(store, out, complete)
     }
 
     fn on_sync(
@@ -596,7 +600,7 @@ impl Session {
         for doc in touched {
             self.plan(store, &doc, &mut out)?;
         }
-        Ok(out.into_messages(false))
+        seal(store, out, false)
     }
 
     fn remember_all_shared(&mut self, store: &mut impl SyncStore) -> Result<(), SyncError> {
@@ -632,9 +636,7 @@ impl Session {
     ) -> Result<DocId, SyncError> {
         let doc =
             DocId::from_name(&part.doc).map_err(|_| SyncError::UnknownDoc(part.doc.clone()))?;
-        if let Some(bundle) = &part.changes {
-            self.take_changes(store, &doc, bundle, out)?;
-        }
+        self.take_changes(store, &doc, &part, out)?;
         let state = self.docs.entry(doc.clone()).or_default();
         state.more = part.more;
         if let Some(heads) = &part.heads {
@@ -668,40 +670,105 @@ impl Session {
         Ok(doc)
     }
 
+    /// Takes in the changes and signatures of one part: a whole document is checked and
+    /// merged at once; changes wait in `vouching` until their authors' signatures vouch for
+    /// them, and what is still waiting when the peer's last part for the document is in is
+    /// refused.
     fn take_changes(
         &mut self,
         store: &mut impl SyncStore,
         doc: &DocId,
-        bundle: &super::message::Bundle,
+        part: &DocPart,
         out: &mut Outbox,
     ) -> Result<(), SyncError> {
+        if part.changes.is_none() && part.signatures.is_empty() {
+            return Ok(());
+        }
         if !self.access.may_write(doc) {
             let reason = format!("peer {} may not write {doc} on this node", self.peer);
             self.refuse(doc, reason, out);
             return Ok(());
         }
-        let Some(unpacked) = self.assemble(doc, bundle)? else {
-            return Ok(());
+        let unpacked = match &part.changes {
+            Some(bundle) => self.assemble(doc, bundle)?,
+            None => None,
         };
-        let vetted = match &unpacked {
-            Unpacked::Changes(changes) => store.vet(doc, changes),
-            Unpacked::Document(saved) => store.vet_document(doc, saved),
-        };
-        if let Err(reason) = vetted {
-            self.refuse(doc, reason, out);
+        let signatures = part.signatures.clone();
+        match unpacked {
+            Some(Unpacked::Document(saved)) => {
+                match store.vet_document(doc, &saved, signatures) {
+                    Ok(keep) => {
+                        let hashes = store.apply_document(doc, &saved, keep)?;
+                        self.note_applied(doc, hashes);
+                    }
+                    Err(reason) => self.refuse(doc, reason, out),
+                }
+                return Ok(());
+            }
+            Some(Unpacked::Changes(changes)) => {
+                if let Err(reason) = store.vet(doc, &changes) {
+                    self.refuse(doc, reason, out);
+                    return Ok(());
+                }
+                self.vouch(store, doc, changes, signatures, out)?;
+            }
+            None => self.vouch(store, doc, Vec::new(), signatures, out)?,
+        }
+        if !part.more {
+            self.refuse_unvouched(store, doc, out);
+        }
+        Ok(())
+    }
+
+    /// Adds changes and signatures to the document's waiting changes and applies those now
+    /// vouched for.
+    fn vouch(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        changes: Vec<Change>,
+        signatures: Vec<ChangeSignature>,
+        out: &mut Outbox,
+    ) -> Result<(), SyncError> {
+        let waiting = self.vouching.entry(doc.clone()).or_default();
+        let added = waiting
+            .add_changes(changes, |hash| store.has_change(doc, hash))
+            .and_then(|()| waiting.add_signatures(signatures, |hash| store.has_change(doc, hash)));
+        if let Err(error) = added {
+            waiting.clear();
+            self.refuse(doc, error.to_string(), out);
             return Ok(());
         }
-        let hashes = match unpacked {
-            Unpacked::Changes(changes) => store.apply(doc, changes)?,
-            Unpacked::Document(saved) => store.apply_document(doc, &saved)?,
+        let accepted = waiting.take_accepted(doc, |hash| store.has_change(doc, hash));
+        if !accepted.changes.is_empty() {
+            let hashes = store.apply(doc, accepted.changes, accepted.signatures)?;
+            self.note_applied(doc, hashes);
+        }
+        Ok(())
+    }
+
+    /// Refuses what still waits for a signature once the peer sent all it had for `doc`.
+    fn refuse_unvouched(&mut self, store: &mut impl SyncStore, doc: &DocId, out: &mut Outbox) {
+        let Some(waiting) = self.vouching.get_mut(doc) else {
+            return;
         };
+        let refused = waiting.refuse_waiting(doc, |hash| store.has_change(doc, hash));
+        if let Some(first) = refused.first() {
+            let reason = match refused.len() {
+                1 => trust::describe(first),
+                n => format!("{} (and {} more)", trust::describe(first), n - 1),
+            };
+            self.refuse(doc, reason, out);
+        }
+    }
+
+    fn note_applied(&mut self, doc: &DocId, hashes: Vec<ChangeHash>) {
         if !hashes.is_empty() {
             self.applied.push(Applied {
                 doc: doc.clone(),
                 hashes,
             });
         }
-        Ok(())
     }
 
     /// Adds a bundle to the transfer under way for `doc` (or starts one): `None` until its
@@ -932,8 +999,13 @@ impl Session {
             || state.pull == (Pull::Filter { answered: true });
         if gaps {
             let state = self.docs.entry(doc.clone()).or_default();
-            let missing: Vec<ChangeHash> = store
-                .missing_deps(doc, theirs)
+            let mut missing = store.missing_deps(doc, theirs);
+            // Changes waiting for their signatures are here; what they depend on is not.
+            if let Some(waiting) = self.vouching.get(doc) {
+                missing.retain(|hash| !waiting.holds(hash));
+                missing.extend(waiting.missing(|hash| store.has_change(doc, hash)));
+            }
+            let missing: Vec<ChangeHash> = missing
                 .into_iter()
                 .filter(|h| state.asked.insert(*h))
                 .collect();
@@ -982,6 +1054,23 @@ impl Session {
         }
         !self.access.may_read(doc) || state.pushed.as_ref() == Some(&(theirs.clone(), ours))
     }
+}
+
+/// The messages in `out`, with the signatures that vouch for every change they carry.
+fn seal(
+    store: &mut impl SyncStore,
+    mut out: Outbox,
+    complete: bool,
+) -> Result<Vec<Message>, SyncError> {
+    for (doc, hashes) in out.sending() {
+        let signatures = store
+            .signatures(&doc)?
+            .into_iter()
+            .filter(|s| hashes.as_ref().is_none_or(|h| h.contains(&s.change())))
+            .collect();
+        out.signatures(&doc, signatures);
+    }
+    Ok(out.into_messages(complete))
 }
 
 fn make_have(since: &[ChangeHash], fresh: &[ChangeHash], fp_rate: f64) -> Have {

@@ -5,6 +5,7 @@
 use automerge::{Change, ChangeHash};
 
 use crate::model::DocId;
+use crate::trust::ChangeSignature;
 
 /// A failure of the store itself (disk, corruption), as opposed to a bad peer.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +37,34 @@ pub trait SyncStore {
     /// Whether this node takes these changes from a peer; `Err` holds the reason it refuses
     /// them (the whole bundle is refused and the peer is told why).
     fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String>;
-    /// `vet` for a whole document in Automerge's compact format.
-    fn vet_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<(), String>;
-    /// Applies changes durably; returns the hashes that were new and applied.
-    fn apply(&mut self, doc: &DocId, changes: Vec<Change>) -> Result<Vec<ChangeHash>, StoreError>;
-    /// Merges a whole document in Automerge's compact format durably; returns the hashes that
-    /// were new. Bytes from a peer: must fail cleanly on garbage.
-    fn apply_document(&mut self, doc: &DocId, saved: &[u8]) -> Result<Vec<ChangeHash>, StoreError>;
+    /// `vet` for a whole document in Automerge's compact format, and the trust check of
+    /// every change in it that is new here (`trust::check_all` with `signatures`): `Ok` holds
+    /// the signatures to keep with it.
+    fn vet_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String>;
+    /// Applies changes durably, keeping the `signatures` that vouch for them; returns the
+    /// hashes that were new and applied.
+    fn apply(
+        &mut self,
+        doc: &DocId,
+        changes: Vec<Change>,
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>, StoreError>;
+    /// Merges a whole document in Automerge's compact format durably, keeping the
+    /// `signatures` that vouch for it; returns the hashes that were new. Bytes from a peer:
+    /// must fail cleanly on garbage.
+    fn apply_document(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeHash>, StoreError>;
+    /// The signatures kept for `doc`, which vouch for all of its changes.
+    fn signatures(&mut self, doc: &DocId) -> Result<Vec<ChangeSignature>, StoreError>;
     /// The heads last known to be held by both this node and `peer`.
     fn shared_heads(&self, peer: &str, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, StoreError>;
     /// Records (or, with `None`, forgets) the heads shared with `peer`.

@@ -55,7 +55,11 @@ impl Server {
 
     fn launch(config: ApiConfig, embedding: Option<EmbeddingConfig>, with_node: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut replica = Replica::open(&dir.path().join("store"), "me").unwrap();
+        let mut replica = Replica::open(
+            &dir.path().join("store"),
+            meshd::trust::NodeKey::insecure_from_name("me"),
+        )
+        .unwrap();
         let metrics = Arc::new(Metrics::default());
         replica.set_metrics(metrics.clone());
         let peers = PeerStore::open(replica.db()).unwrap();

@@ -1,0 +1,190 @@
+use automerge::transaction::Transactable;
+use automerge::{Automerge, Change, ROOT};
+
+use super::*;
+use crate::model::DocId;
+
+fn key(name: &str) -> NodeKey {
+    NodeKey::insecure_from_name(name)
+}
+
+/// `count` changes made one after another by `author` on `doc`.
+fn write(doc: &mut Automerge, author: &NodeKey, count: usize) -> Vec<Change> {
+    doc.set_actor(author.actor());
+    let before = doc.get_heads();
+    for i in 0..count {
+        let mut tx = doc.transaction();
+        tx.put(ROOT, format!("k{i}"), author.node_id().to_string())
+            .unwrap();
+        tx.commit();
+    }
+    doc.get_changes(&before)
+}
+
+fn nothing_stored(_: &automerge::ChangeHash) -> bool {
+    false
+}
+
+#[test]
+fn the_newest_signature_vouches_for_the_whole_chain() {
+    let a = key("a");
+    let mut doc = Automerge::new();
+    let changes = write(&mut doc, &a, 5);
+    let newest = a.sign(&changes.last().unwrap().hash());
+    let kept = check_all(
+        &DocId::Memory(Scope::Mesh),
+        changes,
+        vec![newest.clone()],
+        nothing_stored,
+    );
+    assert_eq!(kept, Ok(vec![newest]));
+}
+
+#[test]
+fn a_change_that_names_another_node_is_refused() {
+    let (b, c) = (key("b"), key("c"));
+    let mut doc = Automerge::new();
+    // B makes a change with C's actor id and signs it with its own key.
+    let forged = write(&mut doc, &c, 1);
+    let signature = b.sign(&forged[0].hash());
+    let refused = check_all(
+        &DocId::Memory(Scope::Mesh),
+        forged,
+        vec![signature],
+        nothing_stored,
+    );
+    let reason = refused.unwrap_err();
+    assert!(reason.contains(&c.node_id().to_string()), "{reason}");
+    assert!(reason.contains("no valid signature"), "{reason}");
+}
+
+#[test]
+fn only_its_owner_writes_a_node_scope() {
+    let (b, c) = (key("b"), key("c"));
+    let mut doc = Automerge::new();
+    let changes = write(&mut doc, &b, 1);
+    let signature = b.sign(&changes[0].hash());
+    let c_scope = DocId::Memory(Scope::Node(c.node_id().compact()));
+    let reason = check_all(
+        &c_scope,
+        changes.clone(),
+        vec![signature.clone()],
+        nothing_stored,
+    )
+    .unwrap_err();
+    assert!(reason.contains("only its owner"), "{reason}");
+    let b_scope = DocId::Memory(Scope::Node(b.node_id().compact()));
+    assert!(check_all(&b_scope, changes, vec![signature], nothing_stored).is_ok());
+}
+
+#[test]
+fn an_altered_signature_is_an_error() {
+    let a = key("a");
+    let mut doc = Automerge::new();
+    let changes = write(&mut doc, &a, 1);
+    let mut signature = a.sign(&changes[0].hash());
+    signature.sig[0] ^= 1;
+    let reason = check_all(&DocId::Skills, changes, vec![signature], nothing_stored).unwrap_err();
+    assert!(reason.contains("does not verify"), "{reason}");
+}
+
+#[test]
+fn a_signature_with_a_key_of_another_node_vouches_only_for_that_node() {
+    let (a, c) = (key("a"), key("c"));
+    let mut doc = Automerge::new();
+    let changes = write(&mut doc, &c, 1);
+    // A's valid signature over C's change: A witnessed it, C did not sign it.
+    let signature = a.sign(&changes[0].hash());
+    assert!(check_all(&DocId::Skills, changes, vec![signature], nothing_stored).is_err());
+}
+
+#[test]
+fn a_dependency_sent_later_is_recognised_as_vouched_for() {
+    let a = key("a");
+    let mut doc = Automerge::new();
+    let changes = write(&mut doc, &a, 3);
+    let mesh = DocId::Memory(Scope::Mesh);
+    let mut vouching = Vouching::default();
+    // The middle change hides behind a filter's false positive: it comes last, alone.
+    let (first, middle, last) = (changes[0].clone(), changes[1].clone(), changes[2].clone());
+    vouching
+        .add_changes(vec![first, last.clone()], nothing_stored)
+        .unwrap();
+    vouching
+        .add_signatures(vec![a.sign(&last.hash())], nothing_stored)
+        .unwrap();
+    // The last change is vouched for but waits for the middle one; the first is vouched for
+    // only through the middle one.
+    assert!(vouching
+        .take_accepted(&mesh, nothing_stored)
+        .changes
+        .is_empty());
+    assert_eq!(vouching.missing(nothing_stored), vec![middle.hash()]);
+    assert!(
+        vouching.refuse_waiting(&mesh, nothing_stored).is_empty(),
+        "put off while the middle one is on its way"
+    );
+    vouching
+        .add_changes(vec![middle.clone()], nothing_stored)
+        .unwrap();
+    let accepted = vouching.take_accepted(&mesh, nothing_stored);
+    let order: Vec<_> = accepted.changes.iter().map(Change::hash).collect();
+    assert_eq!(order, changes.iter().map(Change::hash).collect::<Vec<_>>());
+    assert_eq!(accepted.signatures.len(), 1);
+    assert!(vouching.is_idle());
+}
+
+#[test]
+fn a_forged_change_is_refused_when_the_peer_sent_all_it_had() {
+    let (a, c) = (key("a"), key("c"));
+    let mut doc = Automerge::new();
+    let real = write(&mut doc, &a, 2);
+    let forged = write(&mut doc, &c, 1);
+    let mesh = DocId::Memory(Scope::Mesh);
+    let mut vouching = Vouching::default();
+    // A real signature over a hash that never comes does not put the refusal off.
+    vouching
+        .add_changes(forged.clone(), nothing_stored)
+        .unwrap();
+    vouching
+        .add_signatures(vec![a.sign(&real[1].hash())], nothing_stored)
+        .unwrap();
+    assert!(vouching
+        .take_accepted(&mesh, nothing_stored)
+        .changes
+        .is_empty());
+    let refused = vouching.refuse_waiting(&mesh, nothing_stored);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].hash, forged[0].hash());
+    assert!(vouching.is_idle());
+}
+
+#[test]
+fn a_change_that_names_no_author_needs_a_witness_and_in_a_node_scope_its_owner() {
+    let a = key("a");
+    let mut doc = Automerge::new();
+    doc.set_actor(automerge::ActorId::random());
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "old", 1).unwrap();
+    tx.commit();
+    let changes = doc.get_changes(&[]);
+    assert_eq!(author_of(changes[0].actor_id()), Author::Unknown);
+    let witness = a.sign(&changes[0].hash());
+    assert!(check_all(&DocId::Skills, changes.clone(), Vec::new(), nothing_stored).is_err());
+    assert!(check_all(
+        &DocId::Skills,
+        changes.clone(),
+        vec![witness.clone()],
+        nothing_stored
+    )
+    .is_ok());
+    let other = DocId::Memory(Scope::Node(key("z").node_id().compact()));
+    assert!(check_all(&other, changes, vec![witness], nothing_stored).is_err());
+}
+
+#[test]
+fn actor_ids_name_their_node() {
+    let a = key("a");
+    assert_eq!(author_of(&a.actor()), Author::Node(a.node_id()));
+    assert_ne!(a.actor(), a.actor(), "each actor is fresh");
+}
