@@ -79,7 +79,11 @@ fn keys_may_hold_slashes_and_scopes_are_url_encoded() {
         let (status, row) = server.get(path, &[]);
         assert_eq!(status, 200, "{path}");
         assert_eq!(row["value"], "buy milk");
-        assert_eq!(row["node_id"], "me", "node_id defaults to this node");
+        assert_eq!(
+            row["node_id"],
+            Server::own_id(),
+            "node_id defaults to this node"
+        );
     }
 }
 
@@ -89,9 +93,11 @@ fn the_own_node_scope_is_plain_node() {
     let put = json!({"scope": "node", "key": "k", "value": 1});
     let (_, row) = server.send("PUT", "/mesh/memory", &[], &put.to_string());
     assert_eq!(row["scope"], "node");
-    let stored = server
-        .replica
-        .with(|replica| replica.get_memory(&Scope::Node("me".into()), "k").unwrap());
+    let stored = server.replica.with(|replica| {
+        replica
+            .get_memory(&Scope::Node(Server::own_id()), "k")
+            .unwrap()
+    });
     assert!(stored.is_some());
 }
 
@@ -300,7 +306,7 @@ fn bridge_unwraps_and_answers_requests() {
     let response = &body["response"];
     assert_eq!(response["type"], "mesh_response");
     assert_eq!(response["requestId"], "req-abc-1");
-    assert_eq!(response["nodeId"], "me");
+    assert_eq!(response["nodeId"], Server::own_id());
     assert_eq!(response["found"], true);
     assert_eq!(response["value"], json!({"shortAnswers": true}));
     let (_, body) = server.send("POST", "/bridge?unwrap=discord", &[], &discord.to_string());

@@ -53,6 +53,13 @@ impl Server {
         Server::launch(config, None, false)
     }
 
+    /// This node's id (compact), as the API shows it.
+    pub fn own_id() -> String {
+        meshd::trust::NodeKey::insecure_from_name("me")
+            .node_id()
+            .compact()
+    }
+
     fn launch(config: ApiConfig, embedding: Option<EmbeddingConfig>, with_node: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut replica = Replica::open(
