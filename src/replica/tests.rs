@@ -142,13 +142,13 @@ fn concurrent_writes_resolve_to_the_newest_everywhere_and_keep_the_loser_visible
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = Replica::open_with_clock(
         da.path(),
-        crate::trust::NodeKey::insecure_from_name("own"),
+        crate::trust::NodeKey::insecure_from_name("a"),
         fixed_clock(Arc::new(2_000.into())),
     )
     .unwrap();
     let mut b = Replica::open_with_clock(
         db.path(),
-        crate::trust::NodeKey::insecure_from_name("own"),
+        crate::trust::NodeKey::insecure_from_name("b"),
         fixed_clock(Arc::new(1_000.into())),
     )
     .unwrap();
@@ -174,13 +174,13 @@ fn same_stamp_ties_break_by_node_id() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = Replica::open_with_clock(
         da.path(),
-        crate::trust::NodeKey::insecure_from_name("own"),
+        crate::trust::NodeKey::insecure_from_name("a"),
         fixed_clock(Arc::new(1_000.into())),
     )
     .unwrap();
     let mut b = Replica::open_with_clock(
         db.path(),
-        crate::trust::NodeKey::insecure_from_name("own"),
+        crate::trust::NodeKey::insecure_from_name("b"),
         fixed_clock(Arc::new(1_000.into())),
     )
     .unwrap();

@@ -868,9 +868,20 @@ impl Session {
         let set = recon::HashSet::new(store.hashes_since(doc, &[]));
         let answer = set.answer(ranges);
         out.ranges(doc, answer.ranges);
-        for hash in answer.send {
-            if let Some(change) = store.change(doc, &hash) {
-                self.send(doc, change, out);
+        if !answer.send.is_empty() {
+            // With their descendants, which the peer lacks too: the newest of them carry the
+            // signatures that vouch for the rest (`trust`).
+            let mut missing: HashSet<ChangeHash> = answer.send.into_iter().collect();
+            for change in store.changes_since(doc, &[]) {
+                let hash = change.hash();
+                let lacked =
+                    missing.contains(&hash) || change.deps().iter().any(|d| missing.contains(d));
+                if lacked {
+                    missing.insert(hash);
+                    if !self.docs.get(doc).is_some_and(|s| s.sent.contains(&hash)) {
+                        self.send(doc, change, out);
+                    }
+                }
             }
         }
         if self.access.may_write(doc) {
