@@ -225,11 +225,12 @@ struct MeshResponse<'a> {
     ts: u64,
 }
 
-/// The `mesh_response` this node sends for `request`, from its replica. A request's `node`
-/// scope is the requester's, as in every bridge message.
+/// The `mesh_response` this node sends for `request`, from its replica. `responder` is the
+/// `nodeId` it answers as (the webhook's `MESH_NODE_ID`); `None`: the node's own id.
 pub fn respond(
     replica: &Replica,
     request: &MeshRequest,
+    responder: Option<&str>,
     wall_seconds: u64,
 ) -> Result<String, ReplicaError> {
     let (value, content) = match request.kind {
@@ -246,7 +247,7 @@ pub fn respond(
         message_type: "mesh_response",
         request_id: &request.request_id,
         kind: request.kind,
-        node_id: replica.node_id(),
+        node_id: responder.unwrap_or(replica.node_id()),
         found: value.is_some() || content.is_some(),
         value,
         content,
