@@ -225,7 +225,8 @@ struct MeshResponse<'a> {
     ts: u64,
 }
 
-/// The `mesh_response` this node sends for `request`, from its replica. `responder` is the
+/// The `mesh_response` this node sends for `request`, from its replica; a `node` scope is
+/// this node's own, as in the reference. `responder` is the
 /// `nodeId` it answers as (the webhook's `MESH_NODE_ID`); `None`: the node's own id.
 pub fn respond(
     replica: &Replica,
@@ -259,7 +260,9 @@ fn lookup_memory(replica: &Replica, request: &MeshRequest) -> Result<Option<Valu
     let (Some(scope), Some(key)) = (request.scope.as_deref(), request.key.as_deref()) else {
         return Ok(None);
     };
-    let Ok(scope) = message::scope_of(scope, None, &request.node_id) else {
+    // `node` is the responder's own scope: the reference looks `node:<key>` up in its own
+    // cache, where `node` entries are its own (meshd writes its cache the same way).
+    let Ok(scope) = message::scope_of(scope, None, replica.node_id()) else {
         return Ok(None);
     };
     Ok(replica.get_memory(&scope, key)?.map(|entry| entry.value))
