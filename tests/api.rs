@@ -326,6 +326,38 @@ fn bridge_unwraps_and_answers_requests() {
     assert_eq!(body["response"]["kind"], "skill");
 }
 
+/// The webhook's `MESH_NODE_ID` names the responder; `BRIDGE_METRICS=0` turns metrics off.
+#[test]
+fn the_webhooks_variables_name_the_responder_and_switch_metrics_off() {
+    let env = [("MESH_NODE_ID", "sec"), ("BRIDGE_METRICS", "0")];
+    let server = Server::start_with_env(ApiConfig::default(), &env);
+    let request = json!({"type":"mesh_request","requestId":"r1","kind":"skill",
+        "name":"absent","nodeId":"ceo"});
+    let (_, body) = server.send("POST", "/bridge?handleRequest=1", &[], &request.to_string());
+    assert_eq!(body["response"]["nodeId"], "sec");
+    assert_eq!(server.get("/metrics", &[]).0, 404);
+}
+
+/// Each reference server's credentials open its own routes; meshd's own routes take either.
+#[test]
+fn store_and_bridge_credentials_open_their_own_routes() {
+    let env = [
+        ("MESH_STORE_AUTH_BEARER", "store-t0ken"),
+        ("BRIDGE_AUTH_HEADER", "X-Bridge-Key"),
+        ("BRIDGE_AUTH_SECRET", "bridge-s3cret"),
+    ];
+    let server = Server::start_with_env(ApiConfig::default(), &env);
+    let store = [("Authorization", "Bearer store-t0ken")];
+    let bridge = [("X-Bridge-Key", "bridge-s3cret")];
+    assert_eq!(server.get("/mesh/memory", &store).0, 200);
+    assert_eq!(server.get("/mesh/memory", &bridge).0, 401);
+    assert_eq!(server.send("POST", "/ingest", &bridge, MEMORY).0, 200);
+    assert_eq!(server.send("POST", "/ingest", &store, MEMORY).0, 401);
+    assert_eq!(server.get("/metrics", &store).0, 200);
+    assert_eq!(server.get("/metrics", &bridge).0, 200);
+    assert_eq!(server.get("/metrics", &[]).0, 401);
+}
+
 #[test]
 fn unauthorised_requests_are_401_with_a_bearer_token() {
     let server = Server::start(ApiConfig {
@@ -424,12 +456,38 @@ fn past_the_rate_limit_requests_are_429() {
     }
     let (status, body) = server.get("/mesh/skills", &[]);
     assert_eq!((status, body), (429, json!({"error": "Too many requests"})));
-    assert_eq!(server.send("POST", "/ingest", &[], MEMORY).0, 429);
     assert_eq!(server.get("/health", &[]).0, 200, "health is never limited");
     assert_eq!(server.get("/mesh/memory", &[]).0, 429);
     assert!(server
         .replica
         .with(|replica| replica.list_memory(None).unwrap().is_empty()));
+}
+
+/// As with the reference's two servers, the store routes and the webhook routes count
+/// apart, and meshd's own routes are not counted: a busy bridge does not lock a dashboard out.
+#[test]
+fn each_route_group_has_its_own_rate_limit() {
+    let env = [
+        ("MESH_STORE_RATE_LIMIT_PER_MIN", "2"),
+        ("BRIDGE_RATE_LIMIT_PER_MIN", "3"),
+    ];
+    let server = Server::start_with_env(ApiConfig::default(), &env);
+    for _ in 0..2 {
+        assert_eq!(server.get("/mesh/skills", &[]).0, 200);
+    }
+    assert_eq!(server.get("/mesh/memory", &[]).0, 429);
+    for _ in 0..3 {
+        assert_eq!(server.send("POST", "/ingest", &[], MEMORY).0, 200);
+    }
+    assert_eq!(server.send("POST", "/bridge", &[], MEMORY).0, 429);
+    for _ in 0..5 {
+        assert_eq!(server.get("/metrics", &[]).0, 200, "meshd's own route");
+        assert_eq!(
+            server.get("/nowhere", &[]).0,
+            404,
+            "not a route of either group"
+        );
+    }
 }
 
 #[test]

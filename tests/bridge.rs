@@ -403,3 +403,27 @@ fn a_ts_far_in_the_future_is_one_ignored_item_and_nothing_breaks() {
     node.ok(&["mem", "put", "mesh", "after", "4"], "");
     node.ok(&["cache", "write"], "");
 }
+
+/// A `node` request is answered from the responder's own node scope, as the reference answers
+/// from its cache's `node:<key>`, which is the responder's own; `node:<id>` names a scope.
+#[test]
+fn a_node_request_is_answered_from_the_responders_own_scope() {
+    let node = TestNode::new("sec");
+    node.ok(&["mem", "put", "node", "uptime", "\"3 days\""], "");
+    let ceos = r#"{"type":"memory","scope":"node","key":"uptime","value":"9 days","nodeId":"ceo","ts":1739123456}"#;
+    ingest(&node, ceos, None);
+    let requests = [
+        r#"{"type":"mesh_request","requestId":"r1","kind":"memory","nodeId":"ceo","scope":"node","key":"uptime"}"#,
+        r#"{"type":"mesh_request","requestId":"r2","kind":"memory","nodeId":"x","scope":"node:ceo","key":"uptime"}"#,
+    ];
+    let out = node.ok(&["bridge", "respond"], &requests.join("\n")).stdout;
+    let answers: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        answers[0]["value"], "3 days",
+        "the responder's own, not the requester's"
+    );
+    assert_eq!(answers[1]["value"], "9 days");
+}

@@ -281,3 +281,37 @@ fn api_serve_refuses_an_open_address_without_auth() {
         run.stderr
     );
 }
+
+/// User ids as the reference schema takes them (spaces, `/`, `..`, non-ASCII) are stored, and
+/// their memory pages get safe names inside the memory directory.
+#[test]
+fn any_user_id_gets_a_page_with_a_safe_name() {
+    let node = TestNode::new("a");
+    let messages = [
+        r#"{"type":"memory","scope":"user:Ana María","key":"tz","value":"UTC","nodeId":"ceo","ts":1739123000}"#,
+        r#"{"type":"memory","scope":"user:../../escape","key":"k","value":1,"nodeId":"ceo","ts":1739123000}"#,
+    ];
+    let run = node.ok(&["bridge", "ingest"], &messages.join("\n"));
+    assert!(run.stdout.contains("\"memory\":2"), "{}", run.stdout);
+    assert_eq!(
+        node.json(&["mem", "get", "user:Ana María", "tz"]),
+        serde_json::json!("UTC")
+    );
+    node.ok(&["cache", "write"], "");
+    let files = files_under(&node.openclaw_home());
+    assert!(
+        files.contains(&"mesh/agent-memory/user-Ana%20María.md".to_string()),
+        "{files:?}"
+    );
+    assert!(
+        files.contains(&"mesh/agent-memory/user-..%2F..%2Fescape.md".to_string()),
+        "{files:?}"
+    );
+    let outside = files_under(node.dir.path());
+    assert!(
+        !outside
+            .iter()
+            .any(|f| f.contains("escape.md") && !f.contains("%2F")),
+        "{outside:?}"
+    );
+}

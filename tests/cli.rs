@@ -387,3 +387,60 @@ fn a_home_made_before_the_token_gets_one_when_the_api_starts() {
     serve.wait().unwrap();
     assert_eq!(token_mode(&node), 0o600);
 }
+
+/// An operator who replaces api-server.js by meshd under the same unit file keeps its port
+/// and its credentials: every route but the health check needs the token.
+#[test]
+fn the_reference_servers_variables_give_the_same_port_with_the_same_auth() {
+    let node = TestNode::init("ceo");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = node
+        .command(&["api", "serve"])
+        .env("PORT", port.to_string())
+        .env("MESH_STORE_AUTH_BEARER", "unit-t0ken")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("meshd API listening on http://127.0.0.1:{port}")
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = |method: &str, path: &str, authorization: Option<&str>| {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{port}{path}"));
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        let body = r#"{"type":"memory","scope":"mesh","key":"k","value":1,"nodeId":"ceo","ts":1}"#;
+        let answer = match method {
+            "POST" => agent.run(request.body(body.to_string()).unwrap()),
+            _ => agent.run(request.body(()).unwrap()),
+        };
+        answer.unwrap().status().as_u16()
+    };
+    assert_eq!(status("GET", "/health", None), 200);
+    for (method, path) in [("GET", "/mesh/memory"), ("POST", "/ingest")] {
+        assert_eq!(status(method, path, None), 401, "{path}");
+        assert_eq!(status(method, path, Some("Bearer nope")), 401, "{path}");
+        assert_eq!(
+            status(method, path, Some("Bearer unit-t0ken")),
+            200,
+            "{path}"
+        );
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}

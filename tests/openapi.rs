@@ -335,6 +335,10 @@ fn every_route_answers_as_the_document_says() {
             let status = exercise(&doc, &server, case, &[]);
             assert_eq!(status, 401);
             seen.insert((case.route, case.method, status));
+            // Only the reference's route groups are rate limited, not meshd's own routes.
+            if case.route == "/metrics" {
+                continue;
+            }
             // A client of its own: its first request passes, its second is over the limit.
             let client = format!("Bearer client-{i}");
             exercise(&doc, &limited, case, &[("Authorization", &client)]);

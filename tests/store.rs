@@ -246,9 +246,125 @@ fn export_upserts_without_replacing_newer_rows_and_prune_removes() {
         json!({"memory": 0, "skills": 0, "removed": 0})
     );
     node.ok(&["mem", "rm", "mesh", "b"], "");
-    assert_eq!(export(&node, &target, &["--prune"])["removed"], 2);
+    assert_eq!(export(&node, &target, &["--prune"])["removed"], 1);
     let keys: Vec<String> = memory_rows(&target).into_iter().map(|r| r.1).collect();
-    assert_eq!(keys, ["a"]);
+    assert_eq!(
+        keys,
+        ["a", "other"],
+        "b went; the row someone else wrote stays"
+    );
+}
+
+/// The reference client's schema, FTS table included, as api-server.js creates it.
+const REFERENCE_SCHEMA: &str = "\
+CREATE TABLE mesh_memory (id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT NOT NULL,
+  key TEXT NOT NULL, value TEXT NOT NULL, node_id TEXT NOT NULL, updated_at INTEGER NOT NULL,
+  UNIQUE(scope, key));
+CREATE VIRTUAL TABLE mesh_memory_fts USING fts5(scope, key, content, tokenize='unicode61');
+CREATE TABLE mesh_skills (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+  source_node TEXT NOT NULL, content TEXT, path TEXT, updated_at INTEGER NOT NULL,
+  CHECK (content IS NOT NULL OR path IS NOT NULL));";
+
+fn fts_rows(conn: &Connection) -> Vec<(String, String, String)> {
+    let mut statement = conn
+        .prepare("SELECT scope, key, content FROM mesh_memory_fts ORDER BY scope, key")
+        .unwrap();
+    let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+    rows.unwrap().map(Result::unwrap).collect()
+}
+
+/// A file api-server.js also serves: meshd's prune and deletions remove only rows meshd
+/// wrote, even when a row someone else wrote has a key meshd deleted, and the reference's
+/// full-text table follows meshd's rows.
+#[test]
+fn prune_deletes_only_what_meshd_wrote_and_keeps_the_fts_table_in_step() {
+    let node = TestNode::new("a");
+    let target = node.dir.path().join("shared.sqlite");
+    let conn = Connection::open(&target).unwrap();
+    conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+    // What api-server.js's putMemory / putSkill leave behind.
+    conn.execute_batch(
+        "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at)
+           VALUES ('mesh', 'theirs', 'dashboard note', 'dash', 1739000000);
+         INSERT INTO mesh_memory_fts (scope, key, content)
+           VALUES ('mesh', 'theirs', 'theirs dashboard note');
+         INSERT INTO mesh_skills (name, source_node, content, path, updated_at)
+           VALUES ('their-skill', 'dash', 'body', NULL, 1739000000);",
+    )
+    .unwrap();
+    node.ok(&["mem", "put", "mesh", "focus", "\"Q3 launch\""], "");
+    node.ok(&["mem", "put", "mesh", "gone", "1"], "");
+    node.ok(&["skill", "put", "mine"], "# mine");
+    export(&node, &target, &["--prune"]);
+    let indexed = fts_rows(&conn);
+    assert!(indexed.contains(&("mesh".into(), "focus".into(), "focus Q3 launch".into())));
+    assert!(indexed.contains(&("mesh".into(), "gone".into(), "gone".into())));
+
+    node.ok(&["mem", "rm", "mesh", "gone"], "");
+    node.ok(&["skill", "rm", "mine"], "");
+    let report = export(&node, &target, &["--prune"]);
+    assert_eq!(report["removed"], 2, "{report}");
+    let keys: Vec<String> = memory_rows(&target).into_iter().map(|r| r.1).collect();
+    assert_eq!(keys, ["focus", "theirs"]);
+    let names: Vec<String> = skill_rows(&target).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["their-skill"]);
+    let indexed: Vec<String> = fts_rows(&conn).into_iter().map(|r| r.1).collect();
+    assert_eq!(indexed, ["focus", "theirs"]);
+
+    // api-server.js rewrites meshd's row in place (same id): it is theirs from then on.
+    conn.execute(
+        "UPDATE mesh_memory SET value = 'edited', node_id = 'dash', updated_at = 99999999999 \
+         WHERE key = 'focus'",
+        [],
+    )
+    .unwrap();
+    node.ok(&["mem", "rm", "mesh", "focus"], "");
+    assert_eq!(export(&node, &target, &["--prune"])["removed"], 0);
+    let keys: Vec<String> = memory_rows(&target).into_iter().map(|r| r.1).collect();
+    assert_eq!(keys, ["focus", "theirs"]);
+}
+
+/// An entry in another node's scope written by a third node keeps its scope through export
+/// and import, and importing meshd's own export again adds nothing.
+#[test]
+fn node_scopes_survive_export_then_import() {
+    let node = TestNode::new("a");
+    let message = r#"{"type":"memory","scope":"node:nas","key":"disk","value":"80%","nodeId":"ceo","ts":1739000000}"#;
+    node.ok(&["bridge", "ingest"], message);
+    let own = r#"{"type":"memory","scope":"node","key":"uptime","value":"3 days","nodeId":"sec","ts":1739000001}"#;
+    node.ok(&["bridge", "ingest"], own);
+    let before = node.json(&["mem", "ls", "--json"]);
+    let target = node.dir.path().join("out.sqlite");
+    export(&node, &target, &[]);
+    let rows = memory_rows(&target);
+    assert!(rows.contains(&(
+        "node".into(),
+        "disk".into(),
+        "80%".into(),
+        "ceo".into(),
+        1739000000
+    )));
+
+    let report = import(&node, &target);
+    assert_eq!(report["memory"], 0, "{report}");
+    assert_eq!(
+        node.json(&["mem", "ls", "--json"]),
+        before,
+        "no scope changed, nothing added"
+    );
+
+    let other = TestNode::new("b");
+    import(&other, &target);
+    assert_eq!(
+        other.json(&["mem", "get", "node:nas", "disk"]),
+        json!("80%")
+    );
+    assert_eq!(
+        other.json(&["mem", "get", "node:sec", "uptime"]),
+        json!("3 days")
+    );
+    let wrong = other.run(&["mem", "get", "node:ceo", "disk"], "");
+    assert_ne!(wrong.code, 0, "not moved into the author's scope");
 }
 
 #[test]

@@ -179,9 +179,9 @@ pub fn is_preflight(request: &Request) -> bool {
 
 /// The answer to a preflight from an allowed origin: that origin may send the methods the
 /// API has, with a JSON body and its credentials.
-pub fn preflight(origin: HeaderValue, auth_header: Option<&HeaderName>) -> Response {
+pub fn preflight(origin: HeaderValue, auth_headers: &[&HeaderName]) -> Response {
     let mut headers = vec!["authorization", "content-type"];
-    headers.extend(auth_header.map(HeaderName::as_str));
+    headers.extend(auth_headers.iter().map(|name| name.as_str()));
     let response = (
         StatusCode::NO_CONTENT,
         [

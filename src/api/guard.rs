@@ -57,21 +57,107 @@ impl IntoResponse for HttpError {
     }
 }
 
-/// Who may call the API: a bearer token, a named header carrying a shared secret, or both
-/// (either one then lets a request in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Auth {
+/// The reference ran two servers, the store API (`/mesh...`) and the bridge webhook
+/// (`/ingest`, `/bridge`); meshd serves both on one port and keeps their credentials and rate
+/// limits apart, as they were. `Open` routes carry no data; `Own` ones are meshd's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteGroup {
+    Open,
+    Store,
+    Bridge,
+    Own,
+}
+
+impl RouteGroup {
+    pub fn of(path: &str) -> RouteGroup {
+        match path {
+            "/health" | "/" => RouteGroup::Open,
+            "/ingest" | "/bridge" => RouteGroup::Bridge,
+            _ if path == "/mesh" || path.starts_with("/mesh/") => RouteGroup::Store,
+            _ => RouteGroup::Own,
+        }
+    }
+}
+
+/// One way in: a bearer token, a named header carrying a shared secret, or both (either one
+/// then lets a request in).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
     pub bearer: Option<String>,
     pub header: Option<(HeaderName, String)>,
 }
 
-impl Auth {
+impl Credentials {
+    fn is_empty(&self) -> bool {
+        self.bearer.is_none() && self.header.is_none()
+    }
+
     fn allows(&self, headers: &HeaderMap) -> bool {
         let bearer = (self.bearer.as_ref()).is_some_and(|token| carries_bearer(headers, token));
         let header = self.header.as_ref().is_some_and(|(name, secret)| {
             (headers.get(name)).is_some_and(|given| same(given.as_bytes(), secret.as_bytes()))
         });
         bearer || header
+    }
+}
+
+/// Who may call the API, per route group. A group with no credentials of its own takes the
+/// other group's, so that a unit file written for one reference server (only `MESH_STORE_*`,
+/// or only `BRIDGE_*`) protects the whole port, not half of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    store: Credentials,
+    bridge: Credentials,
+}
+
+impl Auth {
+    /// `None` when neither group has credentials: the API is open (loopback only).
+    pub fn grouped(store: Credentials, bridge: Credentials) -> Option<Auth> {
+        match (store.is_empty(), bridge.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(Auth {
+                store: bridge.clone(),
+                bridge,
+            }),
+            (false, true) => Some(Auth {
+                bridge: store.clone(),
+                store,
+            }),
+            (false, false) => Some(Auth { store, bridge }),
+        }
+    }
+
+    /// The credentials of a group's routes; meshd's own routes take the store's (see
+    /// `allows`).
+    pub fn credentials(&self, group: RouteGroup) -> &Credentials {
+        match group {
+            RouteGroup::Bridge => &self.bridge,
+            _ => &self.store,
+        }
+    }
+
+    /// meshd's own routes (`/metrics`) let in the holder of either group's credentials.
+    fn allows(&self, group: RouteGroup, headers: &HeaderMap) -> bool {
+        match group {
+            RouteGroup::Open => true,
+            RouteGroup::Store | RouteGroup::Bridge => self.credentials(group).allows(headers),
+            RouteGroup::Own => self.store.allows(headers) || self.bridge.allows(headers),
+        }
+    }
+
+    /// The secret headers a page on `group`'s routes may send.
+    fn header_names(&self, group: RouteGroup) -> Vec<&HeaderName> {
+        let groups: &[&Credentials] = match group {
+            RouteGroup::Own => &[&self.store, &self.bridge],
+            _ => &[self.credentials(group)],
+        };
+        let mut names: Vec<&HeaderName> = Vec::new();
+        for (name, _) in groups.iter().filter_map(|c| c.header.as_ref()) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
     }
 }
 
@@ -87,7 +173,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Fixed one-minute windows per client, as the reference counts them.
+/// Fixed one-minute windows per client, as the reference counts them; one per route group.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: u32,
@@ -123,9 +209,31 @@ impl RateLimiter {
     }
 }
 
-/// Routes anyone may call: health checks carry no data.
-fn is_open(path: &str) -> bool {
-    path == "/health" || path == "/"
+/// The store routes' and the webhook routes' limiters: a client's bridge traffic does not
+/// use up its store budget, as with the reference's two servers.
+#[derive(Debug)]
+pub struct RateLimiters {
+    store: RateLimiter,
+    bridge: RateLimiter,
+}
+
+impl RateLimiters {
+    pub fn new(settings: &ApiSettings) -> RateLimiters {
+        RateLimiters {
+            store: RateLimiter::new(settings.rate_limit_per_min(RouteGroup::Store)),
+            bridge: RateLimiter::new(settings.rate_limit_per_min(RouteGroup::Bridge)),
+        }
+    }
+
+    /// Only the two reference groups are counted: health checks and meshd's own routes
+    /// (`/metrics`, unknown paths) never are, as neither reference server counted them.
+    fn allow(&self, group: RouteGroup, client: String, now: Instant) -> bool {
+        match group {
+            RouteGroup::Store => self.store.allow(client, now),
+            RouteGroup::Bridge => self.bridge.allow(client, now),
+            RouteGroup::Open | RouteGroup::Own => true,
+        }
+    }
 }
 
 /// The browser rules on every route; then, but for the health check, authentication and
@@ -143,8 +251,9 @@ pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) 
         return admit(&state, request, next, false).await;
     };
     if browser::is_preflight(&request) {
-        let auth_header = (state.settings.auth.as_ref()).and_then(|auth| auth.header.as_ref());
-        return browser::preflight(origin, auth_header.map(|(name, _)| name));
+        let group = RouteGroup::of(request.uri().path());
+        let names = (state.settings.auth.as_ref()).map_or_else(Vec::new, |a| a.header_names(group));
+        return browser::preflight(origin, &names);
     }
     browser::allow(admit(&state, request, next, true).await, origin)
 }
@@ -152,11 +261,14 @@ pub async fn guard(State(state): State<ApiState>, request: Request, next: Next) 
 /// Authentication and the rate limit. A request from a web page (it has an Origin) needs a
 /// credential even where other callers do not: the node's token, or the configured one.
 async fn admit(state: &ApiState, request: Request, next: Next, from_browser: bool) -> Response {
-    if is_open(request.uri().path()) {
+    let group = RouteGroup::of(request.uri().path());
+    if group == RouteGroup::Open {
         return next.run(request).await;
     }
     let settings = &state.settings;
-    if (settings.auth.is_some() || from_browser) && !has_credential(settings, request.headers()) {
+    if (settings.auth.is_some() || from_browser)
+        && !has_credential(settings, group, request.headers())
+    {
         let message = match settings.auth {
             Some(_) => "Unauthorized",
             None => {
@@ -166,10 +278,8 @@ async fn admit(state: &ApiState, request: Request, next: Next, from_browser: boo
         };
         return HttpError::new(StatusCode::UNAUTHORIZED, message).into_response();
     }
-    if !state
-        .limiter
-        .allow(client_key(state, &request), Instant::now())
-    {
+    let client = client_key(state, group, &request);
+    if !state.limiters.allow(group, client, Instant::now()) {
         return HttpError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests").into_response();
     }
     next.run(request).await
@@ -177,20 +287,18 @@ async fn admit(state: &ApiState, request: Request, next: Next, from_browser: boo
 
 /// The node's token is always a credential; the configured bearer token or header secret are
 /// too.
-fn has_credential(settings: &ApiSettings, headers: &HeaderMap) -> bool {
+fn has_credential(settings: &ApiSettings, group: RouteGroup, headers: &HeaderMap) -> bool {
     let node_token = (settings.node_token.as_ref()).is_some_and(|t| carries_bearer(headers, t));
-    node_token
-        || settings
-            .auth
-            .as_ref()
-            .is_some_and(|auth| auth.allows(headers))
+    node_token || (settings.auth.as_ref()).is_some_and(|auth| auth.allows(group, headers))
 }
 
-/// A client is its credential when it sends one, else its address.
-fn client_key(state: &ApiState, request: &Request) -> String {
+/// A client is its credential when it sends one (`Authorization`, else the group's auth
+/// header), else its address.
+fn client_key(state: &ApiState, group: RouteGroup, request: &Request) -> String {
     let headers = request.headers();
     let credential = headers.get(AUTHORIZATION).or_else(|| {
-        let (name, _) = state.settings.auth.as_ref()?.header.as_ref()?;
+        let auth = state.settings.auth.as_ref()?;
+        let (name, _) = auth.credentials(group).header.as_ref()?;
         headers.get(name)
     });
     if let Some(credential) = credential {
@@ -229,7 +337,7 @@ async fn read_text(
     body_type: BodyType,
 ) -> Result<String, HttpError> {
     body_type.check(request.headers())?;
-    let limit = state.settings.max_body_bytes;
+    let limit = (state.settings).max_body_bytes(RouteGroup::of(request.uri().path()));
     let too_large = || {
         HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -302,7 +410,7 @@ mod tests {
 
     #[test]
     fn either_credential_lets_a_request_in() {
-        let auth = Auth {
+        let auth = Credentials {
             bearer: Some("t0ken".into()),
             header: Some((HeaderName::from_static("x-api-key"), "s3cret".into())),
         };

@@ -389,8 +389,10 @@ async fn run_bridge(
     let response = match report.requests.as_slice() {
         [request] if handle_request && single => {
             let request = request.clone();
+            let responder = state.settings.responder.clone();
             let text = with_replica(state, move |replica| {
-                let text = bridge::respond(replica, &request, now / 1000).map_err(read_error)?;
+                let text = bridge::respond(replica, &request, responder.as_deref(), now / 1000)
+                    .map_err(read_error)?;
                 Ok((text, false))
             })
             .await?;

@@ -12,23 +12,23 @@ mod metrics;
 mod node;
 mod page;
 mod search;
+mod settings;
 pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::HeaderName;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 
-use crate::config::{ApiConfig, Home};
 use crate::replica::SharedReplica;
 use crate::search::Searcher;
 pub use browser::BrowserRules;
-pub use guard::{Auth, HttpError, RateLimiter};
+pub use guard::{Auth, Credentials, HttpError, RateLimiter, RateLimiters, RouteGroup};
 pub use node::NodeView;
+pub use settings::{node_settings, ApiSettings};
 use token::TokenError;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,76 +41,6 @@ pub enum ApiError {
     Token(#[from] TokenError),
     #[error("the API server failed: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// The API's settings, resolved from `[api]`, the environment and the node's token file.
-#[derive(Debug, Clone)]
-pub struct ApiSettings {
-    /// The configured credentials; when set, every request but the health check needs one.
-    pub auth: Option<Auth>,
-    /// The node's own token (`<home>/api.token`): always a credential, and the one a web page
-    /// needs when nothing else is configured.
-    pub node_token: Option<String>,
-    pub browsers: BrowserRules,
-    pub rate_limit_per_min: u32,
-    pub max_body_bytes: usize,
-}
-
-/// The settings a node serves its API with: `[api]`, the process environment, and the
-/// node's token, made now if the home predates it.
-pub fn node_settings(home: &Home, config: &ApiConfig) -> Result<ApiSettings, ApiError> {
-    let settings = ApiSettings::from_config(config, |var| std::env::var(var).ok())?;
-    let token = token::load_or_create(&home.api_token_path())?;
-    Ok(settings.with_node_token(token))
-}
-
-impl ApiSettings {
-    /// Environment variables win over the file, so secrets can stay out of it:
-    /// `MESHD_API_BEARER`, `MESHD_API_AUTH_HEADER`, `MESHD_API_AUTH_SECRET`.
-    pub fn from_config(
-        config: &ApiConfig,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<ApiSettings, ApiError> {
-        // An empty variable counts as unset: `MESHD_API_BEARER=` must not erase the token
-        // configured in the file and leave the API open.
-        let pick = |var: &str, configured: &Option<String>| {
-            env(var)
-                .filter(|value| !value.is_empty())
-                .or_else(|| configured.clone())
-                .filter(|value| !value.is_empty())
-        };
-        let bearer = pick("MESHD_API_BEARER", &config.bearer_token);
-        let header = match (
-            pick("MESHD_API_AUTH_HEADER", &config.auth_header),
-            pick("MESHD_API_AUTH_SECRET", &config.auth_secret),
-        ) {
-            (Some(name), Some(secret)) => Some((header_name(&name)?, secret)),
-            (None, None) => None,
-            _ => {
-                return Err(ApiError::Config(
-                    "auth_header and auth_secret go together: set both or neither".into(),
-                ))
-            }
-        };
-        let auth = (bearer.is_some() || header.is_some()).then_some(Auth { bearer, header });
-        Ok(ApiSettings {
-            auth,
-            node_token: None,
-            browsers: BrowserRules::from_config(&config.allowed_hosts, &config.allowed_origins)?,
-            rate_limit_per_min: config.rate_limit_per_min,
-            max_body_bytes: config.max_body_bytes,
-        })
-    }
-
-    pub fn with_node_token(mut self, token: impl Into<String>) -> ApiSettings {
-        self.node_token = Some(token.into());
-        self
-    }
-}
-
-fn header_name(name: &str) -> Result<HeaderName, ApiError> {
-    HeaderName::try_from(name)
-        .map_err(|_| ApiError::Config(format!("auth_header '{name}' is not an HTTP header name")))
 }
 
 /// Refuses an address reachable from other machines unless requests must authenticate.
@@ -130,7 +60,7 @@ pub type OnChange = Arc<dyn Fn() + Send + Sync>;
 pub struct ApiState {
     replica: SharedReplica,
     settings: Arc<ApiSettings>,
-    limiter: Arc<RateLimiter>,
+    limiters: Arc<RateLimiters>,
     on_change: OnChange,
     /// `None` where no search index is kept (`meshd api serve`).
     search: Option<Arc<Searcher>>,
@@ -142,7 +72,7 @@ impl ApiState {
     pub fn new(replica: SharedReplica, settings: ApiSettings) -> ApiState {
         ApiState {
             replica,
-            limiter: Arc::new(RateLimiter::new(settings.rate_limit_per_min)),
+            limiters: Arc::new(RateLimiters::new(&settings)),
             settings: Arc::new(settings),
             on_change: Arc::new(|| {}),
             search: None,
@@ -169,7 +99,12 @@ impl ApiState {
 
 /// Every route; docs/openapi.yaml describes them.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let mut routes = Router::new();
+    // `BRIDGE_METRICS=0` turns the route off, as in the reference webhook (404).
+    if state.settings.metrics_enabled {
+        routes = routes.route("/metrics", get(metrics::metrics));
+    }
+    routes
         .route("/", get(page::index))
         .route("/health", get(handlers::health))
         .route(
@@ -184,7 +119,6 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/mesh/skills/{name}", get(handlers::get_skill))
         .route("/mesh/status", get(node::status))
-        .route("/metrics", get(metrics::metrics))
         .route("/ingest", post(handlers::ingest))
         .route("/bridge", post(handlers::bridge))
         .fallback(handlers::not_found)
@@ -213,72 +147,4 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(config: &ApiConfig, env: &[(&str, &str)]) -> Result<ApiSettings, ApiError> {
-        ApiSettings::from_config(config, |var| {
-            env.iter()
-                .find(|(name, _)| *name == var)
-                .map(|(_, value)| value.to_string())
-        })
-    }
-
-    #[test]
-    fn an_empty_variable_does_not_erase_the_configured_token() {
-        let config = ApiConfig {
-            bearer_token: Some("from-file".into()),
-            ..ApiConfig::default()
-        };
-        let auth = settings(&config, &[("MESHD_API_BEARER", "")]).unwrap().auth;
-        assert_eq!(auth.unwrap().bearer.as_deref(), Some("from-file"));
-    }
-
-    #[test]
-    fn no_auth_by_default_and_the_environment_wins() {
-        let config = ApiConfig {
-            bearer_token: Some("from-file".into()),
-            ..ApiConfig::default()
-        };
-        assert!(settings(&ApiConfig::default(), &[]).unwrap().auth.is_none());
-        let auth = settings(&config, &[("MESHD_API_BEARER", "from-env")])
-            .unwrap()
-            .auth
-            .unwrap();
-        assert_eq!(auth.bearer.as_deref(), Some("from-env"));
-    }
-
-    #[test]
-    fn a_header_needs_its_secret() {
-        let config = ApiConfig {
-            auth_header: Some("X-API-Key".into()),
-            ..ApiConfig::default()
-        };
-        assert!(settings(&config, &[]).is_err());
-        let auth = settings(&config, &[("MESHD_API_AUTH_SECRET", "s")])
-            .unwrap()
-            .auth
-            .unwrap();
-        assert_eq!(auth.header.unwrap().0, "x-api-key");
-        let bad = ApiConfig {
-            auth_header: Some("bad header".into()),
-            auth_secret: Some("s".into()),
-            ..ApiConfig::default()
-        };
-        assert!(settings(&bad, &[]).is_err());
-    }
-
-    #[test]
-    fn only_loopback_may_go_without_auth() {
-        let open = settings(&ApiConfig::default(), &[]).unwrap();
-        assert!(check_bind("127.0.0.1:4078".parse().unwrap(), &open).is_ok());
-        assert!(check_bind("[::1]:4078".parse().unwrap(), &open).is_ok());
-        assert!(check_bind("0.0.0.0:4078".parse().unwrap(), &open).is_err());
-        assert!(check_bind("192.168.1.2:4078".parse().unwrap(), &open).is_err());
-        let guarded = settings(&ApiConfig::default(), &[("MESHD_API_BEARER", "t")]).unwrap();
-        assert!(check_bind("0.0.0.0:4078".parse().unwrap(), &guarded).is_ok());
-    }
 }

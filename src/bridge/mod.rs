@@ -225,11 +225,13 @@ struct MeshResponse<'a> {
     ts: u64,
 }
 
-/// The `mesh_response` this node sends for `request`, from its replica. A request's `node`
-/// scope is the requester's, as in every bridge message.
+/// The `mesh_response` this node sends for `request`, from its replica; a `node` scope is
+/// this node's own, as in the reference. `responder` is the
+/// `nodeId` it answers as (the webhook's `MESH_NODE_ID`); `None`: the node's own id.
 pub fn respond(
     replica: &Replica,
     request: &MeshRequest,
+    responder: Option<&str>,
     wall_seconds: u64,
 ) -> Result<String, ReplicaError> {
     let (value, content) = match request.kind {
@@ -246,7 +248,7 @@ pub fn respond(
         message_type: "mesh_response",
         request_id: &request.request_id,
         kind: request.kind,
-        node_id: replica.node_id(),
+        node_id: responder.unwrap_or(replica.node_id()),
         found: value.is_some() || content.is_some(),
         value,
         content,
@@ -258,7 +260,9 @@ fn lookup_memory(replica: &Replica, request: &MeshRequest) -> Result<Option<Valu
     let (Some(scope), Some(key)) = (request.scope.as_deref(), request.key.as_deref()) else {
         return Ok(None);
     };
-    let Ok(scope) = message::scope_of(scope, None, &request.node_id) else {
+    // `node` is the responder's own scope: the reference looks `node:<key>` up in its own
+    // cache, where `node` entries are its own (meshd writes its cache the same way).
+    let Ok(scope) = message::scope_of(scope, None, replica.node_id()) else {
         return Ok(None);
     };
     Ok(replica.get_memory(&scope, key)?.map(|entry| entry.value))

@@ -156,10 +156,40 @@ pub fn description(skill: &Skill) -> String {
     one_line.chars().take(MAX_DESCRIPTION_CHARS).collect()
 }
 
-/// The file name of a scope's Markdown page, from its label.
+/// The file name of a scope's Markdown page, from its label: `mesh.md`, `node.md`,
+/// `node-<id>.md`, `user-<id>.md`. A user id may hold any text (spaces, `/`, `..`), so every
+/// character but letters, digits and `. _ @ + -` is written `%XX` (its UTF-8 bytes; `%`
+/// itself too): no name holds a separator, and two ids never share a name. A name that would
+/// pass `MAX_PAGE_NAME_BYTES` keeps its start and ends with a digest of the whole label.
 pub fn page_file(label: &str) -> String {
-    format!("{}.md", label.replace(':', "-"))
+    let (prefix, id) = label.split_once(':').unwrap_or((label, ""));
+    let mut name = prefix.to_string();
+    if !id.is_empty() {
+        name.push('-');
+        for c in id.chars() {
+            if c.is_alphanumeric() || "._@+-".contains(c) {
+                name.push(c);
+            } else {
+                let mut bytes = [0; 4];
+                for byte in c.encode_utf8(&mut bytes).bytes() {
+                    name.push_str(&format!("%{byte:02X}"));
+                }
+            }
+        }
+    }
+    if name.len() > MAX_PAGE_NAME_BYTES {
+        let digest = blake3::hash(label.as_bytes()).to_hex();
+        let mut end = MAX_PAGE_NAME_BYTES - 17;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name = format!("{}~{}", &name[..end], &digest[..16]);
+    }
+    format!("{name}.md")
 }
+
+/// Longest page name before `.md`: file systems take 255 bytes.
+const MAX_PAGE_NAME_BYTES: usize = 200;
 
 /// Streams one scope's memory as Markdown for `memory_search`: a heading per key, the value
 /// (text as text, anything else as JSON), and where it came from. Returns how many entries
@@ -235,6 +265,29 @@ pub(super) mod tests {
             source_node: "ceo".into(),
             updated_at: Stamp::from_unix_seconds(1_739_123_456),
             deleted: false,
+        }
+    }
+
+    #[test]
+    fn page_files_are_safe_names_for_any_user_id() {
+        assert_eq!(page_file("mesh"), "mesh.md");
+        assert_eq!(page_file("node"), "node.md");
+        assert_eq!(page_file("node:ab1"), "node-ab1.md");
+        assert_eq!(page_file("user:alice"), "user-alice.md");
+        assert_eq!(page_file("user:Ana María"), "user-Ana%20María.md");
+        assert_eq!(page_file("user:../etc"), "user-..%2Fetc.md");
+        assert_eq!(page_file("user:a%20b"), "user-a%2520b.md");
+        assert_ne!(page_file("user:a b"), page_file("user:a%20b"));
+        let long = page_file(&format!("user:{}", "/".repeat(128)));
+        assert!(long.len() <= 203 && long.ends_with(".md"), "{long}");
+        assert_ne!(long, page_file(&format!("user:{}", "/".repeat(127))));
+        for id in ["a/b", "..", "x\\y", "李雷", &"é".repeat(128)] {
+            let name = page_file(&format!("user:{id}"));
+            assert!(
+                !name.contains('/') && !name.contains('\\') && name.len() <= 255,
+                "{name}"
+            );
+            assert!(!name.starts_with('.'), "{name}");
         }
     }
 

@@ -94,7 +94,7 @@ impl Command for BridgeRespond {
         Ok(node.replica.with(|replica| {
             requests
                 .iter()
-                .map(|request| bridge::respond(replica, request, now))
+                .map(|request| bridge::respond(replica, request, None, now))
                 .collect::<Result<_, _>>()
         })?)
     }

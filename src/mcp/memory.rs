@@ -11,7 +11,7 @@ use crate::model::MemoryEntry;
 
 const SCOPE: &str = "Where the entry lives. `mesh`: shared by every node of the \
     mesh. `user:<id>`: about one user, shared by the nodes that serve that user (id: 1 to 128 \
-    of letters, digits and . _ @ + -, e.g. `user:alice`). `node`: this node's own scope, which \
+    bytes of any text without control characters or `:`, e.g. `user:alice`). `node`: this node's own scope, which \
     peers may read but only this node writes. `node:<id>` names a node's scope by its id.";
 
 const KEY: &str = "The entry's key: 1 to 512 bytes, no control characters, e.g. \

@@ -25,7 +25,7 @@ impl Scope {
         match text.split_once(':') {
             None if text == "mesh" => Ok(Scope::Mesh),
             None if text == "node" => Ok(Scope::Node(own_node.to_string())),
-            Some(("user", id)) => Ok(Scope::User(scope_id(text, id)?)),
+            Some(("user", id)) => Ok(Scope::User(user_id(text, id)?)),
             Some(("node", id)) => Ok(Scope::Node(node_scope_id(text, id)?)),
             _ => Err(ValidationError::Scope(text.to_string())),
         }
@@ -61,6 +61,19 @@ fn node_scope_id(text: &str, id: &str) -> Result<String, ValidationError> {
     }
 }
 
+/// A user id is any text the reference schema takes (`scope LIKE 'user:%'`): spaces and
+/// non-ASCII included. Refused: nothing, control characters, and `:`, which would make the
+/// caches' `<scope>:<key>` names ambiguous. Where a user id becomes a file name it is
+/// escaped (`cache::render::page_file`).
+fn user_id(text: &str, id: &str) -> Result<String, ValidationError> {
+    let refused = |c: char| c.is_control() || c == ':';
+    if id.is_empty() || id.len() > MAX_SCOPE_ID || id.chars().any(refused) {
+        return Err(ValidationError::Scope(text.to_string()));
+    }
+    Ok(id.to_string())
+}
+
+/// A node id (compact, or a bridge peer's name such as `ceo`) stays a plain token.
 fn scope_id(text: &str, id: &str) -> Result<String, ValidationError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._@+-".contains(c);
     if id.is_empty() || id.len() > MAX_SCOPE_ID || !id.chars().all(allowed) {
@@ -189,9 +202,30 @@ mod tests {
     #[test]
     fn rejects_unknown_forms() {
         for bad in [
-            "", "global", "user:", "user:a b", "user:a/b", "node:", "Mesh", "mesh:x",
+            "",
+            "global",
+            "user:",
+            "user:a:b",
+            "user:a\nb",
+            "user:\u{7f}",
+            "node:",
+            "node:a b",
+            "node:a/b",
+            "Mesh",
+            "mesh:x",
         ] {
             assert!(Scope::parse(bad, "me").is_err(), "{bad:?} accepted");
+        }
+        assert!(Scope::parse(&format!("user:{}", "a".repeat(MAX_SCOPE_ID + 1)), "me").is_err());
+    }
+
+    /// As the reference schema: any text without control characters (`:` aside).
+    #[test]
+    fn user_ids_take_spaces_slashes_and_non_ascii() {
+        for id in ["Ana María", "josé", "a/b", "../etc", "李雷", "a b.c", "%20"] {
+            let scope = Scope::parse(&format!("user:{id}"), "me").unwrap();
+            assert_eq!(scope, Scope::User(id.into()));
+            assert_eq!(Scope::parse(&scope.label("me"), "me").unwrap(), scope);
         }
     }
 

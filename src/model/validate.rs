@@ -14,7 +14,7 @@ pub const MAX_SKILL_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("unknown scope '{0}': use mesh, node, node:<id> or user:<id> (id: letters, digits, . _ @ + -)")]
+    #[error("unknown scope '{0}': use mesh, node, node:<id> (id: letters, digits, . _ @ + -) or user:<id> (id: any text without control characters or ':', at most 128 bytes)")]
     Scope(String),
     #[error("unknown access pattern '{0}': use mesh, skills, user:*, user:<id>, node:*, node:<id>, node (the peer's own), or none")]
     Pattern(String),

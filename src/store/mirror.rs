@@ -1,6 +1,6 @@
-//! The SQLite mirror (`[store] mirror`): meshd's own reference store, kept up to date with
-//! the replica by heads (`follow`). The first write of a process exports everything and
-//! deletes the rows the replica does not have; after that, each write upserts or deletes
+//! The SQLite mirror (`[store] mirror`): a reference store kept up to date with the replica
+//! by heads (`follow`). The first write of a process exports everything and deletes the rows
+//! meshd wrote that the replica no longer has (`owned`: rows others wrote stay); after that, each write upserts or deletes
 //! only the rows of the keys and skills that changed, in one transaction. The heads move on
 //! only once it committed, so a write that failed (or a process that stopped) is redone:
 //! by the next write, or by the next process's whole export.
@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use super::{
-    connect, encode_value, export, sqlite_scope, upsert_skill, ExportReport, MemoryRow, SkillRow,
-    StoreError, UPSERT_MEMORY, UPSERT_SKILL,
+    connect, export, owned, sqlite_scope, upsert_memory, upsert_skill, ExportReport, MemoryRow,
+    SkillRow, StoreError, UPSERT_MEMORY, UPSERT_SKILL,
 };
 use crate::follow::{Moved, Moves, Seen};
 use crate::model::{DocId, Scope};
@@ -28,9 +28,9 @@ pub struct Mirror {
 /// The rows of what changed, read under the replica lock.
 #[derive(Default)]
 struct Rows {
-    /// Per `(scope, key)` of the table, the live entries that map to it (every node scope is
-    /// `node` there, so several may); none deletes the row.
-    memory: BTreeMap<(String, String), Vec<MemoryRow>>,
+    /// Per `(scope, key)` of the table, the live entries that map to it, with their own
+    /// scopes (every node scope is `node` there, so several may); none deletes the row.
+    memory: BTreeMap<(String, String), Vec<(MemoryRow, Scope)>>,
     /// Per skill name, its row; `None` deletes it.
     skills: BTreeMap<String, Option<SkillRow>>,
 }
@@ -102,7 +102,8 @@ fn changed_rows(replica: &Replica, moves: &Moves) -> Result<Rows, ReplicaError> 
                     let mut live = Vec::new();
                     for scope in sharing {
                         if let Some(entry) = replica.get_memory(scope, key)? {
-                            live.push(MemoryRow::new(&entry, sqlite_scope(&entry.scope)));
+                            let row = MemoryRow::new(&entry, sqlite_scope(&entry.scope));
+                            live.push((row, entry.scope));
                         }
                     }
                     rows.memory.insert((sqlite_scope(scope), key.clone()), live);
@@ -122,24 +123,20 @@ fn changed_rows(replica: &Replica, moves: &Moves) -> Result<Rows, ReplicaError> 
 fn apply_rows(conn: &Connection, rows: Rows) -> rusqlite::Result<ExportReport> {
     let mut report = ExportReport::default();
     let mut upsert = conn.prepare(UPSERT_MEMORY)?;
-    let mut delete = conn.prepare("DELETE FROM mesh_memory WHERE scope = ?1 AND key = ?2")?;
     for ((scope, key), live) in rows.memory {
+        // Only a row meshd wrote is deleted (`owned`).
         if live.is_empty() {
-            report.removed += delete.execute(params![scope, key])?;
+            report.removed += owned::delete_memory(conn, &scope, &key)?;
         }
-        for row in live {
-            let value = encode_value(&row.value);
-            let updated_at = row.updated_at as i64;
-            report.memory +=
-                upsert.execute(params![row.scope, row.key, value, row.node_id, updated_at])?;
+        for (row, scope) in live {
+            report.memory += upsert_memory(conn, &mut upsert, &row, &scope)?;
         }
     }
     let mut upsert = conn.prepare(UPSERT_SKILL)?;
-    let mut delete = conn.prepare("DELETE FROM mesh_skills WHERE name = ?1")?;
     for (name, row) in rows.skills {
         match row {
-            Some(row) => report.skills += upsert_skill(&mut upsert, &row)?,
-            None => report.removed += delete.execute(params![name])?,
+            Some(row) => report.skills += upsert_skill(conn, &mut upsert, &row)?,
+            None => report.removed += owned::delete_skill(conn, &name)?,
         }
     }
     Ok(report)
@@ -157,7 +154,7 @@ mod tests {
     }
 
     /// After the first export, a write touches the rows of what changed only; a row someone
-    /// else added stays until the next whole export.
+    /// else added stays (`owned`).
     #[test]
     fn a_write_upserts_and_deletes_only_what_changed() {
         let temp = tempfile::tempdir().unwrap();

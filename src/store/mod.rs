@@ -5,6 +5,7 @@
 //! upserts, never replacing a row newer than the replica's.
 
 mod mirror;
+mod owned;
 pub mod rows;
 
 use std::collections::HashSet;
@@ -113,7 +114,18 @@ pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, Stor
     }
     let mut report = ImportReport::default();
     if memory_table {
-        let rows = "SELECT scope, key, value, node_id, updated_at FROM mesh_memory ORDER BY id";
+        // With meshd's side table, a row meshd wrote comes back into the scope it came from.
+        let rows = match has("meshd_rows")? {
+            true => {
+                "SELECT m.scope, m.key, m.value, m.node_id, m.updated_at, r.scope, r.digest \
+                 FROM mesh_memory m LEFT JOIN meshd_rows r \
+                 ON r.tbl = 'mesh_memory' AND r.row_id = m.id ORDER BY m.id"
+            }
+            false => {
+                "SELECT scope, key, value, node_id, updated_at, NULL, NULL \
+                 FROM mesh_memory ORDER BY id"
+            }
+        };
         import_rows(
             &conn,
             rows,
@@ -131,11 +143,18 @@ pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, Stor
     if skills_table {
         let rows =
             "SELECT name, source_node, content, path, updated_at FROM mesh_skills ORDER BY id";
-        import_rows(&conn, rows, skill, replica, &mut report, |batch, skill| {
-            (import_skill(batch, skill), |r: &mut ImportReport| {
-                &mut r.skills
-            })
-        })
+        import_rows(
+            &conn,
+            rows,
+            skill_row,
+            replica,
+            &mut report,
+            |batch, skill| {
+                (import_skill(batch, skill), |r: &mut ImportReport| {
+                    &mut r.skills
+                })
+            },
+        )
         .map_err(|e| e.into_store_error(path))?;
     }
     Ok(report)
@@ -162,12 +181,12 @@ impl ImportFailure {
 /// The counter of an import report that a changed row adds to.
 type Counter = fn(&mut ImportReport) -> &mut usize;
 
-/// Streams the rows of `query` (five columns, converted by `convert`) into the replica, one
-/// group commit per `IMPORT_BATCH_ROWS`.
+/// Streams the rows of `query` (converted by `convert`) into the replica, one group commit
+/// per `IMPORT_BATCH_ROWS`.
 fn import_rows<T>(
     conn: &Connection,
     query: &str,
-    convert: fn(Sql, Sql, Sql, Sql, Sql) -> Row<T>,
+    convert: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Row<T>>,
     replica: &SharedReplica,
     report: &mut ImportReport,
     apply: impl Fn(&mut Batch<'_>, T) -> (Result<bool, ReplicaError>, Counter),
@@ -183,14 +202,7 @@ where
             let Some(row) = rows.next().map_err(ImportFailure::Sqlite)? else {
                 break;
             };
-            let column = |i| row.get::<_, Sql>(i).map_err(ImportFailure::Sqlite);
-            chunk.push(convert(
-                column(0)?,
-                column(1)?,
-                column(2)?,
-                column(3)?,
-                column(4)?,
-            ));
+            chunk.push(convert(row).map_err(ImportFailure::Sqlite)?);
         }
         if chunk.is_empty() {
             return Ok(());
@@ -288,19 +300,42 @@ fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     .map(|count| count > 0)
 }
 
-fn memory_entry(
-    scope: Sql,
-    key: Sql,
-    value: Sql,
-    node_id: Sql,
-    updated_at: Sql,
-) -> Row<MemoryEntry> {
+/// A `mesh_memory` row: the five columns, then, when meshd wrote it, the scope and digest
+/// meshd recorded (`owned`).
+fn memory_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<MemoryEntry>> {
+    let column = |i| row.get::<_, Sql>(i);
+    let recorded = match (column(5)?, column(6)?) {
+        (Sql::Text(scope), Sql::Text(digest)) => Some((scope, digest)),
+        _ => None,
+    };
+    Ok(memory_columns(
+        [column(0)?, column(1)?, column(2)?, column(3)?, column(4)?],
+        recorded,
+    ))
+}
+
+fn memory_columns(columns: [Sql; 5], recorded: Option<(String, String)>) -> Row<MemoryEntry> {
+    let [scope, key, value, node_id, updated_at] = columns;
     let bad = |what: &str| format!("mesh_memory row with {what}");
     let node_id = text(node_id)
         .filter(|id| !id.is_empty())
         .ok_or(bad("no node_id"))?;
     let scope = text(scope).ok_or(bad("no scope"))?;
-    let scope = Scope::parse_for(&scope, &node_id).map_err(|e| e.to_string())?;
+    let key = text(key).ok_or(bad("no key"))?;
+    let own_scope = match (&recorded, &value, &updated_at) {
+        (Some((own, digest)), Sql::Text(stored), Sql::Integer(seconds)) => {
+            let now = owned::memory_digest(&scope, &key, stored, &node_id, *seconds);
+            (now == *digest).then(|| own.clone())
+        }
+        _ => None,
+    };
+    // A row meshd wrote names its entry's own scope in the side table (the schema has only
+    // `node`, whoever owns it); any other row's `node` is its writer's, as in the reference.
+    let scope = match own_scope {
+        Some(own) => Scope::parse(&own, &node_id),
+        None => Scope::parse_for(&scope, &node_id),
+    }
+    .map_err(|e| e.to_string())?;
     let value = match value {
         Sql::Text(text) => decode_value(&text),
         Sql::Integer(n) => Value::from(n),
@@ -309,12 +344,23 @@ fn memory_entry(
     };
     Ok(MemoryEntry {
         scope,
-        key: text(key).ok_or(bad("no key"))?,
+        key,
         value,
         node_id,
         updated_at: stamp(updated_at).ok_or(bad("an invalid updated_at"))?,
         deleted: false,
     })
+}
+
+fn skill_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row<Skill>> {
+    let column = |i| row.get::<_, Sql>(i);
+    Ok(skill(
+        column(0)?,
+        column(1)?,
+        column(2)?,
+        column(3)?,
+        column(4)?,
+    ))
 }
 
 fn skill(name: Sql, source: Sql, content: Sql, path: Sql, updated_at: Sql) -> Row<Skill> {
@@ -352,7 +398,8 @@ fn stamp(value: Sql) -> Option<Stamp> {
 
 /// Writes the replica's live entries into a reference store, creating the file and schema
 /// when absent. A row is replaced only by a version at least as new (by `updated_at`, then
-/// node id); `prune` also deletes rows the replica does not have, for a mirror meshd owns.
+/// node id); `prune` also deletes the rows meshd wrote (`owned`) that the replica no longer
+/// has. Rows others wrote are never deleted.
 pub fn export(replica: &Replica, path: &Path, prune: bool) -> Result<ExportReport, StoreError> {
     let sqlite = |source| StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -375,6 +422,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(sqlite)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     conn.execute_batch(SCHEMA).map_err(sqlite)?;
+    conn.execute_batch(owned::SIDE_TABLE).map_err(sqlite)?;
     Ok(conn)
 }
 
@@ -395,15 +443,40 @@ WHERE (excluded.updated_at, excluded.source_node) >= (mesh_skills.updated_at, me
   AND (excluded.source_node, excluded.content, excluded.path, excluded.updated_at)
       IS NOT (mesh_skills.source_node, mesh_skills.content, mesh_skills.path, mesh_skills.updated_at)";
 
-/// Upserts one skill row with a prepared `UPSERT_SKILL`; the rows it changed.
-fn upsert_skill(upsert: &mut rusqlite::Statement<'_>, row: &SkillRow) -> rusqlite::Result<usize> {
-    upsert.execute(params![
+/// Upserts one memory row with a prepared `UPSERT_MEMORY`, records it as meshd's
+/// (`owned`) with `scope`, the entry's own scope, and re-indexes it in the reference's
+/// full-text table; the rows it changed.
+fn upsert_memory(
+    conn: &Connection,
+    upsert: &mut rusqlite::Statement<'_>,
+    row: &MemoryRow,
+    scope: &Scope,
+) -> rusqlite::Result<usize> {
+    let value = encode_value(&row.value);
+    let updated_at = row.updated_at as i64;
+    let changed = upsert.execute(params![row.scope, row.key, value, row.node_id, updated_at])?;
+    if owned::claim_memory(conn, row, &scope.to_string())? && changed > 0 {
+        owned::fts_put(conn, row)?;
+    }
+    Ok(changed)
+}
+
+/// Upserts one skill row with a prepared `UPSERT_SKILL` and records it as meshd's; the rows
+/// it changed.
+fn upsert_skill(
+    conn: &Connection,
+    upsert: &mut rusqlite::Statement<'_>,
+    row: &SkillRow,
+) -> rusqlite::Result<usize> {
+    let changed = upsert.execute(params![
         row.name,
         row.source_node,
         row.content,
         row.path,
         row.updated_at as i64
-    ])
+    ])?;
+    owned::claim_skill(conn, row)?;
+    Ok(changed)
 }
 
 fn write_rows(
@@ -417,17 +490,14 @@ fn write_rows(
     let mut upsert = conn.prepare(UPSERT_MEMORY)?;
     for entry in memory {
         let row = MemoryRow::new(entry, sqlite_scope(&entry.scope));
-        let value = encode_value(&row.value);
-        let updated_at = row.updated_at as i64;
-        report.memory +=
-            upsert.execute(params![row.scope, row.key, value, row.node_id, updated_at])?;
+        report.memory += upsert_memory(conn, &mut upsert, &row, &entry.scope)?;
         memory_keys.insert((row.scope, row.key));
     }
     let mut names = HashSet::new();
     let mut upsert = conn.prepare(UPSERT_SKILL)?;
     for skill in skills {
         let row = SkillRow::from(skill);
-        report.skills += upsert_skill(&mut upsert, &row)?;
+        report.skills += upsert_skill(conn, &mut upsert, &row)?;
         names.insert(row.name);
     }
     if prune {
@@ -445,28 +515,35 @@ fn sqlite_scope(scope: &Scope) -> String {
     }
 }
 
+/// Deletes the rows the replica does not have, of those meshd wrote (`owned`): rows someone
+/// else wrote into the file stay.
 fn prune_rows(
     conn: &Connection,
     memory_keys: &HashSet<(String, String)>,
     names: &HashSet<String>,
 ) -> rusqlite::Result<usize> {
-    let mut stale = Vec::new();
-    let mut rows = conn.prepare("SELECT id, scope, key FROM mesh_memory")?;
-    for row in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)))? {
-        let (id, scope, key): (i64, String, String) = row?;
-        if !memory_keys.contains(&(scope, key)) {
-            stale.push(("mesh_memory", id));
+    let mut stale_memory = Vec::new();
+    let mut rows = conn.prepare("SELECT scope, key FROM mesh_memory")?;
+    for row in rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let key = row?;
+        if !memory_keys.contains(&key) {
+            stale_memory.push(key);
         }
     }
-    let mut rows = conn.prepare("SELECT id, name FROM mesh_skills")?;
-    for row in rows.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
-        let (id, name) = row?;
+    let mut stale_skills = Vec::new();
+    let mut rows = conn.prepare("SELECT name FROM mesh_skills")?;
+    for name in rows.query_map([], |r| r.get::<_, String>(0))? {
+        let name = name?;
         if !names.contains(&name) {
-            stale.push(("mesh_skills", id));
+            stale_skills.push(name);
         }
     }
-    for (table, id) in &stale {
-        conn.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
+    let mut removed = 0;
+    for (scope, key) in &stale_memory {
+        removed += owned::delete_memory(conn, scope, key)?;
     }
-    Ok(stale.len())
+    for name in &stale_skills {
+        removed += owned::delete_skill(conn, name)?;
+    }
+    Ok(removed)
 }

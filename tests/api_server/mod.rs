@@ -43,14 +43,22 @@ impl Server {
         Server::start_searching(config, None)
     }
 
+    /// `start`, with these environment variables (the reference servers' ones, say).
+    pub fn start_with_env(config: ApiConfig, env: &[(&str, &str)]) -> Server {
+        let settings = ApiSettings::from_config(&config, |var| {
+            (env.iter().find(|(name, _)| *name == var)).map(|(_, value)| value.to_string())
+        });
+        Server::launch(settings.unwrap(), None, true)
+    }
+
     /// `start`, with search against an embedding endpoint.
     pub fn start_searching(config: ApiConfig, embedding: Option<EmbeddingConfig>) -> Server {
-        Server::launch(config, embedding, true)
+        Server::launch(settings(&config), embedding, true)
     }
 
     /// A server without the node's status and metrics, as `meshd api serve` runs.
     pub fn start_without_node(config: ApiConfig) -> Server {
-        Server::launch(config, None, false)
+        Server::launch(settings(&config), None, false)
     }
 
     /// This node's id (compact), as the API shows it.
@@ -60,7 +68,11 @@ impl Server {
             .compact()
     }
 
-    fn launch(config: ApiConfig, embedding: Option<EmbeddingConfig>, with_node: bool) -> Server {
+    fn launch(
+        settings: ApiSettings,
+        embedding: Option<EmbeddingConfig>,
+        with_node: bool,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut replica = Replica::open(
             &dir.path().join("store"),
@@ -71,9 +83,7 @@ impl Server {
         replica.set_metrics(metrics.clone());
         let peers = PeerStore::open(replica.db()).unwrap();
         let replica = SharedReplica::new(replica);
-        let settings = ApiSettings::from_config(&config, |_| None)
-            .unwrap()
-            .with_node_token(NODE_TOKEN);
+        let settings = settings.with_node_token(NODE_TOKEN);
         let changes = Arc::new(AtomicUsize::new(0));
         let counter = changes.clone();
         let search = Arc::new(Searcher::new(dir.path().join("search.db"), embedding));
@@ -205,6 +215,11 @@ impl Server {
         let (status, _) = self.send("POST", "/ingest", &[], &lines.join("\n"));
         assert_eq!(status, 200);
     }
+}
+
+/// `[api]` alone, with no environment.
+fn settings(config: &ApiConfig) -> ApiSettings {
+    ApiSettings::from_config(config, |_| None).unwrap()
 }
 
 impl Drop for Server {

@@ -1,4 +1,7 @@
-//! The node's home directory and its `meshd.toml`.
+//! The node's home directory and its `meshd.toml`, with the reference tools' environment
+//! variables over it (`environment`).
+
+mod environment;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -40,6 +43,12 @@ pub enum ConfigError {
     },
     #[error("'{0}' is not a HOST:PORT address such as 0.0.0.0:7464")]
     Listen(String),
+    #[error("the environment variable {name}='{value}' is not {expected}: fix or unset it")]
+    Environment {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// Where a node keeps everything: `--home`, `MESHD_HOME`, or `~/.openclaw/meshd`.
@@ -100,6 +109,7 @@ impl Home {
         }
     }
 
+    /// `meshd.toml`, with the reference servers' variables from the environment over it.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
         self.require_initialised()?;
         let path = self.config_path();
@@ -107,10 +117,12 @@ impl Home {
             path: path.clone(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path,
             source: Box::new(source),
-        })
+        })?;
+        environment::apply(&mut config, |var| std::env::var(var).ok())?;
+        Ok(config)
     }
 
     pub fn write_new_config(&self, name: &str, listen: &str) -> Result<(), ConfigError> {
@@ -184,11 +196,14 @@ pub struct ApiConfig {
     pub enabled: bool,
     /// HOST:PORT; anything but loopback needs `bearer_token` or `auth_header`+`auth_secret`.
     pub listen: String,
-    /// Require `Authorization: Bearer <token>` (env MESHD_API_BEARER overrides).
+    /// Require `Authorization: Bearer <token>` (env MESHD_API_BEARER, then the reference's
+    /// MESH_STORE_AUTH_BEARER / BRIDGE_AUTH_BEARER per route group, override).
     pub bearer_token: Option<String>,
-    /// Require this header to carry `auth_secret` (env MESHD_API_AUTH_HEADER overrides).
+    /// Require this header to carry `auth_secret` (env MESHD_API_AUTH_HEADER, then
+    /// MESH_STORE_AUTH_HEADER / BRIDGE_AUTH_HEADER, override).
     pub auth_header: Option<String>,
-    /// The shared secret for `auth_header` (env MESHD_API_AUTH_SECRET overrides).
+    /// The shared secret for `auth_header` (env MESHD_API_AUTH_SECRET, then
+    /// MESH_STORE_AUTH_SECRET / BRIDGE_AUTH_SECRET, override).
     pub auth_secret: Option<String>,
     /// Host names (or addresses) clients use beside loopback ones, for a non-loopback
     /// `listen`; requests naming any other Host get 421 (DNS rebinding).
@@ -196,7 +211,8 @@ pub struct ApiConfig {
     /// Web page origins (`http://localhost:3000`) that may call the API, with the node's
     /// token; requests from any other Origin get 403.
     pub allowed_origins: Vec<String>,
-    /// Requests per minute per client before 429; 0 turns the limit off.
+    /// Requests per minute per client before 429, counted apart on the store routes and the
+    /// webhook routes (MESH_STORE_ / BRIDGE_RATE_LIMIT_PER_MIN override); 0 turns it off.
     pub rate_limit_per_min: u32,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
