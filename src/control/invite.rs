@@ -162,6 +162,12 @@ impl Command for Join {
     type Reply = String;
     const EFFECTS: Effects = Effects::PEERS;
 
+    /// A join dials each of the ticket's addresses in turn (seconds each), then waits for
+    /// the inviter's answer.
+    fn patience(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let ticket = Ticket::decode(&self.ticket).map_err(CommandError::failed)?;
         if ticket.inviter == node.own {

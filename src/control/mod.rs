@@ -112,7 +112,19 @@ pub trait Command: Serialize + DeserializeOwned + Into<Request> {
     /// Runs the command. Called on a thread that may block (the CLI, or the daemon's
     /// blocking pool); the replica is locked only as long as the command needs it.
     fn execute(self, node: &Context) -> Result<Self::Reply, CommandError>;
+    /// How long a client waits for the daemon's answer before calling the daemon stuck:
+    /// `ANSWER_PATIENCE`, unless the command runs longer by design.
+    fn patience(&self) -> Duration {
+        ANSWER_PATIENCE
+    }
 }
+
+/// How long a client waits for the daemon's answer to a command: a write, a read or a peer
+/// change takes milliseconds, seconds on a very large scope. Longer, and the daemon is stuck.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(30);
+/// For commands that read or write the whole store (backup, restore, imports, exports,
+/// rewriting the caches): minutes on a store of millions of entries.
+pub const WHOLE_STORE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// What the running daemon knows beyond the store: its links to peers. Implemented by the
 /// daemon over `net::mesh::Mesh`, so this module does not depend on the network.

@@ -365,3 +365,19 @@ fn sync_without_the_daemon_says_how_to_start_it() {
     let error = Sync::default().execute(&node.context).unwrap_err();
     assert!(error.to_string().contains("meshd run"), "{error}");
 }
+
+#[test]
+fn commands_over_the_whole_store_are_given_longer_than_a_write() {
+    let backup = Request::from(Backup {
+        dir: "/nowhere".into(),
+    });
+    assert_eq!(backup.patience(), WHOLE_STORE_PATIENCE);
+    assert_eq!(Request::from(Status {}).patience(), ANSWER_PATIENCE);
+    let put = MemPut {
+        scope: "mesh".into(),
+        key: "k".into(),
+        value: serde_json::json!(1),
+    };
+    assert_eq!(Request::from(put).patience(), ANSWER_PATIENCE);
+    assert!(Request::from(Sync::default()).patience() > Duration::from_secs(60));
+}

@@ -256,3 +256,21 @@ pub fn ask<C: meshd::control::Command>(
 ) -> Result<C::Reply, meshd::control::CommandError> {
     try_ask(socket, command).unwrap_or_else(|| panic!("no daemon answers at {}", socket.display()))
 }
+
+/// Waits for `child` (stdout and stderr piped) for up to `deadline`; past it, kills it and
+/// returns `None`. For commands that must not hang.
+pub fn wait_with_deadline(
+    mut child: std::process::Child,
+    deadline: std::time::Duration,
+) -> Option<Run> {
+    let until = std::time::Instant::now() + deadline;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(Run::from(child.wait_with_output().unwrap()))
+}
