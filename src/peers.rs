@@ -57,6 +57,18 @@ pub struct LinkFailure {
     pub failures: u32,
 }
 
+/// A node that announced itself on the LAN (mDNS, `net::discovery`). What it says of itself
+/// is unproven until a connection's TLS handshake proves its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub id: NodeId,
+    pub name: Option<String>,
+    /// `IP:PORT` where it says it listens.
+    pub addresses: Vec<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
 /// Why the latest dial to a peer found no address that worked, for `meshd status`: when (Unix
 /// seconds), and each address tried with what went wrong there, in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,9 @@
 
 use clap::Subcommand;
 use meshd::config::Home;
-use meshd::control::{PeerStatus, PeersAdd, PeersLs, PeersPending, PeersRm};
+use meshd::control::{
+    Discovered, PeerStatus, PeersAdd, PeersDiscover, PeersLs, PeersPending, PeersRm,
+};
 
 use super::{execute, format_time};
 
@@ -41,6 +43,15 @@ pub enum PeersCommand {
     },
     /// Forget a peer, by id or name
     Rm { peer: String },
+    /// Nodes announcing themselves on the LAN (mDNS): id, name, addresses, whether paired
+    /// here. Lists only; pairing stays `meshd invite` / `meshd join`
+    Discover {
+        /// Listen this long for announcements first
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Node ids that tried to connect and were refused
     Pending {
         #[arg(long)]
@@ -81,6 +92,15 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
                 print_peers(&peers);
             }
         }
+        PeersCommand::Discover { wait, json } => {
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let nodes = execute(home, PeersDiscover { wait_ms })?;
+            if json {
+                println!("{}", serde_json::to_string(&nodes)?);
+            } else {
+                print_discovered(&nodes);
+            }
+        }
         PeersCommand::Rm { peer } => eprintln!("{}", execute(home, PeersRm { peer })?),
         PeersCommand::Pending { json, clear } => {
             let refused = execute(home, PeersPending { clear })?;
@@ -110,5 +130,26 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
 fn print_peers(peers: &[PeerStatus]) {
     for p in peers {
         super::daemon::print_peer(p);
+    }
+}
+
+fn print_discovered(nodes: &[Discovered]) {
+    for node in nodes {
+        println!(
+            "{}\t{}\t{}\t{}",
+            node.id,
+            node.name.as_deref().unwrap_or("-"),
+            node.addresses.join(","),
+            if node.paired { "paired" } else { "not paired" }
+        );
+    }
+    match nodes.iter().any(|node| !node.paired) {
+        true => eprintln!(
+            "to pair with one: `meshd invite` here, then `meshd join TICKET` on that node"
+        ),
+        false if nodes.is_empty() => eprintln!(
+            "no other meshd announces itself on this node's network (mDNS); `--wait` listens longer"
+        ),
+        false => {}
     }
 }

@@ -42,7 +42,7 @@ pub use doc::{DocExport, DocImport};
 pub use doctor::Doctor;
 pub use invite::{Invite, InviteMade, Join};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
-pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
+pub use peers::{Discovered, PeersAdd, PeersDiscover, PeersLs, PeersPending, PeersRm};
 pub use search::Search;
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
 pub use status::{NodeStatus, PeerStatus, Status};
@@ -150,6 +150,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn link_state(&self, peer: &NodeId) -> Option<LinkState>;
     /// Forgets the ids the TLS layer refused so far (`meshd peers pending --clear`).
     fn forget_refused(&self);
+    /// The nodes announcing themselves on the LAN now; `None` when discovery is off.
+    fn discovered(&self) -> Option<Vec<crate::peers::Seen>>;
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;

@@ -1,5 +1,7 @@
 //! `meshd peers`: pairing with other nodes.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::status::{peer_statuses, PeerStatus};
@@ -163,5 +165,73 @@ impl Command for PeersPending {
             node.peers.clear_refused().map_err(CommandError::failed)?;
         }
         Ok(refused)
+    }
+}
+
+/// The longest `meshd peers discover` listens.
+const MAX_DISCOVER_WAIT: Duration = Duration::from_secs(60);
+
+/// The nodes announcing themselves on the LAN (mDNS), after listening for `wait_ms` more.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeersDiscover {
+    pub wait_ms: u64,
+}
+
+/// A node seen on the LAN, and whether it is a peer here already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discovered {
+    pub id: NodeId,
+    /// The name it announces.
+    pub name: Option<String>,
+    pub addresses: Vec<String>,
+    /// Unix seconds of its latest announcement.
+    pub seen: u64,
+    pub paired: bool,
+}
+
+impl Command for PeersDiscover {
+    type Reply = Vec<Discovered>;
+    const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        self.wait().saturating_add(super::ANSWER_PATIENCE)
+    }
+
+    fn execute(self, node: &Context) -> Result<Vec<Discovered>, CommandError> {
+        let mesh = node.mesh.as_ref().ok_or_else(|| {
+            CommandError::failed(
+                "the daemon is not running: start it with `meshd run`, which listens for the \
+                 other nodes' announcements",
+            )
+        })?;
+        if mesh.discovered().is_none() {
+            return Err(CommandError::failed(
+                "LAN discovery is off on this node: set [discovery] mdns = true in meshd.toml \
+                 and restart meshd",
+            ));
+        }
+        std::thread::sleep(self.wait());
+        let seen = mesh.discovered().unwrap_or_default();
+        seen.into_iter()
+            .map(|node_seen| {
+                let paired = node
+                    .peers
+                    .get(&node_seen.id)
+                    .map_err(CommandError::failed)?;
+                Ok(Discovered {
+                    id: node_seen.id,
+                    name: node_seen.name,
+                    addresses: node_seen.addresses,
+                    seen: node_seen.at,
+                    paired: paired.is_some(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl PeersDiscover {
+    fn wait(&self) -> Duration {
+        Duration::from_millis(self.wait_ms).min(MAX_DISCOVER_WAIT)
     }
 }

@@ -170,6 +170,7 @@ fn samples(node: &Node) -> Vec<Request> {
         }
         .into(),
         Doctor::default().into(),
+        PeersDiscover::default().into(),
     ]
 }
 
@@ -249,6 +250,7 @@ fn position(request: &Request) -> usize {
         Request::Invite(_) => 25,
         Request::Join(_) => 26,
         Request::Doctor(_) => 27,
+        Request::PeersDiscover(_) => 28,
     }
 }
 
@@ -304,8 +306,8 @@ fn every_command_that_changes_memory_or_skills_declares_it() {
             !changed || effects.data,
             "{op} changed memory or skills without declaring Effects::DATA ({reply:?})"
         );
-        // Both need the daemon's mesh, which these nodes do not run.
-        if op != "Sync" && op != "Join" {
+        // These need the daemon's mesh, which these nodes do not run.
+        if !["Sync", "Join", "PeersDiscover"].contains(&op) {
             assert!(
                 reply.is_ok(),
                 "{op} should succeed on the seeded node: {reply:?}"

@@ -73,6 +73,7 @@ command_set! {
     PeersLs => peers::PeersLs,
     PeersRm => peers::PeersRm,
     PeersPending => peers::PeersPending,
+    PeersDiscover => peers::PeersDiscover,
     Invite => invite::Invite,
     Join => invite::Join,
     Status => status::Status,

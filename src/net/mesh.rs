@@ -26,7 +26,7 @@ use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{
     validate_address, AddressFailure, DialFailure, LinkFailure, LinkState, Peer, PeerError,
-    PeerRefusal, PeerStore,
+    PeerRefusal, PeerStore, Seen,
 };
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
@@ -549,6 +549,65 @@ impl Mesh {
         }
     }
 
+    /// A node announced itself on the LAN (`net::discovery`). A known peer announcing an
+    /// address its record lacks gets the announced ones, once a connection at one of them
+    /// proved its id (anyone on the LAN may announce anything): its live link's address, or a
+    /// dial made now, which then serves as the link. Strangers are only listed, never paired.
+    pub async fn seen_on_lan(self: Arc<Self>, seen: Seen) {
+        let Some(record) = self.peers.get(&seen.id).ok().flatten() else {
+            return;
+        };
+        if seen.addresses.iter().all(|a| record.addresses.contains(a)) {
+            return;
+        }
+        let live = lock(&self.links)
+            .get(&seen.id)
+            .map(|link| link.connection.remote_address());
+        let proven = match live {
+            Some(remote) => seen.addresses.contains(&remote.to_string()),
+            None => self.probe(&seen).await,
+        };
+        if !proven {
+            tracing::debug!(peer = %record.label(), addresses = ?seen.addresses, "announced on the LAN at addresses no connection proved");
+            return;
+        }
+        let addresses = moved_addresses(&seen.addresses, &record.addresses);
+        let moved = Peer {
+            addresses: addresses.clone(),
+            ..record.clone()
+        };
+        match tokio::task::block_in_place(|| self.peers.add(&self.own, moved)) {
+            Ok(_) => {
+                tracing::info!(peer = %record.label(), from = ?record.addresses, to = ?addresses, "peer found at new addresses on the LAN; its record follows")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %record.label(), "cannot record the peer's new addresses: {e}")
+            }
+        }
+    }
+
+    /// Dials `seen` at each address it announced: a connection proves its id, and becomes
+    /// its link.
+    async fn probe(self: &Arc<Self>, seen: &Seen) -> bool {
+        for address in &seen.addresses {
+            let Ok(addr) = address.parse::<SocketAddr>() else {
+                continue;
+            };
+            let dialed = tokio::time::timeout(
+                DIAL_TIMEOUT,
+                endpoint::connect(&self.endpoint, addr, seen.id),
+            );
+            if let Ok(Ok((connection, _))) = dialed.await {
+                lock(&self.unreachable).remove(&seen.id);
+                let (mesh, peer) = (self.clone(), seen.id);
+                self.tasks
+                    .spawn(async move { mesh.run_link(connection, peer, mesh.own).await });
+                return true;
+            }
+        }
+        false
+    }
+
     /// Adds `peer`; if its name is taken, without the name.
     fn add_peer_named_if_free(&self, peer: Peer) -> Result<(), PeerError> {
         match self.peers.add(&self.own, peer.clone()) {
@@ -935,6 +994,21 @@ impl LinkHost for Mesh {
 
 /// Where a joiner can be reached: the address its join came from with the port it listens
 /// on, then the addresses it named (a few, valid ones only).
+/// A peer's addresses once it was found at `announced`: those, then the host names it had
+/// (they still resolve wherever it went); the addresses it left are dropped.
+fn moved_addresses(announced: &[String], stored: &[String]) -> Vec<String> {
+    let names = stored
+        .iter()
+        .filter(|address| address.parse::<SocketAddr>().is_err());
+    let mut addresses: Vec<String> = Vec::new();
+    for address in announced.iter().chain(names) {
+        if !addresses.contains(address) {
+            addresses.push(address.clone());
+        }
+    }
+    addresses
+}
+
 fn joiner_addresses(remote: SocketAddr, request: &JoinRequest) -> Vec<String> {
     let seen = request
         .listen_port
@@ -973,4 +1047,19 @@ fn jitter(wait: Duration) -> Duration {
         .map_or(0, |d| d.subsec_nanos());
     let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
     wait.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moved_addresses;
+
+    #[test]
+    fn a_peer_that_moved_keeps_its_host_names_and_drops_the_addresses_it_left() {
+        let stored = ["10.0.0.5:7464".to_string(), "nas.local:7464".to_string()];
+        let announced = ["10.0.0.9:7464".to_string()];
+        assert_eq!(
+            moved_addresses(&announced, &stored),
+            ["10.0.0.9:7464", "nas.local:7464"]
+        );
+    }
 }

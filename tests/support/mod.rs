@@ -173,7 +173,7 @@ impl TestNode {
         let config = node.file("meshd.toml");
         let mut text = std::fs::read_to_string(&config).unwrap();
         text.push_str(&format!(
-            "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n",
+            "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n\n[discovery]\nmdns = false\n",
             node.file("openclaw")
         ));
         std::fs::write(&config, text).unwrap();
