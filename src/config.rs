@@ -146,6 +146,16 @@ pub struct Config {
     pub search: SearchConfig,
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    #[serde(default)]
+    pub invites: InvitesConfig,
+}
+
+/// `[invites]`: how this node answers `meshd join`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvitesConfig {
+    /// Hold every valid join for `meshd peers approve` instead of admitting it at once.
+    pub approve: bool,
 }
 
 /// `[discovery]`: finding other nodes on the LAN (`net::discovery`).
@@ -371,6 +381,8 @@ fn config_template(name: &str, listen: &str) -> String {
          # [search]                       # semantic search; MESH_EMBEDDING_URL etc. win\n\
          # embedding_url = \"http://localhost:11434/api/embed\"  # Ollama, or .../v1/embeddings\n\
          # embedding_model = \"nomic-embed-text\"\n\
+         # [invites]\n\
+         # approve = false                # true: a join waits for `meshd peers approve ID`\n\
          # [discovery]\n\
          # mdns = true                    # announce on the LAN (the listen address's interfaces), find nodes\n"
     )
@@ -388,6 +400,8 @@ mod tests {
         assert_eq!(config.node.listen, "127.0.0.1:1");
         let off = toml::from_str::<Config>("[node]\nname = \"a\"\n[discovery]\nmdns = false\n");
         assert!(!off.unwrap().discovery.mdns);
+        let held = toml::from_str::<Config>("[node]\nname = \"a\"\n[invites]\napprove = true\n");
+        assert!(held.unwrap().invites.approve);
     }
 
     #[test]

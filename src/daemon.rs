@@ -22,7 +22,7 @@ use crate::cache::{CacheFiles, Change};
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
 use crate::control::{
-    Command, CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut, Status,
+    Command, CommandError, Context, Joined, LiveMesh, MemPut, Reply, Request, SkillPut, Status,
 };
 use crate::invite::Ticket;
 use crate::metrics::Metrics;
@@ -31,11 +31,10 @@ use crate::model::NodeId;
 use crate::net::discovery::{self, Discovery};
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
+use crate::net::join::Admitted;
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{
-    DialFailure, LinkFailure, LinkState, Peer, PeerError, PeerRefusal, PeerStore, Seen,
-};
+use crate::peers::{DialFailure, LinkFailure, LinkState, PeerError, PeerRefusal, PeerStore, Seen};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
 use crate::views::{Importer, ViewWriter, Views};
@@ -302,12 +301,7 @@ impl LiveMesh for RunningMesh {
         self.runtime.block_on(self.mesh.sync_now(only, timeout))
     }
 
-    fn join(
-        &self,
-        ticket: Ticket,
-        access: Access,
-        name: Option<String>,
-    ) -> Result<(Peer, Access), String> {
+    fn join(&self, ticket: Ticket, access: Access, name: Option<String>) -> Result<Joined, String> {
         let mesh = self.mesh.clone();
         // The join runs on the runtime: it needs `block_in_place`, which the blocking pool's
         // threads cannot do.
@@ -316,6 +310,18 @@ impl LiveMesh for RunningMesh {
                 tokio::spawn(async move { mesh.join(&ticket, access, name).await }).await
             })
             .map_err(|e| format!("the join failed: {e}; this is a bug, the node keeps running"))?
+            .map(|(inviter, admitted)| match admitted {
+                Admitted::Now(granted) => Joined {
+                    inviter,
+                    granted,
+                    held: false,
+                },
+                Admitted::Held(granted) => Joined {
+                    inviter,
+                    granted,
+                    held: true,
+                },
+            })
             .map_err(|e| e.to_string())
     }
 }
@@ -446,6 +452,7 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
             accept_own_scope: node.repairing,
             name: Some(config.node.name.clone()),
             metrics: node.metrics.clone(),
+            approve_joins: config.invites.approve,
             ..MeshConfig::default()
         },
         node.lifecycle.clone(),

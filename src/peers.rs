@@ -160,6 +160,18 @@ impl PeerStore {
         Ok(replaced)
     }
 
+    /// `add`; when the name is another peer's, without the name. Returns what was added.
+    pub fn add_named_if_free(&self, own: &NodeId, peer: Peer) -> Result<Peer, PeerError> {
+        match self.add(own, peer.clone()) {
+            Ok(_) => Ok(peer),
+            Err(PeerError::NameTaken(_)) => {
+                let unnamed = Peer { name: None, ..peer };
+                self.add(own, unnamed.clone()).map(|_| unnamed)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes the peer with this id or name.
     pub fn remove(&self, id_or_name: &str) -> Result<Peer, PeerError> {
         let peer = self.find(id_or_name)?;

@@ -3,7 +3,8 @@
 use clap::Subcommand;
 use meshd::config::Home;
 use meshd::control::{
-    Discovered, PeerStatus, PeersAdd, PeersDiscover, PeersLs, PeersPending, PeersRm,
+    access_text, Discovered, PeerStatus, PeersAdd, PeersApprove, PeersDeny, PeersDiscover, PeersLs,
+    PeersPending, PeersRm, Pending,
 };
 
 use super::{execute, format_time};
@@ -52,13 +53,27 @@ pub enum PeersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Node ids that tried to connect and were refused
+    /// Joins held for approval ([invites] approve) and node ids that tried to connect and
+    /// were refused
     Pending {
+        /// Print {"refused": [...], "joins": [...]}
         #[arg(long)]
         json: bool,
-        /// Forget them once listed (one that dials again is listed again)
+        /// Forget them once listed (one that dials again is listed again; a held join is
+        /// denied)
         #[arg(long)]
         clear: bool,
+    },
+    /// Admit a join held for approval: the node becomes a peer with the access its invite
+    /// offered, and this node connects to it
+    Approve {
+        /// The joining node's id, as `meshd peers pending` lists it
+        node_id: String,
+    },
+    /// Refuse a join held for approval (its ticket stays used)
+    Deny {
+        /// The joining node's id, as `meshd peers pending` lists it
+        node_id: String,
     },
 }
 
@@ -103,28 +118,57 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
         }
         PeersCommand::Rm { peer } => eprintln!("{}", execute(home, PeersRm { peer })?),
         PeersCommand::Pending { json, clear } => {
-            let refused = execute(home, PeersPending { clear })?;
+            let pending = execute(home, PeersPending { clear })?;
             if json {
-                println!("{}", serde_json::to_string(&refused)?);
+                println!("{}", serde_json::to_string(&pending)?);
             } else {
-                for r in &refused {
-                    println!(
-                        "{}\t{}\t{} attempts, last {}",
-                        r.id,
-                        r.address,
-                        r.attempts,
-                        format_time(r.last_seen)
-                    );
-                }
-                if clear {
-                    eprintln!("forgot {} refused node ids", refused.len());
-                } else if !refused.is_empty() {
-                    eprintln!("to accept one: meshd peers add <id> <host:port>");
-                }
+                print_pending(&pending, clear);
             }
+        }
+        PeersCommand::Approve { node_id } => {
+            eprintln!("{}", execute(home, PeersApprove { id: node_id })?)
+        }
+        PeersCommand::Deny { node_id } => {
+            eprintln!("{}", execute(home, PeersDeny { id: node_id })?)
         }
     }
     Ok(())
+}
+
+fn print_pending(pending: &Pending, cleared: bool) {
+    for join in &pending.joins {
+        println!(
+            "{}\t{}\t{}\tjoin held for approval since {}, offered: {}",
+            join.id,
+            join.name.as_deref().unwrap_or("-"),
+            join.addresses.join(","),
+            format_time(join.at),
+            access_text(&join.access)
+        );
+    }
+    for r in &pending.refused {
+        println!(
+            "{}\t{}\t{} attempts, last {}",
+            r.id,
+            r.address,
+            r.attempts,
+            format_time(r.last_seen)
+        );
+    }
+    if cleared {
+        eprintln!(
+            "forgot {} refused node ids and denied {} held joins",
+            pending.refused.len(),
+            pending.joins.len()
+        );
+        return;
+    }
+    if !pending.joins.is_empty() {
+        eprintln!("to admit a join: meshd peers approve <id>; to refuse it: meshd peers deny <id>");
+    }
+    if !pending.refused.is_empty() {
+        eprintln!("to accept a refused node: meshd peers add <id> <host:port>");
+    }
 }
 
 fn print_peers(peers: &[PeerStatus]) {

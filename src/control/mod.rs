@@ -40,9 +40,12 @@ pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
 pub use doctor::Doctor;
-pub use invite::{Invite, InviteMade, Join};
+pub use invite::{Invite, InviteMade, Join, Joined};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
-pub use peers::{Discovered, PeersAdd, PeersDiscover, PeersLs, PeersPending, PeersRm};
+pub use peers::{
+    access_text, Discovered, PeersAdd, PeersApprove, PeersDeny, PeersDiscover, PeersLs,
+    PeersPending, PeersRm, Pending,
+};
 pub use search::Search;
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
 pub use status::{NodeStatus, PeerStatus, Status};
@@ -162,7 +165,7 @@ pub trait LiveMesh: Send + std::marker::Sync {
         ticket: crate::invite::Ticket,
         access: crate::model::access::Access,
         name: Option<String>,
-    ) -> Result<(crate::peers::Peer, crate::model::access::Access), String>;
+    ) -> Result<Joined, String>;
 }
 
 /// The node a command runs against: its store, and the mesh when the daemon runs.

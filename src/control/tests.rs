@@ -171,6 +171,14 @@ fn samples(node: &Node) -> Vec<Request> {
         .into(),
         Doctor::default().into(),
         PeersDiscover::default().into(),
+        PeersApprove {
+            id: NodeId::from_public_key(b"a joiner").to_string(),
+        }
+        .into(),
+        PeersDeny {
+            id: NodeId::from_public_key(b"a joiner").to_string(),
+        }
+        .into(),
     ]
 }
 
@@ -251,6 +259,8 @@ fn position(request: &Request) -> usize {
         Request::Join(_) => 26,
         Request::Doctor(_) => 27,
         Request::PeersDiscover(_) => 28,
+        Request::PeersApprove(_) => 29,
+        Request::PeersDeny(_) => 30,
     }
 }
 
@@ -306,8 +316,8 @@ fn every_command_that_changes_memory_or_skills_declares_it() {
             !changed || effects.data,
             "{op} changed memory or skills without declaring Effects::DATA ({reply:?})"
         );
-        // These need the daemon's mesh, which these nodes do not run.
-        if !["Sync", "Join", "PeersDiscover"].contains(&op) {
+        // These need the daemon's mesh, which these nodes do not run, or a held join.
+        if !["Sync", "Join", "PeersDiscover", "PeersApprove", "PeersDeny"].contains(&op) {
             assert!(
                 reply.is_ok(),
                 "{op} should succeed on the seeded node: {reply:?}"

@@ -74,6 +74,8 @@ command_set! {
     PeersRm => peers::PeersRm,
     PeersPending => peers::PeersPending,
     PeersDiscover => peers::PeersDiscover,
+    PeersApprove => peers::PeersApprove,
+    PeersDeny => peers::PeersDeny,
     Invite => invite::Invite,
     Join => invite::Join,
     Status => status::Status,

@@ -61,15 +61,70 @@ pub enum Refusal {
     BadProof,
 }
 
+/// A valid join held for the operator's approval (`[invites] approve`): the peer it becomes
+/// once approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldJoin {
+    pub id: NodeId,
+    /// The invite's name for it, else the name it gave.
+    pub name: Option<String>,
+    /// Where this node dials it once approved.
+    pub addresses: Vec<String>,
+    /// What it may read and write here once approved: the invite's offer.
+    pub access: Access,
+    /// Unix seconds.
+    pub at: u64,
+}
+
 #[derive(Clone)]
 pub struct Invites {
     tree: sled::Tree,
+    /// `HeldJoin`s by joiner id (tree `joins-held`).
+    held: sled::Tree,
 }
 
 impl Invites {
     pub fn open(db: &sled::Db) -> Result<Invites, sled::Error> {
         Ok(Invites {
             tree: db.open_tree("invites")?,
+            held: db.open_tree("joins-held")?,
+        })
+    }
+
+    /// Holds a join for approval, durable on return.
+    pub fn hold(&self, join: &HeldJoin) -> Result<(), InviteError> {
+        self.held
+            .insert(join.id.as_bytes(), serde_json::to_vec(join)?)?;
+        self.held.flush()?;
+        Ok(())
+    }
+
+    /// The joins waiting for approval, oldest first.
+    pub fn held(&self) -> Result<Vec<HeldJoin>, InviteError> {
+        let mut joins = Vec::new();
+        for record in self.held.iter() {
+            let (_, value) = record?;
+            joins.push(serde_json::from_slice::<HeldJoin>(&value)?);
+        }
+        joins.sort_by_key(|join| join.at);
+        Ok(joins)
+    }
+
+    /// The join `id` made, while it waits.
+    pub fn held_join(&self, id: &NodeId) -> Result<Option<HeldJoin>, InviteError> {
+        Ok(match self.held.get(id.as_bytes())? {
+            Some(value) => Some(serde_json::from_slice(&value)?),
+            None => None,
+        })
+    }
+
+    /// Takes the join `id` made out of the waiting list (approved or denied).
+    pub fn release(&self, id: &NodeId) -> Result<Option<HeldJoin>, InviteError> {
+        let taken = self.held.remove(id.as_bytes())?;
+        self.held.flush()?;
+        Ok(match taken {
+            Some(value) => Some(serde_json::from_slice(&value)?),
+            None => None,
         })
     }
 

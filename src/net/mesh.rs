@@ -16,11 +16,11 @@ use tokio_util::task::TaskTracker;
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::error::TIMED_OUT;
-use super::join::{self, JoinError, JoinReply, JoinRequest};
+use super::join::{self, Admitted, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
 use super::tls::MISDIALED;
 use super::{unix_now, NetError};
-use crate::invite::{Redeemed, Ticket};
+use crate::invite::{HeldJoin, Redeemed, Ticket};
 use crate::metrics::{Metrics, Refusal};
 use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
@@ -104,6 +104,8 @@ pub struct MeshConfig {
     pub name: Option<String>,
     /// Where sync rounds and refusals are counted.
     pub metrics: Arc<Metrics>,
+    /// Hold valid joins for `meshd peers approve` (`[invites] approve`).
+    pub approve_joins: bool,
 }
 
 impl Default for MeshConfig {
@@ -114,6 +116,7 @@ impl Default for MeshConfig {
             accept_own_scope: false,
             name: None,
             metrics: Arc::default(),
+            approve_joins: false,
         }
     }
 }
@@ -467,6 +470,7 @@ impl Mesh {
                 self.peers_changed();
                 return;
             }
+            Ok(JoinReply::Held { .. }) => return,
             Ok(JoinReply::Refused { reason }) => reason,
             Err(e) => format!("it presented no invite ({e})"),
         };
@@ -502,11 +506,15 @@ impl Mesh {
             Ok(Ok(Redeemed::First(invite))) => invite,
             Ok(Ok(Redeemed::Again(_))) => {
                 // Decided already: what the operator changed since (access, removal) stands.
-                return match self.peers.get(&joiner).ok().flatten() {
-                    Some(peer) => JoinReply::Accepted {
+                let held = self.peers.invites().held_join(&joiner).ok().flatten();
+                return match (self.peers.get(&joiner).ok().flatten(), held) {
+                    (Some(peer), _) => JoinReply::Accepted {
                         access: peer.access,
                     },
-                    None => JoinReply::Refused {
+                    (None, Some(join)) => JoinReply::Held {
+                        access: join.access,
+                    },
+                    (None, None) => JoinReply::Refused {
                         reason: "this node used this ticket before and was removed from the \
                                  inviting node's peers since; ask for a new ticket"
                             .into(),
@@ -535,6 +543,9 @@ impl Mesh {
             access: invite.access.clone(),
             last_sync: None,
         };
+        if self.config.approve_joins {
+            return self.hold_join(peer);
+        }
         if let Err(e) = self.add_peer_named_if_free(peer.clone()) {
             tracing::error!(%joiner, "cannot add a node that joined with a valid invite: {e}");
             return JoinReply::Refused {
@@ -546,6 +557,28 @@ impl Mesh {
         tracing::info!(peer = %peer.label(), id = %joiner, addresses = ?peer.addresses, "a node joined with an invite");
         JoinReply::Accepted {
             access: invite.access,
+        }
+    }
+
+    /// Keeps a valid join for the operator (`[invites] approve`): `meshd peers approve` adds
+    /// the peer, which this node then dials.
+    fn hold_join(&self, peer: Peer) -> JoinReply {
+        let held = HeldJoin {
+            id: peer.id,
+            name: peer.name,
+            addresses: peer.addresses,
+            access: peer.access,
+            at: unix_now(),
+        };
+        if let Err(e) = self.peers.invites().hold(&held) {
+            tracing::error!(joiner = %held.id, "cannot hold a join for approval: {e}");
+            return JoinReply::Refused {
+                reason: format!("the inviting node could not keep this join ({e}); ask again"),
+            };
+        }
+        tracing::info!(joiner = %held.id, name = ?held.name, addresses = ?held.addresses, "a join is held for approval: `meshd peers approve {}` admits it", held.id);
+        JoinReply::Held {
+            access: held.access,
         }
     }
 
@@ -610,22 +643,19 @@ impl Mesh {
 
     /// Adds `peer`; if its name is taken, without the name.
     fn add_peer_named_if_free(&self, peer: Peer) -> Result<(), PeerError> {
-        match self.peers.add(&self.own, peer.clone()) {
-            Err(PeerError::NameTaken(_)) => self.peers.add(&self.own, Peer { name: None, ..peer }),
-            other => other,
-        }
-        .map(|_| ())
+        self.peers.add_named_if_free(&self.own, peer).map(|_| ())
     }
 
     /// Joins the node that made `ticket`, granting it `access` here. The inviter is in the
     /// peer list (and pinned) while the exchange runs, so that its first connection back is
-    /// taken; it is put back as it was if the join fails. Returns the inviter as added.
+    /// taken; it is put back as it was if the join fails, and kept while the join is held for
+    /// approval (the inviter dials it once approved). Returns the inviter as added.
     pub async fn join(
         self: &Arc<Self>,
         ticket: &Ticket,
         access: Access,
         name: Option<String>,
-    ) -> Result<(Peer, Access), JoinError> {
+    ) -> Result<(Peer, Admitted), JoinError> {
         let known = self.peers.get(&ticket.inviter).ok().flatten();
         let peer = Peer {
             id: ticket.inviter,
