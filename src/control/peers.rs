@@ -166,10 +166,12 @@ impl Command for PeersPending {
 
     fn execute(self, node: &Context) -> Result<Pending, CommandError> {
         let invites = node.peers.invites();
-        let pending = Pending {
-            refused: node.peers.refused().map_err(CommandError::failed)?,
-            joins: invites.held().map_err(CommandError::failed)?,
-        };
+        let joins = invites.held().map_err(CommandError::failed)?;
+        let mut refused = node.peers.refused().map_err(CommandError::failed)?;
+        // A held joiner dials the inviter it keeps, and is refused until approved: it is
+        // listed once, as the join it is.
+        refused.retain(|r| !joins.iter().any(|join| join.id == r.id));
+        let pending = Pending { refused, joins };
         if self.clear {
             node.ensure_peers_writable()?;
             // The running mesh first: it would otherwise store its list again at the next
