@@ -224,6 +224,21 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// `init_with_api`, with `[api] bearer_token` set to `token`: every caller then needs a
+    /// credential.
+    pub fn init_with_api_token(name: &str, token: &str) -> (TestNode, String) {
+        let (node, api) = TestNode::init_with_api(name);
+        let config = node.file("meshd.toml");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[api]\nlisten",
+            &format!("[api]\nbearer_token = {token:?}\nlisten"),
+        );
+        std::fs::write(&config, text).unwrap();
+        (node, api)
+    }
+}
+
 /// Polls `done` every 10 ms for up to 30 s.
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
