@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -22,17 +22,19 @@ use crate::cache::{CacheFiles, Change};
 use crate::config::{self, Config, ConfigError, Home};
 use crate::control::socket::MAX_REQUEST_BYTES;
 use crate::control::{
-    Command, CommandError, Context, LiveMesh, MemPut, Reply, Request, SkillPut, Status,
+    Command, CommandError, Context, Joined, LiveMesh, MemPut, Reply, Request, SkillPut, Status,
 };
 use crate::invite::Ticket;
 use crate::metrics::Metrics;
 use crate::model::access::Access;
 use crate::model::NodeId;
+use crate::net::discovery::{self, Discovery};
 use crate::net::endpoint;
 use crate::net::identity::{Identity, IdentityError};
+use crate::net::join::Admitted;
 use crate::net::mesh::{Lifecycle, Mesh, MeshConfig};
 use crate::net::{NetError, PeerPins};
-use crate::peers::{DialFailure, LinkFailure, LinkState, Peer, PeerError, PeerRefusal, PeerStore};
+use crate::peers::{DialFailure, LinkFailure, LinkState, PeerError, PeerRefusal, PeerStore, Seen};
 use crate::replica::{self, Replica, ReplicaError, SharedReplica, StoreTaskFailed};
 use crate::search::{SearchError, Searcher};
 use crate::trust::NodeKey;
@@ -87,6 +89,8 @@ pub struct Node {
     search: Arc<Searcher>,
     /// The links to peers, once the endpoint is up.
     mesh: OnceLock<Arc<Mesh>>,
+    /// LAN discovery, while it runs (`[discovery] mdns`); taken at the stop to say goodbye.
+    discovery: Mutex<Option<Arc<Discovery>>>,
     /// Where the local API listens, once it does.
     api_addr: OnceLock<SocketAddr>,
     identity: Identity,
@@ -131,6 +135,7 @@ impl Node {
             views: OnceLock::new(),
             search,
             mesh: OnceLock::new(),
+            discovery: Mutex::new(None),
             api_addr: OnceLock::new(),
             identity,
             lifecycle: Lifecycle {
@@ -163,6 +168,7 @@ impl Node {
             mesh: self.mesh.get().map(|mesh| {
                 Arc::new(RunningMesh {
                     mesh: mesh.clone(),
+                    discovery: lock(&self.discovery).clone(),
                     api_addr: self.api_addr.get().copied(),
                     runtime: tokio::runtime::Handle::current(),
                 }) as Arc<dyn LiveMesh>
@@ -237,6 +243,7 @@ impl Node {
 /// The running mesh as control commands see it.
 struct RunningMesh {
     mesh: Arc<Mesh>,
+    discovery: Option<Arc<Discovery>>,
     api_addr: Option<SocketAddr>,
     runtime: tokio::runtime::Handle,
 }
@@ -286,17 +293,16 @@ impl LiveMesh for RunningMesh {
         self.mesh.forget_refused();
     }
 
+    fn discovered(&self) -> Option<Vec<Seen>> {
+        self.discovery.as_ref().map(|discovery| discovery.seen())
+    }
+
     /// Commands run on the blocking pool, where waiting on the runtime is allowed.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize {
         self.runtime.block_on(self.mesh.sync_now(only, timeout))
     }
 
-    fn join(
-        &self,
-        ticket: Ticket,
-        access: Access,
-        name: Option<String>,
-    ) -> Result<(Peer, Access), String> {
+    fn join(&self, ticket: Ticket, access: Access, name: Option<String>) -> Result<Joined, String> {
         let mesh = self.mesh.clone();
         // The join runs on the runtime: it needs `block_in_place`, which the blocking pool's
         // threads cannot do.
@@ -305,6 +311,18 @@ impl LiveMesh for RunningMesh {
                 tokio::spawn(async move { mesh.join(&ticket, access, name).await }).await
             })
             .map_err(|e| format!("the join failed: {e}; this is a bug, the node keeps running"))?
+            .map(|(inviter, admitted)| match admitted {
+                Admitted::Now(granted) => Joined {
+                    inviter,
+                    granted,
+                    held: false,
+                },
+                Admitted::Held(granted) => Joined {
+                    inviter,
+                    granted,
+                    held: true,
+                },
+            })
             .map_err(|e| e.to_string())
     }
 }
@@ -389,6 +407,9 @@ async fn stop(node: &Node, socket_path: &Path) -> Result<(), DaemonError> {
     node.lifecycle.shutdown.cancel();
     // Commands typed from now on wait for the store instead of talking to a stopping daemon.
     let _ = std::fs::remove_file(socket_path);
+    // Its goodbye tells the LAN at once that this node is gone.
+    let discovery = lock(&node.discovery).take();
+    drop(discovery);
     if let Some(mesh) = node.mesh.get() {
         mesh.close().await;
     }
@@ -432,6 +453,7 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
             accept_own_scope: node.repairing,
             name: Some(config.node.name.clone()),
             metrics: node.metrics.clone(),
+            approve_joins: config.invites.approve,
             ..MeshConfig::default()
         },
         node.lifecycle.clone(),
@@ -444,8 +466,38 @@ fn start_mesh(node: &Arc<Node>, config: &Config) -> Result<(), DaemonError> {
     if let Some(addr) = mesh.local_addr() {
         tracing::info!(%addr, "listening for peers (QUIC)");
     }
+    if config.discovery.mdns {
+        start_discovery(node, &mesh, &config.node.name);
+    }
     let _ = node.mesh.set(mesh);
     Ok(())
+}
+
+/// Announces the node on the LAN and follows known peers that move. Without multicast the
+/// node runs on, with a warning: discovery is a convenience, pairing never depends on it.
+fn start_discovery(node: &Arc<Node>, mesh: &Arc<Mesh>, name: &str) {
+    let Some(listen) = mesh.local_addr() else {
+        return;
+    };
+    let (mesh, runtime) = (mesh.clone(), tokio::runtime::Handle::current());
+    let tasks = node.lifecycle.tasks.clone();
+    let on_seen = move |seen: Seen| {
+        tasks.spawn_on(mesh.clone().seen_on_lan(seen), &runtime);
+    };
+    match Discovery::start(node.own, name, listen, on_seen) {
+        Ok(discovery) => {
+            tracing::info!(
+                service = discovery::SERVICE_TYPE,
+                "announcing this node on the LAN (mDNS)"
+            );
+            *lock(&node.discovery) = Some(Arc::new(discovery));
+        }
+        Err(error) => tracing::warn!("{error}"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keeps the integrity record at most about a second behind the store: the replica rewrites

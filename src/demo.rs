@@ -335,7 +335,7 @@ fn init_node(exe: &Path, dir: &Path, name: &'static str) -> Result<DemoNode> {
     run_cli(exe, &home, &["init", "--name", name, "--listen", &listen])?;
     // The demo's nodes share one machine: no local API ports, caches in the demo directory.
     let extra = format!(
-        "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n",
+        "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n\n[discovery]\nmdns = false\n",
         dir.join(name).join("openclaw")
     );
     let config = home.config_path();

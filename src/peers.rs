@@ -57,6 +57,18 @@ pub struct LinkFailure {
     pub failures: u32,
 }
 
+/// A node that announced itself on the LAN (mDNS, `net::discovery`). What it says of itself
+/// is unproven until a connection's TLS handshake proves its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub id: NodeId,
+    pub name: Option<String>,
+    /// `IP:PORT` where it says it listens.
+    pub addresses: Vec<String>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
 /// Why the latest dial to a peer found no address that worked, for `meshd status`: when (Unix
 /// seconds), and each address tried with what went wrong there, in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +158,18 @@ impl PeerStore {
         self.refused.remove(peer.id.as_bytes())?;
         self.peers.flush()?;
         Ok(replaced)
+    }
+
+    /// `add`; when the name is another peer's, without the name. Returns what was added.
+    pub fn add_named_if_free(&self, own: &NodeId, peer: Peer) -> Result<Peer, PeerError> {
+        match self.add(own, peer.clone()) {
+            Ok(_) => Ok(peer),
+            Err(PeerError::NameTaken(_)) => {
+                let unnamed = Peer { name: None, ..peer };
+                self.add(own, unnamed.clone()).map(|_| unnamed)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the peer with this id or name.

@@ -356,13 +356,7 @@ fn the_status_page_asks_for_the_token_when_the_api_needs_one() {
     else {
         return;
     };
-    let (node, api) = TestNode::init_with_api("guarded");
-    let config = node.file("meshd.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[api]\nlisten",
-        "[api]\nbearer_token = \"s3cret-t0ken\"\nlisten",
-    );
-    std::fs::write(&config, text).unwrap();
+    let (node, api) = TestNode::init_with_api_token("guarded", "s3cret-t0ken");
     let _daemon = node.start();
     api_up(&api);
     node.run(&["mem", "put", "mesh", "plan", &format!("\"{PLAN}\"")])

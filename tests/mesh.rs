@@ -281,7 +281,7 @@ fn a_stranger_dialing_again_and_again_is_warned_about_once_until_the_list_is_cle
     wait_until("the stranger has tried three times", || {
         let pending: Value = serde_json::from_str(&a.run(&["peers", "pending", "--json"]).stdout)
             .unwrap_or_default();
-        pending.as_array().is_some_and(|list| {
+        pending["refused"].as_array().is_some_and(|list| {
             list.iter()
                 .any(|p| p["attempts"].as_u64().is_some_and(|n| n >= 3))
         })

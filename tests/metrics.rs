@@ -151,13 +151,7 @@ fn counters_follow_writes_sync_rounds_and_refusals() {
 
 #[test]
 fn metrics_and_status_need_the_token_when_one_is_configured() {
-    let (node, api) = TestNode::init_with_api("guarded");
-    let config = node.file("meshd.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[api]\nlisten",
-        "[api]\nbearer_token = \"s3cret-t0ken\"\nlisten",
-    );
-    std::fs::write(&config, text).unwrap();
+    let (node, api) = TestNode::init_with_api_token("guarded", "s3cret-t0ken");
     let _daemon = node.start();
     wait_until("the API answers", || get(&api, "/health", &[]).0 == 200);
     let node_token = std::fs::read_to_string(node.file("api.token")).unwrap();

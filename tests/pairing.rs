@@ -117,7 +117,7 @@ fn a_used_ticket_an_expired_invite_and_an_altered_ticket_are_refused() {
     let pending: Value =
         serde_json::from_str(&a.run(&["peers", "pending", "--json"]).ok()).unwrap();
     assert!(
-        pending
+        pending["refused"]
             .as_array()
             .unwrap()
             .iter()
@@ -217,4 +217,98 @@ fn status_says_why_a_peer_cannot_be_reached() {
         peer_status(&a, &one_sided_id)["link"]["rtt_ms"].is_u64()
     });
     assert!(peer_status(&a, &one_sided_id)["unreachable"].is_null());
+}
+
+/// `init_listening` with `[invites] approve = true`.
+fn init_approving(name: &str) -> TestNode {
+    let (node, _) = TestNode::init_listening(name);
+    let config = node.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap() + "\n[invites]\napprove = true\n";
+    std::fs::write(&config, text).unwrap();
+    node
+}
+
+fn pending(node: &TestNode) -> Value {
+    serde_json::from_str(&node.run(&["peers", "pending", "--json"]).ok()).unwrap()
+}
+
+#[test]
+fn with_approve_a_join_waits_until_the_operator_approves_or_denies_it() {
+    let a = init_approving("gate");
+    let (b, _) = TestNode::init_listening("nas");
+    let (c, _) = TestNode::init_listening("laptop");
+    let (d, _) = TestNode::init_listening("phone");
+    let _daemons = [a.start(), b.start(), c.start(), d.start()];
+    let (a_id, b_id, c_id) = (a.id(), b.id(), c.id());
+
+    let ticket = invite(&a, &["--no-qr", "--read", "mesh", "--write", "mesh"]);
+    let held = b.run(&["join", &ticket]).ok();
+    assert!(
+        held.contains("held for approval at gate")
+            && held.contains(&format!("meshd peers approve {b_id}")),
+        "{held}"
+    );
+    let waiting = pending(&a);
+    let joins = waiting["joins"].as_array().unwrap();
+    assert_eq!(joins.len(), 1, "{waiting}");
+    assert_eq!(joins[0]["id"], b_id.as_str());
+    assert_eq!(joins[0]["name"], "nas");
+    let text = a.run(&["peers", "pending"]).ok();
+    assert!(
+        text.contains("join held for approval") && text.contains("offered: read mesh; write mesh"),
+        "{text}"
+    );
+    assert!(peers(&a).is_empty(), "held, not admitted");
+    assert_eq!(
+        peers(&b).len(),
+        1,
+        "the joiner keeps the inviter, to be dialed back"
+    );
+    // Asking again while held is answered the same.
+    let again = b.run(&["join", &ticket]).ok();
+    assert!(again.contains("held for approval"), "{again}");
+
+    let approved = a.run(&["peers", "approve", &b_id]);
+    assert_eq!(approved.code, 0, "{}", approved.stderr);
+    assert!(
+        approved.stderr.contains("approved nas"),
+        "{}",
+        approved.stderr
+    );
+    wait_until("the approved joiner and the inviter are connected", || {
+        connected_to(&a, &b_id) && connected_to(&b, &a_id)
+    });
+    assert_eq!(peers(&a)[0]["access"]["read"], serde_json::json!(["mesh"]));
+    assert!(pending(&a)["joins"].as_array().unwrap().is_empty());
+    let after = b.run(&["join", &ticket]).ok();
+    assert!(after.contains("joined gate"), "approved since: {after}");
+
+    // Denied: no peer, and the ticket stays used.
+    let ticket = invite(&a, &["--no-qr"]);
+    c.run(&["join", &ticket]).ok();
+    let denied = a.run(&["peers", "deny", &c_id]);
+    assert!(
+        denied.stderr.contains("denied the join"),
+        "{}",
+        denied.stderr
+    );
+    assert_eq!(peers(&a).len(), 1, "only B");
+    let refused = c.run(&["join", &ticket]);
+    assert_eq!(refused.code, 1);
+    assert_eq!(
+        a.run(&["peers", "approve", &c_id]).code,
+        3,
+        "nothing to approve"
+    );
+
+    // `pending --clear` denies the held joins too.
+    d.run(&["join", &invite(&a, &["--no-qr"])]).ok();
+    let cleared = a.run(&["peers", "pending", "--clear"]);
+    assert!(
+        cleared.stderr.contains("denied 1 held joins"),
+        "{}",
+        cleared.stderr
+    );
+    assert!(pending(&a)["joins"].as_array().unwrap().is_empty());
+    assert_eq!(peers(&a).len(), 1);
 }

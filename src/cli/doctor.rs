@@ -1,8 +1,6 @@
 //! `meshd doctor`: checks the node and prints each problem with its fix.
 
-use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use meshd::config::{default_openclaw_home, Home};
@@ -11,7 +9,7 @@ use meshd::control::{self, CommandError, DecodeError, Doctor, Request};
 use meshd::doctor::{self, gather, Facts, NodeFacts, Report, StoreError, StoreErrorKind};
 use meshd::replica::{system_clock, ReplicaError};
 
-use super::{execute_anywhere, openclaw_home_env};
+use super::{execute_anywhere, openclaw_home_env, patience};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -89,10 +87,6 @@ fn examine(home: &Home, args: &DoctorArgs) -> Report {
     doctor::examine(&facts)
 }
 
-/// How long a running daemon may take to answer: it loads every document once, which takes
-/// seconds for a scope of a million keys. Longer, and it is stuck.
-const DAEMON_PATIENCE: Duration = Duration::from_secs(60);
-
 /// The store's side, from the daemon when it runs, else from the store opened here.
 fn node_facts(home: &Home) -> Result<NodeFacts, StoreError> {
     let failed = |kind, message: String| StoreError {
@@ -102,14 +96,12 @@ fn node_facts(home: &Home) -> Result<NodeFacts, StoreError> {
     };
     let socket = home.control_socket_path();
     let request = Request::from(Doctor::default());
-    let answered = match socket::send_within(&socket, &request, Some(DAEMON_PATIENCE)) {
-        Err(ControlError::Io { source, .. })
-            if matches!(source.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
-        {
+    let answered = match socket::send_within(&socket, &request, patience(&request)) {
+        Err(ControlError::Unanswered { waited, .. }) => {
             let message = format!(
                 "a daemon accepted the question on {} but gave no answer within {} s: it is stuck",
                 socket.display(),
-                DAEMON_PATIENCE.as_secs()
+                waited.as_secs()
             );
             return Err(failed(StoreErrorKind::Unanswered, message));
         }

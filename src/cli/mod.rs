@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MESHD_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
 
+    /// How long to wait for the running daemon's answer before calling it stuck (`30s`,
+    /// `5m`) [default: 30s; 10m for backup, restore, imports and exports; 90s for sync]
+    #[arg(long, global = true, env = "MESHD_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -101,6 +106,10 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(timeout) = cli.timeout {
+        // Set once, before any command runs.
+        let _ = PATIENCE.set(timeout);
+    }
     let home = Home::new(cli.home.unwrap_or_else(Home::default_dir));
     match cli.command {
         Command::Init(args) => node::init(&home, args),
@@ -199,10 +208,22 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
 /// starting (its socket appears a moment later) or another command.
 const STORE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `--timeout`, when given: it replaces every command's own patience.
+static PATIENCE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// How long to wait for the daemon's answer to `request`.
+pub fn patience(request: &Request) -> std::time::Duration {
+    PATIENCE
+        .get()
+        .copied()
+        .unwrap_or_else(|| request.patience())
+}
+
 pub fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> {
     let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
+    let socket = home.control_socket_path();
     loop {
-        if let Some(response) = socket::send(&home.control_socket_path(), &request)? {
+        if let Some(response) = socket::send_within(&socket, &request, patience(&request))? {
             return Ok(response);
         }
         match execute_on_store(home, request.clone()) {

@@ -156,6 +156,33 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub search: SearchConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    #[serde(default)]
+    pub invites: InvitesConfig,
+}
+
+/// `[invites]`: how this node answers `meshd join`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvitesConfig {
+    /// Hold every valid join for `meshd peers approve` instead of admitting it at once.
+    pub approve: bool,
+}
+
+/// `[discovery]`: finding other nodes on the LAN (`net::discovery`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Announce this node over mDNS and listen for the others (`meshd peers discover`); a
+    /// known peer found at new addresses gets them. Never pairs by itself.
+    pub mdns: bool,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> DiscoveryConfig {
+        DiscoveryConfig { mdns: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -369,7 +396,11 @@ fn config_template(name: &str, listen: &str) -> String {
          # memory_budget_mb = 192         # documents kept loaded; reads never need them\n\
          # [search]                       # semantic search; MESH_EMBEDDING_URL etc. win\n\
          # embedding_url = \"http://localhost:11434/api/embed\"  # Ollama, or .../v1/embeddings\n\
-         # embedding_model = \"nomic-embed-text\"\n"
+         # embedding_model = \"nomic-embed-text\"\n\
+         # [invites]\n\
+         # approve = false                # true: a join waits for `meshd peers approve ID`\n\
+         # [discovery]\n\
+         # mdns = true                    # announce on the LAN (the listen address's interfaces), find nodes\n"
     )
 }
 
@@ -383,6 +414,10 @@ mod tests {
             toml::from_str(&config_template("nas \"one\"", "127.0.0.1:1")).unwrap();
         assert_eq!(config.node.name, "nas \"one\"");
         assert_eq!(config.node.listen, "127.0.0.1:1");
+        let off = toml::from_str::<Config>("[node]\nname = \"a\"\n[discovery]\nmdns = false\n");
+        assert!(!off.unwrap().discovery.mdns);
+        let held = toml::from_str::<Config>("[node]\nname = \"a\"\n[invites]\napprove = true\n");
+        assert!(held.unwrap().invites.approve);
     }
 
     #[test]
@@ -391,6 +426,7 @@ mod tests {
         assert_eq!(config.api.listen, DEFAULT_API_LISTEN);
         assert!(config.cache.enabled);
         assert!(config.store.mirror.is_none());
+        assert!(config.discovery.mdns, "discovery is on unless turned off");
     }
 
     #[test]

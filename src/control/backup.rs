@@ -12,10 +12,11 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Command, CommandError, Context, Effects};
+use super::{Command, CommandError, Context, Effects, WHOLE_STORE_PATIENCE};
 use crate::model::hlc::rfc3339_seconds;
 use crate::model::DocId;
 use crate::peers::Peer;
@@ -69,6 +70,10 @@ pub struct BackupReport {
 impl Command for Backup {
     type Reply = BackupReport;
     const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<BackupReport, CommandError> {
         prepare_dir(&self.dir)?;
@@ -132,6 +137,10 @@ impl Command for Restore {
         data: true,
         peers: true,
     };
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<BackupReport, CommandError> {
         let manifest = read_manifest(&self.dir)?;

@@ -1,8 +1,10 @@
 //! `meshd bridge`: Phase 1 bridge messages in and out.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::{remote, Command, CommandError, Context, Effects};
+use super::{remote, Command, CommandError, Context, Effects, WHOLE_STORE_PATIENCE};
 use crate::bridge::{self, Selection, Unwrap};
 use crate::replica::system_clock;
 
@@ -28,6 +30,10 @@ pub struct Ingested {
 impl Command for BridgeIngest {
     type Reply = Ingested;
     const EFFECTS: Effects = Effects::DATA;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<Ingested, CommandError> {
         let items = bridge::items(&self.payload, self.unwrap);
@@ -55,6 +61,10 @@ pub struct BridgeEmit {
 impl Command for BridgeEmit {
     type Reply = Vec<String>;
     const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<Vec<String>, CommandError> {
         let selection = match self.scope.as_deref() {

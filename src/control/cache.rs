@@ -1,8 +1,10 @@
 //! `meshd cache`: the files OpenClaw and the reference tools read.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::{remote, Command, CommandError, Context, Effects};
+use super::{remote, Command, CommandError, Context, Effects, WHOLE_STORE_PATIENCE};
 use crate::cache::{CachePaths, CacheReport};
 
 /// Rewrites the caches where the node's meshd.toml and `$OPENCLAW_HOME` say, even when
@@ -23,6 +25,10 @@ impl Command for CacheWrite {
     type Reply = CachesWritten;
     /// The caches are derived files, not memory or skills.
     const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<CachesWritten, CommandError> {
         // No reading back here: without the daemon nothing could act on what is read, and

@@ -1,10 +1,11 @@
 //! `meshd doc`: the Automerge documents themselves.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Command, CommandError, Context, Effects};
+use super::{Command, CommandError, Context, Effects, WHOLE_STORE_PATIENCE};
 use crate::model::DocId;
 
 /// Writes one document in Automerge's standard format to a file.
@@ -20,6 +21,10 @@ impl Command for DocExport {
     /// What was written, for the operator.
     type Reply = String;
     const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let doc = document(node, &self.scope)?;
@@ -54,6 +59,10 @@ impl Command for DocImport {
     /// What was merged, for the operator.
     type Reply = String;
     const EFFECTS: Effects = Effects::DATA;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let doc = document(node, &self.scope)?;

@@ -17,6 +17,11 @@ impl Command for Doctor {
     type Reply = NodeFacts;
     const EFFECTS: Effects = Effects::NONE;
 
+    /// It loads every document once, which takes seconds for a scope of a million keys.
+    fn patience(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
+
     fn execute(self, node: &Context) -> Result<NodeFacts, CommandError> {
         let peers = node.peers.list().map_err(CommandError::failed)?;
         let mesh = node.mesh.as_deref();

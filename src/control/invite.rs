@@ -157,10 +157,27 @@ pub struct Join {
     pub write: Option<String>,
 }
 
+/// How a join ended, for the joining node.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The inviting node, as added to the peer list here.
+    pub inviter: crate::peers::Peer,
+    /// What this node may read and write there (once approved, when held).
+    pub granted: Access,
+    /// The inviting node holds the join for its operator's approval (`meshd peers approve`).
+    pub held: bool,
+}
+
 impl Command for Join {
     /// What was paired, and the access each way, for the operator.
     type Reply = String;
     const EFFECTS: Effects = Effects::PEERS;
+
+    /// A join dials each of the ticket's addresses in turn (seconds each), then waits for
+    /// the inviter's answer.
+    fn patience(&self) -> Duration {
+        Duration::from_secs(120)
+    }
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let ticket = Ticket::decode(&self.ticket).map_err(CommandError::failed)?;
@@ -186,15 +203,28 @@ impl Command for Join {
             )
         })?;
         let grants = access_over(Access::default_for_peer(), self.read, self.write)?;
-        let (inviter, granted) = mesh
+        let joined = mesh
             .join(ticket, grants, self.name)
             .map_err(CommandError::Failed)?;
+        let inviter = &joined.inviter;
+        if joined.held {
+            return Ok(format!(
+                "the join is held for approval at {} ({}): once its operator runs `meshd peers \
+                 approve {}` there, that node connects to this one (`meshd peers ls` shows it \
+                 connected). It will be able to {} here; this node will be able to {} there",
+                inviter.label(),
+                inviter.id,
+                node.own,
+                access_text(&inviter.access),
+                access_text(&joined.granted)
+            ));
+        }
         Ok(format!(
             "joined {} ({}). It may {} here; this node may {} there",
             inviter.label(),
             inviter.id,
             access_text(&inviter.access),
-            access_text(&granted)
+            access_text(&joined.granted)
         ))
     }
 }

@@ -40,9 +40,12 @@ pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
 pub use doctor::Doctor;
-pub use invite::{Invite, InviteMade, Join};
+pub use invite::{Invite, InviteMade, Join, Joined};
 pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
-pub use peers::{PeersAdd, PeersLs, PeersPending, PeersRm};
+pub use peers::{
+    access_text, Discovered, PeersAdd, PeersApprove, PeersDeny, PeersDiscover, PeersLs,
+    PeersPending, PeersRm, Pending,
+};
 pub use search::Search;
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
 pub use status::{NodeStatus, PeerStatus, Status};
@@ -112,7 +115,19 @@ pub trait Command: Serialize + DeserializeOwned + Into<Request> {
     /// Runs the command. Called on a thread that may block (the CLI, or the daemon's
     /// blocking pool); the replica is locked only as long as the command needs it.
     fn execute(self, node: &Context) -> Result<Self::Reply, CommandError>;
+    /// How long a client waits for the daemon's answer before calling the daemon stuck:
+    /// `ANSWER_PATIENCE`, unless the command runs longer by design.
+    fn patience(&self) -> Duration {
+        ANSWER_PATIENCE
+    }
 }
+
+/// How long a client waits for the daemon's answer to a command: a write, a read or a peer
+/// change takes milliseconds, seconds on a very large scope. Longer, and the daemon is stuck.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(30);
+/// For commands that read or write the whole store (backup, restore, imports, exports,
+/// rewriting the caches): minutes on a store of millions of entries.
+pub const WHOLE_STORE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// What the running daemon knows beyond the store: its links to peers. Implemented by the
 /// daemon over `net::mesh::Mesh`, so this module does not depend on the network.
@@ -138,6 +153,8 @@ pub trait LiveMesh: Send + std::marker::Sync {
     fn link_state(&self, peer: &NodeId) -> Option<LinkState>;
     /// Forgets the ids the TLS layer refused so far (`meshd peers pending --clear`).
     fn forget_refused(&self);
+    /// The nodes announcing themselves on the LAN now; `None` when discovery is off.
+    fn discovered(&self) -> Option<Vec<crate::peers::Seen>>;
     /// Runs a round with `only` (or every connected peer) and blocks until it completes or
     /// `timeout` passes; returns how many peers completed it.
     fn sync_now(&self, only: Option<NodeId>, timeout: Duration) -> usize;
@@ -148,7 +165,7 @@ pub trait LiveMesh: Send + std::marker::Sync {
         ticket: crate::invite::Ticket,
         access: crate::model::access::Access,
         name: Option<String>,
-    ) -> Result<(crate::peers::Peer, crate::model::access::Access), String>;
+    ) -> Result<Joined, String>;
 }
 
 /// The node a command runs against: its store, and the mesh when the daemon runs.

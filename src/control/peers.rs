@@ -1,9 +1,12 @@
 //! `meshd peers`: pairing with other nodes.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::status::{peer_statuses, PeerStatus};
 use super::{Command, CommandError, Context, Effects};
+use crate::invite::HeldJoin;
 use crate::model::access::{Access, Pattern};
 use crate::model::NodeId;
 use crate::peers::{Peer, Refused};
@@ -86,7 +89,7 @@ pub(super) fn access_over(
 }
 
 /// `read A,B; write C`, for the operator.
-pub(super) fn access_text(access: &Access) -> String {
+pub fn access_text(access: &Access) -> String {
     format!(
         "read {}; write {}",
         patterns_text(&access.read),
@@ -139,20 +142,36 @@ impl Command for PeersRm {
     }
 }
 
-/// The nodes that tried to connect without being added; with `clear`, they are forgotten
-/// too (the reply is what was forgotten).
+/// The nodes waiting for the operator: those refused at the handshake (not peers), and the
+/// joins held for approval (`[invites] approve`). With `clear`, both are forgotten too (the
+/// reply is what was forgotten): a held join's ticket stays used.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeersPending {
     #[serde(default)]
     pub clear: bool,
 }
 
+/// What `meshd peers pending` lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Node ids refused at the handshake.
+    pub refused: Vec<Refused>,
+    /// Valid joins waiting for `meshd peers approve`.
+    pub joins: Vec<HeldJoin>,
+}
+
 impl Command for PeersPending {
-    type Reply = Vec<Refused>;
+    type Reply = Pending;
     const EFFECTS: Effects = Effects::NONE;
 
-    fn execute(self, node: &Context) -> Result<Vec<Refused>, CommandError> {
-        let refused = node.peers.refused().map_err(CommandError::failed)?;
+    fn execute(self, node: &Context) -> Result<Pending, CommandError> {
+        let invites = node.peers.invites();
+        let joins = invites.held().map_err(CommandError::failed)?;
+        let mut refused = node.peers.refused().map_err(CommandError::failed)?;
+        // A held joiner dials the inviter it keeps, and is refused until approved: it is
+        // listed once, as the join it is.
+        refused.retain(|r| !joins.iter().any(|join| join.id == r.id));
+        let pending = Pending { refused, joins };
         if self.clear {
             node.ensure_peers_writable()?;
             // The running mesh first: it would otherwise store its list again at the next
@@ -161,7 +180,151 @@ impl Command for PeersPending {
                 mesh.forget_refused();
             }
             node.peers.clear_refused().map_err(CommandError::failed)?;
+            for join in &pending.joins {
+                invites.release(&join.id).map_err(CommandError::failed)?;
+            }
         }
-        Ok(refused)
+        Ok(pending)
+    }
+}
+
+/// Admits a join held for approval: the joiner becomes a peer with the access its invite
+/// offered, and this node dials it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersApprove {
+    /// The joiner's node id.
+    pub id: String,
+}
+
+impl Command for PeersApprove {
+    /// What was done, for the operator.
+    type Reply = String;
+    const EFFECTS: Effects = Effects::PEERS;
+
+    fn execute(self, node: &Context) -> Result<String, CommandError> {
+        node.ensure_peers_writable()?;
+        let join = take_held(node, &self.id)?;
+        let peer = Peer {
+            id: join.id,
+            name: join.name,
+            addresses: join.addresses,
+            access: join.access,
+            last_sync: None,
+        };
+        let added = node
+            .peers
+            .add_named_if_free(&node.own, peer)
+            .map_err(CommandError::failed)?;
+        Ok(format!(
+            "approved {} ({}): {}; this node connects to it now",
+            added.label(),
+            added.id,
+            access_text(&added.access)
+        ))
+    }
+}
+
+/// Refuses a join held for approval; its ticket stays used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersDeny {
+    /// The joiner's node id.
+    pub id: String,
+}
+
+impl Command for PeersDeny {
+    /// What was done, for the operator.
+    type Reply = String;
+    const EFFECTS: Effects = Effects::NONE;
+
+    fn execute(self, node: &Context) -> Result<String, CommandError> {
+        node.ensure_peers_writable()?;
+        let join = take_held(node, &self.id)?;
+        Ok(format!(
+            "denied the join of {} ({}); its ticket stays used",
+            join.name.as_deref().unwrap_or("a node"),
+            join.id
+        ))
+    }
+}
+
+/// The held join `id` made, out of the waiting list.
+fn take_held(node: &Context, id: &str) -> Result<HeldJoin, CommandError> {
+    let id: NodeId = id.parse().map_err(CommandError::failed)?;
+    node.peers
+        .invites()
+        .release(&id)
+        .map_err(CommandError::failed)?
+        .ok_or_else(|| {
+            CommandError::NotFound(format!(
+                "no join from {id} waits for approval; `meshd peers pending` lists those that do"
+            ))
+        })
+}
+
+/// The longest `meshd peers discover` listens.
+const MAX_DISCOVER_WAIT: Duration = Duration::from_secs(60);
+
+/// The nodes announcing themselves on the LAN (mDNS), after listening for `wait_ms` more.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeersDiscover {
+    pub wait_ms: u64,
+}
+
+/// A node seen on the LAN, and whether it is a peer here already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discovered {
+    pub id: NodeId,
+    /// The name it announces.
+    pub name: Option<String>,
+    pub addresses: Vec<String>,
+    /// Unix seconds of its latest announcement.
+    pub seen: u64,
+    pub paired: bool,
+}
+
+impl Command for PeersDiscover {
+    type Reply = Vec<Discovered>;
+    const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        self.wait().saturating_add(super::ANSWER_PATIENCE)
+    }
+
+    fn execute(self, node: &Context) -> Result<Vec<Discovered>, CommandError> {
+        let mesh = node.mesh.as_ref().ok_or_else(|| {
+            CommandError::failed(
+                "the daemon is not running: start it with `meshd run`, which listens for the \
+                 other nodes' announcements",
+            )
+        })?;
+        if mesh.discovered().is_none() {
+            return Err(CommandError::failed(
+                "LAN discovery is off on this node: set [discovery] mdns = true in meshd.toml \
+                 and restart meshd",
+            ));
+        }
+        std::thread::sleep(self.wait());
+        let seen = mesh.discovered().unwrap_or_default();
+        seen.into_iter()
+            .map(|node_seen| {
+                let paired = node
+                    .peers
+                    .get(&node_seen.id)
+                    .map_err(CommandError::failed)?;
+                Ok(Discovered {
+                    id: node_seen.id,
+                    name: node_seen.name,
+                    addresses: node_seen.addresses,
+                    seen: node_seen.at,
+                    paired: paired.is_some(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl PeersDiscover {
+    fn wait(&self) -> Duration {
+        Duration::from_millis(self.wait_ms).min(MAX_DISCOVER_WAIT)
     }
 }

@@ -24,6 +24,11 @@ impl Command for Search {
     type Reply = SearchResults;
     const EFFECTS: Effects = Effects::NONE;
 
+    /// A semantic search waits for the embedding endpoint, which may be loading its model.
+    fn patience(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(120)
+    }
+
     fn execute(self, node: &Context) -> Result<SearchResults, CommandError> {
         let own = node.own.compact();
         let scope = match &self.scope {

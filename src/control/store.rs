@@ -1,10 +1,11 @@
 //! `meshd store`: the Phase 2 SQLite shared store.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{remote, Command, CommandError, Context, Effects};
+use super::{remote, Command, CommandError, Context, Effects, WHOLE_STORE_PATIENCE};
 use crate::store::{self, ExportReport, ImportReport};
 
 /// Imports the rows of a reference store (last writer wins on `updated_at`).
@@ -21,6 +22,10 @@ pub struct Imported(#[serde(with = "remote::ImportReport")] pub ImportReport);
 impl Command for StoreImport {
     type Reply = Imported;
     const EFFECTS: Effects = Effects::DATA;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<Imported, CommandError> {
         store::import(&self.path, &node.replica)
@@ -45,6 +50,10 @@ pub struct Exported(#[serde(with = "remote::ExportReport")] pub ExportReport);
 impl Command for StoreExport {
     type Reply = Exported;
     const EFFECTS: Effects = Effects::NONE;
+
+    fn patience(&self) -> Duration {
+        WHOLE_STORE_PATIENCE
+    }
 
     fn execute(self, node: &Context) -> Result<Exported, CommandError> {
         node.replica

@@ -22,6 +22,11 @@ impl Command for Sync {
     /// What a round applies is pushed on and shown by the links themselves.
     const EFFECTS: Effects = Effects::NONE;
 
+    /// The round's own bound, and time to answer after it.
+    fn patience(&self) -> Duration {
+        SYNC_TIMEOUT + super::ANSWER_PATIENCE
+    }
+
     fn execute(self, node: &Context) -> Result<String, CommandError> {
         let mesh = node.mesh.as_ref().ok_or_else(|| {
             CommandError::failed("the daemon is not running: start it with `meshd run`")

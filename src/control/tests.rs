@@ -171,6 +171,15 @@ fn samples(node: &Node) -> Vec<Request> {
         }
         .into(),
         Doctor::default().into(),
+        PeersDiscover::default().into(),
+        PeersApprove {
+            id: NodeId::from_public_key(b"a joiner").to_string(),
+        }
+        .into(),
+        PeersDeny {
+            id: NodeId::from_public_key(b"a joiner").to_string(),
+        }
+        .into(),
     ]
 }
 
@@ -250,6 +259,9 @@ fn position(request: &Request) -> usize {
         Request::Invite(_) => 25,
         Request::Join(_) => 26,
         Request::Doctor(_) => 27,
+        Request::PeersDiscover(_) => 28,
+        Request::PeersApprove(_) => 29,
+        Request::PeersDeny(_) => 30,
     }
 }
 
@@ -305,8 +317,8 @@ fn every_command_that_changes_memory_or_skills_declares_it() {
             !changed || effects.data,
             "{op} changed memory or skills without declaring Effects::DATA ({reply:?})"
         );
-        // Both need the daemon's mesh, which these nodes do not run.
-        if op != "Sync" && op != "Join" {
+        // These need the daemon's mesh, which these nodes do not run, or a held join.
+        if !["Sync", "Join", "PeersDiscover", "PeersApprove", "PeersDeny"].contains(&op) {
             assert!(
                 reply.is_ok(),
                 "{op} should succeed on the seeded node: {reply:?}"
@@ -365,4 +377,20 @@ fn sync_without_the_daemon_says_how_to_start_it() {
     let node = seeded();
     let error = Sync::default().execute(&node.context).unwrap_err();
     assert!(error.to_string().contains("meshd run"), "{error}");
+}
+
+#[test]
+fn commands_over_the_whole_store_are_given_longer_than_a_write() {
+    let backup = Request::from(Backup {
+        dir: "/nowhere".into(),
+    });
+    assert_eq!(backup.patience(), WHOLE_STORE_PATIENCE);
+    assert_eq!(Request::from(Status {}).patience(), ANSWER_PATIENCE);
+    let put = MemPut {
+        scope: "mesh".into(),
+        key: "k".into(),
+        value: serde_json::json!(1),
+    };
+    assert_eq!(Request::from(put).patience(), ANSWER_PATIENCE);
+    assert!(Request::from(Sync::default()).patience() > Duration::from_secs(60));
 }

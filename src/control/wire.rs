@@ -36,6 +36,13 @@ macro_rules! command_set {
                 }
             }
 
+            /// How long a client waits for the daemon's answer (`Command::patience`).
+            pub fn patience(&self) -> std::time::Duration {
+                match self {
+                    $(Request::$variant(command) => command.patience(),)*
+                }
+            }
+
             /// The command's type name (`MemPut`), for logs and test messages.
             pub fn op(&self) -> &'static str {
                 match self {
@@ -66,6 +73,9 @@ command_set! {
     PeersLs => peers::PeersLs,
     PeersRm => peers::PeersRm,
     PeersPending => peers::PeersPending,
+    PeersDiscover => peers::PeersDiscover,
+    PeersApprove => peers::PeersApprove,
+    PeersDeny => peers::PeersDeny,
     Invite => invite::Invite,
     Join => invite::Join,
     Status => status::Status,

@@ -70,12 +70,7 @@ impl Check {
         finding: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
-        Check {
-            check: check.into(),
-            status: Status::Warn,
-            finding: finding.into(),
-            fix: Some(fix.into()),
-        }
+        Check::problem(Status::Warn, check.into(), finding.into(), fix.into())
     }
 
     pub fn fail(
@@ -83,11 +78,16 @@ impl Check {
         finding: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
+        Check::problem(Status::Fail, check.into(), finding.into(), fix.into())
+    }
+
+    /// A check that found a problem: it always comes with its fix.
+    fn problem(status: Status, check: String, finding: String, fix: String) -> Check {
         Check {
-            check: check.into(),
-            status: Status::Fail,
-            finding: finding.into(),
-            fix: Some(fix.into()),
+            check,
+            status,
+            finding,
+            fix: Some(fix),
         }
     }
 }

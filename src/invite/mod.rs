@@ -5,5 +5,5 @@
 pub mod store;
 pub mod ticket;
 
-pub use store::{Invite, InviteError, Invites, Redeemed, Refusal};
+pub use store::{HeldJoin, Invite, InviteError, Invites, Redeemed, Refusal};
 pub use ticket::{proof, InviteId, InviteSecret, Ticket, TicketError};

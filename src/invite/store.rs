@@ -6,6 +6,10 @@ use super::ticket::{proof, proof_matches, InviteId, InviteSecret};
 use crate::model::access::Access;
 use crate::model::NodeId;
 
+/// How long a used or expired invite is kept: a replay of its join is answered the same
+/// meanwhile.
+const KEEP_DONE: u64 = 24 * 3600;
+
 /// An invite as the inviter keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invite {
@@ -61,15 +65,102 @@ pub enum Refusal {
     BadProof,
 }
 
+/// A valid join held for the operator's approval (`[invites] approve`): the peer it becomes
+/// once approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldJoin {
+    pub id: NodeId,
+    /// The invite's name for it, else the name it gave.
+    pub name: Option<String>,
+    /// Where this node dials it once approved.
+    pub addresses: Vec<String>,
+    /// What it may read and write here once approved: the invite's offer.
+    pub access: Access,
+    /// Unix seconds.
+    pub at: u64,
+}
+
 #[derive(Clone)]
 pub struct Invites {
     tree: sled::Tree,
+    /// `HeldJoin`s by joiner id (tree `joins-held`).
+    held: sled::Tree,
 }
 
 impl Invites {
+    /// Opens the invites, dropping those done with for a day (`prune`).
     pub fn open(db: &sled::Db) -> Result<Invites, sled::Error> {
-        Ok(Invites {
+        let invites = Invites {
             tree: db.open_tree("invites")?,
+            held: db.open_tree("joins-held")?,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Err(e) = invites.prune(now) {
+            // Housekeeping only: the invites still answer as before.
+            tracing::warn!("old invites not pruned: {e}");
+        }
+        Ok(invites)
+    }
+
+    /// Removes the invites used or expired more than `KEEP_DONE` before `now`: they only
+    /// answer a replay of a join, which comes within seconds, and an invite is made for each
+    /// pairing, so the tree (which `any_open` reads whole) would otherwise only grow. Returns
+    /// how many went.
+    pub fn prune(&self, now: u64) -> Result<usize, InviteError> {
+        let mut done = Vec::new();
+        for record in self.tree.iter() {
+            let (id, value) = record?;
+            let invite: Invite = serde_json::from_slice(&value)?;
+            let ended = invite.used.as_ref().map_or(invite.expires, |used| used.at);
+            if ended.saturating_add(KEEP_DONE) < now {
+                done.push(id);
+            }
+        }
+        for id in &done {
+            self.tree.remove(id)?;
+        }
+        if !done.is_empty() {
+            self.tree.flush()?;
+        }
+        Ok(done.len())
+    }
+
+    /// Holds a join for approval, durable on return.
+    pub fn hold(&self, join: &HeldJoin) -> Result<(), InviteError> {
+        self.held
+            .insert(join.id.as_bytes(), serde_json::to_vec(join)?)?;
+        self.held.flush()?;
+        Ok(())
+    }
+
+    /// The joins waiting for approval, oldest first.
+    pub fn held(&self) -> Result<Vec<HeldJoin>, InviteError> {
+        let mut joins = Vec::new();
+        for record in self.held.iter() {
+            let (_, value) = record?;
+            joins.push(serde_json::from_slice::<HeldJoin>(&value)?);
+        }
+        joins.sort_by_key(|join| join.at);
+        Ok(joins)
+    }
+
+    /// The join `id` made, while it waits.
+    pub fn held_join(&self, id: &NodeId) -> Result<Option<HeldJoin>, InviteError> {
+        Ok(match self.held.get(id.as_bytes())? {
+            Some(value) => Some(serde_json::from_slice(&value)?),
+            None => None,
+        })
+    }
+
+    /// Takes the join `id` made out of the waiting list (approved or denied).
+    pub fn release(&self, id: &NodeId) -> Result<Option<HeldJoin>, InviteError> {
+        let taken = self.held.remove(id.as_bytes())?;
+        self.held.flush()?;
+        Ok(match taken {
+            Some(value) => Some(serde_json::from_slice(&value)?),
+            None => None,
         })
     }
 
@@ -198,6 +289,33 @@ mod tests {
         let again = invites.redeem(id, &theirs, other, inviter, 1_001).unwrap();
         assert_eq!(again, Err(Refusal::Used { by: joiner }));
         assert!(!invites.any_open(1_000).unwrap());
+    }
+
+    #[test]
+    fn invites_done_with_for_a_day_are_pruned_and_the_rest_kept() {
+        let invites = invites();
+        let (joiner, inviter) = ids();
+        let offer = Access::default_for_peer;
+        let (used, secret) = invites.create(50_000, offer(), None).unwrap();
+        let shown = proof(&secret, used, joiner, inviter);
+        invites
+            .redeem(used, &shown, joiner, inviter, 1_000)
+            .unwrap()
+            .unwrap();
+        invites.create(2_000, offer(), None).unwrap(); // expired at 2 000
+        let (open, _) = invites.create(200_000, offer(), None).unwrap();
+        let (recent, _) = invites.create(100_000, offer(), None).unwrap();
+        let day_after = 1_000 + KEEP_DONE + 1;
+        assert_eq!(invites.prune(day_after).unwrap(), 1, "the used one only");
+        assert_eq!(
+            invites.prune(2_000 + KEEP_DONE + 1).unwrap(),
+            1,
+            "then the expired one"
+        );
+        assert_eq!(invites.tree.len(), 2);
+        assert!(invites.tree.contains_key(open.0).unwrap());
+        assert!(invites.tree.contains_key(recent.0).unwrap());
+        assert!(invites.any_open(150_000).unwrap());
     }
 
     #[test]

@@ -47,6 +47,21 @@ pub enum JoinReply {
     Refused {
         reason: String,
     },
+    /// Valid, and held for the inviting operator's approval (`meshd peers approve`): once
+    /// approved, the inviter adds the joiner and dials it.
+    Held {
+        /// What the joiner will be able to read and write at the inviter.
+        access: Access,
+    },
+}
+
+/// How a join ended for the joiner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admitted {
+    /// Paired now, with this access at the inviter.
+    Now(Access),
+    /// Waits for the inviting operator's approval; this access once approved.
+    Held(Access),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +75,12 @@ pub enum JoinError {
 }
 
 /// Joins: dials the ticket's addresses in order, proves the ticket, returns what this node
-/// may do at the inviter.
+/// may do at the inviter, now or once approved.
 pub async fn join(
     endpoint: &Endpoint,
     ticket: &Ticket,
     mut request: JoinRequest,
-) -> Result<Access, JoinError> {
+) -> Result<Admitted, JoinError> {
     request.proof = proof(
         &ticket.secret,
         ticket.invite,
@@ -82,7 +97,8 @@ pub async fn join(
             EXCHANGE_TIMEOUT.as_secs()
         ))),
         Ok(Err(e)) => Err(JoinError::Exchange(e)),
-        Ok(Ok(JoinReply::Accepted { access })) => Ok(access),
+        Ok(Ok(JoinReply::Accepted { access })) => Ok(Admitted::Now(access)),
+        Ok(Ok(JoinReply::Held { access })) => Ok(Admitted::Held(access)),
         Ok(Ok(JoinReply::Refused { reason })) => Err(JoinError::Refused(printable(&reason))),
     }
 }

@@ -16,17 +16,17 @@ use tokio_util::task::TaskTracker;
 use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::error::TIMED_OUT;
-use super::join::{self, JoinError, JoinReply, JoinRequest};
+use super::join::{self, Admitted, JoinError, JoinReply, JoinRequest};
 use super::link::{self, LinkCommand, LinkHost};
 use super::tls::MISDIALED;
 use super::{unix_now, NetError};
-use crate::invite::{Redeemed, Ticket};
+use crate::invite::{HeldJoin, Redeemed, Ticket};
 use crate::metrics::{Metrics, Refusal};
 use crate::model::access::Access;
 use crate::model::{DocId, NodeId, Scope};
 use crate::peers::{
     validate_address, AddressFailure, DialFailure, LinkFailure, LinkState, Peer, PeerError,
-    PeerRefusal, PeerStore,
+    PeerRefusal, PeerStore, Seen,
 };
 use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
@@ -104,6 +104,8 @@ pub struct MeshConfig {
     pub name: Option<String>,
     /// Where sync rounds and refusals are counted.
     pub metrics: Arc<Metrics>,
+    /// Hold valid joins for `meshd peers approve` (`[invites] approve`).
+    pub approve_joins: bool,
 }
 
 impl Default for MeshConfig {
@@ -114,6 +116,7 @@ impl Default for MeshConfig {
             accept_own_scope: false,
             name: None,
             metrics: Arc::default(),
+            approve_joins: false,
         }
     }
 }
@@ -467,6 +470,7 @@ impl Mesh {
                 self.peers_changed();
                 return;
             }
+            Ok(JoinReply::Held { .. }) => return,
             Ok(JoinReply::Refused { reason }) => reason,
             Err(e) => format!("it presented no invite ({e})"),
         };
@@ -502,11 +506,15 @@ impl Mesh {
             Ok(Ok(Redeemed::First(invite))) => invite,
             Ok(Ok(Redeemed::Again(_))) => {
                 // Decided already: what the operator changed since (access, removal) stands.
-                return match self.peers.get(&joiner).ok().flatten() {
-                    Some(peer) => JoinReply::Accepted {
+                let held = self.peers.invites().held_join(&joiner).ok().flatten();
+                return match (self.peers.get(&joiner).ok().flatten(), held) {
+                    (Some(peer), _) => JoinReply::Accepted {
                         access: peer.access,
                     },
-                    None => JoinReply::Refused {
+                    (None, Some(join)) => JoinReply::Held {
+                        access: join.access,
+                    },
+                    (None, None) => JoinReply::Refused {
                         reason: "this node used this ticket before and was removed from the \
                                  inviting node's peers since; ask for a new ticket"
                             .into(),
@@ -535,6 +543,9 @@ impl Mesh {
             access: invite.access.clone(),
             last_sync: None,
         };
+        if self.config.approve_joins {
+            return self.hold_join(peer);
+        }
         if let Err(e) = self.add_peer_named_if_free(peer.clone()) {
             tracing::error!(%joiner, "cannot add a node that joined with a valid invite: {e}");
             return JoinReply::Refused {
@@ -549,24 +560,102 @@ impl Mesh {
         }
     }
 
+    /// Keeps a valid join for the operator (`[invites] approve`): `meshd peers approve` adds
+    /// the peer, which this node then dials.
+    fn hold_join(&self, peer: Peer) -> JoinReply {
+        let held = HeldJoin {
+            id: peer.id,
+            name: peer.name,
+            addresses: peer.addresses,
+            access: peer.access,
+            at: unix_now(),
+        };
+        if let Err(e) = self.peers.invites().hold(&held) {
+            tracing::error!(joiner = %held.id, "cannot hold a join for approval: {e}");
+            return JoinReply::Refused {
+                reason: format!("the inviting node could not keep this join ({e}); ask again"),
+            };
+        }
+        tracing::info!(joiner = %held.id, name = ?held.name, addresses = ?held.addresses, "a join is held for approval: `meshd peers approve {}` admits it", held.id);
+        JoinReply::Held {
+            access: held.access,
+        }
+    }
+
+    /// A node announced itself on the LAN (`net::discovery`). A known peer announcing an
+    /// address its record lacks gets the announced ones, once a connection at one of them
+    /// proved its id (anyone on the LAN may announce anything): its live link's address, or a
+    /// dial made now, which then serves as the link. Strangers are only listed, never paired.
+    pub async fn seen_on_lan(self: Arc<Self>, seen: Seen) {
+        let Some(record) = self.peers.get(&seen.id).ok().flatten() else {
+            return;
+        };
+        if seen.addresses.iter().all(|a| record.addresses.contains(a)) {
+            return;
+        }
+        let live = lock(&self.links)
+            .get(&seen.id)
+            .map(|link| link.connection.remote_address());
+        let proven = match live {
+            Some(remote) => seen.addresses.contains(&remote.to_string()),
+            None => self.probe(&seen).await,
+        };
+        if !proven {
+            tracing::debug!(peer = %record.label(), addresses = ?seen.addresses, "announced on the LAN at addresses no connection proved");
+            return;
+        }
+        let addresses = moved_addresses(&seen.addresses, &record.addresses);
+        let moved = Peer {
+            addresses: addresses.clone(),
+            ..record.clone()
+        };
+        match tokio::task::block_in_place(|| self.peers.add(&self.own, moved)) {
+            Ok(_) => {
+                tracing::info!(peer = %record.label(), from = ?record.addresses, to = ?addresses, "peer found at new addresses on the LAN; its record follows")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %record.label(), "cannot record the peer's new addresses: {e}")
+            }
+        }
+    }
+
+    /// Dials `seen` at each address it announced: a connection proves its id, and becomes
+    /// its link.
+    async fn probe(self: &Arc<Self>, seen: &Seen) -> bool {
+        for address in &seen.addresses {
+            let Ok(addr) = address.parse::<SocketAddr>() else {
+                continue;
+            };
+            let dialed = tokio::time::timeout(
+                DIAL_TIMEOUT,
+                endpoint::connect(&self.endpoint, addr, seen.id),
+            );
+            if let Ok(Ok((connection, _))) = dialed.await {
+                lock(&self.unreachable).remove(&seen.id);
+                let (mesh, peer) = (self.clone(), seen.id);
+                self.tasks
+                    .spawn(async move { mesh.run_link(connection, peer, mesh.own).await });
+                return true;
+            }
+        }
+        false
+    }
+
     /// Adds `peer`; if its name is taken, without the name.
     fn add_peer_named_if_free(&self, peer: Peer) -> Result<(), PeerError> {
-        match self.peers.add(&self.own, peer.clone()) {
-            Err(PeerError::NameTaken(_)) => self.peers.add(&self.own, Peer { name: None, ..peer }),
-            other => other,
-        }
-        .map(|_| ())
+        self.peers.add_named_if_free(&self.own, peer).map(|_| ())
     }
 
     /// Joins the node that made `ticket`, granting it `access` here. The inviter is in the
     /// peer list (and pinned) while the exchange runs, so that its first connection back is
-    /// taken; it is put back as it was if the join fails. Returns the inviter as added.
+    /// taken; it is put back as it was if the join fails, and kept while the join is held for
+    /// approval (the inviter dials it once approved). Returns the inviter as added.
     pub async fn join(
         self: &Arc<Self>,
         ticket: &Ticket,
         access: Access,
         name: Option<String>,
-    ) -> Result<(Peer, Access), JoinError> {
+    ) -> Result<(Peer, Admitted), JoinError> {
         let known = self.peers.get(&ticket.inviter).ok().flatten();
         let peer = Peer {
             id: ticket.inviter,
@@ -935,6 +1024,21 @@ impl LinkHost for Mesh {
 
 /// Where a joiner can be reached: the address its join came from with the port it listens
 /// on, then the addresses it named (a few, valid ones only).
+/// A peer's addresses once it was found at `announced`: those, then the host names it had
+/// (they still resolve wherever it went); the addresses it left are dropped.
+fn moved_addresses(announced: &[String], stored: &[String]) -> Vec<String> {
+    let names = stored
+        .iter()
+        .filter(|address| address.parse::<SocketAddr>().is_err());
+    let mut addresses: Vec<String> = Vec::new();
+    for address in announced.iter().chain(names) {
+        if !addresses.contains(address) {
+            addresses.push(address.clone());
+        }
+    }
+    addresses
+}
+
 fn joiner_addresses(remote: SocketAddr, request: &JoinRequest) -> Vec<String> {
     let seen = request
         .listen_port
@@ -973,4 +1077,19 @@ fn jitter(wait: Duration) -> Duration {
         .map_or(0, |d| d.subsec_nanos());
     let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
     wait.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moved_addresses;
+
+    #[test]
+    fn a_peer_that_moved_keeps_its_host_names_and_drops_the_addresses_it_left() {
+        let stored = ["10.0.0.5:7464".to_string(), "nas.local:7464".to_string()];
+        let announced = ["10.0.0.9:7464".to_string()];
+        assert_eq!(
+            moved_addresses(&announced, &stored),
+            ["10.0.0.9:7464", "nas.local:7464"]
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! that drive sync sessions over it.
 
 pub mod close;
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod identity;

@@ -173,7 +173,7 @@ impl TestNode {
         let config = node.file("meshd.toml");
         let mut text = std::fs::read_to_string(&config).unwrap();
         text.push_str(&format!(
-            "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n",
+            "\n[api]\nenabled = false\n\n[cache]\nopenclaw_home = {:?}\n\n[discovery]\nmdns = false\n",
             node.file("openclaw")
         ));
         std::fs::write(&config, text).unwrap();
@@ -224,6 +224,21 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// `init_with_api`, with `[api] bearer_token` set to `token`: every caller then needs a
+    /// credential.
+    pub fn init_with_api_token(name: &str, token: &str) -> (TestNode, String) {
+        let (node, api) = TestNode::init_with_api(name);
+        let config = node.file("meshd.toml");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[api]\nlisten",
+            &format!("[api]\nbearer_token = {token:?}\nlisten"),
+        );
+        std::fs::write(&config, text).unwrap();
+        (node, api)
+    }
+}
+
 /// Polls `done` every 10 ms for up to 30 s.
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -255,4 +270,22 @@ pub fn ask<C: meshd::control::Command>(
     command: C,
 ) -> Result<C::Reply, meshd::control::CommandError> {
     try_ask(socket, command).unwrap_or_else(|| panic!("no daemon answers at {}", socket.display()))
+}
+
+/// Waits for `child` (stdout and stderr piped) for up to `deadline`; past it, kills it and
+/// returns `None`. For commands that must not hang.
+pub fn wait_with_deadline(
+    mut child: std::process::Child,
+    deadline: std::time::Duration,
+) -> Option<Run> {
+    let until = std::time::Instant::now() + deadline;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(Run::from(child.wait_with_output().unwrap()))
 }
