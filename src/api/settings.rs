@@ -104,13 +104,18 @@ impl<E: Fn(&str) -> Option<String>> Sources<'_, E> {
         (self.env)(name).filter(|value| !value.is_empty())
     }
 
-    /// The first of `MESHD_API_<SUFFIX>`, the group's reference variable, and the file.
+    /// The first of meshd's variable (`MESHD_API_BEARER`, `MESHD_API_AUTH_HEADER`,
+    /// `MESHD_API_AUTH_SECRET`), the group's reference variable, and the file.
     fn pick(&self, group: RouteGroup, suffix: &str, file: &Option<String>) -> Option<String> {
         let reference = match group {
             RouteGroup::Bridge => format!("BRIDGE_AUTH_{suffix}"),
             _ => format!("MESH_STORE_AUTH_{suffix}"),
         };
-        (self.var(&format!("MESHD_API_{suffix}")))
+        let own = match suffix {
+            "BEARER" => "MESHD_API_BEARER".to_string(),
+            _ => format!("MESHD_API_AUTH_{suffix}"),
+        };
+        (self.var(&own))
             .or_else(|| self.var(&reference))
             .or_else(|| file.clone().filter(|value| !value.is_empty()))
     }
