@@ -17,8 +17,6 @@ pub enum KeyError {
     Pem(String),
     #[error("the node key is not a usable Ed25519 key ({0}); restore node.key from a backup")]
     Key(String),
-    #[error("the system's random source failed: {0}")]
-    Random(String),
 }
 
 /// A node's private key, and the id it gives the node. Clones share the key.
@@ -38,27 +36,8 @@ impl NodeKey {
         Ok(NodeKey::from_pair(pair))
     }
 
-    /// A new random key (a node's identity is made by `net::identity`; this serves tools and
-    /// tests that need a signer of their own).
-    pub fn generate() -> Result<NodeKey, KeyError> {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 =
-            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| KeyError::Random(e.to_string()))?;
-        let pair =
-            Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| KeyError::Key(e.to_string()))?;
-        Ok(NodeKey::from_pair(pair))
-    }
-
-    /// The key made from a 32-byte secret seed: the same seed always gives the same node
-    /// (benchmarks and tests that reopen a store as the same node).
-    pub fn from_seed(seed: &[u8; 32]) -> Result<NodeKey, KeyError> {
-        let pair =
-            Ed25519KeyPair::from_seed_unchecked(seed).map_err(|e| KeyError::Key(e.to_string()))?;
-        Ok(NodeKey::from_pair(pair))
-    }
-
-    /// `from_seed` with the BLAKE3 of `name` as the seed: a fixed node per name, for tests and
-    /// benchmarks only (anyone who knows the name has the key).
+    /// The key whose Ed25519 seed is the BLAKE3 of `name`: a fixed node per name, for tests
+    /// and benchmarks only (anyone who knows the name has the key).
     pub fn insecure_from_name(name: &str) -> NodeKey {
         let pair = Ed25519KeyPair::from_seed_unchecked(blake3::hash(name.as_bytes()).as_bytes())
             .expect("every 32-byte seed is an Ed25519 key");
