@@ -188,3 +188,38 @@ fn actor_ids_name_their_node() {
     assert_eq!(author_of(&a.actor()), Author::Node(a.node_id()));
     assert_ne!(a.actor(), a.actor(), "each actor is fresh");
 }
+
+#[test]
+fn a_change_goes_in_only_with_the_signed_change_that_vouches_for_it() {
+    let (n, m) = (key("n"), key("m"));
+    let mut doc = Automerge::new();
+    let mut other = doc.fork();
+    let c1 = write(&mut doc, &n, 1).remove(0);
+    let x = write(&mut other, &m, 1).remove(0);
+    doc.merge(&mut other).unwrap();
+    // c2 depends on c1 and on x, which a filter's false positive hid.
+    let c2 = write(&mut doc, &n, 1).remove(0);
+    assert_eq!(c2.deps().len(), 2);
+    let mesh = DocId::Memory(Scope::Mesh);
+    let mut vouching = Vouching::default();
+    vouching
+        .add_changes(vec![c1.clone(), c2.clone()], nothing_stored)
+        .unwrap();
+    vouching
+        .add_signatures(vec![n.sign(&c2.hash())], nothing_stored)
+        .unwrap();
+    // c1 alone would be stored with no signature that covers it.
+    assert!(vouching
+        .take_accepted(&mesh, nothing_stored)
+        .changes
+        .is_empty());
+    vouching
+        .add_changes(vec![x.clone()], nothing_stored)
+        .unwrap();
+    vouching
+        .add_signatures(vec![m.sign(&x.hash())], nothing_stored)
+        .unwrap();
+    let accepted = vouching.take_accepted(&mesh, nothing_stored);
+    assert_eq!(accepted.changes.len(), 3);
+    assert_eq!(accepted.signatures.len(), 2);
+}

@@ -178,17 +178,47 @@ impl Vouching {
             .collect();
         // A change's ops start after every op of its dependencies: this order is causal.
         candidates.sort_by_key(|change| change.start_op());
-        let mut ready: HashSet<ChangeHash> = HashSet::new();
-        for change in candidates {
-            if change
-                .deps()
+        let mut ready = dependencies_met(&candidates, &mut stored);
+        // A change goes in only with the signed change that vouches for it: otherwise a
+        // connection lost before that one came would leave it stored and uncovered.
+        loop {
+            let within = self.vouchers_within(&ready);
+            let covered: Vec<&Change> = candidates
                 .iter()
-                .all(|dep| ready.contains(dep) || (!self.waiting.contains_key(dep) && stored(dep)))
-            {
-                ready.insert(change.hash());
+                .copied()
+                .filter(|change| ready.contains(&change.hash()))
+                .filter(|change| {
+                    let vouchers = within.get(&change.hash()).map_or(&[][..], Vec::as_slice);
+                    accepts(doc, author_of(change.actor_id()), vouchers).is_ok()
+                })
+                .collect();
+            let kept = dependencies_met(&covered, &mut stored);
+            if kept.len() == ready.len() {
+                break;
             }
+            ready = kept;
         }
         self.take(ready)
+    }
+
+    /// Who vouches for each change of `set` through signed changes in `set` alone.
+    fn vouchers_within(&self, set: &HashSet<ChangeHash>) -> HashMap<ChangeHash, Vec<NodeId>> {
+        let mut vouchers: HashMap<ChangeHash, Vec<NodeId>> = HashMap::new();
+        for signature in self.signatures.iter().filter(|s| set.contains(&s.change())) {
+            let signer = signature.signer();
+            let mut stack = vec![signature.change()];
+            while let Some(at) = stack.pop() {
+                let marked = vouchers.entry(at).or_default();
+                if marked.contains(&signer) {
+                    continue;
+                }
+                marked.push(signer);
+                if let Some(change) = self.waiting.get(&at) {
+                    stack.extend(change.deps().iter().filter(|d| set.contains(d)));
+                }
+            }
+        }
+        vouchers
     }
 
     fn take(&mut self, ready: HashSet<ChangeHash>) -> Accepted {
@@ -264,6 +294,24 @@ impl Vouching {
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty()
     }
+}
+
+/// Of `changes` (in causal order), those whose every dependency is `stored` or among them.
+fn dependencies_met(
+    changes: &[&Change],
+    stored: &mut impl FnMut(&ChangeHash) -> bool,
+) -> HashSet<ChangeHash> {
+    let mut met: HashSet<ChangeHash> = HashSet::new();
+    for change in changes {
+        if change
+            .deps()
+            .iter()
+            .all(|dep| met.contains(dep) || stored(dep))
+        {
+            met.insert(change.hash());
+        }
+    }
+    met
 }
 
 /// Checks a set of changes whole (a document a peer sent): `Ok` with the signatures that
