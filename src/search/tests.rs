@@ -350,8 +350,12 @@ fn a_new_index_is_built_without_loading_the_document() {
     replica.flush().unwrap();
     drop(replica);
     let n = Node {
+        // The dropped replica's flusher lets go of the store's lock a moment later.
         replica: SharedReplica::new(
-            Replica::open(&store, crate::trust::NodeKey::insecure_from_name("ownnode")).unwrap(),
+            crate::replica::wait_for_store(std::time::Duration::from_secs(10), || {
+                Replica::open(&store, crate::trust::NodeKey::insecure_from_name("ownnode"))
+            })
+            .unwrap(),
         ),
         searcher: Searcher::new(dir.path().join("search.db"), None),
         dir,
