@@ -22,8 +22,9 @@ mod summary;
 
 pub use access::Access;
 // `unpack`, `Assembly`, `Unpacked` and `Filter` are what a session does with a peer's bundles and
-// filters; they are public so the hostile-input tests and fuzz targets (fuzz/) reach them.
-pub use bundle::{unpack, Assembly, BundleError, Unpacked, MAX_BUNDLE_RAW, MAX_TRANSFER_RAW};
+// filters; they are public so the hostile-input tests and fuzz targets (fuzz/) reach them, and
+// `pack` so the adversary proptest can build the bundles a lying relay sends.
+pub use bundle::{pack, unpack, Assembly, BundleError, Unpacked, MAX_BUNDLE_RAW, MAX_TRANSFER_RAW};
 pub use filter::{Filter, FilterError};
 pub use message::{
     body_len, Bundle, DecodeError, DocPart, Have, Heads, Hello, Knowledge, Message, Range, Sync,
