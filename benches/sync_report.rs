@@ -164,12 +164,14 @@ impl Pair {
     }
 }
 
-/// A round from `a` to `b` until both sessions fall silent.
+/// A round from `a` to `b` until both sessions fall silent. The sessions know both keys, as
+/// the daemon's do from the TLS handshake.
 fn meshd_round(a: &mut Replica, b: &mut Replica) -> Traffic {
     let start = Instant::now();
+    let (key_a, key_b) = (a.public_key(), b.public_key());
     let mut link = Link::reliable([
-        Session::new("node-b", Access::full(), Config::default()),
-        Session::new("node-a", Access::full(), Config::default()),
+        Session::new("node-b", Access::full(), Config::default()).with_keys(key_a, key_b),
+        Session::new("node-a", Access::full(), Config::default()).with_keys(key_b, key_a),
     ]);
     link.round([a, b])
         .expect("the sessions agree and fall silent");

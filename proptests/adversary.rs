@@ -22,7 +22,7 @@ use automerge::{ActorId, Change, ChangeHash, ROOT};
 use meshd::model::{DocId, Scope};
 use meshd::replica::Replica;
 use meshd::sync::harness::{Link, Wire};
-use meshd::sync::{pack, Access, Config, DocPart, Message, Session, Sync};
+use meshd::sync::{pack, Access, Config, DocPart, Message, Session, Sync, WireSignature};
 use meshd::trust::{ChangeSignature, NodeKey};
 use proptest::prelude::*;
 
@@ -58,7 +58,11 @@ enum Lie {
     },
     DropSignatures,
     GarbleSignatures,
-    ResignAsRelay,
+    /// Each signature replaced by the relay's own over the same change, its key sent along or
+    /// left out (the receiver then takes the relay's key from the handshake).
+    ResignAsRelay {
+        omit_key: bool,
+    },
     /// A hand-built change whose actor id says `c` made it, in the mesh or in `node:<c>`.
     ForgeAsC {
         own_scope: bool,
@@ -90,7 +94,7 @@ fn lie() -> impl Strategy<Value = Lie> {
         1 => any::<usize>().prop_map(|at| Lie::FlipBundleByte { at }),
         1 => Just(Lie::DropSignatures),
         1 => Just(Lie::GarbleSignatures),
-        1 => Just(Lie::ResignAsRelay),
+        1 => any::<bool>().prop_map(|omit_key| Lie::ResignAsRelay { omit_key }),
         2 => (any::<bool>(), forgery).prop_map(|(own_scope, signed)| Lie::ForgeAsC { own_scope, signed }),
         1 => Just(Lie::WriteIntoC),
         1 => Just(Lie::NamelessIntoC),
@@ -157,7 +161,8 @@ impl World {
             Op::Honest => self.round(A, C, None),
             Op::Relay { to, m_opens, lie } => {
                 let forged = self.forge(lie);
-                let tamper = Tamper::new(lie.clone(), forged, self.keys[M].clone());
+                let genuine = self.genuine.iter().copied().collect();
+                let tamper = Tamper::new(lie.clone(), genuine, forged, self.keys[M].clone());
                 if *m_opens {
                     self.round(M, *to, Some(tamper));
                 } else {
@@ -229,9 +234,12 @@ impl World {
     fn round(&mut self, first: usize, second: usize, tamper: Option<Tamper>) {
         let honest_side = if first == M { 1 } else { 0 };
         let name = |i: usize| self.replicas[i].node_id().to_string();
+        let key = |i: usize| self.keys[i].public_key();
         let sessions = [
-            Session::new(name(second), Access::full(), Config::default()),
-            Session::new(name(first), Access::full(), Config::default()),
+            Session::new(name(second), Access::full(), Config::default())
+                .with_keys(key(first), key(second)),
+            Session::new(name(first), Access::full(), Config::default())
+                .with_keys(key(second), key(first)),
         ];
         let wire = Relay {
             queue: VecDeque::new(),
@@ -269,6 +277,8 @@ fn pair(all: &mut [Replica], i: usize, j: usize) -> [&mut Replica; 2] {
 /// The lies of one round, applied to frames toward the honest side.
 struct Tamper {
     lie: Lie,
+    /// Every change made so far: the relay knows the changes it relays.
+    genuine: Vec<ChangeHash>,
     forged: Option<(DocId, Change, Vec<ChangeSignature>)>,
     relay_key: NodeKey,
 }
@@ -276,11 +286,13 @@ struct Tamper {
 impl Tamper {
     fn new(
         lie: Lie,
+        genuine: Vec<ChangeHash>,
         forged: Option<(DocId, Change, Vec<ChangeSignature>)>,
         relay_key: NodeKey,
     ) -> Tamper {
         Tamper {
             lie,
+            genuine,
             forged,
             relay_key,
         }
@@ -307,12 +319,22 @@ impl Tamper {
                 Lie::DropSignatures => part.signatures.clear(),
                 Lie::GarbleSignatures => {
                     for signature in &mut part.signatures {
-                        flip(&mut signature.sig, signature.hash[0] as usize);
+                        flip(&mut signature.sig, signature.change[0] as usize);
                     }
                 }
-                Lie::ResignAsRelay => {
+                Lie::ResignAsRelay { omit_key } => {
+                    let own = self.relay_key.public_key();
                     for signature in &mut part.signatures {
-                        *signature = self.relay_key.sign(&signature.change());
+                        let Some(&hash) = self
+                            .genuine
+                            .iter()
+                            .find(|h| h.0.starts_with(&signature.change))
+                        else {
+                            continue;
+                        };
+                        let short = signature.change.len() < 32;
+                        let sender = omit_key.then_some(&own);
+                        *signature = WireSignature::new(&self.relay_key.sign(&hash), sender, short);
                     }
                 }
                 _ => {}
@@ -329,7 +351,10 @@ impl Tamper {
         Some(DocPart {
             doc: doc.name(),
             changes: pack(&[change]).into_iter().next(),
-            signatures,
+            signatures: signatures
+                .iter()
+                .map(|s| WireSignature::new(s, None, true))
+                .collect(),
             ..DocPart::default()
         })
     }

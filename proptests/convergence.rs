@@ -393,6 +393,19 @@ impl World {
         (!self.links.is_empty()).then(|| link % self.links.len())
     }
 
+    /// The two sessions of a connection from `a` to `b`, with both nodes' keys as the TLS
+    /// handshake gives them to the daemon's.
+    fn sessions(&self, a: usize, b: usize, config: Config) -> [Session; 2] {
+        let key =
+            |i: usize| meshd::trust::NodeKey::insecure_from_name(&self.nodes[i].id).public_key();
+        [
+            Session::new(self.nodes[b].id.clone(), Access::full(), config.clone())
+                .with_keys(key(a), key(b)),
+            Session::new(self.nodes[a].id.clone(), Access::full(), config)
+                .with_keys(key(b), key(a)),
+        ]
+    }
+
     /// A connection between `a` and `b`, as the daemon opens one: a new session on each side,
     /// both opening a round at once. It replaces any connection between them.
     fn connect(&mut self, a: usize, b: usize, net: &LinkNet) {
@@ -401,10 +414,7 @@ impl World {
         let config = Config {
             false_positive_rate: net.net.fp_rate,
         };
-        let sessions = [
-            Session::new(self.nodes[b].id.clone(), Access::full(), config.clone()),
-            Session::new(self.nodes[a].id.clone(), Access::full(), config),
-        ];
+        let sessions = self.sessions(a, b, config);
         let link = Link {
             ends: [a, b],
             sessions: harness::Link::new(sessions, Wire::link(net)),
@@ -495,10 +505,7 @@ impl World {
         let config = Config {
             false_positive_rate: net.map_or(0.01, |n| n.fp_rate),
         };
-        let sessions = [
-            Session::new(self.nodes[b].id.clone(), Access::full(), config.clone()),
-            Session::new(self.nodes[a].id.clone(), Access::full(), config),
-        ];
+        let sessions = self.sessions(a, b, config);
         let (left, right) = self.nodes.split_at_mut(a.max(b));
         let (na, nb) = if a < b {
             (&mut left[a], &mut right[0])

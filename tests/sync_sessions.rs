@@ -161,6 +161,45 @@ fn a_fresh_peer_gets_the_whole_document() {
     assert_eq!(traffic.messages, 3, "{traffic:?}");
 }
 
+/// A relay whose store holds one forged change (its actor says node "x", only the relay
+/// signed it) still passes on what honest node `c` wrote, in a document a fresh peer gets
+/// whole: the forged change is refused, `c`'s go in.
+#[test]
+fn a_forged_change_in_a_whole_document_keeps_only_itself_out() {
+    use automerge::transaction::Transactable;
+    let (mut a, mut relay, mut c) = (peer("a"), peer("relay"), peer("c"));
+    write(&mut c, Scope::Mesh, 0..20);
+    full_round(&mut c, &mut relay);
+    let doc = DocId::Memory(Scope::Mesh);
+    let mut copy = relay
+        .replica
+        .document(&doc)
+        .unwrap()
+        .fork()
+        .with_actor(meshd::trust::NodeKey::insecure_from_name("x").actor());
+    let mut tx = copy.transaction();
+    tx.put(automerge::ROOT, "forged", "planted").unwrap();
+    tx.commit();
+    let forged = copy.get_last_local_change().unwrap().clone();
+    let relay_key = meshd::trust::NodeKey::insecure_from_name("relay");
+    relay
+        .replica
+        .apply_changes(
+            &doc,
+            vec![forged.clone()],
+            vec![relay_key.sign(&forged.hash())],
+        )
+        .unwrap();
+    let traffic = full_round(&mut a, &mut relay);
+    assert!(
+        traffic.refused,
+        "the forged change was not refused: {traffic:?}"
+    );
+    assert!(!a.replica.has_change(&doc, &forged.hash()));
+    assert_eq!(a.replica.list_memory(None).unwrap().len(), 20);
+    assert_eq!(a.replica.heads(&doc), c.replica.heads(&doc));
+}
+
 #[test]
 fn documents_the_peer_may_not_read_are_never_offered() {
     let (mut a, mut b) = (peer("a"), peer("b"));
@@ -588,4 +627,43 @@ fn a_large_batch_makes_bounded_changes() {
     assert!(ops.iter().all(|&n| n <= 10_000), "ops per change: {ops:?}");
     assert_eq!(ops.iter().sum::<usize>(), 30_000);
     assert_eq!(a.replica.list_memory(None).unwrap().len(), 30_000);
+}
+
+/// Both sides lack a head of the other's, and one of them (`c`, the owner of `node:<c>`)
+/// takes nothing from the other there: `b` holds a change `c` refuses. Whichever side opens
+/// the round, `c`'s changes still reach `b` (when `c` opened, it used to wait for `b` to
+/// say what it has, while `b` waited for `c`).
+#[test]
+fn a_side_that_takes_nothing_still_gives_what_the_other_lacks() {
+    use automerge::transaction::Transactable;
+    for b_opens in [true, false] {
+        let (mut b, mut c) = (peer("b"), peer("c"));
+        let c_scope = Scope::Node(c.replica.node_id().to_string());
+        let doc = DocId::Memory(c_scope.clone());
+        c.replica
+            .put_memory(&c_scope, "motto", serde_json::json!("c"))
+            .unwrap();
+        let mut copy = automerge::Automerge::new()
+            .with_actor(meshd::trust::NodeKey::insecure_from_name("c").actor());
+        let mut tx = copy.transaction();
+        tx.put(automerge::ROOT, "motto", "planted").unwrap();
+        tx.commit();
+        let forged = copy.get_last_local_change().unwrap().clone();
+        let b_key = meshd::trust::NodeKey::insecure_from_name("b");
+        b.replica
+            .apply_changes(&doc, vec![forged.clone()], vec![b_key.sign(&forged.hash())])
+            .unwrap();
+        let owned = doc.clone();
+        let c_takes_nothing_there = Access::new(|_| true, move |d| *d != owned);
+        // `round(x, y, ..)`: the first access is the opener's, toward its peer.
+        let traffic = if b_opens {
+            round(&mut b, &mut c, Access::full(), c_takes_nothing_there, 0.01)
+        } else {
+            round(&mut c, &mut b, c_takes_nothing_there, Access::full(), 0.01)
+        };
+        assert!(traffic.refused, "b_opens {b_opens}: {traffic:?}");
+        let motto = c.replica.heads(&doc)[0];
+        assert!(b.replica.has_change(&doc, &motto), "b_opens {b_opens}");
+        assert!(!c.replica.has_change(&doc, &forged.hash()));
+    }
 }

@@ -853,11 +853,14 @@ impl Mesh {
         let label = record.label();
         tracing::info!(peer = %label, "connected");
         let started = Instant::now();
-        let session = Session::new(
+        let mut session = Session::new(
             peer.compact(),
             self.access(&record),
             sync::Config::default(),
         );
+        if let Some(peer_key) = super::tls::peer_public_key(&connection) {
+            session = session.with_keys(self.replica.with(|r| r.public_key()), peer_key);
+        }
         let dialer = dialed_by == self.own;
         // The link runs as a task of its own, so that a panic in it (a bug) ends that link
         // only: the entry below is still removed and the dialer reconnects.

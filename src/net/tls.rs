@@ -73,13 +73,26 @@ impl From<PinError> for rustls::Error {
 
 /// The node id a certificate's Ed25519 key stands for.
 pub fn cert_node_id(cert: &CertificateDer<'_>) -> Result<NodeId, rustls::Error> {
+    Ok(NodeId::from_public_key(&cert_public_key(cert)?))
+}
+
+/// A certificate's Ed25519 public key.
+fn cert_public_key(cert: &CertificateDer<'_>) -> Result<[u8; 32], rustls::Error> {
     let spki = ParsedCertificate::try_from(cert)?.subject_public_key_info();
     let key = spki
         .as_ref()
         .strip_prefix(&ED25519_SPKI_PREFIX[..])
-        .filter(|key| key.len() == ED25519_KEY_LEN)
+        .and_then(|key| <[u8; ED25519_KEY_LEN]>::try_from(key).ok())
         .ok_or(PinError::NotEd25519)?;
-    Ok(NodeId::from_public_key(key))
+    Ok(key)
+}
+
+/// The Ed25519 public key the peer of a connection proved in the handshake: the key its
+/// changes are signed with.
+pub fn peer_public_key(connection: &quinn::Connection) -> Option<[u8; 32]> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    cert_public_key(chain.first()?).ok()
 }
 
 /// The authenticated node id of the peer of a connection made by [`super::endpoint`]; `None` only

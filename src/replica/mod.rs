@@ -261,6 +261,11 @@ impl Replica {
         self.metrics = Some(metrics);
     }
 
+    /// The public half of the key that signs this node's changes.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
     pub fn node_id(&self) -> &str {
         &self.node_id
     }

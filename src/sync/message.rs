@@ -7,12 +7,15 @@
 //! and the message's own limits, and returns an error for anything else: it never panics on
 //! bytes from a peer. docs/protocol.md describes every field.
 
+use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
 
-use crate::trust::ChangeSignature;
+use crate::trust::{ChangeSignature, SIGNATURE_BYTES};
 
 /// The protocol version this code speaks; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
+/// Bytes of a change hash that name a change sent in the same transfer as its signature.
+pub const SHORT_HASH: usize = 8;
 /// Bytes before the body: the version and the body length.
 pub const HEADER_LEN: usize = 5;
 /// The largest body accepted or produced.
@@ -94,7 +97,69 @@ pub struct DocPart {
     pub more: bool,
     /// Signatures that vouch for the changes sent for this document (see `trust`): on the
     /// document's last part.
-    pub signatures: Vec<ChangeSignature>,
+    pub signatures: Vec<WireSignature>,
+}
+
+/// A [`ChangeSignature`] cut to what the receiver cannot work out itself: the key is left out
+/// when the sender signed (the receiver has the sender's key from the TLS handshake), and a
+/// change that travels in the same transfer is named by the first [`SHORT_HASH`] bytes of its
+/// hash. A signature costs 75 bytes instead of 129; the receiver still checks it against the
+/// whole hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSignature {
+    /// The signer's Ed25519 public key; `None` for the sender's own.
+    pub key: Option<[u8; 32]>,
+    /// The signed change's hash: all 32 bytes, or the first [`SHORT_HASH`].
+    pub change: Vec<u8>,
+    /// The Ed25519 signature.
+    pub sig: Vec<u8>,
+}
+
+impl WireSignature {
+    /// `signature` on the wire from a sender whose own key is `sender`; `short` when the
+    /// signed change travels in the same transfer.
+    pub fn new(signature: &ChangeSignature, sender: Option<&[u8; 32]>, short: bool) -> Self {
+        let length = if short { SHORT_HASH } else { 32 };
+        WireSignature {
+            key: (Some(&signature.key) != sender).then_some(signature.key),
+            change: signature.hash[..length].to_vec(),
+            sig: signature.sig.clone(),
+        }
+    }
+
+    /// The signatures this may stand for: one per change `matching` its hash (all of them
+    /// when only a prefix travelled), signed by its key or else by `sender`. `None` when it
+    /// leaves its key out and the sender's key is unknown.
+    pub fn candidates(
+        &self,
+        sender: Option<&[u8; 32]>,
+        matching: impl FnOnce(&[u8]) -> Vec<ChangeHash>,
+    ) -> Option<Vec<ChangeSignature>> {
+        let key = *self.key.as_ref().or(sender)?;
+        let hashes = match <[u8; 32]>::try_from(self.change.as_slice()) {
+            Ok(hash) => vec![ChangeHash(hash)],
+            Err(_) => matching(&self.change),
+        };
+        Some(
+            hashes
+                .into_iter()
+                .map(|hash| ChangeSignature {
+                    key,
+                    hash: hash.0,
+                    sig: self.sig.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    #[cfg(test)]
+    fn encode_len(&self) -> usize {
+        postcard::experimental::serialized_size(self).expect("signatures always serialize")
+    }
+
+    fn well_formed(&self) -> bool {
+        matches!(self.change.len(), SHORT_HASH | 32) && self.sig.len() == SIGNATURE_BYTES
+    }
 }
 
 /// A document's heads, with what the sender knows of the receiver's.
@@ -173,7 +238,7 @@ pub enum DecodeError {
     #[error("frame shorter than its {HEADER_LEN}-byte header")]
     Truncated,
     /// Another protocol version: nothing after the first byte is read.
-    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 2 signs every change, 1 did not)")]
+    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 2 signed every change, 3 sends signatures in 75 bytes instead of 129, 1 signed nothing)")]
     Version(u8),
     /// A body over `MAX_MESSAGE`, refused from the header alone.
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
@@ -295,6 +360,11 @@ impl DocPart {
         if self.ranges.len() > MAX_RANGES {
             return Err(DecodeError::Limit("too many ranges"));
         }
+        if !self.signatures.iter().all(WireSignature::well_formed) {
+            return Err(DecodeError::Limit(
+                "a signature is not 64 bytes, or names its change by neither 8 nor 32 bytes",
+            ));
+        }
         for range in &self.ranges {
             match range {
                 Range::Split {
@@ -389,6 +459,55 @@ mod tests {
             Message::decode(&message.encode()),
             Err(DecodeError::Limit(_))
         ));
+    }
+
+    #[test]
+    fn a_signature_travels_without_what_the_receiver_knows() {
+        let signer = crate::trust::NodeKey::insecure_from_name("signer");
+        let hash = ChangeHash([9; 32]);
+        let full = signer.sign(&hash);
+        let own = WireSignature::new(&full, Some(&signer.public_key()), true);
+        assert_eq!(own.key, None, "the sender's own key is left out");
+        assert_eq!(own.change, hash.0[..SHORT_HASH]);
+        let relayed = WireSignature::new(&full, Some(&[1; 32]), false);
+        assert_eq!(relayed.key, Some(signer.public_key()));
+        assert_eq!(relayed.change, hash.0);
+        let part = |signature: WireSignature| {
+            Message::Sync(Sync {
+                complete: false,
+                docs: vec![DocPart {
+                    signatures: vec![signature],
+                    ..DocPart::new("mesh".into())
+                }],
+            })
+        };
+        let sent = part(own.clone());
+        assert_eq!(Message::decode(&sent.encode()).unwrap(), sent);
+        assert!(own.encode_len() <= 75, "{} bytes", own.encode_len());
+        // Back at the receiver: the sender's key and the changes it holds fill in the rest.
+        let candidates = own
+            .candidates(Some(&signer.public_key()), |prefix| {
+                assert_eq!(prefix, &hash.0[..SHORT_HASH]);
+                vec![hash]
+            })
+            .unwrap();
+        assert_eq!(candidates, vec![full]);
+        assert_eq!(
+            own.candidates(None, |_| vec![hash]),
+            None,
+            "no key to fill in"
+        );
+        for (change, sig) in [(vec![0; 7], vec![0; 64]), (vec![0; 8], vec![0; 63])] {
+            let odd = WireSignature {
+                key: None,
+                change,
+                sig,
+            };
+            assert!(matches!(
+                Message::decode(&part(odd).encode()),
+                Err(DecodeError::Limit(_))
+            ));
+        }
     }
 
     proptest::proptest! {

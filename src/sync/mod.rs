@@ -28,7 +28,7 @@ pub use bundle::{pack, unpack, Assembly, BundleError, Unpacked, MAX_BUNDLE_RAW, 
 pub use filter::{Filter, FilterError};
 pub use message::{
     body_len, Bundle, DecodeError, DocPart, Have, Heads, Hello, Knowledge, Message, Range, Sync,
-    HEADER_LEN, MAX_MESSAGE, PROTOCOL_VERSION,
+    WireSignature, HEADER_LEN, MAX_MESSAGE, PROTOCOL_VERSION, SHORT_HASH,
 };
 pub use session::{Applied, Config, Outcome, Refusal, Session, SyncError};
 pub use store::{StoreError, SyncStore};

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 use automerge::{Change, ChangeHash};
 
 use super::bundle;
-use super::message::{Bundle, DocPart, Have, Heads, Knowledge, Message, Range, Sync, MAX_MESSAGE};
+use super::message::{
+    Bundle, DocPart, Have, Heads, Knowledge, Message, Range, Sync, WireSignature, MAX_MESSAGE,
+};
 use crate::model::DocId;
-use crate::trust::ChangeSignature;
 
 /// Room left in each message for everything around the parts.
 const MESSAGE_BUDGET: usize = MAX_MESSAGE - (64 << 10);
@@ -22,7 +23,7 @@ struct Draft {
     document: Vec<Bundle>,
     changes: Vec<Change>,
     queued: HashSet<ChangeHash>,
-    signatures: Vec<ChangeSignature>,
+    signatures: Vec<WireSignature>,
     reset: bool,
 }
 
@@ -84,7 +85,7 @@ impl Outbox {
     }
 
     /// The signatures to send with `doc`'s changes.
-    pub fn signatures(&mut self, doc: &DocId, signatures: Vec<ChangeSignature>) {
+    pub fn signatures(&mut self, doc: &DocId, signatures: Vec<WireSignature>) {
         self.draft(doc).signatures = signatures;
     }
 

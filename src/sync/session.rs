@@ -12,12 +12,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use automerge::{Change, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash};
 
 use super::access::Access;
 use super::bundle::{self, Assembly, BundleError, Unpacked};
 use super::filter::{self, Filter, FilterError};
-use super::message::{DocPart, Hash, Have, Hello, Knowledge, Message, Sync};
+use super::message::{DocPart, Hash, Have, Hello, Knowledge, Message, Sync, WireSignature};
 use super::outbox::Outbox;
 use super::recon;
 use super::store::{StoreError, SyncStore};
@@ -234,6 +234,10 @@ pub struct Session {
     transfer: Option<(DocId, Assembly)>,
     /// Changes from the peer waiting for the signatures that vouch for them, per document.
     vouching: BTreeMap<DocId, Vouching>,
+    /// This node's and the peer's public keys (`with_keys`): signatures by either end then
+    /// travel without their key.
+    own_key: Option<[u8; 32]>,
+    peer_key: Option<[u8; 32]>,
 }
 
 fn to_hashes(wire: &[Hash]) -> Vec<ChangeHash> {
@@ -262,7 +266,18 @@ impl Session {
             refusals: Vec::new(),
             transfer: None,
             vouching: BTreeMap::new(),
+            own_key: None,
+            peer_key: None,
         }
+    }
+
+    /// Names both ends' Ed25519 public keys, as the TLS handshake proved them. A session
+    /// with keys leaves its own key out of the signatures it sends, and fills in the peer's
+    /// where the peer left it out; both ends of a connection must have them, or neither.
+    pub fn with_keys(mut self, own: [u8; 32], peer: [u8; 32]) -> Session {
+        self.own_key = Some(own);
+        self.peer_key = Some(peer);
+        self
     }
 
     /// The peer's compact node id.
@@ -414,7 +429,7 @@ impl Session {
         };
         out.heads(doc, &ours, view);
         state.told = Some(ours);
-        seal(store, out, false)
+        seal(store, out, false, self.own_key.as_ref())
     }
 
     /// True when the round is complete: nothing is owed to the peer and nothing is awaited
@@ -551,7 +566,7 @@ impl Session {
         for doc in touched {
             self.plan(store, &doc, &mut out)?;
         }
-        seal(store, out, complete)
+        seal(store, out, complete, self.own_key.as_ref())
     }
 
     fn on_sync(
@@ -600,7 +615,7 @@ impl Session {
         for doc in touched {
             self.plan(store, &doc, &mut out)?;
         }
-        seal(store, out, false)
+        seal(store, out, false, self.own_key.as_ref())
     }
 
     fn remember_all_shared(&mut self, store: &mut impl SyncStore) -> Result<(), SyncError> {
@@ -693,31 +708,65 @@ impl Session {
             Some(bundle) => self.assemble(doc, bundle)?,
             None => None,
         };
-        let signatures = part.signatures.clone();
-        match unpacked {
+        let changes = match unpacked {
             Some(Unpacked::Document(saved)) => {
-                match store.vet_document(doc, &saved, signatures) {
-                    Ok(keep) => {
-                        let hashes = store.apply_document(doc, &saved, keep)?;
-                        self.note_applied(doc, hashes);
-                    }
-                    Err(reason) => self.refuse(doc, reason, out),
+                match self.take_document(store, doc, &saved, part, out)? {
+                    Some(changes) => changes,
+                    None => return Ok(()),
                 }
-                return Ok(());
             }
-            Some(Unpacked::Changes(changes)) => {
-                if let Err(reason) = store.vet(doc, &changes) {
-                    self.refuse(doc, reason, out);
-                    return Ok(());
-                }
-                self.vouch(store, doc, changes, signatures, out)?;
-            }
-            None => self.vouch(store, doc, Vec::new(), signatures, out)?,
+            Some(Unpacked::Changes(changes)) => changes,
+            None => Vec::new(),
+        };
+        if let Err(reason) = store.vet(doc, &changes) {
+            self.refuse(doc, reason, out);
+            return Ok(());
         }
+        self.vouch(store, doc, changes, &part.signatures, out)?;
         if !part.more {
             self.refuse_unvouched(store, doc, out);
         }
         Ok(())
+    }
+
+    /// Takes a whole document the peer sent: merged at once when every change in it may
+    /// enter; else `Some` of its changes, to be taken one by one as if sent alone, so that a
+    /// relay holding one forged change cannot keep the honest ones from getting through.
+    fn take_document(
+        &mut self,
+        store: &mut impl SyncStore,
+        doc: &DocId,
+        saved: &[u8],
+        part: &DocPart,
+        out: &mut Outbox,
+    ) -> Result<Option<Vec<Change>>, SyncError> {
+        let Some(signatures) = self.expand(&part.signatures, |_| Vec::new()) else {
+            self.refuse(doc, KEYLESS.to_string(), out);
+            return Ok(None);
+        };
+        match store.vet_document(doc, saved, signatures) {
+            Ok(keep) => {
+                let hashes = store.apply_document(doc, saved, keep)?;
+                self.note_applied(doc, hashes);
+                Ok(None)
+            }
+            Err(reason) => match Automerge::load(saved) {
+                Ok(loaded) => Ok(Some(loaded.get_changes(&[]))),
+                Err(_) => {
+                    self.refuse(doc, reason, out);
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// The signatures `wire` stands for, with this session's keys (see [`expand`]).
+    fn expand(
+        &self,
+        wire: &[WireSignature],
+        matching: impl Fn(&[u8]) -> Vec<ChangeHash>,
+    ) -> Option<Vec<ChangeSignature>> {
+        expand(wire, self.peer_key.as_ref(), matching)
     }
 
     /// Adds changes and signatures to the document's waiting changes and applies those now
@@ -727,16 +776,28 @@ impl Session {
         store: &mut impl SyncStore,
         doc: &DocId,
         changes: Vec<Change>,
-        signatures: Vec<ChangeSignature>,
+        signatures: &[WireSignature],
         out: &mut Outbox,
     ) -> Result<(), SyncError> {
+        let peer_key = self.peer_key;
         let waiting = self.vouching.entry(doc.clone()).or_default();
         let added = waiting
             .add_changes(changes, |hash| store.has_change(doc, hash))
-            .and_then(|()| waiting.add_signatures(signatures, |hash| store.has_change(doc, hash)));
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                expand(signatures, peer_key.as_ref(), |p| {
+                    waiting.waiting_with_prefix(p)
+                })
+                .ok_or_else(|| KEYLESS.to_string())
+            })
+            .and_then(|signatures| {
+                waiting
+                    .add_signatures(signatures, |hash| store.has_change(doc, hash))
+                    .map_err(|e| e.to_string())
+            });
         if let Err(error) = added {
             waiting.clear();
-            self.refuse(doc, error.to_string(), out);
+            self.refuse(doc, error, out);
             return Ok(());
         }
         let accepted = waiting.take_accepted(doc, |hash| store.has_change(doc, hash));
@@ -917,7 +978,10 @@ impl Session {
             && self.access.may_read(doc)
             && self.push_difference(store, doc, &theirs, &ours, out);
         self.tell(doc, &theirs, &ours, have_all, pushed, out);
-        if !have_all && self.access.may_write(doc) {
+        // Both sides lacking, this side says what it has even when it takes nothing from the
+        // peer: the peer waits for that to learn what to pull.
+        let lacking = self.docs[doc].their_view == Knowledge::Lacking;
+        if !have_all && (self.access.may_write(doc) || lacking) {
             self.pull(store, doc, &theirs, out)?;
         }
         let state = &self.docs[doc];
@@ -1006,9 +1070,10 @@ impl Session {
         out: &mut Outbox,
     ) -> Result<(), SyncError> {
         let state = &self.docs[doc];
+        let takes = self.access.may_write(doc);
         let gaps = state.their_view == Knowledge::HaveAll
             || state.pull == (Pull::Filter { answered: true });
-        if gaps {
+        if gaps && takes {
             let state = self.docs.entry(doc.clone()).or_default();
             let mut missing = store.missing_deps(doc, theirs);
             // Changes waiting for their signatures are here; what they depend on is not.
@@ -1026,7 +1091,8 @@ impl Session {
         if state.their_view != Knowledge::Lacking || state.pull != Pull::None {
             return Ok(());
         }
-        let since = self.usable_shared(store, doc)?;
+        // Ranges tell both sides what the other lacks; a filter only what this side lacks.
+        let since = self.usable_shared(store, doc)?.filter(|_| takes);
         let fresh = since.as_ref().map(|s| store.hashes_since(doc, s));
         let state = self.docs.entry(doc.clone()).or_default();
         match (since, fresh) {
@@ -1067,17 +1133,47 @@ impl Session {
     }
 }
 
+const KEYLESS: &str = "a signature leaves out its key, which only a peer whose key this node \
+     has from the handshake may do";
+
+/// The signatures `wire` stands for, the sender's key being `sender`: where only a prefix of
+/// a change's hash travelled, the change among those `matching` it whose signature verifies
+/// (or, when none does, one that fails, so that the part is refused as altered); nothing
+/// for a change that is not here (sent again: it is stored and vouched for already).
+/// `None` when a signature leaves out its key and `sender` is unknown.
+fn expand(
+    wire: &[WireSignature],
+    sender: Option<&[u8; 32]>,
+    matching: impl Fn(&[u8]) -> Vec<ChangeHash>,
+) -> Option<Vec<ChangeSignature>> {
+    let mut signatures = Vec::with_capacity(wire.len());
+    for signature in wire {
+        let mut candidates = signature.candidates(sender, &matching)?;
+        match candidates.iter().position(|c| c.verify().is_ok()) {
+            Some(good) => signatures.push(candidates.swap_remove(good)),
+            None => signatures.extend(candidates.into_iter().next()),
+        }
+    }
+    Some(signatures)
+}
+
 /// The messages in `out`, with the signatures that vouch for every change they carry.
 fn seal(
     store: &mut impl SyncStore,
     mut out: Outbox,
     complete: bool,
+    own_key: Option<&[u8; 32]>,
 ) -> Result<Vec<Message>, SyncError> {
     for (doc, hashes) in out.sending() {
+        // A change sent with its signature is named by a prefix of its hash; a whole
+        // document's signatures keep whole hashes (the receiver does not list its changes
+        // before it vets them).
+        let short = hashes.is_some();
         let signatures = store
             .signatures(&doc)?
-            .into_iter()
+            .iter()
             .filter(|s| hashes.as_ref().is_none_or(|h| h.contains(&s.change())))
+            .map(|s| WireSignature::new(s, own_key, short))
             .collect();
         out.signatures(&doc, signatures);
     }

@@ -87,6 +87,15 @@ impl Vouching {
         self.waiting.contains_key(hash)
     }
 
+    /// The waiting changes whose hash starts with `prefix`.
+    pub fn waiting_with_prefix(&self, prefix: &[u8]) -> Vec<ChangeHash> {
+        self.waiting
+            .keys()
+            .filter(|hash| hash.0.starts_with(prefix))
+            .copied()
+            .collect()
+    }
+
     /// Dependencies of waiting changes that are neither here nor `stored`: to ask the peer
     /// for.
     pub fn missing(&self, mut stored: impl FnMut(&ChangeHash) -> bool) -> Vec<ChangeHash> {
