@@ -130,9 +130,12 @@ fn entry(version: &MemoryEntry) -> Value {
         "scope": version.scope.to_string(),
         "key": version.key,
         "value": version.value,
-        "node_id": version.node_id,
+        "node_id": version.named_writer(),
         "updated_at": time(version.updated_at),
     });
+    if let Value::Object(fields) = &mut shown {
+        fields.extend(version.authorship().json_fields());
+    }
     if version.deleted {
         shown["deleted"] = json!(true);
     }
