@@ -792,9 +792,13 @@ impl Batch<'_> {
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
+        // Compared by the writer each names, as the message or row gives it: a row exported
+        // from a version another node wrote, imported again, is that version, not newer.
+        let named =
+            |version: &MemoryEntry| (version.updated_at, version.named_writer().to_string());
         let newer = self
             .current_memory(&entry.scope, &entry.key)?
-            .is_none_or(|winner| entry.version() > winner.version());
+            .is_none_or(|winner| named(&entry) > named(&winner));
         if newer {
             self.replica.accept_stamp(entry.updated_at)?;
             self.write_memory(&entry)?;

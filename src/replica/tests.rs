@@ -978,3 +978,26 @@ fn an_index_of_an_earlier_version_without_authors_is_built_again() {
     let read = r.get_memory(&Scope::Mesh, "k").unwrap().unwrap();
     assert_eq!(read.author, Some(id_of("n1")));
 }
+
+#[test]
+fn a_row_of_a_version_another_node_wrote_imported_again_changes_nothing() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut x, mut y) = (open(dir_x.path(), "x"), open(dir_y.path(), "y"));
+    x.put_memory(&Scope::Mesh, "by-x", json!(1)).unwrap();
+    y.put_memory(&Scope::Mesh, "by-y", json!(2)).unwrap();
+    merge(&mut x, &mut y);
+    // Each node imports the row of the version the other wrote, as `store export` gives it:
+    // whichever id sorts first, nothing is newer.
+    for (replica, key) in [(&mut x, "by-y"), (&mut y, "by-x")] {
+        let held = replica.get_memory(&Scope::Mesh, key).unwrap().unwrap();
+        let row = MemoryEntry {
+            author: None,
+            ..held.clone()
+        };
+        assert!(!replica.import_memory(row, Via::Store).unwrap(), "{key}");
+        assert_eq!(
+            replica.get_memory(&Scope::Mesh, key).unwrap().unwrap(),
+            held
+        );
+    }
+}
