@@ -480,7 +480,7 @@ fn all_have_skill(nodes: &[DemoNode], name: &str, test: impl Fn(&str) -> bool) -
 fn state_of(node: &DemoNode) -> Result<String> {
     let entries = ask(node, MemLs::default())?;
     let skills = ask(node, SkillLs::default())?;
-    let memory: Vec<_> = entries.iter().map(|e| json!({"scope": e.scope.to_string(), "key": e.key, "value": e.value, "node_id": e.node_id})).collect();
+    let memory: Vec<_> = entries.iter().map(|e| json!({"scope": e.scope.to_string(), "key": e.key, "value": e.value, "node_id": e.named_writer()})).collect();
     let skills: Vec<_> = skills
         .iter()
         .map(|s| json!({"name": s.name, "content": s.content, "description": s.description}))

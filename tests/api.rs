@@ -777,3 +777,70 @@ fn loopback_clients_without_an_origin_need_no_token_nor_a_content_type() {
         1
     );
 }
+
+#[test]
+fn history_lists_every_version_with_its_author_behind_the_read_guards() {
+    let server = Server::start(ApiConfig {
+        bearer_token: Some("s3cret-token".into()),
+        allowed_origins: vec!["http://dash.localhost:3000".into()],
+        ..ApiConfig::default()
+    });
+    let good = [("Authorization", "Bearer s3cret-token")];
+    let put = |value: Value, node: Option<&str>| {
+        let mut body = json!({"scope": "user:alice", "key": "notes/today", "value": value});
+        if let Some(node) = node {
+            body["node_id"] = json!(node);
+        }
+        let (status, row) = server.send("PUT", "/mesh/memory", &good, &body.to_string());
+        assert_eq!(status, 200, "{row}");
+        row
+    };
+    let first = put(json!("one"), None);
+    let claimed = put(json!("two"), Some("ceo"));
+    assert_eq!(first["author"], Server::own_id());
+    assert_eq!(first["verified"], true);
+    assert_eq!(
+        claimed["node_id"], "ceo",
+        "the row keeps the writer it named"
+    );
+    assert_eq!(claimed["author"], Server::own_id());
+    assert_eq!(claimed["claimed_by"], "ceo");
+    assert_eq!(claimed["via"], "api");
+    assert_eq!(claimed["verified"], false);
+
+    let path = "/mesh/history/user:alice/notes/today";
+    let (status, history) = server.get(path, &good);
+    assert_eq!(status, 200, "{history}");
+    let versions = history.as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(
+        (versions[0]["value"].clone(), versions[0]["winner"].clone()),
+        (json!("one"), json!(false))
+    );
+    assert_eq!(
+        (versions[1]["value"].clone(), versions[1]["winner"].clone()),
+        (json!("two"), json!(true))
+    );
+    assert_eq!(versions[1]["claimed_by"], "ceo");
+    assert_eq!(versions[1]["scope"], "user:alice");
+    assert_eq!(versions[1]["deleted"], false);
+    assert!(versions.iter().all(|v| v["author"] == Server::own_id()));
+    assert!(versions
+        .iter()
+        .all(|v| v["change"].as_str().unwrap().len() == 64));
+    assert_eq!(
+        server.get("/mesh/history/user%3Aalice/notes%2Ftoday", &good),
+        (200, history.clone())
+    );
+
+    assert_eq!(server.get("/mesh/history/mesh/absent", &good).0, 404);
+    assert_eq!(server.get("/mesh/history/user:alice/absent", &good).0, 404);
+    assert_eq!(server.get("/mesh/history/global/k", &good).0, 400);
+    assert_eq!(server.get(path, &[]).0, 401);
+    assert_eq!(
+        server.get(path, &[("Authorization", "Bearer wrong")]).0,
+        401
+    );
+    let foreign = [("Origin", "http://evil.example"), good[0]];
+    assert_eq!(server.get(path, &foreign).0, 403);
+}

@@ -73,20 +73,34 @@ fn cache_files_byte_for_byte() {
          ---\n# Triage rules\n..."
     );
     let intro = "Shared between mesh nodes by meshd, which rewrites this file: change entries with meshd.\n";
+    // The messages named their writers; this node wrote the versions, and says so.
+    let by = |claimed: &str| {
+        format!(
+            "claimed by {claimed} via bridge, written by {}, unverified",
+            node.node_id()
+        )
+    };
     assert_eq!(
         read(&home.join("mesh/agent-memory/mesh.md")),
         format!(
             "# Mesh memory: mesh\n\n{intro}\n## user.preferences\n\n```json\n{{\n  \"shortAnswers\": true\n}}\n```\n\n\
-             From ceo, updated 2025-02-09T17:50:56Z.\n"
+             Updated 2025-02-09T17:50:56Z, {}.\n",
+            by("ceo")
         )
     );
     assert_eq!(
         read(&home.join("mesh/agent-memory/user-alice.md")),
-        format!("# Mesh memory: user:alice\n\n{intro}\n## tz\n\nUTC\n\nFrom ceo, updated 2025-02-09T17:43:20Z.\n")
+        format!(
+            "# Mesh memory: user:alice\n\n{intro}\n## tz\n\nUTC\n\nUpdated 2025-02-09T17:43:20Z, {}.\n",
+            by("ceo")
+        )
     );
     assert_eq!(
         read(&home.join("mesh/agent-memory/node-sec.md")),
-        format!("# Mesh memory: node:sec\n\n{intro}\n## uptime\n\n```json\n3\n```\n\nFrom sec, updated 2025-02-09T16:53:20Z.\n")
+        format!(
+            "# Mesh memory: node:sec\n\n{intro}\n## uptime\n\n```json\n3\n```\n\nUpdated 2025-02-09T16:53:20Z, {}.\n",
+            by("sec")
+        )
     );
     let again = node.ok(&["cache", "write"], "");
     assert_eq!(

@@ -118,6 +118,98 @@ fn a_missing_key_exits_3_with_a_message() {
 }
 
 #[test]
+fn mem_history_lists_every_version_with_its_author_and_claim() {
+    let node = TestNode::init("ceo");
+    let own = node
+        .run(&["id"])
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .replace('-', "")[..32]
+        .to_string();
+    let message =
+        r#"{"type":"memory","scope":"mesh","key":"k","value":1,"nodeId":"sec","ts":1700000000}"#;
+    node.run_with_stdin(&["bridge", "ingest"], message.as_bytes())
+        .ok();
+    node.run(&["mem", "put", "mesh", "k", "2"]).ok();
+    node.run(&["mem", "rm", "mesh", "k"]).ok();
+
+    let history = parse(&node.run(&["mem", "history", "mesh", "k", "--json"]).ok());
+    let versions = history.as_array().unwrap();
+    let shown: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["value"].clone(),
+                v["deleted"].clone(),
+                v["claimed_by"].clone(),
+                v["winner"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (json!(1), Value::Null, json!("sec"), json!(false)),
+            (json!(2), Value::Null, Value::Null, json!(false)),
+            (Value::Null, json!(true), Value::Null, json!(true)),
+        ],
+        "oldest first, the tombstone winning: {history}"
+    );
+    assert!(
+        versions.iter().all(|v| v["author"] == own.as_str()),
+        "{history}"
+    );
+    assert_eq!(versions[0]["via"], "bridge");
+    assert_eq!(versions[0]["verified"], false);
+    assert_eq!(
+        versions[0]["node_id"], "sec",
+        "the writer the message named"
+    );
+    assert_eq!(versions[0]["updated_at"], 1700000000u64);
+    assert_eq!(versions[1]["verified"], true);
+    assert!(versions
+        .iter()
+        .all(|v| v["change"].as_str().unwrap().len() == 64));
+    assert!(versions[0]["change_time"].as_i64().unwrap() > 1_700_000_000);
+
+    let text = node.run(&["mem", "history", "mesh", "k"]).ok();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[1].contains(&format!("written by {own}; change")),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains(&format!(
+            "claimed by sec via bridge, written by {own}, unverified"
+        )),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("(deleted)") && lines[2].ends_with("(current)"),
+        "{text}"
+    );
+
+    let never = node.run(&["mem", "history", "mesh", "never"]);
+    assert_eq!(never.code, 3);
+    assert!(never.stderr.contains("no entry never"), "{}", never.stderr);
+    let no_scope = node.run(&["mem", "history", "user:nobody", "k"]);
+    assert_eq!(no_scope.code, 3);
+    assert!(
+        no_scope
+            .stderr
+            .contains("holds nothing in scope user:nobody"),
+        "{}",
+        no_scope.stderr
+    );
+    let bad = node.run(&["mem", "history", "global", "k"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("scope"), "{}", bad.stderr);
+}
+
+#[test]
 fn get_conflicts_shows_none_for_a_single_writer() {
     let node = TestNode::init("ceo");
     node.run(&["mem", "put", "mesh", "k", "1"]).ok();

@@ -229,6 +229,24 @@ fn cases() -> Vec<Case> {
             "/mesh/memory/global/k",
             None,
         ),
+        case(
+            "/mesh/history/{scope}/{key}",
+            "get",
+            "/mesh/history/mesh/a%2Fb",
+            None,
+        ),
+        case(
+            "/mesh/history/{scope}/{key}",
+            "get",
+            "/mesh/history/mesh/none",
+            None,
+        ),
+        case(
+            "/mesh/history/{scope}/{key}",
+            "get",
+            "/mesh/history/global/k",
+            None,
+        ),
         case("/mesh/skills", "get", "/mesh/skills", None),
         case(
             "/mesh/skills",

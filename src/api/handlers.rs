@@ -13,7 +13,7 @@ use super::search;
 use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
-use crate::model::{secret, MemoryEntry, Scope, Skill};
+use crate::model::{secret, Authorship, MemoryEntry, Scope, Skill, Via};
 use crate::replica::{system_clock, Batch, Replica, ReplicaError, StoreTaskFailed};
 use crate::store::{MemoryRow, SkillRow};
 
@@ -117,8 +117,21 @@ fn scope(text: &str, own: &str) -> Result<Scope, HttpError> {
     Scope::parse(text, own).map_err(|e| HttpError::bad_request(e.to_string()))
 }
 
-fn memory_row(entry: &MemoryEntry, own: &str) -> MemoryRow {
-    MemoryRow::new(entry, entry.scope.label(own))
+/// A memory row in the reference's shape (`node_id` the writer it names), plus who wrote it as
+/// this node verified (`author`, `claimed_by`, `via`, `verified`).
+#[derive(Debug, Serialize)]
+pub struct AuthoredRow {
+    #[serde(flatten)]
+    row: MemoryRow,
+    #[serde(flatten)]
+    authorship: Authorship,
+}
+
+fn memory_row(entry: &MemoryEntry, own: &str) -> AuthoredRow {
+    AuthoredRow {
+        row: MemoryRow::new(entry, entry.scope.label(own)),
+        authorship: entry.authorship(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -158,7 +171,7 @@ pub async fn list_memory(
         entries.sort_by_key(|entry| std::cmp::Reverse(entry.updated_at));
         entries.truncate(limit.unwrap_or(usize::MAX));
         let own = replica.node_id();
-        let rows: Vec<MemoryRow> = entries.iter().map(|e| memory_row(e, own)).collect();
+        let rows: Vec<AuthoredRow> = entries.iter().map(|e| memory_row(e, own)).collect();
         Ok((rows, false))
     })
     .await?;
@@ -168,7 +181,7 @@ pub async fn list_memory(
 pub async fn get_memory(
     State(state): State<ApiState>,
     Path((scope_text, key)): Path<(String, String)>,
-) -> Answer<MemoryRow> {
+) -> Answer<AuthoredRow> {
     let row = with_replica(&state, move |replica| {
         let entry = replica
             .get_memory(&scope(&scope_text, replica.node_id())?, &key)
@@ -178,6 +191,50 @@ pub async fn get_memory(
     })
     .await?;
     Ok(Json(row))
+}
+
+/// One version of a key's history: the row, its clock in milliseconds, whether it is a
+/// tombstone, the change that wrote it, and whether it is the current winner.
+#[derive(Debug, Serialize)]
+pub struct HistoryRow {
+    #[serde(flatten)]
+    row: AuthoredRow,
+    updated_at_ms: u64,
+    deleted: bool,
+    change: String,
+    change_time: i64,
+    winner: bool,
+}
+
+/// Every version ever written to a key, oldest first (`meshd mem history`); 404 when the
+/// node holds no such scope or the key was never written.
+pub async fn memory_history(
+    State(state): State<ApiState>,
+    Path((scope_text, key)): Path<(String, String)>,
+) -> Answer<Vec<HistoryRow>> {
+    let rows = with_replica(&state, move |replica| {
+        let scope = scope(&scope_text, replica.node_id())?;
+        let versions = replica
+            .memory_history(&scope, &key)
+            .map_err(read_error)?
+            .filter(|versions| !versions.is_empty())
+            .ok_or_else(HttpError::not_found)?;
+        let own = replica.node_id();
+        let rows = versions
+            .into_iter()
+            .map(|written| HistoryRow {
+                row: memory_row(&written.version, own),
+                updated_at_ms: written.version.updated_at.unix_millis(),
+                deleted: written.version.deleted,
+                change: written.change,
+                change_time: written.change_time,
+                winner: written.winner,
+            })
+            .collect();
+        Ok((rows, false))
+    })
+    .await?;
+    Ok(Json(rows))
 }
 
 /// The body as a JSON object, or 400.
@@ -216,7 +273,7 @@ fn node_field(map: &Map<String, Value>, field: &str) -> Result<Option<String>, H
 pub async fn put_memory(
     State(state): State<ApiState>,
     JsonText(body): JsonText,
-) -> Answer<MemoryRow> {
+) -> Answer<AuthoredRow> {
     let map = object(&body)?;
     let (Some(scope_text), Some(key), Some(value)) =
         (given(&map, "scope")?, given(&map, "key")?, map.get("value"))
@@ -237,8 +294,11 @@ pub async fn put_memory(
                 .unwrap_or_else(|| batch.node_id().to_string()),
             updated_at: batch.stamp_after(newest)?,
             deleted: false,
+            author: None,
+            claim: None,
         };
-        let changed = batch.import_memory(entry.clone())?;
+        let entry = batch.as_imported(entry, Via::Api);
+        let changed = batch.import_memory(entry.clone(), Via::Api)?;
         Ok((entry, changed))
     });
     let entry = written(&state, grouped.await)?;

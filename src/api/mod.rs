@@ -112,6 +112,10 @@ pub fn router(state: ApiState) -> Router {
             get(handlers::list_memory).put(handlers::put_memory),
         )
         .route("/mesh/memory/{scope}/{*key}", get(handlers::get_memory))
+        .route(
+            "/mesh/history/{scope}/{*key}",
+            get(handlers::memory_history),
+        )
         .route("/mesh/query", post(search::query))
         .route(
             "/mesh/skills",

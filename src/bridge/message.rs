@@ -93,6 +93,8 @@ fn memory(value: &Value) -> Result<MemoryEntry, NotAMessage> {
         node_id,
         updated_at,
         deleted: false,
+        author: None,
+        claim: None,
     })
 }
 

@@ -8,7 +8,7 @@ pub mod stream;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::{Scope, Skill, Stamp};
+use crate::model::{Scope, Skill, Stamp, Via};
 use crate::replica::{Batch, Replica, ReplicaError};
 pub use envelope::{items, Item, Unwrap};
 pub use message::{classify, Kind, MeshRequest, Message, SkillMessage};
@@ -89,9 +89,8 @@ fn apply(
             requests.push(request);
             Outcome::Ignored("a mesh_request is answered, not ingested".to_string())
         }
-        Ok(Message::Memory(entry)) => {
-            refused(batch.import_memory(entry))?.map_or_else(Outcome::Ignored, Outcome::Memory)
-        }
+        Ok(Message::Memory(entry)) => refused(batch.import_memory(entry, Via::Bridge))?
+            .map_or_else(Outcome::Ignored, Outcome::Memory),
         Ok(Message::Skill(skill)) => {
             refused(import_skill(batch, skill))?.map_or_else(Outcome::Ignored, Outcome::Skill)
         }
@@ -154,10 +153,10 @@ pub fn emit(
             if recent(entry.updated_at) {
                 lines.push(to_json(&MemoryOut {
                     kind: "memory",
-                    scope: entry.scope.label(&entry.node_id),
+                    scope: entry.scope.label(entry.named_writer()),
                     key: &entry.key,
                     value: &entry.value,
-                    node_id: &entry.node_id,
+                    node_id: entry.named_writer(),
                     ts: entry.updated_at.unix_seconds(),
                 }));
             }

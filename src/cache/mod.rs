@@ -263,7 +263,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::model::{MemoryEntry, Scope, Stamp};
+    use crate::model::{MemoryEntry, Scope, Stamp, Via};
     use crate::replica::{Replica, SkillWrite};
 
     fn put(replica: &SharedReplica, content: &str) {
@@ -345,8 +345,12 @@ mod tests {
             node_id: "peer".into(),
             updated_at: Stamp::from_unix_seconds(seconds),
             deleted: false,
+            author: None,
+            claim: None,
         };
-        replica.with(|r| r.import_memory(entry)).unwrap();
+        replica
+            .with(|r| r.import_memory(entry, Via::Store))
+            .unwrap();
     }
 
     /// Every file under `dir` (but meshd's temporary files, of which none may be left), by

@@ -84,7 +84,7 @@ pub fn write_reference_memory(
         let (label, entry) = labelled?;
         let value = CacheEntry {
             value: &entry.value,
-            node_id: &entry.node_id,
+            node_id: entry.named_writer(),
             ts: entry.updated_at.unix_seconds(),
         };
         map.serialize_entry(&label, &value)
@@ -218,9 +218,9 @@ pub fn write_memory_md(
         }
         write!(
             out,
-            "\n\nFrom {}, updated {}.\n",
-            entry.node_id,
-            entry.updated_at.to_rfc3339()
+            "\n\nUpdated {}, {}.\n",
+            entry.updated_at.to_rfc3339(),
+            entry.authorship()
         )?;
         count += 1;
     }
@@ -333,6 +333,8 @@ pub(super) mod tests {
             node_id: "n1".into(),
             updated_at: Stamp::from_unix_seconds(1_739_123_456),
             deleted: false,
+            author: None,
+            claim: None,
         };
         let entries = [
             ("mesh:k", entry(Scope::Mesh, "k", json!({"a": [1, 2]}))),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Command, CommandError, Context, Effects};
 use crate::model::{MemoryEntry, Scope};
+use crate::replica::Written;
 
 /// Writes a value under a scope and key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +53,32 @@ impl Command for MemGet {
         {
             Some((winner, conflicts)) if !winner.deleted => Ok(Versions { winner, conflicts }),
             _ => Err(no_entry(&scope, &self.key)),
+        }
+    }
+}
+
+/// Every version ever written to a key, oldest first: an audit of who wrote what.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemHistory {
+    pub scope: String,
+    pub key: String,
+}
+
+impl Command for MemHistory {
+    type Reply = Vec<Written>;
+    const EFFECTS: Effects = Effects::NONE;
+
+    fn execute(self, node: &Context) -> Result<Vec<Written>, CommandError> {
+        let scope = node.scope(&self.scope)?;
+        match node
+            .replica
+            .with(|replica| replica.memory_history(&scope, &self.key))?
+        {
+            None => Err(CommandError::NotFound(format!(
+                "this node holds nothing in scope {scope}: `meshd mem ls` lists what it has"
+            ))),
+            Some(versions) if versions.is_empty() => Err(no_entry(&scope, &self.key)),
+            Some(versions) => Ok(versions),
         }
     }
 }

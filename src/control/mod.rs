@@ -41,7 +41,7 @@ pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
 pub use doctor::Doctor;
 pub use invite::{Invite, InviteMade, Join, Joined};
-pub use mem::{MemGet, MemLs, MemPut, MemRm, Versions};
+pub use mem::{MemGet, MemHistory, MemLs, MemPut, MemRm, Versions};
 pub use peers::{
     access_text, Discovered, PeersAdd, PeersApprove, PeersDeny, PeersDiscover, PeersLs,
     PeersPending, PeersRm, Pending,

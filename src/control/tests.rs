@@ -180,6 +180,11 @@ fn samples(node: &Node) -> Vec<Request> {
             id: NodeId::from_public_key(b"a joiner").to_string(),
         }
         .into(),
+        MemHistory {
+            scope: "mesh".into(),
+            key: "k".into(),
+        }
+        .into(),
     ]
 }
 
@@ -262,6 +267,7 @@ fn position(request: &Request) -> usize {
         Request::PeersDiscover(_) => 28,
         Request::PeersApprove(_) => 29,
         Request::PeersDeny(_) => 30,
+        Request::MemHistory(_) => 31,
     }
 }
 

@@ -91,6 +91,7 @@ command_set! {
     DocImport => doc::DocImport,
     Search => search::Search,
     Doctor => doctor::Doctor,
+    MemHistory => mem::MemHistory,
 }
 
 fn encode<T: Serialize>(reply: Result<T, CommandError>) -> Reply {

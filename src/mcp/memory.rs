@@ -107,8 +107,8 @@ pub(super) fn tools() -> Result<Vec<Tool>, String> {
             "memory_history",
             "The versions of a memory entry: the current one and the concurrent versions that \
              lost to it (written on different nodes at the same time; the newest wins on \
-             every node). Until signed history exists this is versions and conflicts only, \
-             not the earlier values a later write replaced.",
+             every node), each with its verified author. Not the earlier values a later \
+             write replaced: `meshd mem history` lists those.",
             Kind::Reads,
             |a: Entry| MemGet {
                 scope: a.scope,
@@ -130,9 +130,12 @@ fn entry(version: &MemoryEntry) -> Value {
         "scope": version.scope.to_string(),
         "key": version.key,
         "value": version.value,
-        "node_id": version.node_id,
+        "node_id": version.named_writer(),
         "updated_at": time(version.updated_at),
     });
+    if let Value::Object(fields) = &mut shown {
+        fields.extend(version.authorship().json_fields());
+    }
     if version.deleted {
         shown["deleted"] = json!(true);
     }

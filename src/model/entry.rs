@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::authorship::Claim;
 use super::{Scope, Stamp};
 
 /// One version of a memory entry. A tombstone (`deleted`) syncs like any write.
@@ -11,9 +12,18 @@ pub struct MemoryEntry {
     pub scope: Scope,
     pub key: String,
     pub value: serde_json::Value,
+    /// The node that wrote the version, as stored in it (with `updated_at`, the version
+    /// order). What the version says: `author` is what its signed change proves.
     pub node_id: String,
     pub updated_at: Stamp,
     pub deleted: bool,
+    /// The node whose signed change holds this version (compact id, from the change's
+    /// actor): `None` for a version not read from a document, or whose change names no node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The writer an imported message or row named, when it was not this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
 }
 
 /// One skill: SOUL/STYLE snippet, procedure or descriptor.
@@ -76,6 +86,8 @@ mod tests {
             node_id: node.into(),
             updated_at: Stamp(at),
             deleted: false,
+            author: None,
+            claim: None,
         }
     }
 

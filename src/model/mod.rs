@@ -2,6 +2,7 @@
 //! validation and secret rules every write must pass.
 
 pub mod access;
+pub mod authorship;
 pub mod entry;
 pub mod hlc;
 pub mod node_id;
@@ -9,6 +10,7 @@ pub mod scope;
 pub mod secret;
 pub mod validate;
 
+pub use authorship::{Authorship, Claim, Via};
 pub use entry::{MemoryEntry, Skill};
 pub use hlc::{Hlc, Stamp};
 pub use node_id::NodeId;

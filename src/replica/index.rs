@@ -12,8 +12,9 @@
 //! - `e\0<doc>\0<key or skill name>` → the versions (JSON): concurrent versions included, so
 //!   `--conflicts` reads the index too;
 //! - `h\0<doc>` → the summary: live entries (u64), changes (u64), heads (32 bytes each);
-//! - `v\0index` → present once every document is indexed (stores of earlier versions are
-//!   indexed once, at their first open).
+//! - `v\0index-authors` → present once every document is indexed with its versions' authors
+//!   (stores of earlier versions, whose index has no authors, are indexed again once, at
+//!   their first open).
 
 use std::collections::BTreeMap;
 
@@ -22,11 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{memory_doc, skills_doc, ReplicaError, Result};
 use crate::model::entry::resolve;
-use crate::model::{DocId, MemoryEntry, Scope, Skill, Stamp};
+use crate::model::{Claim, DocId, MemoryEntry, Scope, Skill, Stamp};
 
 const ENTRY: &[u8] = b"e\0";
 const SUMMARY: &[u8] = b"h\0";
-pub const COMPLETE: &[u8] = b"v\0index";
+pub const COMPLETE: &[u8] = b"v\0index-authors";
 
 /// What the index knows of a document without loading it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,6 +75,10 @@ struct IndexedVersion {
     node_id: String,
     updated_at: Stamp,
     deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claim: Option<Claim>,
 }
 
 fn entry_prefix(doc: &DocId) -> Vec<u8> {
@@ -223,6 +228,8 @@ fn decode_memory(scope: &Scope, key: &str, bytes: &[u8]) -> Result<Vec<MemoryEnt
             node_id: version.node_id,
             updated_at: version.updated_at,
             deleted: version.deleted,
+            author: version.author,
+            claim: version.claim,
         })
         .collect())
 }
@@ -243,6 +250,8 @@ fn indexed(doc: &DocId, document: &Automerge, name: &str) -> Option<(Vec<u8>, bo
                     node_id: entry.node_id,
                     updated_at: entry.updated_at,
                     deleted: entry.deleted,
+                    author: entry.author,
+                    claim: entry.claim,
                 })
                 .collect();
             (!stored.is_empty()).then(|| (to_json(&stored), live))

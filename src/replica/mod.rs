@@ -24,14 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use automerge::transaction::Transaction;
+use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use crate::metrics::Metrics;
 use crate::model::entry::{resolve, Versioned};
 use crate::model::hlc::ClockBound;
 use crate::model::validate::{self, ValidationError};
-use crate::model::{secret, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp};
+use crate::model::{secret, Claim, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp, Via};
 use crate::trust::{ChangeSignature, NodeKey};
 use durable::Pending;
 use storage::Storage;
@@ -107,6 +107,7 @@ type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 pub use changes::Changed;
 pub use integrity::REWRITE_EVERY as INTEGRITY_EVERY;
 pub use lazy::DEFAULT_MEMORY_BUDGET;
+pub use memory_doc::Written;
 pub use shared::{SharedReplica, StoreTaskFailed};
 pub use skills_doc::WHOLE_VALUE_MIN_BYTES;
 
@@ -301,11 +302,11 @@ impl Replica {
         self.batch(|b| b.delete_memory(scope, key))
     }
 
-    /// Writes a version that carries its own stamp and author (bridge and store imports) if it
+    /// Writes a version that carries its own stamp and writer (bridge and store imports) if it
     /// is newer than what the replica holds; `false` when it is not, which makes re-imports
-    /// change nothing.
-    pub fn import_memory(&mut self, entry: MemoryEntry) -> Result<bool> {
-        self.batch(|b| b.import_memory(entry))
+    /// change nothing. The writer it names becomes its claim (`Batch::as_imported`).
+    pub fn import_memory(&mut self, entry: MemoryEntry, via: Via) -> Result<bool> {
+        self.batch(|b| b.import_memory(entry, via))
     }
 
     /// The winning version of a key, `None` when absent or deleted.
@@ -324,6 +325,16 @@ impl Replica {
     ) -> Result<Option<(MemoryEntry, Vec<MemoryEntry>)>> {
         let versions = self.reading(|tree| index::memory_versions(tree, scope, key))?;
         Ok(resolve(versions))
+    }
+
+    /// Every version ever written to a key, in the order of the document's history, each with
+    /// the change that wrote it and its verified author; `None` when this node has no
+    /// document for `scope`. Reads the whole document: for audits (`meshd mem history`).
+    pub fn memory_history(&mut self, scope: &Scope, key: &str) -> Result<Option<Vec<Written>>> {
+        let doc = DocId::Memory(scope.clone());
+        Ok(self
+            .load_state(&doc)?
+            .map(|state| memory_doc::history(&state.doc, scope, key)))
     }
 
     /// Every memory key or skill name of a document, tombstones included, without reading
@@ -463,6 +474,7 @@ impl Replica {
         for write in writes {
             by_doc.entry(write.doc()).or_default().push(write);
         }
+        let seconds = i64::try_from((self.wall_clock)() / 1000).unwrap_or(i64::MAX);
         for (doc, writes) in by_doc {
             let edit = self.next_edit();
             let state = match self.state_or_new(&doc) {
@@ -500,7 +512,8 @@ impl Replica {
                     self.roll_back(pending.before);
                     return Err(e.into());
                 }
-                let (hash, _) = tx.commit();
+                // The change records when it was made, for `meshd mem history`.
+                let (hash, _) = tx.commit_with(CommitOptions::default().with_time(seconds));
                 if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
                     state.edits = edit;
                     pending.changes.push((doc.clone(), change));
@@ -747,6 +760,8 @@ impl Batch<'_> {
             node_id: self.replica.node_id.clone(),
             updated_at: self.replica.stamp_after(current)?,
             deleted: false,
+            author: Some(self.replica.node_id.clone()),
+            claim: None,
         };
         self.write_memory(&entry)?;
         Ok(entry)
@@ -761,6 +776,8 @@ impl Batch<'_> {
             node_id: self.replica.node_id.clone(),
             updated_at: self.replica.stamp_after(Some(current.updated_at))?,
             deleted: true,
+            author: Some(self.replica.node_id.clone()),
+            claim: None,
             ..current
         };
         self.write_memory(&entry)?;
@@ -772,18 +789,43 @@ impl Batch<'_> {
         self.replica.stamp_after(current)
     }
 
-    pub fn import_memory(&mut self, entry: MemoryEntry) -> Result<bool> {
+    /// Writes a version brought by a message or row (`via`) if it is newer than the winner.
+    /// This node writes it, so it is stored as this node's, with the writer the message named
+    /// kept as its claim (`as_imported`).
+    pub fn import_memory(&mut self, entry: MemoryEntry, via: Via) -> Result<bool> {
+        let entry = self.as_imported(entry, via);
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
+        // Compared by the writer each names, as the message or row gives it: a row exported
+        // from a version another node wrote, imported again, is that version, not newer.
+        let named =
+            |version: &MemoryEntry| (version.updated_at, version.named_writer().to_string());
         let newer = self
             .current_memory(&entry.scope, &entry.key)?
-            .is_none_or(|winner| entry.version() > winner.version());
+            .is_none_or(|winner| named(&entry) > named(&winner));
         if newer {
             self.replica.accept_stamp(entry.updated_at)?;
             self.write_memory(&entry)?;
         }
         Ok(newer)
+    }
+
+    /// `entry` as this node stores it when it imports it: written by this node, and when the
+    /// message or row named another writer, with that writer as the claim. Applying it again
+    /// changes nothing.
+    pub fn as_imported(&self, mut entry: MemoryEntry, via: Via) -> MemoryEntry {
+        let own = &self.replica.node_id;
+        if entry.claim.is_none() && entry.node_id != *own {
+            entry.claim = Some(Claim {
+                by: std::mem::take(&mut entry.node_id),
+                via,
+                checked_with: None,
+            });
+        }
+        entry.node_id.clone_from(own);
+        entry.author = Some(own.clone());
+        entry
     }
 
     fn write_memory(&mut self, entry: &MemoryEntry) -> Result<()> {

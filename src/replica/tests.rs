@@ -226,11 +226,13 @@ fn imports_only_overwrite_older_versions_and_are_idempotent() {
         node_id: "ceo".into(),
         updated_at: Stamp::from_unix_seconds(ts),
         deleted: false,
+        author: None,
+        claim: None,
     };
-    assert!(r.import_memory(entry(100, "new")).unwrap());
+    assert!(r.import_memory(entry(100, "new"), Via::Bridge).unwrap());
     let heads = r.document(&DocId::Memory(Scope::Mesh)).unwrap().get_heads();
-    assert!(!r.import_memory(entry(100, "new")).unwrap());
-    assert!(!r.import_memory(entry(50, "old")).unwrap());
+    assert!(!r.import_memory(entry(100, "new"), Via::Bridge).unwrap());
+    assert!(!r.import_memory(entry(50, "old"), Via::Bridge).unwrap());
     assert_eq!(
         r.document(&DocId::Memory(Scope::Mesh)).unwrap().get_heads(),
         heads
@@ -291,6 +293,8 @@ fn imported(key: &str, millis: u64) -> MemoryEntry {
         node_id: "ceo".into(),
         updated_at: Stamp::from_unix_millis(millis),
         deleted: false,
+        author: None,
+        claim: None,
     }
 }
 
@@ -301,7 +305,9 @@ fn an_import_stamped_too_far_ahead_is_refused_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let mut r = at(dir.path(), NOW);
     let year_10000 = 253_402_300_800_000;
-    let refused = r.import_memory(imported("far", year_10000)).unwrap_err();
+    let refused = r
+        .import_memory(imported("far", year_10000), Via::Bridge)
+        .unwrap_err();
     assert!(
         matches!(
             refused,
@@ -312,8 +318,12 @@ fn an_import_stamped_too_far_ahead_is_refused_with_its_reason() {
     assert!(refused.to_string().contains("ahead of this node's clock"));
     assert!(r.get_memory(&Scope::Mesh, "far").unwrap().is_none());
     // Within the bound is fine, and so is the past.
-    assert!(r.import_memory(imported("near", NOW + 59_000)).unwrap());
-    assert!(r.import_memory(imported("old", 1_000)).unwrap());
+    assert!(r
+        .import_memory(imported("near", NOW + 59_000), Via::Bridge)
+        .unwrap());
+    assert!(r
+        .import_memory(imported("old", 1_000), Via::Bridge)
+        .unwrap());
 }
 
 #[test]
@@ -323,7 +333,9 @@ fn one_accepted_stamp_from_ahead_does_not_drag_the_clock_past_the_bound() {
     r.set_clock_bound(ClockBound {
         max_offset_ms: 10_000,
     });
-    assert!(r.import_memory(imported("ahead", NOW + 9_000)).unwrap());
+    assert!(r
+        .import_memory(imported("ahead", NOW + 9_000), Via::Bridge)
+        .unwrap());
     let own = r.put_memory(&Scope::Mesh, "mine", json!(1)).unwrap();
     assert!(own.updated_at.unix_millis() <= NOW + 10_000, "{own:?}");
     // The key that carries the stamp from ahead still gets a version that replaces it.
@@ -346,7 +358,7 @@ fn a_version_stamped_at_the_end_of_time_is_refused_not_wrapped() {
         updated_at: Stamp(u64::MAX),
         ..imported("k", 0)
     };
-    assert!(r.import_memory(last).unwrap());
+    assert!(r.import_memory(last, Via::Bridge).unwrap());
     let error = r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap_err();
     assert!(matches!(
         error,
@@ -796,5 +808,196 @@ fn doctor_finds_the_newest_stamp_and_checks_the_record_and_documents_again() {
     assert!(r.verify_integrity().unwrap().is_some());
     for doc in r.doc_ids() {
         r.verify_stored(&doc).unwrap();
+    }
+}
+
+// ---- authors and history ----------------------------------------------------------------
+
+fn id_of(node: &str) -> String {
+    crate::trust::NodeKey::insecure_from_name(node)
+        .node_id()
+        .compact()
+}
+
+#[test]
+fn a_version_shows_the_node_whose_signed_change_wrote_it() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut x, mut y) = (open(dir_x.path(), "x"), open(dir_y.path(), "y"));
+    let written = x.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    assert_eq!(written.author, Some(id_of("x")));
+    merge(&mut x, &mut y);
+    let read = y.get_memory(&Scope::Mesh, "k").unwrap().unwrap();
+    assert_eq!(read.author, Some(id_of("x")));
+    assert_eq!(read.node_id, id_of("x"), "a normal write names its author");
+    assert_eq!(read.claim, None);
+    assert!(read.authorship().verified);
+    let versions = memory_doc::versions(
+        y.document(&DocId::Memory(Scope::Mesh)).unwrap(),
+        &Scope::Mesh,
+        "k",
+    );
+    assert_eq!(
+        versions[0].author,
+        Some(id_of("x")),
+        "read from the change's actor"
+    );
+}
+
+#[test]
+fn a_bridge_message_claiming_another_node_is_written_by_the_importer() {
+    let (dir_b, dir_d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut b, mut d) = (open(dir_b.path(), "b"), open(dir_d.path(), "d"));
+    let message = json!({"type": "memory", "scope": "mesh", "key": "k", "value": 1,
+        "nodeId": id_of("c"), "ts": 1_700_000_000});
+    let items = crate::bridge::items(&message.to_string(), None);
+    let report = b
+        .batch(|batch| crate::bridge::ingest(batch, &items))
+        .unwrap();
+    assert_eq!(report.changed, 1);
+    merge(&mut b, &mut d);
+    for replica in [&b, &d] {
+        let read = replica.get_memory(&Scope::Mesh, "k").unwrap().unwrap();
+        assert_eq!(read.author, Some(id_of("b")));
+        assert_eq!(read.node_id, id_of("b"), "stored as the importer's");
+        let claim = read.claim.clone().unwrap();
+        assert_eq!(
+            (claim.by.as_str(), claim.via),
+            (id_of("c").as_str(), Via::Bridge)
+        );
+        assert_eq!(claim.checked_with, None);
+        assert_eq!(read.named_writer(), id_of("c"));
+        let shown = read.authorship();
+        assert!(!shown.verified);
+        assert_eq!(
+            shown.to_string(),
+            format!(
+                "claimed by {} via bridge, written by {}, unverified",
+                id_of("c"),
+                id_of("b")
+            )
+        );
+    }
+    // The same message again changes nothing.
+    let again = b
+        .batch(|batch| crate::bridge::ingest(batch, &items))
+        .unwrap();
+    assert_eq!(again.changed, 0);
+}
+
+#[test]
+fn history_lists_every_version_oldest_first_with_the_winner_marked() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let now = Arc::new(AtomicU64::new(NOW));
+    let mut x = Replica::open_with_clock(
+        dir_x.path(),
+        crate::trust::NodeKey::insecure_from_name("x"),
+        fixed_clock(now.clone()),
+    )
+    .unwrap();
+    let mut y = open(dir_y.path(), "y");
+    x.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    x.put_memory(&Scope::Mesh, "other", json!(0)).unwrap();
+    now.fetch_add(5_000, Ordering::SeqCst);
+    x.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    merge(&mut x, &mut y);
+    y.delete_memory(&Scope::Mesh, "k").unwrap();
+    merge(&mut x, &mut y);
+    let history = x.memory_history(&Scope::Mesh, "k").unwrap().unwrap();
+    let shown: Vec<_> = history
+        .iter()
+        .map(|w| {
+            (
+                w.version.value.clone(),
+                w.version.deleted,
+                w.version.author.clone(),
+                w.winner,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (json!(1), false, Some(id_of("x")), false),
+            (json!(2), false, Some(id_of("x")), false),
+            (json!(null), true, Some(id_of("y")), true),
+        ]
+    );
+    assert_eq!(
+        history[0].change_time,
+        (NOW / 1000) as i64,
+        "the change records its time"
+    );
+    assert_eq!(history[1].change_time, (NOW / 1000 + 5) as i64);
+    assert_ne!(history[0].change, history[1].change);
+    assert!(history.iter().all(|w| w.change.len() == 64));
+    assert_eq!(
+        x.memory_history(&Scope::Mesh, "never").unwrap(),
+        Some(vec![])
+    );
+    assert_eq!(
+        x.memory_history(&Scope::User("nobody".into()), "k")
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn history_marks_the_winner_of_concurrent_versions() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut x, mut y) = (open(dir_x.path(), "x"), open(dir_y.path(), "y"));
+    x.put_memory(&Scope::Mesh, "k", json!("x")).unwrap();
+    y.put_memory(&Scope::Mesh, "k", json!("y")).unwrap();
+    merge(&mut x, &mut y);
+    let winner = x.get_memory(&Scope::Mesh, "k").unwrap().unwrap();
+    let history = x.memory_history(&Scope::Mesh, "k").unwrap().unwrap();
+    assert_eq!(history.len(), 2);
+    let marked: Vec<_> = history.iter().filter(|w| w.winner).collect();
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0].version.value, winner.value);
+    assert_eq!(marked[0].version.author, winner.author);
+}
+
+#[test]
+fn an_index_of_an_earlier_version_without_authors_is_built_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut r = open(dir.path(), "n1");
+        r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+        // What an earlier meshd left: its own marker, and versions without authors.
+        let docs = r.db().open_tree("docs").unwrap();
+        docs.remove(index::COMPLETE).unwrap();
+        docs.insert(b"v\0index", &b"1"[..]).unwrap();
+        let key = b"e\0mesh\0k";
+        let old = String::from_utf8(docs.get(key).unwrap().unwrap().to_vec()).unwrap();
+        let without = old.replace(&format!(r#","author":"{}""#, id_of("n1")), "");
+        assert_ne!(old, without);
+        docs.insert(key, without.as_bytes()).unwrap();
+        r.flush().unwrap();
+    }
+    let r = open(dir.path(), "n1");
+    let read = r.get_memory(&Scope::Mesh, "k").unwrap().unwrap();
+    assert_eq!(read.author, Some(id_of("n1")));
+}
+
+#[test]
+fn a_row_of_a_version_another_node_wrote_imported_again_changes_nothing() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut x, mut y) = (open(dir_x.path(), "x"), open(dir_y.path(), "y"));
+    x.put_memory(&Scope::Mesh, "by-x", json!(1)).unwrap();
+    y.put_memory(&Scope::Mesh, "by-y", json!(2)).unwrap();
+    merge(&mut x, &mut y);
+    // Each node imports the row of the version the other wrote, as `store export` gives it:
+    // whichever id sorts first, nothing is newer.
+    for (replica, key) in [(&mut x, "by-y"), (&mut y, "by-x")] {
+        let held = replica.get_memory(&Scope::Mesh, key).unwrap().unwrap();
+        let row = MemoryEntry {
+            author: None,
+            ..held.clone()
+        };
+        assert!(!replica.import_memory(row, Via::Store).unwrap(), "{key}");
+        assert_eq!(
+            replica.get_memory(&Scope::Mesh, key).unwrap().unwrap(),
+            held
+        );
     }
 }

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp};
+use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp, Via};
 use crate::replica::{Batch, Replica, ReplicaError, SharedReplica};
 pub use mirror::Mirror;
 pub use rows::{decode_value, encode_value, MemoryRow, SkillRow};
@@ -133,9 +133,10 @@ pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, Stor
             replica,
             &mut report,
             |batch, entry| {
-                (batch.import_memory(entry), |r: &mut ImportReport| {
-                    &mut r.memory
-                })
+                (
+                    batch.import_memory(entry, Via::Store),
+                    |r: &mut ImportReport| &mut r.memory,
+                )
             },
         )
         .map_err(|e| e.into_store_error(path))?;
@@ -349,6 +350,8 @@ fn memory_columns(columns: [Sql; 5], recorded: Option<(String, String)>) -> Row<
         node_id,
         updated_at: stamp(updated_at).ok_or(bad("an invalid updated_at"))?,
         deleted: false,
+        author: None,
+        claim: None,
     })
 }
 

@@ -11,6 +11,7 @@ pub struct MemoryRow {
     pub scope: String,
     pub key: String,
     pub value: Value,
+    /// The writer as the row names it (`MemoryEntry::named_writer`).
     pub node_id: String,
     pub updated_at: u64,
 }
@@ -23,7 +24,7 @@ impl MemoryRow {
             scope,
             key: entry.key.clone(),
             value: entry.value.clone(),
-            node_id: entry.node_id.clone(),
+            node_id: entry.named_writer().to_string(),
             updated_at: entry.updated_at.unix_seconds(),
         }
     }
