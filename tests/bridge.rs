@@ -548,14 +548,27 @@ mod signatures {
         );
         let pem = a.ok(&["id", "--public-pem"], "").stdout;
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
-        let emitted = a.ok(&["bridge", "emit"], "").stdout;
-        assert!(emitted.contains("\"sig\":\""), "{emitted}");
+        a.ok(&["skill", "put", "triage"], "# Triage\n");
+        ingest(&a, &memory_message("relayed", json!(1), 5), None);
+        let lines = a.ok(&["bridge", "emit"], "").stdout;
+        let (relayed, emitted): (Vec<&str>, Vec<&str>) =
+            lines.lines().partition(|line| line.contains("\"relayed\""));
+        assert!(
+            !relayed[0].contains("\"sig\""),
+            "ceo's entry is not a's to sign"
+        );
+        assert_eq!(emitted.len(), 2);
+        assert!(
+            emitted.iter().all(|l| l.contains("\"sig\":\"")),
+            "{emitted:?}"
+        );
+        let emitted = emitted.join("\n");
         let inline = toml_string(&pem);
         b.configure(&format!(
             "\n[bridge.trusted_keys]\n\"{}\" = {inline}\n",
             a.node_id()
         ));
-        assert_eq!(ingest(&b, &emitted, None), counts(1, 1, 0, 0));
+        assert_eq!(ingest(&b, &emitted, None), counts(2, 1, 1, 0));
         let tampered = emitted.replace("2.5", "3.5");
         let run = b.ok(&["bridge", "ingest"], &tampered);
         assert!(

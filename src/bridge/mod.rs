@@ -169,8 +169,10 @@ pub enum Selection {
 }
 
 /// Memory and skill messages, one JSON text each, for everything live that was updated at or
-/// after `since` (Unix seconds), each signed with `signer` when given. Tombstones have no
-/// bridge form and are left out.
+/// after `since` (Unix seconds). With `signer`, the messages this node wrote are signed; those
+/// it relays keep their author's `nodeId` and go unsigned, since a reference node checks a
+/// signature against the key of the node the message names. Tombstones have no bridge form
+/// and are left out.
 pub fn emit(
     replica: &Replica,
     since: Option<u64>,
@@ -179,6 +181,8 @@ pub fn emit(
 ) -> Result<Vec<String>, ReplicaError> {
     let recent = |stamp: Stamp| since.is_none_or(|since| stamp.unix_seconds() >= since);
     let mut lines = Vec::new();
+    let own = signer.map(|key| key.node_id().compact());
+    let signer_for = |author: &str| signer.filter(|_| own.as_deref() == Some(author));
     let scope = match selection {
         Selection::Memory(scope) => Some(scope),
         _ => None,
@@ -195,7 +199,7 @@ pub fn emit(
                         node_id: &entry.node_id,
                         ts: entry.updated_at.unix_seconds(),
                     }),
-                    signer,
+                    signer_for(&entry.node_id),
                 ));
             }
         }
@@ -203,6 +207,7 @@ pub fn emit(
     if matches!(selection, Selection::Everything | Selection::Skills) {
         for skill in replica.list_skills()? {
             if recent(skill.updated_at) {
+                let signer = signer_for(&skill.source_node);
                 lines.extend(signed(to_json(&SkillOut::from(&skill)), signer));
             }
         }
