@@ -200,6 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_one_item_and_no_stack_overflow() {
+        let depth = 200_000;
+        let deep = format!("[{}{}]", "[".repeat(depth), "]".repeat(depth));
+        for unwrap in [None, Some(Unwrap::Generic), Some(Unwrap::Discord)] {
+            let found = items(&deep, unwrap);
+            assert_eq!(found.len(), 1);
+            let text = found[0].as_ref().unwrap().get();
+            assert!(
+                serde_json::from_str::<Value>(text).is_err(),
+                "past serde's limit"
+            );
+            let check = crate::bridge::signing::verify(text, &Default::default());
+            assert!(check.is_invalid());
+        }
+    }
+
+    #[test]
     fn messages_keep_the_text_they_came_in() {
         let message = r#"{"type":"memory","value":{"z":1,"a":2.50}}"#;
         let envelopes = [
