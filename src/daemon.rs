@@ -100,6 +100,8 @@ pub struct Node {
     repairing: bool,
     /// The counters `/metrics` serves, shared with the replica and the mesh.
     metrics: Arc<Metrics>,
+    /// The keys bridge messages are checked and signed with (`[bridge]`).
+    bridge: Arc<crate::bridge::BridgeKeys>,
 }
 
 /// How `meshd run` was asked to run.
@@ -119,7 +121,9 @@ impl Node {
     ) -> Result<Node, DaemonError> {
         home.require_initialised()?;
         let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-        let mut replica = open_store(home, identity.signing_key()?, options.repair)?;
+        let key = identity.signing_key()?;
+        let bridge = Arc::new(config.bridge.bridge_keys(&key));
+        let mut replica = open_store(home, key, options.repair)?;
         replica.set_clock_bound(config.node.clock_bound());
         replica.set_reserve(config.store.reserve());
         replica.set_memory_budget(config.store.memory_budget());
@@ -144,6 +148,7 @@ impl Node {
             },
             repairing: options.repair,
             metrics,
+            bridge,
         })
     }
 
@@ -165,6 +170,7 @@ impl Node {
             own: self.own,
             cache: self.cache.clone(),
             search: self.search.clone(),
+            bridge: self.bridge.clone(),
             mesh: self.mesh.get().map(|mesh| {
                 Arc::new(RunningMesh {
                     mesh: mesh.clone(),
@@ -618,6 +624,7 @@ async fn start_api(node: &Arc<Node>, home: &Home, config: &Config) -> Result<(),
     );
     let state = ApiState::new(node.replica.clone(), settings)
         .with_search(node.search.clone())
+        .with_bridge(node.bridge.clone())
         .with_node(view)
         .on_change(move || hook.after_write());
     let shutdown = node.lifecycle.shutdown.clone().cancelled_owned();

@@ -427,3 +427,294 @@ fn a_node_request_is_answered_from_the_responders_own_scope() {
     );
     assert_eq!(answers[1]["value"], "9 days");
 }
+
+/// Reference message signatures (`bridge::signing`): what a node trusts in meshd.toml, what
+/// it refuses, and agreement with the reference scheme run by the real `node`.
+mod signatures {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    use meshd::bridge::canonical;
+    use meshd::bridge::signing::{self, PublicKey, SignatureCheck, TrustedKeys};
+    use meshd::trust::NodeKey;
+    use serde_json::{json, Value};
+
+    use super::support::compat::TestNode;
+    use super::{counts, ingest, memory_message};
+
+    fn ceo() -> NodeKey {
+        NodeKey::insecure_from_name("ceo")
+    }
+
+    /// A node that trusts `ceo()`'s key for the node id `ceo`, from a file.
+    fn trusting_ceo() -> TestNode {
+        let node = TestNode::new("a");
+        let pem = signing::public_key_pem(&ceo());
+        std::fs::write(node.home().join("ceo.pub.pem"), pem).unwrap();
+        node.configure("\n[bridge]\ntrusted_keys = { ceo = \"ceo.pub.pem\" }\n");
+        node
+    }
+
+    fn stored(node: &TestNode) -> String {
+        node.ok(&["mem", "get", "mesh", "k", "--json"], "").stdout
+    }
+
+    /// `meshd api serve` on a free loopback port; the address and the process.
+    fn serve(node: &TestNode) -> (String, std::process::Child) {
+        let mut child = node
+            .command()
+            .args(["api", "serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on http://") {
+            line.clear();
+            assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "api serve ended");
+        }
+        let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+        (addr, child)
+    }
+
+    fn post(addr: &str, path: &str, body: &str) -> Value {
+        let mut answer = ureq::post(format!("http://{addr}{path}"))
+            .send(body)
+            .unwrap();
+        serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    fn http_counts(ingested: u64) -> Value {
+        json!({"ingested": ingested, "memory": ingested, "skill": 0})
+    }
+
+    #[test]
+    fn a_bad_signature_is_refused_over_the_cli_and_http_and_nothing_changes() {
+        let node = trusting_ceo();
+        let good = signing::sign(&memory_message("k", json!("v1"), 100), &ceo()).unwrap();
+        assert_eq!(ingest(&node, &good, None), counts(1, 1, 0, 0));
+        let before = stored(&node);
+        let shown: Value = serde_json::from_str(&before).unwrap();
+        assert_eq!(
+            (&shown["claimed_by"], &shown["verified"]),
+            (&json!("ceo"), &json!(true)),
+            "a claim signed by a trusted key shows as borne out: {shown}"
+        );
+        let signed = signing::sign(&memory_message("k", json!("v2"), 200), &ceo()).unwrap();
+        let forged = signed.replace("\"v2\"", "\"evil\"");
+        let mallorys = signing::sign(
+            &memory_message("k", json!("v3"), 300),
+            &NodeKey::insecure_from_name("mallory"),
+        )
+        .unwrap();
+        for bad in [&forged, &mallorys] {
+            let run = node.ok(&["bridge", "ingest"], bad);
+            assert_eq!(
+                serde_json::from_str::<Value>(&run.stdout).unwrap(),
+                counts(0, 0, 0, 1)
+            );
+            assert!(
+                run.stderr
+                    .contains("item 1 ignored: refused: bad signature: it does not match"),
+                "{}",
+                run.stderr
+            );
+            assert!(run.stderr.contains("'ceo'"), "{}", run.stderr);
+        }
+        let (addr, mut server) = serve(&node);
+        let wrapped = format!("{{\"body\": {forged}}}");
+        let answers = [
+            post(&addr, "/ingest", &forged),
+            post(&addr, "/ingest", &mallorys),
+            post(&addr, "/bridge?unwrap=generic", &wrapped),
+        ];
+        let _ = server.kill();
+        let _ = server.wait();
+        for answer in answers {
+            assert_eq!(answer, http_counts(0));
+        }
+        assert_eq!(stored(&node), before, "the stored entry is unchanged");
+        let unsigned = memory_message("k", json!("v4"), 400);
+        assert_eq!(
+            ingest(&node, &unsigned, None),
+            counts(1, 1, 0, 0),
+            "an unsigned message is imported as before"
+        );
+        let shown: Value = serde_json::from_str(&stored(&node)).unwrap();
+        assert_eq!(
+            (&shown["claimed_by"], &shown["verified"]),
+            (&json!("ceo"), &json!(false)),
+            "an unsigned claim stays a claim: {shown}"
+        );
+    }
+
+    #[test]
+    fn a_node_that_signs_is_verified_by_one_that_trusts_its_public_pem() {
+        let (a, b) = (TestNode::new("a"), TestNode::new("b"));
+        a.configure("\n[bridge]\nsign = true\n");
+        a.ok(
+            &["mem", "put", "mesh", "k", "{\"z\":1,\"a\":[2.5,\"é\"]}"],
+            "",
+        );
+        let pem = a.ok(&["id", "--public-pem"], "").stdout;
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+        a.ok(&["skill", "put", "triage"], "# Triage\n");
+        ingest(&a, &memory_message("relayed", json!(1), 5), None);
+        let lines = a.ok(&["bridge", "emit"], "").stdout;
+        let (relayed, emitted): (Vec<&str>, Vec<&str>) =
+            lines.lines().partition(|line| line.contains("\"relayed\""));
+        assert!(
+            !relayed[0].contains("\"sig\""),
+            "ceo's entry is not a's to sign"
+        );
+        assert_eq!(emitted.len(), 2);
+        assert!(
+            emitted.iter().all(|l| l.contains("\"sig\":\"")),
+            "{emitted:?}"
+        );
+        let emitted = emitted.join("\n");
+        let inline = toml_string(&pem);
+        b.configure(&format!(
+            "\n[bridge.trusted_keys]\n\"{}\" = {inline}\n",
+            a.node_id()
+        ));
+        assert_eq!(ingest(&b, &emitted, None), counts(2, 1, 1, 0));
+        let tampered = emitted.replace("2.5", "3.5");
+        let run = b.ok(&["bridge", "ingest"], &tampered);
+        assert!(
+            run.stderr.contains("refused: bad signature"),
+            "{}",
+            run.stderr
+        );
+    }
+
+    fn toml_string(text: &str) -> String {
+        toml::Value::String(text.to_string()).to_string()
+    }
+
+    #[test]
+    fn a_bad_trusted_key_stops_the_node_with_the_fix() {
+        let node = TestNode::new("a");
+        node.configure("\n[bridge]\ntrusted_keys = { ceo = \"missing.pem\" }\n");
+        let run = node.run(&["bridge", "emit"], "");
+        assert_ne!(run.code, 0);
+        assert!(run.stderr.contains("trusted_keys.ceo"), "{}", run.stderr);
+        assert!(run.stderr.contains("missing.pem"), "{}", run.stderr);
+        assert!(run.stderr.contains("SPKI PEM"), "{}", run.stderr);
+    }
+
+    /// Messages whose canonical form exercises every JavaScript rule: nested key order,
+    /// array-index keys, repeated keys, `__proto__`, escapes, lone surrogates, numbers.
+    const TRICKY: [&str; 6] = [
+        r#"{"type":"memory","scope":"mesh","key":"user.preferences","value":{"shortAnswers":true,"alpha":{"z":1,"b":2}},"nodeId":"ceo","ts":1739123456}"#,
+        r#"{"ts":1,"nodeId":"ceo","type":"memory","scope":"mesh","key":"u","value":"é ✓ 𝄞 \u2028 \u0000 \u001f \u007f \ud800 \/ \" \\ \b\f\n\r\t"}"#,
+        r#"{"type":"memory","scope":"mesh","key":"n","nodeId":"ceo","ts":1.5,"value":[1e21,1E-7,0.1,-0,12345678901234567890,1e400,0.000001,5e-324,-2.50]}"#,
+        r#"{"type":"memory","10":1,"9":2,"scope":"mesh","key":"i","value":{"b":1,"2":0,"1":3,"01":4,"x":5},"nodeId":"ceo","ts":2}"#,
+        r#"{"type":"memory","scope":"mesh","key":"d","value":{"a":1,"b":2,"a":3},"__proto__":{"x":1},"nodeId":"ceo","ts":3,"extra":{"__proto__":5}}"#,
+        r##"{"type":"skill","name":"triage","sourceNode":"ceo","content":"# Triage rules\n...","ts":4}"##,
+    ];
+
+    /// The reference's rule (mesh/signing.js), restated: sorted top-level keys without
+    /// sig/signature, `JSON.stringify`, Ed25519 over its UTF-8, base64.
+    const REFERENCE_JS: &str = r#"
+const crypto = require('crypto');
+const canonical = (msg) => {
+  const o = { ...msg }; delete o.sig; delete o.signature;
+  const out = {}; for (const k of Object.keys(o).sort()) out[k] = o[k];
+  return JSON.stringify(out);
+};
+const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519', {
+  publicKeyEncoding: { type: 'spki', format: 'pem' },
+  privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+});
+const signed = input.texts.map((text) => {
+  const msg = JSON.parse(text);
+  msg.sig = crypto.sign(null, Buffer.from(canonical(msg), 'utf8'), privateKey).toString('base64');
+  return { canonical: canonical(msg), sig: msg.sig, sent: JSON.stringify(msg) };
+});
+const verified = input.meshd.map((text) => {
+  const msg = JSON.parse(text);
+  const sig = msg.sig || msg.signature;
+  return !!sig && crypto.verify(null, Buffer.from(canonical(msg), 'utf8'), input.meshdKey, Buffer.from(sig, 'base64'));
+});
+process.stdout.write(JSON.stringify({ publicKey, signed, verified }));
+"#;
+
+    /// Runs `REFERENCE_JS` with `node`; `None` (the test skips) when node is not installed.
+    fn run_node(input: &Value) -> Option<Value> {
+        let spawned = Command::new("node")
+            .args(["-e", REFERENCE_JS])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let Ok(mut child) = spawned else {
+            eprintln!("SKIPPED: `node` is not installed; the differential test against the reference scheme did not run");
+            return None;
+        };
+        let stdin = child.stdin.take().unwrap();
+        let text = input.to_string();
+        std::thread::spawn(move || {
+            let mut stdin = stdin;
+            let _ = stdin.write_all(text.as_bytes());
+        });
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "node failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(serde_json::from_slice(&output.stdout).unwrap())
+    }
+
+    #[test]
+    fn the_reference_scheme_in_node_and_meshd_agree_both_ways() {
+        let key = ceo();
+        let meshd_signed: Vec<String> = TRICKY
+            .iter()
+            .map(|text| signing::sign(text, &key).unwrap())
+            .collect();
+        let input = json!({
+            "texts": TRICKY,
+            "meshd": meshd_signed,
+            "meshdKey": signing::public_key_pem(&key),
+        });
+        let Some(output) = run_node(&input) else {
+            return;
+        };
+        let mut trusted = TrustedKeys::default();
+        let js_key = PublicKey::from_spki_pem(output["publicKey"].as_str().unwrap()).unwrap();
+        trusted.insert("ceo", js_key);
+        for (text, js) in TRICKY.iter().zip(output["signed"].as_array().unwrap()) {
+            let ours = canonical::canonical(&canonical::parse(text).unwrap()).unwrap();
+            assert_eq!(
+                ours,
+                js["canonical"].as_str().unwrap(),
+                "canonical form of {text}"
+            );
+            let sent = js["sent"].as_str().unwrap();
+            let check = signing::verify(sent, &trusted);
+            assert!(
+                matches!(check, SignatureCheck::Verified { .. }),
+                "{sent}: {check}"
+            );
+            // The same signature on the text as it was first written (before node re-printed
+            // it): what a sender that appends `sig` to its own text puts on the wire.
+            let body = text.strip_suffix('}').unwrap();
+            let appended = format!("{body},\"sig\":\"{}\"}}", js["sig"].as_str().unwrap());
+            let check = signing::verify(&appended, &trusted);
+            assert!(
+                matches!(check, SignatureCheck::Verified { .. }),
+                "{appended}: {check}"
+            );
+        }
+        let verified = output["verified"].as_array().unwrap();
+        assert_eq!(verified.len(), TRICKY.len());
+        for (text, ok) in meshd_signed.iter().zip(verified) {
+            assert_eq!(ok, &json!(true), "node does not verify meshd's {text}");
+        }
+    }
+}

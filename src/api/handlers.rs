@@ -437,8 +437,9 @@ async fn run_bridge(
     let items = bridge::items(&body, unwrap);
     let single = items.len() == 1;
     let now = system_clock();
+    let keys = state.bridge.clone();
     let report = write_batch(state, move |batch| {
-        let report = bridge::ingest(batch, &items)?;
+        let report = bridge::ingest(batch, &items, &keys.trusted)?;
         let changed = report.changed > 0;
         Ok((report, changed))
     })
@@ -450,13 +451,16 @@ async fn run_bridge(
         [request] if handle_request && single => {
             let request = request.clone();
             let responder = state.settings.responder.clone();
+            let keys = state.bridge.clone();
             let text = with_replica(state, move |replica| {
-                let text = bridge::respond(replica, &request, responder.as_deref(), now / 1000)
-                    .map_err(read_error)?;
+                let signer = keys.signer.as_ref();
+                let text =
+                    bridge::respond(replica, &request, responder.as_deref(), now / 1000, signer)
+                        .map_err(read_error)?;
                 Ok((text, false))
             })
             .await?;
-            Some(RawValue::from_string(text).expect("responses are JSON"))
+            text.map(|text| RawValue::from_string(text).expect("responses are JSON"))
         }
         _ => None,
     };

@@ -66,6 +66,8 @@ pub struct ApiState {
     search: Option<Arc<Searcher>>,
     /// The node's status and counters; `None` where no mesh runs (`meshd api serve`).
     node: Option<NodeView>,
+    /// The keys bridge messages are checked and signed with; none by default.
+    bridge: Arc<crate::bridge::BridgeKeys>,
 }
 
 impl ApiState {
@@ -77,7 +79,13 @@ impl ApiState {
             on_change: Arc::new(|| {}),
             search: None,
             node: None,
+            bridge: Default::default(),
         }
+    }
+
+    pub fn with_bridge(mut self, keys: Arc<crate::bridge::BridgeKeys>) -> ApiState {
+        self.bridge = keys;
+        self
     }
 
     pub fn with_search(mut self, search: Arc<Searcher>) -> ApiState {

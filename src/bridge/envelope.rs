@@ -1,9 +1,11 @@
 //! Bridge envelopes: where a transport (Telegram, Discord, a generic webhook) keeps the text
 //! that carries mesh messages, and how a payload becomes the JSON values to look at.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// How to take the mesh payload out of a transport's envelope.
@@ -47,46 +49,59 @@ impl fmt::Display for Unwrap {
 impl Unwrap {
     /// The envelope's content, or the payload itself when the envelope has none: a bridge may
     /// forward bare mesh messages on the same route as wrapped ones (the reference does this).
-    pub fn apply(self, payload: Value) -> Value {
+    pub fn apply(self, payload: Box<RawValue>) -> Box<RawValue> {
         self.inner(&payload).unwrap_or(payload)
     }
 
-    fn inner(self, payload: &Value) -> Option<Value> {
+    fn inner(self, payload: &RawValue) -> Option<Box<RawValue>> {
         match self {
             Unwrap::Telegram => {
-                let message = ["message", "channel_post", "edited_message"]
-                    .iter()
-                    .find_map(|field| present(payload, field))?;
-                ["text", "caption"]
-                    .iter()
-                    .find_map(|field| present(&message, field))
-                    .filter(|text| text.is_string())
+                let message = present(payload, &["message", "channel_post", "edited_message"])?;
+                present(&message, &["text", "caption"]).filter(|text| starts(text, b"\""))
             }
             Unwrap::Discord => {
-                present(payload, "content").filter(|c| c.is_string() || is_mesh_object(c))
+                present(payload, &["content"]).filter(|c| starts(c, b"\"") || is_mesh_object(c))
             }
-            Unwrap::Generic => ["body", "message", "data", "payload"]
-                .iter()
-                .find_map(|field| present(payload, field))
-                .filter(|body| body.is_string() || body.is_object() || body.is_array()),
+            Unwrap::Generic => present(payload, &["body", "message", "data", "payload"])
+                .filter(|body| starts(body, b"\"{[")),
         }
     }
 }
 
-/// A field that is there and not null, the way the reference's `??` chains read.
-fn present(value: &Value, field: &str) -> Option<Value> {
-    value.get(field).filter(|v| !v.is_null()).cloned()
+/// The first of `fields` that is there and not null, the way the reference's `??` chains
+/// read. A repeated field counts by its last value, as `JSON.parse` keeps.
+fn present(value: &RawValue, fields: &[&str]) -> Option<Box<RawValue>> {
+    let mut object: BTreeMap<String, Box<RawValue>> = serde_json::from_str(value.get()).ok()?;
+    fields
+        .iter()
+        .find_map(|field| object.remove(*field).filter(|v| v.get() != "null"))
 }
 
-fn is_mesh_object(value: &Value) -> bool {
+/// Whether the JSON text starts with one of `bytes` (`"` a string, `{` an object, `[` an
+/// array); a raw value holds no whitespace around it.
+fn starts(value: &RawValue, bytes: &[u8]) -> bool {
+    value
+        .get()
+        .as_bytes()
+        .first()
+        .is_some_and(|first| bytes.contains(first))
+}
+
+fn is_mesh_object(value: &RawValue) -> bool {
+    let value: Option<Value> = serde_json::from_str(value.get()).ok();
     matches!(
-        value.get("type").and_then(Value::as_str),
+        value
+            .as_ref()
+            .and_then(|v| v.get("type"))
+            .and_then(Value::as_str),
         Some("memory" | "skill" | "mesh_request")
     )
 }
 
-/// One value found in a payload: a JSON value to classify, or text that is not JSON.
-pub type Item = Result<Value, NotJson>;
+/// One value found in a payload, as the exact JSON text it came in (a signature covers
+/// details of that text that `Value` does not keep: see `canonical`), or text that is not
+/// JSON.
+pub type Item = Result<Box<RawValue>, NotJson>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not JSON: {0}")]
@@ -119,22 +134,31 @@ fn documents(text: &str) -> Vec<Item> {
 
 /// Unwraps one payload and spreads it into messages. Text inside (a JSON string, a chat
 /// message's text) is parsed once more, but only once: a string inside that is junk.
-fn expand(value: Value, unwrap: Option<Unwrap>, parse_text: bool) -> Vec<Item> {
+fn expand(value: Box<RawValue>, unwrap: Option<Unwrap>, parse_text: bool) -> Vec<Item> {
     let body = match unwrap {
         Some(unwrap) => unwrap.apply(value),
         None => value,
     };
-    match body {
-        Value::Array(values) => values.into_iter().map(Ok).collect(),
-        Value::String(text) if parse_text => documents(&text)
+    let junk = |text: &str| vec![Err(NotJson(preview(text)))];
+    if starts(&body, b"[") {
+        return match serde_json::from_str::<Vec<Box<RawValue>>>(body.get()) {
+            Ok(values) => values.into_iter().map(Ok).collect(),
+            Err(_) => junk(body.get()),
+        };
+    }
+    if !starts(&body, b"\"") {
+        return vec![Ok(body)];
+    }
+    match serde_json::from_str::<String>(body.get()) {
+        Ok(text) if parse_text => documents(&text)
             .into_iter()
             .flat_map(|document| match document {
                 Ok(value) => expand(value, None, false),
                 Err(junk) => vec![Err(junk)],
             })
             .collect(),
-        Value::String(text) => vec![Err(NotJson(preview(&text)))],
-        other => vec![Ok(other)],
+        Ok(text) => junk(&text),
+        Err(_) => junk(body.get()),
     }
 }
 
@@ -156,44 +180,97 @@ mod tests {
     fn values(text: &str, unwrap: Option<Unwrap>) -> Vec<Value> {
         items(text, unwrap)
             .into_iter()
-            .map(|item| item.unwrap_or_else(|e| json!({ "junk": e.0 })))
+            .map(|item| match item {
+                Ok(raw) => serde_json::from_str(raw.get()).unwrap(),
+                Err(e) => json!({ "junk": e.0 }),
+            })
             .collect()
+    }
+
+    /// `Unwrap::apply` on a `Value`, for short tests.
+    trait ApplyValue {
+        fn apply_value(self, payload: Value) -> Value;
+    }
+
+    impl ApplyValue for Unwrap {
+        fn apply_value(self, payload: Value) -> Value {
+            let raw = RawValue::from_string(payload.to_string()).unwrap();
+            serde_json::from_str(self.apply(raw).get()).unwrap()
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_one_item_and_no_stack_overflow() {
+        let depth = 200_000;
+        let deep = format!("[{}{}]", "[".repeat(depth), "]".repeat(depth));
+        for unwrap in [None, Some(Unwrap::Generic), Some(Unwrap::Discord)] {
+            let found = items(&deep, unwrap);
+            assert_eq!(found.len(), 1);
+            let text = found[0].as_ref().unwrap().get();
+            assert!(
+                serde_json::from_str::<Value>(text).is_err(),
+                "past serde's limit"
+            );
+            let check = crate::bridge::signing::verify(text, &Default::default());
+            assert!(check.is_invalid());
+        }
+    }
+
+    #[test]
+    fn messages_keep_the_text_they_came_in() {
+        let message = r#"{"type":"memory","value":{"z":1,"a":2.50}}"#;
+        let envelopes = [
+            format!("{{\"body\": {message}}}"),
+            format!("{{\"data\": [ {message} ]}}"),
+            format!("{{\"payload\": {}}}", Value::String(message.into())),
+        ];
+        for envelope in envelopes {
+            let found = items(&envelope, Some(Unwrap::Generic));
+            let texts: Vec<&str> = found.iter().flatten().map(|raw| raw.get()).collect();
+            assert_eq!(texts, [message], "{envelope}");
+        }
     }
 
     #[test]
     fn telegram_reads_text_then_caption_of_the_first_message_field() {
         let update = json!({"channel_post": {"caption": "{\"a\":1}"}});
-        assert_eq!(Unwrap::Telegram.apply(update), json!("{\"a\":1}"));
+        assert_eq!(Unwrap::Telegram.apply_value(update), json!("{\"a\":1}"));
         let update =
             json!({"message": {"text": "t", "caption": "c"}, "channel_post": {"text": "x"}});
-        assert_eq!(Unwrap::Telegram.apply(update), json!("t"));
+        assert_eq!(Unwrap::Telegram.apply_value(update), json!("t"));
         let update = json!({"edited_message": {"text": "e"}});
-        assert_eq!(Unwrap::Telegram.apply(update), json!("e"));
+        assert_eq!(Unwrap::Telegram.apply_value(update), json!("e"));
     }
 
     #[test]
     fn an_envelope_without_content_is_the_payload_itself() {
         let bare = json!({"type": "memory"});
         for unwrap in [Unwrap::Telegram, Unwrap::Discord, Unwrap::Generic] {
-            assert_eq!(unwrap.apply(bare.clone()), bare, "{unwrap}");
+            assert_eq!(unwrap.apply_value(bare.clone()), bare, "{unwrap}");
         }
         let no_text = json!({"message": {"photo": []}});
-        assert_eq!(Unwrap::Telegram.apply(no_text.clone()), no_text);
+        assert_eq!(Unwrap::Telegram.apply_value(no_text.clone()), no_text);
     }
 
     #[test]
     fn discord_reads_content_text_or_a_mesh_object() {
-        assert_eq!(Unwrap::Discord.apply(json!({"content": "hi"})), json!("hi"));
+        assert_eq!(
+            Unwrap::Discord.apply_value(json!({"content": "hi"})),
+            json!("hi")
+        );
         let inner = json!({"type": "skill", "name": "n"});
-        assert_eq!(Unwrap::Discord.apply(json!({"content": inner})), inner);
+        assert_eq!(
+            Unwrap::Discord.apply_value(json!({"content": inner})),
+            inner
+        );
     }
 
     #[test]
     fn generic_takes_the_first_present_field() {
         let payload = json!({"body": null, "message": "m", "data": "d"});
-        assert_eq!(Unwrap::Generic.apply(payload), json!("m"));
+        assert_eq!(Unwrap::Generic.apply_value(payload), json!("m"));
         let payload = json!({"payload": [1]});
-        assert_eq!(Unwrap::Generic.apply(payload), json!([1]));
+        assert_eq!(Unwrap::Generic.apply_value(payload), json!([1]));
     }
 
     #[test]

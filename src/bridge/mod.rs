@@ -1,17 +1,21 @@
 //! Phase 1: bridge messages into the replica (`ingest`), out of it (`emit`), and
 //! `mesh_request` answered from it (`respond`).
 
+pub mod canonical;
 pub mod envelope;
 pub mod message;
+pub mod signing;
 pub mod stream;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::{Scope, Skill, Stamp, Via};
+use crate::model::{Claim, MemoryEntry, Scope, Skill, Stamp, Via};
 use crate::replica::{Batch, Replica, ReplicaError};
+use crate::trust::NodeKey;
 pub use envelope::{items, Item, Unwrap};
 pub use message::{classify, Kind, MeshRequest, Message, SkillMessage};
+pub use signing::{BridgeKeys, SignatureCheck, TrustedKeys};
 
 /// The counts a bridge ingest reports, in the reference's shape plus `ignored`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -31,15 +35,24 @@ pub struct IngestReport {
     pub reasons: Vec<(usize, String)>,
     /// The `mesh_request` messages seen (ignored by ingest, answered by `respond`).
     pub requests: Vec<MeshRequest>,
+    /// What the signature of each imported message said, with its 1-based position: whether
+    /// its claimed sender is verified or only claimed. (A bad signature is refused, and
+    /// listed in `reasons` instead.)
+    pub signatures: Vec<(usize, SignatureCheck)>,
 }
 
 /// Imports every memory and skill message among `items` into `batch` (one group commit, run
-/// with `SharedReplica::batch`). Anything else is counted as ignored with its reason; only a
-/// failing store is an error.
-pub fn ingest(batch: &mut Batch<'_>, items: &[Item]) -> Result<IngestReport, ReplicaError> {
+/// with `SharedReplica::batch`). Anything else is counted as ignored with its reason, and so
+/// is a message whose signature does not verify against the key `trusted` holds for its
+/// sender; only a failing store is an error.
+pub fn ingest(
+    batch: &mut Batch<'_>,
+    items: &[Item],
+    trusted: &TrustedKeys,
+) -> Result<IngestReport, ReplicaError> {
     let mut report = IngestReport::default();
-    for (index, item) in items.iter().cloned().enumerate() {
-        let outcome = apply(batch, item, &mut report.requests)?;
+    for (index, item) in items.iter().enumerate() {
+        let outcome = apply(batch, item, trusted, &mut report.requests)?;
         report.record(index + 1, outcome);
     }
     Ok(report)
@@ -47,20 +60,22 @@ pub fn ingest(batch: &mut Batch<'_>, items: &[Item]) -> Result<IngestReport, Rep
 
 enum Outcome {
     /// A memory message; `true` when it changed the replica.
-    Memory(bool),
-    Skill(bool),
+    Memory(bool, SignatureCheck),
+    Skill(bool, SignatureCheck),
     Ignored(String),
 }
 
 impl IngestReport {
     fn record(&mut self, position: usize, outcome: Outcome) {
         let changed = match outcome {
-            Outcome::Memory(changed) => {
+            Outcome::Memory(changed, check) => {
                 self.summary.memory += 1;
+                self.signatures.push((position, check));
                 changed
             }
-            Outcome::Skill(changed) => {
+            Outcome::Skill(changed, check) => {
                 self.summary.skill += 1;
+                self.signatures.push((position, check));
                 changed
             }
             Outcome::Ignored(reason) => {
@@ -76,25 +91,61 @@ impl IngestReport {
 
 fn apply(
     batch: &mut Batch<'_>,
-    item: Item,
+    item: &Item,
+    trusted: &TrustedKeys,
     requests: &mut Vec<MeshRequest>,
 ) -> Result<Outcome, ReplicaError> {
-    let value = match item {
-        Ok(value) => value,
+    let text = match item {
+        Ok(text) => text.get(),
         Err(junk) => return Ok(Outcome::Ignored(junk.to_string())),
     };
-    Ok(match classify(&value) {
-        Err(reason) => Outcome::Ignored(reason.to_string()),
-        Ok(Message::Request(request)) => {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(error) => return Ok(Outcome::Ignored(format!("not JSON: {error}"))),
+    };
+    let message = match classify(&value) {
+        Ok(message) => message,
+        Err(reason) => return Ok(Outcome::Ignored(reason.to_string())),
+    };
+    // A forged signature is worse than none: the message is refused, not imported unsigned.
+    let check = signing::check(text, &value, trusted);
+    if let SignatureCheck::Invalid { reason } = check {
+        return Ok(Outcome::Ignored(format!(
+            "refused: bad signature: {reason}"
+        )));
+    }
+    Ok(match message {
+        Message::Request(request) => {
             requests.push(request);
             Outcome::Ignored("a mesh_request is answered, not ingested".to_string())
         }
-        Ok(Message::Memory(entry)) => refused(batch.import_memory(entry, Via::Bridge))?
-            .map_or_else(Outcome::Ignored, Outcome::Memory),
-        Ok(Message::Skill(skill)) => {
-            refused(import_skill(batch, skill))?.map_or_else(Outcome::Ignored, Outcome::Skill)
+        Message::Memory(entry) => {
+            let entry = with_checked_claim(entry, &check, batch.node_id());
+            match refused(batch.import_memory(entry, Via::Bridge))? {
+                Ok(changed) => Outcome::Memory(changed, check),
+                Err(reason) => Outcome::Ignored(reason),
+            }
         }
+        Message::Skill(skill) => match refused(import_skill(batch, skill))? {
+            Ok(changed) => Outcome::Skill(changed, check),
+            Err(reason) => Outcome::Ignored(reason),
+        },
     })
+}
+
+/// `entry` with its claimed writer borne out, when a key this node trusts for that writer
+/// signed the message: the claim is kept apart as ever, marked checked.
+fn with_checked_claim(mut entry: MemoryEntry, check: &SignatureCheck, own: &str) -> MemoryEntry {
+    if let SignatureCheck::Verified { node, fingerprint } = check {
+        if *node == entry.node_id && entry.node_id != own {
+            entry.claim = Some(Claim {
+                by: entry.node_id.clone(),
+                via: Via::Bridge,
+                checked_with: Some(fingerprint.clone()),
+            });
+        }
+    }
+    entry
 }
 
 /// Splits a refused write (bad key, too large, a secret: the message is ignored with the
@@ -136,14 +187,20 @@ pub enum Selection {
 }
 
 /// Memory and skill messages, one JSON text each, for everything live that was updated at or
-/// after `since` (Unix seconds). Tombstones have no bridge form and are left out.
+/// after `since` (Unix seconds). With `signer`, the messages this node wrote are signed; those
+/// it relays keep their author's `nodeId` and go unsigned, since a reference node checks a
+/// signature against the key of the node the message names. Tombstones have no bridge form
+/// and are left out.
 pub fn emit(
     replica: &Replica,
     since: Option<u64>,
     selection: &Selection,
+    signer: Option<&NodeKey>,
 ) -> Result<Vec<String>, ReplicaError> {
     let recent = |stamp: Stamp| since.is_none_or(|since| stamp.unix_seconds() >= since);
     let mut lines = Vec::new();
+    let own = signer.map(|key| key.node_id().compact());
+    let signer_for = |author: &str| signer.filter(|_| own.as_deref() == Some(author));
     let scope = match selection {
         Selection::Memory(scope) => Some(scope),
         _ => None,
@@ -151,25 +208,45 @@ pub fn emit(
     if *selection != Selection::Skills {
         for entry in replica.list_memory(scope)? {
             if recent(entry.updated_at) {
-                lines.push(to_json(&MemoryOut {
-                    kind: "memory",
-                    scope: entry.scope.label(entry.named_writer()),
-                    key: &entry.key,
-                    value: &entry.value,
-                    node_id: entry.named_writer(),
-                    ts: entry.updated_at.unix_seconds(),
-                }));
+                lines.extend(signed(
+                    to_json(&MemoryOut {
+                        kind: "memory",
+                        scope: entry.scope.label(entry.named_writer()),
+                        key: &entry.key,
+                        value: &entry.value,
+                        node_id: entry.named_writer(),
+                        ts: entry.updated_at.unix_seconds(),
+                    }),
+                    signer_for(entry.named_writer()),
+                ));
             }
         }
     }
     if matches!(selection, Selection::Everything | Selection::Skills) {
         for skill in replica.list_skills()? {
             if recent(skill.updated_at) {
-                lines.push(to_json(&SkillOut::from(&skill)));
+                let signer = signer_for(&skill.source_node);
+                lines.extend(signed(to_json(&SkillOut::from(&skill)), signer));
             }
         }
     }
     Ok(lines)
+}
+
+/// `line` with this node's signature in the reference scheme when `signer` is given. A
+/// message that cannot be signed (a value nested deeper than `canonical` reads, which only
+/// a peer could have stored) is left out with a warning rather than sent unsigned.
+fn signed(line: String, signer: Option<&NodeKey>) -> Option<String> {
+    let Some(key) = signer else {
+        return Some(line);
+    };
+    match signing::sign(&line, key) {
+        Ok(signed) => Some(signed),
+        Err(error) => {
+            tracing::warn!(%error, "a bridge message is left out: it cannot be signed");
+            None
+        }
+    }
 }
 
 /// Field order follows formats.md, so emitted messages read like the reference's.
@@ -226,13 +303,15 @@ struct MeshResponse<'a> {
 
 /// The `mesh_response` this node sends for `request`, from its replica; a `node` scope is
 /// this node's own, as in the reference. `responder` is the
-/// `nodeId` it answers as (the webhook's `MESH_NODE_ID`); `None`: the node's own id.
+/// `nodeId` it answers as (the webhook's `MESH_NODE_ID`); `None`: the node's own id. With
+/// `signer`, the answer is signed as `emit` signs; `None` when it cannot be.
 pub fn respond(
     replica: &Replica,
     request: &MeshRequest,
     responder: Option<&str>,
     wall_seconds: u64,
-) -> Result<String, ReplicaError> {
+    signer: Option<&NodeKey>,
+) -> Result<Option<String>, ReplicaError> {
     let (value, content) = match request.kind {
         Kind::Memory => (lookup_memory(replica, request)?, None),
         Kind::Skill => {
@@ -243,7 +322,7 @@ pub fn respond(
             (None, skill.map(|skill| skill.body().to_string()))
         }
     };
-    Ok(to_json(&MeshResponse {
+    let answer = to_json(&MeshResponse {
         message_type: "mesh_response",
         request_id: &request.request_id,
         kind: request.kind,
@@ -252,7 +331,8 @@ pub fn respond(
         value,
         content,
         ts: wall_seconds,
-    }))
+    });
+    Ok(signed(answer, signer))
 }
 
 fn lookup_memory(replica: &Replica, request: &MeshRequest) -> Result<Option<Value>, ReplicaError> {

@@ -42,7 +42,8 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let settings = api::node_settings(home, &config.api)?;
     let addr = config::parse_listen(listen.as_deref().unwrap_or(&config.api.listen))?;
     api::check_bind(addr, &settings)?;
-    let (replica, _) = open_replica(home)?;
+    let (replica, identity) = open_replica(home)?;
+    let bridge = Arc::new(config.bridge.bridge_keys(&identity.signing_key()?));
     let paths = config.cache.paths(openclaw_home_env());
     let cache = Arc::new(CacheFiles::new(paths, home.cache_manifest_path()));
     let views = Views::from_config(&config, cache);
@@ -61,7 +62,9 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         // The views start from the store as it is, then follow every write.
         writer.changed();
         let hook = writer.clone();
-        let state = ApiState::new(replica.clone(), settings).on_change(move || hook.changed());
+        let state = ApiState::new(replica.clone(), settings)
+            .with_bridge(bridge)
+            .on_change(move || hook.changed());
         api::serve(listener, state, shutdown).await?;
         stop.cancel();
         tasks.close();

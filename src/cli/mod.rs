@@ -256,6 +256,7 @@ fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
         cache,
         mesh: None,
         search,
+        bridge: Arc::new(config.bridge.bridge_keys(&identity.signing_key()?)),
     };
     Ok(request.execute(&context))
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use meshd::api;
+use meshd::bridge::signing::public_key_pem;
 use meshd::config::{self, ConfigError, Home};
 use meshd::net::identity::Identity;
 use meshd::replica::Replica;
@@ -22,6 +23,10 @@ pub struct IdArgs {
     /// Print {"node_id","name","listen"} as JSON
     #[arg(long)]
     json: bool,
+    /// Print only the node's public key as SPKI PEM, for the trusted keys of reference
+    /// (JavaScript) nodes that verify this node's signed bridge messages
+    #[arg(long, conflicts_with = "json")]
+    public_pem: bool,
 }
 
 pub fn init(home: &Home, args: InitArgs) -> anyhow::Result<()> {
@@ -68,7 +73,9 @@ fn default_name() -> String {
 pub fn id(home: &Home, args: IdArgs) -> anyhow::Result<()> {
     let config = home.load_config()?;
     let identity = Identity::load(&home.key_path(), &home.cert_path())?;
-    if args.json {
+    if args.public_pem {
+        print!("{}", public_key_pem(&identity.signing_key()?));
+    } else if args.json {
         let json = serde_json::json!({
             "node_id": identity.node_id.to_string(),
             "name": config.node.name,

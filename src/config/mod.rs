@@ -3,12 +3,15 @@
 
 mod environment;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::bridge::signing::PublicKey;
+use crate::bridge::TrustedKeys;
 use crate::model::hlc::ClockBound;
 use crate::replica::space;
 
@@ -43,6 +46,12 @@ pub enum ConfigError {
     },
     #[error("'{0}' is not a HOST:PORT address such as 0.0.0.0:7464")]
     Listen(String),
+    #[error("[bridge] trusted_keys.{node} in meshd.toml: {place}: {reason}; put the node's Ed25519 public key there (a file's path, or the PEM itself) in SPKI PEM form, as `crypto.generateKeyPairSync('ed25519', {{publicKeyEncoding: {{type: 'spki', format: 'pem'}}}})` prints it in node, or `meshd id --public-pem` for a meshd node")]
+    TrustedKey {
+        node: String,
+        place: String,
+        reason: String,
+    },
     #[error("the environment variable {name}='{value}' is not {expected}: fix or unset it")]
     Environment {
         name: String,
@@ -122,6 +131,7 @@ impl Home {
             source: Box::new(source),
         })?;
         environment::apply(&mut config, |var| std::env::var(var).ok())?;
+        config.bridge.keys = config.bridge.read_keys(&self.dir)?;
         Ok(config)
     }
 
@@ -160,6 +170,59 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     #[serde(default)]
     pub invites: InvitesConfig,
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+}
+
+/// `[bridge]`: the reference mesh's message signatures (`bridge::signing`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// The Ed25519 public key (SPKI PEM, or the path of a file holding it; relative to the
+    /// home) trusted for each node id a bridge message may claim: a message signed in that
+    /// node's name must verify against it, or it is refused.
+    pub trusted_keys: BTreeMap<String, String>,
+    /// Sign the messages this node emits on the bridge (`meshd bridge emit`, answers to
+    /// mesh_request) with its node key, in the reference scheme.
+    pub sign: bool,
+    /// `trusted_keys` read, by `Home::load_config`.
+    #[serde(skip)]
+    pub keys: TrustedKeys,
+}
+
+impl BridgeConfig {
+    /// What the bridge checks and signs with, `key` being this node's.
+    pub fn bridge_keys(&self, key: &crate::trust::NodeKey) -> crate::bridge::BridgeKeys {
+        crate::bridge::BridgeKeys {
+            trusted: self.keys.clone(),
+            signer: self.sign.then(|| key.clone()),
+        }
+    }
+
+    /// Reads every trusted key, failing on the first that is missing or not an Ed25519
+    /// public key, so a mistake shows when the node starts, not when a message is refused.
+    pub fn read_keys(&self, home: &Path) -> Result<TrustedKeys, ConfigError> {
+        let mut keys = TrustedKeys::default();
+        for (node, given) in &self.trusted_keys {
+            let error = |place: String, reason: String| ConfigError::TrustedKey {
+                node: node.clone(),
+                place,
+                reason,
+            };
+            let (place, pem) = if given.contains("-----BEGIN") {
+                ("the PEM given".to_string(), given.clone())
+            } else {
+                let path = home.join(given);
+                let place = path.display().to_string();
+                let pem =
+                    fs::read_to_string(&path).map_err(|e| error(place.clone(), e.to_string()))?;
+                (place, pem)
+            };
+            let key = PublicKey::from_spki_pem(&pem).map_err(|e| error(place, e.to_string()))?;
+            keys.insert(node.clone(), key);
+        }
+        Ok(keys)
+    }
 }
 
 /// `[invites]`: how this node answers `meshd join`.
@@ -400,7 +463,10 @@ fn config_template(name: &str, listen: &str) -> String {
          # [invites]\n\
          # approve = false                # true: a join waits for `meshd peers approve ID`\n\
          # [discovery]\n\
-         # mdns = true                    # announce on the LAN (the listen address's interfaces), find nodes\n"
+         # mdns = true                    # announce on the LAN (the listen address's interfaces), find nodes\n\
+         # [bridge]                       # reference message signatures (docs/operator-guide.md)\n\
+         # sign = false                   # sign emitted messages; peers trust `meshd id --public-pem`\n\
+         # trusted_keys = {{ ceo = \"/etc/meshd/ceo.pub.pem\" }}  # a message signed as ceo must verify with it\n"
     )
 }
 
@@ -452,6 +518,43 @@ mod tests {
     fn openclaw_home_comes_from_the_environment_unless_configured() {
         let paths = CacheConfig::default().paths(Some(PathBuf::from("/env")));
         assert_eq!(paths.memory_dir, Path::new("/env/mesh/agent-memory"));
+    }
+
+    #[test]
+    fn trusted_keys_are_read_from_files_or_inline_with_clear_errors() {
+        let home = tempfile::tempdir().unwrap();
+        let key = crate::trust::NodeKey::insecure_from_name("ceo");
+        let pem = crate::bridge::signing::public_key_pem(&key);
+        fs::write(home.path().join("ceo.pub.pem"), &pem).unwrap();
+        let text = format!(
+            "[node]\nname = \"a\"\n[bridge]\nsign = true\n[bridge.trusted_keys]\n\
+             ceo = \"ceo.pub.pem\"\nsec = '''\n{pem}'''\n"
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        assert!(config.bridge.sign);
+        let keys = config.bridge.read_keys(home.path()).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.get("ceo"), keys.get("sec"));
+        let refused = |given: &str| {
+            let mut bridge = BridgeConfig::default();
+            bridge.trusted_keys.insert("ceo".into(), given.into());
+            bridge.read_keys(home.path()).unwrap_err().to_string()
+        };
+        let missing = refused("nope.pem");
+        assert!(
+            missing.contains("trusted_keys.ceo") && missing.contains("nope.pem"),
+            "{missing}"
+        );
+        assert!(missing.contains("SPKI PEM"), "{missing}");
+        let garbage = refused("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+        assert!(garbage.contains("not an Ed25519 key"), "{garbage}");
+        assert!(toml::from_str::<Config>("[node]\nname = \"a\"\n[bridge]\nkeys = 1\n").is_err());
+        assert!(
+            !toml::from_str::<Config>("[node]\nname = \"a\"\n")
+                .unwrap()
+                .bridge
+                .sign
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Command for BridgeIngest {
         let items = bridge::items(&self.payload, self.unwrap);
         let report = node
             .replica
-            .batch(|batch| bridge::ingest(batch, &items))
+            .batch(|batch| bridge::ingest(batch, &items, &node.bridge.trusted))
             .map_err(CommandError::failed)?;
         Ok(Ingested {
             summary: report.summary,
@@ -72,9 +72,9 @@ impl Command for BridgeEmit {
             Some("skills") => Selection::Skills,
             Some(scope) => Selection::Memory(node.scope(scope)?),
         };
-        Ok(node
-            .replica
-            .with(|replica| bridge::emit(replica, self.since, &selection))?)
+        Ok(node.replica.with(|replica| {
+            bridge::emit(replica, self.since, &selection, node.bridge.signer.as_ref())
+        })?)
     }
 }
 
@@ -95,18 +95,21 @@ impl Command for BridgeRespond {
         let requests: Vec<_> = bridge::items(&self.payload, self.unwrap)
             .iter()
             .filter_map(|item| item.as_ref().ok())
-            .filter_map(|value| match bridge::classify(value) {
+            .filter_map(|text| serde_json::from_str(text.get()).ok())
+            .filter_map(|value| match bridge::classify(&value) {
                 Ok(bridge::Message::Request(request)) => Some(request),
                 _ => None,
             })
             .collect();
         let now = system_clock() / 1000;
-        Ok(node.replica.with(|replica| {
+        let signer = node.bridge.signer.as_ref();
+        let answers: Vec<Option<String>> = node.replica.with(|replica| {
             requests
                 .iter()
-                .map(|request| bridge::respond(replica, request, None, now))
+                .map(|request| bridge::respond(replica, request, None, now, signer))
                 .collect::<Result<_, _>>()
-        })?)
+        })?;
+        Ok(answers.into_iter().flatten().collect())
     }
 }
 

@@ -181,6 +181,8 @@ pub struct Context {
     pub mesh: Option<Arc<dyn LiveMesh>>,
     /// The search index (`<home>/search.db`), opened on first use.
     pub search: Arc<crate::search::Searcher>,
+    /// The keys bridge messages are checked and signed with (`[bridge]` of meshd.toml).
+    pub bridge: Arc<crate::bridge::BridgeKeys>,
 }
 
 impl Context {

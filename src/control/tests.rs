@@ -35,6 +35,7 @@ fn node() -> Node {
             dir.path().join("search.db"),
             None,
         )),
+        bridge: Default::default(),
     };
     Node { dir, context }
 }

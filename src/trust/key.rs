@@ -7,7 +7,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
-use super::signature::ChangeSignature;
+use super::signature::{ChangeSignature, SIGNATURE_BYTES};
 use super::{ACTOR_SUFFIX, NODE_ID_BYTES};
 use crate::model::NodeId;
 
@@ -76,6 +76,19 @@ impl NodeKey {
         bytes.extend_from_slice(self.id.as_bytes());
         bytes.extend_from_slice(&suffix);
         ActorId::from(bytes)
+    }
+
+    /// This node's Ed25519 signature of a bridge message's canonical JSON
+    /// (`bridge::signing`), which the reference scheme signs as it is, with no context
+    /// prefix. Only a JSON object's text is signed: it starts with `{`, so it can never be
+    /// taken for a change signature's message, which starts with its context.
+    pub fn sign_json_object(&self, canonical: &str) -> Option<[u8; SIGNATURE_BYTES]> {
+        if !canonical.starts_with('{') {
+            return None;
+        }
+        let mut signature = [0; SIGNATURE_BYTES];
+        signature.copy_from_slice(self.pair.sign(canonical.as_bytes()).as_ref());
+        Some(signature)
     }
 
     /// This node's signature of the change `hash`.

@@ -116,6 +116,7 @@ impl Server {
                 cache: Arc::new(CacheFiles::new(paths, dir.path().join("cache.manifest"))),
                 mesh: None,
                 search,
+                bridge: Default::default(),
             };
             state = state.with_node(NodeView::new(move || Status {}.execute(&context), metrics));
         }
