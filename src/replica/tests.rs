@@ -851,7 +851,7 @@ fn a_bridge_message_claiming_another_node_is_written_by_the_importer() {
         "nodeId": id_of("c"), "ts": 1_700_000_000});
     let items = crate::bridge::items(&message.to_string(), None);
     let report = b
-        .batch(|batch| crate::bridge::ingest(batch, &items))
+        .batch(|batch| crate::bridge::ingest(batch, &items, &Default::default()))
         .unwrap();
     assert_eq!(report.changed, 1);
     merge(&mut b, &mut d);
@@ -879,7 +879,7 @@ fn a_bridge_message_claiming_another_node_is_written_by_the_importer() {
     }
     // The same message again changes nothing.
     let again = b
-        .batch(|batch| crate::bridge::ingest(batch, &items))
+        .batch(|batch| crate::bridge::ingest(batch, &items, &Default::default()))
         .unwrap();
     assert_eq!(again.changed, 0);
 }
