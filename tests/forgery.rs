@@ -1,7 +1,8 @@
 //! In a chain A–B–C (A and C not paired), B tries to make C appear to say things: with the
-//! plain CLI into `node:<C>`, with a bridge message that claims C, and with Automerge changes
-//! built by hand that carry C's actor id, planted in B's own store. A refuses every one,
-//! `node:<C>` is the same on A and C, and the history names who really wrote what.
+//! plain CLI into `node:<C>`, with bridge messages that claim C (into the mesh, and into C's
+//! scope), and with Automerge changes built by hand that carry C's actor id, planted in B's
+//! own store. A refuses every change, `node:<C>` is the same on A and C, the mesh claim shows
+//! as B's write claiming C, unverified, and `mem history` names who really wrote what.
 
 mod support;
 
@@ -77,13 +78,25 @@ fn a_relay_cannot_make_another_node_say_anything() {
     c.run(&["mem", "put", &c_scope, "motto", "\"c's own words\""])
         .ok();
 
-    // By hand: changes carrying C's actor id, in C's scope and in the mesh.
+    // By hand: changes carrying C's actor id, in C's scope and in a user scope.
     plant_as_c(&b, &c_key, Scope::Node(c_id.clone()), "motto");
-    plant_as_c(&b, &c_key, Scope::Mesh, "forged.mesh");
+    // (Not in the mesh: B's own later mesh writes would depend on it, and no node could take
+    // them. A store that signs a forgery poisons what it writes after it.)
+    plant_as_c(&b, &c_key, Scope::User("ann".into()), "forged.user");
     let daemons = [a.start(), b.start(), c.start()];
     // By the plain CLI: B writes into C's scope; B keeps it, nobody else takes it.
     b.run(&["mem", "put", &c_scope, "cli.forged", "\"b via cli\""])
         .ok();
+    // By bridge messages that say C wrote them: into the mesh (a claim), and into C's scope.
+    let claim = json!({"type": "memory", "scope": "mesh", "key": "bridge.claim",
+        "value": "c never said this", "nodeId": c_id, "ts": 1_700_000_000});
+    let into_c = json!({"type": "memory", "scope": "node", "key": "bridge.forged",
+        "value": "nor this", "nodeId": c_id, "ts": 1_700_000_000});
+    b.run_with_stdin(
+        &["bridge", "ingest"],
+        format!("{claim}\n{into_c}\n").as_bytes(),
+    )
+    .ok();
     // What B may write arrives: a marker written after the forgeries.
     b.run(&["mem", "put", "node", "marker", "1"]).ok();
     let b_scope = format!("node:{}", b.id());
@@ -94,6 +107,9 @@ fn a_relay_cannot_make_another_node_say_anything() {
     wait_until("A has C's later write, through B", || {
         value(&a, &c_scope, "later").is_some()
     });
+    wait_until("A has B's bridge claim", || {
+        value(&a, "mesh", "bridge.claim").is_some()
+    });
 
     for node in [&a, &c] {
         assert_eq!(
@@ -102,8 +118,36 @@ fn a_relay_cannot_make_another_node_say_anything() {
             "the forged motto reached a node"
         );
         assert_eq!(value(node, &c_scope, "cli.forged"), None);
-        assert_eq!(value(node, "mesh", "forged.mesh"), None);
+        assert_eq!(value(node, &c_scope, "bridge.forged"), None);
+        assert_eq!(value(node, "user:ann", "forged.user"), None);
     }
+    // The claim arrived as what it is: B wrote it, saying C did.
+    let (b_id, c_id) = (node_key(&b).node_id().compact(), c_key.node_id().compact());
+    let shown = value(&a, "mesh", "bridge.claim").unwrap();
+    assert_eq!(
+        (&shown["author"], &shown["claimed_by"], &shown["verified"]),
+        (&json!(b_id), &json!(c_id), &json!(false)),
+        "{shown}"
+    );
+    // The history names the true authors: C for every version of C's motto on A.
+    let history = |node: &TestNode, scope: &str, key: &str| -> Vec<Value> {
+        let text = node.run(&["mem", "history", scope, key, "--json"]).ok();
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let motto = history(&a, &c_scope, "motto");
+    assert!(!motto.is_empty());
+    assert!(
+        motto.iter().all(|v| v["author"] == json!(c_id)),
+        "{motto:?}"
+    );
+    let claimed = history(&a, "mesh", "bridge.claim");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0]["author"], json!(b_id));
+    assert_eq!(claimed[0]["claimed_by"], json!(c_id));
     let keys = |node: &TestNode| node.run(&["mem", "ls", "--scope", &c_scope, "--json"]).ok();
     assert_eq!(keys(&a), keys(&c), "node:C differs between A and C");
     drop(daemons);
