@@ -6,6 +6,8 @@
 //!   rule saves).
 //! - `durable_put/batched_1000`: 1000 writes made durable by one flush (group commit).
 //! - `load/100k_keys`: opening a store that holds 100k memory keys.
+//! - `signature/sign`, `signature/verify`: what signing a change (every persist of a local
+//!   write) and checking a peer's signature cost, to read against `durable_put`.
 //!
 //! Targets (issue 2): ≥ 20k durable puts/s batched; load of 100k keys ≤ 1 s. The resident
 //! memory the loaded replica adds is printed beside the load figure.
@@ -164,7 +166,17 @@ fn load_child(dir: &str) {
     );
 }
 
-criterion_group!(benches, durable_puts, load);
+fn signatures(c: &mut Criterion) {
+    let key = meshd::trust::NodeKey::insecure_from_name("bench");
+    let hash = automerge::ChangeHash([7; 32]);
+    let signature = key.sign(&hash);
+    let mut group = c.benchmark_group("signature");
+    group.bench_function("sign", |b| b.iter(|| key.sign(&hash)));
+    group.bench_function("verify", |b| b.iter(|| signature.verify().unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, durable_puts, load, signatures);
 
 fn main() {
     if let Ok(dir) = std::env::var(LOAD_CHILD_ENV) {
