@@ -161,35 +161,38 @@ fn a_fresh_peer_gets_the_whole_document() {
     assert_eq!(traffic.messages, 3, "{traffic:?}");
 }
 
+/// Plants in `peer`'s store (whose key is `name`'s) a change to `key` of `doc` whose actor
+/// id says node `author` made it, signed by `peer` only: what a node that rewrote its own
+/// meshd could hold.
+fn plant(peer: &mut Peer, name: &str, doc: &DocId, author: &str, key: &str) -> Change {
+    use automerge::transaction::Transactable;
+    let mut copy = peer
+        .replica
+        .document(doc)
+        .map(automerge::Automerge::fork)
+        .unwrap_or_default()
+        .with_actor(meshd::trust::NodeKey::insecure_from_name(author).actor());
+    let mut tx = copy.transaction();
+    tx.put(automerge::ROOT, key, "planted").unwrap();
+    tx.commit();
+    let forged = copy.get_last_local_change().unwrap().clone();
+    let signature = meshd::trust::NodeKey::insecure_from_name(name).sign(&forged.hash());
+    peer.replica
+        .apply_changes(doc, vec![forged.clone()], vec![signature])
+        .unwrap();
+    forged
+}
+
 /// A relay whose store holds one forged change (its actor says node "x", only the relay
 /// signed it) still passes on what honest node `c` wrote, in a document a fresh peer gets
 /// whole: the forged change is refused, `c`'s go in.
 #[test]
 fn a_forged_change_in_a_whole_document_keeps_only_itself_out() {
-    use automerge::transaction::Transactable;
     let (mut a, mut relay, mut c) = (peer("a"), peer("relay"), peer("c"));
     write(&mut c, Scope::Mesh, 0..20);
     full_round(&mut c, &mut relay);
     let doc = DocId::Memory(Scope::Mesh);
-    let mut copy = relay
-        .replica
-        .document(&doc)
-        .unwrap()
-        .fork()
-        .with_actor(meshd::trust::NodeKey::insecure_from_name("x").actor());
-    let mut tx = copy.transaction();
-    tx.put(automerge::ROOT, "forged", "planted").unwrap();
-    tx.commit();
-    let forged = copy.get_last_local_change().unwrap().clone();
-    let relay_key = meshd::trust::NodeKey::insecure_from_name("relay");
-    relay
-        .replica
-        .apply_changes(
-            &doc,
-            vec![forged.clone()],
-            vec![relay_key.sign(&forged.hash())],
-        )
-        .unwrap();
+    let forged = plant(&mut relay, "relay", &doc, "x", "forged");
     let traffic = full_round(&mut a, &mut relay);
     assert!(
         traffic.refused,
@@ -635,7 +638,6 @@ fn a_large_batch_makes_bounded_changes() {
 /// say what it has, while `b` waited for `c`).
 #[test]
 fn a_side_that_takes_nothing_still_gives_what_the_other_lacks() {
-    use automerge::transaction::Transactable;
     for b_opens in [true, false] {
         let (mut b, mut c) = (peer("b"), peer("c"));
         let c_scope = Scope::Node(c.replica.node_id().to_string());
@@ -643,16 +645,7 @@ fn a_side_that_takes_nothing_still_gives_what_the_other_lacks() {
         c.replica
             .put_memory(&c_scope, "motto", serde_json::json!("c"))
             .unwrap();
-        let mut copy = automerge::Automerge::new()
-            .with_actor(meshd::trust::NodeKey::insecure_from_name("c").actor());
-        let mut tx = copy.transaction();
-        tx.put(automerge::ROOT, "motto", "planted").unwrap();
-        tx.commit();
-        let forged = copy.get_last_local_change().unwrap().clone();
-        let b_key = meshd::trust::NodeKey::insecure_from_name("b");
-        b.replica
-            .apply_changes(&doc, vec![forged.clone()], vec![b_key.sign(&forged.hash())])
-            .unwrap();
+        let forged = plant(&mut b, "b", &doc, "c", "motto");
         let owned = doc.clone();
         let c_takes_nothing_there = Access::new(|_| true, move |d| *d != owned);
         // `round(x, y, ..)`: the first access is the opener's, toward its peer.
