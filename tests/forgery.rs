@@ -1,7 +1,7 @@
 //! In a chain A–B–C (A and C not paired), B tries to make C appear to say things: with the
-//! plain CLI into `node:<C>`, with bridge messages that claim C (into the mesh, and into C's
-//! scope), and with Automerge changes built by hand that carry C's actor id, planted in B's
-//! own store. A refuses every change, `node:<C>` is the same on A and C, the mesh claim shows
+//! plain CLI into `node:<C>` (its own meshd refuses), with bridge messages that claim C (into
+//! the mesh, and into C's scope), and with Automerge changes built by hand that carry C's
+//! actor id, planted in B's own store. A refuses every change, `node:<C>` is the same on A and C, the mesh claim shows
 //! as B's write claiming C, unverified, and `mem history` names who really wrote what.
 
 mod support;
@@ -84,9 +84,14 @@ fn a_relay_cannot_make_another_node_say_anything() {
     // them. A store that signs a forgery poisons what it writes after it.)
     plant_as_c(&b, &c_key, Scope::User("ann".into()), "forged.user");
     let daemons = [a.start(), b.start(), c.start()];
-    // By the plain CLI: B writes into C's scope; B keeps it, nobody else takes it.
-    b.run(&["mem", "put", &c_scope, "cli.forged", "\"b via cli\""])
-        .ok();
+    // By the plain CLI: B's own meshd refuses to write into C's scope, and says why.
+    let cli = b.run(&["mem", "put", &c_scope, "cli.forged", "\"b via cli\""]);
+    assert_ne!(cli.code, 0, "B wrote into C's scope: {}", cli.stdout);
+    assert!(
+        cli.stderr.contains("only that node writes it"),
+        "{}",
+        cli.stderr
+    );
     // By bridge messages that say C wrote them: into the mesh (a claim), and into C's scope.
     let claim = json!({"type": "memory", "scope": "mesh", "key": "bridge.claim",
         "value": "c never said this", "nodeId": c_id, "ts": 1_700_000_000});

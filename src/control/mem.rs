@@ -20,7 +20,7 @@ impl Command for MemPut {
     const EFFECTS: Effects = Effects::DATA;
 
     fn execute(self, node: &Context) -> Result<MemoryEntry, CommandError> {
-        let scope = node.scope(&self.scope)?;
+        let scope = node.writable_scope(&self.scope)?;
         node.replica
             .grouped(move |batch| batch.put_memory(&scope, &self.key, self.value.clone()))
             .map_err(CommandError::failed)
@@ -114,7 +114,7 @@ impl Command for MemRm {
     const EFFECTS: Effects = Effects::DATA;
 
     fn execute(self, node: &Context) -> Result<String, CommandError> {
-        let scope = node.scope(&self.scope)?;
+        let scope = node.writable_scope(&self.scope)?;
         let (deleting, key) = (scope.clone(), self.key.clone());
         match node
             .replica

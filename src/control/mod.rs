@@ -200,6 +200,23 @@ impl Context {
     fn scope(&self, text: &str) -> Result<Scope, CommandError> {
         Scope::parse(text, &self.own.compact()).map_err(CommandError::failed)
     }
+
+    /// `scope`, for a write: another node's own scope is refused, since every other node
+    /// refuses what anyone but its owner writes there (`trust::accepts`): the write would
+    /// stay on this node alone, and this node's copy of that scope would differ for good.
+    fn writable_scope(&self, text: &str) -> Result<Scope, CommandError> {
+        let scope = self.scope(text)?;
+        match &scope {
+            Scope::Node(owner) if *owner != self.own.compact() => {
+                Err(CommandError::Failed(format!(
+                    "{scope} belongs to node {owner}: only that node writes it, and every \
+                     other node refuses anyone else's changes there; write to `node` (this \
+                     node's own scope) or `mesh` instead"
+                )))
+            }
+            _ => Ok(scope),
+        }
+    }
 }
 
 #[cfg(test)]
