@@ -1149,10 +1149,16 @@ fn expand(
     let mut signatures = Vec::with_capacity(wire.len());
     for signature in wire {
         let mut candidates = signature.candidates(sender, &matching)?;
-        match candidates.iter().position(|c| c.verify().is_ok()) {
-            Some(good) => signatures.push(candidates.swap_remove(good)),
-            None => signatures.extend(candidates.into_iter().next()),
-        }
+        // Only two changes sharing a prefix need a check here; `Vouching` checks the one kept.
+        let good = match candidates.len() {
+            0 => continue,
+            1 => 0,
+            _ => candidates
+                .iter()
+                .position(|c| c.verify().is_ok())
+                .unwrap_or(0),
+        };
+        signatures.push(candidates.swap_remove(good));
     }
     Some(signatures)
 }
