@@ -14,8 +14,22 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("meshd: {error:#}");
+            eprintln!("meshd: {}", report(&error));
             cli::exit_code(&error)
         }
     }
+}
+
+/// The error and its causes, each once: many of our errors already name their cause in their
+/// own message, and anyhow's `{:#}` would print it again.
+fn report(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }

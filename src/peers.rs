@@ -91,6 +91,16 @@ pub struct LinkState {
     pub since: u64,
     /// QUIC's smoothed round-trip time.
     pub rtt_ms: u64,
+    /// How far the peer's clock is ahead of this node's (negative: behind), in milliseconds,
+    /// estimated from the clock in its latest `Hello` and the round-trip time; `None` until
+    /// the peer opened a round on this link.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// Changes the peer holds, in documents it lets this node read, that this node has not
+    /// received: as the peer counted them when it last opened a round, and 0 once a round
+    /// completes; `None` until the peer opened a round on this link.
+    #[serde(default)]
+    pub changes_awaited: Option<u64>,
 }
 
 /// A node that tried to connect without being added.

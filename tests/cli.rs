@@ -40,6 +40,27 @@ fn init_rejects_a_bad_listen_address() {
 }
 
 #[test]
+fn an_invalid_config_names_the_file_and_its_fault_once() {
+    let node = TestNode::init("a");
+    let config = node.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "\n[node]\nname = 3\n").unwrap();
+    let run = node.run(&["status"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("meshd.toml is not valid"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("TOML parse error").count(),
+        1,
+        "the parser's message comes once: {}",
+        run.stderr
+    );
+}
+
+#[test]
 fn id_prints_the_node_id_first_and_as_json() {
     let node = TestNode::init("ceo");
     let text = node.run(&["id"]).ok();

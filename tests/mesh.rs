@@ -385,3 +385,83 @@ fn logs_name_peers_by_their_name() {
     assert!(text.contains("peer=nas"), "{text}");
     assert!(!text.contains("Some("), "{text}");
 }
+
+/// libfaketime, which makes a process's wall clock run ahead of the machine's; `None` when it
+/// is not installed (`.ci/run` installs Debian's faketime).
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib").ok()?.find_map(|dir| {
+        let candidate = dir.ok()?.path().join("faketime/libfaketimeMT.so.1");
+        candidate.exists().then_some(candidate)
+    });
+    if lib.is_none() {
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+    }
+    lib
+}
+
+fn peer_link(node: &TestNode) -> Value {
+    let status: Value = serde_json::from_str(&node.run(&["status", "--json"]).ok()).unwrap();
+    status["peers"][0]["link"].clone()
+}
+
+#[test]
+fn status_shows_each_peers_clock_offset_and_the_changes_not_here_yet() {
+    let Some(faketime) = libfaketime() else {
+        return;
+    };
+    let (a, a_listen) = TestNode::init_listening("a");
+    let (b, b_listen) = TestNode::init_listening("b");
+    pair(&a, (&b, &b_listen));
+    pair(&b, (&a, &a_listen));
+    a.run(&["mem", "put", "mesh", "from.a", "1"]).ok();
+    let _a = a.start();
+    // b's wall clock runs 30 s ahead of the machine's (within the minute peers accept);
+    // its monotonic clock, which QUIC times with, is left alone.
+    let b_log = b.file("run.log");
+    let _b = support::Daemon::new(
+        b.command(&["run"])
+            .env("LD_PRELOAD", &faketime)
+            .env("FAKETIME", "+30s")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&b_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "each side heard the other's clock and finished a round",
+        || {
+            let (on_a, on_b) = (peer_link(&a), peer_link(&b));
+            on_a["clock_offset_ms"].is_i64()
+                && on_b["clock_offset_ms"].is_i64()
+                && on_a["changes_awaited"] == 0
+                && on_b["changes_awaited"] == 0
+        },
+    );
+    let offset = |node: &TestNode| peer_link(node)["clock_offset_ms"].as_i64().unwrap();
+    assert!(
+        (25_000..35_000).contains(&offset(&a)),
+        "a sees b's clock {} ms ahead",
+        offset(&a)
+    );
+    assert!(
+        (-35_000..-25_000).contains(&offset(&b)),
+        "b sees a's clock {} ms ahead",
+        offset(&b)
+    );
+    let text = a.run(&["status"]).ok();
+    assert!(text.contains("s ahead of ours"), "{text}");
+    let doctor = a.run(&["doctor"]);
+    let line = (doctor.stdout.lines())
+        .find(|line| line.contains("peer clocks"))
+        .unwrap_or_else(|| panic!("doctor checks the peers' clocks: {}", doctor.stdout));
+    assert!(line.contains("s ahead of this one"), "{line}");
+    let log = std::fs::read_to_string(&b_log).unwrap();
+    assert_eq!(
+        log.matches("the peer's clock is").count(),
+        1,
+        "b warns once about a's clock: {log}"
+    );
+    assert_eq!(value(&b, "mesh", "from.a"), Some(json!(1)));
+}

@@ -119,6 +119,17 @@ fn counters_follow_writes_sync_rounds_and_refusals() {
     assert!(sample(&after_sync, "meshd_store_size_bytes", &[]) > 0.0);
     assert!(sample(&after_sync, "meshd_store_free_bytes", &[]) > 0.0);
     assert_eq!(sample(&after_sync, "meshd_read_only", &[]), 0.0);
+    // Both daemons run on this machine's clock, and after the round nothing of beta's waits.
+    wait_until("beta opened a round on the link", || {
+        (scrape(&api).samples.iter()).any(|s| s.metric == "meshd_peer_clock_offset_milliseconds")
+    });
+    let skew = sample(&scrape(&api), "meshd_peer_clock_offset_milliseconds", &beta);
+    assert!(skew.abs() < 1000.0, "same clock, {skew} ms apart");
+    a.run(&["sync"]).ok();
+    assert_eq!(
+        sample(&scrape(&api), "meshd_peer_changes_awaited", &beta),
+        0.0
+    );
 
     // beta writes mesh, which A does not take from it: a refusal, by its kind.
     b.run(&["mem", "put", "mesh", "owner", "\"b\""]).ok();

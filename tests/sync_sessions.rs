@@ -316,6 +316,9 @@ impl SyncStore for Counting<'_> {
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
         SyncStore::heads(&*self.replica, doc)
     }
+    fn change_count(&self, doc: &DocId) -> u64 {
+        self.replica.change_count(doc)
+    }
     fn has_change(&mut self, doc: &DocId, hash: &ChangeHash) -> bool {
         self.replica.has_change(doc, hash)
     }
@@ -659,4 +662,26 @@ fn a_side_that_takes_nothing_still_gives_what_the_other_lacks() {
         assert!(b.replica.has_change(&doc, &motto), "b_opens {b_opens}");
         assert!(!c.replica.has_change(&doc, &forged.hash()));
     }
+}
+
+/// What a `Hello` from `a` to `b` says is waiting for `b`.
+fn waiting_for_b(a: &mut Peer) -> u64 {
+    let mut session = Session::new("b", Access::full(), Config::default());
+    match session.start(&mut a.replica).unwrap().messages.as_slice() {
+        [Message::Hello(hello)] => hello.waiting,
+        other => panic!("not one Hello: {other:?}"),
+    }
+}
+
+#[test]
+fn a_hello_counts_the_changes_the_peer_has_not_confirmed() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    write(&mut a, Scope::User("ann".into()), 0..2);
+    assert_eq!(waiting_for_b(&mut a), 7, "a fresh peer lacks every change");
+    full_round(&mut a, &mut b);
+    assert_eq!(waiting_for_b(&mut a), 0, "after a round nothing waits");
+    write(&mut a, Scope::Mesh, 5..8);
+    write(&mut b, Scope::Mesh, 100..101);
+    assert_eq!(waiting_for_b(&mut a), 3, "only what came after the round");
 }

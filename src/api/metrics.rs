@@ -47,6 +47,19 @@ const PEER_GAUGES: &[PeerGauge] = &[
         |p| p.link.as_ref().map(|link| link.rtt_ms as f64),
     ),
     (
+        "peer_changes_awaited",
+        "Changes the peer holds, in documents it lets this node read, that this node has not \
+         received, as the peer counted them when it last opened a round (0 once a round \
+         completes); while a link is up",
+        |p| p.link.as_ref()?.changes_awaited.map(|n| n as f64),
+    ),
+    (
+        "peer_clock_offset_milliseconds",
+        "How far the peer's clock is ahead of this node's (negative: behind), estimated at its \
+         latest round; while a link is up",
+        |p| p.link.as_ref()?.clock_offset_ms.map(|ms| ms as f64),
+    ),
+    (
         "peer_unreachable",
         "1 while this node's latest dial to the peer found no address that worked, else 0",
         |p| Some(f64::from(u8::from(p.unreachable.is_some()))),

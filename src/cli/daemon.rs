@@ -93,25 +93,41 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peer's clock against ours, in words.
+fn clock_offset(offset_ms: i64) -> String {
+    let seconds = offset_ms as f64 / 1000.0;
+    if offset_ms.abs() < 1000 {
+        ", clock within 1 s of ours".to_string()
+    } else if offset_ms > 0 {
+        format!(", clock {seconds:.1} s ahead of ours")
+    } else {
+        format!(", clock {:.1} s behind ours", -seconds)
+    }
+}
+
 /// A peer's state in words: the link, how far behind it is, and why anything fails.
 pub(super) fn print_peer(p: &PeerStatus) {
     let last_sync = p.peer.last_sync.map_or("never".to_string(), format_time);
     let state = match &p.link {
         Some(link) => format!(
-            "connected since {}, round trip {} ms",
+            "connected since {}, round trip {} ms{}",
             format_time(link.since),
-            link.rtt_ms
+            link.rtt_ms,
+            link.clock_offset_ms.map_or(String::new(), clock_offset)
         ),
         None if p.connected => "connected".to_string(),
         None => "disconnected".to_string(),
     };
-    let behind = match p.changes_behind {
+    let mut behind = match p.changes_behind {
         Some(changes) => format!(
             "{changes} changes ({} documents) it lacks",
             p.documents_behind
         ),
         None => "never synced".to_string(),
     };
+    if let Some(awaited) = p.link.as_ref().and_then(|link| link.changes_awaited) {
+        behind.push_str(&format!(", {awaited} of its changes not here yet"));
+    }
     println!(
         "peer {} ({}): {state}; last sync {last_sync}; {behind}",
         p.peer.label(),

@@ -71,6 +71,7 @@ impl Command for Doctor {
                     link_failure: status.link_failure,
                     refused: status.refused,
                     unreachable: status.unreachable,
+                    clock_offset_ms: status.link.and_then(|link| link.clock_offset_ms),
                 })
                 .collect(),
         })

@@ -7,8 +7,9 @@
 //! from a machine whose clock ran ahead before the bound refused such stamps. A stamp more
 //! than a day ahead is unlikely to be drift: it is said separately.
 //!
-//! The mesh does not measure peers' clock offsets yet; once `meshd status` reports them, they
-//! belong here too.
+//! While the daemon runs, each connected peer's clock is checked too, against the offset the
+//! link measures (`meshd status`): more than 10 s apart, the two nodes' writes are ordered by
+//! the clocks' error.
 
 use super::{not_checked, Check, NodeFacts};
 use crate::model::hlc::rfc3339_seconds;
@@ -19,6 +20,8 @@ const BEHIND_MS: u64 = 60_000;
 /// A stamp this far ahead is not drift.
 const FAR_AHEAD_MS: u64 = 24 * 3_600_000;
 const NTP: &str = "set up NTP (timedatectl set-ntp true)";
+/// Peers' clocks this far from ours are worth a warning (as the daemon's log says).
+const PEER_SKEW_MS: u64 = 10_000;
 
 pub fn check(node: Option<&NodeFacts>, now_ms: u64) -> Check {
     let Some(node) = node else {
@@ -62,6 +65,46 @@ pub fn check(node: Option<&NodeFacts>, now_ms: u64) -> Check {
         ),
         format!("{NTP}; if `date` is right, check the clock of the node that wrote it"),
     )
+}
+
+/// The connected peers' clocks against this one; `None` when no link measured one (the
+/// daemon is not running, or no peer is connected).
+pub fn check_peers(node: &NodeFacts) -> Option<Check> {
+    const CHECK: &str = "peer clocks";
+    let measured: Vec<(&str, i64)> = (node.peers.iter())
+        .filter_map(|peer| Some((peer.label.as_str(), peer.clock_offset_ms?)))
+        .collect();
+    if measured.is_empty() {
+        return None;
+    }
+    let skewed: Vec<String> = (measured.iter())
+        .filter(|(_, offset)| offset.unsigned_abs() > PEER_SKEW_MS)
+        .map(|(label, offset)| {
+            let side = if *offset > 0 { "ahead of" } else { "behind" };
+            format!(
+                "{label}'s is {:.1} s {side} this one",
+                offset.abs() as f64 / 1000.0
+            )
+        })
+        .collect();
+    if skewed.is_empty() {
+        return Some(Check::ok(
+            CHECK,
+            format!(
+                "{} connected peers within 10 s of this clock",
+                measured.len()
+            ),
+        ));
+    }
+    Some(Check::warn(
+        CHECK,
+        format!(
+            "{}: last-writer-wins orders their writes and this node's by that error, and \
+             changes stamped over a minute ahead are refused",
+            skewed.join("; ")
+        ),
+        format!("{NTP} on every node, this one included"),
+    ))
 }
 
 /// A span as people read it.
@@ -113,6 +156,40 @@ mod tests {
         assert_eq!(check.status, Status::Warn);
         assert!(check.finding.contains("400 days ahead"), "{check:?}");
         assert!(check.fix.unwrap().starts_with(NTP));
+    }
+
+    fn with_peer_clocks(offsets: &[Option<i64>]) -> NodeFacts {
+        let peers = (offsets.iter().enumerate())
+            .map(|(i, offset)| crate::doctor::PeerFacts {
+                id: format!("id{i}"),
+                label: format!("peer{i}"),
+                addresses: Vec::new(),
+                last_sync: None,
+                connected: offset.is_some(),
+                link_failure: None,
+                refused: None,
+                unreachable: None,
+                clock_offset_ms: *offset,
+            })
+            .collect();
+        NodeFacts {
+            peers,
+            ..sample_node()
+        }
+    }
+
+    #[test]
+    fn peer_clocks_more_than_ten_seconds_off_warn_and_name_the_peer() {
+        let check = check_peers(&with_peer_clocks(&[Some(400), Some(-42_000), None])).unwrap();
+        assert_eq!(check.status, Status::Warn);
+        assert!(
+            check.finding.contains("peer1's is 42.0 s behind"),
+            "{check:?}"
+        );
+        assert!(!check.finding.contains("peer0"), "{check:?}");
+        let fine = check_peers(&with_peer_clocks(&[Some(400), Some(-9_000)])).unwrap();
+        assert_eq!(fine.status, Status::Ok);
+        assert!(check_peers(&with_peer_clocks(&[None])).is_none());
     }
 
     #[test]

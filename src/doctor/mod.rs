@@ -179,6 +179,7 @@ pub fn examine(facts: &Facts) -> Report {
     checks.push(store::check(&facts.node));
     checks.push(space::check(&facts.space));
     checks.push(clock::check(node, facts.now_ms));
+    checks.extend(node.and_then(clock::check_peers));
     checks.extend(
         facts
             .ports

@@ -23,6 +23,9 @@ pub struct PeerFacts {
     /// Why this node's latest dial to it failed, per address, while it does.
     #[serde(default)]
     pub unreachable: Option<DialFailure>,
+    /// How far its clock is ahead of this node's, while a link is up.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// What the resolver said of one peer address.
@@ -196,6 +199,7 @@ mod tests {
             link_failure: None,
             refused: None,
             unreachable: None,
+            clock_offset_ms: None,
         }
     }
 

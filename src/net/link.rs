@@ -4,8 +4,11 @@
 //! protocol resolves who leads). After that, the link runs a round on a timer and on request,
 //! pushes local changes as they happen, and hands what it applied to the mesh for gossip.
 //! A malformed frame closes the link with a logged reason; it never takes the daemon down.
+//!
+//! The session keeps no clock, so the link stamps each `Hello` it sends with this node's wall
+//! clock, and estimates the peer's clock offset from the stamp on each `Hello` it receives.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use automerge::ChangeHash;
 use quinn::{Connection, RecvStream, SendStream};
@@ -15,6 +18,16 @@ use super::close::CloseCode;
 use crate::model::{DocId, NodeId};
 use crate::replica::Replica;
 use crate::sync::{self, Applied, Message, Outcome, Refusal, Session, SyncError};
+
+/// What a peer said of itself when it opened a round: `meshd status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerOpening {
+    /// Changes the peer holds for this node that this node has not confirmed.
+    pub waiting: u64,
+    /// How far the peer's clock is ahead of this node's (negative: behind), in milliseconds;
+    /// `None` when the peer sent no clock.
+    pub clock_offset_ms: Option<i64>,
+}
 
 /// What the rest of the daemon asks of a link.
 pub enum LinkCommand {
@@ -94,6 +107,8 @@ pub trait LinkHost: Send + Sync + 'static {
     fn refused(&self, peer: NodeId, refusal: &Refusal);
     /// How logs name `peer`: its name, or its id.
     fn label(&self, peer: &NodeId) -> String;
+    /// `peer` opened a round and said this of itself.
+    fn peer_opened(&self, peer: NodeId, opening: PeerOpening);
 }
 
 /// Runs the link until the connection ends or the command channel closes.
@@ -119,6 +134,7 @@ pub async fn run(
         session,
         send,
         round: Round::new(),
+        connection: connection.clone(),
     };
     let result = link.drive(inbound, commands, anti_entropy).await;
     // Whatever ended the link, the reader goes with it, and a failure is told to the peer.
@@ -136,6 +152,8 @@ struct Link<'h, H> {
     session: Session,
     send: SendStream,
     round: Round,
+    /// For its round-trip time.
+    connection: Connection,
 }
 
 impl<H: LinkHost> Link<'_, H> {
@@ -143,7 +161,7 @@ impl<H: LinkHost> Link<'_, H> {
     /// until the connection or the command channel ends. Every error ends it.
     async fn drive(
         &mut self,
-        mut inbound: mpsc::Receiver<Result<Message, LinkError>>,
+        mut inbound: mpsc::Receiver<Result<Received, LinkError>>,
         mut commands: mpsc::UnboundedReceiver<LinkCommand>,
         anti_entropy: Duration,
     ) -> Result<(), LinkError> {
@@ -153,8 +171,11 @@ impl<H: LinkHost> Link<'_, H> {
         loop {
             tokio::select! {
                 frame = inbound.recv() => match frame {
-                    Some(message) => {
-                        let message = message?;
+                    Some(received) => {
+                        let Received { message, at_ms } = received?;
+                        if let Message::Hello(hello) = &message {
+                            self.heard_hello(hello, at_ms);
+                        }
                         let outcome = self.call(|session, store| session.handle(store, message))?;
                         self.act(outcome).await?;
                     }
@@ -174,6 +195,16 @@ impl<H: LinkHost> Link<'_, H> {
                 _ = timer.tick() => self.start_round().await?,
             }
         }
+    }
+
+    /// Tells the host what the peer's `Hello`, received at `at_ms`, says of the peer.
+    fn heard_hello(&self, hello: &sync::Hello, at_ms: u64) {
+        let rtt = self.connection.rtt();
+        let opening = PeerOpening {
+            waiting: hello.waiting,
+            clock_offset_ms: hello.clock.map(|sent| clock_offset_ms(sent, at_ms, rtt)),
+        };
+        self.host.peer_opened(self.peer, opening);
     }
 
     /// Opens a new round; whoever waited for the previous one waits for this one.
@@ -197,12 +228,17 @@ impl<H: LinkHost> Link<'_, H> {
 
     /// Acts on an outcome as `Session` documents it: send the messages, log the refusals,
     /// forward what was applied, and close the round when it is done.
-    async fn act(&mut self, outcome: Outcome) -> Result<(), LinkError> {
+    async fn act(&mut self, mut outcome: Outcome) -> Result<(), LinkError> {
         // Recorded before the peer can hear of it, so `meshd status` already shows a refusal
         // the peer was told about.
         for refusal in &outcome.refusals {
             log_refusal(&self.host.label(&self.peer), refusal);
             self.host.refused(self.peer, refusal);
+        }
+        for message in &mut outcome.messages {
+            if let Message::Hello(hello) = message {
+                hello.clock = Some(unix_millis());
+            }
         }
         send_all(&mut self.send, &outcome.messages).await?;
         if !outcome.applied.is_empty() {
@@ -264,9 +300,30 @@ async fn send_all(send: &mut SendStream, messages: &[Message]) -> Result<(), Lin
     Ok(())
 }
 
-async fn read_frames(mut recv: RecvStream, inbound: mpsc::Sender<Result<Message, LinkError>>) {
+/// A message from the peer, with this node's wall clock when it was read off the stream.
+struct Received {
+    message: Message,
+    at_ms: u64,
+}
+
+fn unix_millis() -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH);
+    now.map_or(0, |since| since.as_millis() as u64)
+}
+
+/// The offset of a peer's clock from ours: it read `sent_ms` when it sent a message that we
+/// read at `received_ms`, about half a round trip later.
+fn clock_offset_ms(sent_ms: u64, received_ms: u64, rtt: Duration) -> i64 {
+    let sent_here = received_ms.saturating_sub(rtt.as_millis() as u64 / 2);
+    (i128::from(sent_ms) - i128::from(sent_here)).clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
+async fn read_frames(mut recv: RecvStream, inbound: mpsc::Sender<Result<Received, LinkError>>) {
     loop {
-        let frame = read_frame(&mut recv).await;
+        let frame = read_frame(&mut recv).await.map(|message| Received {
+            message,
+            at_ms: unix_millis(),
+        });
         let failed = frame.is_err();
         if inbound.send(frame).await.is_err() || failed {
             return;
@@ -281,4 +338,24 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Message, LinkError> {
     frame.resize(sync::HEADER_LEN + len, 0);
     recv.read_exact(&mut frame[sync::HEADER_LEN..]).await?;
     Ok(Message::decode(&frame)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_offset_counts_half_the_round_trip_as_the_messages_flight() {
+        let rtt = Duration::from_millis(40);
+        assert_eq!(clock_offset_ms(1_000, 1_020, rtt), 0);
+        assert_eq!(clock_offset_ms(6_000, 1_020, rtt), 5_000);
+        assert_eq!(clock_offset_ms(1_000, 6_020, rtt), -5_000);
+    }
+
+    #[test]
+    fn a_clock_offset_survives_any_stamp() {
+        let rtt = Duration::from_secs(u64::MAX / 1_000_000);
+        assert_eq!(clock_offset_ms(u64::MAX, 0, rtt), i64::MAX);
+        assert_eq!(clock_offset_ms(0, u64::MAX, Duration::ZERO), i64::MIN);
+    }
 }

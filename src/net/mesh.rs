@@ -17,7 +17,7 @@ use super::close::CloseCode;
 use super::endpoint::{self, Endpoint};
 use super::error::TIMED_OUT;
 use super::join::{self, Admitted, JoinError, JoinReply, JoinRequest};
-use super::link::{self, LinkCommand, LinkHost};
+use super::link::{self, LinkCommand, LinkHost, PeerOpening};
 use super::tls::MISDIALED;
 use super::{unix_now, NetError};
 use crate::invite::{HeldJoin, Redeemed, Ticket};
@@ -37,6 +37,9 @@ const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
 /// connection meets again at once (a refusal, a round that cannot complete): the next one
 /// waits, longer each time. A link up this long ended for reasons of its own.
 const STABLE_LINK: Duration = Duration::from_secs(60);
+/// A peer's clock this far off ours is logged: last-writer-wins then orders its writes and
+/// ours by the clocks' error rather than by when they were made.
+const CLOCK_SKEW_WARNING: Duration = Duration::from_secs(10);
 
 /// The latest failed dial to a peer, and whether every address failed for a reason that
 /// lies with the address (kept while the peer is connected by dialing in: the address here is
@@ -128,6 +131,8 @@ struct LinkEntry {
     dialed_by: NodeId,
     commands: mpsc::UnboundedSender<LinkCommand>,
     connection: quinn::Connection,
+    /// What the peer said of itself when it last opened a round on this link.
+    opened: Option<PeerOpening>,
 }
 
 pub struct Mesh {
@@ -820,6 +825,8 @@ impl Mesh {
         lock(&self.links).get(peer).map(|entry| LinkState {
             since: entry.since_unix,
             rtt_ms: entry.connection.rtt().as_millis() as u64,
+            clock_offset_ms: entry.opened.and_then(|opened| opened.clock_offset_ms),
+            changes_awaited: entry.opened.map(|opened| opened.waiting),
         })
     }
 
@@ -844,6 +851,7 @@ impl Mesh {
             dialed_by,
             commands,
             connection: connection.clone(),
+            opened: None,
         };
         if !self.register(peer, entry) {
             CloseCode::Duplicate.close(&connection, "duplicate connection");
@@ -965,6 +973,12 @@ impl Mesh {
     }
 }
 
+/// Whether a clock offset is worth a warning.
+fn skewed(offset_ms: Option<i64>) -> bool {
+    offset_ms
+        .is_some_and(|offset| u128::from(offset.unsigned_abs()) > CLOCK_SKEW_WARNING.as_millis())
+}
+
 impl LinkHost for Mesh {
     fn label(&self, peer: &NodeId) -> String {
         Mesh::label(self, peer)
@@ -1019,8 +1033,40 @@ impl LinkHost for Mesh {
             // Rounds complete on a link that stayed up: whatever failed before is over.
             lock(&self.failing).remove(&peer);
         }
+        if let Some(opened) = lock(&self.links)
+            .get_mut(&peer)
+            .and_then(|link| link.opened.as_mut())
+        {
+            // A complete round leaves nothing of the peer's awaited here.
+            opened.waiting = 0;
+        }
         if let Err(e) = self.peers.record_sync(&peer, unix_now()) {
             tracing::error!("cannot record the sync time: {e}");
+        }
+    }
+
+    fn peer_opened(&self, peer: NodeId, opening: PeerOpening) {
+        let was_skewed = {
+            let mut links = lock(&self.links);
+            let Some(link) = links.get_mut(&peer) else {
+                return;
+            };
+            let before = link.opened.replace(opening);
+            before.is_some_and(|before| skewed(before.clock_offset_ms))
+        };
+        // Once per link and skew: each round would say it again.
+        if let Some(offset) = opening.clock_offset_ms.filter(|_| !was_skewed) {
+            if skewed(Some(offset)) {
+                tracing::warn!(
+                    peer = %self.label(&peer),
+                    offset_ms = offset,
+                    "the peer's clock is {} s {} this node's: last-writer-wins orders its writes \
+                     and ours by that error, and changes stamped over a minute ahead are refused; \
+                     run NTP on both hosts (timedatectl set-ntp true)",
+                    offset.unsigned_abs() / 1000,
+                    if offset > 0 { "ahead of" } else { "behind" }
+                );
+            }
         }
     }
 }

@@ -537,6 +537,11 @@ impl Replica {
             .unwrap_or_default()
     }
 
+    /// How many changes the document's history holds, from the index (0 when absent).
+    pub fn change_count(&self, doc: &DocId) -> u64 {
+        self.summaries.get(doc).map_or(0, |summary| summary.changes)
+    }
+
     /// The latest stamp any version in the store carries, with its entry's label (`meshd
     /// doctor` compares it with the clock). Reads every entry of the index.
     pub fn newest_stamp(&self) -> Result<Option<(String, Stamp)>> {

@@ -29,6 +29,10 @@ impl SyncStore for Replica {
         Replica::heads(self, doc)
     }
 
+    fn change_count(&self, doc: &DocId) -> u64 {
+        Replica::change_count(self, doc)
+    }
+
     fn has_change(&mut self, doc: &DocId, hash: &ChangeHash) -> bool {
         self.document(doc)
             .is_some_and(|d| d.get_change_meta_by_hash(hash).is_some())

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::trust::{ChangeSignature, SIGNATURE_BYTES};
 
 /// The protocol version this code speaks; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Bytes of a change hash that name a change sent in the same transfer as its signature.
 pub const SHORT_HASH: usize = 8;
 /// Bytes before the body: the version and the body length.
@@ -62,6 +62,14 @@ pub struct Hello {
     /// Documents whose heads moved since the stored shared heads, with a filter of the changes
     /// made since then.
     pub docs: Vec<DocPart>,
+    /// Changes the sender holds, in documents the receiver may read, that the receiver has
+    /// not confirmed: how far behind the receiver is in the sender's direction, as the sender
+    /// counts it when the round opens.
+    pub waiting: u64,
+    /// The sender's wall clock when it sent the `Hello`, in milliseconds since the Unix epoch,
+    /// so the receiver can estimate the offset between the two clocks. Stamped by the network
+    /// layer (sessions keep no clock), so `None` where no one stamps it.
+    pub clock: Option<u64>,
 }
 
 /// Per-document parts: the answer to a `Hello`, the rest of a round, or a live push.
@@ -238,7 +246,7 @@ pub enum DecodeError {
     #[error("frame shorter than its {HEADER_LEN}-byte header")]
     Truncated,
     /// Another protocol version: nothing after the first byte is read.
-    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 2 signed every change, 3 sends signatures in 75 bytes instead of 129, 1 signed nothing)")]
+    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 4 tells the peer its clock and how many changes wait for it, 3 sent signatures in 75 bytes instead of 129, 2 signed every change, 1 signed nothing)")]
     Version(u8),
     /// A body over `MAX_MESSAGE`, refused from the header alone.
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]

@@ -337,12 +337,26 @@ impl Session {
         let stored = self.stored_heads(store, &shared)?;
         let mut parts = Vec::new();
         let mut inferred = Vec::new();
+        let mut waiting = 0;
         for ((doc, heads), since) in shared.iter().zip(&stored) {
             if since.as_ref() == Some(heads) {
                 inferred.push((doc.clone(), heads.clone()));
                 continue;
             }
-            parts.push(self.opening_part(store, doc, heads, since.as_deref()));
+            // What the peer has not confirmed: our changes since the heads it last shared, or
+            // the whole history (counted without loading the document) when it shared none.
+            let part = match since.as_deref() {
+                Some(since) => {
+                    let fresh = store.hashes_since(doc, since);
+                    waiting += fresh.len() as u64;
+                    self.opening_part(doc, heads, Some((since, &fresh)))
+                }
+                None => {
+                    waiting += store.change_count(doc);
+                    self.opening_part(doc, heads, None)
+                }
+            };
+            parts.push(part);
         }
         let root = summary::root(shared.iter().map(|(d, h)| (d, h.as_slice())));
         let state = summary::state_digest(
@@ -357,6 +371,8 @@ impl Session {
             root,
             state: Some(state),
             docs: parts,
+            waiting,
+            clock: None,
         })])
     }
 
@@ -490,14 +506,15 @@ impl Session {
     }
 
     /// A document whose heads moved since they were last shared: our heads and, when the
-    /// peer may write it, a filter of what we made since, so the peer can answer at once.
+    /// peer may write it, a filter of what we made `since` the shared heads (`fresh`), so the
+    /// peer can answer at once.
     fn opening_part(
         &mut self,
-        store: &mut impl SyncStore,
         doc: &DocId,
         heads: &[ChangeHash],
-        since: Option<&[ChangeHash]>,
+        since: Option<(&[ChangeHash], &[ChangeHash])>,
     ) -> DocPart {
+        let may_write = self.access.may_write(doc);
         let state = self.docs.entry(doc.clone()).or_default();
         state.told = Some(heads.to_vec());
         let mut part = DocPart::new(doc.name());
@@ -505,10 +522,9 @@ impl Session {
             hashes: heads.iter().map(|h| h.0).collect(),
             yours: Knowledge::Unknown,
         });
-        if let Some(since) = since.filter(|_| self.access.may_write(doc)) {
-            let fresh = store.hashes_since(doc, since);
+        if let Some((since, fresh)) = since.filter(|_| may_write) {
             if fresh.len() <= MAX_FILTER_HASHES {
-                part.have = Some(make_have(since, &fresh, self.config.false_positive_rate));
+                part.have = Some(make_have(since, fresh, self.config.false_positive_rate));
                 state.pull = Pull::Filter { answered: false };
             }
         }

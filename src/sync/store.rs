@@ -19,6 +19,9 @@ pub trait SyncStore {
     fn doc_ids(&self) -> Vec<DocId>;
     /// The document's heads, sorted; empty when the document is absent.
     fn heads(&self, doc: &DocId) -> Vec<ChangeHash>;
+    /// How many changes `doc`'s history holds (0 when the document is absent), without
+    /// loading it where the store can.
+    fn change_count(&self, doc: &DocId) -> u64;
     /// Whether the change `hash` of `doc` is held here.
     fn has_change(&mut self, doc: &DocId, hash: &ChangeHash) -> bool;
     /// Hashes of the changes that are not ancestors of `heads` (all of them for `[]`).

@@ -128,6 +128,14 @@ function problems(peer) {
   return box;
 }
 
+/** The peer's clock against this node's, in words; a skew over 10 s is marked. */
+function clockOffset(ms) {
+  const seconds = Math.abs(ms) / 1000;
+  if (seconds < 1) return "within 1 s";
+  const text = seconds.toFixed(1) + " s " + (ms > 0 ? "ahead" : "behind");
+  return seconds > 10 ? text + " (set up NTP)" : text;
+}
+
 function showPeers(peers) {
   const rows = $("peer-rows");
   rows.replaceChildren();
@@ -140,13 +148,17 @@ function showPeers(peers) {
     if (addresses) who.append(el("div", addresses, "mono muted"));
     const state = el("span", peer.connected ? "connected" : "not connected",
       "peer-state " + (peer.connected ? "up" : "down"));
-    if (peer.link) {
-      state.title = "since " + time(peer.link.since) + ", round trip " + peer.link.rtt_ms + " ms";
+    const link = peer.link;
+    if (link) {
+      state.title = "since " + time(link.since) + ", round trip " + link.rtt_ms + " ms";
     }
-    const behind = peer.changes_behind == null ? "never synced" :
+    const theirs = peer.changes_behind == null ? "never synced" :
       peer.changes_behind + " changes (" + peer.documents_behind + " documents)";
-    const tr = row([who, state, time(peer.last_sync), behind,
-      bytes(peer.bytes_sent || 0), problems(peer)]);
+    const ours = link && link.changes_awaited != null ? link.changes_awaited + " changes" : "unknown";
+    const clock = link && link.clock_offset_ms != null ? clockOffset(link.clock_offset_ms) : "unknown";
+    const tr = row([who, state, time(peer.last_sync), el("span", theirs, "behind-theirs"),
+      el("span", ours, "behind-ours"), el("span", clock, "clock"), bytes(peer.bytes_sent || 0),
+      problems(peer)]);
     tr.dataset.peer = peer.id;
     rows.append(tr);
   }
