@@ -272,11 +272,17 @@ fn the_status_page_shows_the_node_its_peers_and_store_text_as_text() {
     node.run(&["peers", "add", &peer_id, &peer_addr, "--name", "beta"])
         .ok();
     peer.run(&["peers", "add", &node.id(), &node_addr]).ok();
+    // Written on both nodes before they meet: a conflict.
+    node.run(&["mem", "put", "mesh", "plan", "\"plan from alpha\""])
+        .ok();
+    peer.run(&["mem", "put", "mesh", "plan", "\"plan from beta\""])
+        .ok();
     let _daemon = node.start();
     let _peer_daemon = peer.start();
     api_up(&api);
-    wait_until("the peer is connected", || {
-        json_of(&node, &["status", "--json"])["peers"][0]["connected"] == true
+    wait_until("the peer is connected and the conflict is in", || {
+        let status = json_of(&node, &["status", "--json"]);
+        status["peers"][0]["connected"] == true && status["conflicts"] == 1
     });
     let hostile = serde_json::to_string(HOSTILE).unwrap();
     node.run(&["mem", "put", "mesh", "hostile", &hostile]).ok();
@@ -323,6 +329,25 @@ fn the_status_page_shows_the_node_its_peers_and_store_text_as_text() {
     assert!(
         dom.contains("<title>meshd</title>"),
         "the value's script ran: {dom}"
+    );
+    // Both sides of the conflict are listed, the one every node shows first.
+    let conflicts = &dom[dom.find("id=\"conflict-rows\"").unwrap()..];
+    let conflicts = &conflicts[..conflicts.find("</tbody>").unwrap()];
+    assert_eq!(
+        conflicts.matches("<tr class=\"conflict\">").count(),
+        1,
+        "{conflicts}"
+    );
+    assert!(conflicts.contains("mesh : plan"), "{conflicts}");
+    assert!(
+        conflicts.contains("plan from alpha") && conflicts.contains("plan from beta"),
+        "{conflicts}"
+    );
+    assert_eq!(text_of(&dom, "node-conflicts"), "1");
+    // Both daemons run on this machine's clock.
+    assert!(
+        dom.contains("<span class=\"clock\">within 1 s</span>"),
+        "the peer's clock is shown: {dom}"
     );
     // The search from the fragment found the entry.
     let hits = &dom[dom.find("id=\"hits\"").unwrap()..];

@@ -184,6 +184,8 @@ fn cases() -> Vec<Case> {
         case("/", "get", "/", None),
         case("/", "get", "/", None).accepting(BROWSER_ACCEPT),
         case("/mesh/status", "get", "/mesh/status", None),
+        case("/mesh/conflicts", "get", "/mesh/conflicts", None),
+        case("/mesh/conflicts", "get", "/mesh/conflicts?limit=all", None),
         case("/metrics", "get", "/metrics", None),
         case("/mesh/memory", "get", "/mesh/memory?limit=2", None),
         case("/mesh/memory", "get", "/mesh/memory?limit=many", None),

@@ -48,7 +48,7 @@ pub async fn not_found() -> HttpError {
 
 /// Runs `f` on the replica off the async threads (writes wait for the disk), then tells the
 /// cache writer when `f` reports a change.
-async fn with_replica<T: Send + 'static>(
+pub(super) async fn with_replica<T: Send + 'static>(
     state: &ApiState,
     f: impl FnOnce(&mut Replica) -> Result<(T, bool), HttpError> + Send + 'static,
 ) -> Result<T, HttpError> {
@@ -89,7 +89,7 @@ fn written<T>(
 
 /// A read the store could not answer (a damaged index) is ours; one refused after a failed
 /// write says so with 507, as the write was.
-fn read_error(error: ReplicaError) -> HttpError {
+pub(super) fn read_error(error: ReplicaError) -> HttpError {
     match error {
         unreadable @ ReplicaError::Unreadable(_) => {
             HttpError::new(StatusCode::INSUFFICIENT_STORAGE, unreadable.to_string())
@@ -127,7 +127,7 @@ pub struct AuthoredRow {
     authorship: Authorship,
 }
 
-fn memory_row(entry: &MemoryEntry, own: &str) -> AuthoredRow {
+pub(super) fn memory_row(entry: &MemoryEntry, own: &str) -> AuthoredRow {
     AuthoredRow {
         row: MemoryRow::new(entry, entry.scope.label(own)),
         authorship: entry.authorship(),

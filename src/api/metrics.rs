@@ -95,6 +95,11 @@ const NODE_GAUGES: &[NodeGauge] = &[
     ("skills", "Live skills", |status, _| {
         Some(status.skills as f64)
     }),
+    (
+        "conflicts",
+        "Memory keys and skills holding concurrent versions (GET /mesh/conflicts lists them)",
+        |status, _| Some(status.conflicts as f64),
+    ),
 ];
 
 /// The store's disk, measured at scrape time; `None` where it cannot be read.
@@ -237,6 +242,7 @@ mod tests {
             documents: 1,
             memory_entries: 7,
             skills: 1,
+            conflicts: 0,
             read_only: Some("disk full".into()),
             repair: None,
             peers,

@@ -6,6 +6,7 @@
 
 mod body_type;
 mod browser;
+mod conflicts;
 mod guard;
 mod handlers;
 mod metrics;
@@ -131,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/mesh/skills/{name}", get(handlers::get_skill))
         .route("/mesh/status", get(node::status))
+        .route("/mesh/conflicts", get(conflicts::list))
         .route("/ingest", post(handlers::ingest))
         .route("/bridge", post(handlers::bridge))
         .fallback(handlers::not_found)

@@ -59,6 +59,16 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
         "{} documents, {} memory entries, {} skills",
         status.documents, status.memory_entries, status.skills
     );
+    if status.conflicts > 0 {
+        let entries = match status.conflicts {
+            1 => "1 entry holds".to_string(),
+            n => format!("{n} entries hold"),
+        };
+        println!(
+            "{entries} concurrent versions: `meshd mem get SCOPE KEY --conflicts` shows them, \
+             writing an entry again settles it (GET /mesh/conflicts lists them all)"
+        );
+    }
     if let Some(reason) = &status.read_only {
         println!("READ-ONLY: {reason}");
     }

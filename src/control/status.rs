@@ -26,6 +26,9 @@ pub struct NodeStatus {
     pub documents: usize,
     pub memory_entries: usize,
     pub skills: usize,
+    /// Memory keys and skills holding concurrent versions (`GET /mesh/conflicts` lists them).
+    #[serde(default)]
+    pub conflicts: usize,
     /// Why the node refuses writes, when it does (its disk below the reserve, or a write the
     /// disk failed); it still serves reads and syncs out.
     pub read_only: Option<String>,
@@ -79,9 +82,10 @@ impl Command for Status {
         let mesh = node.mesh.as_deref();
         // Read before the replica is locked: the cache files' lock is taken before it.
         let files = node.cache.status();
-        Ok(node.replica.with(|replica| {
+        node.replica.with(|replica| {
             let (memory_entries, skills) = replica.counts();
-            NodeStatus {
+            let (_, conflicts) = replica.conflicts(0).map_err(CommandError::failed)?;
+            Ok(NodeStatus {
                 node_id: node.own.to_string(),
                 running: mesh.is_some(),
                 listen: mesh.and_then(|m| m.listen_addr()).map(|a| a.to_string()),
@@ -89,12 +93,13 @@ impl Command for Status {
                 documents: replica.doc_ids().len(),
                 memory_entries: memory_entries as usize,
                 skills: skills as usize,
+                conflicts,
                 read_only: replica.read_only_reason(),
                 repair: replica.repair_status(),
                 peers: peer_statuses(node, replica, peers),
                 files,
-            }
-        }))
+            })
+        })
     }
 }
 

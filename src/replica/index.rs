@@ -11,10 +11,12 @@
 //! Keys, in the `docs` tree (one tree, so that one batch is atomic):
 //! - `e\0<doc>\0<key or skill name>` → the versions (JSON): concurrent versions included, so
 //!   `--conflicts` reads the index too;
+//! - `x\0<doc>\0<key or skill name>` → empty: present while the entry holds concurrent
+//!   versions (a conflict), so the conflicts are listed without reading every entry;
 //! - `h\0<doc>` → the summary: live entries (u64), changes (u64), heads (32 bytes each);
-//! - `v\0index-authors` → present once every document is indexed with its versions' authors
-//!   (stores of earlier versions, whose index has no authors, are indexed again once, at
-//!   their first open).
+//! - `v\0index-conflicts` → present once every document is indexed with its versions'
+//!   authors and its conflicts (stores of earlier versions, whose index lacks either, are
+//!   indexed again once, at their first open).
 
 use std::collections::BTreeMap;
 
@@ -26,8 +28,9 @@ use crate::model::entry::resolve;
 use crate::model::{Claim, DocId, MemoryEntry, Scope, Skill, Stamp};
 
 const ENTRY: &[u8] = b"e\0";
+const CONFLICT: &[u8] = b"x\0";
 const SUMMARY: &[u8] = b"h\0";
-pub const COMPLETE: &[u8] = b"v\0index-authors";
+pub const COMPLETE: &[u8] = b"v\0index-conflicts";
 
 /// What the index knows of a document without loading it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +90,14 @@ fn entry_prefix(doc: &DocId) -> Vec<u8> {
 
 fn entry_key(doc: &DocId, name: &str) -> Vec<u8> {
     [entry_prefix(doc).as_slice(), name.as_bytes()].concat()
+}
+
+fn conflict_prefix(doc: &DocId) -> Vec<u8> {
+    [CONFLICT, doc.name().as_bytes(), b"\0"].concat()
+}
+
+fn conflict_key(doc: &DocId, name: &str) -> Vec<u8> {
+    [conflict_prefix(doc).as_slice(), name.as_bytes()].concat()
 }
 
 fn summary_key(doc: &DocId) -> Vec<u8> {
@@ -156,6 +167,30 @@ pub fn names(tree: &sled::Tree, doc: &DocId) -> Result<Vec<String>> {
         names.push(name.to_string());
     }
     Ok(names)
+}
+
+/// The entries holding concurrent versions, by document and name, at most `limit`; and how
+/// many there are in all.
+pub fn conflicted(tree: &sled::Tree, limit: usize) -> Result<(Vec<(DocId, String)>, usize)> {
+    let mut found = Vec::new();
+    let mut total = 0;
+    for key in tree.scan_prefix(CONFLICT).keys() {
+        let key = key?;
+        total += 1;
+        if found.len() >= limit {
+            continue;
+        }
+        let rest = &key[CONFLICT.len()..];
+        let split = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(damaged_entry)?;
+        let name = std::str::from_utf8(&rest[split + 1..]).map_err(|_| damaged_entry())?;
+        if let Some(doc) = doc_of(&rest[..split]) {
+            found.push((doc, name.to_string()));
+        }
+    }
+    Ok((found, total))
 }
 
 pub fn skill_versions(tree: &sled::Tree, name: &str) -> Result<Vec<Skill>> {
@@ -236,12 +271,45 @@ fn decode_memory(scope: &Scope, key: &str, bytes: &[u8]) -> Result<Vec<MemoryEnt
 
 // ---- writing ---------------------------------------------------------------------------
 
+/// What the index holds for one key or skill name.
+struct Indexed {
+    bytes: Vec<u8>,
+    /// The winner is not a tombstone.
+    live: bool,
+    /// It holds concurrent versions.
+    conflicted: bool,
+}
+
+impl Indexed {
+    fn new(bytes: Vec<u8>, live: bool, versions: usize) -> Indexed {
+        Indexed {
+            bytes,
+            live,
+            conflicted: versions > 1,
+        }
+    }
+}
+
+/// Adds to `batch` the index's keys for `name` as `now` has them (`None`: no version).
+fn stage_entry(batch: &mut sled::Batch, doc: &DocId, name: &str, now: Option<&Indexed>) {
+    match now {
+        Some(now) => batch.insert(entry_key(doc, name), now.bytes.as_slice()),
+        None => batch.remove(entry_key(doc, name)),
+    }
+    if now.is_some_and(|now| now.conflicted) {
+        batch.insert(conflict_key(doc, name), &[][..]);
+    } else {
+        batch.remove(conflict_key(doc, name));
+    }
+}
+
 /// The index entry of one key or skill name as `document` has it: `None` when it holds no
-/// version meshd can read. The flag says whether the winner is live.
-fn indexed(doc: &DocId, document: &Automerge, name: &str) -> Option<(Vec<u8>, bool)> {
+/// version meshd can read.
+fn indexed(doc: &DocId, document: &Automerge, name: &str) -> Option<Indexed> {
     match doc {
         DocId::Memory(scope) => {
             let versions = memory_doc::versions(document, scope, name);
+            let count = versions.len();
             let live = resolve(versions.clone()).is_some_and(|(winner, _)| !winner.deleted);
             let stored: Vec<IndexedVersion> = versions
                 .into_iter()
@@ -254,7 +322,7 @@ fn indexed(doc: &DocId, document: &Automerge, name: &str) -> Option<(Vec<u8>, bo
                     claim: entry.claim,
                 })
                 .collect();
-            (!stored.is_empty()).then(|| (to_json(&stored), live))
+            (count > 0).then(|| Indexed::new(to_json(&stored), live, count))
         }
         DocId::Skills => {
             let versions: Vec<Skill> = skills_doc::versions(document, name)
@@ -262,7 +330,7 @@ fn indexed(doc: &DocId, document: &Automerge, name: &str) -> Option<(Vec<u8>, bo
                 .map(|(skill, _)| skill)
                 .collect();
             let live = resolve(versions.clone()).is_some_and(|(winner, _)| !winner.deleted);
-            (!versions.is_empty()).then(|| (to_json(&versions), live))
+            (!versions.is_empty()).then(|| Indexed::new(to_json(&versions), live, versions.len()))
         }
     }
 }
@@ -299,11 +367,8 @@ pub fn stage_update<'a>(
         let key = entry_key(doc, name);
         let was_live = tree.get(&key)?.is_some_and(|old| is_live(doc, &old));
         let now = indexed(doc, document, name);
-        let now_live = now.as_ref().is_some_and(|(_, live)| *live);
-        match now {
-            Some((bytes, _)) => batch.insert(key, bytes),
-            None => batch.remove(key),
-        }
+        let now_live = now.as_ref().is_some_and(|now| now.live);
+        stage_entry(batch, doc, name, now.as_ref());
         live = (live + u64::from(now_live)).saturating_sub(u64::from(was_live));
     }
     let summary = summarize(document, live);
@@ -318,19 +383,16 @@ pub fn stage_rebuild(
     doc: &DocId,
     document: &Automerge,
 ) -> Result<Summary> {
-    for item in tree.scan_prefix(entry_prefix(doc)) {
-        let (key, _) = item?;
-        batch.remove(key);
-    }
+    stage_remove_entries(tree, batch, doc)?;
     let mut live = 0;
     let names: Vec<String> = match doc {
         DocId::Memory(_) => memory_doc::keys(document).collect(),
         DocId::Skills => skills_doc::names(document).collect(),
     };
     for name in names {
-        if let Some((bytes, is_live)) = indexed(doc, document, &name) {
-            batch.insert(entry_key(doc, &name), bytes);
-            live += u64::from(is_live);
+        if let Some(now) = indexed(doc, document, &name) {
+            live += u64::from(now.live);
+            stage_entry(batch, doc, &name, Some(&now));
         }
     }
     let summary = summarize(document, live);
@@ -349,10 +411,8 @@ pub fn stage_restore<'a>(
     summary: Option<&Summary>,
 ) {
     for name in names {
-        match document.and_then(|document| indexed(doc, document, name)) {
-            Some((bytes, _)) => batch.insert(entry_key(doc, name), bytes),
-            None => batch.remove(entry_key(doc, name)),
-        }
+        let before = document.and_then(|document| indexed(doc, document, name));
+        stage_entry(batch, doc, name, before.as_ref());
     }
     match summary {
         Some(summary) => batch.insert(summary_key(doc), summary.encode()),
@@ -363,11 +423,18 @@ pub fn stage_restore<'a>(
 /// Adds to `batch` the removal of a document's whole index (a repair leaves out a document
 /// Automerge refuses).
 pub fn stage_drop(tree: &sled::Tree, batch: &mut sled::Batch, doc: &DocId) -> Result<()> {
-    for item in tree.scan_prefix(entry_prefix(doc)) {
-        let (key, _) = item?;
-        batch.remove(key);
-    }
+    stage_remove_entries(tree, batch, doc)?;
     batch.remove(summary_key(doc));
+    Ok(())
+}
+
+/// Adds to `batch` the removal of every entry of `doc`, and of its conflicts.
+fn stage_remove_entries(tree: &sled::Tree, batch: &mut sled::Batch, doc: &DocId) -> Result<()> {
+    for prefix in [entry_prefix(doc), conflict_prefix(doc)] {
+        for key in tree.scan_prefix(prefix).keys() {
+            batch.remove(key?);
+        }
+    }
     Ok(())
 }
 
@@ -390,15 +457,20 @@ pub fn verify(tree: &sled::Tree, doc: &DocId, document: &Automerge) -> Result<()
     };
     let mut expected = BTreeMap::new();
     for name in names {
-        if let Some((bytes, is_live)) = indexed(doc, document, &name) {
-            live += u64::from(is_live);
-            expected.insert(entry_key(doc, &name), bytes);
+        if let Some(now) = indexed(doc, document, &name) {
+            live += u64::from(now.live);
+            if now.conflicted {
+                expected.insert(conflict_key(doc, &name), Vec::new());
+            }
+            expected.insert(entry_key(doc, &name), now.bytes);
         }
     }
     let mut held = BTreeMap::new();
-    for item in tree.scan_prefix(entry_prefix(doc)) {
-        let (key, value) = item.map_err(|e| e.to_string())?;
-        held.insert(key.to_vec(), value.to_vec());
+    for prefix in [entry_prefix(doc), conflict_prefix(doc)] {
+        for item in tree.scan_prefix(prefix) {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            held.insert(key.to_vec(), value.to_vec());
+        }
     }
     if held != expected {
         let differ: Vec<String> = expected

@@ -154,6 +154,20 @@ struct DocState {
     snapshot_bytes: usize,
 }
 
+/// A key or skill whose writers did not see each other's version: the version every node
+/// shows (last writer wins), and the others, kept until someone writes it again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Conflict {
+    Memory {
+        winner: MemoryEntry,
+        others: Vec<MemoryEntry>,
+    },
+    Skill {
+        winner: Skill,
+        others: Vec<Skill>,
+    },
+}
+
 pub struct Replica {
     storage: Storage,
     store_path: PathBuf,
@@ -325,6 +339,23 @@ impl Replica {
     ) -> Result<Option<(MemoryEntry, Vec<MemoryEntry>)>> {
         let versions = self.reading(|tree| index::memory_versions(tree, scope, key))?;
         Ok(resolve(versions))
+    }
+
+    /// The keys and skills holding concurrent versions (each winner first, then the others),
+    /// the first `limit` by document and name, from the index; and how many there are in all.
+    pub fn conflicts(&self, limit: usize) -> Result<(Vec<Conflict>, usize)> {
+        let (names, total) = self.reading(|tree| index::conflicted(tree, limit))?;
+        let mut conflicts = Vec::with_capacity(names.len());
+        for (doc, name) in names {
+            let conflict = match &doc {
+                DocId::Memory(scope) => (self.memory_versions(scope, &name)?)
+                    .map(|(winner, others)| Conflict::Memory { winner, others }),
+                DocId::Skills => (self.skill_versions(&name)?)
+                    .map(|(winner, others)| Conflict::Skill { winner, others }),
+            };
+            conflicts.extend(conflict);
+        }
+        Ok((conflicts, total))
     }
 
     /// Every version ever written to a key, in the order of the document's history, each with

@@ -7,7 +7,7 @@
 //! rule as for memory, greatest `(updated_at, source_node)`, decides description, author and
 //! whether the skill is deleted, on every replica. A skill is created once and then edited in
 //! place; only two nodes creating the same name concurrently give two objects, and then
-//! `resolve` picks one.
+//! `resolve` picks one until the next write replaces both.
 //!
 //! `content` is Automerge Text while the skill is shorter than `WHOLE_VALUE_MIN_BYTES`, so
 //! concurrent edits of one skill merge character by character; a large rewrite puts a fresh
@@ -23,7 +23,6 @@ use automerge::{ObjId, ObjType, ReadDoc, Value, ROOT};
 use serde::{Deserialize, Serialize};
 
 use super::text_edit::{self, TextEdit};
-use crate::model::entry::Versioned;
 use crate::model::{Skill, Stamp};
 
 /// Skill texts at least this long (bytes) are stored as one string scalar, not as Text. At
@@ -99,17 +98,16 @@ fn read(doc: &impl ReadDoc, name: &str, obj: &ObjId) -> Option<Skill> {
     })
 }
 
-/// Writes `skill` into the winning object of its name, or into a new object when the name is
-/// new: as one scalar when it is long, else editing the Text by the plan of `text_edit` so
-/// that concurrent edits merge.
+/// Writes `skill` into the object of its name, or into a new object when the name is new:
+/// as one scalar when it is long, else editing the Text by the plan of `text_edit` so that
+/// concurrent edits merge. Where two nodes created the name concurrently (two objects), the
+/// write replaces both with a new object, as a memory write replaces concurrent versions:
+/// writing settles a conflict.
 pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::AutomergeError> {
-    let winner = versions(tx, &skill.name)
-        .into_iter()
-        .max_by(|(a, _), (b, _)| a.version().cmp(&b.version()))
-        .map(|(_, obj)| obj);
-    let obj = match winner {
-        Some(obj) => obj,
-        None => tx.put_object(ROOT, skill.name.as_str(), ObjType::Map)?,
+    let mut objects = versions(tx, &skill.name).into_iter().map(|(_, obj)| obj);
+    let obj = match (objects.next(), objects.next()) {
+        (Some(obj), None) => obj,
+        _ => tx.put_object(ROOT, skill.name.as_str(), ObjType::Map)?,
     };
     put_content(tx, &obj, &skill.content)?;
     let meta = Meta {

@@ -1001,3 +1001,54 @@ fn a_row_of_a_version_another_node_wrote_imported_again_changes_nothing() {
         );
     }
 }
+
+#[test]
+fn concurrent_versions_are_listed_as_conflicts_until_the_key_is_written_again() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut x, mut y) = (open(dir_x.path(), "x"), open(dir_y.path(), "y"));
+    x.put_memory(&Scope::Mesh, "k", json!("x")).unwrap();
+    y.put_memory(&Scope::Mesh, "k", json!("y")).unwrap();
+    x.put_memory(&Scope::Mesh, "calm", json!(1)).unwrap();
+    x.put_skill(skill("triage", "# x")).unwrap();
+    y.put_skill(skill("triage", "# y")).unwrap();
+    merge(&mut x, &mut y);
+    let (conflicts, total) = x.conflicts(10).unwrap();
+    assert_eq!(total, 2, "{conflicts:?}");
+    let Conflict::Memory { winner, others } = &conflicts[0] else {
+        panic!("the memory key first: {conflicts:?}");
+    };
+    assert_eq!(winner, &x.get_memory(&Scope::Mesh, "k").unwrap().unwrap());
+    assert_eq!(others.len(), 1);
+    assert!(matches!(&conflicts[1], Conflict::Skill { winner, .. } if winner.name == "triage"));
+    assert_eq!(
+        x.conflicts(1).unwrap().0.len(),
+        1,
+        "the limit holds, the total does not"
+    );
+    assert_eq!(x.conflicts(1).unwrap().1, 2);
+    x.put_memory(&Scope::Mesh, "k", json!("settled")).unwrap();
+    x.delete_skill("triage").unwrap();
+    assert_eq!(x.conflicts(10).unwrap().1, 0, "{:?}", x.conflicts(10));
+    x.check_index().unwrap();
+}
+
+#[test]
+fn an_index_of_an_earlier_version_without_conflicts_is_built_again() {
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    {
+        let (mut x, mut y) = (open(dir_x.path(), "x"), open(dir_y.path(), "y"));
+        x.put_memory(&Scope::Mesh, "k", json!("x")).unwrap();
+        y.put_memory(&Scope::Mesh, "k", json!("y")).unwrap();
+        merge(&mut x, &mut y);
+        // What the previous meshd left: its marker, and no conflict keys.
+        let docs = x.db().open_tree("docs").unwrap();
+        docs.remove(index::COMPLETE).unwrap();
+        docs.insert(b"v\0index-authors", &b"1"[..]).unwrap();
+        docs.remove(b"x\0mesh\0k")
+            .unwrap()
+            .expect("a conflict key was written");
+        x.flush().unwrap();
+    }
+    let x = open(dir_x.path(), "x");
+    assert_eq!(x.conflicts(10).unwrap().1, 1);
+}

@@ -97,6 +97,7 @@ function showNode(status) {
   fact("Documents", status.documents);
   fact("Memory entries", status.memory_entries, "node-entries");
   fact("Skills", status.skills, "node-skills");
+  fact("Conflicts", status.conflicts, "node-conflicts", status.conflicts ? "bad" : null);
   fact("Sent to peers", bytes(status.bytes_sent));
   const files = status.files || { collisions: [], refused: [] };
   for (const refused of files.refused || []) {
@@ -215,6 +216,37 @@ function showEntries(entries) {
   }
 }
 
+/** One version of a conflicting entry: what it holds, who wrote it, when. */
+function version(v) {
+  const box = document.createElement("div");
+  const what = v.deleted ? "(deleted)" : "content" in v ? shown(v.content) : shown(v.value);
+  box.append(el("div", what, "value mono"));
+  box.append(el("div", "by " + (v.node_id || v.source_node) + " at " + time(v.updated_at), "muted"));
+  return box;
+}
+
+function showConflicts(list) {
+  const rows = $("conflict-rows");
+  rows.replaceChildren();
+  $("conflict-table").hidden = list.total === 0;
+  $("conflict-note").textContent = list.total === 0 ? "No conflicts." :
+    (list.total === 1 ? "1 entry holds" : list.total + " entries hold") +
+    " versions written concurrently on different nodes. Every node " +
+    "shows the newest; writing the entry again settles it." +
+    (list.total > list.conflicts.length ? " The first " + list.conflicts.length + " are listed." : "");
+  for (const conflict of list.conflicts) {
+    const [winner, ...others] = conflict.versions;
+    const name = conflict.skill !== undefined ?
+      openButton("skill " + conflict.skill, () => openSkill(conflict.skill)) :
+      openButton(conflict.scope + " : " + conflict.key, () => openEntry(conflict.scope, conflict.key));
+    const also = document.createElement("div");
+    for (const other of others) also.append(version(other));
+    const tr = row([name, version(winner), also]);
+    tr.className = "conflict";
+    rows.append(tr);
+  }
+}
+
 function showSkills(skills) {
   const rows = $("skill-rows");
   rows.replaceChildren();
@@ -258,10 +290,11 @@ let refreshes = 0;
 async function refresh() {
   const withLists = refreshes % LISTS_EVERY === 0;
   try {
-    const [status, entries, skills] = await Promise.all([
+    const [status, entries, skills, conflicts] = await Promise.all([
       api("/mesh/status"),
       withLists ? api("/mesh/memory?limit=" + LATEST) : null,
       withLists ? api("/mesh/skills") : null,
+      withLists ? api("/mesh/conflicts?limit=" + LATEST) : null,
     ]);
     refreshes += 1;
     $("login").hidden = true;
@@ -271,6 +304,7 @@ async function refresh() {
     showPeers(status.peers);
     if (entries) showEntries(entries);
     if (skills) showSkills(skills);
+    if (conflicts) showConflicts(conflicts);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     return true;
   } catch (error) {
