@@ -113,12 +113,34 @@ fn daemons_find_each_other_and_a_known_peer_is_followed_to_its_new_address() {
 #[test]
 fn discover_says_when_discovery_is_off() {
     let (node, _) = TestNode::init_listening("quiet");
+    let says_off = |node: &TestNode| {
+        let run = node.run(&["peers", "discover", "--wait", "0s"]);
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr.contains("[discovery] mdns = true"),
+            "{}",
+            run.stderr
+        );
+    };
+    says_off(&node);
     let _daemon = node.start();
-    let run = node.run(&["peers", "discover", "--wait", "0s"]);
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("[discovery] mdns = true"),
-        "{}",
-        run.stderr
-    );
+    says_off(&node);
+}
+
+#[test]
+fn discover_without_the_daemon_listens_for_a_while_itself() {
+    if let Err(why) = private_multicast_loopback() {
+        eprintln!("SKIPPED: LAN discovery needs multicast in a private network namespace: {why}");
+        return;
+    }
+    let (a, _) = node_announcing("alpha");
+    let (b, b_listen) = node_announcing("beta");
+    let b_id = b.id();
+    let _b_daemon = b.start();
+    let out = a.run(&["peers", "discover", "--wait", "2s", "--json"]).ok();
+    let seen: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let beta = seen.iter().find(|n| n["id"] == b_id.as_str());
+    let beta = beta.unwrap_or_else(|| panic!("alpha, without its daemon, hears beta: {out}"));
+    assert_eq!(beta["addresses"], serde_json::json!([b_listen]));
+    assert_eq!(beta["paired"], false);
 }

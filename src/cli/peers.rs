@@ -109,7 +109,11 @@ pub fn run(home: &Home, command: PeersCommand) -> anyhow::Result<()> {
         }
         PeersCommand::Discover { wait, json } => {
             let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-            let nodes = execute(home, PeersDiscover { wait_ms })?;
+            let config = home.load_config()?;
+            let browse_on = (config.discovery.mdns)
+                .then(|| meshd::config::parse_listen(&config.node.listen))
+                .transpose()?;
+            let nodes = execute(home, PeersDiscover { wait_ms, browse_on })?;
             if json {
                 println!("{}", serde_json::to_string(&nodes)?);
             } else {

@@ -268,6 +268,10 @@ const MAX_DISCOVER_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PeersDiscover {
     pub wait_ms: u64,
+    /// Where to browse when no daemon runs: the configured listen address, when `[discovery]
+    /// mdns` is on (`None`: it is off).
+    #[serde(default)]
+    pub browse_on: Option<std::net::SocketAddr>,
 }
 
 /// A node seen on the LAN, and whether it is a peer here already.
@@ -291,20 +295,23 @@ impl Command for PeersDiscover {
     }
 
     fn execute(self, node: &Context) -> Result<Vec<Discovered>, CommandError> {
-        let mesh = node.mesh.as_ref().ok_or_else(|| {
-            CommandError::failed(
-                "the daemon is not running: start it with `meshd run`, which listens for the \
-                 other nodes' announcements",
-            )
-        })?;
-        if mesh.discovered().is_none() {
-            return Err(CommandError::failed(
-                "LAN discovery is off on this node: set [discovery] mdns = true in meshd.toml \
-                 and restart meshd",
-            ));
-        }
-        std::thread::sleep(self.wait());
-        let seen = mesh.discovered().unwrap_or_default();
+        const OFF: &str = "LAN discovery is off on this node: set [discovery] mdns = true in \
+                           meshd.toml (and restart meshd if it runs)";
+        let seen = match &node.mesh {
+            // The daemon has been listening all along: what it heard, and what comes meanwhile.
+            Some(mesh) => {
+                if mesh.discovered().is_none() {
+                    return Err(CommandError::failed(OFF));
+                }
+                std::thread::sleep(self.wait());
+                mesh.discovered().unwrap_or_default()
+            }
+            None => {
+                let listen = self.browse_on.ok_or_else(|| CommandError::failed(OFF))?;
+                crate::net::discovery::look(node.own, listen.ip(), self.wait())
+                    .map_err(CommandError::failed)?
+            }
+        };
         seen.into_iter()
             .map(|node_seen| {
                 let paired = node

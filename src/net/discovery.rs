@@ -4,6 +4,9 @@
 //! add`, and what an announcement says is trusted only once a TLS handshake proves the id
 //! (`Mesh::seen_on_lan`).
 //!
+//! Without the daemon, `meshd peers discover` browses for a while on its own ([`look`]),
+//! announcing nothing.
+//!
 //! It runs on the interfaces the QUIC listen address is reachable on: a loopback listen
 //! announces on loopback only, `0.0.0.0` on every IPv4 interface, `[::]` on every interface,
 //! a given address on its interface.
@@ -11,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo};
 
@@ -40,11 +44,7 @@ impl Discovery {
         on_seen: impl Fn(Seen) + Send + 'static,
     ) -> Result<Discovery, DiscoveryError> {
         let error = |e: mdns_sd::Error| DiscoveryError(e.to_string());
-        let daemon = ServiceDaemon::new().map_err(error)?;
-        daemon.disable_interface(IfKind::All).map_err(error)?;
-        daemon
-            .enable_interface(interfaces(listen.ip()))
-            .map_err(error)?;
+        let daemon = service_daemon(listen.ip())?;
         // DNS labels: the id without its dashes and check character.
         let label = own.compact();
         let (id, port) = (own.to_string(), listen.port().to_string());
@@ -106,6 +106,38 @@ impl Drop for Discovery {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Browses for `wait` on the interfaces `listen` is reachable on, announcing nothing: the
+/// other nodes heard, by id.
+pub fn look(own: NodeId, listen: IpAddr, wait: Duration) -> Result<Vec<Seen>, DiscoveryError> {
+    let daemon = service_daemon(listen)?;
+    let events = (daemon.browse(SERVICE_TYPE)).map_err(|e| DiscoveryError(e.to_string()))?;
+    let deadline = Instant::now() + wait;
+    let mut seen = HashMap::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(event) => {
+                if let Some(node) = seen_in(&event, own) {
+                    seen.insert(node.id, node);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = daemon.shutdown();
+    let mut nodes: Vec<Seen> = seen.into_values().collect();
+    nodes.sort_by_key(|node| node.id.compact());
+    Ok(nodes)
+}
+
+/// An mDNS responder on the interfaces `listen` is reachable on.
+fn service_daemon(listen: IpAddr) -> Result<ServiceDaemon, DiscoveryError> {
+    let error = |e: mdns_sd::Error| DiscoveryError(e.to_string());
+    let daemon = ServiceDaemon::new().map_err(error)?;
+    daemon.disable_interface(IfKind::All).map_err(error)?;
+    daemon.enable_interface(interfaces(listen)).map_err(error)?;
+    Ok(daemon)
 }
 
 /// The interfaces a listen address is reachable on.
