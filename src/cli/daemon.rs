@@ -130,7 +130,7 @@ pub(super) fn print_peer(p: &PeerStatus) {
     };
     let mut behind = match p.changes_behind {
         Some(changes) => format!(
-            "{changes} changes ({} documents) it lacks",
+            "{changes} changes ({} documents) it has not confirmed",
             p.documents_behind
         ),
         None => "never synced".to_string(),
