@@ -288,6 +288,43 @@ fn ingest_answers_the_reference_counts() {
 }
 
 #[test]
+fn ingest_applies_same_second_updates_and_lists_what_it_did_not_apply() {
+    let server = Server::start(ApiConfig::default());
+    let message = |node: &str, value: &str, ts: u64| {
+        json!({"type":"memory","scope":"mesh","key":"k","value":value,"nodeId":node,"ts":ts})
+            .to_string()
+    };
+    let both = format!(
+        "{}\n{}",
+        message("ceo", "v1", 100),
+        message("ceo", "v2", 100)
+    );
+    let (status, body) = server.send("POST", "/ingest", &[], &both);
+    assert_eq!(
+        (status, body),
+        (200, json!({"ingested": 2, "memory": 2, "skill": 0}))
+    );
+    assert_eq!(server.get("/mesh/memory/mesh/k", &[]).1["value"], "v2");
+    let late = format!(
+        "{}\n{}",
+        message("ceo", "old", 99),
+        message("abc", "tied", 100)
+    );
+    let (status, body) = server.send("POST", "/bridge", &[], &late);
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"ingested": 2, "memory": 2, "skill": 0, "notApplied": [
+                {"item": 1, "reason": "not applied: the replica holds a newer version (ts 100 from ceo)"},
+                {"item": 2, "reason": "not applied: the replica holds a version with the same ts (100) from ceo, and at an equal ts the greater node id wins"}
+            ]})
+        )
+    );
+    assert_eq!(server.get("/mesh/memory/mesh/k", &[]).1["value"], "v2");
+}
+
+#[test]
 fn bridge_unwraps_and_answers_requests() {
     let server = Server::start(ApiConfig::default());
     let update = json!({"update_id": 9, "message": {"chat": {"id": 1}, "text": MEMORY}});

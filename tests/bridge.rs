@@ -22,7 +22,7 @@ fn ingest(node: &TestNode, input: &str, unwrap: Option<&str>) -> Value {
 }
 
 fn counts(ingested: u64, memory: u64, skill: u64, ignored: u64) -> Value {
-    json!({"ingested": ingested, "memory": memory, "skill": skill, "ignored": ignored})
+    json!({"ingested": ingested, "memory": memory, "skill": skill, "ignored": ignored, "notApplied": 0})
 }
 
 fn memory_message(key: &str, value: Value, ts: u64) -> String {
@@ -188,6 +188,139 @@ fn an_older_ts_never_overwrites_a_newer_one() {
     ingest(&node, &skill("v2", 20), None);
     ingest(&node, &skill("v1", 10), None);
     assert_eq!(node.ok(&["skill", "get", "s"], "").stdout, "v2");
+}
+
+/// A memory message for `mesh`/`k` from `node` at `ts`.
+fn from_node(node: &str, value: &str, ts: u64) -> String {
+    json!({"type":"memory","scope":"mesh","key":"k","value":value,"nodeId":node,"ts":ts})
+        .to_string()
+}
+
+#[test]
+fn the_same_nodes_second_update_in_one_second_wins() {
+    let node = TestNode::new("a");
+    // In one input, and in two inputs one after the other.
+    let both = format!(
+        "{}
+{}
+",
+        from_node("ceo", "v1", 100),
+        from_node("ceo", "v2", 100)
+    );
+    let run = node.ok(&["bridge", "ingest"], &both);
+    assert_eq!(summary(&run), counts(2, 2, 0, 0));
+    assert!(
+        run.stderr.contains("2 changed the replica"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(node.json(&["mem", "get", "mesh", "k"]), json!("v2"));
+    let third = node.ok(&["bridge", "ingest"], &from_node("ceo", "v3", 100));
+    assert!(third.stderr.contains("1 changed"), "{}", third.stderr);
+    assert_eq!(node.json(&["mem", "get", "mesh", "k"]), json!("v3"));
+    // The same message again is held, not a change and not a refusal.
+    let again = node.ok(&["bridge", "ingest"], &from_node("ceo", "v3", 100));
+    assert_eq!(summary(&again), counts(1, 1, 0, 0));
+    assert!(again.stderr.contains("0 changed"), "{}", again.stderr);
+    // Emitted, it still says the second it was sent with.
+    let emitted = node.ok(&["bridge", "emit"], "").stdout;
+    assert!(
+        emitted.contains(r#""value":"v3","nodeId":"ceo","ts":100"#),
+        "{emitted}"
+    );
+    // Skills too.
+    let skill = |content: &str| {
+        json!({"type":"skill","name":"s","sourceNode":"ceo","content":content,"ts":50}).to_string()
+    };
+    ingest(
+        &node,
+        &format!(
+            "{}
+{}
+",
+            skill("one"),
+            skill("two")
+        ),
+        None,
+    );
+    assert_eq!(node.ok(&["skill", "get", "s"], "").stdout, "two");
+}
+
+#[test]
+fn an_equal_ts_from_two_nodes_has_one_winner_in_either_order() {
+    let (a, b) = (TestNode::new("a"), TestNode::new("b"));
+    let (ceo, sec) = (
+        from_node("ceo", "by ceo", 100),
+        from_node("sec", "by sec", 100),
+    );
+    ingest(
+        &a,
+        &format!(
+            "{ceo}
+{sec}
+"
+        ),
+        None,
+    );
+    let run = b.ok(
+        &["bridge", "ingest"],
+        &format!(
+            "{sec}
+{ceo}
+"
+        ),
+    );
+    assert_eq!(
+        summary(&run),
+        json!({"ingested": 2, "memory": 2, "skill": 0, "ignored": 0, "notApplied": 1})
+    );
+    for node in [&a, &b] {
+        assert_eq!(node.json(&["mem", "get", "mesh", "k"]), json!("by sec"));
+    }
+    // Even after ceo's own same-second updates moved its version along on a.
+    ingest(&a, &from_node("ceo", "by ceo again", 100), None);
+    assert_eq!(a.json(&["mem", "get", "mesh", "k"]), json!("by sec"));
+}
+
+#[test]
+fn a_message_not_applied_is_reported_with_the_reason() {
+    let node = TestNode::new("a");
+    ingest(&node, &from_node("sec", "new", 200), None);
+    let input = format!(
+        "{}
+{}
+{}
+",
+        from_node("ceo", "old", 100),
+        from_node("ceo", "tied", 200),
+        from_node("sec", "newest", 300)
+    );
+    let run = node.ok(&["bridge", "ingest"], &input);
+    assert_eq!(
+        summary(&run),
+        json!({"ingested": 3, "memory": 3, "skill": 0, "ignored": 0, "notApplied": 2})
+    );
+    assert!(
+        run.stderr.contains(
+            "meshd: item 1 not applied: the replica holds a newer version (ts 200 from sec)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "meshd: item 2 not applied: the replica holds a version with the same ts (200) \
+             from sec, and at an equal ts the greater node id wins"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 changed the replica"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(node.json(&["mem", "get", "mesh", "k"]), json!("newest"));
 }
 
 #[test]

@@ -182,7 +182,7 @@ fn a_line_that_is_not_utf8_is_one_ignored_item() {
     let summary: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(
         summary,
-        serde_json::json!({"ingested": 2, "memory": 2, "skill": 0, "ignored": 1})
+        serde_json::json!({"ingested": 2, "memory": 2, "skill": 0, "ignored": 1, "notApplied": 0})
     );
     assert!(
         run.stderr.contains("item 2 ignored: line 2 is not UTF-8"),

@@ -141,7 +141,7 @@ fn compatibility_commands_work_while_the_daemon_runs() {
     let summary: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(
         summary,
-        json!({"ingested": 2, "memory": 1, "skill": 1, "ignored": 0})
+        json!({"ingested": 2, "memory": 1, "skill": 1, "ignored": 0, "notApplied": 0})
     );
     assert!(
         run.stderr.contains("2 changed the replica"),

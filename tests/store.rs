@@ -212,6 +212,50 @@ fn last_write_wins_by_updated_at() {
 }
 
 #[test]
+fn a_row_of_the_same_second_and_writer_replaces_and_one_that_loses_says_why() {
+    let node = TestNode::new("a");
+    let message = |value: &str, node_id: &str| {
+        json!({"type":"memory","scope":"mesh","key":"k","value":value,"nodeId":node_id,"ts":100})
+            .to_string()
+    };
+    node.ok(&["bridge", "ingest"], &message("v1", "ceo"));
+    let source = node.dir.path().join("rows.sqlite");
+    let conn = Connection::open(&source).unwrap();
+    conn.execute_batch(meshd::store::SCHEMA).unwrap();
+    let row = |value: &str, node_id: &str| {
+        conn.execute("DELETE FROM mesh_memory", []).unwrap();
+        conn.execute(
+            "INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) \
+             VALUES ('mesh', 'k', ?1, ?2, 100)",
+            [value, node_id],
+        )
+        .unwrap();
+    };
+    row("v2", "ceo");
+    let run = node.ok(&["store", "import", source.to_str().unwrap()], "");
+    assert_eq!(
+        serde_json::from_str::<Value>(&run.stdout).unwrap(),
+        json!({"memory": 1, "skills": 0, "unchanged": 0, "skipped": 0})
+    );
+    assert_eq!(node.json(&["mem", "get", "mesh", "k"]), json!("v2"));
+    row("v3", "abc");
+    let run = node.ok(&["store", "import", source.to_str().unwrap()], "");
+    assert_eq!(
+        serde_json::from_str::<Value>(&run.stdout).unwrap(),
+        json!({"memory": 0, "skills": 0, "unchanged": 1, "skipped": 0})
+    );
+    assert!(
+        run.stderr.contains(
+            "meshd: row memory mesh:k: not applied: the replica holds a version with the same \
+             ts (100) from ceo, and at an equal ts the greater node id wins"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(node.json(&["mem", "get", "mesh", "k"]), json!("v2"));
+}
+
+#[test]
 fn export_upserts_without_replacing_newer_rows_and_prune_removes() {
     let node = TestNode::new("a");
     node.ok(&["mem", "put", "mesh", "a", "1"], "");

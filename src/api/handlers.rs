@@ -13,7 +13,7 @@ use super::search;
 use super::ApiState;
 use crate::bridge::message::node_name;
 use crate::bridge::{self, Summary, Unwrap};
-use crate::model::{secret, Authorship, MemoryEntry, Scope, Skill, Via};
+use crate::model::{secret, Authorship, MemoryEntry, Scope, Skill, Stamp, Via};
 use crate::replica::{system_clock, Batch, Replica, ReplicaError, StoreTaskFailed};
 use crate::store::{MemoryRow, SkillRow};
 
@@ -284,7 +284,6 @@ pub async fn put_memory(
     let scope = scope(&scope_text, state.replica.node_id())?;
     // Committed with the puts of other requests that arrive meanwhile: one flush for all.
     let grouped = state.replica.run_grouped(move |batch| {
-        let newest = batch.current_memory(&scope, &key)?.map(|w| w.updated_at);
         let entry = MemoryEntry {
             scope: scope.clone(),
             key: key.clone(),
@@ -292,14 +291,13 @@ pub async fn put_memory(
             node_id: node_id
                 .clone()
                 .unwrap_or_else(|| batch.node_id().to_string()),
-            updated_at: batch.stamp_after(newest)?,
+            // Stamped by `put_memory_claimed`, after the current version.
+            updated_at: Stamp::default(),
             deleted: false,
             author: None,
             claim: None,
         };
-        let entry = batch.as_imported(entry, Via::Api);
-        let changed = batch.import_memory(entry.clone(), Via::Api)?;
-        Ok((entry, changed))
+        Ok((batch.put_memory_claimed(entry, Via::Api)?, true))
     });
     let entry = written(&state, grouped.await)?;
     Ok(Json(memory_row(&entry, state.replica.node_id())))
@@ -367,9 +365,8 @@ pub async fn put_skill(
     }
     let content = content.unwrap_or_default();
     let row = write_batch(&state, move |batch| {
-        let winner = batch.current_skill(&name)?;
-        let newest = winner.as_ref().map(|winner| winner.updated_at);
-        let description = winner
+        let description = batch
+            .current_skill(&name)?
             .filter(|held| !held.deleted)
             .map(|held| held.description);
         let skill = Skill {
@@ -378,25 +375,35 @@ pub async fn put_skill(
             path: path.clone(),
             description: description.unwrap_or_default(),
             source_node: source_node.clone(),
-            updated_at: batch.stamp_after(newest)?,
+            // Stamped by `put_skill_named`, after the current version.
+            updated_at: Stamp::default(),
             deleted: false,
         };
-        let changed = batch.import_skill(skill.clone())?;
-        Ok((SkillRow::from(&skill), changed))
+        let skill = batch.put_skill_named(skill)?;
+        Ok((SkillRow::from(&skill), true))
     })
     .await?;
     Ok(Json(row))
 }
 
-/// The bridge webhook's answer: the reference counts, plus `response` when a mesh_request
-/// was answered.
+/// The bridge webhook's answer: the reference counts, `notApplied` when a message's version
+/// was not taken (meshd's, absent otherwise), and `response` when a mesh_request was answered.
 #[derive(Serialize)]
 pub struct BridgeAnswer {
     ingested: usize,
     memory: usize,
     skill: usize,
+    #[serde(rename = "notApplied", skip_serializing_if = "Vec::is_empty")]
+    not_applied: Vec<NotAppliedItem>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response: Option<Box<RawValue>>,
+}
+
+/// A message of the payload (1-based `item`) whose version was not applied, and why.
+#[derive(Serialize)]
+struct NotAppliedItem {
+    item: usize,
+    reason: String,
 }
 
 /// Mesh messages as they are: one, an array, a JSON string of either, or JSON Lines.
@@ -470,10 +477,16 @@ async fn run_bridge(
         skill,
         ..
     } = report.summary;
+    let not_applied = report
+        .not_applied
+        .into_iter()
+        .map(|(item, reason)| NotAppliedItem { item, reason })
+        .collect();
     Ok(Json(BridgeAnswer {
         ingested,
         memory,
         skill,
+        not_applied,
         response,
     }))
 }

@@ -11,19 +11,23 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{Claim, MemoryEntry, Scope, Skill, Stamp, Via};
-use crate::replica::{Batch, Replica, ReplicaError};
+use crate::replica::{Batch, ImportOutcome, Replica, ReplicaError};
 use crate::trust::NodeKey;
 pub use envelope::{items, Item, Unwrap};
 pub use message::{classify, Kind, MeshRequest, Message, SkillMessage};
 pub use signing::{BridgeKeys, SignatureCheck, TrustedKeys};
 
-/// The counts a bridge ingest reports, in the reference's shape plus `ignored`.
+/// The counts a bridge ingest reports, in the reference's shape plus `ignored` and
+/// `notApplied` (messages ingested whose version the replica did not take: it holds a newer
+/// one, or one that wins the tie at the same `ts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub ingested: usize,
     pub memory: usize,
     pub skill: usize,
     pub ignored: usize,
+    #[serde(rename = "notApplied")]
+    pub not_applied: usize,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +37,9 @@ pub struct IngestReport {
     pub changed: usize,
     /// Why each ignored item was ignored, with its 1-based position in the input.
     pub reasons: Vec<(usize, String)>,
+    /// Why each memory or skill message the replica did not take was not applied, with its
+    /// 1-based position (a message already held, delivered again, is not listed).
+    pub not_applied: Vec<(usize, String)>,
     /// The `mesh_request` messages seen (ignored by ingest, answered by `respond`).
     pub requests: Vec<MeshRequest>,
     /// What the signature of each imported message said, with its 1-based position: whether
@@ -59,33 +66,40 @@ pub fn ingest(
 }
 
 enum Outcome {
-    /// A memory message; `true` when it changed the replica.
-    Memory(bool, SignatureCheck),
-    Skill(bool, SignatureCheck),
+    /// A memory message, and what became of its version.
+    Memory(ImportOutcome, SignatureCheck),
+    Skill(ImportOutcome, SignatureCheck),
     Ignored(String),
 }
 
 impl IngestReport {
     fn record(&mut self, position: usize, outcome: Outcome) {
-        let changed = match outcome {
-            Outcome::Memory(changed, check) => {
+        let imported = match outcome {
+            Outcome::Memory(imported, check) => {
                 self.summary.memory += 1;
                 self.signatures.push((position, check));
-                changed
+                imported
             }
-            Outcome::Skill(changed, check) => {
+            Outcome::Skill(imported, check) => {
                 self.summary.skill += 1;
                 self.signatures.push((position, check));
-                changed
+                imported
             }
             Outcome::Ignored(reason) => {
                 self.summary.ignored += 1;
                 self.reasons.push((position, reason));
-                false
+                return;
             }
         };
         self.summary.ingested = self.summary.memory + self.summary.skill;
-        self.changed += usize::from(changed);
+        match imported {
+            ImportOutcome::Applied => self.changed += 1,
+            ImportOutcome::Held => {}
+            ImportOutcome::NotApplied(reason) => {
+                self.summary.not_applied += 1;
+                self.not_applied.push((position, reason.to_string()));
+            }
+        }
     }
 }
 
@@ -121,7 +135,7 @@ fn apply(
         }
         Message::Memory(entry) => {
             let entry = with_checked_claim(entry, &check, batch.node_id());
-            match refused(batch.import_memory(entry, Via::Bridge))? {
+            match refused(batch.import_memory_judged(entry, Via::Bridge))? {
                 Ok(changed) => Outcome::Memory(changed, check),
                 Err(reason) => Outcome::Ignored(reason),
             }
@@ -150,32 +164,40 @@ fn with_checked_claim(mut entry: MemoryEntry, check: &SignatureCheck, own: &str)
 
 /// Splits a refused write (bad key, too large, a secret: the message is ignored with the
 /// rule's message) from a store failure.
-fn refused(result: Result<bool, ReplicaError>) -> Result<Result<bool, String>, ReplicaError> {
+fn refused(
+    result: Result<ImportOutcome, ReplicaError>,
+) -> Result<Result<ImportOutcome, String>, ReplicaError> {
     match result {
-        Ok(changed) => Ok(Ok(changed)),
+        Ok(imported) => Ok(Ok(imported)),
         Err(error) => Ok(Err(error.into_refusal()?.to_string())),
     }
 }
 
-/// A skill message with `ts` is last-write-wins by it. One without `ts` has no time to
-/// compare, so it counts as received now, and applies only when it would change the
-/// skill's content or source: the same message delivered again changes nothing.
-fn import_skill(batch: &mut Batch<'_>, message: SkillMessage) -> Result<bool, ReplicaError> {
-    let current = batch.current_skill(&message.name)?;
-    let newest = current.as_ref().map(|winner| winner.updated_at);
-    let live = current.filter(|winner| !winner.deleted);
-    let updated_at = match message.ts {
-        Some(ts) => ts,
-        None if live.as_ref().is_some_and(|live| {
-            live.content == message.content && live.source_node == message.source_node
-        }) =>
-        {
-            return Ok(false)
+/// A skill message with `ts` is ordered by it (`model::import_order`). One without `ts` has
+/// no time to compare, so it counts as received now, and applies only when it would change
+/// the skill's content or source: the same message delivered again changes nothing.
+fn import_skill(
+    batch: &mut Batch<'_>,
+    message: SkillMessage,
+) -> Result<ImportOutcome, ReplicaError> {
+    let live = batch
+        .current_skill(&message.name)?
+        .filter(|winner| !winner.deleted);
+    let description = live.as_ref().map(|live| live.description.clone());
+    let unchanged = live.is_some_and(|live| {
+        live.content == message.content && live.source_node == message.source_node
+    });
+    match message.ts {
+        Some(ts) => {
+            batch.import_skill_judged(message.into_skill(ts, description.unwrap_or_default()))
         }
-        None => batch.stamp_after(newest)?,
-    };
-    let description = live.map(|live| live.description).unwrap_or_default();
-    batch.import_skill(message.into_skill(updated_at, description))
+        None if unchanged => Ok(ImportOutcome::Held),
+        None => {
+            // Stamped by `put_skill_named`, right after the current version.
+            let skill = message.into_skill(Stamp::default(), description.unwrap_or_default());
+            batch.put_skill_named(skill).map(|_| ImportOutcome::Applied)
+        }
+    }
 }
 
 /// Which entries `emit` prints.

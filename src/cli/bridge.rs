@@ -15,7 +15,7 @@ use super::execute;
 
 #[derive(Debug, Subcommand)]
 pub enum BridgeCommand {
-    /// Import memory and skill messages; prints {"ingested","memory","skill","ignored"}
+    /// Import memory and skill messages; prints {"ingested","memory","skill","ignored","notApplied"}
     Ingest {
         /// One message, a JSON array, a JSON string of either, or JSON Lines (required over
         /// 8 MiB; any size is read in pieces); `-` is stdin
@@ -84,6 +84,9 @@ fn ingest(home: &Home, file: &str, unwrap: Option<Unwrap>) -> anyhow::Result<()>
                 for (position, reason) in &report.ignored {
                     eprintln!("meshd: item {} ignored: {reason}", items_before + position);
                 }
+                for (position, reason) in &report.not_applied {
+                    eprintln!("meshd: item {} {reason}", items_before + position);
+                }
                 add(&mut total, &report.summary);
                 changed += report.changed;
                 if sent > PIECE_BYTES && std::io::stderr().is_terminal() {
@@ -106,6 +109,7 @@ fn add(total: &mut Summary, piece: &Summary) {
     total.memory += piece.memory;
     total.skill += piece.skill;
     total.ignored += piece.ignored;
+    total.not_applied += piece.not_applied;
 }
 
 fn print_lines(lines: Vec<String>) {

@@ -33,6 +33,9 @@ pub fn run(home: &Home, command: StoreCommand) -> anyhow::Result<()> {
             for reason in &report.reasons {
                 eprintln!("meshd: row skipped: {reason}");
             }
+            for reason in &report.not_applied {
+                eprintln!("meshd: row {reason}");
+            }
             println!("{}", serde_json::to_string(&report)?);
         }
         StoreCommand::Export { path, prune } => {

@@ -17,14 +17,17 @@ pub struct BridgeIngest {
     pub unwrap: Option<Unwrap>,
 }
 
-/// The counts, how many messages changed the replica, and why each ignored item (by its
-/// 1-based position) was ignored.
+/// The counts, how many messages changed the replica, why each ignored item (by its
+/// 1-based position) was ignored, and why each message not applied was not.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ingested {
     #[serde(with = "remote::Summary")]
     pub summary: bridge::Summary,
     pub changed: usize,
     pub ignored: Vec<(usize, String)>,
+    /// Absent in the replies of a daemon older than the field.
+    #[serde(default)]
+    pub not_applied: Vec<(usize, String)>,
 }
 
 impl Command for BridgeIngest {
@@ -45,6 +48,7 @@ impl Command for BridgeIngest {
             summary: report.summary,
             changed: report.changed,
             ignored: report.reasons,
+            not_applied: report.not_applied,
         })
     }
 }

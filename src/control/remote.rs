@@ -15,6 +15,9 @@ pub struct Summary {
     memory: usize,
     skill: usize,
     ignored: usize,
+    /// Absent in the replies of a daemon older than the field.
+    #[serde(default, rename = "notApplied")]
+    not_applied: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -26,6 +29,9 @@ pub struct ImportReport {
     skipped: usize,
     /// Skipped when the report is printed, but the CLI prints each reason itself.
     reasons: Vec<String>,
+    /// Absent in the replies of a daemon older than the field.
+    #[serde(default)]
+    not_applied: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -5,6 +5,7 @@ pub mod access;
 pub mod authorship;
 pub mod entry;
 pub mod hlc;
+pub mod import_order;
 pub mod node_id;
 pub mod scope;
 pub mod secret;

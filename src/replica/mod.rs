@@ -28,8 +28,9 @@ use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use crate::metrics::Metrics;
-use crate::model::entry::{resolve, Versioned};
+use crate::model::entry::resolve;
 use crate::model::hlc::ClockBound;
+use crate::model::import_order::{self, Named, NotApplied, Verdict};
 use crate::model::validate::{self, ValidationError};
 use crate::model::{secret, Claim, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp, Via};
 use crate::trust::{ChangeSignature, NodeKey};
@@ -778,6 +779,34 @@ pub struct Batch<'a> {
     latest_skill: HashMap<String, usize>,
 }
 
+/// What became of an imported version (`Batch::import_memory_judged`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// It is now the current version.
+    Applied,
+    /// The replica already held this very version (the same message or row again).
+    Held,
+    /// It was not applied, for this reason (a newer version, or a tie lost).
+    NotApplied(NotApplied),
+}
+
+impl ImportOutcome {
+    /// Whether the version changed the replica.
+    pub fn applied(&self) -> bool {
+        matches!(self, ImportOutcome::Applied)
+    }
+}
+
+impl From<Verdict> for ImportOutcome {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Apply(_) => ImportOutcome::Applied,
+            Verdict::Held => ImportOutcome::Held,
+            Verdict::NotApplied(reason) => ImportOutcome::NotApplied(reason),
+        }
+    }
+}
+
 impl Batch<'_> {
     pub fn put_memory(
         &mut self,
@@ -820,31 +849,50 @@ impl Batch<'_> {
         Ok(true)
     }
 
-    /// The stamp of a new version replacing one stamped `current` (see `Replica::stamp_after`).
-    pub fn stamp_after(&mut self, current: Option<Stamp>) -> Result<Stamp> {
-        self.replica.stamp_after(current)
-    }
-
     /// Writes a version brought by a message or row (`via`) if it is newer than the winner.
     /// This node writes it, so it is stored as this node's, with the writer the message named
-    /// kept as its claim (`as_imported`).
+    /// kept as its claim (`as_imported`). `true` when it was written.
     pub fn import_memory(&mut self, entry: MemoryEntry, via: Via) -> Result<bool> {
-        let entry = self.as_imported(entry, via);
+        Ok(self.import_memory_judged(entry, via)?.applied())
+    }
+
+    /// [`Batch::import_memory`], saying why a version was not applied. Versions are compared
+    /// by the instant and the writer each names, as the message or row gives them
+    /// (`model::import_order`): a row exported from a version another node wrote, imported
+    /// again, is that version, not newer; the same writer's later update at an equal `ts`
+    /// replaces the earlier one.
+    pub fn import_memory_judged(&mut self, entry: MemoryEntry, via: Via) -> Result<ImportOutcome> {
+        let mut entry = self.as_imported(entry, via);
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
-        // Compared by the writer each names, as the message or row gives it: a row exported
-        // from a version another node wrote, imported again, is that version, not newer.
-        let named =
-            |version: &MemoryEntry| (version.updated_at, version.named_writer().to_string());
-        let newer = self
-            .current_memory(&entry.scope, &entry.key)?
-            .is_none_or(|winner| named(&entry) > named(&winner));
-        if newer {
-            self.replica.accept_stamp(entry.updated_at)?;
-            self.write_memory(&entry)?;
-        }
-        Ok(newer)
+        let held = self.current_memory(&entry.scope, &entry.key)?;
+        let same = held
+            .as_ref()
+            .is_some_and(|held| !held.deleted && held.value == entry.value);
+        let verdict =
+            import_order::judge(Named::from(&entry), held.as_ref().map(Named::from), same);
+        let Verdict::Apply(stamp) = verdict else {
+            return Ok(ImportOutcome::from(verdict));
+        };
+        self.replica.accept_stamp(entry.updated_at)?;
+        entry.updated_at = stamp;
+        self.write_memory(&entry)?;
+        Ok(ImportOutcome::Applied)
+    }
+
+    /// A write through the HTTP API that names its writer (`node_id`): stamped now, after the
+    /// current version, so it always replaces it, and stored as this node's with the named
+    /// writer as its claim.
+    pub fn put_memory_claimed(&mut self, entry: MemoryEntry, via: Via) -> Result<MemoryEntry> {
+        let mut entry = self.as_imported(entry, via);
+        validate::key(&entry.key)?;
+        validate::value_size(&entry.value)?;
+        secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
+        let held = self.current_memory(&entry.scope, &entry.key)?;
+        entry.updated_at = self.replica.stamp_after(held.map(|held| held.updated_at))?;
+        self.write_memory(&entry)?;
+        Ok(entry)
     }
 
     /// `entry` as this node stores it when it imports it: written by this node, and when the
@@ -940,18 +988,42 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// Like [`Batch::import_memory`], for skills.
     pub fn import_skill(&mut self, skill: Skill) -> Result<bool> {
+        Ok(self.import_skill_judged(skill)?.applied())
+    }
+
+    /// Like [`Batch::import_memory_judged`], for skills: the same content and path from the
+    /// same writer at the same instant is the held version.
+    pub fn import_skill_judged(&mut self, mut skill: Skill) -> Result<ImportOutcome> {
         validate::skill_name(&skill.name)?;
         validate::skill_text("content", &skill.content)?;
         secret::check_text("skill content", &skill.content).map_err(ValidationError::from)?;
-        let newer = self
-            .current_skill(&skill.name)?
-            .is_none_or(|winner| skill.version() > winner.version());
-        if newer {
-            self.replica.accept_stamp(skill.updated_at)?;
-            self.write_skill(&skill)?;
-        }
-        Ok(newer)
+        let held = self.current_skill(&skill.name)?;
+        let same = held.as_ref().is_some_and(|held| {
+            !held.deleted && held.content == skill.content && held.path == skill.path
+        });
+        let verdict =
+            import_order::judge(Named::from(&skill), held.as_ref().map(Named::from), same);
+        let Verdict::Apply(stamp) = verdict else {
+            return Ok(ImportOutcome::from(verdict));
+        };
+        self.replica.accept_stamp(skill.updated_at)?;
+        skill.updated_at = stamp;
+        self.write_skill(&skill)?;
+        Ok(ImportOutcome::Applied)
+    }
+
+    /// A skill written through the HTTP API, which names its `source_node`: stamped now,
+    /// after the current version, so it always replaces it.
+    pub fn put_skill_named(&mut self, mut skill: Skill) -> Result<Skill> {
+        validate::skill_name(&skill.name)?;
+        validate::skill_text("content", &skill.content)?;
+        secret::check_text("skill content", &skill.content).map_err(ValidationError::from)?;
+        let held = self.current_skill(&skill.name)?;
+        skill.updated_at = self.replica.stamp_after(held.map(|held| held.updated_at))?;
+        self.write_skill(&skill)?;
+        Ok(skill)
     }
 
     fn write_skill(&mut self, skill: &Skill) -> Result<()> {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{secret, MemoryEntry, Scope, Skill, Stamp, Via};
-use crate::replica::{Batch, Replica, ReplicaError, SharedReplica};
+use crate::replica::{Batch, ImportOutcome, Replica, ReplicaError, SharedReplica};
 pub use mirror::Mirror;
 pub use rows::{decode_value, encode_value, MemoryRow, SkillRow};
 
@@ -72,12 +72,16 @@ pub struct ImportReport {
     /// Rows that changed the replica.
     pub memory: usize,
     pub skills: usize,
-    /// Rows the replica already held, or held newer.
+    /// Rows the replica already held, or held newer (`not_applied` says which and why).
     pub unchanged: usize,
     /// Rows that could not be imported; `reasons` says why.
     pub skipped: usize,
     #[serde(skip)]
     pub reasons: Vec<String>,
+    /// Among `unchanged`, the rows not applied because the replica holds a newer version or
+    /// one that wins the tie at the same `updated_at`: the row and why.
+    #[serde(skip)]
+    pub not_applied: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -133,9 +137,11 @@ pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, Stor
             replica,
             &mut report,
             |batch, entry| {
+                let row = format!("memory {}:{}", entry.scope, entry.key);
                 (
-                    batch.import_memory(entry, Via::Store),
+                    batch.import_memory_judged(entry, Via::Store),
                     |r: &mut ImportReport| &mut r.memory,
+                    row,
                 )
             },
         )
@@ -151,9 +157,12 @@ pub fn import(path: &Path, replica: &SharedReplica) -> Result<ImportReport, Stor
             replica,
             &mut report,
             |batch, skill| {
-                (import_skill(batch, skill), |r: &mut ImportReport| {
-                    &mut r.skills
-                })
+                let row = format!("skill {}", skill.name);
+                (
+                    import_skill(batch, skill),
+                    |r: &mut ImportReport| &mut r.skills,
+                    row,
+                )
             },
         )
         .map_err(|e| e.into_store_error(path))?;
@@ -190,7 +199,7 @@ fn import_rows<T>(
     convert: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Row<T>>,
     replica: &SharedReplica,
     report: &mut ImportReport,
-    apply: impl Fn(&mut Batch<'_>, T) -> (Result<bool, ReplicaError>, Counter),
+    apply: impl Fn(&mut Batch<'_>, T) -> (Result<ImportOutcome, ReplicaError>, Counter, String),
 ) -> Result<(), ImportFailure>
 where
     T: Clone,
@@ -216,8 +225,8 @@ where
                 for row in &chunk {
                     match row.clone() {
                         Ok(item) => {
-                            let (result, counter) = apply(batch, item);
-                            counted.record(refused(result), counter)?;
+                            let (result, counter, row) = apply(batch, item);
+                            counted.record(refused(result), counter, row)?;
                         }
                         Err(reason) => counted.skip(reason),
                     }
@@ -238,7 +247,7 @@ enum Refused {
     Store(ReplicaError),
 }
 
-fn refused(result: Result<bool, ReplicaError>) -> Result<bool, Refused> {
+fn refused(result: Result<ImportOutcome, ReplicaError>) -> Result<ImportOutcome, Refused> {
     result.map_err(|error| match error.into_refusal() {
         Ok(reason) => Refused::Row(reason.to_string()),
         Err(error) => Refused::Store(error),
@@ -258,16 +267,23 @@ impl ImportReport {
         self.unchanged += other.unchanged;
         self.skipped += other.skipped;
         self.reasons.extend(other.reasons);
+        self.not_applied.extend(other.not_applied);
     }
 
+    /// Counts what became of `row` (named as `memory <scope>:<key>` or `skill <name>`).
     fn record(
         &mut self,
-        outcome: Result<bool, Refused>,
+        outcome: Result<ImportOutcome, Refused>,
         changed: impl Fn(&mut Self) -> &mut usize,
+        row: String,
     ) -> Result<(), ReplicaError> {
         match outcome {
-            Ok(true) => *changed(self) += 1,
-            Ok(false) => self.unchanged += 1,
+            Ok(ImportOutcome::Applied) => *changed(self) += 1,
+            Ok(ImportOutcome::Held) => self.unchanged += 1,
+            Ok(ImportOutcome::NotApplied(reason)) => {
+                self.unchanged += 1;
+                self.not_applied.push(format!("{row}: {reason}"));
+            }
             Err(Refused::Row(reason)) => {
                 self.skipped += 1;
                 self.reasons.push(reason);
@@ -279,7 +295,7 @@ impl ImportReport {
 }
 
 /// The skill's description is meshd's own (no column holds one), so the held one is kept.
-fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<bool, ReplicaError> {
+fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<ImportOutcome, ReplicaError> {
     if let Some(path) = &skill.path {
         secret::check_text("skill path", path).map_err(|e| ReplicaError::Invalid(e.into()))?;
     }
@@ -289,7 +305,7 @@ fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<bool, Replica
     {
         skill.description = held.description;
     }
-    batch.import_skill(skill)
+    batch.import_skill_judged(skill)
 }
 
 fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {

@@ -1,7 +1,12 @@
 //! High-entropy tokens: long runs of token characters that look random (see "High-entropy
 //! tokens" in the module docs of `secret`).
 
-use super::rules::{DATA_URI, PEM_BLOCK, SSH_PUBLIC};
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::rules::{is_artifact_name, DATA_URI, PEM_BLOCK, SSH_PUBLIC};
+use super::words::DIGEST_PREFIXES;
 
 const MIN_TOKEN_LEN: usize = 32;
 const MIN_HEX_LEN: usize = 48;
@@ -46,11 +51,55 @@ pub(super) fn high_entropy(text: &str, mut skip: Vec<(usize, usize)>) -> bool {
             .skip(span)
             .take_while(|&&(s, _)| s < end)
             .any(|&(s, e)| s < end && start < e);
-        if !skipped && bytes.get(start..end).is_some_and(is_secret_token) {
+        if !skipped
+            && !labelled_artifact(text, start, end)
+            && bytes.get(start..end).is_some_and(is_secret_token)
+        {
             return true;
         }
     }
     false
+}
+
+/// An IPFS CIDv0: the base58 multihash of a SHA-256 digest, which always begins `Qm`.
+static CID_V0: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^Qm[1-9A-HJ-NP-Za-km-z]{44}$").expect("CIDv0 pattern must compile")
+});
+
+/// Characters that may stand between a label and its value: `sig: X`, `"sig": "X"`, `sig=X`.
+const LABEL_GAP: &[u8] = b" \t\"':=";
+
+/// Whether the token at `start..end` says, or is told, that it is a digest or signature: it
+/// begins with a digest name and a dash (`sha384-<base64>`), it is a CIDv0, or the name just
+/// before it is an artifact name (`signature: <base64>`, `"sha256": "<base64>"`).
+fn labelled_artifact(text: &str, start: usize, end: usize) -> bool {
+    let token = text.get(start..end).unwrap_or("");
+    let lower = token.to_ascii_lowercase();
+    let self_labelled = DIGEST_PREFIXES.iter().any(|prefix| {
+        lower
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with(['-', '_']))
+    });
+    if self_labelled || CID_V0.is_match(token) {
+        return true;
+    }
+    let before = text.get(..start).unwrap_or("").as_bytes();
+    let gap = before
+        .iter()
+        .rev()
+        .take_while(|b| LABEL_GAP.contains(b))
+        .count();
+    let name_end = before.len() - gap;
+    let name_start = before
+        .get(..name_end)
+        .unwrap_or(&[])
+        .iter()
+        .rposition(|&b| !(is_token_byte(b) || b == b'.'))
+        .map_or(0, |i| i + 1);
+    gap > 0
+        && text
+            .get(name_start..name_end)
+            .is_some_and(|name| !name.is_empty() && is_artifact_name(name))
 }
 
 fn is_secret_token(token: &[u8]) -> bool {

@@ -46,7 +46,8 @@
 //!      (`password: hunter2`) is not checked: it is indistinguishable from prose such as
 //!      "Password: choose a long one".
 //!    * in a memory entry (see "Key names" below).
-//! 9. [`SecretRule::HighEntropyToken`]: see "High-entropy tokens" below.
+//! 9. [`SecretRule::HighEntropyToken`]: see "High-entropy tokens" below; not applied to a
+//!    value that is named a digest or signature (see "Names of public artifacts").
 //!
 //! # High-entropy tokens
 //!
@@ -76,6 +77,38 @@
 //! `abcdefghijk-lmnopqrstuv-wxyz234567c`, slugs, `snake_case`, `SCREAMING_CASE`, uppercase
 //! base32) and digit-only numbers never trip this rule. A random secret that happens to use a
 //! single case only passes unless a prefix or name rule catches it.
+//!
+//! # Names of public artifacts
+//!
+//! Digests, checksums, signatures and content addresses are random-looking by design, and
+//! publishing them leaks nothing: a signature proves, it grants nothing. The statistical rule
+//! cannot tell them from a random secret of the same size: an Ed25519 signature and an Azure
+//! storage account key are both 64 random bytes, 88 characters of padded base64; a base64
+//! SHA-256 digest and `openssl rand -base64 32` are both 44. Only a name says which it is, so
+//! the guard trusts names both ways, with credentials first:
+//!
+//! * **A credential name refuses** whatever is under it (rule 8), an artifact name below it
+//!   included: `{"api_key": {"sig": ...}}` is refused.
+//! * **An artifact name excuses one encoded blob from the statistical rule, nothing else.** A
+//!   name is an artifact name when its head word (found as for credential names, below) is
+//!   `sig`, `sigs`, `signature(s)`, `hash(es)`, `digest(s)`, `checksum(s)`, `fingerprint(s)`,
+//!   `integrity`, `etag`, `cid`, `multihash` or a digest algorithm (`md5`, `sha`, `sha1`,
+//!   `sha224`, `sha256`, `sha384`, `sha512`, `sha3`, `blake2b`, `blake2s`, `blake3`,
+//!   `crc32`): `release.sig`, `checksum_b64`, `api_key_hash` (a key's hash is what one keeps
+//!   instead of the key). In a memory entry the name is the innermost object key above the
+//!   string (through arrays), else the memory key, and the string must be one blob of
+//!   base64, base64url or hex, optionally after an algorithm label (`sha256:...`); prose
+//!   under such a name is scanned as usual. In free text the name is the one right before
+//!   the token, separated only by spaces, quotes, `:` or `=` (`sig: X`, `"signature": "X"`,
+//!   `sha512=X`); `the signature is X` is not labelled. Rules 1-7 still apply: a GitHub
+//!   token named `hash` is refused.
+//! * **Self-labelled forms pass without a name**: a token that begins with a digest name and a
+//!   dash or underscore (`sha384-<base64>` as Subresource Integrity and Nix write it), and an
+//!   IPFS CIDv0 (`Qm` + 44 base58 characters, a SHA-256 multihash).
+//! * **Without a name, random base64 is refused**, signatures included: an unnamed 88-character
+//!   value may be a storage key as well as a signature, and refusing a signature costs a
+//!   rename (`sig`) while passing a key leaks it for good. Hex of a digest length passes
+//!   unnamed (rule 9), as before.
 //!
 //! # Key names
 //!
@@ -133,11 +166,12 @@
 //! # Known false positives and misses (accepted)
 //!
 //! * Refused although harmless: an LLM log-probability record `{"token": "Hello"}` (the key
-//!   name rule cannot tell it from a credential), base58 identifiers such as Bitcoin addresses
-//!   and IPFS CIDv0 hashes, base64 of non-secret data outside a media `data:` URI, and a
-//!   mixed-case random identifier of 32+ characters (a Google Docs id outside its URL).
+//!   name rule cannot tell it from a credential), base58 identifiers such as Bitcoin addresses,
+//!   base64 of non-secret data outside a media `data:` URI (a signature or digest without a
+//!   name that says so), and a mixed-case random identifier of 32+ characters (a Google Docs
+//!   id outside its URL).
 //! * Passed although secret: single-case random tokens and 64-hex-character keys without a
-//!   credential name, unquoted `password: hunter2`, `password=hunter` (looks like a code
+//!   credential name, a random secret stored under an artifact name (`{"hash": <key>}`), unquoted `password: hunter2`, `password=hunter` (looks like a code
 //!   reference), and anything deliberately disguised.
 //!
 //! # Error fields
@@ -165,7 +199,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use rules::{is_credential_name, is_placeholder, scan};
+use rules::{is_artifact_name, is_credential_name, is_placeholder, scan, scan_named};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refused: {field} looks like a secret ({rule}); secrets and tokens must stay node-local")]
@@ -214,9 +248,15 @@ pub fn check_memory(key: &str, value: &Value) -> Result<(), SecretFound> {
     // its own reference token, so deep nesting stays linear in time and memory.
     let mut paths = Paths::default();
     let key_owner = is_credential_name(key);
-    let mut stack: Vec<(&Value, usize, Option<Owner>)> =
-        vec![(value, ROOT, key_owner.then_some(Owner::MemoryKey))];
-    while let Some((value, node, owner)) = stack.pop() {
+    // Each value goes with its node, the innermost credential name above it, and whether the
+    // innermost name above it (object key, else the memory key) names a public artifact.
+    let mut stack: Vec<(&Value, usize, Option<Owner>, bool)> = vec![(
+        value,
+        ROOT,
+        key_owner.then_some(Owner::MemoryKey),
+        is_artifact_name(key),
+    )];
+    while let Some((value, node, owner, artifact)) = stack.pop() {
         let refuse_owner = |owner: Owner, paths: &Paths| {
             let field = match owner {
                 Owner::MemoryKey => format!("key {key:?}"),
@@ -226,7 +266,7 @@ pub fn check_memory(key: &str, value: &Value) -> Result<(), SecretFound> {
         };
         match value {
             Value::String(s) => {
-                if let Some(rule) = scan(s) {
+                if let Some(rule) = scan_named(s, artifact) {
                     return Err(found(value_field(&paths.pointer(node)), rule));
                 }
                 if let Some(owner) = owner {
@@ -244,7 +284,7 @@ pub fn check_memory(key: &str, value: &Value) -> Result<(), SecretFound> {
                 let first = stack.len();
                 for (i, item) in items.iter().enumerate() {
                     let child = paths.push(node, i.to_string());
-                    stack.push((item, child, owner));
+                    stack.push((item, child, owner, artifact));
                 }
                 if let Some(children) = stack.get_mut(first..) {
                     children.reverse();
@@ -268,7 +308,7 @@ pub fn check_memory(key: &str, value: &Value) -> Result<(), SecretFound> {
                     } else {
                         owner
                     };
-                    stack.push((v, child, child_owner));
+                    stack.push((v, child, child_owner, is_artifact_name(k)));
                 }
                 if let Some(children) = stack.get_mut(first..) {
                     children.reverse();

@@ -7,9 +7,9 @@ use regex::Regex;
 
 use super::entropy::high_entropy;
 use super::words::{
-    CREDENTIAL_BEFORE_KEY, CREDENTIAL_BEFORE_PASS, CREDENTIAL_BEFORE_PHRASE, CREDENTIAL_ENDINGS,
-    CREDENTIAL_FORM_WORDS, CREDENTIAL_WORDS, MASK_CHARS, NOT_CREDENTIAL_BEFORE_TOKEN,
-    PLACEHOLDER_MARKERS, PLACEHOLDER_WORDS, URL_KEY_PARAMS,
+    ARTIFACT_WORDS, CREDENTIAL_BEFORE_KEY, CREDENTIAL_BEFORE_PASS, CREDENTIAL_BEFORE_PHRASE,
+    CREDENTIAL_ENDINGS, CREDENTIAL_FORM_WORDS, CREDENTIAL_WORDS, MASK_CHARS,
+    NOT_CREDENTIAL_BEFORE_TOKEN, PLACEHOLDER_MARKERS, PLACEHOLDER_WORDS, URL_KEY_PARAMS,
 };
 use super::SecretRule;
 
@@ -58,9 +58,20 @@ pub(super) static SSH_PUBLIC: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 static ENV_NAME: LazyLock<Regex> = LazyLock::new(|| re(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$"));
+/// One encoded blob, optionally after an algorithm label: `<base64>`, `sha256:<hex>`,
+/// `sha512-<base64>`, `ed25519:<base64url>`.
+static ENCODED_BLOB: LazyLock<Regex> =
+    LazyLock::new(|| re(r"^(?:[A-Za-z][A-Za-z0-9]{0,15}:)?[A-Za-z0-9+/_-]+={0,2}$"));
 
 /// Returns the first rule the text breaks, if any.
 pub(super) fn scan(text: &str) -> Option<SecretRule> {
+    scan_named(text, false)
+}
+
+/// [`scan`] for a value whose name is known: under an artifact name (see [`is_artifact_name`])
+/// a value that is one encoded blob is not judged by the statistical rule, every other rule
+/// still applies.
+pub(super) fn scan_named(text: &str, artifact_name: bool) -> Option<SecretRule> {
     if PEM_PRIVATE.is_match(text) {
         return Some(SecretRule::PrivateKey);
     }
@@ -116,7 +127,8 @@ pub(super) fn scan(text: &str) -> Option<SecretRule> {
     if assignment(text) {
         return Some(SecretRule::CredentialKeyName);
     }
-    if high_entropy(text, urls) {
+    let named_artifact = artifact_name && ENCODED_BLOB.is_match(text.trim());
+    if !named_artifact && high_entropy(text, urls) {
         return Some(SecretRule::HighEntropyToken);
     }
     None
@@ -241,8 +253,9 @@ pub(super) fn is_placeholder(value: &str) -> bool {
             .any(|marker| lower.contains(marker))
 }
 
-/// Whether a key, parameter or variable name denotes a credential (see the module docs).
-pub(super) fn is_credential_name(name: &str) -> bool {
+/// The words of a name's last segment, without the trailing words that only say how the
+/// thing is written (`value`, `b64`, `hex`, ...): the last word left is the head of the name.
+fn head_words(name: &str) -> Vec<String> {
     let segment = name
         .split(['.', '/', ':'])
         .rfind(|s| !s.is_empty())
@@ -255,6 +268,20 @@ pub(super) fn is_credential_name(name: &str) -> bool {
     {
         words.pop();
     }
+    words
+}
+
+/// Whether a name labels a digest, checksum, signature or content address (see "Names of
+/// public artifacts" in the module docs): its head word is one of [`ARTIFACT_WORDS`].
+pub(super) fn is_artifact_name(name: &str) -> bool {
+    head_words(name)
+        .last()
+        .is_some_and(|w| ARTIFACT_WORDS.contains(&w.as_str()))
+}
+
+/// Whether a key, parameter or variable name denotes a credential (see the module docs).
+pub(super) fn is_credential_name(name: &str) -> bool {
+    let words = head_words(name);
     let Some(last) = words.last().map(String::as_str) else {
         return false;
     };

@@ -669,3 +669,209 @@ fn deep_nesting_is_walked_without_recursion() {
     let joined = outer.map(|handle| handle.join());
     assert!(matches!(joined, Ok(Ok(true))), "{joined:?}");
 }
+
+// Public artifacts: random-looking by design, labelled by their names (issue 15).
+const ED25519_SIG: &str = concat!(
+    "9zUChbwJKOn8PQQO4c6uJdux/149HVZ3tVtHZENYOu/",
+    "bNN9azFA5Tuy6gms7k3TXa30UdpDMXHCRUO6xpXNnxg=="
+);
+const ED25519_SIG_URL: &str = concat!(
+    "3c_-EH318dYEMiOILJ3wyLDYuARJh34m49sZ5B1lDBJ3udfrjkt",
+    "m7IA7LYvygFoUPE9PKtOgUWPneVbeccgSwQ"
+);
+const SHA256_B64: &str = concat!("4OZ1jFHH3rrePIFIcm+gBUgLsdcU", "/KfEzVhEEyW7+F8=");
+const SHA512_B64: &str = concat!(
+    "Ac2noy8EjGJf/xi5q8Q+T7D7MfBoEE/bByPgUSce0Sodu0y8m",
+    "o6v3ii9ABe0R6QV6Zo8uQ6RW9xqidCukWLVpg=="
+);
+const SRI_SHA384: &str = concat!(
+    "sha384-",
+    "SHZa0b95zBO5tAjgcIhx7lxMGtB0ArfxyN1pFyAWZ8Y1+QQg93KNRM6/eh0Ok7Pq"
+);
+const CID_V0: &str = concat!("QmYwAPJzv5CZsnA625s3Xf2n", "emtYgPpHdWEz79ojWnPbdG");
+/// An Azure storage account key: 64 random bytes, exactly the shape of an Ed25519 signature.
+const AZURE_KEY: &str = concat!(
+    "6NbLRXkkHa1+Y2AD10Lt970XSRAKc+QP8UEo0n+Qe9/",
+    "5fwuAD3nXFJH1djvHwZdysbhBrRWcAg5VwKbVYW9YDg=="
+);
+/// `openssl rand -base64 32`: the shape of a base64 SHA-256 digest.
+const RAND_32_B64: &str = concat!("nu+0TZhyT4zSB8xu5N7kYgPkq", "+pZnWPohAAkQD9//IM=");
+
+/// Signatures, digests and ids under the names that say what they are: every one passes.
+fn public_artifacts() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("release.sig", json!(ED25519_SIG)),
+        ("release.signature", json!(ED25519_SIG_URL)),
+        ("bridge.msg", json!({ "payload": "hi", "sig": ED25519_SIG })),
+        ("bridge.msg", json!({ "signature": ED25519_SIG })),
+        (
+            "bridge.msgs",
+            json!({ "signatures": [ED25519_SIG, ED25519_SIG_URL] }),
+        ),
+        (
+            "artifact",
+            json!({ "sha256": SHA256_B64, "sha512": SHA512_B64 }),
+        ),
+        ("artifact.digest", json!(format!("sha256:{SHA256_B64}"))),
+        ("artifact", json!({ "checksum_b64": SHA256_B64 })),
+        ("artifact", json!({ "integrity": SRI_SHA384 })),
+        ("node.key_fingerprint", json!(SHA256_B64)),
+        ("api_key_hash", json!(SHA256_B64)),
+        ("cdn.etag", json!(SHA256_B64)),
+        ("ipfs", json!({ "cid": CID_V0 })),
+        ("notes", json!(CID_V0)),
+        ("notes", json!(SRI_SHA384)),
+        (
+            "notes",
+            json!(format!(
+                "<script src=\"/app.js\" integrity=\"{SRI_SHA384}\"></script>"
+            )),
+        ),
+        (
+            "notes",
+            json!(format!("signed release; sig: {ED25519_SIG}")),
+        ),
+        (
+            "notes",
+            json!(format!("{{\"type\":\"memory\",\"sig\":\"{ED25519_SIG}\"}}")),
+        ),
+        ("notes", json!(format!("sha512={SHA512_B64}"))),
+        (
+            "notes",
+            json!("sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        ),
+        (
+            "notes",
+            json!("sha1 79448813e82fdecb51873e8ad0107e0c5a57112e"),
+        ),
+        ("notes", json!("MD5 1EF21DAD4727F400E311059101E207A3")),
+        ("commit", json!("3f5fd8dd41153bc5fdca9427e9e05be2c767ba23")),
+        ("request.id", json!("550e8400-e29b-41d4-a716-446655440000")),
+        (
+            "change",
+            json!({ "hash": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" }),
+        ),
+    ]
+}
+
+/// Credentials, whatever else sits beside them: every one is refused with this rule.
+fn credentials_next_to_artifacts() -> Vec<(&'static str, serde_json::Value, SecretRule)> {
+    use SecretRule::*;
+    vec![
+        // The same shapes as the artifacts above, without a name or under a credential name
+        // (the value is scanned before its name is judged, so the statistical rule reports).
+        ("notes", json!(ED25519_SIG), HighEntropyToken),
+        ("notes", json!(AZURE_KEY), HighEntropyToken),
+        (
+            "notes",
+            json!(format!("the signature is {ED25519_SIG}")),
+            HighEntropyToken,
+        ),
+        ("notes", json!(RAND_32_B64), HighEntropyToken),
+        ("storage.account_key", json!(AZURE_KEY), HighEntropyToken),
+        ("db.password", json!(ED25519_SIG), HighEntropyToken),
+        ("cfg", json!({ "token": SHA256_B64 }), HighEntropyToken),
+        ("cfg", json!({ "secret": ED25519_SIG }), HighEntropyToken),
+        ("cfg", json!({ "api_key": SHA512_B64 }), HighEntropyToken),
+        (
+            "cfg",
+            json!({ "signing_key": ED25519_SIG }),
+            HighEntropyToken,
+        ),
+        (
+            "cfg",
+            json!({ "signing_secret": ED25519_SIG }),
+            HighEntropyToken,
+        ),
+        // A credential name above the artifact name wins.
+        ("api_key", json!({ "sig": ED25519_SIG }), CredentialKeyName),
+        (
+            "cfg",
+            json!({ "password": { "hash": SHA256_B64 } }),
+            CredentialKeyName,
+        ),
+        // An artifact name does not excuse a credential's own shape.
+        ("cfg", json!({ "sig": GHP }), GithubToken),
+        ("cfg", json!({ "signature": JWT_TOKEN }), Jwt),
+        ("cfg", json!({ "hash": OPENAI_KEY }), OpenAiKey),
+        ("cfg", json!({ "digest": AWS_KEY_ID }), AwsAccessKey),
+        (
+            "release.sig",
+            json!(format!("Bearer {BASE64_SECRET}")),
+            BearerHeader,
+        ),
+        // Under an artifact name, only one encoded blob is excused, not prose around a secret.
+        (
+            "release.sig",
+            json!(format!("sig ok; backup {AZURE_KEY}")),
+            HighEntropyToken,
+        ),
+        (
+            "cfg",
+            json!({ "hash": format!("{ED25519_SIG} {BASE64_SECRET}") }),
+            HighEntropyToken,
+        ),
+        // In text, the label must be the name right before the value.
+        (
+            "notes",
+            json!(format!("signature verified, key {AZURE_KEY}")),
+            HighEntropyToken,
+        ),
+        (
+            "notes",
+            json!(format!(
+                "DefaultEndpointsProtocol=https;AccountName=x;AccountKey={AZURE_KEY}"
+            )),
+            HighEntropyToken,
+        ),
+    ]
+}
+
+#[test]
+fn signatures_digests_and_content_ids_under_their_names_pass() {
+    for (key, value) in public_artifacts() {
+        assert_eq!(check_memory(key, &value), Ok(()), "{key} {value}");
+    }
+}
+
+#[test]
+fn artifact_names_keep_every_credential_refused() {
+    for (key, value, rule) in credentials_next_to_artifacts() {
+        let got = check_memory(key, &value).err().map(|e| e.rule);
+        assert_eq!(got, Some(rule), "{key} {value}");
+    }
+}
+
+#[test]
+fn artifact_and_credential_names_are_told_apart() {
+    let artifact = [
+        "sig",
+        "signature",
+        "release.sig",
+        "sha256",
+        "SHA512",
+        "content_digest",
+        "checksumB64",
+        "fingerprint",
+        "api_key_hash",
+        "etag",
+        "cid",
+    ];
+    let not_artifact = [
+        "signing_key",
+        "signing_secret",
+        "sig_token",
+        "hash_secret",
+        "password",
+        "hashing",
+        "signer",
+        "notes",
+    ];
+    for name in artifact {
+        assert!(rules::is_artifact_name(name), "{name} names an artifact");
+        assert!(!is_credential_name(name), "{name} is not a credential name");
+    }
+    for name in not_artifact {
+        assert!(!rules::is_artifact_name(name), "{name} names no artifact");
+    }
+}

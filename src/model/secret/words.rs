@@ -141,3 +141,42 @@ pub(super) const PLACEHOLDER_WORDS: &[&str] = &[
 
 /// A value containing one of these (lowercase) is a placeholder.
 pub(super) const PLACEHOLDER_MARKERS: &[&str] = &["your", "example", "placeholder"];
+
+/// A name whose last word is one of these labels a public artifact derived from data: a
+/// digest, checksum, signature or content address (`release.sig`, `sha256`, `etag`). Random by
+/// design, such values would trip the statistical rule; their name says what they are.
+pub(super) const ARTIFACT_WORDS: &[&str] = &[
+    "sig",
+    "sigs",
+    "signature",
+    "signatures",
+    "hash",
+    "hashes",
+    "digest",
+    "digests",
+    "checksum",
+    "checksums",
+    "fingerprint",
+    "fingerprints",
+    "integrity",
+    "etag",
+    "cid",
+    "multihash",
+    "md5",
+    "sha",
+    "sha1",
+    "sha224",
+    "sha256",
+    "sha384",
+    "sha512",
+    "sha3",
+    "blake2b",
+    "blake2s",
+    "blake3",
+    "crc32",
+];
+
+/// Digest names that label the token they begin, as Subresource Integrity and Nix write
+/// digests (`sha384-<base64>`); compared lowercase, with the `-` or `_` after them.
+pub(super) const DIGEST_PREFIXES: &[&str] =
+    &["sha1", "sha256", "sha384", "sha512", "md5", "blake3"];
