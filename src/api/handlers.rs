@@ -510,7 +510,9 @@ async fn answer_sync(
 fn sync_refusals(reasons: &[(usize, String)]) -> Vec<String> {
     reasons
         .iter()
-        .filter(|(_, reason)| reason.starts_with("refused: sync_") || reason.starts_with("sync_delta"))
+        .filter(|(_, reason)| {
+            reason.starts_with("refused: sync_") || reason.starts_with("sync_delta")
+        })
         .map(|(position, reason)| format!("item {position}: {reason}"))
         .collect()
 }

@@ -99,7 +99,9 @@ impl IngestReport {
             Outcome::Delta(entries) => {
                 for (name, outcome) in entries {
                     match outcome {
-                        Outcome::Ignored(reason) => self.reasons.push((position, format!("{name}: {reason}"))),
+                        Outcome::Ignored(reason) => {
+                            self.reasons.push((position, format!("{name}: {reason}")))
+                        }
                         outcome => self.record(position, outcome),
                     }
                 }
@@ -219,7 +221,12 @@ fn merge_entry(
         Err(reason) => return Ok(Outcome::Ignored(reason.to_string())),
     };
     let held = match &message {
-        Message::Memory(entry) => Some((entry.scope.clone(), entry.key.clone(), entry.value.clone(), entry.updated_at.unix_seconds())),
+        Message::Memory(entry) => Some((
+            entry.scope.clone(),
+            entry.key.clone(),
+            entry.value.clone(),
+            entry.updated_at.unix_seconds(),
+        )),
         _ => None,
     };
     let outcome = import(batch, text, value, message, trusted)?;

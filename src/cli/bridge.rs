@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use meshd::bridge::stream::{Piece, Pieces, PIECE_BYTES};
+use meshd::bridge::sync::webhook::{Credentials, Webhook};
 use meshd::bridge::{Summary, Unwrap};
 use meshd::config::Home;
-use meshd::bridge::sync::webhook::{Credentials, Webhook};
 use meshd::control::{BridgeEmit, BridgeIngest, BridgeRespond, BridgeSyncAnswer};
 
 use super::execute;
@@ -48,11 +48,13 @@ pub enum BridgeCommand {
     /// post this node's sync_summary, then the requests and deltas each answer calls for,
     /// round after round until both summaries match. Progress goes to stderr; prints
     /// {"url","peer","rounds","in_step","changed_here","sent"}
-    #[command(after_help = "The peer must answer sync messages on POST /bridge?handleRequest=1 \
+    #[command(
+        after_help = "The peer must answer sync messages on POST /bridge?handleRequest=1 \
         (meshd does; the reference's webhook-server.js only ingests, so it needs a sync handler \
         built on mesh/sync/sync.js). Exits 1 when the peer is unreachable, refuses the \
         credentials, does not answer JSON, or when the summaries still differ after the last \
-        round.")]
+        round."
+    )]
     Sync {
         /// The peer's webhook, e.g. http://nas.local:4077/bridge (`/bridge` when the URL has
         /// no path; `handleRequest=1` is added)
@@ -66,7 +68,12 @@ pub enum BridgeCommand {
         #[arg(long, value_name = "ID")]
         peer_id: Option<String>,
         /// Bearer token of the peer's webhook (its BRIDGE_AUTH_BEARER)
-        #[arg(long, env = "MESHD_BRIDGE_BEARER", hide_env_values = true, value_name = "TOKEN")]
+        #[arg(
+            long,
+            env = "MESHD_BRIDGE_BEARER",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
         bearer: Option<String>,
         /// Header and secret of the peer's webhook (its BRIDGE_AUTH_HEADER, BRIDGE_AUTH_SECRET)
         #[arg(long, value_name = "NAME:SECRET")]
@@ -121,7 +128,9 @@ fn split_header(given: &str) -> anyhow::Result<(String, String)> {
         Some((name, secret)) if !name.trim().is_empty() => {
             Ok((name.trim().to_string(), secret.trim_start().to_string()))
         }
-        _ => anyhow::bail!("--auth-header takes NAME:SECRET (e.g. X-API-Key:s3cret), not '{given}'"),
+        _ => {
+            anyhow::bail!("--auth-header takes NAME:SECRET (e.g. X-API-Key:s3cret), not '{given}'")
+        }
     }
 }
 

@@ -15,7 +15,12 @@ use super::execute;
 /// How many differing keys an error names before it counts the rest.
 const NAMED: usize = 10;
 
-pub fn run(home: &Home, webhook: &Webhook, rounds: u32, peer: Option<String>) -> anyhow::Result<()> {
+pub fn run(
+    home: &Home,
+    webhook: &Webhook,
+    rounds: u32,
+    peer: Option<String>,
+) -> anyhow::Result<()> {
     let peer = match peer {
         Some(peer) => Some(peer),
         None => learn_peer(home, webhook)?,
@@ -104,10 +109,13 @@ fn post_all(webhook: &Webhook, mut outgoing: Vec<String>) -> anyhow::Result<Vec<
 
 fn answer(home: &Home, answers: &[String]) -> anyhow::Result<SyncAnswered> {
     let payload = format!("[{}]", answers.join(","));
-    let answered = execute(home, BridgeSyncAnswer {
-        payload,
-        unwrap: None,
-    })
+    let answered = execute(
+        home,
+        BridgeSyncAnswer {
+            payload,
+            unwrap: None,
+        },
+    )
     .context("cannot take in the peer's answers")?;
     for (position, reason) in &answered.ignored {
         eprintln!("meshd: the peer's message {position} ignored: {reason}");

@@ -37,8 +37,8 @@ use crate::replica::SharedReplica;
 
 pub use backup::{Backup, BackupReport, Restore};
 pub use bridge::{
-    BridgeEmit, BridgeIngest, BridgeRespond, BridgeSyncAnswer, BridgeSyncSummary, Ingested, OwnSummary,
-    SyncAnswered,
+    BridgeEmit, BridgeIngest, BridgeRespond, BridgeSyncAnswer, BridgeSyncSummary, Ingested,
+    OwnSummary, SyncAnswered,
 };
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};

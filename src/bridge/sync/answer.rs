@@ -74,7 +74,9 @@ pub fn answer(replica: &Replica, asked: &[SyncMessage], now: u64) -> Result<Answ
     if let Some(summary) = last_summary {
         answer_summary(replica, summary, now, &mut answer)?;
     } else if let Some(delta) = last_delta {
-        answer.messages.push(self::summary(replica, Some(&delta.node_id), now)?);
+        answer
+            .messages
+            .push(self::summary(replica, Some(&delta.node_id), now)?);
     }
     Ok(answer)
 }
@@ -126,7 +128,10 @@ fn delta(replica: &Replica, request: &PeerRequest, now: u64) -> Result<Vec<Strin
             skills.push(skill_entry(&skill));
         }
     }
-    let request_id = request.request_id.clone().unwrap_or_else(|| request_id(replica, now));
+    let request_id = request
+        .request_id
+        .clone()
+        .unwrap_or_else(|| request_id(replica, now));
     Ok(deltas(replica.node_id(), peer, &request_id, memory, skills))
 }
 
@@ -286,7 +291,10 @@ fn offered_skills(replica: &Replica) -> Result<(Vec<Skill>, Vec<String>), Replic
         .list_skills()?
         .into_iter()
         .partition(|skill| travels(&skill.name));
-    Ok((offered, left_out.into_iter().map(|skill| skill.name).collect()))
+    Ok((
+        offered,
+        left_out.into_iter().map(|skill| skill.name).collect(),
+    ))
 }
 
 /// A memory entry of a delta, as a bridge memory message without its `type`.

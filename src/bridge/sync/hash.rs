@@ -82,8 +82,14 @@ mod tests {
 
     #[test]
     fn arrival_order_is_kept_when_hashing_the_text_as_sent() {
-        assert_eq!(hash_arrived(r#"{"a":1,"b":2}"#), Some(hash_value(&json!({"b":2,"a":1}))));
-        assert_ne!(hash_arrived(r#"{"b":2,"a":1}"#), hash_arrived(r#"{"a":1,"b":2}"#));
+        assert_eq!(
+            hash_arrived(r#"{"a":1,"b":2}"#),
+            Some(hash_value(&json!({"b":2,"a":1})))
+        );
+        assert_ne!(
+            hash_arrived(r#"{"b":2,"a":1}"#),
+            hash_arrived(r#"{"a":1,"b":2}"#)
+        );
         assert_eq!(hash_arrived(r#""x""#), Some(hash_text("x")));
         assert_eq!(hash_arrived("{"), None);
     }
@@ -92,7 +98,10 @@ mod tests {
     fn javascript_number_forms_are_hashed() {
         assert_eq!(hash_value(&json!(1.0)), hash_text("1"));
         assert_eq!(hash_value(&json!(1e21)), hash_text("1e+21"));
-        assert_eq!(hash_value(&json!({"10": 1, "9": 2})), hash_text(r#"{"9":2,"10":1}"#));
+        assert_eq!(
+            hash_value(&json!({"10": 1, "9": 2})),
+            hash_text(r#"{"9":2,"10":1}"#)
+        );
     }
 
     #[test]

@@ -145,7 +145,11 @@ fn sender(value: &Value, kind: &'static str) -> Result<(String, String), Refused
 }
 
 /// The list `field`, empty when absent (as the reference reads `summary.memory || []`).
-fn list<'a>(value: &'a Value, kind: &'static str, field: &'static str) -> Result<&'a [Value], Refused> {
+fn list<'a>(
+    value: &'a Value,
+    kind: &'static str,
+    field: &'static str,
+) -> Result<&'a [Value], Refused> {
     let rows = match value.get(field) {
         None | Some(Value::Null) => return Ok(&[]),
         Some(Value::Array(rows)) => rows,
@@ -181,9 +185,10 @@ fn read_summary(value: &Value) -> Result<PeerSummary, Refused> {
         let h = hash(row).map_err(refused)?;
         match labels::read(scope, key, &node_scope) {
             Some((scope, key)) => summary.memory.push(MemoryRow { scope, key, ts, h }),
-            None => summary
-                .skipped
-                .push(format!("memory row {}: no scope meshd has in '{scope}:{key}'", index + 1)),
+            None => summary.skipped.push(format!(
+                "memory row {}: no scope meshd has in '{scope}:{key}'",
+                index + 1
+            )),
         }
     }
     for (index, row) in list(value, KIND, "skills")?.iter().enumerate() {
@@ -280,7 +285,8 @@ fn read_delta(text: &str, value: &Value) -> Result<PeerDelta, Refused> {
 /// another writer, the scope is written out in full (the entry is then that writer's claim
 /// on `node_scope`'s scope, refused or kept as any bridge message's would be).
 pub fn entry_message(kind: &str, entry: &str, node_scope: &str) -> Result<(String, Value), String> {
-    let not_entry = || format!("not a {kind} entry (an object with the fields of a {kind} message)");
+    let not_entry =
+        || format!("not a {kind} entry (an object with the fields of a {kind} message)");
     let inner = entry.strip_prefix('{').ok_or_else(not_entry)?;
     let text = if inner.trim_start().starts_with('}') {
         format!("{{\"type\":\"{kind}\"}}")
@@ -292,7 +298,10 @@ pub fn entry_message(kind: &str, entry: &str, node_scope: &str) -> Result<(Strin
         return Err(not_entry());
     }
     let bare_node = value.get("scope").and_then(Value::as_str) == Some("node");
-    let writer = value.get("nodeId").and_then(Value::as_str).and_then(node_name);
+    let writer = value
+        .get("nodeId")
+        .and_then(Value::as_str)
+        .and_then(node_name);
     if bare_node && writer.as_deref() != Some(node_scope) {
         value["scope"] = Value::from(format!("node:{node_scope}"));
         return Ok((value.to_string(), value));

@@ -85,7 +85,10 @@ mod tests {
         let mut rounds = Rounds::default();
         let d = [differ("mesh:k", Why::SameSecond)];
         assert_eq!(rounds.judge(true, &d, &[], 0), Verdict::Again);
-        assert_eq!(rounds.judge(true, &d, &["mesh:k".into()], 0), Verdict::InStep);
+        assert_eq!(
+            rounds.judge(true, &d, &["mesh:k".into()], 0),
+            Verdict::InStep
+        );
     }
 
     #[test]

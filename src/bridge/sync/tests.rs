@@ -23,7 +23,8 @@ fn ingest(replica: &mut Replica, text: &str, trusted: &TrustedKeys) -> IngestRep
 }
 
 fn put(replica: &mut Replica, scope: &str, key: &str, value: Value, ts: u64, by: &str) {
-    let message = json!({"type":"memory","scope":scope,"key":key,"value":value,"nodeId":by,"ts":ts});
+    let message =
+        json!({"type":"memory","scope":scope,"key":key,"value":value,"nodeId":by,"ts":ts});
     let report = ingest(replica, &message.to_string(), &TrustedKeys::default());
     assert_eq!(report.changed, 1, "{:?}", report.reasons);
 }
@@ -50,7 +51,14 @@ fn a_summary_gets_a_request_for_what_is_lacking_and_a_delta_of_what_the_peer_lac
     let (_dir, mut node) = replica();
     put(&mut node, "mesh", "older-there", json!("ours"), 200, "m2");
     put(&mut node, "mesh", "newer-there", json!("ours"), 100, "m2");
-    put(&mut node, "mesh", "only-here", json!({"b": 1, "a": [1.5]}), 100, "m2");
+    put(
+        &mut node,
+        "mesh",
+        "only-here",
+        json!({"b": 1, "a": [1.5]}),
+        100,
+        "m2",
+    );
     put(&mut node, "mesh", "same", json!("v"), 100, "m2");
     put(&mut node, "mesh", "same-second", json!("ours"), 100, "m2");
     let same_h = hash::hash_value(&json!("v"));
@@ -73,7 +81,12 @@ fn a_summary_gets_a_request_for_what_is_lacking_and_a_delta_of_what_the_peer_lac
     assert_eq!(request[0]["nodeScope"], "js");
     assert_eq!(
         request[0]["memory"],
-        json!([["mesh","newer-there"],["mesh","same-second"],["user:alice","k"],["node","k"]])
+        json!([
+            ["mesh", "newer-there"],
+            ["mesh", "same-second"],
+            ["user:alice", "k"],
+            ["node", "k"]
+        ])
     );
     assert_eq!(request[0]["skills"], json!(["triage"]));
     let delta = of_type(&messages, "sync_delta");
@@ -117,10 +130,12 @@ fn skills_with_equal_hashes_are_in_step_whatever_their_ts() {
     let skill = json!({"type":"skill","name":"triage","sourceNode":"m2","content":"# T","ts":100});
     ingest(&mut node, &skill.to_string(), &TrustedKeys::default());
     let h = hash::hash_text("# T");
-    let summary = json!({"type":"sync_summary","nodeId":"js","skills":[{"name":"triage","ts":999,"h":h}]});
+    let summary =
+        json!({"type":"sync_summary","nodeId":"js","skills":[{"name":"triage","ts":999,"h":h}]});
     let (_, answer) = answer_to(&mut node, summary);
     assert_eq!(answer, Answer::default());
-    let summary = json!({"type":"sync_summary","nodeId":"js","skills":[{"name":"triage","ts":999,"h":"x"}]});
+    let summary =
+        json!({"type":"sync_summary","nodeId":"js","skills":[{"name":"triage","ts":999,"h":"x"}]});
     let (_, answer) = answer_to(&mut node, summary);
     assert_eq!(parsed(&answer.messages)[0]["skills"], json!(["triage"]));
 }
@@ -132,7 +147,8 @@ fn a_request_gets_a_delta_of_what_this_node_has() {
     put(&mut node, "mesh", "a", json!(1), 100, "js");
     put(&mut node, "user:alice", "b", json!("x"), 101, "ceo");
     put(&mut node, "node", "c", json!(true), 102, "js");
-    node.put_memory(&Scope::Node(own.clone()), "d", json!("mine")).unwrap();
+    node.put_memory(&Scope::Node(own.clone()), "d", json!("mine"))
+        .unwrap();
     let skill = json!({"type":"skill","name":"triage","sourceNode":"ceo","content":"# T","ts":100});
     ingest(&mut node, &skill.to_string(), &TrustedKeys::default());
     let request = json!({"type":"sync_request","requestId":"r1","nodeId":"js",
@@ -146,8 +162,14 @@ fn a_request_gets_a_delta_of_what_this_node_has() {
     assert_eq!(delta["requestId"], "r1");
     let entries = delta["memory"].as_array().unwrap();
     assert_eq!(entries.len(), 4);
-    assert_eq!(entries[1], json!({"scope":"user:alice","key":"b","value":"x","nodeId":"ceo","ts":101}));
-    assert_eq!(entries[2]["scope"], "node", "the peer's own scope is bare node for it");
+    assert_eq!(
+        entries[1],
+        json!({"scope":"user:alice","key":"b","value":"x","nodeId":"ceo","ts":101})
+    );
+    assert_eq!(
+        entries[2]["scope"], "node",
+        "the peer's own scope is bare node for it"
+    );
     assert_eq!(entries[3]["scope"], format!("node:{own}"));
     assert_eq!(entries[3]["nodeId"], own);
     assert_eq!(
@@ -181,24 +203,58 @@ fn a_delta_merges_by_the_bridge_rule() {
         .iter()
         .map(|entry| {
             let mut message = json!({"type":"memory"});
-            message.as_object_mut().unwrap().extend(entry.as_object().unwrap().clone());
+            message
+                .as_object_mut()
+                .unwrap()
+                .extend(entry.as_object().unwrap().clone());
             message.to_string()
         })
-        .chain([json!({"type":"skill","name":"s","sourceNode":"js","content":"# S","ts":100}).to_string()])
+        .chain([
+            json!({"type":"skill","name":"s","sourceNode":"js","content":"# S","ts":100})
+                .to_string(),
+        ])
         .collect();
-    let bridged = ingest(&mut by_bridge, &messages.join("\n"), &TrustedKeys::default());
+    let bridged = ingest(
+        &mut by_bridge,
+        &messages.join("\n"),
+        &TrustedKeys::default(),
+    );
     assert_eq!(report.changed, bridged.changed);
     assert_eq!(report.summary.memory, bridged.summary.memory);
     assert_eq!(report.summary.skill, bridged.summary.skill);
-    assert_eq!(report.reasons.len(), bridged.reasons.len(), "{:?}", report.reasons);
+    assert_eq!(
+        report.reasons.len(),
+        bridged.reasons.len(),
+        "{:?}",
+        report.reasons
+    );
     for ((_, delta_reason), (_, bridge_reason)) in report.reasons.iter().zip(&bridged.reasons) {
-        assert!(delta_reason.ends_with(bridge_reason.as_str()), "{delta_reason} / {bridge_reason}");
-        assert!(delta_reason.starts_with("sync_delta memory entry"), "{delta_reason}");
+        assert!(
+            delta_reason.ends_with(bridge_reason.as_str()),
+            "{delta_reason} / {bridge_reason}"
+        );
+        assert!(
+            delta_reason.starts_with("sync_delta memory entry"),
+            "{delta_reason}"
+        );
     }
-    assert_eq!(by_delta.list_memory(None).unwrap(), by_bridge.list_memory(None).unwrap());
-    assert_eq!(by_delta.list_skills().unwrap(), by_bridge.list_skills().unwrap());
-    assert!(report.reasons.iter().any(|(_, r)| r.contains("secret")), "{:?}", report.reasons);
-    assert!(by_delta.get_memory(&Scope::Mesh, "future").unwrap().is_none());
+    assert_eq!(
+        by_delta.list_memory(None).unwrap(),
+        by_bridge.list_memory(None).unwrap()
+    );
+    assert_eq!(
+        by_delta.list_skills().unwrap(),
+        by_bridge.list_skills().unwrap()
+    );
+    assert!(
+        report.reasons.iter().any(|(_, r)| r.contains("secret")),
+        "{:?}",
+        report.reasons
+    );
+    assert!(by_delta
+        .get_memory(&Scope::Mesh, "future")
+        .unwrap()
+        .is_none());
     let new = by_delta.get_memory(&Scope::Mesh, "new").unwrap().unwrap();
     assert_eq!(new.named_writer(), "js");
     assert!(by_delta
@@ -211,10 +267,17 @@ fn a_delta_merges_by_the_bridge_rule() {
 fn a_signed_entry_that_does_not_verify_is_refused() {
     let ceo = NodeKey::insecure_from_name("ceo");
     let mut trusted = TrustedKeys::default();
-    trusted.insert("ceo", crate::bridge::signing::PublicKey::from_spki_pem(&crate::bridge::signing::public_key_pem(&ceo)).unwrap());
+    trusted.insert(
+        "ceo",
+        crate::bridge::signing::PublicKey::from_spki_pem(&crate::bridge::signing::public_key_pem(
+            &ceo,
+        ))
+        .unwrap(),
+    );
     let message = r#"{"type":"memory","scope":"mesh","key":"k","value":1,"nodeId":"ceo","ts":100}"#;
     let good = crate::bridge::signing::sign(message, &ceo).unwrap();
-    let forged = crate::bridge::signing::sign(message, &NodeKey::insecure_from_name("mallory")).unwrap();
+    let forged =
+        crate::bridge::signing::sign(message, &NodeKey::insecure_from_name("mallory")).unwrap();
     let entry = |signed: &str| -> Value {
         let mut value: Value = serde_json::from_str(signed).unwrap();
         value.as_object_mut().unwrap().remove("type");
@@ -224,7 +287,11 @@ fn a_signed_entry_that_does_not_verify_is_refused() {
     let delta = json!({"type":"sync_delta","nodeId":"ceo","memory":[entry(&forged)]});
     let report = ingest(&mut node, &delta.to_string(), &trusted);
     assert_eq!(report.changed, 0);
-    assert!(report.reasons[0].1.contains("bad signature"), "{:?}", report.reasons);
+    assert!(
+        report.reasons[0].1.contains("bad signature"),
+        "{:?}",
+        report.reasons
+    );
     let delta = json!({"type":"sync_delta","nodeId":"ceo","memory":[entry(&good)]});
     let report = ingest(&mut node, &delta.to_string(), &trusted);
     assert_eq!(report.changed, 1, "{:?}", report.reasons);
@@ -239,30 +306,63 @@ fn hostile_messages_are_refused_whole_with_the_reason_and_change_nothing() {
         .map(|i| json!({"scope":"mesh","key":format!("k{i}"),"value":1,"nodeId":"js","ts":100}))
         .collect();
     let cases = [
-        (json!({"type":"sync_delta","nodeId":"js","memory":many}), "at most 50000"),
-        (json!({"type":"sync_summary","nodeId":"js","memory":many}), "at most 50000"),
+        (
+            json!({"type":"sync_delta","nodeId":"js","memory":many}),
+            "at most 50000",
+        ),
+        (
+            json!({"type":"sync_summary","nodeId":"js","memory":many}),
+            "at most 50000",
+        ),
         (json!({"type":"sync_delta","memory":[]}), "nodeId"),
-        (json!({"type":"sync_delta","nodeId":"js","memory":{"a":1}}), "must be a list"),
-        (json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"k","ts":1e15}]}), "ts"),
-        (json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"k","ts":"1"}]}), "ts"),
-        (json!({"type":"sync_summary","nodeId":"js","memory":["junk"]}), "memory row 1"),
-        (json!({"type":"sync_summary","nodeId":"js","skills":[{"name":"s","ts":1,"h":7}]}), "'h'"),
-        (json!({"type":"sync_request","nodeId":"js","memory":[["mesh"]]}), "[scope, key]"),
-        (json!({"type":"sync_request","nodeId":"js","skills":[1]}), "skill name"),
+        (
+            json!({"type":"sync_delta","nodeId":"js","memory":{"a":1}}),
+            "must be a list",
+        ),
+        (
+            json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"k","ts":1e15}]}),
+            "ts",
+        ),
+        (
+            json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"k","ts":"1"}]}),
+            "ts",
+        ),
+        (
+            json!({"type":"sync_summary","nodeId":"js","memory":["junk"]}),
+            "memory row 1",
+        ),
+        (
+            json!({"type":"sync_summary","nodeId":"js","skills":[{"name":"s","ts":1,"h":7}]}),
+            "'h'",
+        ),
+        (
+            json!({"type":"sync_request","nodeId":"js","memory":[["mesh"]]}),
+            "[scope, key]",
+        ),
+        (
+            json!({"type":"sync_request","nodeId":"js","skills":[1]}),
+            "skill name",
+        ),
     ];
     for (message, reason) in cases {
         let report = ingest(&mut node, &message.to_string(), &TrustedKeys::default());
         assert_eq!(report.changed, 0);
         assert!(report.sync.is_empty(), "{reason}: nothing is answered");
         assert_eq!(report.reasons.len(), 1, "{reason}: {:?}", report.reasons);
-        assert!(report.reasons[0].1.contains(reason), "{reason}: {:?}", report.reasons);
+        assert!(
+            report.reasons[0].1.contains(reason),
+            "{reason}: {:?}",
+            report.reasons
+        );
         assert!(report.reasons[0].1.starts_with("refused: "));
     }
     assert!(node.list_memory(None).unwrap().is_empty());
     let junk = json!({"type":"sync_delta","nodeId":"js","memory":[1, "x", {"type":"skill"}, {}]});
     let report = ingest(&mut node, &junk.to_string(), &TrustedKeys::default());
     assert_eq!(report.reasons.len(), 4, "{:?}", report.reasons);
-    assert!(report.reasons[0].1.contains("sync_delta memory entry 1: not a memory entry"));
+    assert!(report.reasons[0]
+        .1
+        .contains("sync_delta memory entry 1: not a memory entry"));
     assert!(node.list_memory(None).unwrap().is_empty());
 }
 
@@ -270,7 +370,8 @@ fn hostile_messages_are_refused_whole_with_the_reason_and_change_nothing() {
 fn a_summary_row_ahead_of_the_clock_is_not_requested() {
     let (_dir, mut node) = replica();
     let far = Stamp::from_unix_millis(crate::replica::system_clock()).unix_seconds() + 365 * 86_400;
-    let summary = json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"k","ts":far}]});
+    let summary =
+        json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"k","ts":far}]});
     let (_, answer) = answer_to(&mut node, summary);
     assert!(answer.messages.is_empty());
     assert_eq!(answer.differences[0].why, Why::AheadOfClock);

@@ -127,7 +127,10 @@ impl Webhook {
 fn answers(url: &str, text: &str) -> Result<Vec<String>, WebhookError> {
     let value: Value = serde_json::from_str(text).map_err(|e| WebhookError::NotJson {
         url: url.to_string(),
-        detail: format!("{e}; it began {:?}", text.chars().take(80).collect::<String>()),
+        detail: format!(
+            "{e}; it began {:?}",
+            text.chars().take(80).collect::<String>()
+        ),
     })?;
     match value.get("response") {
         Some(Value::Array(messages)) => Ok(messages.iter().map(Value::to_string).collect()),
@@ -143,19 +146,31 @@ mod tests {
     use super::*;
 
     fn url(given: &str) -> String {
-        Webhook::new(given, Credentials::default()).unwrap().url().to_string()
+        Webhook::new(given, Credentials::default())
+            .unwrap()
+            .url()
+            .to_string()
     }
 
     #[test]
     fn the_bridge_route_and_handle_request_are_added() {
-        assert_eq!(url("http://nas:4077"), "http://nas:4077/bridge?handleRequest=1");
-        assert_eq!(url("http://nas:4077/"), "http://nas:4077/bridge?handleRequest=1");
+        assert_eq!(
+            url("http://nas:4077"),
+            "http://nas:4077/bridge?handleRequest=1"
+        );
+        assert_eq!(
+            url("http://nas:4077/"),
+            "http://nas:4077/bridge?handleRequest=1"
+        );
         assert_eq!(url("http://nas/hook"), "http://nas/hook?handleRequest=1");
         assert_eq!(
             url("https://nas/bridge?unwrap=generic"),
             "https://nas/bridge?unwrap=generic&handleRequest=1"
         );
-        assert_eq!(url("http://nas/bridge?handleRequest=true"), "http://nas/bridge?handleRequest=true");
+        assert_eq!(
+            url("http://nas/bridge?handleRequest=true"),
+            "http://nas/bridge?handleRequest=true"
+        );
         for bad in ["nas:4077", "ftp://nas", "http://"] {
             assert!(Webhook::new(bad, Credentials::default()).is_err(), "{bad}");
         }
@@ -163,8 +178,14 @@ mod tests {
 
     #[test]
     fn answers_are_a_list_or_one_message_and_anything_else_says_why() {
-        assert_eq!(answers("u", r#"{"response":[{"a":1},{"b":2}]}"#).unwrap(), [r#"{"a":1}"#, r#"{"b":2}"#]);
-        assert_eq!(answers("u", r#"{"response":{"a":1}}"#).unwrap(), [r#"{"a":1}"#]);
+        assert_eq!(
+            answers("u", r#"{"response":[{"a":1},{"b":2}]}"#).unwrap(),
+            [r#"{"a":1}"#, r#"{"b":2}"#]
+        );
+        assert_eq!(
+            answers("u", r#"{"response":{"a":1}}"#).unwrap(),
+            [r#"{"a":1}"#]
+        );
         let none = answers("u", r#"{"ingested":0,"memory":0,"skill":0}"#).unwrap_err();
         assert!(none.to_string().contains("does not answer sync messages"));
         let junk = answers("u", "<html>").unwrap_err();
