@@ -232,8 +232,12 @@ fn a_reference_node_and_meshd_converge_both_ways() {
     assert!(!keys.iter().any(|k| k.starts_with("node:js:")), "{keys:?}");
     assert_eq!(keys.len(), 8, "{keys:?}");
 
-    // In step: one round, nothing sent but the summary.
-    let again = sync(&meshd, &url);
+    // In step: one round, nothing sent but the summary; the peer as meshd.toml lists it.
+    meshd.configure(&format!(
+        "\n[[bridge.peers]]\nurl = \"{url}\"\nnode_id = \"js\"\n"
+    ));
+    let run = meshd.ok(&["bridge", "sync"], "");
+    let again: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(again["rounds"], 1, "{again}");
     assert_eq!(again["changed_here"], 0);
 
@@ -308,6 +312,13 @@ fn bridge_sync_failures_are_clear() {
         bad.stderr.contains("is not an http:// or https:// URL"),
         "{}",
         bad.stderr
+    );
+    let unnamed = meshd.run(&["bridge", "sync"], "");
+    assert_ne!(unnamed.code, 0);
+    assert!(
+        unnamed.stderr.contains("[[bridge.peers]]"),
+        "{}",
+        unnamed.stderr
     );
     let header = meshd.run(
         &[

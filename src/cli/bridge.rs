@@ -9,7 +9,7 @@ use clap::Subcommand;
 use meshd::bridge::stream::{Piece, Pieces, PIECE_BYTES};
 use meshd::bridge::sync::webhook::{Credentials, Webhook};
 use meshd::bridge::{Summary, Unwrap};
-use meshd::config::Home;
+use meshd::config::{BridgePeer, Home};
 use meshd::control::{BridgeEmit, BridgeIngest, BridgeRespond, BridgeSyncAnswer};
 
 use super::execute;
@@ -57,8 +57,9 @@ pub enum BridgeCommand {
     )]
     Sync {
         /// The peer's webhook, e.g. http://nas.local:4077/bridge (`/bridge` when the URL has
-        /// no path; `handleRequest=1` is added)
-        url: String,
+        /// no path; `handleRequest=1` is added); without it, each `[[bridge.peers]]` of
+        /// meshd.toml in turn
+        url: Option<String>,
         /// Give up after this many rounds
         #[arg(long, default_value_t = 6, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -115,12 +116,38 @@ pub fn run(home: &Home, command: BridgeCommand) -> anyhow::Result<()> {
             bearer,
             auth_header,
         } => {
-            let header = auth_header.map(|given| split_header(&given)).transpose()?;
-            let credentials = Credentials { bearer, header };
-            let webhook = Webhook::new(&url, credentials)?;
-            super::bridge_sync::run(home, &webhook, rounds, peer_id)
+            let peers = match url {
+                Some(url) => vec![BridgePeer {
+                    url,
+                    node_id: peer_id,
+                    bearer,
+                    auth_header,
+                }],
+                None => configured_peers(home)?,
+            };
+            for peer in peers {
+                let header = peer.auth_header.as_deref().map(split_header).transpose()?;
+                let credentials = Credentials {
+                    bearer: peer.bearer,
+                    header,
+                };
+                let webhook = Webhook::new(&peer.url, credentials)?;
+                super::bridge_sync::run(home, &webhook, rounds, peer.node_id)?;
+            }
+            Ok(())
         }
     }
+}
+
+fn configured_peers(home: &Home) -> anyhow::Result<Vec<BridgePeer>> {
+    let peers = home.load_config()?.bridge.peers;
+    if peers.is_empty() {
+        anyhow::bail!(
+            "give the peer's webhook URL, or list peers in {} as [[bridge.peers]] url = \"...\"",
+            home.config_path().display()
+        );
+    }
+    Ok(peers)
 }
 
 fn split_header(given: &str) -> anyhow::Result<(String, String)> {
