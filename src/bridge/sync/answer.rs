@@ -51,6 +51,9 @@ pub enum Why {
     SameSecond,
     /// The peer's is further ahead of this node's clock than it accepts.
     AheadOfClock,
+    /// This node deleted it after the peer's version: the format has no deletions, so the peer
+    /// keeps it, and taking it back would change nothing here.
+    DeletedHere,
 }
 
 /// The answer to `asked` (what a bridge payload held): a delta for each request; for the last
@@ -157,7 +160,15 @@ fn answer_summary(
         let mine = ours.get(&slot);
         let ours_at = mine.map(|entry| (entry.updated_at.unix_seconds(), hash_value(&entry.value)));
         let why = compare(ours_at.as_ref(), row.ts, row.h.as_deref(), false);
+        let deleted = |version: Option<(MemoryEntry, Vec<MemoryEntry>)>| {
+            version.is_some_and(|(winner, _)| {
+                winner.deleted && winner.updated_at.unix_seconds() >= row.ts
+            })
+        };
         let why = match why {
+            Some(Why::MissingHere) if deleted(replica.memory_versions(&row.scope, &row.key)?) => {
+                Some(Why::DeletedHere)
+            }
             Some(Why::MissingHere | Why::NewerThere) if !accepts(replica, row.ts) => {
                 Some(Why::AheadOfClock)
             }
@@ -222,7 +233,15 @@ fn compare_skills(
     for row in summary.skills.iter().filter(|row| travels(&row.name)) {
         let mine = ours.get(row.name.as_str());
         let ours_at = mine.map(|skill| (skill.updated_at.unix_seconds(), hash_skill(skill.body())));
+        let deleted = |version: Option<(Skill, Vec<Skill>)>| {
+            version.is_some_and(|(winner, _)| {
+                winner.deleted && winner.updated_at.unix_seconds() >= row.ts
+            })
+        };
         let why = match compare(ours_at.as_ref(), row.ts, row.h.as_deref(), true) {
+            Some(Why::MissingHere) if deleted(replica.skill_versions(&row.name)?) => {
+                Some(Why::DeletedHere)
+            }
             Some(Why::MissingHere | Why::NewerThere) if !accepts(replica, row.ts) => {
                 Some(Why::AheadOfClock)
             }

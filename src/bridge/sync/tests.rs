@@ -367,6 +367,17 @@ fn hostile_messages_are_refused_whole_with_the_reason_and_change_nothing() {
 }
 
 #[test]
+fn a_key_deleted_here_after_the_peers_version_is_not_requested() {
+    let (_dir, mut node) = replica();
+    put(&mut node, "mesh", "gone", json!(1), 100, "js");
+    node.delete_memory(&Scope::Mesh, "gone").unwrap();
+    let summary = json!({"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"gone","ts":100}]});
+    let (_, answer) = answer_to(&mut node, summary);
+    assert!(answer.messages.is_empty(), "{:?}", answer.messages);
+    assert_eq!(answer.differences[0].why, Why::DeletedHere);
+}
+
+#[test]
 fn a_summary_row_ahead_of_the_clock_is_not_requested() {
     let (_dir, mut node) = replica();
     let far = Stamp::from_unix_millis(crate::replica::system_clock()).unix_seconds() + 365 * 86_400;
