@@ -465,6 +465,53 @@ fn mesh_requests_get_mesh_responses() {
     assert_eq!(summary(&run), counts(0, 0, 0, 1));
 }
 
+/// `bridge respond` answers sync messages as the webhook does, and prints why a hostile one
+/// is refused; `bridge ingest` merges a delta's entries and answers nothing.
+#[test]
+fn sync_messages_are_answered_by_respond() {
+    let node = TestNode::new("sec");
+    ingest(&node, MEMORY, None);
+    let summary_in = r#"{"type":"sync_summary","nodeId":"ceo","memory":[{"scope":"mesh","key":"theirs","ts":5}],"skills":[]}"#;
+    let delta = r#"{"type":"sync_delta","nodeId":"ceo","memory":[{"scope":"mesh","key":"theirs","value":7,"nodeId":"ceo","ts":5}]}"#;
+    let run = node.ok(&["bridge", "respond"], summary_in);
+    let answers: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 2, "{}", run.stdout);
+    assert_eq!(answers[0]["type"], "sync_request");
+    assert_eq!(answers[0]["memory"], json!([["mesh", "theirs"]]));
+    assert_eq!(answers[1]["type"], "sync_delta");
+    assert_eq!(answers[1]["memory"][0]["key"], "user.preferences");
+    let merged = node.ok(&["bridge", "respond"], delta);
+    let own: Value = serde_json::from_str(merged.stdout.trim()).unwrap();
+    assert_eq!(
+        own["type"], "sync_summary",
+        "a delta is answered with this node's summary"
+    );
+    assert_eq!(own["memory"].as_array().unwrap().len(), 2);
+    let again = node.ok(&["bridge", "respond"], summary_in);
+    let answers: Vec<Value> = again
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 1, "only the delta of what the peer lacks");
+    let hostile = r#"{"type":"sync_summary","nodeId":"ceo","memory":[{"scope":"mesh","key":"k","ts":1e300}]}"#;
+    let refused = node.ok(&["bridge", "respond"], hostile);
+    assert_eq!(refused.stdout, "");
+    assert!(
+        refused
+            .stderr
+            .contains("refused: sync_summary: memory row 1: 'ts' must be Unix seconds"),
+        "{}",
+        refused.stderr
+    );
+    let run = node.ok(&["bridge", "ingest"], delta);
+    assert_eq!(summary(&run), counts(1, 1, 0, 0));
+}
+
 #[test]
 fn a_file_argument_and_a_missing_file() {
     let node = TestNode::new("a");

@@ -63,9 +63,18 @@ fn resolve<'a>(doc: &'a Value, node: &'a Value) -> &'a Value {
 }
 
 /// The JSON Schema subset the document uses: type (one or a list), const, enum, required,
-/// properties, additionalProperties: false, items.
+/// properties, additionalProperties: false, items, anyOf.
 fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     let schema = resolve(doc, schema);
+    if let Some(Value::Array(choices)) = schema.get("anyOf") {
+        let failures: Vec<String> = choices
+            .iter()
+            .filter_map(|choice| check(doc, choice, value, at).err())
+            .collect();
+        if failures.len() == choices.len() {
+            return Err(format!("{at}: matches none of anyOf: {failures:?}"));
+        }
+    }
     if let Some(types) = schema.get("type") {
         let types: Vec<&str> = match types {
             Value::String(t) => vec![t.as_str()],
@@ -268,6 +277,20 @@ fn cases() -> Vec<Case> {
         case("/ingest", "post", "/ingest", Some(MEMORY)),
         case("/ingest", "post", "/ingest", Some(&big)),
         case("/bridge", "post", "/bridge?handleRequest=1", Some(REQUEST)),
+        case(
+            "/bridge",
+            "post",
+            "/bridge?handleRequest=1",
+            Some(
+                r#"{"type":"sync_summary","nodeId":"js","memory":[{"scope":"mesh","key":"new","ts":1}]}"#,
+            ),
+        ),
+        case(
+            "/bridge",
+            "post",
+            "/bridge?handleRequest=1",
+            Some(r#"{"type":"sync_summary","nodeId":"js","memory":"junk"}"#),
+        ),
         case("/bridge", "post", "/bridge?unwrap=nope", Some(MEMORY)),
         case("/bridge", "post", "/bridge", Some(&big)),
     ]

@@ -395,8 +395,12 @@ pub struct BridgeAnswer {
     skill: usize,
     #[serde(rename = "notApplied", skip_serializing_if = "Vec::is_empty")]
     not_applied: Vec<NotAppliedItem>,
+    /// A mesh_response, or for sync messages the list of answers (itself a bridge payload).
     #[serde(skip_serializing_if = "Option::is_none")]
     response: Option<Box<RawValue>>,
+    /// meshd only: why sync messages or delta entries were refused, with `handleRequest`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<String>,
 }
 
 /// A message of the payload (1-based `item`) whose version was not applied, and why.
@@ -454,7 +458,14 @@ async fn run_bridge(
     for (position, reason) in &report.reasons {
         tracing::info!(position, reason, "bridge item ignored");
     }
+    let sync_answer = handle_request && !report.sync.is_empty();
+    let refused = if handle_request {
+        sync_refusals(&report.reasons)
+    } else {
+        Vec::new()
+    };
     let response = match report.requests.as_slice() {
+        _ if sync_answer => Some(answer_sync(state, report.sync.clone(), now).await?),
         [request] if handle_request && single => {
             let request = request.clone();
             let responder = state.settings.responder.clone();
@@ -488,5 +499,33 @@ async fn run_bridge(
         skill,
         not_applied,
         response,
+        refused,
     }))
+}
+
+/// The answers to a payload's sync messages, as one JSON list: a bridge payload the caller
+/// may post back as it is.
+async fn answer_sync(
+    state: &ApiState,
+    asked: Vec<bridge::SyncMessage>,
+    now: u64,
+) -> Result<Box<RawValue>, HttpError> {
+    let answer = with_replica(state, move |replica| {
+        let answer = bridge::sync::answer(replica, &asked, now / 1000).map_err(read_error)?;
+        Ok((answer, false))
+    })
+    .await?;
+    let list = format!("[{}]", answer.messages.join(","));
+    Ok(RawValue::from_string(list).expect("sync answers are JSON"))
+}
+
+/// The reasons of refused sync messages and delta entries, with their item's position.
+fn sync_refusals(reasons: &[(usize, String)]) -> Vec<String> {
+    reasons
+        .iter()
+        .filter(|(_, reason)| {
+            reason.starts_with("refused: sync_") || reason.starts_with("sync_delta")
+        })
+        .map(|(position, reason)| format!("item {position}: {reason}"))
+        .collect()
 }

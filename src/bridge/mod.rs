@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod message;
 pub mod signing;
 pub mod stream;
+pub mod sync;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -16,6 +17,7 @@ use crate::trust::NodeKey;
 pub use envelope::{items, Item, Unwrap};
 pub use message::{classify, Kind, MeshRequest, Message, SkillMessage};
 pub use signing::{BridgeKeys, SignatureCheck, TrustedKeys};
+pub use sync::SyncMessage;
 
 /// The counts a bridge ingest reports, in the reference's shape plus `ignored` and
 /// `notApplied` (messages ingested whose version the replica did not take: it holds a newer
@@ -46,6 +48,12 @@ pub struct IngestReport {
     /// its claimed sender is verified or only claimed. (A bad signature is refused, and
     /// listed in `reasons` instead.)
     pub signatures: Vec<(usize, SignatureCheck)>,
+    /// The sync messages seen, in order (a delta's entries already merged): what
+    /// `sync::answer` answers.
+    pub sync: Vec<SyncMessage>,
+    /// Memory a delta brought that this node already held with the same value and second,
+    /// `scope:key`: a hash that differed there came from the key order of an object alone.
+    pub same_value: Vec<String>,
 }
 
 /// Imports every memory and skill message among `items` into `batch` (one group commit, run
@@ -59,7 +67,7 @@ pub fn ingest(
 ) -> Result<IngestReport, ReplicaError> {
     let mut report = IngestReport::default();
     for (index, item) in items.iter().enumerate() {
-        let outcome = apply(batch, item, trusted, &mut report.requests)?;
+        let outcome = apply(batch, item, trusted, &mut report)?;
         report.record(index + 1, outcome);
     }
     Ok(report)
@@ -70,6 +78,10 @@ enum Outcome {
     Memory(ImportOutcome, SignatureCheck),
     Skill(ImportOutcome, SignatureCheck),
     Ignored(String),
+    /// A sync_delta: the outcome of each entry, with the entry's name for its reason.
+    Delta(Vec<(String, Outcome)>),
+    /// A sync_summary or sync_request: answered (`sync::answer`), neither ingested nor ignored.
+    Answered,
 }
 
 impl IngestReport {
@@ -90,6 +102,20 @@ impl IngestReport {
                 self.reasons.push((position, reason));
                 return;
             }
+            // Neither changes nor refuses a version.
+            Outcome::Answered => ImportOutcome::Held,
+            Outcome::Delta(entries) => {
+                for (name, outcome) in entries {
+                    match outcome {
+                        Outcome::Ignored(reason) => {
+                            self.reasons.push((position, format!("{name}: {reason}")))
+                        }
+                        outcome => self.record(position, outcome),
+                    }
+                }
+                // Each entry was recorded on its own.
+                ImportOutcome::Held
+            }
         };
         self.summary.ingested = self.summary.memory + self.summary.skill;
         match imported {
@@ -107,7 +133,7 @@ fn apply(
     batch: &mut Batch<'_>,
     item: &Item,
     trusted: &TrustedKeys,
-    requests: &mut Vec<MeshRequest>,
+    report: &mut IngestReport,
 ) -> Result<Outcome, ReplicaError> {
     let text = match item {
         Ok(text) => text.get(),
@@ -117,22 +143,50 @@ fn apply(
         Ok(value) => value,
         Err(error) => return Ok(Outcome::Ignored(format!("not JSON: {error}"))),
     };
+    if sync::is_sync(&value) {
+        return match sync::read(text, &value) {
+            Ok(SyncMessage::Delta(delta)) => {
+                let entries = merge_delta(batch, &delta, trusted, report)?;
+                report.sync.push(SyncMessage::Delta(delta.merged()));
+                Ok(Outcome::Delta(entries))
+            }
+            Ok(message) => {
+                report.sync.push(message);
+                Ok(Outcome::Answered)
+            }
+            Err(refused) => Ok(Outcome::Ignored(format!("refused: {refused}"))),
+        };
+    }
     let message = match classify(&value) {
         Ok(message) => message,
         Err(reason) => return Ok(Outcome::Ignored(reason.to_string())),
     };
-    // A forged signature is worse than none: the message is refused, not imported unsigned.
-    let check = signing::check(text, &value, trusted);
+    if let Message::Request(request) = message {
+        report.requests.push(request);
+        return Ok(Outcome::Ignored(
+            "a mesh_request is answered, not ingested".to_string(),
+        ));
+    }
+    import(batch, text, &value, message, trusted)
+}
+
+/// Imports a memory or skill message, once its signature (if any) verifies: a forged
+/// signature is worse than none, so the message is refused, not imported unsigned.
+fn import(
+    batch: &mut Batch<'_>,
+    text: &str,
+    value: &Value,
+    message: Message,
+    trusted: &TrustedKeys,
+) -> Result<Outcome, ReplicaError> {
+    let check = signing::check(text, value, trusted);
     if let SignatureCheck::Invalid { reason } = check {
         return Ok(Outcome::Ignored(format!(
             "refused: bad signature: {reason}"
         )));
     }
     Ok(match message {
-        Message::Request(request) => {
-            requests.push(request);
-            Outcome::Ignored("a mesh_request is answered, not ingested".to_string())
-        }
+        Message::Request(_) => Outcome::Ignored("a mesh_request is answered, not ingested".into()),
         Message::Memory(entry) => {
             let entry = with_checked_claim(entry, &check, batch.node_id());
             match refused(batch.import_memory_judged(entry, Via::Bridge))? {
@@ -145,6 +199,63 @@ fn apply(
             Err(reason) => Outcome::Ignored(reason),
         },
     })
+}
+
+/// Merges a delta's entries, each as the bridge message it is without its `type`: the same
+/// checks, trust rules and last-write-wins as any bridge message.
+fn merge_delta(
+    batch: &mut Batch<'_>,
+    delta: &sync::PeerDelta,
+    trusted: &TrustedKeys,
+    report: &mut IngestReport,
+) -> Result<Vec<(String, Outcome)>, ReplicaError> {
+    let lists = [("memory", &delta.memory), ("skill", &delta.skills)];
+    let mut outcomes = Vec::new();
+    for (kind, entries) in lists {
+        for (index, entry) in entries.iter().enumerate() {
+            let name = format!("sync_delta {kind} entry {}", index + 1);
+            let outcome = match sync::entry_message(kind, entry.get(), &delta.node_scope) {
+                Ok((text, value)) => merge_entry(batch, &text, &value, trusted, report)?,
+                Err(reason) => Outcome::Ignored(reason),
+            };
+            outcomes.push((name, outcome));
+        }
+    }
+    Ok(outcomes)
+}
+
+fn merge_entry(
+    batch: &mut Batch<'_>,
+    text: &str,
+    value: &Value,
+    trusted: &TrustedKeys,
+    report: &mut IngestReport,
+) -> Result<Outcome, ReplicaError> {
+    let message = match classify(value) {
+        Ok(message @ (Message::Memory(_) | Message::Skill(_))) => message,
+        Ok(Message::Request(_)) => return Ok(Outcome::Ignored("not an entry".into())),
+        Err(reason) => return Ok(Outcome::Ignored(reason.to_string())),
+    };
+    let held = match &message {
+        Message::Memory(entry) => Some((
+            entry.scope.clone(),
+            entry.key.clone(),
+            entry.value.clone(),
+            entry.updated_at.unix_seconds(),
+        )),
+        _ => None,
+    };
+    let outcome = import(batch, text, value, message, trusted)?;
+    let kept_ours = matches!(&outcome, Outcome::Memory(imported, _) if !imported.applied());
+    if let (true, Some((scope, key, sent, second))) = (kept_ours, held) {
+        let same = batch.current_memory(&scope, &key)?.is_some_and(|current| {
+            !current.deleted && current.value == sent && current.updated_at.unix_seconds() == second
+        });
+        if same {
+            report.same_value.push(format!("{scope}:{key}"));
+        }
+    }
+    Ok(outcome)
 }
 
 /// `entry` with its claimed writer borne out, when a key this node trusts for that writer

@@ -3,6 +3,7 @@
 mod api;
 mod backup;
 mod bridge;
+mod bridge_sync;
 mod cache;
 mod daemon;
 mod doc;

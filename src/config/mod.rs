@@ -185,9 +185,25 @@ pub struct BridgeConfig {
     /// Sign the messages this node emits on the bridge (`meshd bridge emit`, answers to
     /// mesh_request) with its node key, in the reference scheme.
     pub sign: bool,
+    /// Reference nodes' webhooks that `meshd bridge sync` without a URL syncs with.
+    pub peers: Vec<BridgePeer>,
     /// `trusted_keys` read, by `Home::load_config`.
     #[serde(skip)]
     pub keys: TrustedKeys,
+}
+
+/// `[[bridge.peers]]`: a peer's bridge webhook for the Phase 3 sync over the bridge.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgePeer {
+    /// The webhook, e.g. `http://nas.local:4077/bridge`.
+    pub url: String,
+    /// The peer's node id, as its messages name it (learned from it otherwise).
+    pub node_id: Option<String>,
+    /// Its webhook's bearer token (its BRIDGE_AUTH_BEARER).
+    pub bearer: Option<String>,
+    /// Its webhook's header and secret, `NAME:SECRET` (its BRIDGE_AUTH_HEADER and _SECRET).
+    pub auth_header: Option<String>,
 }
 
 impl BridgeConfig {
@@ -466,7 +482,10 @@ fn config_template(name: &str, listen: &str) -> String {
          # mdns = true                    # announce on the LAN (the listen address's interfaces), find nodes\n\
          # [bridge]                       # reference message signatures (docs/operator-guide.md)\n\
          # sign = false                   # sign emitted messages; peers trust `meshd id --public-pem`\n\
-         # trusted_keys = {{ ceo = \"/etc/meshd/ceo.pub.pem\" }}  # a message signed as ceo must verify with it\n"
+         # trusted_keys = {{ ceo = \"/etc/meshd/ceo.pub.pem\" }}  # a message signed as ceo must verify with it\n\
+         # [[bridge.peers]]               # `meshd bridge sync` with no URL syncs with each\n\
+         # url = \"http://nas.local:4077/bridge\"\n\
+         # node_id = \"nas\"                # optional: learned from the peer otherwise\n"
     )
 }
 

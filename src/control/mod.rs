@@ -36,7 +36,10 @@ use crate::peers::{DialFailure, LinkFailure, LinkState, PeerRefusal, PeerStore};
 use crate::replica::SharedReplica;
 
 pub use backup::{Backup, BackupReport, Restore};
-pub use bridge::{BridgeEmit, BridgeIngest, BridgeRespond, Ingested};
+pub use bridge::{
+    BridgeEmit, BridgeIngest, BridgeRespond, BridgeSyncAnswer, BridgeSyncSummary, Ingested,
+    OwnSummary, SyncAnswered,
+};
 pub use cache::{CacheWrite, CachesWritten};
 pub use doc::{DocExport, DocImport};
 pub use doctor::Doctor;

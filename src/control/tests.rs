@@ -186,6 +186,12 @@ fn samples(node: &Node) -> Vec<Request> {
             key: "k".into(),
         }
         .into(),
+        BridgeSyncAnswer {
+            payload: r#"{"type":"sync_delta","nodeId":"ceo","memory":[{"scope":"mesh","key":"synced","value":1,"nodeId":"ceo","ts":1700000000}]}"#.into(),
+            unwrap: None,
+        }
+        .into(),
+        BridgeSyncSummary::default().into(),
     ]
 }
 
@@ -269,6 +275,8 @@ fn position(request: &Request) -> usize {
         Request::PeersApprove(_) => 29,
         Request::PeersDeny(_) => 30,
         Request::MemHistory(_) => 31,
+        Request::BridgeSyncAnswer(_) => 32,
+        Request::BridgeSyncSummary(_) => 33,
     }
 }
 

@@ -83,6 +83,8 @@ command_set! {
     BridgeIngest => bridge::BridgeIngest,
     BridgeEmit => bridge::BridgeEmit,
     BridgeRespond => bridge::BridgeRespond,
+    BridgeSyncAnswer => bridge::BridgeSyncAnswer,
+    BridgeSyncSummary => bridge::BridgeSyncSummary,
     StoreImport => store::StoreImport,
     StoreExport => store::StoreExport,
     CacheWrite => cache::CacheWrite,

@@ -701,6 +701,11 @@ impl Replica {
         Ok(stamp)
     }
 
+    /// How far ahead of the wall clock an import's stamp may be (what `accept_stamp` checks).
+    pub fn clock_bound(&self) -> ClockBound {
+        self.clock_bound
+    }
+
     /// Refuses a stamp brought by an import (bridge, SQLite, API) that is too far ahead of
     /// this node's clock; an accepted one moves the clock along, up to its ceiling.
     fn accept_stamp(&mut self, stamp: Stamp) -> Result<()> {
