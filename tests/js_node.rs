@@ -7,10 +7,12 @@
 //! to a directory holding the reference's `mesh/`, or `MESHD_REFERENCE_GIT` to a (bare) git
 //! repository of it. Without either, or without `node`, the test is skipped and says so.
 
+#[path = "support/reference.rs"]
+mod reference;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,43 +20,6 @@ use serde_json::{json, Value};
 use support::compat::TestNode;
 
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js_node/driver.js");
-
-/// The reference's directory (holding `mesh/`), or why the test cannot run.
-fn reference(scratch: &Path) -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("MESHD_REFERENCE_DIR").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        return if dir.join("mesh/sync/sync.js").is_file() {
-            Ok(dir)
-        } else {
-            Err(format!(
-                "MESHD_REFERENCE_DIR={} holds no mesh/sync/sync.js",
-                dir.display()
-            ))
-        };
-    }
-    let Some(git) = std::env::var_os("MESHD_REFERENCE_GIT").filter(|d| !d.is_empty()) else {
-        return Err(
-            "set MESHD_REFERENCE_DIR (a directory holding the reference's mesh/) or \
-                    MESHD_REFERENCE_GIT (a git repository of bgoldmann/Raise-The-OpenClaw)"
-                .into(),
-        );
-    };
-    let dir = scratch.join("reference");
-    std::fs::create_dir_all(&dir).unwrap();
-    let archive = format!(
-        "git --git-dir='{}' archive HEAD mesh | tar -x -C '{}'",
-        Path::new(&git).display(),
-        dir.display()
-    );
-    let status = Command::new("sh").args(["-c", &archive]).status();
-    match status {
-        Ok(status) if status.success() && dir.join("mesh/sync/sync.js").is_file() => Ok(dir),
-        _ => Err(format!(
-            "MESHD_REFERENCE_GIT={}: `git archive HEAD mesh` gave no mesh/sync/sync.js",
-            Path::new(&git).display()
-        )),
-    }
-}
 
 fn node_available() -> bool {
     Command::new("node")
@@ -154,10 +119,10 @@ fn sync(node: &TestNode, url: &str) -> Value {
 #[test]
 fn a_reference_node_and_meshd_converge_both_ways() {
     let scratch = tempfile::tempdir().unwrap();
-    let reference = match reference(scratch.path()) {
+    let reference = match reference::locate() {
         Ok(dir) => dir,
-        Err(why) => {
-            eprintln!("SKIPPED: the reference JavaScript node is not available: {why}");
+        Err(skip) => {
+            skip.report("a_reference_node_and_meshd_converge_both_ways");
             return;
         }
     };
