@@ -611,7 +611,7 @@ fn a_node_request_is_answered_from_the_responders_own_scope() {
 /// Reference message signatures (`bridge::signing`): what a node trusts in meshd.toml, what
 /// it refuses, and agreement with the reference scheme run by the real `node`.
 mod signatures {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::process::{Command, Stdio};
 
     use meshd::bridge::canonical;
@@ -637,26 +637,6 @@ mod signatures {
 
     fn stored(node: &TestNode) -> String {
         node.ok(&["mem", "get", "mesh", "k", "--json"], "").stdout
-    }
-
-    /// `meshd api serve` on a free loopback port; the address and the process.
-    fn serve(node: &TestNode) -> (String, std::process::Child) {
-        let mut child = node
-            .command()
-            .args(["api", "serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("listening on http://") {
-            line.clear();
-            assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "api serve ended");
-        }
-        let addr = line.trim().rsplit("http://").next().unwrap().to_string();
-        (addr, child)
     }
 
     fn post(addr: &str, path: &str, body: &str) -> Value {
@@ -703,7 +683,7 @@ mod signatures {
             );
             assert!(run.stderr.contains("'ceo'"), "{}", run.stderr);
         }
-        let (addr, mut server) = serve(&node);
+        let (addr, mut server) = node.serve_api();
         let wrapped = format!("{{\"body\": {forged}}}");
         let answers = [
             post(&addr, "/ingest", &forged),

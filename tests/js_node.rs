@@ -211,7 +211,7 @@ fn a_reference_node_and_meshd_converge_both_ways() {
         "memory": [{"scope":"mesh","key":"pushed","value":{"q":1,"p":2},"ts":now()}],
         "skills": [{"name":"pushed-skill","content":"# pushed\n"}],
     }));
-    let (addr, mut api) = serve_api(&meshd);
+    let (addr, mut api) = meshd.serve_api();
     let pushed = js.run(
         "push",
         &[&format!("http://{addr}/bridge?handleRequest=1"), "6"],
@@ -227,26 +227,6 @@ fn a_reference_node_and_meshd_converge_both_ways() {
         1,
         "in step after the JS node's own sync"
     );
-}
-
-/// `meshd api serve` on a free loopback port: the address and the process.
-fn serve_api(node: &TestNode) -> (String, Child) {
-    let mut child = node
-        .command()
-        .args(["api", "serve", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on http://") {
-        line.clear();
-        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "api serve ended");
-    }
-    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
-    (addr, child)
 }
 
 /// Every failure of `meshd bridge sync` says what went wrong.
@@ -300,7 +280,7 @@ fn bridge_sync_failures_are_clear() {
     // A webhook with auth, answering without the token; and one answering HTML.
     let peer = TestNode::new("p");
     peer.configure("\n[api]\nbearer_token = \"s3cret\"\n");
-    let (addr, mut api) = serve_api(&peer);
+    let (addr, mut api) = peer.serve_api();
     let refused = meshd.run(
         &[
             "bridge",

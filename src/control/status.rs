@@ -146,8 +146,11 @@ fn behind(replica: &mut Replica, peer: &Peer) -> (usize, Option<usize>) {
         }
         documents += 1;
         if peer.last_sync.is_some() {
-            let confirmed = shared.unwrap_or_default();
-            changes += SyncStore::hashes_since(replica, &doc, &confirmed).len();
+            // As a `Hello` counts it: with no shared heads, the whole history, from the index.
+            changes += match shared {
+                Some(confirmed) => SyncStore::hashes_since(replica, &doc, &confirmed).len(),
+                None => replica.change_count(&doc) as usize,
+            };
         }
     }
     (documents, peer.last_sync.map(|_| changes))

@@ -1,8 +1,8 @@
 //! Runs the real `meshd` binary against a node made in a temporary directory, with its
 //! caches (`OPENCLAW_HOME`) beside it: the helpers of the compatibility tests.
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 pub struct TestNode {
     pub dir: tempfile::TempDir,
@@ -57,6 +57,26 @@ impl TestNode {
     }
 
     /// Runs meshd and insists it succeeds.
+    /// `meshd api serve` on a free loopback port: the address it listens on, and the process.
+    pub fn serve_api(&self) -> (String, Child) {
+        let mut child = self
+            .command()
+            .args(["api", "serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on http://") {
+            line.clear();
+            assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "api serve ended");
+        }
+        let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+        (addr, child)
+    }
+
     pub fn ok(&self, args: &[&str], stdin: &str) -> Run {
         let run = self.run(args, stdin);
         assert_eq!(run.code, 0, "meshd {args:?} failed: {}", run.stderr);
