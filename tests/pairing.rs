@@ -312,3 +312,61 @@ fn with_approve_a_join_waits_until_the_operator_approves_or_denies_it() {
     assert!(pending(&a)["joins"].as_array().unwrap().is_empty());
     assert_eq!(peers(&a).len(), 1);
 }
+
+/// A joiner links back the moment it reads "accepted", while the inviter may still be
+/// waiting for the join exchange to close: that link must be taken, not refused as a
+/// stranger's. This joiner holds the exchange open to make the window wide.
+#[test]
+fn a_joiner_that_links_back_before_closing_the_join_exchange_is_taken() {
+    use meshd::net::{endpoint, identity::Identity, join::JoinRequest, PeerPins};
+    let (a, listen) = TestNode::init_listening("mac-mini");
+    let _da = a.start();
+    let ticket = Ticket::decode(&invite(&a, &["--no-qr"])).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _inside = runtime.enter();
+    let identity = Identity::generate().unwrap();
+    let pins = PeerPins::new();
+    pins.allow(ticket.inviter);
+    let joiner = endpoint::bind(&identity, "127.0.0.1:0".parse().unwrap(), pins).unwrap();
+    let inviter_addr = listen.parse().unwrap();
+    let (exchange, link) = runtime.block_on(async {
+        let (exchange, _) = endpoint::dial_to_join(&joiner, inviter_addr, ticket.inviter)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = exchange.open_bi().await.unwrap();
+        let request = JoinRequest {
+            invite: ticket.invite,
+            proof: meshd::invite::proof(
+                &ticket.secret,
+                ticket.invite,
+                joiner.node_id(),
+                ticket.inviter,
+            )
+            .to_vec(),
+            listen_port: None,
+            addresses: Vec::new(),
+            name: Some("laptop".into()),
+        };
+        let body = serde_json::to_vec(&request).unwrap();
+        send.write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        send.write_all(&body).await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(16 * 1024).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[4..]).to_string();
+        assert!(answer.contains("Accepted"), "{answer}");
+        let (link, _) = endpoint::connect(&joiner, inviter_addr, ticket.inviter)
+            .await
+            .unwrap();
+        (exchange, link)
+    });
+    let joiner_id = joiner.node_id().to_string();
+    wait_until("the inviter holds the joiner's link", || {
+        connected_to(&a, &joiner_id)
+    });
+    let pending = a.run(&["peers", "pending", "--json"]).ok();
+    assert!(!pending.contains(&joiner_id), "{pending}");
+    assert!(link.close_reason().is_none(), "{:?}", link.close_reason());
+    drop((exchange, link));
+}

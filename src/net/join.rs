@@ -166,8 +166,6 @@ pub async fn answer(
         let request: JoinRequest = read_frame(&mut recv).await?;
         let reply = decide(request);
         write_frame(&mut send, &reply).await?;
-        // The joiner closes once it has read the answer.
-        connection.closed().await;
         Ok(reply)
     };
     let outcome = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
@@ -178,6 +176,11 @@ pub async fn answer(
                 EXCHANGE_TIMEOUT.as_secs()
             ))
         });
+    if outcome.is_ok() {
+        // The joiner closes once it has read the answer; closing first could drop the answer.
+        // A joiner that never closes changes nothing: it was answered.
+        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, connection.closed()).await;
+    }
     CloseCode::Joined.close(&connection, "join exchange done");
     outcome
 }

@@ -559,6 +559,9 @@ impl Mesh {
                 ),
             };
         }
+        // Pinned before the answer leaves: the joiner links back as soon as it reads it, and
+        // `peers_changed` runs only once the exchange has closed.
+        self.endpoint.pins().allow(joiner);
         tracing::info!(peer = %peer.label(), id = %joiner, addresses = ?peer.addresses, "a node joined with an invite");
         JoinReply::Accepted {
             access: invite.access,
