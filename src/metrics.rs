@@ -23,6 +23,7 @@ use crate::model::NodeId;
 #[derive(Debug, Default)]
 pub struct Metrics {
     writes: Counter,
+    commits: Counter,
     rounds: Mutex<HashMap<NodeId, u64>>,
     refusals: Family<ReasonLabel, Counter>,
 }
@@ -107,6 +108,12 @@ impl Metrics {
         self.writes.inc_by(count as u64);
     }
 
+    /// The store made changes durable with one commit (one flush): local writes grouped
+    /// together, or changes from peers gathered from several messages.
+    pub fn store_committed(&self) {
+        self.commits.inc();
+    }
+
     /// A sync round with `peer` completed.
     pub fn sync_round(&self, peer: NodeId) {
         *lock(&self.rounds).entry(peer).or_default() += 1;
@@ -125,6 +132,12 @@ impl Metrics {
             "writes_acknowledged",
             "Local writes (memory and skill versions) made durable and acknowledged",
             self.writes.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Commits that made changes durable, one flush each (writes and changes from peers \
+             committed together count once)",
+            self.commits.clone(),
         );
         let rounds = Family::<PeerLabel, Counter>::default();
         for (peer, count) in lock(&self.rounds).iter() {

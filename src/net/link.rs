@@ -8,6 +8,7 @@
 //! The session keeps no clock, so the link stamps each `Hello` it sends with this node's wall
 //! clock, and estimates the peer's clock offset from the stamp on each `Hello` it receives.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use automerge::ChangeHash;
@@ -17,7 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::close::CloseCode;
 use crate::model::{DocId, NodeId};
 use crate::replica::Replica;
-use crate::sync::{self, Applied, Message, Outcome, Refusal, Session, SyncError};
+use crate::sync::{self, Applied, Message, Outcome, Refusal, Session, StoreError, SyncError};
+
+/// Messages already waiting that are handled with the one that arrived, their changes made
+/// durable by one commit: bounds how long the replica is held at once.
+const MAX_GATHERED: usize = 64;
+/// Queued commands taken at once (pushed hashes and sync requests): bounds one pass.
+const MAX_MERGED_COMMANDS: usize = 4096;
 
 /// What a peer said of itself when it opened a round: `meshd status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,30 +178,111 @@ impl<H: LinkHost> Link<'_, H> {
         loop {
             tokio::select! {
                 frame = inbound.recv() => match frame {
-                    Some(received) => {
-                        let Received { message, at_ms } = received?;
-                        if let Message::Hello(hello) = &message {
-                            self.heard_hello(hello, at_ms);
-                        }
-                        let outcome = self.call(|session, store| session.handle(store, message))?;
-                        self.act(outcome).await?;
-                    }
+                    Some(received) => self.take_in(received, &mut inbound).await?,
                     None => return Ok(()),
                 },
                 command = commands.recv() => match command {
-                    Some(LinkCommand::Push { doc, fresh }) => {
-                        let outcome = self.call(|session, store| session.push(store, &doc, &fresh))?;
-                        self.act(outcome).await?;
-                    }
-                    Some(LinkCommand::SyncNow(done)) => {
-                        self.round.waiters.push(done);
-                        self.start_round().await?;
-                    }
+                    Some(command) => self.obey(command, &mut commands).await?,
                     None => return Ok(()),
                 },
                 _ = timer.tick() => self.start_round().await?,
             }
         }
+    }
+
+    /// Handles `first` and the messages already waiting behind it (at most `MAX_GATHERED`)
+    /// with their changes made durable by one commit (`Replica::gathering`), then acts on
+    /// each answer in order. Nothing is sent before that commit returns.
+    async fn take_in(
+        &mut self,
+        first: Result<Received, LinkError>,
+        inbound: &mut mpsc::Receiver<Result<Received, LinkError>>,
+    ) -> Result<(), LinkError> {
+        let mut messages = Vec::new();
+        let mut broken = None;
+        let mut next = Some(first);
+        while let Some(received) = next.take() {
+            match received {
+                Ok(Received { message, at_ms }) => {
+                    if let Message::Hello(hello) = &message {
+                        self.heard_hello(hello, at_ms);
+                    }
+                    messages.push(message);
+                }
+                Err(error) => {
+                    broken = Some(error);
+                    break;
+                }
+            }
+            if messages.len() < MAX_GATHERED {
+                next = inbound.try_recv().ok();
+            }
+        }
+        let (outcomes, failed) = self.handle_all(messages)?;
+        for outcome in outcomes {
+            self.act(outcome).await?;
+        }
+        match failed.map(LinkError::from).or(broken) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the session on each message in one hold of the replica, gathering the changes
+    /// they apply into one commit. Returns the answers to the messages handled and, when one
+    /// failed, its error (the ones after it are not handled); a failed commit is the error.
+    fn handle_all(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> Result<(Vec<Outcome>, Option<SyncError>), LinkError> {
+        let (host, session) = (self.host, &mut self.session);
+        let (handled, committed) = tokio::task::block_in_place(|| {
+            host.with_store(|store| {
+                store.gathering(|store| {
+                    let mut outcomes = Vec::new();
+                    for message in messages {
+                        match session.handle(store, message) {
+                            Ok(outcome) => outcomes.push(outcome),
+                            Err(error) => return (outcomes, Some(error)),
+                        }
+                    }
+                    (outcomes, None)
+                })
+            })
+        });
+        committed.map_err(|error| SyncError::Store(StoreError(Box::new(error))))?;
+        Ok(handled)
+    }
+
+    /// Runs `first` and the commands already queued behind it: the pushes merged into one
+    /// per document (a burst of local writes goes out as one message per document, and the
+    /// peer applies it with one flush), then one round for every `SyncNow` among them.
+    async fn obey(
+        &mut self,
+        first: LinkCommand,
+        commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
+    ) -> Result<(), LinkError> {
+        let mut pushes = Pushes::default();
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                LinkCommand::Push { doc, fresh } => pushes.add(doc, fresh),
+                LinkCommand::SyncNow(done) => waiters.push(done),
+            }
+            if pushes.len() + waiters.len() < MAX_MERGED_COMMANDS {
+                next = commands.try_recv().ok();
+            }
+        }
+        for (doc, fresh) in pushes.docs {
+            let outcome = self.call(|session, store| session.push(store, &doc, &fresh))?;
+            self.act(outcome).await?;
+        }
+        if !waiters.is_empty() {
+            self.round.waiters.extend(waiters);
+            self.start_round().await?;
+        }
+        Ok(())
     }
 
     /// Tells the host what the peer's `Hello`, received at `at_ms`, says of the peer.
@@ -248,6 +336,31 @@ impl<H: LinkHost> Link<'_, H> {
             self.round.finish(self.host, self.peer);
         }
         Ok(())
+    }
+}
+
+/// Fresh changes to push, per document, each hash once, in the order they came.
+#[derive(Default)]
+struct Pushes {
+    docs: Vec<(DocId, Vec<ChangeHash>)>,
+    seen: HashSet<ChangeHash>,
+}
+
+impl Pushes {
+    fn add(&mut self, doc: DocId, fresh: Vec<ChangeHash>) {
+        let fresh = fresh.into_iter().filter(|hash| self.seen.insert(*hash));
+        match self.docs.iter_mut().find(|(known, _)| *known == doc) {
+            Some((_, hashes)) => hashes.extend(fresh),
+            None => {
+                let fresh = fresh.collect();
+                self.docs.push((doc, fresh));
+            }
+        }
+    }
+
+    /// How many hashes are queued.
+    fn len(&self) -> usize {
+        self.seen.len()
     }
 }
 

@@ -139,6 +139,7 @@ impl Replica {
         }
         self.note_durable();
         if let Some(metrics) = &self.metrics {
+            metrics.store_committed();
             metrics.writes_acknowledged(pending.writes);
         }
         Ok(())
@@ -179,6 +180,9 @@ impl Replica {
         self.summaries.extend(summaries);
         self.snapshot_written(doc, snapshot_len);
         self.note_durable();
+        if let Some(metrics) = &self.metrics {
+            metrics.store_committed();
+        }
         Ok(())
     }
 

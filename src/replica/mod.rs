@@ -4,6 +4,7 @@
 mod changes;
 mod detached;
 mod durable;
+mod gather;
 mod group;
 mod index;
 mod integrity;
@@ -197,6 +198,9 @@ pub struct Replica {
     clock_bound: ClockBound,
     /// Counts the local writes each persist acknowledges, where the daemon keeps metrics.
     metrics: Option<Arc<Metrics>>,
+    /// Changes from peers applied in memory and committed together at the end of
+    /// `gathering` (`gather`); `None` outside it.
+    gathered: Option<Pending>,
 }
 
 /// Runs `open` until the store is no longer locked by another holder or `wait` has passed:
@@ -263,6 +267,7 @@ impl Replica {
             wall_clock,
             clock_bound: ClockBound::default(),
             metrics: None,
+            gathered: None,
         }
     }
 
@@ -558,11 +563,16 @@ impl Replica {
     // ---- documents, for sync and export -------------------------------------------------
 
     pub fn doc_ids(&self) -> Vec<DocId> {
-        self.summaries.keys().cloned().collect()
+        let mut ids: Vec<DocId> = self.summaries.keys().cloned().collect();
+        ids.extend(self.gathered_new_docs());
+        ids
     }
 
     /// The document's heads, sorted; empty when the document is absent.
     pub fn heads(&self, doc: &DocId) -> Vec<ChangeHash> {
+        if let Some(heads) = self.gathered_heads(doc) {
+            return heads;
+        }
         self.summaries
             .get(doc)
             .map(|summary| summary.heads.clone())
@@ -571,6 +581,9 @@ impl Replica {
 
     /// How many changes the document's history holds, from the index (0 when absent).
     pub fn change_count(&self, doc: &DocId) -> u64 {
+        if let Some(count) = self.gathered_change_count(doc) {
+            return count;
+        }
         self.summaries.get(doc).map_or(0, |summary| summary.changes)
     }
 
@@ -641,7 +654,7 @@ impl Replica {
         }
         let added = state.doc.get_changes(&before);
         let hashes = added.iter().map(Change::hash).collect();
-        self.persist(Pending {
+        let pending = Pending {
             changes: added
                 .into_iter()
                 .map(|change| (doc.clone(), change))
@@ -649,7 +662,10 @@ impl Replica {
             before: vec![(doc.clone(), before)],
             writes: 0,
             signatures: signatures.into_iter().map(|s| (doc.clone(), s)).collect(),
-        })?;
+        };
+        if let Err(pending) = self.gather(pending) {
+            self.persist(pending)?;
+        }
         Ok(hashes)
     }
 
@@ -662,6 +678,8 @@ impl Replica {
         signatures: Vec<ChangeSignature>,
     ) -> Result<Vec<ChangeHash>> {
         self.ensure_writable()?;
+        // Its persist writes a snapshot of the whole document: what was gathered goes first.
+        self.commit_gathered()?;
         let edit = self.next_edit();
         let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();

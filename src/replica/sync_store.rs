@@ -103,6 +103,10 @@ impl SyncStore for Replica {
     }
 
     fn signatures(&mut self, doc: &DocId) -> Result<Vec<ChangeSignature>, StoreError> {
+        // The signatures of gathered changes are stored by their commit.
+        if self.is_gathered(doc) {
+            self.commit_gathered().map_err(store_error)?;
+        }
         Replica::signatures(self, doc).map_err(store_error)
     }
 

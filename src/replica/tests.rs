@@ -1052,3 +1052,65 @@ fn an_index_of_an_earlier_version_without_conflicts_is_built_again() {
     let x = open(dir_x.path(), "x");
     assert_eq!(x.conflicts(10).unwrap().1, 1);
 }
+
+/// Changes from several messages of a peer, applied inside `gathering`, become durable with
+/// one commit; until then the session inside sees them in the heads, and reads (the index)
+/// do not.
+#[test]
+fn changes_gathered_from_several_messages_are_committed_once() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(dir_a.path(), "n1");
+    let mut b = open(dir_b.path(), "n2");
+    let user = Scope::User("bob".into());
+    a.put_memory(&Scope::Mesh, "k1", json!(1)).unwrap();
+    a.put_memory(&Scope::Mesh, "k2", json!(2)).unwrap();
+    a.put_memory(&user, "k3", json!(3)).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    b.set_metrics(metrics.clone());
+    let mut messages = Vec::new();
+    for doc in a.doc_ids() {
+        let signatures = a.signatures(&doc).unwrap();
+        for change in a.document(&doc).unwrap().get_changes(&[]) {
+            messages.push((doc.clone(), change, signatures.clone()));
+        }
+    }
+    assert_eq!(messages.len(), 3);
+    let ((), committed) = b.gathering(|b| {
+        for (doc, change, signatures) in messages {
+            b.apply_changes(&doc, vec![change], signatures).unwrap();
+        }
+        for doc in a.doc_ids() {
+            assert_eq!(b.heads(&doc), a.heads(&doc), "{}", doc.name());
+            assert_eq!(b.change_count(&doc), a.change_count(&doc));
+        }
+        assert_eq!(b.doc_ids().len(), a.doc_ids().len());
+        assert!(b.get_memory(&Scope::Mesh, "k1").unwrap().is_none());
+    });
+    committed.unwrap();
+    assert_eq!(commits(&metrics), 1);
+    assert_eq!(b.get_memory(&user, "k3").unwrap().unwrap().value, json!(3));
+    for doc in a.doc_ids() {
+        assert_eq!(b.signatures(&doc).unwrap(), a.signatures(&doc).unwrap());
+    }
+    drop(b);
+    let b = open(dir_b.path(), "n2");
+    for doc in a.doc_ids() {
+        assert_eq!(b.heads(&doc), a.heads(&doc));
+    }
+    assert_eq!(
+        b.get_memory(&Scope::Mesh, "k2").unwrap().unwrap().value,
+        json!(2)
+    );
+}
+
+/// The `meshd_store_commits_total` the daemon would serve.
+fn commits(metrics: &Metrics) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("meshd");
+    metrics.register(&mut registry, |_| None);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("meshd_store_commits_total "))
+        .and_then(|count| count.parse().ok())
+        .unwrap()
+}
