@@ -1,8 +1,8 @@
 //! Memory read out of the replica a part at a time, for the files that hold a whole scope
-//! (its page) or all memory (`mesh-memory.json`). The keys of a scope come from the index
-//! (`Replica::names`); each part's entries are read under one short hold of the replica,
-//! released between parts, so neither a scope nor the store is ever copied into memory at
-//! once and writers wait at most one part. What changes between parts is in the file or
+//! (its page) or all memory (`mesh-memory.json`). The keys of a scope come from the index a
+//! part at a time (`Replica::names_after`), with their entries, under one short hold of the
+//! replica, released between parts, so neither a scope nor the store is ever copied into
+//! memory at once and writers wait at most one part. What changes between parts is in the file or
 //! not, and written again at the next write: the caches reflect the heads read before.
 
 use std::collections::VecDeque;
@@ -53,8 +53,10 @@ pub struct ScopeEntries<'r> {
     replica: &'r SharedReplica,
     scope: Scope,
     part: usize,
-    /// The scope's keys, tombstones included; read at the first entry asked for.
-    keys: Option<std::vec::IntoIter<String>>,
+    /// The last key read (tombstones included); `None` before the first part.
+    last: Option<String>,
+    /// Every key has been read.
+    done: bool,
     read: VecDeque<MemoryEntry>,
 }
 
@@ -64,31 +66,32 @@ impl<'r> ScopeEntries<'r> {
             replica,
             scope,
             part: part.max(1),
-            keys: None,
+            last: None,
+            done: false,
             read: VecDeque::new(),
         }
     }
 
     /// Reads the next part of live entries; `false` when every key has been read.
     fn read_part(&mut self) -> Result<bool, ReplicaError> {
-        let scope = &self.scope;
-        if self.keys.is_none() {
-            let doc = DocId::Memory(scope.clone());
-            let names = self.replica.with(|r| r.names(&doc))?;
-            self.keys = Some(names.into_iter());
+        if self.done {
+            return Ok(false);
         }
-        let Some(keys) = &mut self.keys else {
+        let (scope, doc) = (&self.scope, DocId::Memory(self.scope.clone()));
+        let (part, read) = self.replica.with(|r| {
+            let part = r.names_after(&doc, self.last.as_deref(), self.part)?;
+            let read = part
+                .iter()
+                .filter_map(|key| r.get_memory(scope, key).transpose())
+                .collect::<Result<_, _>>()?;
+            Ok::<_, ReplicaError>((part, read))
+        })?;
+        self.done = part.len() < self.part;
+        let Some(last) = part.into_iter().last() else {
             return Ok(false);
         };
-        let part: Vec<String> = keys.take(self.part).collect();
-        if part.is_empty() {
-            return Ok(false);
-        }
-        self.read = self.replica.with(|r| {
-            part.iter()
-                .filter_map(|key| r.get_memory(scope, key).transpose())
-                .collect::<Result<_, _>>()
-        })?;
+        self.last = Some(last);
+        self.read = read;
         Ok(true)
     }
 }
@@ -106,7 +109,7 @@ impl Iterator for ScopeEntries<'_> {
                 Ok(false) => return None,
                 Err(error) => {
                     // A failed read ends the scope: the caller gives up the file.
-                    self.keys = Some(Vec::new().into_iter());
+                    self.done = true;
                     return Some(Err(error));
                 }
             }

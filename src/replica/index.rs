@@ -19,6 +19,7 @@
 //!   indexed again once, at their first open).
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use automerge::{Automerge, ChangeHash};
 use serde::{Deserialize, Serialize};
@@ -157,12 +158,25 @@ pub fn live_memory(tree: &sled::Tree, scope: &Scope) -> Result<Vec<MemoryEntry>>
     Ok(entries)
 }
 
-/// Every key or name the index holds for `doc`.
-pub fn names(tree: &sled::Tree, doc: &DocId) -> Result<Vec<String>> {
+/// The keys or names the index holds for `doc`, in order, after `after` (from the first when
+/// `None`), at most `limit`.
+pub fn names_after(
+    tree: &sled::Tree,
+    doc: &DocId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>> {
     let prefix = entry_prefix(doc);
+    let start = match after {
+        Some(name) => Bound::Excluded(entry_key(doc, name)),
+        None => Bound::Included(prefix.clone()),
+    };
     let mut names = Vec::new();
-    for key in tree.scan_prefix(&prefix).keys() {
+    for key in tree.range((start, Bound::Unbounded)).keys() {
         let key = key?;
+        if names.len() >= limit || !key.starts_with(&prefix) {
+            break;
+        }
         let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| damaged_entry())?;
         names.push(name.to_string());
     }

@@ -374,10 +374,16 @@ impl Replica {
             .map(|state| memory_doc::history(&state.doc, scope, key)))
     }
 
-    /// Every memory key or skill name of a document, tombstones included, without reading
-    /// their versions.
-    pub fn names(&self, doc: &DocId) -> Result<Vec<String>> {
-        self.reading(|tree| index::names(tree, doc))
+    /// The memory keys or skill names of a document in order, tombstones included, without
+    /// reading their versions: at most `limit`, after `after` (from the first when `None`).
+    /// Read a page at a time, a million keys are never in memory at once.
+    pub fn names_after(
+        &self,
+        doc: &DocId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.reading(|tree| index::names_after(tree, doc, after, limit))
     }
 
     /// Live entries, sorted by scope then key; every scope when `scope` is `None`.

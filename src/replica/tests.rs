@@ -1114,3 +1114,33 @@ fn commits(metrics: &Metrics) -> u64 {
         .and_then(|count| count.parse().ok())
         .unwrap()
 }
+
+/// Keys read a page at a time come in order, each once, and never from another scope whose
+/// name starts the same.
+#[test]
+fn names_are_paged_in_order_within_their_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    let (bo, bob) = (Scope::User("bo".into()), Scope::User("bob".into()));
+    for key in ["e", "a", "d", "b", "c", "f", "g"] {
+        r.put_memory(&bo, key, json!(key)).unwrap();
+    }
+    r.put_memory(&bob, "a", json!(1)).unwrap();
+    r.delete_memory(&bo, "d").unwrap();
+    let doc = DocId::Memory(bo);
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = r.names_after(&doc, after.as_deref(), 3).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        pages.push(page);
+    }
+    assert_eq!(
+        pages,
+        [vec!["a", "b", "c"], vec!["d", "e", "f"], vec!["g"]],
+        "tombstones included"
+    );
+}

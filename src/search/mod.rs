@@ -404,25 +404,74 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
             continue;
         };
         refreshed.documents += 1;
-        let parts = plan.names.len().div_ceil(REFRESH_PART).max(1);
-        for part in 0..parts {
-            let names = plan
-                .names
-                .iter()
-                .skip(part * REFRESH_PART)
-                .take(REFRESH_PART);
-            let mut update = DocUpdate {
-                doc: doc.name(),
-                clear: plan.clear && part == 0,
-                heads: (part + 1 == parts).then(|| plan.heads.clone()),
-                ..DocUpdate::default()
-            };
-            replica.with(|replica| read_part(replica, &doc, names, &mut update))?;
-            refreshed.items += update.upserts.len() + update.removals.len();
-            index.apply(update)?;
+        match plan.names {
+            Some(names) => refresh_names(index, replica, &doc, &names, plan.heads, &mut refreshed)?,
+            None => refresh_whole(index, replica, &doc, plan.heads, &mut refreshed)?,
         }
     }
     Ok(refreshed)
+}
+
+/// Re-reads the entries `names` of `doc`, a part at a time; the last part records `heads`.
+fn refresh_names(
+    index: &mut Index,
+    replica: &SharedReplica,
+    doc: &DocId,
+    names: &[String],
+    heads: Vec<automerge::ChangeHash>,
+    refreshed: &mut Refreshed,
+) -> Result<(), SearchError> {
+    let parts = names.len().div_ceil(REFRESH_PART).max(1);
+    for part in 0..parts {
+        let names = names.iter().skip(part * REFRESH_PART).take(REFRESH_PART);
+        let mut update = DocUpdate {
+            doc: doc.name(),
+            heads: (part + 1 == parts).then(|| heads.clone()),
+            ..DocUpdate::default()
+        };
+        replica.with(|replica| read_part(replica, doc, names, &mut update))?;
+        refreshed.items += update.upserts.len() + update.removals.len();
+        index.apply(update)?;
+    }
+    Ok(())
+}
+
+/// Reads `doc` whole into the index, its keys paged from the replica's index so that a
+/// million of them are never in memory at once: its rows dropped first, then a part at a
+/// time, then `heads` recorded (a refresh cut short before that is done again). What is
+/// written meanwhile comes after `heads`, and the next refresh reads it.
+fn refresh_whole(
+    index: &mut Index,
+    replica: &SharedReplica,
+    doc: &DocId,
+    heads: Vec<automerge::ChangeHash>,
+    refreshed: &mut Refreshed,
+) -> Result<(), SearchError> {
+    let mut after: Option<String> = None;
+    let mut clear = true;
+    loop {
+        let mut update = DocUpdate {
+            doc: doc.name(),
+            clear,
+            ..DocUpdate::default()
+        };
+        let names = replica.with(|replica| {
+            let names = replica.names_after(doc, after.as_deref(), REFRESH_PART)?;
+            read_part(replica, doc, names.iter(), &mut update)?;
+            Ok::<_, ReplicaError>(names)
+        })?;
+        refreshed.items += update.upserts.len();
+        let last_part = names.len() < REFRESH_PART;
+        if last_part {
+            update.heads = Some(heads.clone());
+        }
+        index.apply(update)?;
+        if last_part {
+            return Ok(());
+        }
+        after = names.into_iter().last();
+        clear = false;
+    }
 }
 
 /// Names re-read under one short hold of the replica and written in one transaction, so that
@@ -433,9 +482,9 @@ const REFRESH_PART: usize = 5000;
 /// What one document's refresh must read.
 struct Plan {
     heads: Vec<automerge::ChangeHash>,
-    /// The document is read whole: its rows are dropped first.
-    clear: bool,
-    names: Vec<String>,
+    /// The names changed since the index's heads; `None`: the document is read whole, its
+    /// rows dropped first.
+    names: Option<Vec<String>>,
 }
 
 /// What one document's refresh must read; `None` when the index already reflects it.
@@ -447,21 +496,17 @@ fn plan_update(
     // A document the index never took in whole (a new index, or a refresh cut short) is
     // read whole from the replica's index: asking the document what changed since nothing
     // would load it (hundreds of MB for a million entries) only to list every key.
-    if since.is_empty() {
-        return Ok(Some(Plan {
-            heads: replica.heads(doc),
-            clear: true,
-            names: replica.names(doc)?,
-        }));
-    }
-    let (clear, names) = match replica.changed_since(doc, since) {
-        Changed::Nothing => return Ok(None),
-        Changed::Names(names) => (false, names.into_iter().collect()),
-        Changed::Everything => (true, replica.names(doc)?),
+    let names = if since.is_empty() {
+        None
+    } else {
+        match replica.changed_since(doc, since) {
+            Changed::Nothing => return Ok(None),
+            Changed::Names(names) => Some(names.into_iter().collect()),
+            Changed::Everything => None,
+        }
     };
     Ok(Some(Plan {
         heads: replica.heads(doc),
-        clear,
         names,
     }))
 }
