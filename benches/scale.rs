@@ -12,6 +12,9 @@
 //!   how long after the start that was.
 //! - `status` and `mem get` through the daemon, median of 5 (the first `status` waits for the
 //!   first view write).
+//! - Then `MESHD_BENCH_SCALE_WRITES` (default 10000) single durable puts through the daemon,
+//!   each a new key: their rate, the daemon's peak resident memory by their end, and the
+//!   store on disk after them against its size right after compaction. Target: at most 1.5×.
 //!
 //! Prints a Markdown table; asserts what was read, never a time.
 
@@ -21,7 +24,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use meshd::control::{MemGet, Status};
+use meshd::control::{MemGet, MemPut, Status};
 use meshd::model::{DocId, Scope};
 use meshd::replica::Replica;
 use serde_json::json;
@@ -128,9 +131,26 @@ struct Figures {
     cached_peak_mb: f64,
     status_ms: f64,
     daemon_get_ms: f64,
+    puts_per_s: f64,
+    puts_peak_mb: f64,
+    after_puts_mb: f64,
 }
 
-fn measure(entries: usize) -> Figures {
+/// Single durable puts through the daemon's control socket, each a new key; their rate.
+fn single_puts(socket: &Path, count: usize) -> f64 {
+    let started = Instant::now();
+    for i in 0..count {
+        let put = MemPut {
+            scope: "mesh".into(),
+            key: format!("later-{i:08}"),
+            value: value(i),
+        };
+        ask(socket, put).expect("the put is acknowledged");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+fn measure(entries: usize, puts: usize) -> Figures {
     eprintln!("writing {entries} entries");
     let (node, write_s) = node_with(entries);
     let store_mb = dir_bytes(&node.file("store")) as f64 / 1e6;
@@ -182,7 +202,10 @@ fn measure(entries: usize) -> Figures {
     let cached_s = started.elapsed().as_secs_f64();
     let cached_rss_mb = kib_of(daemon.pid(), "VmRSS:") as f64 / 1024.0;
     let cached_peak_mb = kib_of(daemon.pid(), "VmHWM:") as f64 / 1024.0;
+    let puts_per_s = single_puts(&socket, puts);
+    let puts_peak_mb = kib_of(daemon.pid(), "VmHWM:") as f64 / 1024.0;
     daemon.stop();
+    let after_puts_mb = dir_bytes(&node.file("store")) as f64 / 1e6;
     Figures {
         entries,
         write_s,
@@ -196,6 +219,9 @@ fn measure(entries: usize) -> Figures {
         cached_peak_mb,
         status_ms,
         daemon_get_ms,
+        puts_per_s,
+        puts_peak_mb,
+        after_puts_mb,
     }
 }
 
@@ -204,8 +230,12 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
-    let baseline = measure(1);
-    let large = measure(entries);
+    let puts = std::env::var("MESHD_BENCH_SCALE_WRITES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let baseline = measure(1, puts);
+    let large = measure(entries, puts);
     println!(
         "| figure | {} entries | 1 entry | ratio | target |",
         large.entries
@@ -272,5 +302,29 @@ fn main() {
         large.daemon_get_ms,
         baseline.daemon_get_ms,
         "",
+    );
+    row(
+        &format!("{puts} single puts through the daemon (/s)"),
+        large.puts_per_s,
+        baseline.puts_per_s,
+        "",
+    );
+    row(
+        "daemon peak resident by their end (MB)",
+        large.puts_peak_mb,
+        baseline.puts_peak_mb,
+        "≤ 256 MB",
+    );
+    row(
+        "store on disk after them (MB)",
+        large.after_puts_mb,
+        baseline.after_puts_mb,
+        "",
+    );
+    println!(
+        "\nstore on disk after {puts} single puts / compacted: {:.2}× ({} entries; target ≤ 1.5×), {:.2}× (1 entry)",
+        large.after_puts_mb / large.store_mb.max(1e-9),
+        large.entries,
+        baseline.after_puts_mb / baseline.store_mb.max(1e-9),
     );
 }

@@ -685,3 +685,29 @@ fn a_hello_counts_the_changes_the_peer_has_not_confirmed() {
     write(&mut b, Scope::Mesh, 100..101);
     assert_eq!(waiting_for_b(&mut a), 3, "only what came after the round");
 }
+
+/// A node keeps only its newest signature per document, and a link may push a change after
+/// the next one was made (its push waited behind others). With the peer's heads unknown (a
+/// round that found both sides in sync exchanges none), the change must still go with a
+/// signature that vouches for it: before, it went alone, unsigned, and the peer refused it
+/// and then could not take the next one either until a later round.
+#[test]
+fn a_change_pushed_after_a_later_one_was_made_still_carries_its_signature() {
+    let (mut a, mut b) = (peer("a"), peer("b"));
+    write(&mut a, Scope::Mesh, 0..5);
+    full_round(&mut a, &mut b);
+    let mut link = connection();
+    link.round([&mut a.replica, &mut b.replica]).unwrap();
+    let mesh = DocId::Memory(Scope::Mesh);
+    let before = SyncStore::heads(&a.replica, &mesh);
+    write(&mut a, Scope::Mesh, 5..6);
+    let first = a.replica.hashes_since(&mesh, &before);
+    write(&mut a, Scope::Mesh, 6..7);
+    for fresh in [first.clone(), a.replica.hashes_since(&mesh, &first)] {
+        link.push(0, &mut a.replica, &mesh, &fresh).unwrap();
+        while let Some(outcome) = link.deliver_to(1, &mut b.replica).unwrap() {
+            assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
+        }
+    }
+    assert!(same(&a, &b), "the peer lacks a pushed change");
+}

@@ -142,6 +142,7 @@ pub async fn run(
         send,
         round: Round::new(),
         connection: connection.clone(),
+        clock_offsets: ClockOffsets::default(),
     };
     let result = link.drive(inbound, commands, anti_entropy).await;
     // Whatever ended the link, the reader goes with it, and a failure is told to the peer.
@@ -161,6 +162,7 @@ struct Link<'h, H> {
     round: Round,
     /// For its round-trip time.
     connection: Connection,
+    clock_offsets: ClockOffsets,
 }
 
 impl<H: LinkHost> Link<'_, H> {
@@ -286,11 +288,13 @@ impl<H: LinkHost> Link<'_, H> {
     }
 
     /// Tells the host what the peer's `Hello`, received at `at_ms`, says of the peer.
-    fn heard_hello(&self, hello: &sync::Hello, at_ms: u64) {
+    fn heard_hello(&mut self, hello: &sync::Hello, at_ms: u64) {
         let rtt = self.connection.rtt();
         let opening = PeerOpening {
             waiting: hello.waiting,
-            clock_offset_ms: hello.clock.map(|sent| clock_offset_ms(sent, at_ms, rtt)),
+            clock_offset_ms: hello
+                .clock
+                .map(|sent| self.clock_offsets.add(clock_offset_ms(sent, at_ms, rtt))),
         };
         self.host.peer_opened(self.peer, opening);
     }
@@ -424,6 +428,28 @@ fn unix_millis() -> u64 {
     now.map_or(0, |since| since.as_millis() as u64)
 }
 
+/// The latest estimates of the peer's clock offset. A `Hello` read late (queued behind a
+/// burst of pushes) makes the peer's clock look behind by the delay, while one read early is
+/// off by at most half a round trip: the largest recent estimate is the closest.
+#[derive(Default)]
+struct ClockOffsets {
+    recent: std::collections::VecDeque<i64>,
+}
+
+/// Estimates kept: at one `Hello` per anti-entropy round, the last four minutes.
+const CLOCK_SAMPLES: usize = 8;
+
+impl ClockOffsets {
+    /// Adds an estimate; returns the best one now.
+    fn add(&mut self, offset_ms: i64) -> i64 {
+        if self.recent.len() == CLOCK_SAMPLES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(offset_ms);
+        self.recent.iter().copied().max().unwrap_or(offset_ms)
+    }
+}
+
 /// The offset of a peer's clock from ours: it read `sent_ms` when it sent a message that we
 /// read at `received_ms`, about half a round trip later.
 fn clock_offset_ms(sent_ms: u64, received_ms: u64, rtt: Duration) -> i64 {
@@ -463,6 +489,21 @@ mod tests {
         assert_eq!(clock_offset_ms(1_000, 1_020, rtt), 0);
         assert_eq!(clock_offset_ms(6_000, 1_020, rtt), 5_000);
         assert_eq!(clock_offset_ms(1_000, 6_020, rtt), -5_000);
+    }
+
+    #[test]
+    fn a_hello_read_late_does_not_make_the_peers_clock_look_behind() {
+        let mut offsets = ClockOffsets::default();
+        assert_eq!(offsets.add(120), 120);
+        assert_eq!(offsets.add(-31_000), 120, "read 31 s late, behind a burst");
+        for _ in 0..CLOCK_SAMPLES {
+            offsets.add(-40_000);
+        }
+        assert_eq!(
+            offsets.add(-40_000),
+            -40_000,
+            "a clock that moved is followed"
+        );
     }
 
     #[test]

@@ -429,7 +429,7 @@ impl Session {
                 Some((from, upto)) if from == theirs => store.changes_since(doc, upto),
                 _ => store.changes_since(doc, theirs),
             },
-            None => fresh.iter().filter_map(|h| store.change(doc, h)).collect(),
+            None => with_descendants(store, doc, fresh, &ours),
         };
         let mut out = Outbox::default();
         for change in changes {
@@ -1200,6 +1200,33 @@ fn seal(
         out.signatures(&doc, signatures);
     }
     Ok(out.into_messages(complete))
+}
+
+/// The changes `fresh` names and, when later ones were made since (`heads` are not all
+/// among them), every change that descends from them. A store keeps each signer's newest
+/// signature per document only (`trust`), so a change pushed once a later one exists has no
+/// signature of its own left: sent alone, the peer would refuse it for want of one. Sent with
+/// its descendants up to the newest, it goes with the signature that vouches for it. Those
+/// descendants are what the next pushes would send anyway (each change goes once per session).
+fn with_descendants(
+    store: &mut impl SyncStore,
+    doc: &DocId,
+    fresh: &[ChangeHash],
+    heads: &[ChangeHash],
+) -> Vec<Change> {
+    let mut changes: Vec<Change> = fresh.iter().filter_map(|h| store.change(doc, h)).collect();
+    if heads.iter().all(|head| fresh.contains(head)) {
+        return changes;
+    }
+    let mut named: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
+    // In causal order: a descendant comes after the changes it depends on.
+    for change in store.changes_since(doc, fresh) {
+        if !named.contains(&change.hash()) && change.deps().iter().any(|d| named.contains(d)) {
+            named.insert(change.hash());
+            changes.push(change);
+        }
+    }
+    changes
 }
 
 fn make_have(since: &[ChangeHash], fresh: &[ChangeHash], fp_rate: f64) -> Have {
