@@ -704,7 +704,7 @@ fn a_change_pushed_after_a_later_one_was_made_still_carries_its_signature() {
     let first = a.replica.hashes_since(&mesh, &before);
     write(&mut a, Scope::Mesh, 6..7);
     for fresh in [first.clone(), a.replica.hashes_since(&mesh, &first)] {
-        link.push(0, &mut a.replica, &mesh, &fresh).unwrap();
+        let _pushed = link.push(0, &mut a.replica, &mesh, &fresh).unwrap();
         while let Some(outcome) = link.deliver_to(1, &mut b.replica).unwrap() {
             assert!(outcome.refusals.is_empty(), "{:?}", outcome.refusals);
         }
