@@ -6,8 +6,8 @@
 //! metadata in one scalar makes concurrent updates conflict as whole versions, so the same
 //! rule as for memory, greatest `(updated_at, source_node)`, decides description, author and
 //! whether the skill is deleted, on every replica. A skill is created once and then edited in
-//! place; only two nodes creating the same name concurrently give two objects, and then
-//! `resolve` picks one until the next write replaces both.
+//! place; only nodes creating the same name concurrently give several objects, and then
+//! `resolve` picks one version until the next write, made into each object, settles them.
 //!
 //! `content` is Automerge Text while the skill is shorter than `WHOLE_VALUE_MIN_BYTES`, so
 //! concurrent edits of one skill merge character by character; a large rewrite puts a fresh
@@ -29,15 +29,33 @@ use crate::model::{Skill, Stamp};
 /// this size a rewrite as Text costs about 0.3 s; small skills, the common case, merge.
 pub const WHOLE_VALUE_MIN_BYTES: usize = 256 * 1024;
 
-/// Every concurrent version of a skill with the object holding it.
+/// Every concurrent version of a skill with the object holding it. Objects holding the same
+/// version (one write made it in each: `put`) count once, the first in Automerge's order,
+/// which every replica shares.
 pub fn versions(doc: &impl ReadDoc, name: &str) -> Vec<(Skill, ObjId)> {
-    let Ok(values) = doc.get_all(ROOT, name) else {
-        return Vec::new();
-    };
-    values
+    let mut found: Vec<(Skill, ObjId)> = Vec::new();
+    for obj in maps(doc, name) {
+        let Some(skill) = read(doc, name, &obj) else {
+            continue;
+        };
+        let same = |(held, _): &(Skill, ObjId)| {
+            (held.updated_at, &held.source_node) == (skill.updated_at, &skill.source_node)
+        };
+        if !found.iter().any(same) {
+            found.push((skill, obj));
+        }
+    }
+    found
+}
+
+/// The map objects under the skill's name: one, or several when nodes created the name
+/// concurrently.
+fn maps(doc: &impl ReadDoc, name: &str) -> Vec<ObjId> {
+    doc.get_all(ROOT, name)
+        .unwrap_or_default()
         .into_iter()
         .filter(|(value, _)| matches!(value, Value::Object(ObjType::Map)))
-        .filter_map(|(_, obj)| read(doc, name, &obj).map(|skill| (skill, obj)))
+        .map(|(_, obj)| obj)
         .collect()
 }
 
@@ -48,14 +66,7 @@ pub fn names(doc: &impl ReadDoc) -> impl Iterator<Item = String> + '_ {
 /// The ids (as text) of every object holding a version of the skill: each version's map and
 /// each of its concurrent `content` Texts.
 pub fn objects<'a>(doc: &'a impl ReadDoc, name: &str) -> impl Iterator<Item = String> + 'a {
-    let maps: Vec<ObjId> = doc
-        .get_all(ROOT, name)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(value, _)| matches!(value, Value::Object(ObjType::Map)))
-        .map(|(_, obj)| obj)
-        .collect();
-    maps.into_iter().flat_map(move |map| {
+    maps(doc, name).into_iter().flat_map(move |map| {
         let texts = doc.get_all(&map, "content").unwrap_or_default();
         std::iter::once(map.to_string()).chain(
             texts
@@ -100,16 +111,16 @@ fn read(doc: &impl ReadDoc, name: &str, obj: &ObjId) -> Option<Skill> {
 
 /// Writes `skill` into the object of its name, or into a new object when the name is new:
 /// as one scalar when it is long, else editing the Text by the plan of `text_edit` so that
-/// concurrent edits merge. Where two nodes created the name concurrently (two objects), the
-/// write replaces both with a new object, as a memory write replaces concurrent versions:
-/// writing settles a conflict.
+/// concurrent edits merge. Where nodes created the name concurrently (several objects), the
+/// write goes into each of them, so they hold one version and the conflict is settled, as a
+/// memory write settles concurrent versions. It never replaces them with a new object: an
+/// edit another node made meanwhile in one of them would then be in an object no longer
+/// under the name, and lost even when its version is the newest.
 pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::AutomergeError> {
-    let mut objects = versions(tx, &skill.name).into_iter().map(|(_, obj)| obj);
-    let obj = match (objects.next(), objects.next()) {
-        (Some(obj), None) => obj,
-        _ => tx.put_object(ROOT, skill.name.as_str(), ObjType::Map)?,
-    };
-    put_content(tx, &obj, &skill.content)?;
+    let mut objects = maps(tx, &skill.name);
+    if objects.is_empty() {
+        objects.push(tx.put_object(ROOT, skill.name.as_str(), ObjType::Map)?);
+    }
     let meta = Meta {
         description: skill.description.clone(),
         path: skill.path.clone(),
@@ -118,7 +129,10 @@ pub fn put(tx: &mut Transaction<'_>, skill: &Skill) -> Result<(), automerge::Aut
         deleted: skill.deleted,
     };
     let meta = serde_json::to_string(&meta).expect("skill metadata always serializes");
-    tx.put(&obj, "meta", meta)?;
+    for obj in &objects {
+        put_content(tx, obj, &skill.content)?;
+        tx.put(obj, "meta", meta.as_str())?;
+    }
     Ok(())
 }
 

@@ -1144,3 +1144,46 @@ fn names_are_paged_in_order_within_their_document() {
         "tombstones included"
     );
 }
+
+/// Two nodes created a skill concurrently (two objects); a third, holding both, writes it,
+/// while one of the two, holding only its own object, edits it later. The later edit must win
+/// everywhere. A write that replaced both objects with a new one left that edit in an object
+/// no longer under the name: the older write won (found by the convergence proptest).
+#[test]
+fn an_edit_made_while_another_node_settles_a_concurrent_creation_still_wins_when_newest() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let clocks: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(1_000_000.into())).collect();
+    let mut nodes: Vec<Replica> = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .zip(&clocks)
+        .map(|((name, dir), clock)| {
+            let key = crate::trust::NodeKey::insecure_from_name(name);
+            Replica::open_with_clock(dir.path(), key, fixed_clock(clock.clone())).unwrap()
+        })
+        .collect();
+    let [a, b, c] = &mut nodes[..] else {
+        unreachable!()
+    };
+    a.put_skill(skill("s", "made by a")).unwrap();
+    b.put_skill(skill("s", "made by b")).unwrap();
+    merge(b, c);
+    merge(a, c);
+    assert_eq!(
+        c.skill_versions("s").unwrap().unwrap().1.len(),
+        1,
+        "two objects at c"
+    );
+    c.put_skill(skill("s", "settled by c")).unwrap();
+    clocks[1].store(5_000_000, Ordering::SeqCst);
+    let latest = b.put_skill(skill("s", "edited by b later")).unwrap();
+    merge(b, c);
+    merge(a, c);
+    for node in [a, b, c] {
+        let (winner, _) = node.skill_versions("s").unwrap().unwrap();
+        assert_eq!(
+            (winner.updated_at, &winner.source_node),
+            (latest.updated_at, &latest.source_node)
+        );
+    }
+}
