@@ -25,11 +25,14 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshd::config::Home;
-use meshd::control::{self, BridgeIngest, MemGet, MemLs, MemPut, NodeStatus, Status, Sync};
+use meshd::control::{BridgeIngest, MemLs, NodeStatus, Status, Sync};
 use support::{free_udp_addr, Daemon};
 
+#[path = "calls/mod.rs"]
+mod calls;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use calls::{ask, has, put};
 use serde_json::{json, Value};
 
 /// Puts before the latency sample starts (links settle, caches warm up).
@@ -174,40 +177,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 // ---- requests ---------------------------------------------------------------------------
 
-/// A command that must succeed.
-fn ask<C: control::Command>(socket: &Path, command: C) -> C::Reply {
-    support::ask(socket, command).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
-}
-
 fn value(i: usize) -> Value {
     json!({"i": i, "note": format!("benchmark entry {i}"), "ok": i.is_multiple_of(2)})
-}
-
-fn put(socket: &Path, key: &str, value: &Value) {
-    let put = MemPut {
-        scope: "mesh".into(),
-        key: key.into(),
-        value: value.clone(),
-    };
-    assert_eq!(ask(socket, put).key, key);
-}
-
-fn has(socket: &Path, key: &str, value: &Value) -> bool {
-    let get = MemGet {
-        scope: "mesh".into(),
-        key: key.into(),
-    };
-    match support::ask(socket, get) {
-        Ok(versions) => {
-            assert_eq!(
-                versions.winner.value, *value,
-                "{key} arrived with another value"
-            );
-            true
-        }
-        Err(control::CommandError::NotFound(_)) => false,
-        Err(e) => panic!("get {key}: {e}"),
-    }
 }
 
 /// Polls until the node answers with the entry; returns when it did.

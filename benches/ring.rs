@@ -30,12 +30,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshd::config::Home;
-use meshd::control::{self, BridgeIngest, MemGet, MemLs, MemPut, NodeStatus, Status};
+use meshd::control::{self, BridgeIngest, MemLs, NodeStatus, Status};
 use serde_json::{json, Value};
 use support::{Daemon, TestNode};
 
+#[path = "calls/mod.rs"]
+mod calls;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use calls::{ask, has, put};
 
 /// Daemons in the ring unless `MESHD_BENCH_RING_NODES` says otherwise.
 const RING_NODES: usize = 8;
@@ -210,48 +213,12 @@ fn relinked(nodes: &[&Node], before: &BTreeMap<(String, String), Option<u64>>) -
 
 // ---- requests ---------------------------------------------------------------------------
 
-/// A command that must succeed.
-fn ask<C: control::Command>(socket: &Path, command: C) -> C::Reply {
-    support::ask(socket, command).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
-}
-
 /// The i-th key of a run and its value: about 100 bytes of JSON.
 fn entry(run: &str, i: usize) -> (String, Value) {
     let key = format!("{run}.{i:06}");
     let value = json!({"i": i, "run": run,
                        "note": format!("ring benchmark entry {i:06}, padded to a hundred bytes")});
     (key, value)
-}
-
-fn put(socket: &Path, key: &str, value: &Value) {
-    let put = MemPut {
-        scope: "mesh".into(),
-        key: key.into(),
-        value: value.clone(),
-    };
-    assert_eq!(ask(socket, put).key, key);
-}
-
-/// Whether the node holds `key`; it must hold it with `value` if it does. A node that does
-/// not answer does not hold it yet.
-fn has(socket: &Path, key: &str, value: &Value) -> bool {
-    let get = MemGet {
-        scope: "mesh".into(),
-        key: key.into(),
-    };
-    match support::try_ask(socket, get) {
-        Some(Ok(versions)) => {
-            assert_eq!(
-                versions.winner.value, *value,
-                "{key} arrived with another value"
-            );
-            true
-        }
-        Some(Err(control::CommandError::NotFound(_))) => false,
-        Some(Err(e)) => panic!("get {key}: {e}"),
-        // Busy past its patience, or gone: the caller's timeout decides.
-        None => false,
-    }
 }
 
 /// Asserts, with one `MemLs`, that the node holds exactly `count` keys of the run, each with
