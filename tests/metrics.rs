@@ -92,6 +92,7 @@ fn counters_follow_writes_sync_rounds_and_refusals() {
     let before = scrape(&api);
     assert_eq!(sample(&before, "meshd_peer_connected", &beta), 1.0);
     let writes = sample(&before, "meshd_writes_acknowledged_total", &[]);
+    let commits = sample(&before, "meshd_store_commits_total", &[]);
     for i in 0..3 {
         put(&api, &format!("api-{i}"));
     }
@@ -105,6 +106,9 @@ fn counters_follow_writes_sync_rounds_and_refusals() {
         5.0,
         "five puts, five acknowledged writes"
     );
+    // One after the other, each put is its own commit (changes from the peer may add more).
+    let committed = sample(&after_writes, "meshd_store_commits_total", &[]) - commits;
+    assert!(committed >= 5.0, "{committed} commits for five puts");
     assert_eq!(sample(&after_writes, "meshd_memory_entries", &[]), 5.0);
 
     let rounds = sample(&after_writes, "meshd_sync_rounds_total", &beta);
