@@ -394,15 +394,17 @@ pub async fn run(
     start_views(&node, &config);
     start_integrity_ticker(&node);
     start_embedder(&node);
-    node.lifecycle
-        .tasks
-        .spawn(serve_control(listener, node.clone()));
     if let Err(e) = start_network(&node, &home, &config).await {
         // Leave no socket behind that looks like a running daemon.
         let _ = std::fs::remove_file(&socket_path);
         node.lifecycle.shutdown.cancel();
         return Err(e);
     }
+    // Commands are answered once the mesh is up: `meshd invite` typed right after `meshd
+    // run` needs its listen address (the socket is bound above, so they wait, not fail).
+    node.lifecycle
+        .tasks
+        .spawn(serve_control(listener, node.clone()));
     shutdown.await;
     stop(&node, &socket_path).await
 }

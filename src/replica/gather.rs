@@ -11,7 +11,7 @@
 //! answers as it would have after one commit per message. A commit that fails undoes every
 //! gathered change, as one write's failure undoes that write (`durable`).
 
-use automerge::{ChangeHash, ReadDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 
 use super::durable::Pending;
 use super::{DocId, Replica, Result};
@@ -61,20 +61,32 @@ impl Replica {
     /// The heads of a document holding gathered changes (the summaries lag behind until the
     /// commit).
     pub(super) fn gathered_heads(&self, doc: &DocId) -> Option<Vec<ChangeHash>> {
-        if !self.is_gathered(doc) {
-            return None;
-        }
-        self.docs.get(doc).map(|state| state.doc.get_heads())
+        self.gathered_doc(doc).map(Automerge::get_heads)
     }
 
     /// `gathered_heads`' counterpart for the number of changes.
     pub(super) fn gathered_change_count(&self, doc: &DocId) -> Option<u64> {
+        self.gathered_doc(doc).map(|doc| doc.stats().num_changes)
+    }
+
+    fn gathered_doc(&self, doc: &DocId) -> Option<&Automerge> {
         if !self.is_gathered(doc) {
             return None;
         }
-        self.docs
-            .get(doc)
-            .map(|state| state.doc.stats().num_changes)
+        self.docs.get(doc).map(|state| &state.doc)
+    }
+
+    /// Commits what a `gathering` cut short by a panic left behind, so that no change stays
+    /// applied in memory and not durable, and no later apply is gathered into a commit that
+    /// never comes.
+    pub(super) fn settle_interrupted(&mut self) {
+        if self.gathered.is_none() {
+            return;
+        }
+        if let Err(error) = self.commit_gathered() {
+            tracing::error!(%error, "cannot commit the changes a sync step applied before it panicked; they are undone");
+        }
+        self.gathered = None;
     }
 
     /// Documents first made by gathered changes, not in the summaries yet.

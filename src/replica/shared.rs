@@ -187,7 +187,9 @@ impl SharedReplica {
         self.replica.lock().unwrap_or_else(|poisoned| {
             tracing::error!("a task panicked while holding the replica; carrying on (see above)");
             self.replica.clear_poison();
-            poisoned.into_inner()
+            let mut replica = poisoned.into_inner();
+            replica.settle_interrupted();
+            replica
         })
     }
 }

@@ -1187,3 +1187,27 @@ fn an_edit_made_while_another_node_settles_a_concurrent_creation_still_wins_when
         );
     }
 }
+
+/// A sync step that panics inside `gathering` (a bug) leaves changes applied in memory; the
+/// next user of the replica finds them committed, not gathered for a commit that never comes.
+#[test]
+fn changes_gathered_before_a_panic_are_committed_by_the_next_user() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(dir_a.path(), "n1");
+    a.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    let doc = DocId::Memory(Scope::Mesh);
+    let changes = a.document(&doc).unwrap().get_changes(&[]);
+    let signatures = a.signatures(&doc).unwrap();
+    let shared = SharedReplica::new(open(dir_b.path(), "n2"));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        shared.with(|b| {
+            b.gathering(|b| {
+                b.apply_changes(&doc, changes, signatures).unwrap();
+                panic!("a bug in a sync step");
+            })
+        })
+    }));
+    assert!(panicked.is_err());
+    let got = shared.with(|b| b.get_memory(&Scope::Mesh, "k").unwrap());
+    assert_eq!(got.map(|entry| entry.value), Some(json!(1)));
+}
