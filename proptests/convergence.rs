@@ -16,6 +16,11 @@
 //! already be equal: live push and gossip alone carried every change. And on a reliable
 //! connection, whoever receives heads marked `HaveAll` holds them all once it has read them.
 //!
+//! Each replica fills a scope's base document up to its own capacity (0, 1, 2 or the default)
+//! before it sends writes to the scope's bucket documents, so replicas disagree on where a
+//! key goes, and a key's versions end up spread over several documents of its scope: the
+//! state must converge all the same.
+//!
 //! `PROPTEST_CASES` raises the case count (default 64, sized for CI: about 2 s in a debug
 //! build).
 
@@ -25,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use automerge::{ChangeHash, ReadDoc};
+use meshd::model::scope::BASE_CAPACITY;
 use meshd::model::{DocId, MemoryEntry, Scope, Stamp};
 use meshd::replica::{wait_for_store, Replica, SkillWrite};
 use meshd::sync::harness;
@@ -188,18 +194,33 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Replicas, their clock skews, and the steps: first a few connections, then anything.
-fn scenario() -> impl Strategy<Value = (usize, Vec<i64>, Vec<Op>)> {
+/// A replica: its clock skew, and how many live keys a scope's base document takes on it.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    skew: i64,
+    base_capacity: u64,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    let capacity = prop_oneof![Just(0u64), Just(1), Just(2), Just(BASE_CAPACITY)];
+    (-3_000i64..3_000, capacity).prop_map(|(skew, base_capacity)| Setup {
+        skew,
+        base_capacity,
+    })
+}
+
+/// Replicas and the steps: first a few connections, then anything.
+fn scenario() -> impl Strategy<Value = (usize, Vec<Setup>, Vec<Op>)> {
     (2usize..=5).prop_flat_map(|n| {
         (
             Just(n),
-            proptest::collection::vec(-3_000i64..3_000, n),
+            proptest::collection::vec(setup(), n),
             proptest::collection::vec(connect(n), 1..=2 * n),
             proptest::collection::vec(op(n), 1..60),
         )
-            .prop_map(|(n, skews, mut ops, rest)| {
+            .prop_map(|(n, setups, mut ops, rest)| {
                 ops.extend(rest);
-                (n, skews, ops)
+                (n, setups, ops)
             })
     })
 }
@@ -208,7 +229,7 @@ fn scenario() -> impl Strategy<Value = (usize, Vec<i64>, Vec<Op>)> {
 struct Node {
     id: String,
     path: PathBuf,
-    skew: i64,
+    setup: Setup,
     replica: Option<Replica>,
 }
 
@@ -228,16 +249,16 @@ struct Link {
 }
 
 impl World {
-    fn new(skews: &[i64]) -> World {
+    fn new(setups: &[Setup]) -> World {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(AtomicU64::new(1_700_000_000_000));
-        let mut nodes: Vec<Node> = skews
+        let mut nodes: Vec<Node> = setups
             .iter()
             .enumerate()
-            .map(|(i, &skew)| Node {
+            .map(|(i, &setup)| Node {
                 id: format!("node{i}"),
                 path: dir.path().join(format!("node{i}")),
-                skew,
+                setup,
                 replica: None,
             })
             .collect();
@@ -271,14 +292,15 @@ impl World {
                 value,
             } => {
                 let scope = scope(*user_scope);
-                let doc = DocId::Memory(scope.clone());
+                let key = format!("k{key}");
                 let replica = self.replica(*at);
+                let doc = replica.memory_doc_for(&scope, &key);
                 let before = SyncStore::heads(replica, &doc);
                 let entry = replica
-                    .put_memory(&scope, &format!("k{key}"), serde_json::json!(value))
+                    .put_memory(&scope, &key, serde_json::json!(value))
                     .expect("valid write");
                 let hash = last_local(replica, &doc);
-                self.model.memory(entry, hash);
+                self.model.memory(entry, &doc, hash);
                 self.push_local(*at, &doc, &before);
             }
             Op::Delete {
@@ -287,14 +309,14 @@ impl World {
                 key,
             } => {
                 let scope = scope(*user_scope);
-                let doc = DocId::Memory(scope.clone());
                 let key = format!("k{key}");
                 let replica = self.replica(*at);
+                let doc = replica.memory_doc_for(&scope, &key);
                 let before = SyncStore::heads(replica, &doc);
                 if replica.delete_memory(&scope, &key).expect("valid delete") {
                     let (tombstone, _) = replica.memory_versions(&scope, &key).unwrap().unwrap();
                     let hash = last_local(replica, &doc);
-                    self.model.memory(tombstone, hash);
+                    self.model.memory(tombstone, &doc, hash);
                     self.push_local(*at, &doc, &before);
                 }
             }
@@ -614,7 +636,7 @@ fn check_connected(world: &World) -> Result<(), TestCaseError> {
 
 fn open(node: &Node, clock: &Arc<AtomicU64>) -> Replica {
     let clock = clock.clone();
-    let skew = node.skew;
+    let skew = node.setup.skew;
     let wall = move || clock.load(Ordering::SeqCst).saturating_add_signed(skew);
     // A restart may find the store still locked for a moment: sled's background flusher
     // lets go of the file lock a little after the replica is dropped, as a real process
@@ -630,6 +652,7 @@ fn open(node: &Node, clock: &Arc<AtomicU64>) -> Replica {
     // Every document but the last one used is evicted after each step (`converge`), so
     // every step also reads documents back from the store.
     replica.set_memory_budget(1);
+    replica.set_base_capacity(node.setup.base_capacity);
     replica
 }
 
@@ -701,9 +724,8 @@ struct Model {
 }
 
 impl Model {
-    fn memory(&mut self, entry: MemoryEntry, hash: ChangeHash) {
-        self.acknowledged
-            .push((DocId::Memory(entry.scope.clone()), hash));
+    fn memory(&mut self, entry: MemoryEntry, doc: &DocId, hash: ChangeHash) {
+        self.acknowledged.push((doc.clone(), hash));
         let key = (entry.scope.to_string(), entry.key.clone());
         let newer = self.memory.get(&key).is_none_or(|held| {
             (entry.updated_at, entry.node_id.as_str()) > (held.updated_at, held.node_id.as_str())
@@ -751,6 +773,18 @@ fn check(world: &mut World) -> Result<(), TestCaseError> {
             "skills of node {}",
             i
         );
+        // Concurrent versions shown too: those of the document holding the winner.
+        for (scope, key) in world.model.memory.keys() {
+            let scope = Scope::parse(scope, "").unwrap();
+            prop_assert_eq!(
+                replica.memory_versions(&scope, key).unwrap(),
+                first.memory_versions(&scope, key).unwrap(),
+                "versions of {}:{} on node {}",
+                scope,
+                key,
+                i
+            );
+        }
         for doc in first.doc_ids() {
             prop_assert_eq!(
                 replica.document(&doc).map(|d| d.get_heads()),
@@ -932,8 +966,8 @@ fn can_vouch_for_all_it_holds(replica: &mut Replica) -> Result<(), String> {
 
 /// Runs the steps, lets every connection fall silent, checks what live push and gossip
 /// alone must have done, then closes the connections and runs the final round.
-fn converge(skews: &[i64], ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut world = World::new(skews);
+fn converge(setups: &[Setup], ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut world = World::new(setups);
     for op in ops {
         world.run(op);
         for replica in world
@@ -957,9 +991,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn replicas_converge_to_the_conflict_rule((n, skews, ops) in scenario()) {
-        prop_assert_eq!(skews.len(), n);
-        converge(&skews, &ops)?;
+    fn replicas_converge_to_the_conflict_rule((n, setups, ops) in scenario()) {
+        prop_assert_eq!(setups.len(), n);
+        converge(&setups, &ops)?;
     }
 }
 
@@ -993,5 +1027,9 @@ fn recorded_regression_concurrent_skill_edits() {
             edit: Edit::Remove { pos: 8, len: 2 },
         },
     ];
-    converge(&[0, 0, -22], &ops).unwrap();
+    let setups = [0, 0, -22].map(|skew| Setup {
+        skew,
+        base_capacity: BASE_CAPACITY,
+    });
+    converge(&setups, &ops).unwrap();
 }

@@ -27,7 +27,8 @@ pub enum Moved {
 /// What moved in the replica since a view's `Seen`, read under the replica lock.
 #[derive(Debug, Clone, Default)]
 pub struct Moves {
-    /// Every document that differs from what the view reflects.
+    /// Every scope (named by its base document) or skills whose documents differ from what
+    /// the view reflects: views know scopes, not the buckets a scope's keys are kept in.
     pub docs: BTreeMap<DocId, Moved>,
     /// What the view reflects once it has taken `docs` in.
     pub heads: Seen,
@@ -54,17 +55,29 @@ impl Seen {
                     }
                 }
             };
-            docs.insert(doc.clone(), moved);
+            note(&mut docs, doc, moved);
         }
         for gone in seen.iter().flat_map(|seen| seen.0.keys()) {
             if !heads.contains_key(gone) {
-                docs.insert(gone.clone(), Moved::Whole);
+                note(&mut docs, gone, Moved::Whole);
             }
         }
         Moves {
             docs,
             heads: Seen(heads),
         }
+    }
+}
+
+/// Adds what moved in `doc` to what moved in its scope.
+fn note(docs: &mut BTreeMap<DocId, Moved>, doc: &DocId, moved: Moved) {
+    let scope = docs
+        .entry(doc.base())
+        .or_insert(Moved::Keys(BTreeSet::new()));
+    match (scope, moved) {
+        (Moved::Whole, _) => {}
+        (scope, Moved::Whole) => *scope = Moved::Whole,
+        (Moved::Keys(keys), Moved::Keys(more)) => keys.extend(more),
     }
 }
 

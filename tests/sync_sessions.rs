@@ -611,28 +611,41 @@ fn a_document_larger_than_a_message_reaches_a_fresh_peer() {
 
 #[test]
 fn a_large_batch_makes_bounded_changes() {
-    let mut a = peer("a");
-    let text = "the quick brown fox jumps over the lazy dog ".repeat(10);
-    a.replica
-        .batch(|batch| {
-            for i in 0..30_000 {
-                batch.put_memory(
-                    &Scope::Mesh,
-                    &format!("key{i}"),
-                    (text.clone() + &i.to_string()).into(),
-                )?;
-            }
-            Ok(())
-        })
-        .unwrap();
-    let mesh = DocId::Memory(Scope::Mesh);
-    let changes = a.replica.document(&mesh).unwrap().get_changes(&[]);
-    // 30 000 values of about 450 bytes: over 13 MiB, at most 4 MiB of them per change.
-    assert!(changes.len() >= 4, "{} changes", changes.len());
-    let ops: Vec<usize> = changes.iter().map(Change::len).collect();
-    assert!(ops.iter().all(|&n| n <= 10_000), "ops per change: {ops:?}");
-    assert_eq!(ops.iter().sum::<usize>(), 30_000);
-    assert_eq!(a.replica.list_memory(None).unwrap().len(), 30_000);
+    // One document taking the whole batch (a base with room for it): the values are split.
+    // As the store has it (4096 keys in the base, the rest in buckets): no bucket holds
+    // enough to be split, and every change stays small.
+    for capacity in [u64::MAX, meshd::model::scope::BASE_CAPACITY] {
+        let mut a = peer("a");
+        a.replica.set_base_capacity(capacity);
+        let text = "the quick brown fox jumps over the lazy dog ".repeat(10);
+        a.replica
+            .batch(|batch| {
+                for i in 0..30_000 {
+                    batch.put_memory(
+                        &Scope::Mesh,
+                        &format!("key{i}"),
+                        (text.clone() + &i.to_string()).into(),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let mut ops = Vec::new();
+        for doc in a.replica.doc_ids() {
+            let changes = a.replica.document(&doc).unwrap().get_changes(&[]);
+            ops.extend(changes.iter().map(Change::len));
+        }
+        // 30 000 values of about 450 bytes: over 13 MiB, at most 4 MiB of them per change.
+        assert!(ops.len() >= 4, "{} changes", ops.len());
+        assert!(ops.iter().all(|&n| n <= 10_000), "ops per change: {ops:?}");
+        assert_eq!(ops.iter().sum::<usize>(), 30_000);
+        assert_eq!(a.replica.list_memory(None).unwrap().len(), 30_000);
+        if capacity == u64::MAX {
+            assert_eq!(a.replica.doc_ids(), [DocId::Memory(Scope::Mesh)]);
+        } else {
+            assert_eq!(a.replica.doc_ids().len(), 257, "the base and every bucket");
+        }
+    }
 }
 
 /// Both sides lack a head of the other's, and one of them (`c`, the owner of `node:<c>`)

@@ -190,7 +190,7 @@ impl Writer<'_> {
         let mut skill_names = BTreeSet::new();
         for (doc, moved) in &moves.docs {
             match (doc, moved) {
-                (DocId::Memory(scope), _) => {
+                (DocId::Memory(scope) | DocId::Bucket(scope, _), _) => {
                     scopes.insert(scope.clone());
                     followed.json.mark_stale();
                 }

@@ -12,14 +12,14 @@ use super::execute;
 pub enum DocCommand {
     /// Save a document in the standard Automerge binary format
     Export {
-        /// mesh, node, node:<id>, user:<id>, or skills
+        /// mesh, node, node:<id>, user:<id>, skills, or a large scope's bucket (<scope>::00 to ::ff)
         scope: String,
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
     /// Merge a file in the standard Automerge binary format into a document
     Import {
-        /// mesh, node, node:<id>, user:<id>, or skills
+        /// mesh, node, node:<id>, user:<id>, skills, or a large scope's bucket (<scope>::00 to ::ff)
         scope: String,
         file: PathBuf,
     },

@@ -11,7 +11,7 @@ use crate::model::DocId;
 /// Writes one document in Automerge's standard format to a file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DocExport {
-    /// A memory scope or `skills`.
+    /// A memory scope, one of its buckets (`mesh::0a`), or `skills`.
     pub scope: String,
     /// Absolute: the daemon may run in another directory.
     pub out: PathBuf,
@@ -49,7 +49,7 @@ impl Command for DocExport {
 /// into one of this node's documents. A merge is a union: nothing held is lost.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DocImport {
-    /// A memory scope or `skills`.
+    /// A memory scope, one of its buckets (`mesh::0a`), or `skills`.
     pub scope: String,
     /// Absolute: the daemon may run in another directory.
     pub file: PathBuf,
@@ -86,9 +86,20 @@ impl Command for DocImport {
     }
 }
 
-fn document(node: &Context, scope: &str) -> Result<DocId, CommandError> {
-    Ok(match scope {
-        "skills" => DocId::Skills,
-        scope => DocId::Memory(node.scope(scope)?),
-    })
+/// `skills`, a scope (its base document), or one of a scope's buckets (`mesh::0a`).
+fn document(node: &Context, text: &str) -> Result<DocId, CommandError> {
+    if text == "skills" {
+        return Ok(DocId::Skills);
+    }
+    match text.rsplit_once("::") {
+        Some((scope, bucket)) => {
+            let name = format!("{}::{bucket}", node.scope(scope)?);
+            DocId::from_name(&name).map_err(|_| {
+                CommandError::failed(format!(
+                    "{text} is not a document: a bucket is <scope>::<two lowercase hex digits>, 00 to ff"
+                ))
+            })
+        }
+        None => Ok(DocId::Memory(node.scope(text)?)),
+    }
 }

@@ -26,14 +26,15 @@ pub enum Pattern {
 
 impl Pattern {
     fn matches(&self, doc: &DocId, peer: &NodeId) -> bool {
-        match (self, doc) {
-            (Pattern::Skills, DocId::Skills) => true,
-            (Pattern::Mesh, DocId::Memory(Scope::Mesh)) => true,
-            (Pattern::AnyUser, DocId::Memory(Scope::User(_))) => true,
-            (Pattern::User(a), DocId::Memory(Scope::User(b))) => a == b,
-            (Pattern::AnyNode, DocId::Memory(Scope::Node(_))) => true,
-            (Pattern::Node(a), DocId::Memory(Scope::Node(b))) => a == b,
-            (Pattern::PeerNode, DocId::Memory(Scope::Node(b))) => *b == peer.compact(),
+        // A bucket is its scope's: access is granted to scopes, whichever document holds a key.
+        match (self, doc.scope()) {
+            (Pattern::Skills, None) => *doc == DocId::Skills,
+            (Pattern::Mesh, Some(Scope::Mesh)) => true,
+            (Pattern::AnyUser, Some(Scope::User(_))) => true,
+            (Pattern::User(a), Some(Scope::User(b))) => a == b,
+            (Pattern::AnyNode, Some(Scope::Node(_))) => true,
+            (Pattern::Node(a), Some(Scope::Node(b))) => a == b,
+            (Pattern::PeerNode, Some(Scope::Node(b))) => *b == peer.compact(),
             _ => false,
         }
     }
@@ -119,7 +120,7 @@ impl Access {
 
     /// Only this node writes its own node scope, so no peer may change it here.
     pub fn may_write(&self, doc: &DocId, peer: &NodeId, own: &NodeId) -> bool {
-        if *doc == DocId::Memory(Scope::Node(own.compact())) {
+        if doc.scope() == Some(&Scope::Node(own.compact())) {
             return false;
         }
         self.write.iter().any(|p| p.matches(doc, peer))
@@ -174,5 +175,21 @@ mod tests {
         assert!(access.may_write(&DocId::Memory(Scope::User("bob".into())), &peer, &own));
         assert!(!access.may_write(&DocId::Memory(Scope::User("eve".into())), &peer, &own));
         assert!(!access.may_write(&DocId::Memory(Scope::Mesh), &peer, &own));
+    }
+
+    #[test]
+    fn a_bucket_has_its_scopes_access() {
+        let (peer, own) = ids();
+        let access = Access {
+            read: Pattern::parse_list("mesh").unwrap(),
+            write: Pattern::parse_list("user:bob,node:*").unwrap(),
+        };
+        assert!(access.may_read(&DocId::Bucket(Scope::Mesh, 7), &peer));
+        assert!(!access.may_read(&DocId::Bucket(Scope::User("bob".into()), 7), &peer));
+        assert!(access.may_write(&DocId::Bucket(Scope::User("bob".into()), 7), &peer, &own));
+        assert!(!access.may_write(&DocId::Bucket(Scope::Mesh, 7), &peer, &own));
+        let own_bucket = DocId::Bucket(Scope::Node(own.compact()), 0);
+        assert!(!access.may_write(&own_bucket, &peer, &own));
+        assert!(access.may_write(&DocId::Bucket(Scope::Node(peer.compact()), 0), &peer, &own));
     }
 }

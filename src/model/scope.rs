@@ -112,12 +112,26 @@ impl<'de> serde::Deserialize<'de> for Scope {
     }
 }
 
-/// One Automerge document: a memory scope, or the skills.
+/// One Automerge document: a memory scope, one of its buckets, or the skills.
+///
+/// A scope's keys start in its base document (`Memory`); once that holds
+/// [`BASE_CAPACITY`] live keys, writes go to the bucket the key's hash names (`Bucket`), so
+/// no single document grows to a million keys. Which document holds a version does not
+/// decide anything: a key's versions in every document of its scope are read together and
+/// the winner is the same rule's (`replica::index`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DocId {
     Memory(Scope),
+    Bucket(Scope, u8),
     Skills,
 }
+
+/// Live keys a scope's base document takes before new writes go to buckets.
+pub const BASE_CAPACITY: u64 = 4096;
+
+/// Separates a scope from its bucket in a document's name: no scope's text holds it (user
+/// ids refuse `:`, node ids are tokens).
+const BUCKET_SEPARATOR: &str = "::";
 
 impl DocId {
     /// The stable name used in storage keys and on the wire.
@@ -129,17 +143,56 @@ impl DocId {
         if name == "skills" {
             return Ok(DocId::Skills);
         }
-        match Scope::parse(name, "")? {
-            Scope::Node(id) if id.is_empty() => Err(ValidationError::Scope(name.to_string())),
-            scope => Ok(DocId::Memory(scope)),
+        if let Some((scope, bucket)) = name.rsplit_once(BUCKET_SEPARATOR) {
+            let bucket = parse_bucket(bucket).ok_or_else(|| ValidationError::Scope(name.into()))?;
+            return Ok(DocId::Bucket(base_scope(scope)?, bucket));
+        }
+        Ok(DocId::Memory(base_scope(name)?))
+    }
+
+    /// The bucket document of `scope` that holds `key` once the base is full.
+    pub fn bucket_for(scope: &Scope, key: &str) -> DocId {
+        DocId::Bucket(scope.clone(), blake3::hash(key.as_bytes()).as_bytes()[0])
+    }
+
+    /// The memory scope whose keys this document holds (`None`: the skills).
+    pub fn scope(&self) -> Option<&Scope> {
+        match self {
+            DocId::Memory(scope) | DocId::Bucket(scope, _) => Some(scope),
+            DocId::Skills => None,
         }
     }
+
+    /// The document that names what this one holds for readers: a bucket's base document,
+    /// else itself. The index, the views and access rules know scopes, not buckets.
+    pub fn base(&self) -> DocId {
+        match self {
+            DocId::Bucket(scope, _) => DocId::Memory(scope.clone()),
+            other => other.clone(),
+        }
+    }
+}
+
+fn base_scope(name: &str) -> Result<Scope, ValidationError> {
+    match Scope::parse(name, "")? {
+        Scope::Node(id) if id.is_empty() => Err(ValidationError::Scope(name.to_string())),
+        scope => Ok(scope),
+    }
+}
+
+/// Exactly two lowercase hex digits, so every bucket has one name.
+fn parse_bucket(text: &str) -> Option<u8> {
+    let lower_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    (text.len() == 2 && text.chars().all(lower_hex))
+        .then(|| u8::from_str_radix(text, 16).ok())
+        .flatten()
 }
 
 impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DocId::Memory(scope) => scope.fmt(f),
+            DocId::Bucket(scope, bucket) => write!(f, "{scope}{BUCKET_SEPARATOR}{bucket:02x}"),
             DocId::Skills => f.write_str("skills"),
         }
     }
@@ -236,9 +289,37 @@ mod tests {
             DocId::Memory(Scope::Mesh),
             DocId::Memory(Scope::User("bob".into())),
             DocId::Memory(Scope::Node("abc".into())),
+            DocId::Bucket(Scope::Mesh, 0),
+            DocId::Bucket(Scope::User("bob".into()), 0xa3),
+            DocId::Bucket(Scope::Node("abc".into()), 255),
         ] {
             assert_eq!(DocId::from_name(&doc.name()).unwrap(), doc);
         }
-        assert!(DocId::from_name("node").is_err());
+        assert_eq!(DocId::Bucket(Scope::Mesh, 10).name(), "mesh::0a");
+        for bad in [
+            "node",
+            "mesh::",
+            "mesh::0",
+            "mesh::0A",
+            "mesh::100",
+            "mesh::+1",
+            "skills::01",
+            "node::01",
+            "user:bob::zz",
+        ] {
+            assert!(DocId::from_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// A user id may hold `#` and anything but `:`: no user scope's name reads as a bucket.
+    #[test]
+    fn no_scope_name_reads_as_a_bucket() {
+        let scope = Scope::User("a#05 b".into());
+        let doc = DocId::Memory(scope.clone());
+        assert_eq!(DocId::from_name(&doc.name()).unwrap(), doc);
+        assert!(Scope::parse("user:bob::01", "").is_err());
+        let bucket = DocId::bucket_for(&scope, "key");
+        assert_eq!(bucket.base(), doc);
+        assert_eq!(bucket.scope(), Some(&scope));
     }
 }

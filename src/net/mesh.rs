@@ -968,10 +968,13 @@ impl Mesh {
         let own_scope = self
             .config
             .accept_own_scope
-            .then(|| DocId::Memory(Scope::Node(own.compact())));
+            .then(|| Scope::Node(own.compact()));
         sync::Access::new(
             move |doc| access.may_read(doc, &peer),
-            move |doc| write.may_write(doc, &peer, &own) || own_scope.as_ref() == Some(doc),
+            move |doc| {
+                write.may_write(doc, &peer, &own)
+                    || own_scope.is_some() && doc.scope() == own_scope.as_ref()
+            },
         )
     }
 }

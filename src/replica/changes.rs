@@ -52,7 +52,7 @@ pub(super) fn changed_names(
     since: &[ChangeHash],
 ) -> BTreeSet<String> {
     match doc {
-        DocId::Memory(_) => root_keys_written(document, since),
+        DocId::Memory(_) | DocId::Bucket(..) => root_keys_written(document, since),
         DocId::Skills => skill_names_written(document, since),
     }
 }

@@ -27,6 +27,9 @@ use super::{
 /// The keys or skill names a write changed in each document it touched.
 type Touched = Vec<(DocId, BTreeSet<String>)>;
 
+/// Summaries as a batch leaves them (`None`: removed).
+type Summaries = std::collections::BTreeMap<DocId, Option<Summary>>;
+
 /// Changes applied in memory, not yet durable.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -110,8 +113,8 @@ impl Replica {
             return Err(error);
         }
         let touched = self.touched(&pending.before);
-        let summaries = match self.stage_index(&mut batch, &touched) {
-            Ok(summaries) => summaries,
+        let (summaries, undo) = match self.stage_index(&mut batch, &touched) {
+            Ok(staged) => staged,
             Err(error) => {
                 self.roll_back(pending.before);
                 return Err(error);
@@ -120,10 +123,10 @@ impl Replica {
         if let Err(error) = self.storage.commit(batch) {
             tracing::error!(%error, "a write did not reach the disk; it is refused and undone");
             self.roll_back(pending.before);
-            self.undo(&pending.changes, &touched);
+            self.undo(&pending.changes, undo);
             return Err(not_durable(error));
         }
-        self.summaries.extend(summaries);
+        self.take_summaries(summaries);
         for (doc, change) in &pending.changes {
             if let Some(state) = self.docs.get_mut(doc) {
                 state.changes_since_snapshot += 1;
@@ -165,8 +168,8 @@ impl Replica {
             self.roll_back(before);
             return Err(error);
         }
-        let summaries = match self.stage_index(&mut batch, &touched) {
-            Ok(summaries) => summaries,
+        let (summaries, undo) = match self.stage_index(&mut batch, &touched) {
+            Ok(staged) => staged,
             Err(error) => {
                 self.roll_back(before);
                 return Err(error);
@@ -174,10 +177,10 @@ impl Replica {
         };
         if let Err(error) = self.storage.commit(batch) {
             self.roll_back(before);
-            self.undo(&[], &touched);
+            self.undo(&[], undo);
             return Err(not_durable(error));
         }
-        self.summaries.extend(summaries);
+        self.take_summaries(summaries);
         self.snapshot_written(doc, snapshot_len);
         self.note_durable();
         if let Some(metrics) = &self.metrics {
@@ -197,39 +200,42 @@ impl Replica {
             .collect()
     }
 
-    /// Adds the index entries of what was touched to `batch`; returns the new summaries.
+    /// Adds the index entries of what was touched to `batch`; returns the summaries as the
+    /// batch leaves them, and what undoes it.
     fn stage_index(
         &self,
         batch: &mut sled::Batch,
         touched: &Touched,
-    ) -> Result<Vec<(DocId, Summary)>> {
-        let mut summaries = Vec::new();
+    ) -> Result<(Summaries, index::Undo)> {
+        let mut staging = index::Staging::new(self.storage.tree()?, &self.summaries);
         for (doc, names) in touched {
-            let Some(state) = self.docs.get(doc) else {
-                continue;
-            };
-            let before = self.summaries.get(doc).cloned().unwrap_or_default();
-            let summary =
-                index::stage_update(self.storage.tree()?, batch, doc, &state.doc, names, &before)?;
-            summaries.push((doc.clone(), summary));
+            if let Some(state) = self.docs.get(doc) {
+                staging.update(doc, &state.doc, names)?;
+            }
         }
-        Ok(summaries)
+        Ok(staging.finish(batch))
+    }
+
+    /// Takes the summaries a committed batch wrote (`None`: removed).
+    pub(super) fn take_summaries(&mut self, summaries: Summaries) {
+        for (doc, summary) in summaries {
+            match summary {
+                Some(summary) => self.summaries.insert(doc, summary),
+                None => self.summaries.remove(&doc),
+            };
+        }
     }
 
     /// After a failed commit (whose batch may be in sled's memory and log in part), puts back
     /// what it wrote: its changes are dropped, so that a later flush of sled's log cannot
-    /// carry them to disk, and the index entries it touched are written again from the
-    /// documents, which `roll_back` has taken back already. Whichever of the two batches
-    /// reaches the disk, the index matches the changes stored.
-    fn undo(&mut self, changes: &[(DocId, Change)], touched: &Touched) {
+    /// carry them to disk, and the index keys it touched are written back as they were.
+    /// Whichever of the two batches reaches the disk, the index matches the changes stored.
+    fn undo(&mut self, changes: &[(DocId, Change)], index: index::Undo) {
         let mut batch = sled::Batch::default();
         for (doc, change) in changes {
             storage::stage_forget(&mut batch, &doc.name(), &change.hash());
         }
-        for (doc, names) in touched {
-            let document = self.docs.get(doc).map(|state| &state.doc);
-            index::stage_restore(&mut batch, doc, document, names, self.summaries.get(doc));
-        }
+        index.stage(&mut batch);
         self.storage.undo(batch);
     }
 

@@ -8,24 +8,32 @@
 //! documents after a crash: a document's summary holds the heads the index reflects, and those
 //! are the heads of what is stored.
 //!
+//! A memory scope may span several documents: its base and its buckets (`DocId::Bucket`). The
+//! index keeps one entry per scope and key, holding the key's versions in every document of
+//! the scope, each tagged with its bucket. The winner is the greatest version among them all
+//! (`resolve`), and the versions shown (its concurrent versions, a conflict) are those of the
+//! document that holds the winner: in another document a version is one the winner's writer
+//! may simply not have seen. Which document holds a version decides nothing, so the nodes
+//! need not agree on where a key goes for their reads to agree.
+//!
 //! Keys, in the `docs` tree (one tree, so that one batch is atomic):
-//! - `e\0<doc>\0<key or skill name>` → the versions (JSON): concurrent versions included, so
-//!   `--conflicts` reads the index too;
-//! - `x\0<doc>\0<key or skill name>` → empty: present while the entry holds concurrent
-//!   versions (a conflict), so the conflicts are listed without reading every entry;
-//! - `h\0<doc>` → the summary: live entries (u64), changes (u64), heads (32 bytes each);
+//! - `e\0<scope or skills>\0<key or skill name>` → the versions (JSON);
+//! - `x\0<scope or skills>\0<key or skill name>` → empty: present while the versions shown
+//!   are concurrent (a conflict), so the conflicts are listed without reading every entry;
+//! - `h\0<doc>` → the summary of one document: live entries (u64; of a scope's documents,
+//!   the one holding a key's winner counts it), changes (u64), heads (32 bytes each);
 //! - `v\0index-conflicts` → present once every document is indexed with its versions'
 //!   authors and its conflicts (stores of earlier versions, whose index lacks either, are
 //!   indexed again once, at their first open).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use super::{memory_doc, skills_doc, ReplicaError, Result};
-use crate::model::entry::resolve;
+use crate::model::entry::{resolve, Versioned};
 use crate::model::{Claim, DocId, MemoryEntry, Scope, Skill, Stamp};
 
 const ENTRY: &[u8] = b"e\0";
@@ -73,7 +81,7 @@ impl Summary {
 }
 
 /// One memory version as the index stores it: the scope and key are in the sled key.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct IndexedVersion {
     value: serde_json::Value,
     node_id: String,
@@ -83,10 +91,103 @@ struct IndexedVersion {
     author: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claim: Option<Claim>,
+    /// The bucket document holding it; `None`: the scope's base document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bucket: Option<u8>,
+}
+
+impl Versioned for IndexedVersion {
+    fn version(&self) -> (Stamp, &str) {
+        (self.updated_at, &self.node_id)
+    }
+}
+
+impl IndexedVersion {
+    fn stored(entry: MemoryEntry, bucket: Option<u8>) -> IndexedVersion {
+        IndexedVersion {
+            value: entry.value,
+            node_id: entry.node_id,
+            updated_at: entry.updated_at,
+            deleted: entry.deleted,
+            author: entry.author,
+            claim: entry.claim,
+            bucket,
+        }
+    }
+
+    fn entry(self, scope: &Scope, key: &str) -> MemoryEntry {
+        MemoryEntry {
+            scope: scope.clone(),
+            key: key.to_string(),
+            value: self.value,
+            node_id: self.node_id,
+            updated_at: self.updated_at,
+            deleted: self.deleted,
+            author: self.author,
+            claim: self.claim,
+        }
+    }
+}
+
+/// The bucket a document is, for the versions it holds (`None`: a base document or skills).
+fn bucket_of(doc: &DocId) -> Option<u8> {
+    match doc {
+        DocId::Bucket(_, bucket) => Some(*bucket),
+        _ => None,
+    }
+}
+
+/// The document of `scope` that `bucket` names.
+fn part_doc(scope: &Scope, bucket: Option<u8>) -> DocId {
+    match bucket {
+        Some(bucket) => DocId::Bucket(scope.clone(), bucket),
+        None => DocId::Memory(scope.clone()),
+    }
+}
+
+/// A key's versions in every document of its scope, ordered by document (base first), each
+/// document's in its own order: the order `resolve` breaks exact ties by, the same on every
+/// node.
+struct KeyVersions(Vec<IndexedVersion>);
+
+impl KeyVersions {
+    fn decode(bytes: &[u8]) -> Result<KeyVersions> {
+        serde_json::from_slice(bytes)
+            .map(KeyVersions)
+            .map_err(|_| damaged_entry())
+    }
+
+    /// These versions with those of `bucket`'s document replaced by `now`.
+    fn replacing(self, bucket: Option<u8>, now: Vec<MemoryEntry>) -> KeyVersions {
+        let mut versions: Vec<IndexedVersion> =
+            self.0.into_iter().filter(|v| v.bucket != bucket).collect();
+        versions.extend(now.into_iter().map(|v| IndexedVersion::stored(v, bucket)));
+        versions.sort_by_key(|v| v.bucket.map_or(0, |b| u16::from(b) + 1));
+        KeyVersions(versions)
+    }
+
+    /// The winner's document, and whether the winner is live; `None` without versions.
+    fn winner(&self) -> Option<(Option<u8>, bool)> {
+        resolve(self.0.clone()).map(|(winner, _)| (winner.bucket, !winner.deleted))
+    }
+
+    /// The versions readers see: those of the document holding the winner.
+    fn shown(self) -> Vec<IndexedVersion> {
+        let Some((bucket, _)) = self.winner() else {
+            return Vec::new();
+        };
+        self.0.into_iter().filter(|v| v.bucket == bucket).collect()
+    }
+
+    fn shown_count(&self) -> usize {
+        self.winner().map_or(0, |(bucket, _)| {
+            self.0.iter().filter(|v| v.bucket == bucket).count()
+        })
+    }
 }
 
 fn entry_prefix(doc: &DocId) -> Vec<u8> {
-    [ENTRY, doc.name().as_bytes(), b"\0"].concat()
+    [ENTRY, doc.base().name().as_bytes(), b"\0"].concat()
 }
 
 fn entry_key(doc: &DocId, name: &str) -> Vec<u8> {
@@ -94,7 +195,7 @@ fn entry_key(doc: &DocId, name: &str) -> Vec<u8> {
 }
 
 fn conflict_prefix(doc: &DocId) -> Vec<u8> {
-    [CONFLICT, doc.name().as_bytes(), b"\0"].concat()
+    [CONFLICT, doc.base().name().as_bytes(), b"\0"].concat()
 }
 
 fn conflict_key(doc: &DocId, name: &str) -> Vec<u8> {
@@ -142,6 +243,26 @@ pub fn memory_versions(tree: &sled::Tree, scope: &Scope, key: &str) -> Result<Ve
     }
 }
 
+/// The documents of `scope` holding versions of `key`, and the one holding its winner.
+pub fn memory_docs(
+    tree: &sled::Tree,
+    scope: &Scope,
+    key: &str,
+) -> Result<(Vec<DocId>, Option<DocId>)> {
+    let Some(bytes) = tree.get(entry_key(&DocId::Memory(scope.clone()), key))? else {
+        return Ok((Vec::new(), None));
+    };
+    let versions = KeyVersions::decode(&bytes)?;
+    let winner = versions.winner().map(|(bucket, _)| part_doc(scope, bucket));
+    let mut docs: Vec<DocId> = versions
+        .0
+        .iter()
+        .map(|v| part_doc(scope, v.bucket))
+        .collect();
+    docs.dedup();
+    Ok((docs, winner))
+}
+
 /// The live winners of a scope, sorted by key.
 pub fn live_memory(tree: &sled::Tree, scope: &Scope) -> Result<Vec<MemoryEntry>> {
     let prefix = entry_prefix(&DocId::Memory(scope.clone()));
@@ -158,8 +279,8 @@ pub fn live_memory(tree: &sled::Tree, scope: &Scope) -> Result<Vec<MemoryEntry>>
     Ok(entries)
 }
 
-/// The keys or names the index holds for `doc`, in order, after `after` (from the first when
-/// `None`), at most `limit`.
+/// The keys or names the index holds for `doc`'s scope (or the skills), in order, after
+/// `after` (from the first when `None`), at most `limit`.
 pub fn names_after(
     tree: &sled::Tree,
     doc: &DocId,
@@ -183,8 +304,8 @@ pub fn names_after(
     Ok(names)
 }
 
-/// The entries holding concurrent versions, by document and name, at most `limit`; and how
-/// many there are in all.
+/// The entries holding concurrent versions, by scope (its base document) or skills and name,
+/// at most `limit`; and how many there are in all.
 pub fn conflicted(tree: &sled::Tree, limit: usize) -> Result<(Vec<(DocId, String)>, usize)> {
     let mut found = Vec::new();
     let mut total = 0;
@@ -243,16 +364,16 @@ pub fn newest_stamp(tree: &sled::Tree) -> Result<Option<(String, Stamp)>> {
         let (doc, name) = (&rest[..split], &rest[split + 1..]);
         let name = std::str::from_utf8(name).map_err(|_| damaged_entry())?;
         let (label, stamps) = match doc_of(doc) {
-            Some(DocId::Memory(scope)) => {
-                let versions = decode_memory(&scope, name, &bytes)?;
-                let stamps: Vec<Stamp> = versions.iter().map(|v| v.updated_at).collect();
-                (format!("{scope}:{name}"), stamps)
-            }
             Some(DocId::Skills) => {
                 let versions: Vec<Skill> =
                     serde_json::from_slice(&bytes).map_err(|_| damaged_entry())?;
                 let stamps = versions.iter().map(|v| v.updated_at).collect();
                 (format!("skill {name}"), stamps)
+            }
+            Some(doc) => {
+                let versions = KeyVersions::decode(&bytes)?;
+                let stamps: Vec<Stamp> = versions.0.iter().map(|v| v.updated_at).collect();
+                (format!("{}:{name}", doc.name()), stamps)
             }
             None => continue,
         };
@@ -265,186 +386,294 @@ pub fn newest_stamp(tree: &sled::Tree) -> Result<Option<(String, Stamp)>> {
     Ok(newest)
 }
 
+/// The versions shown of a key: those of the document holding its winner.
 fn decode_memory(scope: &Scope, key: &str, bytes: &[u8]) -> Result<Vec<MemoryEntry>> {
-    let versions: Vec<IndexedVersion> =
-        serde_json::from_slice(bytes).map_err(|_| damaged_entry())?;
-    Ok(versions
+    Ok(KeyVersions::decode(bytes)?
+        .shown()
         .into_iter()
-        .map(|version| MemoryEntry {
-            scope: scope.clone(),
-            key: key.to_string(),
-            value: version.value,
-            node_id: version.node_id,
-            updated_at: version.updated_at,
-            deleted: version.deleted,
-            author: version.author,
-            claim: version.claim,
-        })
+        .map(|version| version.entry(scope, key))
         .collect())
 }
 
 // ---- writing ---------------------------------------------------------------------------
 
-/// What the index holds for one key or skill name.
-struct Indexed {
-    bytes: Vec<u8>,
-    /// The winner is not a tombstone.
-    live: bool,
-    /// It holds concurrent versions.
-    conflicted: bool,
+/// The index writes of one sled batch. Later steps of the batch read what earlier ones
+/// staged (two documents of one scope may touch the same key), and it remembers what each
+/// key held before, so a batch that fails to commit is undone (`Undo`).
+pub struct Staging<'t> {
+    /// The index before this batch; `None`: an index built from nothing.
+    tree: Option<&'t sled::Tree>,
+    /// The summaries the replica holds, before this batch.
+    held: &'t BTreeMap<DocId, Summary>,
+    /// Entry and conflict keys as the batch leaves them (`None`: removed).
+    keys: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Summaries as the batch leaves them (`None`: removed).
+    summaries: BTreeMap<DocId, Option<Summary>>,
+    undo: Undo,
 }
 
-impl Indexed {
-    fn new(bytes: Vec<u8>, live: bool, versions: usize) -> Indexed {
-        Indexed {
-            bytes,
-            live,
-            conflicted: versions > 1,
+/// What the keys of a staged batch held before it: written back when the batch failed.
+#[derive(Default)]
+pub struct Undo {
+    keys: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    summaries: BTreeMap<DocId, Option<Summary>>,
+}
+
+impl Undo {
+    /// Adds to `batch` what puts every key the staged batch wrote back as it was.
+    pub fn stage(self, batch: &mut sled::Batch) {
+        for (key, before) in self.keys {
+            match before {
+                Some(bytes) => batch.insert(key, bytes),
+                None => batch.remove(key),
+            }
+        }
+        for (doc, before) in self.summaries {
+            match before {
+                Some(summary) => batch.insert(summary_key(&doc), summary.encode()),
+                None => batch.remove(summary_key(&doc)),
+            }
         }
     }
 }
 
-/// Adds to `batch` the index's keys for `name` as `now` has them (`None`: no version).
-fn stage_entry(batch: &mut sled::Batch, doc: &DocId, name: &str, now: Option<&Indexed>) {
-    match now {
-        Some(now) => batch.insert(entry_key(doc, name), now.bytes.as_slice()),
-        None => batch.remove(entry_key(doc, name)),
+impl<'t> Staging<'t> {
+    pub fn new(tree: &'t sled::Tree, held: &'t BTreeMap<DocId, Summary>) -> Staging<'t> {
+        Staging {
+            tree: Some(tree),
+            held,
+            keys: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+            undo: Undo::default(),
+        }
     }
-    if now.is_some_and(|now| now.conflicted) {
-        batch.insert(conflict_key(doc, name), &[][..]);
-    } else {
-        batch.remove(conflict_key(doc, name));
+
+    /// Staging of an index built from nothing: what the tree holds is not read (the batch
+    /// clears it first, `stage_clear`).
+    pub fn from_nothing() -> Staging<'static> {
+        static NONE: BTreeMap<DocId, Summary> = BTreeMap::new();
+        Staging {
+            tree: None,
+            held: &NONE,
+            keys: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+            undo: Undo::default(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match (self.keys.get(key), self.tree) {
+            (Some(staged), _) => Ok(staged.clone()),
+            (None, Some(tree)) => Ok(tree.get(key)?.map(|bytes| bytes.to_vec())),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn set(&mut self, key: Vec<u8>, now: Option<Vec<u8>>) -> Result<()> {
+        if !self.undo.keys.contains_key(&key) {
+            let before = match self.tree {
+                Some(tree) => tree.get(&key)?.map(|bytes| bytes.to_vec()),
+                None => None,
+            };
+            self.undo.keys.insert(key.clone(), before);
+        }
+        self.keys.insert(key, now);
+        Ok(())
+    }
+
+    fn summary(&self, doc: &DocId) -> Option<Summary> {
+        match self.summaries.get(doc) {
+            Some(staged) => staged.clone(),
+            None => self.held.get(doc).cloned(),
+        }
+    }
+
+    fn set_summary(&mut self, doc: &DocId, now: Option<Summary>) {
+        if !self.undo.summaries.contains_key(doc) {
+            self.undo
+                .summaries
+                .insert(doc.clone(), self.held.get(doc).cloned());
+        }
+        self.summaries.insert(doc.clone(), now);
+    }
+
+    /// Moves a document's count of live entries by one; a document without a summary counts
+    /// nothing (it holds no winner).
+    fn count_live(&mut self, doc: &DocId, more: bool) {
+        if let Some(mut summary) = self.summary(doc) {
+            summary.live = if more {
+                summary.live + 1
+            } else {
+                summary.live.saturating_sub(1)
+            };
+            self.set_summary(doc, Some(summary));
+        }
+    }
+
+    /// Stages the entries of `names` as `document` (the document `doc`) now has them, and
+    /// its summary.
+    pub fn update<'a>(
+        &mut self,
+        doc: &DocId,
+        document: &Automerge,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<()> {
+        let mut summary = self.summary(doc).unwrap_or_default();
+        summary.heads = document.get_heads();
+        summary.changes = document.stats().num_changes;
+        self.set_summary(doc, Some(summary));
+        for name in names {
+            match doc.scope() {
+                Some(scope) => {
+                    let now = memory_doc::versions(document, scope, name);
+                    self.replace_memory(doc, scope, name, now)?;
+                }
+                None => self.replace_skill(document, name)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the versions `doc` holds of a memory key with `now`, moving the live counts
+    /// of the documents holding the winner before and after.
+    fn replace_memory(
+        &mut self,
+        doc: &DocId,
+        scope: &Scope,
+        name: &str,
+        now: Vec<MemoryEntry>,
+    ) -> Result<()> {
+        let key = entry_key(doc, name);
+        let before = match self.get(&key)? {
+            Some(bytes) => KeyVersions::decode(&bytes)?,
+            None => KeyVersions(Vec::new()),
+        };
+        if let Some((bucket, true)) = before.winner() {
+            self.count_live(&part_doc(scope, bucket), false);
+        }
+        let after = before.replacing(bucket_of(doc), now);
+        if let Some((bucket, true)) = after.winner() {
+            self.count_live(&part_doc(scope, bucket), true);
+        }
+        let conflicted = after.shown_count() > 1;
+        let bytes = (!after.0.is_empty()).then(|| to_json(&after.0));
+        self.set_entry(doc, name, bytes, conflicted)
+    }
+
+    fn replace_skill(&mut self, document: &Automerge, name: &str) -> Result<()> {
+        let key = entry_key(&DocId::Skills, name);
+        if let Some(before) = self.get(&key)? {
+            if skill_is_live(&before) {
+                self.count_live(&DocId::Skills, false);
+            }
+        }
+        let versions: Vec<Skill> = skills_doc::versions(document, name)
+            .into_iter()
+            .map(|(skill, _)| skill)
+            .collect();
+        let live = resolve(versions.clone()).is_some_and(|(winner, _)| !winner.deleted);
+        if live {
+            self.count_live(&DocId::Skills, true);
+        }
+        let conflicted = versions.len() > 1;
+        let bytes = (!versions.is_empty()).then(|| to_json(&versions));
+        self.set_entry(&DocId::Skills, name, bytes, conflicted)
+    }
+
+    fn set_entry(
+        &mut self,
+        doc: &DocId,
+        name: &str,
+        bytes: Option<Vec<u8>>,
+        conflicted: bool,
+    ) -> Result<()> {
+        self.set(entry_key(doc, name), bytes)?;
+        self.set(conflict_key(doc, name), conflicted.then(Vec::new))
+    }
+
+    /// Stages the whole index of `doc` as `document` has it: every name it holds, and every
+    /// name the index holds for it that it no longer does.
+    pub fn rebuild(&mut self, doc: &DocId, document: &Automerge) -> Result<()> {
+        let mut names: BTreeSet<String> = match doc {
+            DocId::Skills => skills_doc::names(document).collect(),
+            _ => memory_doc::keys(document).collect(),
+        };
+        names.extend(self.names_held_by(doc)?);
+        self.update(doc, document, &names)
+    }
+
+    /// The names whose entries hold versions of `doc`, as this batch leaves them.
+    fn names_held_by(&self, doc: &DocId) -> Result<BTreeSet<String>> {
+        let prefix = entry_prefix(doc);
+        let mut keys: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for item in self.tree.iter().flat_map(|tree| tree.scan_prefix(&prefix)) {
+            let (key, bytes) = item?;
+            keys.insert(key.to_vec(), bytes.to_vec());
+        }
+        for (key, staged) in self.keys.range(prefix.clone()..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            match staged {
+                Some(bytes) => keys.insert(key.clone(), bytes.clone()),
+                None => keys.remove(key),
+            };
+        }
+        let mut names = BTreeSet::new();
+        for (key, bytes) in keys {
+            let holds = match doc {
+                DocId::Skills => true,
+                _ => {
+                    let bucket = bucket_of(doc);
+                    KeyVersions::decode(&bytes)?
+                        .0
+                        .iter()
+                        .any(|v| v.bucket == bucket)
+                }
+            };
+            if holds {
+                let name =
+                    std::str::from_utf8(&key[prefix.len()..]).map_err(|_| damaged_entry())?;
+                names.insert(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Adds everything staged to `batch`; returns the summaries as they now are (`None`:
+    /// removed) and what undoes the batch.
+    pub fn finish(self, batch: &mut sled::Batch) -> (BTreeMap<DocId, Option<Summary>>, Undo) {
+        for (key, now) in self.keys {
+            match now {
+                Some(bytes) => batch.insert(key, bytes),
+                None => batch.remove(key),
+            }
+        }
+        for (doc, now) in &self.summaries {
+            match now {
+                Some(summary) => batch.insert(summary_key(doc), summary.encode()),
+                None => batch.remove(summary_key(doc)),
+            }
+        }
+        (self.summaries, self.undo)
     }
 }
 
-/// The index entry of one key or skill name as `document` has it: `None` when it holds no
-/// version meshd can read.
-fn indexed(doc: &DocId, document: &Automerge, name: &str) -> Option<Indexed> {
-    match doc {
-        DocId::Memory(scope) => {
-            let versions = memory_doc::versions(document, scope, name);
-            let count = versions.len();
-            let live = resolve(versions.clone()).is_some_and(|(winner, _)| !winner.deleted);
-            let stored: Vec<IndexedVersion> = versions
-                .into_iter()
-                .map(|entry| IndexedVersion {
-                    value: entry.value,
-                    node_id: entry.node_id,
-                    updated_at: entry.updated_at,
-                    deleted: entry.deleted,
-                    author: entry.author,
-                    claim: entry.claim,
-                })
-                .collect();
-            (count > 0).then(|| Indexed::new(to_json(&stored), live, count))
-        }
-        DocId::Skills => {
-            let versions: Vec<Skill> = skills_doc::versions(document, name)
-                .into_iter()
-                .map(|(skill, _)| skill)
-                .collect();
-            let live = resolve(versions.clone()).is_some_and(|(winner, _)| !winner.deleted);
-            (!versions.is_empty()).then(|| Indexed::new(to_json(&versions), live, versions.len()))
-        }
-    }
+fn skill_is_live(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Vec<Skill>>(bytes)
+        .ok()
+        .and_then(resolve)
+        .is_some_and(|(winner, _)| !winner.deleted)
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("index entries are plain data and always serialize")
 }
 
-fn is_live(doc: &DocId, bytes: &[u8]) -> bool {
-    match doc {
-        DocId::Memory(scope) => decode_memory(scope, "", bytes)
-            .ok()
-            .and_then(resolve)
-            .is_some_and(|(winner, _)| !winner.deleted),
-        DocId::Skills => serde_json::from_slice::<Vec<Skill>>(bytes)
-            .ok()
-            .and_then(resolve)
-            .is_some_and(|(winner, _)| !winner.deleted),
-    }
-}
-
-/// Adds to `batch` the index entries of `names` as `document` now has them, and its summary;
-/// `before` is the summary the index holds. Returns the new summary.
-pub fn stage_update<'a>(
-    tree: &sled::Tree,
-    batch: &mut sled::Batch,
-    doc: &DocId,
-    document: &Automerge,
-    names: impl IntoIterator<Item = &'a String>,
-    before: &Summary,
-) -> Result<Summary> {
-    let mut live = before.live;
-    for name in names {
-        let key = entry_key(doc, name);
-        let was_live = tree.get(&key)?.is_some_and(|old| is_live(doc, &old));
-        let now = indexed(doc, document, name);
-        let now_live = now.as_ref().is_some_and(|now| now.live);
-        stage_entry(batch, doc, name, now.as_ref());
-        live = (live + u64::from(now_live)).saturating_sub(u64::from(was_live));
-    }
-    let summary = summarize(document, live);
-    batch.insert(summary_key(doc), summary.encode());
-    Ok(summary)
-}
-
-/// Adds to `batch` the whole index of `doc` as `document` has it, replacing what was there.
-pub fn stage_rebuild(
-    tree: &sled::Tree,
-    batch: &mut sled::Batch,
-    doc: &DocId,
-    document: &Automerge,
-) -> Result<Summary> {
-    stage_remove_entries(tree, batch, doc)?;
-    let mut live = 0;
-    let names: Vec<String> = match doc {
-        DocId::Memory(_) => memory_doc::keys(document).collect(),
-        DocId::Skills => skills_doc::names(document).collect(),
-    };
-    for name in names {
-        if let Some(now) = indexed(doc, document, &name) {
-            live += u64::from(now.live);
-            stage_entry(batch, doc, &name, Some(&now));
-        }
-    }
-    let summary = summarize(document, live);
-    batch.insert(summary_key(doc), summary.encode());
-    Ok(summary)
-}
-
-/// Adds to `batch` what undoes a failed `stage_update` of `names` in sled's memory: the
-/// entries as `document` (taken back to before the write; `None`: it did not exist) has
-/// them, and the summary from before.
-pub fn stage_restore<'a>(
-    batch: &mut sled::Batch,
-    doc: &DocId,
-    document: Option<&Automerge>,
-    names: impl IntoIterator<Item = &'a String>,
-    summary: Option<&Summary>,
-) {
-    for name in names {
-        let before = document.and_then(|document| indexed(doc, document, name));
-        stage_entry(batch, doc, name, before.as_ref());
-    }
-    match summary {
-        Some(summary) => batch.insert(summary_key(doc), summary.encode()),
-        None => batch.remove(summary_key(doc)),
-    }
-}
-
-/// Adds to `batch` the removal of a document's whole index (a repair leaves out a document
-/// Automerge refuses).
-pub fn stage_drop(tree: &sled::Tree, batch: &mut sled::Batch, doc: &DocId) -> Result<()> {
-    stage_remove_entries(tree, batch, doc)?;
-    batch.remove(summary_key(doc));
-    Ok(())
-}
-
-/// Adds to `batch` the removal of every entry of `doc`, and of its conflicts.
-fn stage_remove_entries(tree: &sled::Tree, batch: &mut sled::Batch, doc: &DocId) -> Result<()> {
-    for prefix in [entry_prefix(doc), conflict_prefix(doc)] {
+/// Adds to `batch` the removal of the whole index: every entry, conflict and summary (a
+/// store indexed again from its documents).
+pub fn stage_clear(tree: &sled::Tree, batch: &mut sled::Batch) -> Result<()> {
+    for prefix in [ENTRY, CONFLICT, SUMMARY] {
         for key in tree.scan_prefix(prefix).keys() {
             batch.remove(key?);
         }
@@ -452,65 +681,60 @@ fn stage_remove_entries(tree: &sled::Tree, batch: &mut sled::Batch, doc: &DocId)
     Ok(())
 }
 
-fn summarize(document: &Automerge, live: u64) -> Summary {
-    use automerge::ReadDoc;
-    Summary {
-        heads: document.get_heads(),
-        live,
-        changes: document.stats().num_changes,
+/// Compares what the index holds for a scope (or the skills) with what its documents say it
+/// should: the entries, no entry beyond them, and each document's summary. `documents` are
+/// every document of the group, each with its id. For tests (`Replica::check_index`).
+pub fn verify(tree: &sled::Tree, documents: &[(DocId, Automerge)]) -> Result<(), String> {
+    let mut expected = Staging::from_nothing();
+    for (doc, document) in documents {
+        expected.rebuild(doc, document).map_err(|e| e.to_string())?;
     }
-}
-
-/// Compares what the index holds for `doc` with what `document` says it should: the
-/// entries, no entry beyond them, and the summary. For tests (`Replica::check_index`).
-pub fn verify(tree: &sled::Tree, doc: &DocId, document: &Automerge) -> Result<(), String> {
-    let mut live = 0;
-    let names: Vec<String> = match doc {
-        DocId::Memory(_) => memory_doc::keys(document).collect(),
-        DocId::Skills => skills_doc::names(document).collect(),
+    let Some((first, _)) = documents.first() else {
+        return Ok(());
     };
-    let mut expected = BTreeMap::new();
-    for name in names {
-        if let Some(now) = indexed(doc, document, &name) {
-            live += u64::from(now.live);
-            if now.conflicted {
-                expected.insert(conflict_key(doc, &name), Vec::new());
-            }
-            expected.insert(entry_key(doc, &name), now.bytes);
+    let mut wanted = BTreeMap::new();
+    for (key, bytes) in &expected.keys {
+        if let Some(bytes) = bytes {
+            wanted.insert(key.clone(), bytes.clone());
         }
     }
     let mut held = BTreeMap::new();
-    for prefix in [entry_prefix(doc), conflict_prefix(doc)] {
+    for prefix in [entry_prefix(first), conflict_prefix(first)] {
         for item in tree.scan_prefix(prefix) {
             let (key, value) = item.map_err(|e| e.to_string())?;
             held.insert(key.to_vec(), value.to_vec());
         }
     }
-    if held != expected {
-        let differ: Vec<String> = expected
+    if held != wanted {
+        let differ: Vec<String> = wanted
             .keys()
             .chain(held.keys())
-            .filter(|key| expected.get(*key) != held.get(*key))
+            .filter(|key| wanted.get(*key) != held.get(*key))
             .map(|key| {
                 let show = |v: Option<&Vec<u8>>| v.map(|v| String::from_utf8_lossy(v).into_owned());
                 format!(
-                    "{}: held {:?}, document {:?}",
+                    "{}: held {:?}, documents {:?}",
                     String::from_utf8_lossy(key),
                     show(held.get(key)),
-                    show(expected.get(key))
+                    show(wanted.get(key))
                 )
             })
             .collect();
-        return Err(format!("{doc}: index entries differ: {differ:?}"));
+        return Err(format!(
+            "{}: index entries differ: {differ:?}",
+            first.base()
+        ));
     }
-    let summary = tree
-        .get(summary_key(doc))
-        .map_err(|e| e.to_string())?
-        .map(|bytes| Summary::decode(&bytes).map_err(|e| e.to_string()))
-        .transpose()?;
-    let wanted = summarize(document, live);
-    if summary.as_ref() != Some(&wanted) {
-        return Err(format!("{doc}: summary {summary:?}, document {wanted:?}"));
+    for (doc, _) in documents {
+        let summary = tree
+            .get(summary_key(doc))
+            .map_err(|e| e.to_string())?
+            .map(|bytes| Summary::decode(&bytes).map_err(|e| e.to_string()))
+            .transpose()?;
+        let wanted = expected.summary(doc);
+        if summary != wanted {
+            return Err(format!("{doc}: summary {summary:?}, documents {wanted:?}"));
+        }
     }
     Ok(())
 }

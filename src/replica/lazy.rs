@@ -11,6 +11,8 @@
 //! Opening reads only the summaries. A store written by a version without the index is
 //! indexed at its first open (every document loaded once, then evicted as usual).
 
+use std::collections::BTreeMap;
+
 use automerge::ReadDoc;
 
 use super::{
@@ -102,23 +104,12 @@ impl Replica {
             return Ok(());
         }
         tracing::warn!(doc = %doc.name(), "the index does not reflect this document; rebuilding its index");
-        self.reindex(sled::Batch::default(), [(doc, &state.doc)])
-    }
-
-    /// Rebuilds the index of the given documents, in one batch with `batch`.
-    fn reindex<'a>(
-        &mut self,
-        mut batch: sled::Batch,
-        docs: impl IntoIterator<Item = (&'a DocId, &'a automerge::Automerge)>,
-    ) -> Result<()> {
-        let mut summaries = Vec::new();
-        for (doc, document) in docs {
-            let summary = index::stage_rebuild(self.storage.tree()?, &mut batch, doc, document)?;
-            summaries.push((doc.clone(), summary));
-        }
-        batch.insert(index::COMPLETE, &b"1"[..]);
+        let mut batch = sled::Batch::default();
+        let mut staging = index::Staging::new(self.storage.tree()?, &self.summaries);
+        staging.rebuild(doc, &state.doc)?;
+        let (summaries, _) = staging.finish(&mut batch);
         self.storage.commit(batch)?;
-        self.summaries.extend(summaries);
+        self.take_summaries(summaries);
         Ok(())
     }
 
@@ -140,19 +131,18 @@ impl Replica {
 
     /// Rebuilds the whole index from the loaded documents: documents not loaded lose theirs.
     pub(super) fn rebuild_index(&mut self) -> Result<()> {
-        let docs = std::mem::take(&mut self.docs);
         let mut batch = sled::Batch::default();
-        let stale: Vec<DocId> = index::summaries(self.storage.tree()?)?
-            .into_keys()
-            .filter(|doc| !docs.contains_key(doc))
-            .collect();
-        for doc in &stale {
-            index::stage_drop(self.storage.tree()?, &mut batch, doc)?;
-            self.summaries.remove(doc);
+        index::stage_clear(self.storage.tree()?, &mut batch)?;
+        let mut staging = index::Staging::from_nothing();
+        for (doc, state) in &self.docs {
+            staging.rebuild(doc, &state.doc)?;
         }
-        let result = self.reindex(batch, docs.iter().map(|(doc, state)| (doc, &state.doc)));
-        self.docs = docs;
-        result
+        let (summaries, _) = staging.finish(&mut batch);
+        batch.insert(index::COMPLETE, &b"1"[..]);
+        self.storage.commit(batch)?;
+        self.summaries.clear();
+        self.take_summaries(summaries);
+        Ok(())
     }
 
     /// Loads every stored document; one Automerge refuses is an error, or with `Damage::Skip`
@@ -218,10 +208,14 @@ impl Replica {
     #[doc(hidden)]
     pub fn check_index(&mut self) -> std::result::Result<(), String> {
         let tree = self.storage.tree().map_err(|e| e.to_string())?.clone();
+        let mut groups: BTreeMap<DocId, Vec<(DocId, automerge::Automerge)>> = BTreeMap::new();
         for doc in self.doc_ids() {
             let loaded = self.load_state(&doc).map_err(|e| e.to_string())?;
             let document = loaded.map(|state| state.doc.clone()).unwrap_or_default();
-            index::verify(&tree, &doc, &document)?;
+            groups.entry(doc.base()).or_default().push((doc, document));
+        }
+        for documents in groups.values() {
+            index::verify(&tree, documents)?;
         }
         let held = index::summaries(&tree).map_err(|e| e.to_string())?;
         if held != self.summaries {

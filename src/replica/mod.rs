@@ -20,7 +20,7 @@ mod sync_store;
 mod text_edit;
 mod vet;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::model::entry::resolve;
 use crate::model::hlc::ClockBound;
 use crate::model::import_order::{self, Named, NotApplied, Verdict};
+use crate::model::scope::BASE_CAPACITY;
 use crate::model::validate::{self, ValidationError};
 use crate::model::{secret, Claim, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp, Via};
 use crate::trust::{ChangeSignature, NodeKey};
@@ -187,6 +188,8 @@ pub struct Replica {
     /// The estimated memory loaded documents may take before the least recently used ones are
     /// evicted (`[store] memory_budget_mb`).
     memory_budget: u64,
+    /// Live keys a scope's base document takes before writes go to buckets.
+    base_capacity: u64,
     edit_clock: u64,
     use_clock: u64,
     node_id: String,
@@ -254,6 +257,7 @@ impl Replica {
             docs: BTreeMap::new(),
             summaries: BTreeMap::new(),
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            base_capacity: BASE_CAPACITY,
             edit_clock: 0,
             use_clock: 0,
             node_id: key.node_id().compact(),
@@ -353,10 +357,10 @@ impl Replica {
         let (names, total) = self.reading(|tree| index::conflicted(tree, limit))?;
         let mut conflicts = Vec::with_capacity(names.len());
         for (doc, name) in names {
-            let conflict = match &doc {
-                DocId::Memory(scope) => (self.memory_versions(scope, &name)?)
+            let conflict = match doc.scope() {
+                Some(scope) => (self.memory_versions(scope, &name)?)
                     .map(|(winner, others)| Conflict::Memory { winner, others }),
-                DocId::Skills => (self.skill_versions(&name)?)
+                None => (self.skill_versions(&name)?)
                     .map(|(winner, others)| Conflict::Skill { winner, others }),
             };
             conflicts.extend(conflict);
@@ -364,18 +368,36 @@ impl Replica {
         Ok((conflicts, total))
     }
 
-    /// Every version ever written to a key, in the order of the document's history, each with
-    /// the change that wrote it and its verified author; `None` when this node has no
-    /// document for `scope`. Reads the whole document: for audits (`meshd mem history`).
+    /// Every version ever written to a key, each with the change that wrote it and its
+    /// verified author: document by document (the scope's base first, then the buckets that
+    /// hold the key), each in the order of its history. `None` when this node has no
+    /// document for `scope`. Reads those documents whole: for audits (`meshd mem history`).
     pub fn memory_history(&mut self, scope: &Scope, key: &str) -> Result<Option<Vec<Written>>> {
-        let doc = DocId::Memory(scope.clone());
-        Ok(self
-            .load_state(&doc)?
-            .map(|state| memory_doc::history(&state.doc, scope, key)))
+        let (mut docs, winner) = self.reading(|tree| index::memory_docs(tree, scope, key))?;
+        for doc in [DocId::Memory(scope.clone()), DocId::bucket_for(scope, key)] {
+            if !docs.contains(&doc) {
+                docs.push(doc);
+            }
+        }
+        docs.sort();
+        let mut history = None;
+        for doc in docs {
+            let Some(state) = self.load_state(&doc)? else {
+                continue;
+            };
+            let mut written = memory_doc::history(&state.doc, scope, key);
+            // Each document marks its own greatest version; the key's winner is in one.
+            if winner.as_ref() != Some(&doc) {
+                written.iter_mut().for_each(|w| w.winner = false);
+            }
+            history.get_or_insert_with(Vec::new).extend(written);
+        }
+        Ok(history)
     }
 
-    /// The memory keys or skill names of a document in order, tombstones included, without
-    /// reading their versions: at most `limit`, after `after` (from the first when `None`).
+    /// The memory keys of a document's scope (every document of it) or the skill names in
+    /// order, tombstones included, without reading their versions: at most `limit`, after
+    /// `after` (from the first when `None`).
     /// Read a page at a time, a million keys are never in memory at once.
     pub fn names_after(
         &self,
@@ -402,22 +424,43 @@ impl Replica {
         let mut counts = (0, 0);
         for (doc, summary) in &self.summaries {
             match doc {
-                DocId::Memory(_) => counts.0 += summary.live,
+                DocId::Memory(_) | DocId::Bucket(..) => counts.0 += summary.live,
                 DocId::Skills => counts.1 += summary.live,
             }
         }
         counts
     }
 
-    /// Memory scopes that have a document here.
+    /// The document a write of `key` to `scope` goes to, after `added` writes of the same
+    /// batch went to the scope's base (`Batch::route`).
+    fn route(&self, scope: &Scope, key: &str, added: u64) -> DocId {
+        let base = DocId::Memory(scope.clone());
+        let held = self.summaries.get(&base).map_or(0, |s| s.live);
+        if held + added < self.base_capacity {
+            base
+        } else {
+            DocId::bucket_for(scope, key)
+        }
+    }
+
+    /// The document a lone write of `key` to `scope` would go to now: for tests that follow
+    /// a write's change.
+    #[doc(hidden)]
+    pub fn memory_doc_for(&self, scope: &Scope, key: &str) -> DocId {
+        self.route(scope, key, 0)
+    }
+
+    /// Sets how many live keys a scope's base document takes before writes go to buckets
+    /// (`BASE_CAPACITY`): tests make nodes disagree on it, or send every key to a bucket.
+    #[doc(hidden)]
+    pub fn set_base_capacity(&mut self, keys: u64) {
+        self.base_capacity = keys;
+    }
+
+    /// Memory scopes that have a document here, in order.
     pub fn scopes(&self) -> Vec<Scope> {
-        self.summaries
-            .keys()
-            .filter_map(|id| match id {
-                DocId::Memory(scope) => Some(scope.clone()),
-                DocId::Skills => None,
-            })
-            .collect()
+        let scopes: BTreeSet<&Scope> = self.summaries.keys().filter_map(DocId::scope).collect();
+        scopes.into_iter().cloned().collect()
     }
 
     // ---- skills -------------------------------------------------------------------------
@@ -492,6 +535,7 @@ impl Replica {
             writes: Vec::new(),
             latest_memory: HashMap::new(),
             latest_skill: HashMap::new(),
+            routed_to_base: HashMap::new(),
         };
         let outcome = f(&mut batch);
         let writes = batch.writes;
@@ -533,7 +577,7 @@ impl Replica {
             // and apply whole, not one of tens of MiB.
             const MAX_CHANGE_VALUES: usize = 4 << 20;
             let size = |write: &Staged| match write {
-                Staged::Memory(entry) => serde_json::to_vec(&entry.value).map_or(0, |v| v.len()),
+                Staged::Memory(entry, _) => serde_json::to_vec(&entry.value).map_or(0, |v| v.len()),
                 Staged::Skill(skill) => skill.content.len() + skill.description.len(),
             };
             let mut chunks: Vec<Vec<&Staged>> = Vec::new();
@@ -779,21 +823,22 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
 
 /// A write staged in a batch, applied to its document when the batch commits.
 enum Staged {
-    Memory(MemoryEntry),
+    /// A memory version, and the document of its scope it goes to (`Batch::route`).
+    Memory(MemoryEntry, DocId),
     Skill(Skill),
 }
 
 impl Staged {
     fn doc(&self) -> DocId {
         match self {
-            Staged::Memory(entry) => DocId::Memory(entry.scope.clone()),
+            Staged::Memory(_, doc) => doc.clone(),
             Staged::Skill(_) => DocId::Skills,
         }
     }
 
     fn apply(&self, tx: &mut Transaction<'_>) -> Result<(), automerge::AutomergeError> {
         match self {
-            Staged::Memory(entry) => memory_doc::put(tx, entry),
+            Staged::Memory(entry, _) => memory_doc::put(tx, entry),
             Staged::Skill(skill) => skills_doc::put(tx, skill),
         }
     }
@@ -806,6 +851,8 @@ pub struct Batch<'a> {
     writes: Vec<Staged>,
     latest_memory: HashMap<(Scope, String), usize>,
     latest_skill: HashMap<String, usize>,
+    /// Writes this batch routed to each scope's base document.
+    routed_to_base: HashMap<Scope, u64>,
 }
 
 /// What became of an imported version (`Batch::import_memory_judged`).
@@ -944,8 +991,22 @@ impl Batch<'_> {
     fn write_memory(&mut self, entry: &MemoryEntry) -> Result<()> {
         let slot = (entry.scope.clone(), entry.key.clone());
         self.latest_memory.insert(slot, self.writes.len());
-        self.writes.push(Staged::Memory(entry.clone()));
+        let doc = self.route(&entry.scope, &entry.key);
+        self.writes.push(Staged::Memory(entry.clone(), doc));
         Ok(())
+    }
+
+    /// The document a write of `key` goes to: the scope's base while it holds fewer than
+    /// `BASE_CAPACITY` live keys (counting this batch's writes to it), else the key's bucket.
+    /// Readers take every document of the scope, so a node that routes otherwise (it has
+    /// not seen the base fill up yet) changes only where a version is kept.
+    fn route(&mut self, scope: &Scope, key: &str) -> DocId {
+        let added = self.routed_to_base.entry(scope.clone()).or_default();
+        let doc = self.replica.route(scope, key, *added);
+        if doc == DocId::Memory(scope.clone()) {
+            *added += 1;
+        }
+        doc
     }
 
     /// This node's id.
@@ -957,7 +1018,7 @@ impl Batch<'_> {
     pub fn current_memory(&self, scope: &Scope, key: &str) -> Result<Option<MemoryEntry>> {
         match self.latest_memory.get(&(scope.clone(), key.to_string())) {
             Some(&index) => match &self.writes[index] {
-                Staged::Memory(entry) => Ok(Some(entry.clone())),
+                Staged::Memory(entry, _) => Ok(Some(entry.clone())),
                 Staged::Skill(_) => unreachable!("memory index points at a memory write"),
             },
             None => Ok(self
@@ -973,7 +1034,7 @@ impl Batch<'_> {
         match self.latest_skill.get(name) {
             Some(&index) => match &self.writes[index] {
                 Staged::Skill(skill) => Ok(Some(skill.clone())),
-                Staged::Memory(_) => unreachable!("skill index points at a skill write"),
+                Staged::Memory(..) => unreachable!("skill index points at a skill write"),
             },
             None => Ok(self.replica.skill_versions(name)?.map(|(winner, _)| winner)),
         }

@@ -1211,3 +1211,94 @@ fn changes_gathered_before_a_panic_are_committed_by_the_next_user() {
     let got = shared.with(|b| b.get_memory(&Scope::Mesh, "k").unwrap());
     assert_eq!(got.map(|entry| entry.value), Some(json!(1)));
 }
+
+#[test]
+fn a_scope_past_its_base_capacity_goes_on_in_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.set_base_capacity(3);
+    for i in 0..10 {
+        r.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))
+            .unwrap();
+    }
+    let base = DocId::Memory(Scope::Mesh);
+    let buckets: Vec<DocId> = r
+        .doc_ids()
+        .into_iter()
+        .filter(|doc| matches!(doc, DocId::Bucket(..)))
+        .collect();
+    assert!(!buckets.is_empty(), "no bucket in {:?}", r.doc_ids());
+    assert_eq!(r.summaries[&base].live, 3);
+    assert_eq!(r.counts().0, 10);
+    assert_eq!(r.scopes(), vec![Scope::Mesh]);
+    assert!(r.delete_memory(&Scope::Mesh, "k9").unwrap());
+    let listed: Vec<String> = (r.list_memory(Some(&Scope::Mesh)).unwrap())
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(listed, (0..9).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    assert_eq!(r.names_after(&base, None, 100).unwrap().len(), 10);
+    r.check_index().unwrap();
+    drop(r);
+    let mut r = open(dir.path(), "a");
+    assert_eq!(r.counts().0, 9);
+    assert_eq!(
+        r.get_memory(&Scope::Mesh, "k7").unwrap().unwrap().value,
+        json!(7)
+    );
+    r.check_index().unwrap();
+}
+
+#[test]
+fn a_key_written_again_in_another_document_shows_its_newest_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    r.set_base_capacity(0);
+    r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    let (winner, others) = r.memory_versions(&Scope::Mesh, "k").unwrap().unwrap();
+    assert_eq!((winner.value, others.len()), (json!(2), 0));
+    assert_eq!(r.counts().0, 1);
+    let history = r.memory_history(&Scope::Mesh, "k").unwrap().unwrap();
+    let values: Vec<(serde_json::Value, bool)> = history
+        .iter()
+        .map(|w| (w.version.value.clone(), w.winner))
+        .collect();
+    assert_eq!(values, vec![(json!(1), false), (json!(2), true)]);
+    r.check_index().unwrap();
+    // Back in the base (it has room again): the tombstone there is newest.
+    r.set_base_capacity(BASE_CAPACITY);
+    assert!(r.delete_memory(&Scope::Mesh, "k").unwrap());
+    assert_eq!(r.get_memory(&Scope::Mesh, "k").unwrap(), None);
+    assert_eq!(r.counts().0, 0);
+    r.check_index().unwrap();
+}
+
+#[test]
+fn nodes_that_keep_one_key_in_different_documents_agree_on_its_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let mut a = Replica::open_with_clock(
+        &dir.path().join("a"),
+        crate::trust::NodeKey::insecure_from_name("a"),
+        fixed_clock(clock.clone()),
+    )
+    .unwrap();
+    let mut b = Replica::open_with_clock(
+        &dir.path().join("b"),
+        crate::trust::NodeKey::insecure_from_name("b"),
+        fixed_clock(clock),
+    )
+    .unwrap();
+    a.set_base_capacity(0);
+    a.put_memory(&Scope::Mesh, "k", json!("a")).unwrap();
+    b.put_memory(&Scope::Mesh, "k", json!("b")).unwrap();
+    b.put_memory(&Scope::Mesh, "other", json!("b")).unwrap();
+    merge(&mut a, &mut b);
+    let on_a = a.memory_versions(&Scope::Mesh, "k").unwrap();
+    assert_eq!(on_a, b.memory_versions(&Scope::Mesh, "k").unwrap());
+    assert_eq!(a.list_memory(None).unwrap(), b.list_memory(None).unwrap());
+    assert_eq!((a.counts().0, b.counts().0), (2, 2));
+    a.check_index().unwrap();
+    b.check_index().unwrap();
+}

@@ -53,10 +53,12 @@ impl Item {
 /// How one document's rows change to match the replica.
 #[derive(Debug, Default)]
 pub struct DocUpdate {
+    /// Whose rows change: a memory scope (its base document's name) or `skills`.
     pub doc: String,
-    /// The heads the index reflects once this update is in; `None` for all but the last part
-    /// of an update applied in parts.
-    pub heads: Option<Vec<ChangeHash>>,
+    /// The heads the index reflects once this update is in, per document (a scope's base and
+    /// its buckets); none for all but the last part of an update applied in parts. Empty
+    /// heads forget a document that is gone.
+    pub heads: Vec<(String, Vec<ChangeHash>)>,
     /// Drop every row of the document first (it was read whole).
     pub clear: bool,
     pub upserts: Vec<Item>,
@@ -204,17 +206,25 @@ impl Index {
         for item in &update.upserts {
             upsert_row(&tx, item).map_err(fail)?;
         }
-        if let Some(heads) = &update.heads {
-            tx.execute(
-                "INSERT INTO docs(doc, heads) VALUES (?1, ?2)
-                 ON CONFLICT(doc) DO UPDATE SET heads = excluded.heads",
-                params![update.doc, encode_heads(heads)],
-            )
+        for (doc, heads) in &update.heads {
+            if heads.is_empty() {
+                tx.execute("DELETE FROM docs WHERE doc = ?1", params![doc])
+            } else {
+                tx.execute(
+                    "INSERT INTO docs(doc, heads) VALUES (?1, ?2)
+                     ON CONFLICT(doc) DO UPDATE SET heads = excluded.heads",
+                    params![doc, encode_heads(heads)],
+                )
+            }
             .map_err(fail)?;
         }
         tx.commit().map_err(fail)?;
-        if let Some(heads) = update.heads {
-            self.heads.insert(update.doc, heads);
+        for (doc, heads) in update.heads {
+            if heads.is_empty() {
+                self.heads.remove(&doc);
+            } else {
+                self.heads.insert(doc, heads);
+            }
         }
         Ok(())
     }

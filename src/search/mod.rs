@@ -20,7 +20,7 @@ mod index;
 mod query;
 mod snippet;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -371,6 +371,15 @@ impl Searcher {
     }
 }
 
+/// What one scope (or the skills) needs re-read: the keys that moved in its documents, or
+/// all of it; and the heads of each of its documents once that is done.
+#[derive(Default)]
+struct ScopeRefresh {
+    whole: bool,
+    names: BTreeSet<String>,
+    heads: Vec<(String, Vec<automerge::ChangeHash>)>,
+}
+
 fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, SearchError> {
     let mut refreshed = Refreshed::default();
     let heads = replica.with(|r| r.all_heads());
@@ -390,13 +399,21 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
     if (gone.is_empty() && moved.is_empty()) || replica.with(|r| r.read_only_reason()).is_some() {
         return Ok(refreshed);
     }
+    // The rows are a scope's, whichever of its documents (base, buckets) moved.
+    let mut scopes: BTreeMap<DocId, ScopeRefresh> = BTreeMap::new();
     for doc in gone {
-        index.apply(DocUpdate {
-            doc,
-            clear: true,
-            heads: Some(Vec::new()),
-            ..DocUpdate::default()
-        })?;
+        let Ok(id) = DocId::from_name(&doc) else {
+            index.apply(DocUpdate {
+                doc: doc.clone(),
+                clear: true,
+                heads: vec![(doc, Vec::new())],
+                ..DocUpdate::default()
+            })?;
+            continue;
+        };
+        let scope = scopes.entry(id.base()).or_default();
+        scope.whole = true;
+        scope.heads.push((doc, Vec::new()));
     }
     for doc in moved {
         let since = index.indexed_heads(&doc.name()).to_vec();
@@ -404,9 +421,19 @@ fn refresh(index: &mut Index, replica: &SharedReplica) -> Result<Refreshed, Sear
             continue;
         };
         refreshed.documents += 1;
+        let scope = scopes.entry(doc.base()).or_default();
+        scope.heads.push((doc.name(), plan.heads));
         match plan.names {
-            Some(names) => refresh_names(index, replica, &doc, &names, plan.heads, &mut refreshed)?,
-            None => refresh_whole(index, replica, &doc, plan.heads, &mut refreshed)?,
+            Some(names) => scope.names.extend(names),
+            None => scope.whole = true,
+        }
+    }
+    for (doc, scope) in scopes {
+        if scope.whole {
+            refresh_whole(index, replica, &doc, scope.heads, &mut refreshed)?;
+        } else {
+            let names: Vec<String> = scope.names.into_iter().collect();
+            refresh_names(index, replica, &doc, &names, scope.heads, &mut refreshed)?;
         }
     }
     Ok(refreshed)
@@ -418,7 +445,7 @@ fn refresh_names(
     replica: &SharedReplica,
     doc: &DocId,
     names: &[String],
-    heads: Vec<automerge::ChangeHash>,
+    heads: Vec<(String, Vec<automerge::ChangeHash>)>,
     refreshed: &mut Refreshed,
 ) -> Result<(), SearchError> {
     let parts = names.len().div_ceil(REFRESH_PART).max(1);
@@ -426,7 +453,11 @@ fn refresh_names(
         let names = names.iter().skip(part * REFRESH_PART).take(REFRESH_PART);
         let mut update = DocUpdate {
             doc: doc.name(),
-            heads: (part + 1 == parts).then(|| heads.clone()),
+            heads: if part + 1 == parts {
+                heads.clone()
+            } else {
+                Vec::new()
+            },
             ..DocUpdate::default()
         };
         replica.with(|replica| read_part(replica, doc, names, &mut update))?;
@@ -444,7 +475,7 @@ fn refresh_whole(
     index: &mut Index,
     replica: &SharedReplica,
     doc: &DocId,
-    heads: Vec<automerge::ChangeHash>,
+    heads: Vec<(String, Vec<automerge::ChangeHash>)>,
     refreshed: &mut Refreshed,
 ) -> Result<(), SearchError> {
     let mut after: Option<String> = None;
@@ -463,7 +494,7 @@ fn refresh_whole(
         refreshed.items += update.upserts.len();
         let last_part = names.len() < REFRESH_PART;
         if last_part {
-            update.heads = Some(heads.clone());
+            update.heads = heads.clone();
         }
         index.apply(update)?;
         if last_part {
@@ -520,7 +551,7 @@ fn read_part<'a>(
     update: &mut DocUpdate,
 ) -> Result<(), ReplicaError> {
     let kind = match doc {
-        DocId::Memory(_) => ItemKind::Memory,
+        DocId::Memory(_) | DocId::Bucket(..) => ItemKind::Memory,
         DocId::Skills => ItemKind::Skill,
     };
     for name in names {

@@ -375,3 +375,32 @@ fn a_new_index_is_built_without_loading_the_document() {
     n.put("mesh", "k1", json!("now a zebra"));
     assert_eq!(n.keys("zebra", "mesh"), vec!["k1".to_string()]);
 }
+
+/// Rows are a scope's, whichever of its documents a key is kept in: keys in buckets are
+/// found under their scope, and updates and deletes in a bucket are followed.
+#[test]
+fn keys_kept_in_buckets_are_found_in_their_scope() {
+    let node = node();
+    node.replica.with(|r| r.set_base_capacity(2));
+    for i in 0..12 {
+        node.put("mesh", &format!("k{i}"), json!(format!("fruit number {i}")));
+    }
+    assert!(node.replica.with(|r| r.doc_ids().len()) > 2);
+    assert_eq!(node.keys("fruit", "mesh").len(), 10, "the limit of 10");
+    node.put("mesh", "k0", json!("vegetable"));
+    node.put("mesh", "k5", json!("mineral"));
+    let scope = Scope::Mesh;
+    node.replica
+        .with(|r| r.delete_memory(&scope, "k11"))
+        .unwrap();
+    assert_eq!(node.keys("vegetable", "mesh"), ["k0"]);
+    assert_eq!(node.keys("mineral", ""), ["k5"]);
+    let mut fruit = node.keys("fruit", "mesh");
+    fruit.sort();
+    let mut wanted: Vec<String> = [1, 2, 3, 4, 6, 7, 8, 9, 10]
+        .iter()
+        .map(|i| format!("k{i}"))
+        .collect();
+    wanted.sort();
+    assert_eq!(fruit, wanted);
+}

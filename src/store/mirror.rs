@@ -92,7 +92,7 @@ fn changed_rows(replica: &Replica, moves: &Moves) -> Result<Rows, ReplicaError> 
             continue;
         };
         match doc {
-            DocId::Memory(scope) => {
+            DocId::Memory(scope) | DocId::Bucket(scope, _) => {
                 // A key of one node scope is the row of that key in every node scope.
                 let sharing = match scope {
                     Scope::Node(_) => node_scopes.as_slice(),

@@ -51,8 +51,8 @@ pub fn author_of(actor: &ActorId) -> Author {
 
 /// The only node that may write `doc`, when it is one node's scope.
 pub fn owner_of(doc: &DocId) -> Option<&str> {
-    match doc {
-        DocId::Memory(Scope::Node(id)) => Some(id),
+    match doc.scope() {
+        Some(Scope::Node(id)) => Some(id),
         _ => None,
     }
 }
