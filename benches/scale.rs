@@ -15,6 +15,11 @@
 //! - Then `MESHD_BENCH_SCALE_WRITES` (default 10000) single durable puts through the daemon,
 //!   each a new key: their rate, the daemon's peak resident memory by their end, and the
 //!   store on disk after them against its size right after compaction. Target: at most 1.5×.
+//! - Then `MESHD_BENCH_SCALE_INGEST` (default 100000) new keys as bridge memory messages,
+//!   25 000 per `BridgeIngest` (a control request line holds at most 16 MiB): the time, and
+//!   the daemon's peak resident memory meanwhile (its peak is reset first, through
+//!   `/proc/<pid>/clear_refs`) above what it held idle after the start. Targets: within
+//!   10 s, at most 256 MB above.
 //!
 //! Prints a Markdown table; asserts what was read, never a time.
 
@@ -24,8 +29,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use meshd::control::{MemGet, MemPut, Status};
-use meshd::model::{DocId, Scope};
+use meshd::control::{BridgeIngest, MemGet, MemPut, Status};
+use meshd::model::Scope;
 use meshd::replica::Replica;
 use serde_json::json;
 use support::{ask, TestNode};
@@ -67,9 +72,9 @@ fn node_with(entries: usize) -> (TestNode, f64) {
         }
     }
     // A store in steady state: the daemon folds changes into a snapshot as they accumulate.
-    replica
-        .compact(&DocId::Memory(Scope::Mesh))
-        .expect("the store compacts");
+    for doc in replica.doc_ids() {
+        replica.compact(&doc).expect("the store compacts");
+    }
     replica.flush().expect("store flushes");
     drop(replica);
     (node, started.elapsed().as_secs_f64())
@@ -134,6 +139,54 @@ struct Figures {
     puts_per_s: f64,
     puts_peak_mb: f64,
     after_puts_mb: f64,
+    ingest_s: f64,
+    ingest_above_mb: f64,
+}
+
+/// Messages per `BridgeIngest` request.
+const INGEST_PART: usize = 25_000;
+
+/// `count` new keys as bridge memory messages, `INGEST_PART` per request; the seconds it
+/// took.
+fn ingest(socket: &Path, count: usize) -> f64 {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let payloads: Vec<(usize, String)> = (0..count)
+        .step_by(INGEST_PART)
+        .map(|start| {
+            let part: Vec<serde_json::Value> = (start..(start + INGEST_PART).min(count))
+                .map(|i| {
+                    json!({"type": "memory", "scope": "mesh", "key": format!("ingested-{i:08}"),
+                           "value": value(i), "nodeId": "bench", "ts": ts})
+                })
+                .collect();
+            (part.len(), serde_json::Value::Array(part).to_string())
+        })
+        .collect();
+    let started = Instant::now();
+    for (len, payload) in payloads {
+        let report = ask(
+            socket,
+            BridgeIngest {
+                payload,
+                unwrap: None,
+            },
+        )
+        .expect("the ingest is acknowledged");
+        assert_eq!(report.changed, len, "ignored: {:?}", report.ignored);
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Resets the process's peak resident memory (VmHWM) to what it holds now.
+fn reset_peak(pid: u32) {
+    if let Err(error) = std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        eprintln!(
+            "cannot reset the daemon's peak memory ({error}): the ingest peak is since the start"
+        );
+    }
 }
 
 /// Single durable puts through the daemon's control socket, each a new key; their rate.
@@ -150,7 +203,7 @@ fn single_puts(socket: &Path, count: usize) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-fn measure(entries: usize, puts: usize) -> Figures {
+fn measure(entries: usize, puts: usize, ingested: usize) -> Figures {
     eprintln!("writing {entries} entries");
     let (node, write_s) = node_with(entries);
     let store_mb = dir_bytes(&node.file("store")) as f64 / 1e6;
@@ -204,8 +257,11 @@ fn measure(entries: usize, puts: usize) -> Figures {
     let cached_peak_mb = kib_of(daemon.pid(), "VmHWM:") as f64 / 1024.0;
     let puts_per_s = single_puts(&socket, puts);
     let puts_peak_mb = kib_of(daemon.pid(), "VmHWM:") as f64 / 1024.0;
-    daemon.stop();
     let after_puts_mb = dir_bytes(&node.file("store")) as f64 / 1e6;
+    reset_peak(daemon.pid());
+    let ingest_s = ingest(&socket, ingested);
+    let ingest_above_mb = kib_of(daemon.pid(), "VmHWM:") as f64 / 1024.0 - rss_mb;
+    daemon.stop();
     Figures {
         entries,
         write_s,
@@ -222,6 +278,8 @@ fn measure(entries: usize, puts: usize) -> Figures {
         puts_per_s,
         puts_peak_mb,
         after_puts_mb,
+        ingest_s,
+        ingest_above_mb,
     }
 }
 
@@ -234,8 +292,12 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
-    let baseline = measure(1, puts);
-    let large = measure(entries, puts);
+    let ingested = std::env::var("MESHD_BENCH_SCALE_INGEST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let baseline = measure(1, puts, ingested);
+    let large = measure(entries, puts, ingested);
     println!(
         "| figure | {} entries | 1 entry | ratio | target |",
         large.entries
@@ -320,6 +382,18 @@ fn main() {
         large.after_puts_mb,
         baseline.after_puts_mb,
         "",
+    );
+    row(
+        &format!("ingest of {ingested} new keys (s)"),
+        large.ingest_s,
+        baseline.ingest_s,
+        "≤ 10 s",
+    );
+    row(
+        "daemon peak during it above its idle start (MB)",
+        large.ingest_above_mb,
+        baseline.ingest_above_mb,
+        "≤ 256 MB",
     );
     println!(
         "\nstore on disk after {puts} single puts / compacted: {:.2}× ({} entries; target ≤ 1.5×), {:.2}× (1 entry)",

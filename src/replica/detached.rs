@@ -60,8 +60,7 @@ impl Replica {
             .into_iter()
             .partition(|write| write.doc() == DocId::Skills);
         if skills.is_empty() {
-            let pending = self.apply_writes(others)?;
-            self.persist(pending)?;
+            self.commit_writes(others)?;
             return Ok(Staging::Committed(outcome));
         }
         self.ensure_writable()?;

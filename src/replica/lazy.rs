@@ -199,8 +199,13 @@ impl Replica {
     }
 }
 
-fn estimated_memory(state: &DocState) -> u64 {
-    (state.snapshot_bytes + state.bytes_since_snapshot) as u64 * MEMORY_PER_STORED_BYTE
+pub(super) fn estimated_memory(state: &DocState) -> u64 {
+    memory_of(state.snapshot_bytes + state.bytes_since_snapshot)
+}
+
+/// The memory a document takes for `stored` bytes of it.
+pub(super) fn memory_of(stored: usize) -> u64 {
+    stored as u64 * MEMORY_PER_STORED_BYTE
 }
 
 impl Replica {

@@ -507,13 +507,33 @@ impl Replica {
     /// Runs several writes and makes them durable with one flush (group commit): each
     /// document the batch touches gets one Automerge change per 4 MiB of values. Returns only
     /// once everything `f` wrote is on disk. If `f` fails, the writes it staged before failing
-    /// are kept and made durable too; the failed one changed nothing.
+    /// are kept and made durable too; the failed one changed nothing. A batch whose documents
+    /// do not fit the memory budget together is committed in parts (`commit_writes`).
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
         self.refuse_after_failure()?;
         let (outcome, writes) = self.stage(f);
-        let pending = self.apply_writes(writes)?;
-        self.persist(pending)?;
+        self.commit_writes(writes)?;
         outcome
+    }
+
+    /// Applies `writes` and makes them durable. Documents are loaded one after the other;
+    /// once those loaded for the batch outweigh the memory budget, what was applied so far is
+    /// committed (one sled batch, one flush), the least recently used documents are evicted,
+    /// and the batch goes on: an ingest that touches every bucket of a million-key scope
+    /// never holds them all at once. Each part is atomic and keeps the index exact; when one
+    /// fails, the parts before it stay durable (a retried ingest finds them held) and the
+    /// batch answers the error.
+    fn commit_writes(&mut self, writes: Vec<Staged>) -> Result<()> {
+        let mut rest = by_doc(writes);
+        let budget = self.memory_budget;
+        loop {
+            let pending = self.apply_docs(&mut rest, budget)?;
+            self.persist(pending)?;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            self.trim();
+        }
     }
 
     /// After a failed write, sled refuses work on its log, reads of the index included, so
@@ -545,24 +565,29 @@ impl Replica {
         )
     }
 
-    /// Applies staged writes to the in-memory documents, one change per document (several
-    /// for more than 4 MiB of values), and returns them for `persist`; a write that fails
-    /// takes every document back.
+    /// Applies staged writes to the in-memory documents, all at once, for `persist`.
     fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Pending> {
-        let mut pending = Pending {
-            writes: writes.len(),
-            ..Pending::default()
-        };
-        if writes.is_empty() {
+        self.apply_docs(&mut by_doc(writes), u64::MAX)
+    }
+
+    /// Takes documents' writes from `docs` and applies them, one change per document
+    /// (several for more than 4 MiB of values), until the documents applied to outweigh
+    /// `budget` (at least one is); returns them for `persist`. A write that fails takes every
+    /// document of the part back.
+    fn apply_docs(&mut self, docs: &mut ByDoc, budget: u64) -> Result<Pending> {
+        let mut pending = Pending::default();
+        if docs.is_empty() {
             return Ok(pending);
         }
         self.ensure_writable()?;
-        let mut by_doc: BTreeMap<DocId, Vec<Staged>> = BTreeMap::new();
-        for write in writes {
-            by_doc.entry(write.doc()).or_default().push(write);
-        }
         let seconds = i64::try_from((self.wall_clock)() / 1000).unwrap_or(i64::MAX);
-        for (doc, writes) in by_doc {
+        let mut loaded = 0;
+        while let Some((doc, writes)) = docs.pop_first() {
+            if loaded >= budget {
+                docs.insert(doc, writes);
+                break;
+            }
+            pending.writes += writes.len();
             let edit = self.next_edit();
             let state = match self.state_or_new(&doc) {
                 Ok(state) => state,
@@ -592,6 +617,7 @@ impl Replica {
                     chunk.push(write);
                 }
             }
+            let mut made = 0;
             for chunk in chunks {
                 let mut tx = state.doc.transaction();
                 if let Err(e) = chunk.iter().try_for_each(|write| write.apply(&mut tx)) {
@@ -603,9 +629,11 @@ impl Replica {
                 let (hash, _) = tx.commit_with(CommitOptions::default().with_time(seconds));
                 if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
                     state.edits = edit;
+                    made += change.raw_bytes().len();
                     pending.changes.push((doc.clone(), change));
                 }
             }
+            loaded += lazy::estimated_memory(state) + lazy::memory_of(made);
         }
         Ok(pending)
     }
@@ -819,6 +847,17 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
     state.changes_since_snapshot = changes.len();
     state.doc.apply_changes(changes).map_err(load_error)?;
     Ok(state)
+}
+
+/// Staged writes by the document they go to.
+type ByDoc = BTreeMap<DocId, Vec<Staged>>;
+
+fn by_doc(writes: Vec<Staged>) -> ByDoc {
+    let mut docs = ByDoc::new();
+    for write in writes {
+        docs.entry(write.doc()).or_default().push(write);
+    }
+    docs
 }
 
 /// A write staged in a batch, applied to its document when the batch commits.

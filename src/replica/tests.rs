@@ -1302,3 +1302,29 @@ fn nodes_that_keep_one_key_in_different_documents_agree_on_its_versions() {
     a.check_index().unwrap();
     b.check_index().unwrap();
 }
+
+#[test]
+fn a_batch_over_the_memory_budget_is_committed_in_parts_without_holding_every_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.set_memory_budget(1);
+    r.set_base_capacity(0);
+    r.batch(|b| {
+        for i in 0..2000 {
+            b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(r.doc_ids().len() > 200, "{} documents", r.doc_ids().len());
+    assert!(r.loaded().0 <= 2, "{} documents loaded", r.loaded().0);
+    assert_eq!(r.counts().0, 2000);
+    assert_eq!(
+        r.get_memory(&Scope::Mesh, "k1999").unwrap().unwrap().value,
+        json!(1999)
+    );
+    r.check_index().unwrap();
+    drop(r);
+    let r = open(dir.path(), "a");
+    assert_eq!(r.list_memory(None).unwrap().len(), 2000);
+}
