@@ -168,7 +168,10 @@ impl KeyVersions {
 
     /// The winner's document, and whether the winner is live; `None` without versions.
     fn winner(&self) -> Option<(Option<u8>, bool)> {
-        resolve(self.0.clone()).map(|(winner, _)| (winner.bucket, !winner.deleted))
+        // The first of the greatest, as `resolve` picks it, without copying the versions.
+        (self.0.iter())
+            .min_by(|a, b| b.version().cmp(&a.version()))
+            .map(|winner| (winner.bucket, !winner.deleted))
     }
 
     /// The versions readers see: those of the document holding the winner.
@@ -461,12 +464,20 @@ impl<'t> Staging<'t> {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match (self.keys.get(key), self.tree) {
-            (Some(staged), _) => Ok(staged.clone()),
-            (None, Some(tree)) => Ok(tree.get(key)?.map(|bytes| bytes.to_vec())),
-            (None, None) => Ok(None),
+    /// What `key` holds as this batch leaves it so far. A value read from the tree is kept
+    /// as the one an undo puts back, so that `set` need not read it again.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(staged) = self.keys.get(key) {
+            return Ok(staged.clone());
         }
+        let held = match self.tree {
+            Some(tree) => tree.get(key)?.map(|bytes| bytes.to_vec()),
+            None => None,
+        };
+        (self.undo.keys)
+            .entry(key.to_vec())
+            .or_insert_with(|| held.clone());
+        Ok(held)
     }
 
     fn set(&mut self, key: Vec<u8>, now: Option<Vec<u8>>) -> Result<()> {
