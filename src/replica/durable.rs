@@ -17,7 +17,7 @@ use automerge::{Change, ChangeHash, ReadDoc};
 
 use super::changes::changed_names;
 use super::index::{self, Summary};
-use super::integrity::{DocRecord, Record, Shortfall};
+use super::integrity::{self, DocRecord, Record, Shortfall};
 use super::storage;
 use super::{
     system_clock, ChangeSignature, DocId, Replica, ReplicaError, Result, COMPACT_AFTER_CHANGES,
@@ -395,11 +395,7 @@ impl Replica {
         Err(ReplicaError::LostWrites {
             path: self.store_path.clone(),
             recorded_at: record.written_at(),
-            shortfalls: shortfalls
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
+            shortfalls: integrity::describe(&shortfalls),
         })
     }
 

@@ -155,7 +155,25 @@ impl DocRecord {
 
 impl Record {
     pub fn written_at(&self) -> String {
-        rfc3339_seconds(self.written_at_ms)
+        rfc3339_seconds(self.written_at_ms / 1000)
+    }
+}
+
+/// The most shortfalls an error names: a store that lost its whole log lacks every document,
+/// and an operator needs the first few and the count, not hundreds of lines.
+const SHORTFALLS_NAMED: usize = 5;
+
+/// The shortfalls for an error message: the first few, then how many more.
+pub fn describe(shortfalls: &[Shortfall]) -> String {
+    let named = shortfalls
+        .iter()
+        .take(SHORTFALLS_NAMED)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    match shortfalls.len().saturating_sub(SHORTFALLS_NAMED) {
+        0 => named,
+        more => format!("{named}; and {more} more documents"),
     }
 }
 
@@ -179,6 +197,36 @@ impl std::fmt::Display for Shortfall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_tells_when_it_was_written_in_seconds() {
+        let record = Record {
+            written_at_ms: 1_739_123_456_789,
+            ..Record::default()
+        };
+        assert_eq!(record.written_at(), "2025-02-09T17:50:56Z");
+    }
+
+    #[test]
+    fn a_long_list_of_shortfalls_names_the_first_few_and_counts_the_rest() {
+        let gone = |i: usize| Shortfall {
+            doc: format!("mesh::{i:02x}"),
+            missing_heads: 1,
+            recorded_changes: 50,
+            held_changes: 0,
+        };
+        let few: Vec<_> = (0..2).map(gone).collect();
+        assert_eq!(
+            describe(&few),
+            "document mesh::00 is gone (50 changes recorded); \
+             document mesh::01 is gone (50 changes recorded)"
+        );
+        let many: Vec<_> = (0..257).map(gone).collect();
+        let text = describe(&many);
+        assert!(text.contains("mesh::04"), "{text}");
+        assert!(!text.contains("mesh::05"), "{text}");
+        assert!(text.ends_with("; and 252 more documents"), "{text}");
+    }
 
     #[test]
     fn the_record_survives_a_rewrite_and_sits_beside_the_store() {
