@@ -517,17 +517,21 @@ impl Replica {
     }
 
     /// Applies `writes` and makes them durable. Documents are loaded one after the other;
-    /// once those loaded for the batch outweigh the memory budget, what was applied so far is
-    /// committed (one sled batch, one flush), the least recently used documents are evicted,
-    /// and the batch goes on: an ingest that touches every bucket of a million-key scope
-    /// never holds them all at once. Each part is atomic and keeps the index exact; when one
-    /// fails, the parts before it stay durable (a retried ingest finds them held) and the
-    /// batch answers the error.
+    /// once those loaded for the batch outweigh the memory budget, or it applied
+    /// `PART_WRITES`, what was applied so far is committed (one sled batch, one flush), the
+    /// least recently used documents are evicted, and the batch goes on: an ingest that
+    /// touches every bucket of a million-key scope never holds them all at once, nor a sled
+    /// batch of every key. Each part is atomic and keeps the index exact; when one fails,
+    /// the parts before it stay durable (a retried ingest finds them held) and the batch
+    /// answers the error.
     fn commit_writes(&mut self, writes: Vec<Staged>) -> Result<()> {
         let mut rest = by_doc(writes);
-        let budget = self.memory_budget;
+        let limit = PartLimit {
+            memory: self.memory_budget,
+            writes: PART_WRITES,
+        };
         loop {
-            let pending = self.apply_docs(&mut rest, budget)?;
+            let pending = self.apply_docs(&mut rest, limit)?;
             self.persist(pending)?;
             if rest.is_empty() {
                 return Ok(());
@@ -567,14 +571,14 @@ impl Replica {
 
     /// Applies staged writes to the in-memory documents, all at once, for `persist`.
     fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Pending> {
-        self.apply_docs(&mut by_doc(writes), u64::MAX)
+        self.apply_docs(&mut by_doc(writes), PartLimit::WHOLE)
     }
 
     /// Takes documents' writes from `docs` and applies them, one change per document
-    /// (several for more than 4 MiB of values), until the documents applied to outweigh
-    /// `budget` (at least one is); returns them for `persist`. A write that fails takes every
+    /// (several for more than 4 MiB of values), until what was applied reaches `limit` (at
+    /// least one document is); returns them for `persist`. A write that fails takes every
     /// document of the part back.
-    fn apply_docs(&mut self, docs: &mut ByDoc, budget: u64) -> Result<Pending> {
+    fn apply_docs(&mut self, docs: &mut ByDoc, limit: PartLimit) -> Result<Pending> {
         let mut pending = Pending::default();
         if docs.is_empty() {
             return Ok(pending);
@@ -583,7 +587,7 @@ impl Replica {
         let seconds = i64::try_from((self.wall_clock)() / 1000).unwrap_or(i64::MAX);
         let mut loaded = 0;
         while let Some((doc, writes)) = docs.pop_first() {
-            if loaded >= budget {
+            if loaded >= limit.memory || pending.writes >= limit.writes {
                 docs.insert(doc, writes);
                 break;
             }
@@ -851,6 +855,26 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
 
 /// Staged writes by the document they go to.
 type ByDoc = BTreeMap<DocId, Vec<Staged>>;
+
+/// The most writes one part of a batch applies before it is committed (`commit_writes`):
+/// sled holds a batch's every key in memory while it applies it, about 4 kB per write
+/// (docs/benchmarks.md, Scale), and a flush per 4096 writes costs little.
+const PART_WRITES: usize = 4096;
+
+/// When a part of a batch is committed: its documents' estimated memory, its writes.
+#[derive(Clone, Copy)]
+struct PartLimit {
+    memory: u64,
+    writes: usize,
+}
+
+impl PartLimit {
+    /// Everything in one part.
+    const WHOLE: PartLimit = PartLimit {
+        memory: u64::MAX,
+        writes: usize::MAX,
+    };
+}
 
 fn by_doc(writes: Vec<Staged>) -> ByDoc {
     let mut docs = ByDoc::new();

@@ -1303,6 +1303,35 @@ fn nodes_that_keep_one_key_in_different_documents_agree_on_its_versions() {
     b.check_index().unwrap();
 }
 
+/// sled holds every key of a batch in memory while it applies it, so a large ingest is
+/// committed a bounded number of writes at a time even when its documents fit the budget.
+#[test]
+fn a_batch_of_many_writes_is_committed_in_parts_of_bounded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.set_memory_budget(u64::MAX);
+    r.set_base_capacity(0);
+    let metrics = Arc::new(Metrics::default());
+    r.set_metrics(metrics.clone());
+    r.batch(|b| {
+        for i in 0..10_000 {
+            b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        commits(&metrics),
+        3,
+        "10 000 writes in parts of at most 4096"
+    );
+    assert_eq!(r.counts().0, 10_000);
+    r.check_index().unwrap();
+    drop(r);
+    let r = open(dir.path(), "a");
+    assert_eq!(r.list_memory(None).unwrap().len(), 10_000);
+}
+
 #[test]
 fn a_batch_over_the_memory_budget_is_committed_in_parts_without_holding_every_document() {
     let dir = tempfile::tempdir().unwrap();
