@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use automerge::legacy::{Key, ObjectId};
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
 
 use super::{skills_doc, Replica};
 use crate::model::DocId;
@@ -51,6 +51,12 @@ pub(super) fn changed_names(
     document: &Automerge,
     since: &[ChangeHash],
 ) -> BTreeSet<String> {
+    if since.is_empty() {
+        // Nothing was there before: what differs is what is there now (a name written and
+        // deleted again is absent both times). Reading the names, not every change, makes a
+        // full clone's index cheap.
+        return document.keys(ROOT).collect();
+    }
     match doc {
         DocId::Memory(_) | DocId::Bucket(..) => root_keys_written(document, since),
         DocId::Skills => skill_names_written(document, since),

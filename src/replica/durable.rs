@@ -296,11 +296,13 @@ impl Replica {
             return 0;
         };
         let snapshot = state.doc.save();
+        // The metadata, not the changes: rebuilding 100 000 changes to read their hashes
+        // took a sixth of a full clone's time.
         let folded = state
             .doc
-            .get_changes(&[])
+            .get_changes_meta(&[])
             .iter()
-            .map(Change::hash)
+            .map(|meta| meta.hash)
             .collect::<Vec<_>>();
         storage::stage_snapshot(batch, &doc.name(), &snapshot, folded);
         snapshot.len()
