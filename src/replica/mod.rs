@@ -204,6 +204,8 @@ pub struct Replica {
     /// Changes from peers applied in memory and committed together at the end of
     /// `gathering` (`gather`); `None` outside it.
     gathered: Option<Pending>,
+    /// The document the last vetting loaded, for the merge that follows it (`vet::Vetted`).
+    vetted: Option<vet::Vetted>,
 }
 
 /// Runs `open` until the store is no longer locked by another holder or `wait` has passed:
@@ -272,6 +274,7 @@ impl Replica {
             clock_bound: ClockBound::default(),
             metrics: None,
             gathered: None,
+            vetted: None,
         }
     }
 
@@ -763,12 +766,20 @@ impl Replica {
         // Its persist writes a snapshot of the whole document: what was gathered goes first.
         self.commit_gathered()?;
         let edit = self.next_edit();
+        let vetted = self.vetted.take().and_then(|vetted| vetted.of(doc, bytes));
+        let actor = self.actor.clone();
         let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();
         state.edits = edit;
-        if let Err(error) = state.doc.load_incremental(bytes) {
-            self.roll_back(vec![(doc.clone(), before)]);
-            return Err(error.into());
+        match vetted {
+            // A full clone: the document the vetting loaded is the whole of it.
+            Some(loaded) if before.is_empty() => state.doc = loaded.with_actor(actor),
+            _ => {
+                if let Err(error) = state.doc.load_incremental(bytes) {
+                    self.roll_back(vec![(doc.clone(), before)]);
+                    return Err(error.into());
+                }
+            }
         }
         let added: Vec<ChangeHash> = state
             .doc

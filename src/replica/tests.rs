@@ -1357,3 +1357,42 @@ fn a_batch_over_the_memory_budget_is_committed_in_parts_without_holding_every_do
     let r = open(dir.path(), "a");
     assert_eq!(r.list_memory(None).unwrap().len(), 2000);
 }
+
+/// A full clone is loaded once, by the vetting, and the merge takes that document; it must
+/// never take it for other bytes than the ones vetted.
+#[test]
+fn a_merge_takes_the_vetted_document_only_for_the_bytes_vetted() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(dir_a.path(), "n1");
+    let mut b = open(dir_b.path(), "n2");
+    let doc = DocId::Memory(Scope::Mesh);
+    a.put_memory(&Scope::Mesh, "k1", json!(1)).unwrap();
+    let first = a.export(&doc).unwrap().unwrap();
+    let first_heads = a.heads(&doc);
+    a.put_memory(&Scope::Mesh, "k2", json!(2)).unwrap();
+    let second = a.export(&doc).unwrap().unwrap();
+    let signatures = a.signatures(&doc).unwrap();
+
+    // Vetted: the document with k2; merged: the one without.
+    let keep = b.vet_document(&doc, &second, signatures.clone()).unwrap();
+    assert!(!keep.is_empty());
+    b.merge_document(&doc, &first, signatures).unwrap();
+    assert_eq!(b.heads(&doc), first_heads);
+    assert!(b.get_memory(&Scope::Mesh, "k2").unwrap().is_none());
+    b.check_index().unwrap();
+
+    let (dir_c, mut c) = {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path(), "n3");
+        (dir, c)
+    };
+    let signatures = a.signatures(&doc).unwrap();
+    let keep = c.vet_document(&doc, &second, signatures).unwrap();
+    c.merge_document(&doc, &second, keep).unwrap();
+    assert_eq!(c.heads(&doc), a.heads(&doc));
+    c.put_memory(&Scope::Mesh, "k3", json!(3)).unwrap();
+    c.check_index().unwrap();
+    drop(c);
+    let c = open(dir_c.path(), "n3");
+    assert_eq!(c.list_memory(None).unwrap().len(), 3);
+}

@@ -35,6 +35,30 @@ fn newest_stamp(change: &Change) -> Option<Stamp> {
         .max()
 }
 
+/// A whole document as the vetting loaded it, kept for the merge that follows, so a full
+/// clone is loaded once and not twice (a sixth of its time). The merge takes it only for the
+/// same document and the same bytes (their hash), and only into an empty document.
+pub(super) struct Vetted {
+    doc: DocId,
+    digest: blake3::Hash,
+    loaded: Automerge,
+}
+
+impl Vetted {
+    fn new(doc: &DocId, saved: &[u8], loaded: Automerge) -> Vetted {
+        Vetted {
+            doc: doc.clone(),
+            digest: blake3::hash(saved),
+            loaded,
+        }
+    }
+
+    /// The loaded document, if it is the one of `doc` made of `saved`.
+    pub(super) fn of(self, doc: &DocId, saved: &[u8]) -> Option<Automerge> {
+        (self.doc == *doc && self.digest == blake3::hash(saved)).then_some(self.loaded)
+    }
+}
+
 impl Replica {
     /// Refuses changes from a peer that write a stamp beyond this node's clock bound.
     pub fn vet_changes(&mut self, changes: &[Change]) -> Result<(), FutureStamp> {
@@ -54,12 +78,15 @@ impl Replica {
         saved: &[u8],
         signatures: Vec<ChangeSignature>,
     ) -> Result<Vec<ChangeSignature>, String> {
+        self.vetted = None;
         let Ok(loaded) = Automerge::load(saved) else {
             return Ok(Vec::new());
         };
         let changes = loaded.get_changes(&[]);
         self.vet_changes(&changes).map_err(|e| e.to_string())?;
-        self.vouch_for(doc, changes, signatures)
+        let keep = self.vouch_for(doc, changes, signatures)?;
+        self.vetted = Some(Vetted::new(doc, saved, loaded));
+        Ok(keep)
     }
 
     /// `vet_document` for a document the operator brings from a file (a backup, `meshd doc
@@ -72,13 +99,16 @@ impl Replica {
         saved: &[u8],
         mut signatures: Vec<ChangeSignature>,
     ) -> Result<Vec<ChangeSignature>, String> {
+        self.vetted = None;
         let Ok(loaded) = Automerge::load(saved) else {
             return Ok(Vec::new());
         };
         let changes = loaded.get_changes(&[]);
         self.vet_changes(&changes).map_err(|e| e.to_string())?;
         signatures.extend(loaded.get_heads().iter().map(|head| self.key.sign(head)));
-        self.vouch_for(doc, changes, signatures)
+        let keep = self.vouch_for(doc, changes, signatures)?;
+        self.vetted = Some(Vetted::new(doc, saved, loaded));
+        Ok(keep)
     }
 
     fn vouch_for(
