@@ -868,8 +868,9 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
 type ByDoc = BTreeMap<DocId, Vec<Staged>>;
 
 /// The most writes one part of a batch applies before it is committed (`commit_writes`):
-/// sled holds a batch's every key in memory while it applies it, about 4 kB per write
-/// (docs/benchmarks.md, Scale), and a flush per 4096 writes costs little.
+/// sled holds a batch's every key in memory while it applies it, several kB per write (a
+/// 25 000-key part cost about 170 MB more than parts of 4096: docs/benchmarks.md, Scale),
+/// and a flush per 4096 writes costs little.
 const PART_WRITES: usize = 4096;
 
 /// When a part of a batch is committed: its documents' estimated memory, its writes.
