@@ -59,6 +59,14 @@ impl Vetted {
     }
 }
 
+/// Whether this node signs a whole document's heads as a witness (a file the operator
+/// brings) or only takes the signatures that came with it (a peer's).
+#[derive(PartialEq, Eq)]
+enum Witness {
+    No,
+    Heads,
+}
+
 impl Replica {
     /// Refuses changes from a peer that write a stamp beyond this node's clock bound.
     pub fn vet_changes(&mut self, changes: &[Change]) -> Result<(), FutureStamp> {
@@ -78,15 +86,7 @@ impl Replica {
         saved: &[u8],
         signatures: Vec<ChangeSignature>,
     ) -> Result<Vec<ChangeSignature>, String> {
-        self.vetted = None;
-        let Ok(loaded) = Automerge::load(saved) else {
-            return Ok(Vec::new());
-        };
-        let changes = loaded.get_changes(&[]);
-        self.vet_changes(&changes).map_err(|e| e.to_string())?;
-        let keep = self.vouch_for(doc, changes, signatures)?;
-        self.vetted = Some(Vetted::new(doc, saved, loaded));
-        Ok(keep)
+        self.vet_whole(doc, saved, signatures, Witness::No)
     }
 
     /// `vet_document` for a document the operator brings from a file (a backup, `meshd doc
@@ -97,7 +97,18 @@ impl Replica {
         &mut self,
         doc: &DocId,
         saved: &[u8],
+        signatures: Vec<ChangeSignature>,
+    ) -> Result<Vec<ChangeSignature>, String> {
+        self.vet_whole(doc, saved, signatures, Witness::Heads)
+    }
+
+    /// Loads a whole document once, vets it, and keeps it for the merge (`Vetted`).
+    fn vet_whole(
+        &mut self,
+        doc: &DocId,
+        saved: &[u8],
         mut signatures: Vec<ChangeSignature>,
+        witness: Witness,
     ) -> Result<Vec<ChangeSignature>, String> {
         self.vetted = None;
         let Ok(loaded) = Automerge::load(saved) else {
@@ -105,7 +116,9 @@ impl Replica {
         };
         let changes = loaded.get_changes(&[]);
         self.vet_changes(&changes).map_err(|e| e.to_string())?;
-        signatures.extend(loaded.get_heads().iter().map(|head| self.key.sign(head)));
+        if witness == Witness::Heads {
+            signatures.extend(loaded.get_heads().iter().map(|head| self.key.sign(head)));
+        }
         let keep = self.vouch_for(doc, changes, signatures)?;
         self.vetted = Some(Vetted::new(doc, saved, loaded));
         Ok(keep)
