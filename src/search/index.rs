@@ -349,6 +349,9 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
     )?;
+    // A refresh runs a few statements per row: each is parsed once, not per row (a million
+    // rows spent as much time parsing SQL as running it).
+    conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
 
@@ -401,37 +404,36 @@ fn clear_document(tx: &rusqlite::Transaction<'_>, doc: &str) -> rusqlite::Result
         "skills" => (ItemKind::Skill as u8, "skills"),
         scope => (ItemKind::Memory as u8, scope),
     };
-    tx.execute(
-        "DELETE FROM items_fts WHERE rowid IN (SELECT id FROM items WHERE kind = ?1 AND scope = ?2)",
+    tx.prepare_cached("DELETE FROM items_fts WHERE rowid IN (SELECT id FROM items WHERE kind = ?1 AND scope = ?2)")?.execute(
         params![kind, scope],
     )?;
-    tx.execute(
+    tx.prepare_cached(
         "DELETE FROM vectors WHERE id IN (SELECT id FROM items WHERE kind = ?1 AND scope = ?2)",
-        params![kind, scope],
-    )?;
-    tx.execute(
-        "DELETE FROM items WHERE kind = ?1 AND scope = ?2",
-        params![kind, scope],
-    )?;
+    )?
+    .execute(params![kind, scope])?;
+    tx.prepare_cached("DELETE FROM items WHERE kind = ?1 AND scope = ?2")?
+        .execute(params![kind, scope])?;
     Ok(())
 }
 
 fn row_of(tx: &rusqlite::Transaction<'_>, key: &ItemKey) -> rusqlite::Result<Option<(i64, i64)>> {
-    tx.query_row(
-        "SELECT id, text_hash FROM items WHERE scope = ?1 AND name = ?2",
-        params![key.scope, key.name],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )
-    .optional()
+    tx.prepare_cached("SELECT id, text_hash FROM items WHERE scope = ?1 AND name = ?2")?
+        .query_row(params![key.scope, key.name], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()
 }
 
 fn remove_row(tx: &rusqlite::Transaction<'_>, key: &ItemKey) -> rusqlite::Result<()> {
     let Some((id, _)) = row_of(tx, key)? else {
         return Ok(());
     };
-    tx.execute("DELETE FROM items_fts WHERE rowid = ?1", [id])?;
-    tx.execute("DELETE FROM items WHERE id = ?1", [id])?;
-    tx.execute("DELETE FROM vectors WHERE id = ?1", [id])?;
+    tx.prepare_cached("DELETE FROM items_fts WHERE rowid = ?1")?
+        .execute([id])?;
+    tx.prepare_cached("DELETE FROM items WHERE id = ?1")?
+        .execute([id])?;
+    tx.prepare_cached("DELETE FROM vectors WHERE id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
@@ -440,25 +442,29 @@ fn upsert_row(tx: &rusqlite::Transaction<'_>, item: &Item) -> rusqlite::Result<(
     let id = match row_of(tx, &item.key)? {
         Some((_, stored)) if stored == hash => return Ok(()),
         Some((id, _)) => {
-            tx.execute("DELETE FROM items_fts WHERE rowid = ?1", [id])?;
-            tx.execute(
-                "UPDATE items SET text_hash = ?2 WHERE id = ?1",
-                params![id, hash],
-            )?;
+            tx.prepare_cached("DELETE FROM items_fts WHERE rowid = ?1")?
+                .execute([id])?;
+            tx.prepare_cached("UPDATE items SET text_hash = ?2 WHERE id = ?1")?
+                .execute(params![id, hash])?;
             id
         }
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO items(kind, scope, name, text_hash) VALUES (?1, ?2, ?3, ?4)",
-                params![item.key.kind as u8, item.key.scope, item.key.name, hash],
-            )?;
+            )?
+            .execute(params![
+                item.key.kind as u8,
+                item.key.scope,
+                item.key.name,
+                hash
+            ])?;
             tx.last_insert_rowid()
         }
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO items_fts(rowid, name, description, body) VALUES (?1, ?2, ?3, ?4)",
-        params![id, item.key.name, item.description, item.body],
-    )?;
+    )?
+    .execute(params![id, item.key.name, item.description, item.body])?;
     Ok(())
 }
 

@@ -309,12 +309,9 @@ fn import_skill(batch: &mut Batch<'_>, mut skill: Skill) -> Result<ImportOutcome
 }
 
 fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [table],
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|count| count > 0)
+    conn.prepare_cached("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .query_row([table], |row| row.get::<_, i64>(0))
+        .map(|count| count > 0)
 }
 
 /// A `mesh_memory` row: the five columns, then, when meshd wrote it, the scope and digest
@@ -442,8 +439,13 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     conn.execute_batch(SCHEMA).map_err(sqlite)?;
     conn.execute_batch(owned::SIDE_TABLE).map_err(sqlite)?;
+    // Each row written runs a dozen statements (`owned`); they are parsed once, not per row.
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
     Ok(conn)
 }
+
+/// Prepared statements a connection keeps: more than the statements of a row's write.
+const STATEMENTS_CACHED: usize = 32;
 
 const UPSERT_MEMORY: &str = "\
 INSERT INTO mesh_memory (scope, key, value, node_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)

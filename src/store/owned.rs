@@ -81,38 +81,36 @@ fn current_memory(
     scope: &str,
     key: &str,
 ) -> rusqlite::Result<Option<(i64, String)>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT id, value, node_id, updated_at FROM mesh_memory WHERE scope = ?1 AND key = ?2",
-        params![scope, key],
-        |r| {
-            let value = r.get::<_, rusqlite::types::Value>(1)?;
-            let value = match value {
-                rusqlite::types::Value::Text(text) => text,
-                // Not text: not something meshd wrote.
-                _ => String::from("\0not text"),
-            };
-            let digest = memory_digest(scope, key, &value, &r.get::<_, String>(2)?, r.get(3)?);
-            Ok((r.get(0)?, digest))
-        },
-    )
+    )?
+    .query_row(params![scope, key], |r| {
+        let value = r.get::<_, rusqlite::types::Value>(1)?;
+        let value = match value {
+            rusqlite::types::Value::Text(text) => text,
+            // Not text: not something meshd wrote.
+            _ => String::from("\0not text"),
+        };
+        let digest = memory_digest(scope, key, &value, &r.get::<_, String>(2)?, r.get(3)?);
+        Ok((r.get(0)?, digest))
+    })
     .optional()
 }
 
 fn current_skill(conn: &Connection, name: &str) -> rusqlite::Result<Option<(i64, String)>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT id, source_node, content, path, updated_at FROM mesh_skills WHERE name = ?1",
-        params![name],
-        |r| {
-            let row = SkillRow {
-                name: name.to_string(),
-                source_node: r.get(1)?,
-                content: r.get(2)?,
-                path: r.get(3)?,
-                updated_at: r.get::<_, i64>(4)?.max(0) as u64,
-            };
-            Ok((r.get(0)?, skill_digest(&row)))
-        },
-    )
+    )?
+    .query_row(params![name], |r| {
+        let row = SkillRow {
+            name: name.to_string(),
+            source_node: r.get(1)?,
+            content: r.get(2)?,
+            path: r.get(3)?,
+            updated_at: r.get::<_, i64>(4)?.max(0) as u64,
+        };
+        Ok((r.get(0)?, skill_digest(&row)))
+    })
     .optional()
 }
 
@@ -123,8 +121,7 @@ pub fn claim_memory(conn: &Connection, row: &MemoryRow, scope: &str) -> rusqlite
     let written = written_memory_digest(row);
     match current_memory(conn, &row.scope, &row.key)? {
         Some((id, current)) if current == written => {
-            conn.execute(
-                "INSERT OR REPLACE INTO meshd_rows (tbl, row_id, digest, scope) VALUES (?1, ?2, ?3, ?4)",
+            conn.prepare_cached("INSERT OR REPLACE INTO meshd_rows (tbl, row_id, digest, scope) VALUES (?1, ?2, ?3, ?4)")?.execute(
                 params![MEMORY, id, written, scope],
             )?;
             Ok(true)
@@ -137,8 +134,7 @@ pub fn claim_skill(conn: &Connection, row: &SkillRow) -> rusqlite::Result<bool> 
     let written = skill_digest(row);
     match current_skill(conn, &row.name)? {
         Some((id, current)) if current == written => {
-            conn.execute(
-                "INSERT OR REPLACE INTO meshd_rows (tbl, row_id, digest, scope) VALUES (?1, ?2, ?3, NULL)",
+            conn.prepare_cached("INSERT OR REPLACE INTO meshd_rows (tbl, row_id, digest, scope) VALUES (?1, ?2, ?3, NULL)")?.execute(
                 params![SKILLS, id, written],
             )?;
             Ok(true)
@@ -157,11 +153,8 @@ fn owned_id(
         return Ok(None);
     };
     let recorded: Option<String> = conn
-        .query_row(
-            "SELECT digest FROM meshd_rows WHERE tbl = ?1 AND row_id = ?2",
-            params![table, id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT digest FROM meshd_rows WHERE tbl = ?1 AND row_id = ?2")?
+        .query_row(params![table, id], |r| r.get(0))
         .optional()?;
     Ok((recorded.as_deref() == Some(digest.as_str())).then_some(id))
 }
@@ -171,23 +164,21 @@ pub fn delete_memory(conn: &Connection, scope: &str, key: &str) -> rusqlite::Res
     let Some(id) = owned_id(conn, MEMORY, current_memory(conn, scope, key)?)? else {
         return Ok(0);
     };
-    conn.execute(
-        "DELETE FROM meshd_rows WHERE tbl = ?1 AND row_id = ?2",
-        params![MEMORY, id],
-    )?;
+    conn.prepare_cached("DELETE FROM meshd_rows WHERE tbl = ?1 AND row_id = ?2")?
+        .execute(params![MEMORY, id])?;
     fts_delete(conn, scope, key)?;
-    conn.execute("DELETE FROM mesh_memory WHERE id = ?1", [id])
+    conn.prepare_cached("DELETE FROM mesh_memory WHERE id = ?1")?
+        .execute([id])
 }
 
 pub fn delete_skill(conn: &Connection, name: &str) -> rusqlite::Result<usize> {
     let Some(id) = owned_id(conn, SKILLS, current_skill(conn, name)?)? else {
         return Ok(0);
     };
-    conn.execute(
-        "DELETE FROM meshd_rows WHERE tbl = ?1 AND row_id = ?2",
-        params![SKILLS, id],
-    )?;
-    conn.execute("DELETE FROM mesh_skills WHERE id = ?1", [id])
+    conn.prepare_cached("DELETE FROM meshd_rows WHERE tbl = ?1 AND row_id = ?2")?
+        .execute(params![SKILLS, id])?;
+    conn.prepare_cached("DELETE FROM mesh_skills WHERE id = ?1")?
+        .execute([id])
 }
 
 /// The reference's full-text table, when the file has one.
@@ -201,19 +192,15 @@ pub fn fts_put(conn: &Connection, row: &MemoryRow) -> rusqlite::Result<()> {
         return Ok(());
     }
     fts_delete(conn, &row.scope, &row.key)?;
-    conn.execute(
-        "INSERT INTO mesh_memory_fts (scope, key, content) VALUES (?1, ?2, ?3)",
-        params![row.scope, row.key, fts_text(&row.value, &row.key)],
-    )?;
+    conn.prepare_cached("INSERT INTO mesh_memory_fts (scope, key, content) VALUES (?1, ?2, ?3)")?
+        .execute(params![row.scope, row.key, fts_text(&row.value, &row.key)])?;
     Ok(())
 }
 
 fn fts_delete(conn: &Connection, scope: &str, key: &str) -> rusqlite::Result<()> {
     if has_fts(conn)? {
-        conn.execute(
-            "DELETE FROM mesh_memory_fts WHERE scope = ?1 AND key = ?2",
-            params![scope, key],
-        )?;
+        conn.prepare_cached("DELETE FROM mesh_memory_fts WHERE scope = ?1 AND key = ?2")?
+            .execute(params![scope, key])?;
     }
     Ok(())
 }
