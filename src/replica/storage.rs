@@ -17,9 +17,11 @@ const SNAPSHOT: &[u8] = b"s\0";
 const CHANGE: &[u8] = b"c\0";
 const DOCS_TREE: &str = "docs";
 /// sled's page cache. Its default (1 GiB) is half the memory of the small NAS a node may run
-/// on, and the documents live in memory anyway: the store is read whole once at open, then
-/// mostly appended to.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// on. Reads come from the index, a key at a time, and what sled does not hold the kernel's
+/// page cache does: on a million entries 64 MiB held 53 MB more than 16 MiB once the daemon
+/// had read its index (136 against 83 MB resident), for no measurable gain in the start, the
+/// views or single puts (docs/benchmarks.md, Scale).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The durable bytes of one document: its snapshot, if any, and the changes stored beside it.
 #[derive(Default)]
