@@ -22,9 +22,18 @@ use super::{
 /// The default memory budget of loaded documents (`[store] memory_budget_mb`).
 pub const DEFAULT_MEMORY_BUDGET: u64 = 192 * 1024 * 1024;
 
-/// An Automerge document in memory takes about this many times its saved size (measured:
-/// see docs/benchmarks.md, "Memory").
-const MEMORY_PER_STORED_BYTE: u64 = 10;
+/// What a loaded Automerge document takes, from what it holds. Its saved size alone says
+/// little: the saved form compresses values, from about 3× for varied text to 18× for the
+/// repetitive values of the benchmarks, and the memory holds them uncompressed. Fitted on
+/// documents of several shapes, and checked against what loading them keeps on the heap, by
+/// `tests/memory_estimate.rs`:
+/// - an empty document's tables;
+const DOC_OVERHEAD: u64 = 48 << 10;
+/// - each operation on a memory document's keys (its id, key, successors and index entries;
+///   not counted for the skills document, whose text operations take a few bytes each);
+const PER_KEY_OPERATION: u64 = 150;
+/// - and its stored bytes about three times over (the values, decompressed).
+const MEMORY_PER_STORED_BYTE: u64 = 3;
 
 impl Replica {
     /// Sets the estimated memory loaded documents may take (`[store] memory_budget_mb`).
@@ -34,7 +43,7 @@ impl Replica {
 
     /// The documents loaded now and their estimated memory, for status.
     pub fn loaded(&self) -> (usize, u64) {
-        let bytes = self.docs.values().map(estimated_memory).sum();
+        let bytes = self.docs.iter().map(estimated_memory).sum();
         (self.docs.len(), bytes)
     }
 
@@ -171,7 +180,7 @@ impl Replica {
     /// keeping the most recently used one and any waiting for changes it lacks (evicting those
     /// would drop the changes queued in them).
     pub fn trim(&mut self) {
-        let mut total: u64 = self.docs.values().map(estimated_memory).sum();
+        let mut total: u64 = self.docs.iter().map(estimated_memory).sum();
         if total <= self.memory_budget {
             return;
         }
@@ -192,18 +201,24 @@ impl Replica {
             if !state.doc.get_missing_deps(&[]).is_empty() {
                 continue;
             }
-            total -= estimated_memory(state);
+            total -= estimated_memory((&doc, state));
             self.docs.remove(&doc);
             tracing::debug!(doc = %doc.name(), "evicted a document beyond the memory budget");
         }
     }
 }
 
-pub(super) fn estimated_memory(state: &DocState) -> u64 {
-    memory_of(state.snapshot_bytes + state.bytes_since_snapshot)
+pub(super) fn estimated_memory((doc, state): (&DocId, &DocState)) -> u64 {
+    let key_operations = match doc {
+        DocId::Memory(_) | DocId::Bucket(..) => state.doc.stats().num_ops,
+        DocId::Skills => 0,
+    };
+    DOC_OVERHEAD
+        + key_operations * PER_KEY_OPERATION
+        + memory_of(state.snapshot_bytes + state.bytes_since_snapshot)
 }
 
-/// The memory a document takes for `stored` bytes of it.
+/// The memory a document's values take for `stored` bytes of it.
 pub(super) fn memory_of(stored: usize) -> u64 {
     stored as u64 * MEMORY_PER_STORED_BYTE
 }

@@ -640,7 +640,7 @@ impl Replica {
                     pending.changes.push((doc.clone(), change));
                 }
             }
-            loaded += lazy::estimated_memory(state) + lazy::memory_of(made);
+            loaded += lazy::estimated_memory((&doc, state)) + lazy::memory_of(made);
         }
         Ok(pending)
     }
