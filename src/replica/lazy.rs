@@ -41,6 +41,11 @@ impl Replica {
         self.memory_budget = bytes;
     }
 
+    /// How many times a document was read from the store since it opened.
+    pub fn loads(&self) -> u64 {
+        self.loads
+    }
+
     /// The documents loaded now and their estimated memory, for status.
     pub fn loaded(&self) -> (usize, u64) {
         let bytes = self.docs.iter().map(estimated_memory).sum();
@@ -101,6 +106,7 @@ impl Replica {
             .map_err(|error| self.storage.note_failure(error))?;
         let mut state = load_doc(&name, stored, &self.actor)?;
         state.edits = self.next_edit();
+        self.loads += 1;
         Ok(state)
     }
 
@@ -180,6 +186,12 @@ impl Replica {
     /// keeping the most recently used one and any waiting for changes it lacks (evicting those
     /// would drop the changes queued in them).
     pub fn trim(&mut self) {
+        self.trim_sparing(|_| false);
+    }
+
+    /// `trim`, never evicting the documents `spare` names (those a batch committed in parts
+    /// has yet to write: evicting them only to load them again is the worst choice there is).
+    pub(super) fn trim_sparing(&mut self, spare: impl Fn(&DocId) -> bool) {
         let mut total: u64 = self.docs.iter().map(estimated_memory).sum();
         if total <= self.memory_budget {
             return;
@@ -192,6 +204,9 @@ impl Replica {
         by_age.sort();
         by_age.pop();
         for (_, doc) in by_age {
+            if spare(&doc) {
+                continue;
+            }
             if total <= self.memory_budget {
                 break;
             }

@@ -20,7 +20,7 @@ mod sync_store;
 mod text_edit;
 mod vet;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -192,6 +192,9 @@ pub struct Replica {
     base_capacity: u64,
     edit_clock: u64,
     use_clock: u64,
+    /// Documents read from the store since it opened: a load is the expensive part of a write
+    /// to a document not in memory.
+    loads: u64,
     node_id: String,
     /// Signs every change made here; its id is `node_id`.
     key: NodeKey,
@@ -262,6 +265,7 @@ impl Replica {
             base_capacity: BASE_CAPACITY,
             edit_clock: 0,
             use_clock: 0,
+            loads: 0,
             node_id: key.node_id().compact(),
             // A fresh actor per process: a change made but never flushed before a crash can
             // then never collide with a different change under the same (actor, seq). It
@@ -522,13 +526,14 @@ impl Replica {
     /// Applies `writes` and makes them durable. Documents are loaded one after the other;
     /// once those loaded for the batch outweigh the memory budget, or it applied
     /// `PART_WRITES`, what was applied so far is committed (one sled batch, one flush), the
-    /// least recently used documents are evicted, and the batch goes on: an ingest that
+    /// least recently used documents it has no more writes for are evicted (`by_doc` says
+    /// why the order matters), and the batch goes on: an ingest that
     /// touches every bucket of a million-key scope never holds them all at once, nor a sled
     /// batch of every key. Each part is atomic and keeps the index exact; when one fails,
     /// the parts before it stay durable (a retried ingest finds them held) and the batch
     /// answers the error.
     fn commit_writes(&mut self, writes: Vec<Staged>) -> Result<()> {
-        let mut rest = by_doc(writes);
+        let mut rest = by_doc(writes, |doc| self.docs.contains_key(doc));
         let limit = PartLimit {
             memory: self.memory_budget,
             writes: PART_WRITES,
@@ -539,7 +544,8 @@ impl Replica {
             if rest.is_empty() {
                 return Ok(());
             }
-            self.trim();
+            let to_write: BTreeSet<DocId> = rest.iter().map(|(doc, _)| doc.clone()).collect();
+            self.trim_sparing(|doc| to_write.contains(doc));
         }
     }
 
@@ -574,7 +580,7 @@ impl Replica {
 
     /// Applies staged writes to the in-memory documents, all at once, for `persist`.
     fn apply_writes(&mut self, writes: Vec<Staged>) -> Result<Pending> {
-        self.apply_docs(&mut by_doc(writes), PartLimit::WHOLE)
+        self.apply_docs(&mut by_doc(writes, |_| true), PartLimit::WHOLE)
     }
 
     /// Takes documents' writes from `docs` and applies them, one change per document
@@ -589,9 +595,9 @@ impl Replica {
         self.ensure_writable()?;
         let seconds = i64::try_from((self.wall_clock)() / 1000).unwrap_or(i64::MAX);
         let mut loaded = 0;
-        while let Some((doc, writes)) = docs.pop_first() {
+        while let Some((doc, writes)) = docs.pop_front() {
             if loaded >= limit.memory || pending.writes >= limit.writes {
-                docs.insert(doc, writes);
+                docs.push_front((doc, writes));
                 break;
             }
             pending.writes += writes.len();
@@ -864,8 +870,8 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
     Ok(state)
 }
 
-/// Staged writes by the document they go to.
-type ByDoc = BTreeMap<DocId, Vec<Staged>>;
+/// Staged writes by the document they go to, in the order they are applied.
+type ByDoc = VecDeque<(DocId, Vec<Staged>)>;
 
 /// The most writes one part of a batch applies before it is committed (`commit_writes`):
 /// sled holds a batch's every key in memory while it applies it, several kB per write (a
@@ -888,12 +894,21 @@ impl PartLimit {
     };
 }
 
-fn by_doc(writes: Vec<Staged>) -> ByDoc {
-    let mut docs = ByDoc::new();
+/// Groups writes by document, the `loaded` ones first. A batch committed in parts evicts
+/// documents between parts; in document order, an ingest that writes every bucket of a scope
+/// again and again found, part after part, that the evictions had taken the buckets it was
+/// about to write (least recently used is the wrong guess for a cyclic scan), and loaded
+/// them all again. Loaded first, and with those still to write spared (`trim_sparing`), it
+/// loads each document that was not in memory when it began once, and no other.
+fn by_doc(writes: Vec<Staged>, loaded: impl Fn(&DocId) -> bool) -> ByDoc {
+    let mut docs: BTreeMap<DocId, Vec<Staged>> = BTreeMap::new();
     for write in writes {
         docs.entry(write.doc()).or_default().push(write);
     }
-    docs
+    let (mut in_memory, to_load): (ByDoc, ByDoc) =
+        docs.into_iter().partition(|(doc, _)| loaded(doc));
+    in_memory.extend(to_load);
+    in_memory
 }
 
 /// A write staged in a batch, applied to its document when the batch commits.

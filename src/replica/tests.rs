@@ -1358,6 +1358,40 @@ fn a_batch_over_the_memory_budget_is_committed_in_parts_without_holding_every_do
     assert_eq!(r.list_memory(None).unwrap().len(), 2000);
 }
 
+/// A batch committed in parts writes the documents it finds in memory first, and the
+/// evictions between its parts spare those it has yet to write: in document order, each
+/// part's evictions took the buckets the next part was about to write, and a batch into
+/// every bucket loaded all 256 again when 64 were out of memory (169 with the order alone).
+#[test]
+fn a_batch_in_parts_writes_the_documents_in_memory_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.set_base_capacity(0);
+    r.set_memory_budget(u64::MAX);
+    let write = |r: &mut Replica, round: usize| {
+        r.batch(|b| {
+            for i in 0..20_000 {
+                b.put_memory(&Scope::Mesh, &format!("r{round}-k{i}"), json!(i))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    };
+    write(&mut r, 0);
+    let (documents, held) = r.loaded();
+    r.set_memory_budget(held * 3 / 4);
+    r.trim();
+    let not_in_memory = (documents - r.loaded().0) as u64;
+    let loads_before = r.loads();
+    write(&mut r, 1);
+    let loads = r.loads() - loads_before;
+    assert_eq!(
+        loads, not_in_memory,
+        "each document not in memory when the batch began is loaded once, and no other"
+    );
+    r.check_index().unwrap();
+}
+
 /// A full clone is loaded once, by the vetting, and the merge takes that document; it must
 /// never take it for other bytes than the ones vetted.
 #[test]
