@@ -140,6 +140,42 @@ fn status_says_the_same_with_and_without_the_daemon() {
     );
 }
 
+/// The operator sees what the memory budget holds: the budget from `meshd.toml`, the documents
+/// a write loaded, and how often documents were read from the store.
+#[test]
+fn status_shows_the_documents_in_memory_against_the_configured_budget() {
+    let (node, _) = TestNode::init_listening("budget");
+    node.run(&["mem", "put", "user:ann", "a", "1"]).ok();
+    node.run(&["mem", "put", "user:bob", "b", "2"]).ok();
+    let config = node.file("meshd.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[store]\nmemory_budget_mb = 64\n");
+    std::fs::write(&config, text).unwrap();
+    let daemon = node.start();
+    let before = status(&node)["in_memory"].clone();
+    node.run(&["mem", "put", "user:ann", "a", "3"]).ok();
+    node.run(&["mem", "put", "user:bob", "b", "4"]).ok();
+    let after = status(&node)["in_memory"].clone();
+    let shown = node.run(&["status"]).ok();
+    assert_eq!(daemon.stop(), 0);
+    assert_eq!(after["budget_bytes"], 64 << 20, "{after}");
+    assert_eq!(
+        before["documents"], 0,
+        "reads and the start load none: {before}"
+    );
+    assert_eq!(
+        after["documents"], 2,
+        "each write loaded its scope: {after}"
+    );
+    assert_eq!(after["loads"], 2, "{after}");
+    assert!(after["estimated_bytes"].as_u64().unwrap() > 0, "{after}");
+    assert!(
+        shown.contains("documents in memory: 2 (about ")
+            && shown.contains("of a 64 MB budget), 2 loaded"),
+        "{shown}"
+    );
+}
+
 /// Input over the control socket's 16 MiB request limit failed with "Broken pipe", and a
 /// listing over 16 MiB was cut and read as a version mismatch. Now input goes in pieces and
 /// replies have no ceiling.

@@ -89,6 +89,27 @@ const NODE_GAUGES: &[NodeGauge] = &[
         "1 while the node refuses writes (GET /mesh/status says why), else 0",
         |status, _| Some(f64::from(u8::from(status.read_only.is_some()))),
     ),
+    (
+        "documents_in_memory",
+        "Documents loaded now (to be written or synced; reads load none)",
+        |status, _| Some(status.in_memory.documents as f64),
+    ),
+    (
+        "documents_in_memory_estimated_bytes",
+        "The estimated memory of the documents loaded now",
+        |status, _| Some(status.in_memory.estimated_bytes as f64),
+    ),
+    (
+        "memory_budget_bytes",
+        "The memory budget of loaded documents ([store] memory_budget_mb)",
+        |status, _| Some(status.in_memory.budget_bytes as f64),
+    ),
+    (
+        "document_loads",
+        "Documents read from the store since it opened: climbing with the writes, the budget \
+         holds fewer documents than they touch",
+        |status, _| Some(status.in_memory.loads as f64),
+    ),
     ("memory_entries", "Live memory entries", |status, _| {
         Some(status.memory_entries as f64)
     }),
@@ -210,6 +231,7 @@ fn peer_labels(peers: &[PeerStatus]) -> HashMap<NodeId, PeerLabel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::InMemory;
     use crate::model::access::Access;
     use crate::peers::Peer;
 
@@ -247,6 +269,12 @@ mod tests {
             repair: None,
             peers,
             files: Default::default(),
+            in_memory: InMemory {
+                documents: 3,
+                estimated_bytes: 150_000,
+                budget_bytes: 1 << 20,
+                loads: 5,
+            },
         }
     }
 
@@ -287,6 +315,10 @@ mod tests {
             "meshd_read_only 1.0",
             "meshd_memory_entries 7.0",
             "meshd_skills 1.0",
+            "meshd_documents_in_memory 3.0",
+            "meshd_documents_in_memory_estimated_bytes 150000.0",
+            "meshd_memory_budget_bytes 1048576.0",
+            "meshd_document_loads 5.0",
             "meshd_writes_acknowledged_total 0",
         ] {
             assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");

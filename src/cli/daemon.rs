@@ -77,6 +77,14 @@ pub fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     }
     if status.running {
         println!("{} bytes sent to peers since start", status.bytes_sent);
+        let memory = &status.in_memory;
+        println!(
+            "documents in memory: {} (about {} of a {} MB budget), {} loaded from the store since it opened",
+            memory.documents,
+            megabytes(memory.estimated_bytes),
+            memory.budget_bytes >> 20,
+            memory.loads
+        );
     }
     for collision in &status.files.collisions {
         let copy = collision
@@ -177,4 +185,12 @@ pub(super) fn print_peer(p: &PeerStatus) {
 pub fn sync(home: &Home, args: SyncArgs) -> anyhow::Result<()> {
     eprintln!("{}", execute(home, Sync { peer: args.peer })?);
     Ok(())
+}
+
+/// `bytes` as "48 kB" or "189.6 MB" (of 2^10 and 2^20 bytes, as the budget is set).
+fn megabytes(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        return format!("{} kB", bytes >> 10);
+    }
+    format!("{:.1} MB", bytes as f64 / f64::from(1u32 << 20))
 }

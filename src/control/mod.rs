@@ -51,7 +51,7 @@ pub use peers::{
 };
 pub use search::Search;
 pub use skill::{SkillGet, SkillLs, SkillPut, SkillRm};
-pub use status::{NodeStatus, PeerStatus, Status};
+pub use status::{InMemory, NodeStatus, PeerStatus, Status};
 pub use store::{Exported, Imported, StoreExport, StoreImport};
 pub use sync::Sync;
 pub use wire::{decode, DecodeError, Reply, Request};

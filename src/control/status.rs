@@ -39,6 +39,24 @@ pub struct NodeStatus {
     /// manifest), and files whose changes the daemon did not take into the mesh.
     #[serde(default)]
     pub files: FilesStatus,
+    /// The documents held in memory, against the budget.
+    #[serde(default)]
+    pub in_memory: InMemory,
+}
+
+/// What `[store] memory_budget_mb` bounds: the documents loaded to be written or synced
+/// (reads never load one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InMemory {
+    /// Documents loaded now.
+    pub documents: usize,
+    /// Their estimated memory, in bytes.
+    pub estimated_bytes: u64,
+    /// The memory budget, in bytes.
+    pub budget_bytes: u64,
+    /// Documents read from the store since it opened. A count that climbs with every few
+    /// writes means the budget holds fewer documents than the writes touch.
+    pub loads: u64,
 }
 
 /// A peer as `meshd peers ls` and `meshd status` show it.
@@ -87,6 +105,7 @@ impl Command for Status {
             // A store refusing reads after a failed write still shows its status (`read_only`
             // says why); its conflicts are not counted then.
             let conflicts = replica.conflicts(0).map_or(0, |(_, total)| total);
+            let (loaded, estimated_bytes) = replica.loaded();
             NodeStatus {
                 node_id: node.own.to_string(),
                 running: mesh.is_some(),
@@ -100,6 +119,12 @@ impl Command for Status {
                 repair: replica.repair_status(),
                 peers: peer_statuses(node, replica, peers),
                 files,
+                in_memory: InMemory {
+                    documents: loaded,
+                    estimated_bytes,
+                    budget_bytes: replica.memory_budget(),
+                    loads: replica.loads(),
+                },
             }
         }))
     }

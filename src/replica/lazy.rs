@@ -41,6 +41,11 @@ impl Replica {
         self.memory_budget = bytes;
     }
 
+    /// The estimated memory loaded documents may take.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
+    }
+
     /// How many times a document was read from the store since it opened.
     pub fn loads(&self) -> u64 {
         self.loads
