@@ -448,7 +448,8 @@ fn check_honest(world: &mut World, at: usize) -> Result<(), String> {
             }
         }
         let signatures = replica.signatures(&doc).map_err(|e| e.to_string())?;
-        meshd::trust::check_all(&doc, changes, signatures, |_| false)
+        let history: Vec<meshd::trust::Link> = changes.iter().map(meshd::trust::Link::of).collect();
+        meshd::trust::check_all(&doc, &history, signatures, |_| false)
             .map_err(|e| format!("{} cannot vouch for {doc}: {e}", NAMES[at]))?;
     }
     Ok(())

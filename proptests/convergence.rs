@@ -953,12 +953,15 @@ fn cases() -> u32 {
 /// them (`trust`).
 fn can_vouch_for_all_it_holds(replica: &mut Replica) -> Result<(), String> {
     for doc in replica.doc_ids() {
-        let changes = replica
+        let history: Vec<meshd::trust::Link> = replica
             .document(&doc)
             .map(|d| d.get_changes(&[]))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .iter()
+            .map(meshd::trust::Link::of)
+            .collect();
         let signatures = replica.signatures(&doc).map_err(|e| e.to_string())?;
-        meshd::trust::check_all(&doc, changes, signatures, |_| false)
+        meshd::trust::check_all(&doc, &history, signatures, |_| false)
             .map_err(|e| format!("node {} cannot vouch for {doc}: {e}", replica.node_id()))?;
     }
     Ok(())

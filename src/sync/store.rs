@@ -41,8 +41,8 @@ pub trait SyncStore {
     /// them (the whole bundle is refused and the peer is told why).
     fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String>;
     /// `vet` for a whole document in Automerge's compact format, and the trust check of
-    /// every change in it that is new here (`trust::check_all` with `signatures`): `Ok` holds
-    /// the signatures to keep with it.
+    /// every change in it that is new here (`trust::check_all` with `signatures`, over the
+    /// history's metadata): `Ok` holds the signatures to keep with it.
     fn vet_document(
         &mut self,
         doc: &DocId,

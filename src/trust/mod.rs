@@ -11,13 +11,15 @@
 //!
 //! Imports only `model` and automerge: `sync` and `replica` both use it.
 
+mod history;
 mod key;
 mod signature;
 mod vouch;
 
+pub use history::{check_all, Link};
 pub use key::{KeyError, NodeKey};
 pub use signature::{ChangeSignature, SignatureError, SIGNATURE_BYTES};
-pub use vouch::{check_all, describe, Accepted, Unvouched, Vouching, VouchingError};
+pub use vouch::{describe, Accepted, Unvouched, Vouching, VouchingError};
 
 use automerge::ActorId;
 

@@ -21,6 +21,10 @@ fn write(doc: &mut Automerge, author: &NodeKey, count: usize) -> Vec<Change> {
     doc.get_changes(&before)
 }
 
+fn links(changes: &[Change]) -> Vec<Link> {
+    changes.iter().map(Link::of).collect()
+}
+
 fn nothing_stored(_: &automerge::ChangeHash) -> bool {
     false
 }
@@ -33,7 +37,7 @@ fn the_newest_signature_vouches_for_the_whole_chain() {
     let newest = a.sign(&changes.last().unwrap().hash());
     let kept = check_all(
         &DocId::Memory(Scope::Mesh),
-        changes,
+        &links(&changes),
         vec![newest.clone()],
         nothing_stored,
     );
@@ -49,7 +53,7 @@ fn a_change_that_names_another_node_is_refused() {
     let signature = b.sign(&forged[0].hash());
     let refused = check_all(
         &DocId::Memory(Scope::Mesh),
-        forged,
+        &links(&forged),
         vec![signature],
         nothing_stored,
     );
@@ -67,14 +71,14 @@ fn only_its_owner_writes_a_node_scope() {
     let c_scope = DocId::Memory(Scope::Node(c.node_id().compact()));
     let reason = check_all(
         &c_scope,
-        changes.clone(),
+        &links(&changes),
         vec![signature.clone()],
         nothing_stored,
     )
     .unwrap_err();
     assert!(reason.contains("only its owner"), "{reason}");
     let b_scope = DocId::Memory(Scope::Node(b.node_id().compact()));
-    assert!(check_all(&b_scope, changes, vec![signature], nothing_stored).is_ok());
+    assert!(check_all(&b_scope, &links(&changes), vec![signature], nothing_stored).is_ok());
 }
 
 #[test]
@@ -84,7 +88,13 @@ fn an_altered_signature_is_an_error() {
     let changes = write(&mut doc, &a, 1);
     let mut signature = a.sign(&changes[0].hash());
     signature.sig[0] ^= 1;
-    let reason = check_all(&DocId::Skills, changes, vec![signature], nothing_stored).unwrap_err();
+    let reason = check_all(
+        &DocId::Skills,
+        &links(&changes),
+        vec![signature],
+        nothing_stored,
+    )
+    .unwrap_err();
     assert!(reason.contains("does not verify"), "{reason}");
 }
 
@@ -95,7 +105,13 @@ fn a_signature_with_a_key_of_another_node_vouches_only_for_that_node() {
     let changes = write(&mut doc, &c, 1);
     // A's valid signature over C's change: A witnessed it, C did not sign it.
     let signature = a.sign(&changes[0].hash());
-    assert!(check_all(&DocId::Skills, changes, vec![signature], nothing_stored).is_err());
+    assert!(check_all(
+        &DocId::Skills,
+        &links(&changes),
+        vec![signature],
+        nothing_stored
+    )
+    .is_err());
 }
 
 #[test]
@@ -170,16 +186,16 @@ fn a_change_that_names_no_author_needs_a_witness_and_in_a_node_scope_its_owner()
     let changes = doc.get_changes(&[]);
     assert_eq!(author_of(changes[0].actor_id()), Author::Unknown);
     let witness = a.sign(&changes[0].hash());
-    assert!(check_all(&DocId::Skills, changes.clone(), Vec::new(), nothing_stored).is_err());
+    assert!(check_all(&DocId::Skills, &links(&changes), Vec::new(), nothing_stored).is_err());
     assert!(check_all(
         &DocId::Skills,
-        changes.clone(),
+        &links(&changes),
         vec![witness.clone()],
         nothing_stored
     )
     .is_ok());
     let other = DocId::Memory(Scope::Node(key("z").node_id().compact()));
-    assert!(check_all(&other, changes, vec![witness], nothing_stored).is_err());
+    assert!(check_all(&other, &links(&changes), vec![witness], nothing_stored).is_err());
 }
 
 #[test]
@@ -222,4 +238,28 @@ fn a_change_goes_in_only_with_the_signed_change_that_vouches_for_it() {
     let accepted = vouching.take_accepted(&mesh, nothing_stored);
     assert_eq!(accepted.changes.len(), 3);
     assert_eq!(accepted.signatures.len(), 2);
+}
+
+#[test]
+fn a_whole_history_is_vouched_for_by_the_signatures_of_its_heads_in_any_order() {
+    let (a, b) = (key("a"), key("b"));
+    let mut doc = Automerge::new();
+    let mut other = doc.fork();
+    let by_a = write(&mut doc, &a, 3);
+    let by_b = write(&mut other, &b, 2);
+    doc.merge(&mut other).unwrap();
+    let mut history = links(&doc.get_changes(&[]));
+    history.reverse();
+    let heads = [by_a.last().unwrap().hash(), by_b.last().unwrap().hash()];
+    let signatures = vec![a.sign(&heads[0]), b.sign(&heads[1])];
+    let mesh = DocId::Memory(Scope::Mesh);
+    let kept = check_all(&mesh, &history, signatures.clone(), nothing_stored);
+    assert_eq!(kept, Ok(signatures.clone()));
+    // Without B's signature, nobody who made B's changes vouches for them.
+    let only_a = vec![signatures[0].clone()];
+    let reason = check_all(&mesh, &history, only_a.clone(), nothing_stored).unwrap_err();
+    assert!(reason.contains(&b.node_id().to_string()), "{reason}");
+    // B's changes already held need no signature, and B's is not kept.
+    let held = |hash: &automerge::ChangeHash| by_b.iter().any(|c| c.hash() == *hash);
+    assert_eq!(check_all(&mesh, &history, signatures, held), Ok(only_a));
 }

@@ -323,38 +323,6 @@ fn dependencies_met(
     met
 }
 
-/// Checks a set of changes whole (a document a peer sent): `Ok` with the signatures that
-/// cover them when every change not `stored` is accepted, else the first refusal.
-pub fn check_all(
-    doc: &DocId,
-    changes: Vec<Change>,
-    signatures: Vec<ChangeSignature>,
-    mut stored: impl FnMut(&ChangeHash) -> bool,
-) -> Result<Vec<ChangeSignature>, String> {
-    let mut vouching = Vouching::default();
-    vouching
-        .add_signatures(signatures, &mut stored)
-        .map_err(|e| e.to_string())?;
-    vouching
-        .add_changes(changes, &mut stored)
-        .map_err(|e| e.to_string())?;
-    let accepted = vouching.take_accepted(doc, &mut stored);
-    let mut refused = vouching.waiting.iter().map(|(hash, change)| Unvouched {
-        hash: *hash,
-        reason: accepts(
-            doc,
-            author_of(change.actor_id()),
-            vouching.voucher_list(hash),
-        )
-        .err()
-        .unwrap_or_default(),
-    });
-    match refused.next() {
-        Some(refused) => Err(describe(&refused)),
-        None => Ok(accepted.signatures),
-    }
-}
-
 /// A refusal in words.
 pub fn describe(refused: &Unvouched) -> String {
     format!("change {} refused: {}", refused.hash, refused.reason)
