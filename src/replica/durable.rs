@@ -149,17 +149,20 @@ impl Replica {
     }
 
     /// Stores a document that took a whole document in (`merge_document`) as a new snapshot,
-    /// with its index; undone like `persist` when that fails.
+    /// with its index; undone like `persist` when that fails. `saved`: the document's saved
+    /// form already at hand (the bytes a full clone received), stored instead of saving it
+    /// again.
     pub(super) fn persist_merged(
         &mut self,
         doc: &DocId,
         before: Vec<ChangeHash>,
         signatures: Vec<ChangeSignature>,
+        saved: Option<&[u8]>,
     ) -> Result<()> {
         let before = vec![(doc.clone(), before)];
         let touched = self.touched(&before);
         let mut batch = sled::Batch::default();
-        let snapshot_len = self.stage_snapshot(&mut batch, doc);
+        let snapshot_len = self.stage_snapshot(&mut batch, doc, saved);
         let vouching = Pending {
             signatures: signatures.into_iter().map(|s| (doc.clone(), s)).collect(),
             ..Pending::default()
@@ -282,7 +285,7 @@ impl Replica {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        let snapshot_len = self.stage_snapshot(&mut batch, doc);
+        let snapshot_len = self.stage_snapshot(&mut batch, doc, None);
         self.storage.commit(batch)?;
         self.snapshot_written(doc, snapshot_len);
         self.note_durable();
@@ -290,12 +293,16 @@ impl Replica {
     }
 
     /// Adds a loaded document's snapshot to `batch`, replacing its stored changes; returns
-    /// the snapshot's size.
-    fn stage_snapshot(&self, batch: &mut sled::Batch, doc: &DocId) -> usize {
+    /// the snapshot's size. `saved`: the document's saved form when it is at hand, else it is
+    /// saved now.
+    fn stage_snapshot(&self, batch: &mut sled::Batch, doc: &DocId, saved: Option<&[u8]>) -> usize {
         let Some(state) = self.docs.get(doc) else {
             return 0;
         };
-        let snapshot = state.doc.save();
+        let snapshot = match saved {
+            Some(saved) => saved.to_vec(),
+            None => state.doc.save(),
+        };
         // The metadata, not the changes: rebuilding 100 000 changes to read their hashes
         // took a sixth of a full clone's time.
         let folded = state

@@ -777,9 +777,15 @@ impl Replica {
         let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();
         state.edits = edit;
+        let mut saved = None;
         match vetted {
-            // A full clone: the document the vetting loaded is the whole of it.
-            Some(loaded) if before.is_empty() => state.doc = loaded.with_actor(actor),
+            // A full clone: the document the vetting loaded is the whole of it, and the bytes
+            // received are its saved form, unless they carry more than the one document (a
+            // change after it, which loading would hold back unvetted).
+            Some(loaded) if before.is_empty() => {
+                state.doc = loaded.with_actor(actor);
+                saved = vet::is_one_document(bytes).then_some(bytes);
+            }
             _ => {
                 if let Err(error) = state.doc.load_incremental(bytes) {
                     self.roll_back(vec![(doc.clone(), before)]);
@@ -794,7 +800,7 @@ impl Replica {
             .map(|meta| meta.hash)
             .collect();
         if !added.is_empty() {
-            self.persist_merged(doc, before, signatures)?;
+            self.persist_merged(doc, before, signatures, saved)?;
         }
         Ok(added)
     }

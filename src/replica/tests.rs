@@ -1430,3 +1430,49 @@ fn a_merge_takes_the_vetted_document_only_for_the_bytes_vetted() {
     let c = open(dir_c.path(), "n3");
     assert_eq!(c.list_memory(None).unwrap().len(), 3);
 }
+
+/// A full clone stores the bytes it received as the snapshot instead of saving the document
+/// again, but only bytes that hold the one document and nothing after it.
+#[test]
+fn a_full_clone_keeps_the_received_document_as_its_snapshot_when_it_is_one_chunk() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = open(dir_a.path(), "n1");
+    let doc = DocId::Memory(Scope::Mesh);
+    a.put_memory(&Scope::Mesh, "k1", json!(1)).unwrap();
+    a.batch(|batch| {
+        for i in 0..200 {
+            batch.put_memory(&Scope::Mesh, &format!("more-{i}"), json!("the same words"))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let saved = a.export(&doc).unwrap().unwrap();
+    // The same document in another encoding (its columns not compressed), so that keeping
+    // it is visible.
+    let uncompressed = Automerge::load(&saved).unwrap().save_nocompress();
+    assert_ne!(uncompressed, saved);
+    assert!(vet::is_one_document(&uncompressed));
+    let with_a_change_after = [uncompressed.as_slice(), b"\x85\x6f\x4a\x83"].concat();
+    assert!(!vet::is_one_document(&with_a_change_after));
+    assert!(!vet::is_one_document(
+        &uncompressed[..uncompressed.len() - 1]
+    ));
+
+    for (bytes, kept) in [(&uncompressed, true), (&with_a_change_after, false)] {
+        let dir_b = tempfile::tempdir().unwrap();
+        let mut b = open(dir_b.path(), "n2");
+        let keep = b
+            .vet_document(&doc, bytes, a.signatures(&doc).unwrap())
+            .unwrap();
+        b.merge_document(&doc, bytes, keep).unwrap();
+        let stored = b.storage.load_doc(&doc.name()).unwrap().snapshot.unwrap();
+        assert_eq!(stored == *bytes, kept);
+        assert_eq!(b.heads(&doc), a.heads(&doc));
+        drop(b);
+        let b = open(dir_b.path(), "n2");
+        assert_eq!(
+            b.get_memory(&Scope::Mesh, "k1").unwrap().unwrap().value,
+            json!(1)
+        );
+    }
+}

@@ -35,6 +35,33 @@ fn newest_stamp(change: &Change) -> Option<Stamp> {
         .max()
 }
 
+/// The first bytes of every Automerge chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// The chunk type of a whole document (a change is 1, a compressed change 2).
+const DOCUMENT_CHUNK: u8 = 0;
+
+/// Whether `saved` is exactly one Automerge document chunk: its header (magic bytes, a
+/// 4-byte checksum, the type, the data's length as LEB128) and then that many bytes, nothing
+/// after. Such bytes load to the document they hold and nothing else; bytes with changes
+/// after the document may load with some of them held back, to be applied later unvetted.
+pub(super) fn is_one_document(saved: &[u8]) -> bool {
+    let Some(rest) = saved.strip_prefix(&CHUNK_MAGIC) else {
+        return false;
+    };
+    let Some((&chunk_type, rest)) = rest.get(4..).and_then(<[u8]>::split_first) else {
+        return false;
+    };
+    let mut len: u64 = 0;
+    for (at, &byte) in rest.iter().enumerate().take(10) {
+        len |= u64::from(byte & 0x7f) << (7 * at);
+        if byte & 0x80 == 0 {
+            let data = &rest[at + 1..];
+            return chunk_type == DOCUMENT_CHUNK && u64::try_from(data.len()) == Ok(len);
+        }
+    }
+    false
+}
+
 /// A whole document as the vetting loaded it, kept for the merge that follows, so a full
 /// clone is loaded once and not twice (a sixth of its time). The merge takes it only for the
 /// same document and the same bytes (their hash), and only into an empty document.
