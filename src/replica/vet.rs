@@ -141,33 +141,30 @@ impl Replica {
         let Ok(loaded) = Automerge::load(saved) else {
             return Ok(Vec::new());
         };
-        self.vet_changes(&loaded.get_changes(&[]))
-            .map_err(|e| e.to_string())?;
+        // The changes are rebuilt once, for their stamps; the trust check reads only their
+        // hashes, actors and dependencies.
+        let changes = loaded.get_changes(&[]);
+        self.vet_changes(&changes).map_err(|e| e.to_string())?;
+        let history: Vec<trust::Link> = changes.iter().map(trust::Link::of).collect();
+        drop(changes);
         if witness == Witness::Heads {
             signatures.extend(loaded.get_heads().iter().map(|head| self.key.sign(head)));
         }
-        let keep = self.vouch_for(doc, &loaded, signatures)?;
+        let keep = self.vouch_for(doc, &history, signatures)?;
         self.vetted = Some(Vetted::new(doc, saved, loaded));
         Ok(keep)
     }
 
-    /// The trust check of a whole document's history, from its changes' metadata.
+    /// The trust check of a whole document's history.
     fn vouch_for(
         &mut self,
         doc: &DocId,
-        loaded: &Automerge,
+        history: &[trust::Link],
         signatures: Vec<ChangeSignature>,
     ) -> Result<Vec<ChangeSignature>, String> {
-        let history: Vec<trust::Link> = (loaded.get_changes_meta(&[]).into_iter())
-            .map(|meta| trust::Link {
-                hash: meta.hash,
-                actor: meta.actor.into_owned(),
-                deps: meta.deps,
-            })
-            .collect();
         let held = self.document(doc);
         let stored =
             |hash: &ChangeHash| held.is_some_and(|d| d.get_change_meta_by_hash(hash).is_some());
-        trust::check_all(doc, &history, signatures, stored)
+        trust::check_all(doc, history, signatures, stored)
     }
 }
