@@ -315,6 +315,21 @@ impl Replica {
         snapshot.len()
     }
 
+    /// The stored snapshot of `doc` when it is the whole document as this node holds it: no
+    /// change stored beside it, and none in memory beyond what is stored (the heads its index
+    /// reflects). Saving a document of 100 000 changes again took 150 ms of a full clone.
+    pub(super) fn stored_snapshot(&self, doc: &DocId) -> Option<Vec<u8>> {
+        let stored = self.storage.load_doc(&doc.name()).ok()?;
+        if !stored.changes.is_empty() {
+            return None;
+        }
+        let indexed = self.summaries.get(doc).map(|summary| &summary.heads);
+        match self.docs.get(doc) {
+            Some(state) if Some(&state.doc.get_heads()) != indexed => None,
+            _ => stored.snapshot,
+        }
+    }
+
     fn snapshot_written(&mut self, doc: &DocId, snapshot_len: usize) {
         if let Some(state) = self.docs.get_mut(doc) {
             state.snapshot_bytes = snapshot_len;

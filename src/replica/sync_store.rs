@@ -55,6 +55,9 @@ impl SyncStore for Replica {
     }
 
     fn snapshot(&mut self, doc: &DocId) -> Option<Vec<u8>> {
+        if let Some(stored) = self.stored_snapshot(doc) {
+            return Some(stored);
+        }
         self.document(doc).map(automerge::Automerge::save)
     }
 

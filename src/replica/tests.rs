@@ -1476,3 +1476,38 @@ fn a_full_clone_keeps_the_received_document_as_its_snapshot_when_it_is_one_chunk
         );
     }
 }
+
+/// A whole document sent to a peer is the stored snapshot when nothing was written since it,
+/// and the document saved anew otherwise.
+#[test]
+fn a_document_is_sent_as_its_stored_snapshot_while_nothing_is_written_beside_it() {
+    use crate::sync::SyncStore;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(dir_a.path(), "n1");
+    let doc = DocId::Memory(Scope::Mesh);
+    a.batch(|batch| {
+        for i in 0..200 {
+            batch.put_memory(&Scope::Mesh, &format!("k{i}"), json!("the same words"))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    // B clones the document from bytes that are not what saving it gives, and stores them.
+    let uncompressed = Automerge::load(&a.export(&doc).unwrap().unwrap())
+        .unwrap()
+        .save_nocompress();
+    let mut b = open(dir_b.path(), "n2");
+    let keep = b
+        .vet_document(&doc, &uncompressed, a.signatures(&doc).unwrap())
+        .unwrap();
+    b.merge_document(&doc, &uncompressed, keep).unwrap();
+    assert_ne!(b.document(&doc).unwrap().save(), uncompressed);
+    assert_eq!(b.snapshot(&doc).unwrap(), uncompressed);
+    b.docs.remove(&doc);
+    assert_eq!(b.snapshot(&doc).unwrap(), uncompressed, "not loaded");
+
+    b.put_memory(&Scope::Mesh, "k-more", json!(2)).unwrap();
+    let sent = b.snapshot(&doc).unwrap();
+    assert_ne!(sent, uncompressed);
+    assert_eq!(Automerge::load(&sent).unwrap().get_heads(), b.heads(&doc));
+}
