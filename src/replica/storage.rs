@@ -105,6 +105,25 @@ impl Storage {
         Ok(StoredDoc { snapshot, changes })
     }
 
+    /// The snapshot of one document when no change is stored beside it (the document is the
+    /// snapshot alone); `None` otherwise. The changes are not read.
+    pub fn snapshot_alone(&self, name: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
+        self.refuse_unreadable()?;
+        if self
+            .docs
+            .scan_prefix(change_prefix(name))
+            .keys()
+            .next()
+            .is_some()
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .docs
+            .get(snapshot_key(name))?
+            .map(|bytes| bytes.to_vec()))
+    }
+
     /// The tree holding documents and their index, for reads and for building batches.
     /// Refused once a failed write could not be undone in memory (see `undo`).
     pub fn tree(&self) -> Result<&sled::Tree, ReplicaError> {

@@ -7,7 +7,7 @@
 //! metadata (hash, actor, dependencies), never their operations. On a full clone of 100 000
 //! changes that walk replaced a quarter of the receiver's time (docs/benchmarks.md, Sync).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{ActorId, Change, ChangeHash};
 
@@ -50,11 +50,13 @@ pub fn check_all(
         .collect();
     let mut signed: HashMap<NodeId, Vec<usize>> = HashMap::new();
     let mut kept = Vec::new();
+    // A set, not a scan of `kept`: a message may carry tens of thousands of signatures.
+    let mut seen = HashSet::new();
     for signature in signatures {
         let signer = signature.verify().map_err(|e| e.to_string())?;
         if let Some(&at) = new.get(&signature.change()) {
-            signed.entry(signer).or_default().push(at);
-            if !kept.contains(&signature) {
+            if seen.insert(signature.clone()) {
+                signed.entry(signer).or_default().push(at);
                 kept.push(signature);
             }
         }

@@ -118,10 +118,12 @@ impl Vouching {
         signatures: Vec<ChangeSignature>,
         mut stored: impl FnMut(&ChangeHash) -> bool,
     ) -> Result<(), VouchingError> {
+        // A set, not a scan of the list: a message may carry tens of thousands of signatures.
+        let mut known: HashSet<ChangeSignature> = self.signatures.iter().cloned().collect();
         for signature in signatures {
             let signer = signature.verify()?;
             let hash = signature.change();
-            if !self.signatures.contains(&signature) {
+            if known.insert(signature.clone()) {
                 self.signatures.push(signature);
             }
             self.spread(signer, hash, false, &mut stored);
