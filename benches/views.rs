@@ -119,7 +119,7 @@ fn main() {
         put(&replica, round, 0);
         let (time, synced) = timed(|| caches.sync_paced(&replica, None, Pace::Paced).unwrap());
         assert_eq!(synced.report.written, 1, "the page only: {synced:?}");
-        assert!(synced.json_due.is_some(), "{synced:?}");
+        assert!(synced.due.is_some(), "{synced:?}");
         paced.push(time);
         put(&replica, round, 2);
         let (time, report) = timed(|| {

@@ -56,7 +56,7 @@ impl Views {
     /// when there is an importer. A failing view is logged and does not stop the others: the
     /// replica is the truth, and what a view failed to take in is redone on the next change.
     /// The replica is locked only to read what changed and to import. Returns when the views
-    /// owe a write that `pace` put off (`mesh-memory.json`: `cache::Pace`).
+    /// owe a write that `pace` put off (`mesh-memory.json`, a scope's page: `cache::Pace`).
     pub fn write(&self, replica: &SharedReplica, pace: Pace) -> Option<Duration> {
         let mut owed = None;
         if let Some(cache) = &self.cache {
@@ -66,8 +66,8 @@ impl Views {
                 .map(|import| import as &dyn Fn(&Change) -> Result<(), String>);
             match cache.sync_paced(replica, import, pace) {
                 Ok(synced) => {
-                    tracing::debug!(report = ?synced.report, json_due = ?synced.json_due, "caches written");
-                    owed = synced.json_due;
+                    tracing::debug!(report = ?synced.report, due = ?synced.due, "caches written");
+                    owed = synced.due;
                 }
                 Err(error) => tracing::warn!(%error, "caches not written"),
             }

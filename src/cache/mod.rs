@@ -2,7 +2,8 @@
 //! `mesh/skills/<name>.md`) and what an OpenClaw agent loads itself (`<name>/SKILL.md`
 //! folders and one Markdown file of memory per scope). Written from the replica in
 //! proportion to what changed (`update`; `mesh-memory.json` is one file for all memory:
-//! `memory_json`), each file by atomic rename and only when its content changed, and only
+//! `memory_json`; both it and a scope's page are rewritten whole, at most once per interval:
+//! `pace`), each file by atomic rename and only when its content changed, and only
 //! where the path is free or holds exactly what meshd wrote (`manifest`). Both ways: what
 //! others change in them is read back as writes to the mesh (`inbound`), except the memory
 //! pages.
@@ -12,6 +13,7 @@ mod files;
 mod inbound;
 mod manifest;
 mod memory_json;
+mod pace;
 mod parts;
 mod render;
 mod update;
@@ -27,7 +29,7 @@ pub use inbound::Change;
 use inbound::Edit;
 pub use manifest::Collision;
 use manifest::Manifest;
-pub use memory_json::{Pace, BYTES_PER_SECOND as MEMORY_JSON_BYTES_PER_SECOND};
+pub use pace::Pace;
 pub use render::safe_name;
 use render::MEMORY_JSON;
 pub use update::Synced;
@@ -160,8 +162,8 @@ impl CacheFiles {
     }
 
     /// `sync`, rewriting only what changed since this process last wrote the caches (the
-    /// first time: everything); with `Pace::Paced`, `mesh-memory.json` waits for its
-    /// interval (`Synced::json_due` says how long).
+    /// first time: everything); with `Pace::Paced`, `mesh-memory.json` and the memory pages
+    /// wait for their intervals (`pace`; `Synced::due` says how long).
     pub fn sync_paced(
         &self,
         replica: &SharedReplica,
@@ -261,6 +263,7 @@ fn read_back(
 mod tests {
     use std::cell::RefCell;
     use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
 
     use super::*;
     use crate::model::{MemoryEntry, Scope, Stamp, Via};
@@ -581,6 +584,49 @@ mod tests {
         assert_eq!((report.written, report.unchanged), (1, 0));
         assert!(quiet_page.exists());
         assert_eq!(files.sync(&replica, None).unwrap(), CacheReport::default());
+    }
+
+    /// A scope's page is rewritten whole, so under a stream of changes a large one waits its
+    /// interval (8 MB here: half a second at least) while a small one is put at once; a write
+    /// that may not wait (a stop, `meshd cache write`) puts it with the newest entries.
+    #[test]
+    fn a_large_page_waits_its_interval_and_a_small_one_does_not() {
+        let (_temp, replica, paths, files) = setup();
+        let (large, small) = (Scope::User("large".into()), Scope::User("small".into()));
+        let paragraph = "a long note about the project, kept whole. ".repeat(12_000);
+        replica
+            .batch(|batch| {
+                for key in 0..16 {
+                    let value = format!("{key}: {paragraph}");
+                    batch.put_memory(&large, &format!("k{key}"), value.into())?;
+                }
+                batch.put_memory(&small, "k", "first".into())
+            })
+            .unwrap();
+        files.sync(&replica, None).unwrap();
+        let large_page = paths.memory_dir.join("user-large.md");
+        assert!(std::fs::metadata(&large_page).unwrap().len() > 8_000_000);
+
+        replica
+            .batch(|batch| {
+                batch.put_memory(&large, "fresh", "newest large".into())?;
+                batch.put_memory(&small, "k", "second".into())
+            })
+            .unwrap();
+        let synced = files.sync_paced(&replica, None, Pace::Paced).unwrap();
+        assert_eq!(synced.report.written, 1, "the small page only: {synced:?}");
+        let page = |file: &str| std::fs::read_to_string(paths.memory_dir.join(file)).unwrap();
+        assert!(page("user-small.md").contains("\nsecond\n"));
+        assert!(!page("user-large.md").contains("newest large"));
+        assert!(synced.due.is_some_and(|due| due > Duration::ZERO));
+
+        let synced = files.sync_paced(&replica, None, Pace::Now).unwrap();
+        assert_eq!(
+            synced.report.written, 2,
+            "the large page and mesh-memory.json"
+        );
+        assert_eq!(synced.due, None);
+        assert!(page("user-large.md").contains("newest large"));
     }
 
     /// Incremental writes keep the never-clobber rule: a foreign file at a skill's name gets

@@ -1,7 +1,9 @@
 //! Writing the caches in proportion to what changed. The caches remember the heads of each
 //! document they reflect (`follow::Seen`); after a burst of changes only the memory pages of
 //! the scopes that moved and the files of the skills that moved are rendered and put again,
-//! and `mesh-memory.json` when memory moved (paced: `memory_json`). A process that has
+//! and `mesh-memory.json` when memory moved. Those two are rewritten whole, so each waits its
+//! interval (`pace`): under a stream of changes a large scope's page is put at most once per
+//! interval, and the newest changes with it. A process that has
 //! written nothing yet, or a document whose heads the caches saw are not in it any more,
 //! writes everything once. Memory is read a part at a time (`parts`) for both. The
 //! never-clobber rules (`files`) apply to each file alike.
@@ -12,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::files::{Content, Layout, Placer, Rendered};
 use super::manifest::{Collision, Manifest};
-use super::memory_json::{self, JsonPace, Pace};
+use super::memory_json;
+use super::pace::{self, FilePace, Pace};
 use super::parts::ScopeEntries;
 use super::render::{self, MEMORY_JSON};
 use super::{CacheError, CachePaths, CacheReport};
@@ -28,14 +31,16 @@ pub struct Followed {
     skill_files: BTreeMap<String, BTreeSet<String>>,
     /// The memory pages by file name, with their scope.
     pages: BTreeMap<String, Scope>,
-    json: JsonPace,
+    /// When each scope's page was written, and whether the scope changed since.
+    page_paces: BTreeMap<Scope, FilePace>,
+    json: FilePace,
 }
 
-/// What a write did, and when it owes `mesh-memory.json` (its interval had not passed).
+/// What a write did, and when it owes a file it put off (its interval had not passed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Synced {
     pub report: CacheReport,
-    pub json_due: Option<Duration>,
+    pub due: Option<Duration>,
 }
 
 /// Where the caches go and how they are read from the replica.
@@ -69,10 +74,7 @@ pub fn write(
         _ => {
             let (report, state) = writer.all(manifest, moves.heads)?;
             *followed = Some(state);
-            Ok(Synced {
-                report,
-                json_due: None,
-            })
+            Ok(Synced { report, due: None })
         }
     }
 }
@@ -113,7 +115,7 @@ impl Writer<'_> {
         let len = memory_json::write_from(paths, &mut placer, replica, self.own, part)?;
         followed.json.written(len, started, Instant::now());
         followed.skill_files = self.all_skills(&mut placer, skills)?;
-        followed.pages = self.all_pages(&mut placer, scopes)?;
+        followed.pages = self.all_pages(&mut placer, scopes, &mut followed.page_paces)?;
         let Placer {
             manifest,
             report,
@@ -158,11 +160,18 @@ impl Writer<'_> {
         &self,
         placer: &mut Placer<'_>,
         scopes: Vec<Scope>,
+        paces: &mut BTreeMap<Scope, FilePace>,
     ) -> Result<BTreeMap<String, Scope>, CacheError> {
         let mut pages = BTreeMap::new();
         let mut rendered_pages = BTreeMap::new();
         for scope in scopes {
+            let started = Instant::now();
             let (file, rendered) = self.page(&scope)?;
+            let len = rendered.as_ref().map_or(0, Rendered::len);
+            paces
+                .entry(scope.clone())
+                .or_default()
+                .written(len, started, Instant::now());
             if let Some(rendered) = rendered {
                 pages.insert(file.clone(), scope);
                 rendered_pages.insert(file, rendered);
@@ -186,12 +195,12 @@ impl Writer<'_> {
             collisions: Vec::new(),
         };
         let mut touched = BTreeSet::new();
-        let mut scopes = BTreeSet::new();
         let mut skill_names = BTreeSet::new();
         for (doc, moved) in &moves.docs {
             match (doc, moved) {
                 (DocId::Memory(scope) | DocId::Bucket(scope, _), _) => {
-                    scopes.insert(scope.clone());
+                    let page = followed.page_paces.entry(scope.clone()).or_default();
+                    page.mark_stale();
                     followed.json.mark_stale();
                 }
                 (DocId::Skills, Moved::Keys(names)) => skill_names.extend(names.iter().cloned()),
@@ -200,13 +209,27 @@ impl Writer<'_> {
             }
         }
         let memory_dir = &self.target.paths.memory_dir;
-        for (file, scope) in &followed.pages {
-            if self.needs_check(placer.manifest, memory_dir, Layout::Files, file) {
-                scopes.insert(scope.clone());
+        // A page just read back or deleted is put again at once: nothing was waiting for it.
+        let mut scopes: BTreeSet<Scope> = (followed.pages.iter())
+            .filter(|(file, _)| self.needs_check(placer.manifest, memory_dir, Layout::Files, file))
+            .map(|(_, scope)| scope.clone())
+            .collect();
+        let mut due = None;
+        let now = Instant::now();
+        for (scope, page) in &followed.page_paces {
+            if page.is_stale() {
+                match page.wait(pace, now) {
+                    None => {
+                        scopes.insert(scope.clone());
+                    }
+                    wait => due = pace::sooner(due, wait),
+                }
             }
         }
         for scope in scopes {
+            let started = Instant::now();
             let (file, rendered) = self.page(&scope)?;
+            let len = rendered.as_ref().map_or(0, Rendered::len);
             placer.update(
                 memory_dir,
                 Layout::Files,
@@ -215,9 +238,11 @@ impl Writer<'_> {
             )?;
             touched.insert(memory_dir.join(&file));
             match rendered {
-                Some(_) => followed.pages.insert(file, scope),
+                Some(_) => followed.pages.insert(file, scope.clone()),
                 None => followed.pages.remove(&file),
             };
+            let page = followed.page_paces.entry(scope).or_default();
+            page.written(len, started, Instant::now());
         }
         self.skills(&mut placer, followed, skill_names, &mut touched)?;
         let Target {
@@ -235,6 +260,7 @@ impl Writer<'_> {
         }
         let started = Instant::now();
         let json_due = followed.json.wait(pace, started);
+        due = pace::sooner(due, json_due);
         if followed.json.is_stale() && json_due.is_none() {
             let len = memory_json::write_from(paths, &mut placer, replica, self.own, part)?;
             followed.json.written(len, started, Instant::now());
@@ -247,7 +273,7 @@ impl Writer<'_> {
         } = placer;
         warn_new(manifest.update_collisions(&touched, collisions));
         followed.seen = moves.heads;
-        Ok(Synced { report, json_due })
+        Ok(Synced { report, due })
     }
 
     /// Puts again the files of the skills named, and of any other skill whose file needs a
