@@ -11,13 +11,15 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Freed pages go back to the system within a second, from jemalloc's own thread; four arenas
-/// are enough for the daemon's few busy threads and hold less idle memory than one per core
-/// times four.
+/// Freed pages go back to the system at once: documents evicted under the memory budget and
+/// loaded again free and take about a megabyte each, and a decay of one second kept 40 to 70 MB
+/// of such pages resident under a stream of writes on a million entries (docs/benchmarks.md,
+/// Scale). Four arenas are enough for the daemon's few busy threads and hold less idle memory
+/// than one per core times four.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] =
-    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:4\0";
+    b"background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0,narenas:4\0";
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away
