@@ -881,9 +881,10 @@ type ByDoc = VecDeque<(DocId, Vec<Staged>)>;
 
 /// The most writes one part of a batch applies before it is committed (`commit_writes`):
 /// sled holds a batch's every key in memory while it applies it, several kB per write (a
-/// 25 000-key part cost about 170 MB more than parts of 4096: docs/benchmarks.md, Scale),
-/// and a flush per 4096 writes costs little.
-const PART_WRITES: usize = 4096;
+/// 25 000-key part cost about 170 MB more than parts of 4096, and parts of 1024 about 30 to
+/// 50 MB less than 4096: docs/benchmarks.md, Scale), and a flush per 1024 writes costs
+/// little (an ingest of 100 000 keys took as long).
+const PART_WRITES: usize = 1024;
 
 /// When a part of a batch is committed: its documents' estimated memory, its writes.
 #[derive(Clone, Copy)]

@@ -1322,8 +1322,8 @@ fn a_batch_of_many_writes_is_committed_in_parts_of_bounded_size() {
     .unwrap();
     assert_eq!(
         commits(&metrics),
-        3,
-        "10 000 writes in parts of at most 4096"
+        10,
+        "10 000 writes in parts of at most 1024"
     );
     assert_eq!(r.counts().0, 10_000);
     r.check_index().unwrap();
