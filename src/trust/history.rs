@@ -50,15 +50,17 @@ pub fn check_all(
         .collect();
     let mut signed: HashMap<NodeId, Vec<usize>> = HashMap::new();
     let mut kept = Vec::new();
-    // A set, not a scan of `kept`: a message may carry tens of thousands of signatures.
+    // A message may carry tens of thousands of signatures: an exact copy of one already
+    // verified is skipped before its (costly) verification, by a set, not a scan of `kept`.
     let mut seen = HashSet::new();
     for signature in signatures {
+        if !seen.insert(signature.clone()) {
+            continue;
+        }
         let signer = signature.verify().map_err(|e| e.to_string())?;
         if let Some(&at) = new.get(&signature.change()) {
-            if seen.insert(signature.clone()) {
-                signed.entry(signer).or_default().push(at);
-                kept.push(signature);
-            }
+            signed.entry(signer).or_default().push(at);
+            kept.push(signature);
         }
     }
     let vouchers = vouchers(history, &new, signed);
