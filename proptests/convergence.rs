@@ -299,7 +299,7 @@ impl World {
                 let entry = replica
                     .put_memory(&scope, &key, serde_json::json!(value))
                     .expect("valid write");
-                let hash = last_local(replica, &doc);
+                let hash = last_local(replica, &doc, &before);
                 self.model.memory(entry, &doc, hash);
                 self.push_local(*at, &doc, &before);
             }
@@ -315,7 +315,7 @@ impl World {
                 let before = SyncStore::heads(replica, &doc);
                 if replica.delete_memory(&scope, &key).expect("valid delete") {
                     let (tombstone, _) = replica.memory_versions(&scope, &key).unwrap().unwrap();
-                    let hash = last_local(replica, &doc);
+                    let hash = last_local(replica, &doc, &before);
                     self.model.memory(tombstone, &doc, hash);
                     self.push_local(*at, &doc, &before);
                 }
@@ -337,7 +337,7 @@ impl World {
                         ..SkillWrite::default()
                     })
                     .expect("valid skill");
-                let hash = last_local(replica, &DocId::Skills);
+                let hash = last_local(replica, &DocId::Skills, &before);
                 self.model
                     .skill(written.name.clone(), SkillVersion::of(&written), hash);
                 self.push_local(*at, &DocId::Skills, &before);
@@ -348,7 +348,7 @@ impl World {
                 let before = SyncStore::heads(replica, &DocId::Skills);
                 if replica.delete_skill(&name).expect("valid delete") {
                     let (winner, _) = replica.skill_versions(&name).unwrap().unwrap();
-                    let hash = last_local(replica, &DocId::Skills);
+                    let hash = last_local(replica, &DocId::Skills, &before);
                     self.model.skill(name, SkillVersion::of(&winner), hash);
                     self.push_local(*at, &DocId::Skills, &before);
                 }
@@ -664,12 +664,12 @@ fn scope(user: bool) -> Scope {
     }
 }
 
-fn last_local(replica: &mut Replica, doc: &DocId) -> ChangeHash {
-    replica
-        .document(doc)
-        .and_then(|d| d.get_last_local_change())
-        .expect("the write made a change")
-        .hash()
+/// The change a write made: the one change since `before` (a write to a document not in
+/// memory is appended without loading it, so the document may not know it as local).
+fn last_local(replica: &mut Replica, doc: &DocId, before: &[ChangeHash]) -> ChangeHash {
+    let made = SyncStore::hashes_since(replica, doc, before);
+    assert_eq!(made.len(), 1, "the write made one change");
+    made[0]
 }
 
 impl Edit {

@@ -28,6 +28,9 @@ impl Replica {
         if self.heads(doc) == since && !since.is_empty() {
             return Changed::Nothing;
         }
+        if let Some(names) = self.appended_names(doc, since) {
+            return Changed::Names(names);
+        }
         let Some(document) = self.document(doc) else {
             return Changed::Everything;
         };

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 
 use automerge::{Change, ChangeHash, ReadDoc};
 
+use super::append::Appended;
 use super::changes::changed_names;
 use super::index::{self, Summary};
 use super::integrity::{self, DocRecord, Record, Shortfall};
@@ -43,6 +44,8 @@ pub(super) struct Pending {
     /// Signatures from peers that vouch for `changes`; the changes made here are signed when
     /// they are stored.
     pub signatures: Vec<(DocId, ChangeSignature)>,
+    /// What the changes appended to documents not loaded leave for the index (`append`).
+    pub appended: Vec<(DocId, Appended)>,
 }
 
 impl Pending {
@@ -113,7 +116,7 @@ impl Replica {
             return Err(error);
         }
         let touched = self.touched(&pending.before);
-        let (summaries, undo) = match self.stage_index(&mut batch, &touched) {
+        let (summaries, undo) = match self.stage_index(&mut batch, &touched, &pending.appended) {
             Ok(staged) => staged,
             Err(error) => {
                 self.roll_back(pending.before);
@@ -128,9 +131,14 @@ impl Replica {
         }
         self.take_summaries(summaries);
         for (doc, change) in &pending.changes {
+            if change.actor_id() == &self.actor {
+                self.own_seqs.insert(doc.clone(), change.seq());
+            }
             if let Some(state) = self.docs.get_mut(doc) {
                 state.changes_since_snapshot += 1;
                 state.bytes_since_snapshot += change.raw_bytes().len();
+            } else if pending.appended.iter().any(|(appended, _)| appended == doc) {
+                self.log_appended(doc, change);
             }
         }
         for (doc, _) in &pending.before {
@@ -171,7 +179,7 @@ impl Replica {
             self.roll_back(before);
             return Err(error);
         }
-        let (summaries, undo) = match self.stage_index(&mut batch, &touched) {
+        let (summaries, undo) = match self.stage_index(&mut batch, &touched, &[]) {
             Ok(staged) => staged,
             Err(error) => {
                 self.roll_back(before);
@@ -203,18 +211,22 @@ impl Replica {
             .collect()
     }
 
-    /// Adds the index entries of what was touched to `batch`; returns the summaries as the
-    /// batch leaves them, and what undoes it.
+    /// Adds the index entries of what was touched, and of what was appended, to `batch`;
+    /// returns the summaries as the batch leaves them, and what undoes it.
     fn stage_index(
         &self,
         batch: &mut sled::Batch,
         touched: &Touched,
+        appended: &[(DocId, Appended)],
     ) -> Result<(Summaries, index::Undo)> {
         let mut staging = index::Staging::new(self.storage.tree()?, &self.summaries);
         for (doc, names) in touched {
             if let Some(state) = self.docs.get(doc) {
                 staging.update(doc, &state.doc, names)?;
             }
+        }
+        for (doc, appended) in appended {
+            staging.appended(doc, appended)?;
         }
         Ok(staging.finish(batch))
     }
@@ -245,6 +257,7 @@ impl Replica {
     /// Takes documents back to heads that are durable, after a failed persist.
     pub(super) fn roll_back(&mut self, before: Vec<(DocId, Vec<ChangeHash>)>) {
         self.actor = self.key.actor();
+        self.own_seqs.clear();
         for (doc, heads) in before {
             if heads.is_empty() {
                 self.docs.remove(&doc);

@@ -48,6 +48,7 @@ impl Replica {
         }
         gathered.changes.extend(pending.changes);
         gathered.signatures.extend(pending.signatures);
+        gathered.appended.extend(pending.appended);
         Ok(())
     }
 

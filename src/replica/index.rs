@@ -21,7 +21,9 @@
 //! - `x\0<scope or skills>\0<key or skill name>` → empty: present while the versions shown
 //!   are concurrent (a conflict), so the conflicts are listed without reading every entry;
 //! - `h\0<doc>` → the summary of one document: live entries (u64; of a scope's documents,
-//!   the one holding a key's winner counts it), changes (u64), heads (32 bytes each);
+//!   the one holding a key's winner counts it), changes (u64), the greatest operation
+//!   counter of its heads (u64; absent from summaries written before it was kept), heads (32
+//!   bytes each);
 //! - `v\0index-conflicts` → present once every document is indexed with its versions'
 //!   authors and its conflicts (stores of earlier versions, whose index lacks either, are
 //!   indexed again once, at their first open).
@@ -29,7 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use super::{memory_doc, skills_doc, ReplicaError, Result};
@@ -50,32 +52,72 @@ pub struct Summary {
     pub live: u64,
     /// Changes in the document's history.
     pub changes: u64,
+    /// The greatest operation counter of the changes at its heads (every other change is
+    /// an ancestor of one of them, with lower counters): a change made without loading the
+    /// document starts after it (`append`). `None` in a summary written before it was kept.
+    pub max_op: Option<u64>,
 }
 
 impl Summary {
     fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(16 + 32 * self.heads.len());
+        let mut bytes = Vec::with_capacity(24 + 32 * self.heads.len());
         bytes.extend_from_slice(&self.live.to_be_bytes());
         bytes.extend_from_slice(&self.changes.to_be_bytes());
+        if let Some(max_op) = self.max_op {
+            bytes.extend_from_slice(&max_op.to_be_bytes());
+        }
         for head in &self.heads {
             bytes.extend_from_slice(&head.0);
         }
         bytes
     }
 
+    /// Reads both shapes: 16 bytes of counts then the heads, or 24 with the greatest
+    /// operation counter (the heads are 32 bytes each, so the lengths never meet).
     fn decode(bytes: &[u8]) -> Result<Summary> {
         let damaged = ReplicaError::Corrupt("a document summary of the index does not decode");
-        if bytes.len() < 16 || !(bytes.len() - 16).is_multiple_of(32) {
-            return Err(damaged);
-        }
+        let counts = match bytes.len().checked_rem(32) {
+            Some(16) => 16,
+            Some(24) => 24,
+            _ => return Err(damaged),
+        };
         let number = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         Ok(Summary {
             live: number(0),
             changes: number(8),
-            heads: bytes[16..]
+            max_op: (counts == 24).then(|| number(16)),
+            heads: bytes[counts..]
                 .chunks_exact(32)
                 .map(|chunk| ChangeHash(chunk.try_into().unwrap_or([0; 32])))
                 .collect(),
+        })
+    }
+}
+
+/// The Automerge operation that put a version: what a write made without loading the
+/// document names as the operation it supersedes (`append`). Stored as `<counter>@<actor>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OpRef {
+    pub counter: u64,
+    pub actor: ActorId,
+}
+
+impl From<OpRef> for String {
+    fn from(op: OpRef) -> String {
+        format!("{}@{}", op.counter, op.actor)
+    }
+}
+
+impl TryFrom<String> for OpRef {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<OpRef, String> {
+        let invalid = || format!("'{text}' is not an operation id");
+        let (counter, actor) = text.split_once('@').ok_or_else(invalid)?;
+        Ok(OpRef {
+            counter: counter.parse().map_err(|_| invalid())?,
+            actor: ActorId::try_from(actor).map_err(|_| invalid())?,
         })
     }
 }
@@ -94,6 +136,9 @@ struct IndexedVersion {
     /// The bucket document holding it; `None`: the scope's base document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bucket: Option<u8>,
+    /// The operation that put it; `None` in entries indexed before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    op: Option<OpRef>,
 }
 
 impl Versioned for IndexedVersion {
@@ -103,8 +148,9 @@ impl Versioned for IndexedVersion {
 }
 
 impl IndexedVersion {
-    fn stored(entry: MemoryEntry, bucket: Option<u8>) -> IndexedVersion {
+    fn stored(entry: MemoryEntry, bucket: Option<u8>, op: Option<OpRef>) -> IndexedVersion {
         IndexedVersion {
+            op,
             value: entry.value,
             node_id: entry.node_id,
             updated_at: entry.updated_at,
@@ -145,6 +191,9 @@ fn part_doc(scope: &Scope, bucket: Option<u8>) -> DocId {
     }
 }
 
+/// A version a document holds, and the operation that put it.
+pub type PutVersion = (MemoryEntry, Option<OpRef>);
+
 /// A key's versions in every document of its scope, ordered by document (base first), each
 /// document's in its own order: the order `resolve` breaks exact ties by, the same on every
 /// node.
@@ -158,10 +207,13 @@ impl KeyVersions {
     }
 
     /// These versions with those of `bucket`'s document replaced by `now`.
-    fn replacing(self, bucket: Option<u8>, now: Vec<MemoryEntry>) -> KeyVersions {
+    fn replacing(self, bucket: Option<u8>, now: Vec<PutVersion>) -> KeyVersions {
         let mut versions: Vec<IndexedVersion> =
             self.0.into_iter().filter(|v| v.bucket != bucket).collect();
-        versions.extend(now.into_iter().map(|v| IndexedVersion::stored(v, bucket)));
+        versions.extend(
+            now.into_iter()
+                .map(|(version, op)| IndexedVersion::stored(version, bucket, op)),
+        );
         versions.sort_by_key(|v| v.bucket.map_or(0, |b| u16::from(b) + 1));
         KeyVersions(versions)
     }
@@ -389,6 +441,22 @@ pub fn newest_stamp(tree: &sled::Tree) -> Result<Option<(String, Stamp)>> {
     Ok(newest)
 }
 
+/// The operations that put the versions `doc` holds of `key`, for a write that supersedes
+/// them without loading the document; `None` when one of them is not known (an entry
+/// indexed before operations were kept).
+pub fn ops_held(tree: &sled::Tree, doc: &DocId, key: &str) -> Result<Option<Vec<OpRef>>> {
+    let Some(bytes) = tree.get(entry_key(doc, key))? else {
+        return Ok(Some(Vec::new()));
+    };
+    let bucket = bucket_of(doc);
+    Ok(KeyVersions::decode(&bytes)?
+        .0
+        .into_iter()
+        .filter(|version| version.bucket == bucket)
+        .map(|version| version.op)
+        .collect())
+}
+
 /// The versions shown of a key: those of the document holding its winner.
 fn decode_memory(scope: &Scope, key: &str, bytes: &[u8]) -> Result<Vec<MemoryEntry>> {
     Ok(KeyVersions::decode(bytes)?
@@ -532,15 +600,39 @@ impl<'t> Staging<'t> {
         let mut summary = self.summary(doc).unwrap_or_default();
         summary.heads = document.get_heads();
         summary.changes = document.stats().num_changes;
+        summary.max_op = Some(max_op_of_heads(document, &summary.heads));
         self.set_summary(doc, Some(summary));
         for name in names {
             match doc.scope() {
                 Some(scope) => {
-                    let now = memory_doc::versions(document, scope, name);
+                    let now = memory_doc::current(document, scope, name)
+                        .into_iter()
+                        .map(|(version, op)| {
+                            (version, op.map(|(counter, actor)| OpRef { counter, actor }))
+                        })
+                        .collect();
                     self.replace_memory(doc, scope, name, now)?;
                 }
                 None => self.replace_skill(document, name)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Stages what changes appended to `doc` without loading it leave (`append`): its new
+    /// heads, `changes` more changes, its greatest operation counter, and for each key the
+    /// one version the document now holds of it.
+    pub fn appended(&mut self, doc: &DocId, appended: &super::append::Appended) -> Result<()> {
+        let mut summary = self.summary(doc).unwrap_or_default();
+        summary.heads = vec![appended.head];
+        summary.changes += appended.changes as u64;
+        summary.max_op = Some(appended.max_op);
+        self.set_summary(doc, Some(summary));
+        let Some(scope) = doc.scope() else {
+            return Err(ReplicaError::Corrupt("a change was appended to the skills"));
+        };
+        for (key, version) in &appended.versions {
+            self.replace_memory(doc, scope, key, vec![version.clone()])?;
         }
         Ok(())
     }
@@ -552,7 +644,7 @@ impl<'t> Staging<'t> {
         doc: &DocId,
         scope: &Scope,
         name: &str,
-        now: Vec<MemoryEntry>,
+        now: Vec<PutVersion>,
     ) -> Result<()> {
         let key = entry_key(doc, name);
         let before = match self.get(&key)? {
@@ -668,6 +760,16 @@ impl<'t> Staging<'t> {
         }
         (self.summaries, self.undo)
     }
+}
+
+/// The greatest operation counter among the changes at `heads`.
+fn max_op_of_heads(document: &Automerge, heads: &[ChangeHash]) -> u64 {
+    heads
+        .iter()
+        .filter_map(|head| document.get_change_meta_by_hash(head))
+        .map(|meta| meta.max_op)
+        .max()
+        .unwrap_or(0)
 }
 
 fn skill_is_live(bytes: &[u8]) -> bool {

@@ -110,6 +110,8 @@ impl Replica {
             .load_doc(&name)
             .map_err(|error| self.storage.note_failure(error))?;
         let mut state = load_doc(&name, stored, &self.actor)?;
+        // Loaded, the document answers what its log of appended changes did.
+        self.appended.remove(doc);
         state.edits = self.next_edit();
         self.loads += 1;
         Ok(state)

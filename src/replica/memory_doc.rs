@@ -67,18 +67,9 @@ fn actor_of(op: &ObjId) -> Option<&ActorId> {
 }
 
 /// Every concurrent version of `key`, tombstones included, in no particular order, each with
-/// the author of the change that wrote it. Versions that do not parse (written by something
-/// that is not meshd) are skipped.
-pub fn versions(doc: &Automerge, scope: &Scope, key: &str) -> Vec<MemoryEntry> {
-    current(doc, scope, key)
-        .into_iter()
-        .map(|(entry, _)| entry)
-        .collect()
-}
-
-/// The concurrent versions of `key` with the (counter, actor) of the operation that wrote
-/// each.
-fn current(
+/// the author of the change that wrote it and the (counter, actor) of the operation that put
+/// it. Versions that do not parse (written by something that is not meshd) are skipped.
+pub fn current(
     doc: &Automerge,
     scope: &Scope,
     key: &str,
@@ -163,6 +154,11 @@ pub fn put(
     tx: &mut impl Transactable,
     entry: &MemoryEntry,
 ) -> Result<(), automerge::AutomergeError> {
+    tx.put(ROOT, entry.key.as_str(), stored_text(entry))
+}
+
+/// The scalar a version is stored as under its key.
+pub fn stored_text(entry: &MemoryEntry) -> String {
     let stored = StoredVersion {
         value: entry.value.clone(),
         node_id: entry.node_id.clone(),
@@ -170,6 +166,11 @@ pub fn put(
         deleted: entry.deleted,
         claim: entry.claim.clone(),
     };
-    let text = serde_json::to_string(&stored).expect("JSON values always serialize");
-    tx.put(ROOT, entry.key.as_str(), text)
+    serde_json::to_string(&stored).expect("JSON values always serialize")
+}
+
+/// The version a stored scalar holds, as reading the document written by `actor` gives it;
+/// `None` for a scalar meshd did not write.
+pub fn read_text(text: &str, scope: &Scope, key: &str, actor: &ActorId) -> Option<MemoryEntry> {
+    StoredVersion::parse(text).map(|stored| stored.into_entry(scope, key, Some(actor)))
 }

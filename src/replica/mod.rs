@@ -1,6 +1,7 @@
 //! The node's replica: one Automerge document per memory scope plus one for skills, persisted
 //! in sled. The only code that touches Automerge documents or the store.
 
+mod append;
 mod changes;
 mod detached;
 mod durable;
@@ -209,6 +210,11 @@ pub struct Replica {
     gathered: Option<Pending>,
     /// The document the last vetting loaded, for the merge that follows it (`vet::Vetted`).
     vetted: Option<vet::Vetted>,
+    /// The sequence number of `actor`'s last change to each document: a change appended to
+    /// a document without loading it goes on from it (`append`).
+    own_seqs: HashMap<DocId, u64>,
+    /// The changes appended to each document since it was last loaded (`append`).
+    appended: HashMap<DocId, append::AppendLog>,
 }
 
 /// Runs `open` until the store is no longer locked by another holder or `wait` has passed:
@@ -279,6 +285,8 @@ impl Replica {
             metrics: None,
             gathered: None,
             vetted: None,
+            own_seqs: HashMap::new(),
+            appended: HashMap::new(),
         }
     }
 
@@ -601,54 +609,70 @@ impl Replica {
                 break;
             }
             pending.writes += writes.len();
-            let edit = self.next_edit();
-            let state = match self.state_or_new(&doc) {
-                Ok(state) => state,
+            let applied = match self.append_basis(&doc, &writes) {
+                Ok(Some(basis)) => self.append_writes(&doc, &writes, basis, seconds, &mut pending),
+                Ok(None) => self.apply_loaded(&doc, &writes, seconds, &mut pending),
+                Err(error) => Err(error),
+            };
+            match applied {
+                Ok(memory) => loaded += memory,
                 Err(error) => {
                     self.roll_back(pending.before);
                     return Err(error);
                 }
-            };
-            pending.touch(&doc, state.doc.get_heads());
-            // Past this many bytes of values a change is committed and the next one begun, so
-            // a large batch (a bridge ingest of 70 000 keys) makes bounded changes that travel
-            // and apply whole, not one of tens of MiB.
-            const MAX_CHANGE_VALUES: usize = 4 << 20;
-            let size = |write: &Staged| match write {
-                Staged::Memory(entry, _) => serde_json::to_vec(&entry.value).map_or(0, |v| v.len()),
-                Staged::Skill(skill) => skill.content.len() + skill.description.len(),
-            };
-            let mut chunks: Vec<Vec<&Staged>> = Vec::new();
-            let mut staged = MAX_CHANGE_VALUES;
-            for write in &writes {
-                if staged >= MAX_CHANGE_VALUES {
-                    chunks.push(Vec::new());
-                    staged = 0;
-                }
-                staged += size(write);
-                if let Some(chunk) = chunks.last_mut() {
-                    chunk.push(write);
-                }
             }
-            let mut made = 0;
-            for chunk in chunks {
-                let mut tx = state.doc.transaction();
-                if let Err(e) = chunk.iter().try_for_each(|write| write.apply(&mut tx)) {
-                    tx.rollback();
-                    self.roll_back(pending.before);
-                    return Err(e.into());
-                }
-                // The change records when it was made, for `meshd mem history`.
-                let (hash, _) = tx.commit_with(CommitOptions::default().with_time(seconds));
-                if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
-                    state.edits = edit;
-                    made += change.raw_bytes().len();
-                    pending.changes.push((doc.clone(), change));
-                }
-            }
-            loaded += lazy::estimated_memory((&doc, state)) + lazy::memory_of(made);
         }
         Ok(pending)
+    }
+
+    /// Applies `writes` to `doc` loaded (or new), for `pending`; returns the memory the
+    /// document takes now.
+    fn apply_loaded(
+        &mut self,
+        doc: &DocId,
+        writes: &[Staged],
+        seconds: i64,
+        pending: &mut Pending,
+    ) -> Result<u64> {
+        let edit = self.next_edit();
+        let state = self.state_or_new(doc)?;
+        pending.touch(doc, state.doc.get_heads());
+        let mut made = 0;
+        for chunk in change_chunks(writes) {
+            let mut tx = state.doc.transaction();
+            if let Err(e) = chunk.iter().try_for_each(|write| write.apply(&mut tx)) {
+                tx.rollback();
+                return Err(e.into());
+            }
+            // The change records when it was made, for `meshd mem history`.
+            let (hash, _) = tx.commit_with(CommitOptions::default().with_time(seconds));
+            if let Some(change) = hash.and_then(|hash| state.doc.get_change_by_hash(&hash)) {
+                state.edits = edit;
+                made += change.raw_bytes().len();
+                pending.changes.push((doc.clone(), change));
+            }
+        }
+        Ok(lazy::estimated_memory((doc, state)) + lazy::memory_of(made))
+    }
+
+    /// Appends `writes` to `doc`, which is not loaded (`append`), for `pending`; returns the
+    /// memory the changes take.
+    fn append_writes(
+        &mut self,
+        doc: &DocId,
+        writes: &[Staged],
+        basis: BTreeMap<String, Vec<index::OpRef>>,
+        seconds: i64,
+        pending: &mut Pending,
+    ) -> Result<u64> {
+        let (changes, appended) = self.append(doc, &change_chunks(writes), basis, seconds)?;
+        pending.touch(doc, self.heads(doc));
+        let made = changes.iter().map(|change| change.raw_bytes().len()).sum();
+        pending
+            .changes
+            .extend(changes.into_iter().map(|change| (doc.clone(), change)));
+        pending.appended.push((doc.clone(), appended));
+        Ok(lazy::memory_of(made))
     }
 
     // ---- documents, for sync and export -------------------------------------------------
@@ -751,8 +775,8 @@ impl Replica {
                 .map(|change| (doc.clone(), change))
                 .collect(),
             before: vec![(doc.clone(), before)],
-            writes: 0,
             signatures: signatures.into_iter().map(|s| (doc.clone(), s)).collect(),
+            ..Pending::default()
         };
         if let Err(pending) = self.gather(pending) {
             self.persist(pending)?;
@@ -874,6 +898,32 @@ fn load_doc(name: &str, stored: storage::StoredDoc, actor: &ActorId) -> Result<D
     state.changes_since_snapshot = changes.len();
     state.doc.apply_changes(changes).map_err(load_error)?;
     Ok(state)
+}
+
+/// Past this many bytes of values a change is committed and the next one begun, so a large
+/// batch (a bridge ingest of 70 000 keys) makes bounded changes that travel and apply whole,
+/// not one of tens of MiB.
+const MAX_CHANGE_VALUES: usize = 4 << 20;
+
+/// `writes` to one document in the changes they make: one per `MAX_CHANGE_VALUES` of values.
+fn change_chunks(writes: &[Staged]) -> Vec<Vec<&Staged>> {
+    let size = |write: &Staged| match write {
+        Staged::Memory(entry, _) => serde_json::to_vec(&entry.value).map_or(0, |v| v.len()),
+        Staged::Skill(skill) => skill.content.len() + skill.description.len(),
+    };
+    let mut chunks: Vec<Vec<&Staged>> = Vec::new();
+    let mut staged = MAX_CHANGE_VALUES;
+    for write in writes {
+        if staged >= MAX_CHANGE_VALUES {
+            chunks.push(Vec::new());
+            staged = 0;
+        }
+        staged += size(write);
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(write);
+        }
+    }
+    chunks
 }
 
 /// Staged writes by the document they go to, in the order they are applied.

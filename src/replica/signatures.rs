@@ -3,6 +3,8 @@
 //! written in the same batch as the changes they cover:
 //! `g\0<doc>\0<signer's public key><change hash>` → the 64-byte signature.
 
+use std::collections::HashMap;
+
 use automerge::{Automerge, ChangeHash};
 
 use super::durable::Pending;
@@ -88,13 +90,24 @@ impl Replica {
             .map(|(doc, change)| (doc.clone(), self.key.sign(&change.hash())))
             .collect();
         fresh.extend(pending.signatures.iter().cloned());
+        // A change appended to a document not loaded (`append`) has no document to walk: its
+        // own dependencies say what it follows.
+        let deps: HashMap<ChangeHash, &[ChangeHash]> = (pending.changes.iter())
+            .map(|(_, change)| (change.hash(), change.deps()))
+            .collect();
         for (doc, signature) in &fresh {
             let name = doc.name();
             let document = self.docs.get(doc).map(|state| &state.doc);
+            let follows = |old: &ChangeHash| match document {
+                Some(document) => precedes(document, old, &signature.change()),
+                None => deps
+                    .get(&signature.change())
+                    .is_some_and(|deps| deps.contains(old)),
+            };
             for old in stored(self.storage.tree()?, &name)? {
                 let replaced = old.key == signature.key
                     && old.hash != signature.hash
-                    && document.is_some_and(|d| precedes(d, &old.change(), &signature.change()));
+                    && follows(&old.change());
                 if replaced
                     && !fresh
                         .iter()

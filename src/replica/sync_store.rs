@@ -33,24 +33,39 @@ impl SyncStore for Replica {
         Replica::change_count(self, doc)
     }
 
+    // A document written since it was last loaded only by changes appended to it answers
+    // from their log (`append`), so pushing those changes to a peer does not load it.
+
     fn has_change(&mut self, doc: &DocId, hash: &ChangeHash) -> bool {
+        if self.appended_knows(doc, hash) {
+            return true;
+        }
         self.document(doc)
             .is_some_and(|d| d.get_change_meta_by_hash(hash).is_some())
     }
 
     fn hashes_since(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        if let Some(changes) = self.appended_since(doc, heads) {
+            return changes.iter().map(Change::hash).collect();
+        }
         self.document(doc)
             .map(|d| d.get_changes_meta(heads).iter().map(|m| m.hash).collect())
             .unwrap_or_default()
     }
 
     fn changes_since(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<Change> {
+        if let Some(changes) = self.appended_since(doc, heads) {
+            return changes;
+        }
         self.document(doc)
             .map(|d| d.get_changes(heads))
             .unwrap_or_default()
     }
 
     fn change(&mut self, doc: &DocId, hash: &ChangeHash) -> Option<Change> {
+        if let Some(change) = self.appended_change(doc, hash) {
+            return Some(change);
+        }
         self.document(doc)?.get_change_by_hash(hash)
     }
 
@@ -62,6 +77,9 @@ impl SyncStore for Replica {
     }
 
     fn missing_deps(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        if heads.iter().all(|head| self.appended_knows(doc, head)) {
+            return Vec::new();
+        }
         match self.document(doc) {
             Some(d) => d.get_missing_deps(heads),
             None => heads.to_vec(),

@@ -831,13 +831,13 @@ fn a_version_shows_the_node_whose_signed_change_wrote_it() {
     assert_eq!(read.node_id, id_of("x"), "a normal write names its author");
     assert_eq!(read.claim, None);
     assert!(read.authorship().verified);
-    let versions = memory_doc::versions(
+    let versions = memory_doc::current(
         y.document(&DocId::Memory(Scope::Mesh)).unwrap(),
         &Scope::Mesh,
         "k",
     );
     assert_eq!(
-        versions[0].author,
+        versions[0].0.author,
         Some(id_of("x")),
         "read from the change's actor"
     );
@@ -1362,6 +1362,9 @@ fn a_batch_over_the_memory_budget_is_committed_in_parts_without_holding_every_do
 /// evictions between its parts spare those it has yet to write: in document order, each
 /// part's evictions took the buckets the next part was about to write, and a batch into
 /// every bucket loaded all 256 again when 64 were out of memory (169 with the order alone).
+/// Documents not in memory take the writes of new keys without loading (`append`), so the
+/// second batch writes the keys of the first again, indexed as an earlier version indexed
+/// them: without the operations they supersede, which a write must then load to learn.
 #[test]
 fn a_batch_in_parts_writes_the_documents_in_memory_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -1371,13 +1374,14 @@ fn a_batch_in_parts_writes_the_documents_in_memory_first() {
     let write = |r: &mut Replica, round: usize| {
         r.batch(|b| {
             for i in 0..20_000 {
-                b.put_memory(&Scope::Mesh, &format!("r{round}-k{i}"), json!(i))?;
+                b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(round))?;
             }
             Ok(())
         })
         .unwrap();
     };
     write(&mut r, 0);
+    forget_operations(&r);
     let (documents, held) = r.loaded();
     r.set_memory_budget(held * 3 / 4);
     r.trim();
@@ -1510,4 +1514,153 @@ fn a_document_is_sent_as_its_stored_snapshot_while_nothing_is_written_beside_it(
     let sent = b.snapshot(&doc).unwrap();
     assert_ne!(sent, uncompressed);
     assert_eq!(Automerge::load(&sent).unwrap().get_heads(), b.heads(&doc));
+}
+
+/// Takes the operations out of every index entry, as an index of an earlier version of
+/// meshd holds them.
+fn forget_operations(r: &Replica) {
+    let tree = r.storage.tree().unwrap();
+    for item in tree.scan_prefix(b"e\0") {
+        let (key, bytes) = item.unwrap();
+        let Ok(mut versions) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) else {
+            continue;
+        };
+        for version in &mut versions {
+            version.as_object_mut().unwrap().remove("op");
+        }
+        tree.insert(key, serde_json::to_vec(&versions).unwrap())
+            .unwrap();
+    }
+}
+
+/// Evicts every loaded document (the budget keeps the last one used otherwise).
+fn evict_all(r: &mut Replica) {
+    r.docs.clear();
+}
+
+#[test]
+fn a_write_to_a_document_not_in_memory_appends_the_change_a_transaction_would_make() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = Arc::new(AtomicU64::new(1_700_000_000_000));
+    let key = |name| crate::trust::NodeKey::insecure_from_name(name);
+    let mut a =
+        Replica::open_with_clock(dir_a.path(), key("a"), fixed_clock(clock.clone())).unwrap();
+    let mut b = open(dir_b.path(), "b");
+    // Two versions of "both" (a conflict), one of "one", none of "new".
+    a.put_memory(&Scope::Mesh, "both", json!("a")).unwrap();
+    a.put_memory(&Scope::Mesh, "one", json!(1)).unwrap();
+    b.put_memory(&Scope::Mesh, "both", json!("b")).unwrap();
+    merge(&mut a, &mut b);
+    let doc = DocId::Memory(Scope::Mesh);
+    let before = a.export(&doc).unwrap().unwrap();
+    evict_all(&mut a);
+    let loads = a.loads();
+    let heads_before = a.heads(&doc);
+
+    let entries = a
+        .batch(|batch| {
+            let mut written = Vec::new();
+            for (key, value) in [("both", json!("a2")), ("one", json!(2)), ("new", json!(3))] {
+                written.push(batch.put_memory(&Scope::Mesh, key, value)?);
+            }
+            written.push(batch.put_memory(&Scope::Mesh, "one", json!(4))?);
+            Ok(written)
+        })
+        .unwrap();
+    assert_eq!(a.loads(), loads, "the write loaded the document");
+    let appended: Vec<Change> = a.appended_since(&doc, &heads_before).unwrap();
+    assert_eq!(appended.len(), 1);
+
+    // The same writes as a transaction on the document loaded, by the same actor.
+    let mut expected = Automerge::load(&before)
+        .unwrap()
+        .with_actor(a.actor.clone());
+    let mut tx = expected.transaction();
+    for entry in &entries {
+        memory_doc::put(&mut tx, entry).unwrap();
+    }
+    let (hash, _) = tx.commit_with(CommitOptions::default().with_time(1_700_000_000));
+    let made = expected.get_change_by_hash(&hash.unwrap()).unwrap();
+    assert_eq!(appended[0].raw_bytes(), made.raw_bytes());
+
+    // Reads, the index and a reload agree, and the conflict is settled.
+    let (winner, others) = a.memory_versions(&Scope::Mesh, "both").unwrap().unwrap();
+    assert_eq!((winner.value, others.len()), (json!("a2"), 0));
+    assert_eq!(
+        a.get_memory(&Scope::Mesh, "one").unwrap().unwrap().value,
+        json!(4)
+    );
+    a.check_index().unwrap();
+    drop(a);
+    let mut a = open(dir_a.path(), "a");
+    assert_eq!(
+        a.get_memory(&Scope::Mesh, "new").unwrap().unwrap().value,
+        json!(3)
+    );
+    a.check_index().unwrap();
+}
+
+#[test]
+fn appended_changes_reach_a_peer_and_the_views_without_loading_the_document() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (open(dir_a.path(), "a"), open(dir_b.path(), "b"));
+    a.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
+    merge(&mut a, &mut b);
+    let doc = DocId::Memory(Scope::Mesh);
+    let seen = a.heads(&doc);
+    evict_all(&mut a);
+    let loads = a.loads();
+    for i in 1..=3 {
+        a.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))
+            .unwrap();
+    }
+    let names = |keys: &[&str]| Changed::Names(keys.iter().map(|k| k.to_string()).collect());
+    assert_eq!(a.changed_since(&doc, &seen), names(&["k1", "k2", "k3"]));
+    let changes = crate::sync::SyncStore::changes_since(&mut a, &doc, &seen);
+    assert_eq!(changes.len(), 3);
+    assert!(crate::sync::SyncStore::has_change(&mut a, &doc, &seen[0]));
+    assert_eq!(a.loads(), loads, "a document was loaded");
+    b.apply_changes(&doc, changes, a.signatures(&doc).unwrap())
+        .unwrap();
+    assert_eq!(b.heads(&doc), a.heads(&doc));
+    assert_eq!(
+        b.get_memory(&Scope::Mesh, "k3").unwrap().unwrap().value,
+        json!(3)
+    );
+    // One signature of a's vouches for its three changes: the newest replaced the others.
+    let signed: Vec<_> = a.signatures(&doc).unwrap();
+    assert_eq!(
+        signed
+            .iter()
+            .filter(|s| s.signer().compact() == id_of("a"))
+            .count(),
+        1
+    );
+    // Older heads are beyond the log: the document is loaded to answer.
+    assert_eq!(a.changed_since(&doc, &[]), names(&["k", "k1", "k2", "k3"]));
+    assert_eq!(a.loads(), loads + 1);
+    b.check_index().unwrap();
+}
+
+#[test]
+fn an_entry_indexed_without_its_operations_loads_the_document_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "old", json!(0)).unwrap();
+    r.put_memory(&Scope::Mesh, "fresh", json!(0)).unwrap();
+    evict_all(&mut r);
+    let loads = r.loads();
+    r.put_memory(&Scope::Mesh, "fresh", json!(1)).unwrap();
+    assert_eq!(r.loads(), loads);
+    forget_operations(&r);
+    r.put_memory(&Scope::Mesh, "fresh", json!(2)).unwrap();
+    r.put_memory(&Scope::Mesh, "old", json!(1)).unwrap();
+    assert_eq!(
+        r.loads(),
+        loads + 1,
+        "written without knowing what it supersedes"
+    );
+    let (winner, others) = r.memory_versions(&Scope::Mesh, "old").unwrap().unwrap();
+    assert_eq!((winner.value, others.len()), (json!(1), 0));
+    r.check_index().unwrap();
 }
