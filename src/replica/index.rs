@@ -21,9 +21,11 @@
 //! - `x\0<scope or skills>\0<key or skill name>` → empty: present while the versions shown
 //!   are concurrent (a conflict), so the conflicts are listed without reading every entry;
 //! - `h\0<doc>` → the summary of one document: live entries (u64; of a scope's documents,
-//!   the one holding a key's winner counts it), changes (u64), the greatest operation
-//!   counter of its heads (u64; absent from summaries written before it was kept), heads (32
-//!   bytes each);
+//!   the one holding a key's winner counts it), changes (u64), heads (32 bytes each);
+//! - `o\0<doc>` → the greatest operation counter of the document's heads (u64), then the
+//!   heads it was read at: kept apart from the summary, whose shape a meshd before it reads,
+//!   and taken only while those heads are the summary's, so one that an earlier meshd left
+//!   behind when it wrote the document is not believed;
 //! - `v\0index-conflicts` → present once every document is indexed with its versions'
 //!   authors and its conflicts (stores of earlier versions, whose index lacks either, are
 //!   indexed again once, at their first open).
@@ -41,6 +43,7 @@ use crate::model::{Claim, DocId, MemoryEntry, Scope, Skill, Stamp};
 const ENTRY: &[u8] = b"e\0";
 const CONFLICT: &[u8] = b"x\0";
 const SUMMARY: &[u8] = b"h\0";
+const MAX_OP: &[u8] = b"o\0";
 pub const COMPLETE: &[u8] = b"v\0index-conflicts";
 
 /// What the index knows of a document without loading it.
@@ -60,38 +63,65 @@ pub struct Summary {
 
 impl Summary {
     fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(24 + 32 * self.heads.len());
+        let mut bytes = Vec::with_capacity(16 + 32 * self.heads.len());
         bytes.extend_from_slice(&self.live.to_be_bytes());
         bytes.extend_from_slice(&self.changes.to_be_bytes());
-        if let Some(max_op) = self.max_op {
-            bytes.extend_from_slice(&max_op.to_be_bytes());
-        }
-        for head in &self.heads {
-            bytes.extend_from_slice(&head.0);
-        }
+        bytes.extend(self.heads.iter().flat_map(|head| head.0));
         bytes
     }
 
-    /// Reads both shapes: 16 bytes of counts then the heads, or 24 with the greatest
-    /// operation counter (the heads are 32 bytes each, so the lengths never meet).
     fn decode(bytes: &[u8]) -> Result<Summary> {
         let damaged = ReplicaError::Corrupt("a document summary of the index does not decode");
-        let counts = match bytes.len().checked_rem(32) {
-            Some(16) => 16,
-            Some(24) => 24,
-            _ => return Err(damaged),
-        };
-        let number = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        if bytes.len() < 16 || !(bytes.len() - 16).is_multiple_of(32) {
+            return Err(damaged);
+        }
         Ok(Summary {
-            live: number(0),
-            changes: number(8),
-            max_op: (counts == 24).then(|| number(16)),
-            heads: bytes[counts..]
-                .chunks_exact(32)
-                .map(|chunk| ChangeHash(chunk.try_into().unwrap_or([0; 32])))
-                .collect(),
+            live: number_at(bytes, 0),
+            changes: number_at(bytes, 8),
+            heads: heads_from(&bytes[16..]),
+            max_op: None,
         })
     }
+
+    /// The `o\0` value: the greatest operation counter, and the heads it holds for.
+    fn encode_max_op(&self) -> Option<Vec<u8>> {
+        let max_op = self.max_op?;
+        let heads = self.heads.iter().flat_map(|head| head.0);
+        Some(max_op.to_be_bytes().into_iter().chain(heads).collect())
+    }
+
+    /// Takes the greatest operation counter from an `o\0` value if it holds for these heads.
+    fn with_max_op(mut self, bytes: Option<&[u8]>) -> Summary {
+        self.max_op = bytes
+            .filter(|bytes| bytes.len() >= 8 && heads_from(&bytes[8..]) == self.heads)
+            .map(|bytes| number_at(bytes, 0));
+        self
+    }
+
+    fn stage(&self, batch: &mut sled::Batch, doc: &DocId) {
+        batch.insert(summary_key(doc), self.encode());
+        match self.encode_max_op() {
+            Some(bytes) => batch.insert(max_op_key(doc), bytes),
+            None => batch.remove(max_op_key(doc)),
+        }
+    }
+}
+
+fn stage_no_summary(batch: &mut sled::Batch, doc: &DocId) {
+    batch.remove(summary_key(doc));
+    batch.remove(max_op_key(doc));
+}
+
+fn number_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+/// Whole 32-byte hashes; a trailing part of one (a damaged value) is left out.
+fn heads_from(bytes: &[u8]) -> Vec<ChangeHash> {
+    bytes
+        .chunks_exact(32)
+        .map(|chunk| ChangeHash(chunk.try_into().unwrap_or([0; 32])))
+        .collect()
 }
 
 /// The Automerge operation that put a version: what a write made without loading the
@@ -261,6 +291,21 @@ fn summary_key(doc: &DocId) -> Vec<u8> {
     [SUMMARY, doc.name().as_bytes()].concat()
 }
 
+fn max_op_key(doc: &DocId) -> Vec<u8> {
+    [MAX_OP, doc.name().as_bytes()].concat()
+}
+
+/// One document's summary as stored, `None` without one.
+fn read_summary(tree: &sled::Tree, doc: &DocId) -> Result<Option<Summary>> {
+    let Some(bytes) = tree.get(summary_key(doc))? else {
+        return Ok(None);
+    };
+    let max_op = tree.get(max_op_key(doc))?;
+    Ok(Some(
+        Summary::decode(&bytes)?.with_max_op(max_op.as_deref()),
+    ))
+}
+
 fn damaged_entry() -> ReplicaError {
     ReplicaError::Corrupt("an entry of the index does not decode")
 }
@@ -273,7 +318,9 @@ pub fn summaries(tree: &sled::Tree) -> Result<BTreeMap<DocId, Summary>> {
     for item in tree.scan_prefix(SUMMARY) {
         let (key, value) = item?;
         if let Some(doc) = doc_of(&key[SUMMARY.len()..]) {
-            summaries.insert(doc, Summary::decode(&value)?);
+            let max_op = tree.get(max_op_key(&doc))?;
+            let summary = Summary::decode(&value)?.with_max_op(max_op.as_deref());
+            summaries.insert(doc, summary);
         }
     }
     Ok(summaries)
@@ -501,8 +548,8 @@ impl Undo {
         }
         for (doc, before) in self.summaries {
             match before {
-                Some(summary) => batch.insert(summary_key(&doc), summary.encode()),
-                None => batch.remove(summary_key(&doc)),
+                Some(summary) => summary.stage(batch, &doc),
+                None => stage_no_summary(batch, &doc),
             }
         }
     }
@@ -754,8 +801,8 @@ impl<'t> Staging<'t> {
         }
         for (doc, now) in &self.summaries {
             match now {
-                Some(summary) => batch.insert(summary_key(doc), summary.encode()),
-                None => batch.remove(summary_key(doc)),
+                Some(summary) => summary.stage(batch, doc),
+                None => stage_no_summary(batch, doc),
             }
         }
         (self.summaries, self.undo)
@@ -786,7 +833,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 /// Adds to `batch` the removal of the whole index: every entry, conflict and summary (a
 /// store indexed again from its documents).
 pub fn stage_clear(tree: &sled::Tree, batch: &mut sled::Batch) -> Result<()> {
-    for prefix in [ENTRY, CONFLICT, SUMMARY] {
+    for prefix in [ENTRY, CONFLICT, SUMMARY, MAX_OP] {
         for key in tree.scan_prefix(prefix).keys() {
             batch.remove(key?);
         }
@@ -839,11 +886,7 @@ pub fn verify(tree: &sled::Tree, documents: &[(DocId, Automerge)]) -> Result<(),
         ));
     }
     for (doc, _) in documents {
-        let summary = tree
-            .get(summary_key(doc))
-            .map_err(|e| e.to_string())?
-            .map(|bytes| Summary::decode(&bytes).map_err(|e| e.to_string()))
-            .transpose()?;
+        let summary = read_summary(tree, doc).map_err(|e| e.to_string())?;
         let wanted = expected.summary(doc);
         if summary != wanted {
             return Err(format!("{doc}: summary {summary:?}, documents {wanted:?}"));

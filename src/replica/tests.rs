@@ -1663,4 +1663,55 @@ fn an_entry_indexed_without_its_operations_loads_the_document_to_write() {
     let (winner, others) = r.memory_versions(&Scope::Mesh, "old").unwrap().unwrap();
     assert_eq!((winner.value, others.len()), (json!(1), 0));
     r.check_index().unwrap();
+    // Appended, then written loaded by the same actor: the sequence numbers follow on, so
+    // the store loads again.
+    r.flush().unwrap();
+    drop(r);
+    let mut r = open(dir.path(), "a");
+    r.set_memory_budget(u64::MAX);
+    r.put_memory(&Scope::Mesh, "fresh", json!(3)).unwrap();
+    assert_eq!(r.loaded().0, 0, "appended");
+    r.memory_history(&Scope::Mesh, "fresh").unwrap();
+    r.put_memory(&Scope::Mesh, "fresh", json!(4)).unwrap();
+    assert_eq!(r.loaded().0, 1);
+    r.flush().unwrap();
+    drop(r);
+    let mut r = open(dir.path(), "a");
+    assert_eq!(
+        r.memory_history(&Scope::Mesh, "fresh")
+            .unwrap()
+            .unwrap()
+            .len(),
+        5
+    );
+    r.check_index().unwrap();
+}
+
+/// The greatest operation counter is kept beside the summary with the heads it was read at;
+/// an earlier meshd that wrote the document leaves it behind, and it is then not believed.
+#[test]
+fn a_greatest_operation_counter_left_behind_by_an_earlier_meshd_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
+    let tree = r.storage.tree().unwrap().clone();
+    let stored = tree.get(b"o\0mesh").unwrap().unwrap();
+    assert_eq!(
+        &stored[8..],
+        r.heads(&DocId::Memory(Scope::Mesh))[0].0.as_slice()
+    );
+    // As if an earlier meshd had written a change since: other heads.
+    let stale = [&stored[..8], &[7u8; 32][..]].concat();
+    tree.insert(b"o\0mesh", stale).unwrap();
+    r.flush().unwrap();
+    drop((r, tree));
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    assert_eq!(r.loads(), 1, "the document was loaded to learn its counter");
+    r.check_index().unwrap();
+    r.flush().unwrap();
+    drop(r);
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    assert_eq!(r.loads(), 0, "the counter is kept again");
 }
