@@ -25,6 +25,9 @@ use serde_json::json;
 
 const WRITER_ENV: &str = "MESHD_CRASH_WRITER";
 const BATCH_ENV: &str = "MESHD_CRASH_BATCH";
+/// Set: the writer keeps no document in memory between rounds, so its writes are appended
+/// to documents not loaded (`replica/append.rs`), and writes `user:ann` too.
+const EVICT_ENV: &str = "MESHD_CRASH_EVICT";
 
 #[test]
 #[ignore = "runs only as the child process of the crash tests"]
@@ -38,12 +41,19 @@ fn writer_loop() {
         meshd::trust::NodeKey::insecure_from_name("writer"),
     )
     .unwrap();
+    let evict = std::env::var(EVICT_ENV).is_ok();
+    if evict {
+        replica.set_memory_budget(1);
+    }
     for round in 0.. {
         let first = round * batch;
         replica
             .batch(|b| {
                 for i in first..first + batch {
                     b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))?;
+                    if evict {
+                        b.put_memory(&ann(), &format!("k{i}"), json!(i))?;
+                    }
                 }
                 Ok(())
             })
@@ -55,14 +65,31 @@ fn writer_loop() {
                 ..SkillWrite::default()
             })
             .unwrap();
+        if evict {
+            replica.trim();
+        }
         println!("acked {}", first + batch);
     }
+}
+
+fn ann() -> Scope {
+    Scope::User("ann".into())
 }
 
 /// Starts the writer, kills it after `acks` acknowledgements, and checks the store.
 fn kill_mid_loop(batch: usize, acks: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    kill_writer(dir.path(), batch, acks, false);
+}
+
+/// Kills a writer on `dir` after `acks` acknowledgements, and checks the store: every
+/// acknowledged write is there, and (`evict`) every document loads and agrees with the index.
+fn kill_writer(dir: &Path, batch: usize, acks: usize, evict: bool) {
+    let mut writer = Command::new(std::env::current_exe().unwrap());
+    if evict {
+        writer.env(EVICT_ENV, "1");
+    }
+    let mut child = writer
         .args([
             "--exact",
             "writer_loop",
@@ -70,7 +97,7 @@ fn kill_mid_loop(batch: usize, acks: usize) {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(WRITER_ENV, dir.path())
+        .env(WRITER_ENV, dir)
         .env(BATCH_ENV, batch.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -89,17 +116,28 @@ fn kill_mid_loop(batch: usize, acks: usize) {
     child.wait().unwrap();
     drop(lines);
 
-    let replica = Replica::open(
-        dir.path(),
-        meshd::trust::NodeKey::insecure_from_name("reader"),
-    )
-    .expect("store must reopen after SIGKILL");
-    for i in 0..acknowledged {
-        let entry = replica
-            .get_memory(&Scope::Mesh, &format!("k{i}"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("acknowledged write k{i} of {acknowledged} lost"));
-        assert_eq!(entry.value, json!(i));
+    let mut replica = Replica::open(dir, meshd::trust::NodeKey::insecure_from_name("reader"))
+        .expect("store must reopen after SIGKILL");
+    let scopes = if evict {
+        vec![Scope::Mesh, ann()]
+    } else {
+        vec![Scope::Mesh]
+    };
+    for scope in &scopes {
+        for i in 0..acknowledged {
+            let entry = replica
+                .get_memory(scope, &format!("k{i}"))
+                .unwrap()
+                .unwrap_or_else(|| {
+                    panic!("acknowledged write {scope}:k{i} of {acknowledged} lost")
+                });
+            assert_eq!(entry.value, json!(i));
+        }
+    }
+    if evict {
+        replica
+            .check_index()
+            .expect("every document loads, as its index says");
     }
     let round = replica
         .get_skill("log")
@@ -121,6 +159,16 @@ fn sigkill_during_single_writes_loses_no_acknowledged_write() {
 #[test]
 fn sigkill_during_batched_writes_loses_no_acknowledged_write() {
     kill_mid_loop(100, 30);
+}
+
+/// Writes appended to documents not in memory, by two writers one after the other on the
+/// same store (the second appends from its first write, superseding the first's versions),
+/// each killed mid-loop.
+#[test]
+fn sigkill_during_writes_appended_without_loading_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_writer(dir.path(), 10, 40, true);
+    kill_writer(dir.path(), 10, 60, true);
 }
 
 /// Clients of the daemon's concurrent run, and the acknowledgements to wait for before the

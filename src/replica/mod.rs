@@ -12,6 +12,7 @@ mod integrity;
 mod lazy;
 mod memory_doc;
 mod repair;
+mod sequence;
 mod shared;
 mod signatures;
 mod skills_doc;
@@ -82,6 +83,8 @@ pub enum ReplicaError {
     Interrupted,
     #[error("automerge: {0}")]
     Automerge(Box<automerge::AutomergeError>),
+    #[error("refused a peer's changes: {0}; nothing was applied (the peer's store or software is faulty, or hostile)")]
+    SkippedSequence(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("no skill named '{0}'")]
@@ -759,6 +762,12 @@ impl Replica {
         let edit = self.next_edit();
         let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();
+        if let Some(reason) = sequence::skipped(&state.doc, &changes) {
+            if before.is_empty() {
+                self.docs.remove(doc);
+            }
+            return Err(ReplicaError::SkippedSequence(reason));
+        }
         state.edits = edit;
         if let Err(error) = state.doc.apply_changes(changes) {
             self.roll_back(vec![(doc.clone(), before)]);

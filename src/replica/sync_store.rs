@@ -88,9 +88,10 @@ impl SyncStore for Replica {
 
     /// A read-only node (disk below its reserve) refuses the peer's changes here, with the
     /// reason, instead of failing the link: it keeps sending its own data meanwhile.
-    fn vet(&mut self, _doc: &DocId, changes: &[Change]) -> Result<(), String> {
+    fn vet(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String> {
         self.ensure_writable().map_err(|e| e.to_string())?;
-        self.vet_changes(changes).map_err(|e| e.to_string())
+        self.vet_changes(changes).map_err(|e| e.to_string())?;
+        self.vet_sequence(doc, changes)
     }
 
     fn vet_document(

@@ -1715,3 +1715,72 @@ fn a_greatest_operation_counter_left_behind_by_an_earlier_meshd_is_not_believed(
     r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
     assert_eq!(r.loads(), 0, "the counter is kept again");
 }
+
+/// A change whose actor's sequence number skips one reached an assertion in Automerge 0.12
+/// (a panic halfway through updating the document); a peer signs any number it likes on its
+/// own changes. It is refused with the reason, and the document is as it was.
+#[test]
+fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_document() {
+    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
+    let doc = DocId::Memory(Scope::Mesh);
+    let peer = crate::trust::NodeKey::insecure_from_name("b").actor();
+    let change = |seq: u64, deps: Vec<ChangeHash>, start_op: u64| {
+        Change::from(automerge::ExpandedChange {
+            operations: vec![Op {
+                action: OpType::Put(automerge::ScalarValue::Str("x".into())),
+                obj: ObjectId::Root,
+                key: Key::Map("other".into()),
+                pred: SortedVec::new(),
+                insert: false,
+            }],
+            actor_id: peer.clone(),
+            hash: None,
+            seq,
+            start_op: std::num::NonZeroU64::new(start_op).unwrap(),
+            time: 0,
+            message: None,
+            deps,
+            extra_bytes: Vec::new(),
+            author: None,
+        })
+    };
+    let heads = r.heads(&doc);
+    let skipping = change(2, heads.clone(), 100);
+    let error = r
+        .apply_changes(&doc, vec![skipping.clone()], Vec::new())
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("number 2 of its actor"),
+        "{error}"
+    );
+    assert_eq!(r.vet_sequence(&doc, &[skipping]).unwrap_err(), {
+        let ReplicaError::SkippedSequence(reason) = error else {
+            unreachable!()
+        };
+        reason
+    });
+    // Into a document the node does not have yet, too.
+    let fresh = DocId::Memory(Scope::User("zed".into()));
+    assert!(r
+        .apply_changes(&fresh, vec![change(3, Vec::new(), 1)], Vec::new())
+        .is_err());
+    assert!(!r.doc_ids().contains(&fresh));
+    // The document is untouched and takes the peer's changes in order.
+    assert_eq!(r.heads(&doc), heads);
+    let first = change(1, heads, 100);
+    let second = change(2, vec![first.hash()], 101);
+    r.apply_changes(&doc, vec![first, second], Vec::new())
+        .unwrap();
+    r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    r.flush().unwrap();
+    drop(r);
+    let mut r = open(dir.path(), "a");
+    r.check_index().unwrap();
+    assert_eq!(
+        r.get_memory(&Scope::Mesh, "k").unwrap().unwrap().value,
+        json!(1)
+    );
+}

@@ -8,7 +8,7 @@ use automerge::legacy::OpType;
 use automerge::{Automerge, Change, ChangeHash, ScalarValue};
 use serde::Deserialize;
 
-use super::Replica;
+use super::{sequence, Replica};
 use crate::model::hlc::FutureStamp;
 use crate::model::{DocId, Stamp};
 use crate::trust::{self, ChangeSignature};
@@ -102,6 +102,15 @@ impl Replica {
             .iter()
             .filter_map(newest_stamp)
             .try_for_each(|stamp| self.clock_bound.check(stamp, wall))
+    }
+
+    /// Refuses changes whose sequence numbers skip (`sequence`), as far as the changes at
+    /// hand tell; `apply_changes` checks again with every dependency at hand.
+    pub fn vet_sequence(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String> {
+        match self.document(doc) {
+            Some(document) => sequence::skipped(document, changes).map_or(Ok(()), Err),
+            None => Ok(()),
+        }
     }
 
     /// `vet_changes` for a whole document a peer sent, and the trust check of every change
