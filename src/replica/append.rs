@@ -21,11 +21,13 @@
 //! supersede it: it stays a concurrent value, as unread as before, until a write made on the
 //! loaded document supersedes it.
 //!
-//! The changes appended since a document was last loaded are kept in memory (`AppendLog`),
-//! so that what changed since given heads (`Replica::changed_since`, the views) and what a
-//! peer lacks (the sync store) are answered without loading it either.
+//! The latest changes appended since a document was last loaded are kept in memory
+//! (`AppendLog`: at most `LOG_CHANGES` per document and `LOG_BYTES` in all), so that what
+//! changed since given heads (`Replica::changed_since`, the views) and what a peer lacks
+//! (the sync store) are answered without loading it either; a reader further behind loads
+//! it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU64;
 
 use automerge::legacy::{Key, ObjectId, Op, OpId, OpType, SortedVec};
@@ -47,18 +49,37 @@ pub struct Appended {
     pub versions: BTreeMap<String, PutVersion>,
 }
 
-/// The changes appended to a document since it was last loaded, oldest first, each with the
-/// keys it wrote.
+/// Changes a document's log keeps: readers (the views, a peer's link) follow within a
+/// second or so; one further behind loads the document.
+const LOG_CHANGES: usize = 64;
+/// The bytes of changes all documents' logs keep together; beyond it, the oldest changes of
+/// the largest log are forgotten first.
+const LOG_BYTES: usize = 16 << 20;
+
+/// The latest changes appended to a document since it was last loaded, oldest first, each
+/// with the keys it wrote.
 #[derive(Default)]
-pub struct AppendLog(Vec<(Change, BTreeSet<String>)>);
+pub struct AppendLog {
+    entries: VecDeque<(Change, BTreeSet<String>)>,
+    bytes: usize,
+    /// Changes appended since the document was last loaded, forgotten ones included.
+    appended: usize,
+}
 
 impl AppendLog {
-    pub fn len(&self) -> usize {
-        self.0.len()
+    fn push(&mut self, change: Change, keys: BTreeSet<String>) {
+        self.bytes += change.raw_bytes().len();
+        self.appended += 1;
+        self.entries.push_back((change, keys));
+        while self.entries.len() > LOG_CHANGES {
+            self.forget_oldest();
+        }
     }
 
-    pub fn push(&mut self, change: Change, keys: BTreeSet<String>) {
-        self.0.push((change, keys));
+    fn forget_oldest(&mut self) {
+        if let Some((change, _)) = self.entries.pop_front() {
+            self.bytes -= change.raw_bytes().len();
+        }
     }
 
     /// The changes after `since` up to `heads` (the document's), with the keys they wrote;
@@ -68,29 +89,37 @@ impl AppendLog {
         &self,
         heads: &[ChangeHash],
         since: &[ChangeHash],
-    ) -> Option<&[(Change, BTreeSet<String>)]> {
+    ) -> Option<impl Iterator<Item = &(Change, BTreeSet<String>)>> {
         let since = sorted(since);
-        if heads == since {
-            return Some(&[]);
-        }
         // Each change depends on exactly the heads before it, and its hash is the only head
         // after it: the log is one chain.
-        let at = self
-            .0
-            .iter()
-            .position(|(change, _)| sorted(change.deps()) == since)?;
-        let last = self.0.last().map(|(change, _)| change.hash());
-        (Some(heads) == last.as_ref().map(std::slice::from_ref)).then(|| &self.0[at..])
+        let at = match heads == since {
+            true => self.entries.len(),
+            false => {
+                (self.entries.iter()).position(|(change, _)| sorted(change.deps()) == since)?
+            }
+        };
+        let last = self.entries.back().map(|(change, _)| change.hash());
+        let current =
+            at == self.entries.len() || Some(heads) == last.as_ref().map(std::slice::from_ref);
+        current.then(|| self.entries.range(at..))
     }
 
     /// Whether `hash` is a logged change or a head of the document before the first one.
     fn knows(&self, hash: &ChangeHash) -> bool {
-        let before = self.0.first().map_or(&[][..], |(change, _)| change.deps());
-        before.contains(hash) || self.0.iter().any(|(change, _)| change.hash() == *hash)
+        let before = self
+            .entries
+            .front()
+            .map_or(&[][..], |(change, _)| change.deps());
+        before.contains(hash)
+            || self
+                .entries
+                .iter()
+                .any(|(change, _)| change.hash() == *hash)
     }
 
     fn change(&self, hash: &ChangeHash) -> Option<&Change> {
-        (self.0.iter())
+        (self.entries.iter())
             .map(|(change, _)| change)
             .find(|change| change.hash() == *hash)
     }
@@ -113,7 +142,7 @@ impl Replica {
         let appendable = doc.scope().is_some()
             && !self.docs.contains_key(doc)
             && !self.is_gathered(doc)
-            && self.appended.get(doc).map_or(0, AppendLog::len) < MAX_APPENDED
+            && self.appended.get(doc).map_or(0, |log| log.appended) < MAX_APPENDED
             && self
                 .summaries
                 .get(doc)
@@ -225,6 +254,23 @@ impl Replica {
             })
             .collect();
         (self.appended.entry(doc.clone()).or_default()).push(change.clone(), keys);
+        self.bound_logs();
+    }
+
+    /// Forgets the oldest logged changes of the largest logs until all fit `LOG_BYTES`.
+    fn bound_logs(&mut self) {
+        let mut total: usize = self.appended.values().map(|log| log.bytes).sum();
+        while total > LOG_BYTES {
+            let Some(largest) = self.appended.values_mut().max_by_key(|log| log.bytes) else {
+                return;
+            };
+            let before = largest.bytes;
+            largest.forget_oldest();
+            if largest.bytes == before {
+                return;
+            }
+            total -= before - largest.bytes;
+        }
     }
 
     /// The keys changed in a document that is not loaded since `since`, from its log;
@@ -239,7 +285,7 @@ impl Replica {
         }
         let heads = &self.summaries.get(doc)?.heads;
         let changes = self.appended.get(doc)?.since(heads, since)?;
-        Some(changes.iter().flat_map(|(_, keys)| keys.clone()).collect())
+        Some(changes.flat_map(|(_, keys)| keys.iter().cloned()).collect())
     }
 
     /// The changes of a document that is not loaded since `since`, from its log; `None`
@@ -250,7 +296,7 @@ impl Replica {
         }
         let heads = &self.summaries.get(doc)?.heads;
         let changes = self.appended.get(doc)?.since(heads, since)?;
-        Some(changes.iter().map(|(change, _)| change.clone()).collect())
+        Some(changes.map(|(change, _)| change.clone()).collect())
     }
 
     /// Whether `doc`, not loaded, holds `hash` as far as its log can tell (when it cannot,

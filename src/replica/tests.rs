@@ -1784,3 +1784,27 @@ fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_do
         json!(1)
     );
 }
+
+/// The log of appended changes keeps the latest 64 of a document: a reader within them is
+/// answered without a load, one further behind loads the document.
+#[test]
+fn the_log_of_appended_changes_keeps_the_latest_and_older_heads_load_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k0", json!(0)).unwrap();
+    let doc = DocId::Memory(Scope::Mesh);
+    evict_all(&mut r);
+    let mut heads = vec![r.heads(&doc)];
+    for i in 1..=100 {
+        r.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))
+            .unwrap();
+        heads.push(r.heads(&doc));
+    }
+    assert_eq!(r.loads(), 0);
+    let keys = |from: usize| Changed::Names((from + 1..=100).map(|i| format!("k{i}")).collect());
+    assert_eq!(r.changed_since(&doc, &heads[40]), keys(40));
+    assert_eq!(r.changed_since(&doc, &heads[100]), Changed::Nothing);
+    assert_eq!(r.loads(), 0, "within the log");
+    assert_eq!(r.changed_since(&doc, &heads[30]), keys(30));
+    assert_eq!(r.loads(), 1, "behind the log");
+}
