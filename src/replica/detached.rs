@@ -9,11 +9,12 @@
 //! the edited copy in and make the batch durable.
 //!
 //! The swap is right only if no document the batch writes changed in between: each
-//! `DocState` carries the number of its last edit, and a batch whose documents moved on is staged again from
-//! the start, because its decisions may no longer hold. Memory written by others meanwhile
-//! lives in other documents and does not make a batch stale.
+//! `DocState` carries the number of its last edit, every document has heads (a write
+//! appended to a document not in memory moves only those), and a batch whose documents moved
+//! on is staged again from the start, because its decisions may no longer hold. Memory
+//! written by others meanwhile to other documents does not make a batch stale.
 
-use automerge::{Automerge, Change, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
 use super::{new_doc_state, Batch, DocId, Replica, Result, Staged};
 
@@ -33,11 +34,17 @@ pub(super) struct Detached<T> {
     others: Vec<Staged>,
     /// The skills document as it was when the batch was staged.
     copy: Automerge,
-    /// The edit count of every document the batch writes, when it was staged (`None`: the
-    /// document did not exist).
-    seen: Vec<(DocId, Option<u64>)>,
+    /// Every document the batch writes, as it was when the batch was staged.
+    seen: Vec<(DocId, Seen)>,
     /// The change `edit_skills` made to `copy`.
     change: Option<Change>,
+}
+
+/// A document as a detached batch saw it: its edit count if it was in memory, and its heads.
+#[derive(PartialEq)]
+struct Seen {
+    edits: Option<u64>,
+    heads: Vec<ChangeHash>,
 }
 
 /// What `Replica::commit_detached` did.
@@ -66,11 +73,11 @@ impl Replica {
         self.ensure_writable()?;
         // Loaded first, so that its edit count below is the one of the copy.
         self.load_state(&DocId::Skills)?;
-        let mut seen: Vec<(DocId, Option<u64>)> = Vec::new();
+        let mut seen: Vec<(DocId, Seen)> = Vec::new();
         for doc in std::iter::once(DocId::Skills).chain(others.iter().map(Staged::doc)) {
             if !seen.iter().any(|(known, _)| *known == doc) {
-                let edits = self.docs.get(&doc).map(|state| state.edits);
-                seen.push((doc, edits));
+                let now = self.seen(&doc);
+                seen.push((doc, now));
             }
         }
         let copy = match self.load_state(&DocId::Skills)? {
@@ -93,7 +100,7 @@ impl Replica {
         let moved_on = detached
             .seen
             .iter()
-            .any(|(doc, edits)| self.docs.get(doc).map(|state| state.edits) != *edits);
+            .any(|(doc, then)| self.seen(doc) != *then);
         if moved_on {
             return Ok(Commit::Stale);
         }
@@ -117,6 +124,13 @@ impl Replica {
         }
         self.persist(pending)?;
         Ok(Commit::Done(detached.outcome))
+    }
+
+    fn seen(&self, doc: &DocId) -> Seen {
+        Seen {
+            edits: self.docs.get(doc).map(|state| state.edits),
+            heads: self.heads(doc),
+        }
     }
 }
 

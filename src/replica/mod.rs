@@ -21,6 +21,7 @@ mod storage;
 mod sync_store;
 mod text_edit;
 mod vet;
+mod whole;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ pub enum ReplicaError {
     #[error("automerge: {0}")]
     Automerge(Box<automerge::AutomergeError>),
     #[error("refused a peer's changes: {0}; nothing was applied (the peer's store or software is faulty, or hostile)")]
-    SkippedSequence(String),
+    Misnumbered(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("no skill named '{0}'")]
@@ -762,11 +763,11 @@ impl Replica {
         let edit = self.next_edit();
         let state = self.state_or_new(doc)?;
         let before = state.doc.get_heads();
-        if let Some(reason) = sequence::skipped(&state.doc, &changes) {
+        if let Some(reason) = sequence::misnumbered(&state.doc, &changes) {
             if before.is_empty() {
                 self.docs.remove(doc);
             }
-            return Err(ReplicaError::SkippedSequence(reason));
+            return Err(ReplicaError::Misnumbered(reason));
         }
         state.edits = edit;
         if let Err(error) = state.doc.apply_changes(changes) {
@@ -817,7 +818,7 @@ impl Replica {
             // change after it, which loading would hold back unvetted).
             Some(loaded) if before.is_empty() => {
                 state.doc = loaded.with_actor(actor);
-                saved = vet::is_one_document(bytes).then_some(bytes);
+                saved = whole::is_one_document(bytes).then_some(bytes);
             }
             _ => {
                 if let Err(error) = state.doc.load_incremental(bytes) {

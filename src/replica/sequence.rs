@@ -1,10 +1,18 @@
-//! The sequence numbers of changes from peers, checked before Automerge applies them.
+//! The numbering of changes from peers (sequence numbers, operation counters), checked
+//! before Automerge applies them. A peer signs whatever numbers it likes on its own changes.
 //!
-//! Automerge 0.12 refuses a change whose actor already has its sequence number, but a change
-//! that skips numbers reaches an assertion (a panic, halfway through updating the document's
-//! change graph) when it is applied. A peer signs whatever number it likes on its own
-//! changes, so a change whose number does not follow its actor's last one is refused here,
-//! with the reason, before the document is touched.
+//! - **Sequence numbers.** Automerge 0.12 refuses a change whose actor already has its
+//!   sequence number, but a change that skips numbers reaches an assertion (a panic, halfway
+//!   through updating the document's change graph) when it is applied. So a change whose
+//!   number does not follow its actor's last one is refused here, with the reason, before the
+//!   document is touched.
+//! - **Operation counters.** A change's first operation counter follows the greatest of the
+//!   document it was made in, so it is above every counter of its dependencies. The index
+//!   relies on that: the greatest counter of a document is the greatest of its heads
+//!   (`Summary::max_op`), which a write appended without loading numbers its operations
+//!   after. A change that starts at or below a dependency's greatest counter would make the
+//!   index believe a smaller one, and an appended write could then reuse an operation id
+//!   this node already gave out; it is refused.
 //!
 //! A change's actor's previous change is always among its ancestors: a change depends on the
 //! heads of the document its actor wrote it in, which hold that actor's last change. So the
@@ -18,24 +26,69 @@ use std::collections::{HashMap, HashSet};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash};
 
-/// The first change of `changes` whose sequence number does not follow its actor's last one
-/// among its ancestors, with what it should have been.
-pub(super) fn skipped(doc: &Automerge, changes: &[Change]) -> Option<String> {
+/// Why the first misnumbered change of `changes` is wrong, if one is.
+pub(super) fn misnumbered(doc: &Automerge, changes: &[Change]) -> Option<String> {
     let batch: HashMap<ChangeHash, &Change> = changes.iter().map(|c| (c.hash(), c)).collect();
     changes
         .iter()
-        .filter(|change| change.seq() > 1 && doc.get_change_meta_by_hash(&change.hash()).is_none())
+        .filter(|change| doc.get_change_meta_by_hash(&change.hash()).is_none())
         .find_map(|change| {
-            let previous = previous_seq(doc, &batch, change)?;
-            (previous + 1 != change.seq()).then(|| {
-                format!(
-                    "change {} of actor {} is number {} of its actor, whose last change before it is number {previous}",
-                    change.hash(),
-                    change.actor_id(),
-                    change.seq()
-                )
-            })
+            counter_overlap(doc, &batch, change).or_else(|| skipped_seq(doc, &batch, change))
         })
+}
+
+fn skipped_seq(
+    doc: &Automerge,
+    batch: &HashMap<ChangeHash, &Change>,
+    change: &Change,
+) -> Option<String> {
+    if change.seq() == 1 {
+        return None;
+    }
+    let previous = previous_seq(doc, batch, change)?;
+    (previous + 1 != change.seq()).then(|| {
+        format!(
+            "change {} of actor {} is number {} of its actor, whose last change before it is number {previous}",
+            change.hash(),
+            change.actor_id(),
+            change.seq()
+        )
+    })
+}
+
+/// `misnumbered` for the operation counters only, one lookup per dependency: for the whole
+/// history of a document a peer sent (`whole::load` walks only the changes after it).
+pub(super) fn counters_overlap(doc: &Automerge, changes: &[Change]) -> Option<String> {
+    let batch: HashMap<ChangeHash, &Change> = changes.iter().map(|c| (c.hash(), c)).collect();
+    changes
+        .iter()
+        .filter(|change| doc.get_change_meta_by_hash(&change.hash()).is_none())
+        .find_map(|change| counter_overlap(doc, &batch, change))
+}
+
+fn counter_overlap(
+    doc: &Automerge,
+    batch: &HashMap<ChangeHash, &Change>,
+    change: &Change,
+) -> Option<String> {
+    let start = change.start_op().get();
+    let (dep, max_op) = change
+        .deps()
+        .iter()
+        .filter_map(|dep| Some((dep, max_op(doc, batch, dep)?)))
+        .find(|(_, max_op)| *max_op >= start)?;
+    Some(format!(
+        "change {} of actor {} numbers its operations from {start}, but its dependency {dep} already used up to {max_op}",
+        change.hash(),
+        change.actor_id(),
+    ))
+}
+
+fn max_op(doc: &Automerge, batch: &HashMap<ChangeHash, &Change>, hash: &ChangeHash) -> Option<u64> {
+    match batch.get(hash) {
+        Some(change) => Some(change.max_op()),
+        None => doc.get_change_meta_by_hash(hash).map(|meta| meta.max_op),
+    }
 }
 
 /// The greatest sequence number of `change`'s actor among its ancestors (0: none); `None`

@@ -77,7 +77,8 @@ impl SyncStore for Replica {
     }
 
     fn missing_deps(&mut self, doc: &DocId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
-        if heads.iter().all(|head| self.appended_knows(doc, head)) {
+        // With no heads, Automerge answers for the changes it queued: only the document knows.
+        if !heads.is_empty() && heads.iter().all(|head| self.appended_knows(doc, head)) {
             return Vec::new();
         }
         match self.document(doc) {

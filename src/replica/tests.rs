@@ -564,6 +564,46 @@ fn a_skill_written_meanwhile_makes_the_batch_stage_again() {
 }
 
 #[test]
+fn a_memory_write_appended_meanwhile_makes_the_batch_stage_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    shared.with(|r| {
+        r.put_memory(&Scope::Mesh, "k", json!("first")).unwrap();
+        r.put_skill(skill("a", "first\n")).unwrap();
+        evict_all(r);
+    });
+    let mut pauses = 0;
+    shared
+        .batch_pausing(
+            |batch| {
+                batch.put_memory(&Scope::Mesh, "k", json!("batch"))?;
+                batch.put_skill(skill("a", "second\n"))
+            },
+            || {
+                pauses += 1;
+                if pauses == 1 {
+                    // Appended without loading the document: its edit count does not move.
+                    shared.with(|r| {
+                        r.docs.retain(|doc, _| *doc == DocId::Skills);
+                        r.put_memory(&Scope::Mesh, "k", json!("meanwhile")).unwrap();
+                        assert_eq!(r.docs.len(), 1, "the memory write loaded its document");
+                    });
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(pauses, 2, "the batch was committed on stale decisions");
+    let read = |r: &Replica| r.get_memory(&Scope::Mesh, "k").unwrap().unwrap().value;
+    shared.with(|r| {
+        assert_eq!(read(r), json!("batch"));
+        let (conflicts, _) = r.conflicts(10).unwrap();
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+    });
+    drop(shared);
+    assert_eq!(read(&open(dir.path(), "n1")), json!("batch"));
+}
+
+#[test]
 fn a_batch_that_keeps_going_stale_runs_under_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     let shared = SharedReplica::new(open(dir.path(), "n1"));
@@ -1455,23 +1495,32 @@ fn a_full_clone_keeps_the_received_document_as_its_snapshot_when_it_is_one_chunk
     // it is visible.
     let uncompressed = Automerge::load(&saved).unwrap().save_nocompress();
     assert_ne!(uncompressed, saved);
-    assert!(vet::is_one_document(&uncompressed));
-    let with_a_change_after = [uncompressed.as_slice(), b"\x85\x6f\x4a\x83"].concat();
-    assert!(!vet::is_one_document(&with_a_change_after));
-    assert!(!vet::is_one_document(
+    assert!(whole::is_one_document(&uncompressed));
+    let before = a.heads(&doc);
+    let signed_before = a.signatures(&doc).unwrap();
+    a.put_memory(&Scope::Mesh, "k2", json!(2)).unwrap();
+    let after = a.document(&doc).unwrap().get_changes(&before);
+    let with_a_change_after = [uncompressed.as_slice(), after[0].raw_bytes()].concat();
+    assert!(!whole::is_one_document(&with_a_change_after));
+    assert!(!whole::is_one_document(
+        &[uncompressed.as_slice(), b"\x85\x6f\x4a\x83"].concat()
+    ));
+    assert!(!whole::is_one_document(
         &uncompressed[..uncompressed.len() - 1]
     ));
 
-    for (bytes, kept) in [(&uncompressed, true), (&with_a_change_after, false)] {
+    let cases = [
+        (&uncompressed, true, signed_before),
+        (&with_a_change_after, false, a.signatures(&doc).unwrap()),
+    ];
+    for (bytes, kept, signatures) in cases {
         let dir_b = tempfile::tempdir().unwrap();
         let mut b = open(dir_b.path(), "n2");
-        let keep = b
-            .vet_document(&doc, bytes, a.signatures(&doc).unwrap())
-            .unwrap();
+        let keep = b.vet_document(&doc, bytes, signatures).unwrap();
         b.merge_document(&doc, bytes, keep).unwrap();
         let stored = b.storage.load_doc(&doc.name()).unwrap().snapshot.unwrap();
         assert_eq!(stored == *bytes, kept);
-        assert_eq!(b.heads(&doc), a.heads(&doc));
+        assert_eq!(b.heads(&doc), Automerge::load(bytes).unwrap().get_heads());
         drop(b);
         let b = open(dir_b.path(), "n2");
         assert_eq!(
@@ -1756,12 +1805,26 @@ fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_do
         error.to_string().contains("number 2 of its actor"),
         "{error}"
     );
-    assert_eq!(r.vet_sequence(&doc, &[skipping]).unwrap_err(), {
-        let ReplicaError::SkippedSequence(reason) = error else {
-            unreachable!()
-        };
-        reason
-    });
+    assert_eq!(
+        r.vet_sequence(&doc, std::slice::from_ref(&skipping))
+            .unwrap_err(),
+        {
+            let ReplicaError::Misnumbered(reason) = error else {
+                unreachable!()
+            };
+            reason
+        }
+    );
+    // After a whole document (Automerge's own load panics on it), held here or not.
+    let mut saved = r.document(&doc).unwrap().save();
+    saved.extend_from_slice(skipping.raw_bytes());
+    let refusal = r.vet_document(&doc, &saved, Vec::new()).unwrap_err();
+    assert!(refusal.contains("number 2 of its actor"), "{refusal}");
+    let other = tempfile::tempdir().unwrap();
+    let refusal = open(other.path(), "c")
+        .vet_document(&doc, &saved, Vec::new())
+        .unwrap_err();
+    assert!(refusal.contains("number 2 of its actor"), "{refusal}");
     // Into a document the node does not have yet, too.
     let fresh = DocId::Memory(Scope::User("zed".into()));
     assert!(r
@@ -1782,6 +1845,78 @@ fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_do
     assert_eq!(
         r.get_memory(&Scope::Mesh, "k").unwrap().unwrap().value,
         json!(1)
+    );
+}
+
+/// A change numbers its operations after every one of the document it was made in. One
+/// that starts lower would make the index believe a smaller greatest counter, and a write
+/// appended after it would reuse an operation id this node already gave out: Automerge
+/// loads that document, but a peer applying its changes panics (verified without the check).
+#[test]
+fn a_peer_change_whose_operations_start_too_low_is_refused() {
+    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    for i in 0..5 {
+        r.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))
+            .unwrap();
+    }
+    let doc = DocId::Memory(Scope::Mesh);
+    let heads = r.heads(&doc);
+    let low = Change::from(automerge::ExpandedChange {
+        operations: vec![Op {
+            action: OpType::Put(automerge::ScalarValue::Str("x".into())),
+            obj: ObjectId::Root,
+            key: Key::Map("other".into()),
+            pred: SortedVec::new(),
+            insert: false,
+        }],
+        actor_id: crate::trust::NodeKey::insecure_from_name("b").actor(),
+        hash: None,
+        seq: 1,
+        start_op: std::num::NonZeroU64::new(2).unwrap(),
+        time: 0,
+        message: None,
+        deps: heads.clone(),
+        extra_bytes: Vec::new(),
+        author: None,
+    });
+    let error = r
+        .apply_changes(&doc, vec![low.clone()], Vec::new())
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("numbers its operations from 2"),
+        "{error}"
+    );
+    assert!(r.vet_sequence(&doc, std::slice::from_ref(&low)).is_err());
+    assert_eq!(r.heads(&doc), heads);
+    // Sent with a whole document (Automerge loads the document refusing such a change in
+    // it, but not the same change in a chunk after it), merged or cloned.
+    let mut saved = r.document(&doc).unwrap().save();
+    saved.extend_from_slice(low.raw_bytes());
+    // Signed by its maker: only its numbering is wrong.
+    let signed = || vec![crate::trust::NodeKey::insecure_from_name("b").sign(&low.hash())];
+    let refusal = r.vet_document(&doc, &saved, signed()).unwrap_err();
+    assert!(
+        refusal.contains("numbers its operations from 2"),
+        "{refusal}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    let mut fresh = open(other.path(), "c");
+    let refusal = fresh.vet_document(&doc, &saved, signed()).unwrap_err();
+    assert!(
+        refusal.contains("numbers its operations from 2"),
+        "{refusal}"
+    );
+    evict_all(&mut r);
+    r.put_memory(&Scope::Mesh, "k0", json!("appended")).unwrap();
+    r.flush().unwrap();
+    drop(r);
+    let mut r = open(dir.path(), "a");
+    r.check_index().unwrap();
+    assert_eq!(
+        r.get_memory(&Scope::Mesh, "k0").unwrap().unwrap().value,
+        json!("appended")
     );
 }
 

@@ -8,7 +8,7 @@ use automerge::legacy::OpType;
 use automerge::{Automerge, Change, ChangeHash, ScalarValue};
 use serde::Deserialize;
 
-use super::{sequence, Replica};
+use super::{sequence, whole, Replica};
 use crate::model::hlc::FutureStamp;
 use crate::model::{DocId, Stamp};
 use crate::trust::{self, ChangeSignature};
@@ -33,33 +33,6 @@ fn newest_stamp(change: &Change) -> Option<Stamp> {
         })
         .map(|version| version.updated_at)
         .max()
-}
-
-/// The first bytes of every Automerge chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-/// The chunk type of a whole document (a change is 1, a compressed change 2).
-const DOCUMENT_CHUNK: u8 = 0;
-
-/// Whether `saved` is exactly one Automerge document chunk: its header (magic bytes, a
-/// 4-byte checksum, the type, the data's length as LEB128) and then that many bytes, nothing
-/// after. Such bytes load to the document they hold and nothing else; bytes with changes
-/// after the document may load with some of them held back, to be applied later unvetted.
-pub(super) fn is_one_document(saved: &[u8]) -> bool {
-    let Some(rest) = saved.strip_prefix(&CHUNK_MAGIC) else {
-        return false;
-    };
-    let Some((&chunk_type, rest)) = rest.get(4..).and_then(<[u8]>::split_first) else {
-        return false;
-    };
-    let mut len: u64 = 0;
-    for (at, &byte) in rest.iter().enumerate().take(10) {
-        len |= u64::from(byte & 0x7f) << (7 * at);
-        if byte & 0x80 == 0 {
-            let data = &rest[at + 1..];
-            return chunk_type == DOCUMENT_CHUNK && u64::try_from(data.len()) == Ok(len);
-        }
-    }
-    false
 }
 
 /// A whole document as the vetting loaded it, kept for the merge that follows, so a full
@@ -104,18 +77,19 @@ impl Replica {
             .try_for_each(|stamp| self.clock_bound.check(stamp, wall))
     }
 
-    /// Refuses changes whose sequence numbers skip (`sequence`), as far as the changes at
-    /// hand tell; `apply_changes` checks again with every dependency at hand.
+    /// Refuses misnumbered changes (`sequence`: a sequence number that skips, operation
+    /// counters that start too low), as far as the changes at hand tell; `apply_changes`
+    /// checks again with every dependency at hand.
     pub fn vet_sequence(&mut self, doc: &DocId, changes: &[Change]) -> Result<(), String> {
         match self.document(doc) {
-            Some(document) => sequence::skipped(document, changes).map_or(Ok(()), Err),
+            Some(document) => sequence::misnumbered(document, changes).map_or(Ok(()), Err),
             None => Ok(()),
         }
     }
 
     /// `vet_changes` for a whole document a peer sent, and the trust check of every change
-    /// in it that is new here: `Ok` holds the signatures to keep. Bytes that do not load are
-    /// left to the merge, which refuses them with its own error.
+    /// in it that is new here: `Ok` holds the signatures to keep. Bytes that are not one
+    /// document then changes (`whole`) are refused with the reason.
     pub fn vet_document(
         &mut self,
         doc: &DocId,
@@ -147,13 +121,14 @@ impl Replica {
         witness: Witness,
     ) -> Result<Vec<ChangeSignature>, String> {
         self.vetted = None;
-        let Ok(loaded) = Automerge::load(saved) else {
-            return Ok(Vec::new());
-        };
+        let loaded = whole::load(self.document(doc), saved)?;
         // The changes are rebuilt once, for their stamps; the trust check reads only their
         // hashes, actors and dependencies.
         let changes = loaded.get_changes(&[]);
         self.vet_changes(&changes).map_err(|e| e.to_string())?;
+        if let Some(reason) = sequence::counters_overlap(&Automerge::new(), &changes) {
+            return Err(reason);
+        }
         let history: Vec<trust::Link> = changes.iter().map(trust::Link::of).collect();
         drop(changes);
         if witness == Witness::Heads {
