@@ -233,8 +233,8 @@ fn read_doc(dir: &Path, entry: &BackedUpDoc) -> Result<(DocId, Vec<u8>), Command
     }
     let saved = fs::read(&path)
         .map_err(|e| CommandError::failed(format!("cannot read {}: {e}", path.display())))?;
-    let heads: Vec<String> = automerge::Automerge::load(&saved)
-        .map_err(|e| damaged(&path, &e.to_string()))?
+    let heads: Vec<String> = crate::sync::whole::load(None, &saved)
+        .map_err(|e| damaged(&path, &e))?
         .get_heads()
         .iter()
         .map(ToString::to_string)

@@ -8,9 +8,10 @@ use automerge::legacy::OpType;
 use automerge::{Automerge, Change, ChangeHash, ScalarValue};
 use serde::Deserialize;
 
-use super::{sequence, whole, Replica};
+use super::Replica;
 use crate::model::hlc::FutureStamp;
 use crate::model::{DocId, Stamp};
+use crate::sync::{sequence, whole};
 use crate::trust::{self, ChangeSignature};
 
 /// The one field of a memory version or skill metadata that vetting reads.

@@ -16,9 +16,11 @@ pub mod harness;
 mod message;
 mod outbox;
 mod recon;
+pub mod sequence;
 mod session;
 mod store;
 mod summary;
+pub mod whole;
 
 pub use access::Access;
 // `unpack`, `Assembly`, `Unpacked` and `Filter` are what a session does with a peer's bundles and

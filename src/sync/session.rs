@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{Change, ChangeHash};
 
 use super::access::Access;
 use super::bundle::{self, Assembly, BundleError, Unpacked};
@@ -22,6 +22,7 @@ use super::outbox::Outbox;
 use super::recon;
 use super::store::{StoreError, SyncStore};
 use super::summary;
+use super::whole;
 use crate::model::DocId;
 use crate::trust::{self, ChangeSignature, Vouching};
 
@@ -766,7 +767,9 @@ impl Session {
                 self.note_applied(doc, hashes);
                 Ok(None)
             }
-            Err(reason) => match Automerge::load(saved) {
+            // Its changes one by one, each with what vouches for it; the bytes are split by
+            // chunk first (`whole`): Automerge's own load panics on some hostile ones.
+            Err(reason) => match whole::load(None, saved) {
                 Ok(loaded) => Ok(Some(loaded.get_changes(&[]))),
                 Err(_) => {
                     self.refuse(doc, reason, out);

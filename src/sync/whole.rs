@@ -29,13 +29,13 @@ struct Chunk<'a> {
 
 /// Whether `saved` is exactly one document chunk, nothing after it: such bytes load to the
 /// document they hold and nothing else.
-pub(super) fn is_one_document(saved: &[u8]) -> bool {
+pub fn is_one_document(saved: &[u8]) -> bool {
     matches!(split(saved).as_deref(), Some([only]) if only.kind == DOCUMENT_CHUNK)
 }
 
 /// The document `saved` holds, with the changes after it applied; `held` is this node's copy
 /// of it, if any, against which those changes are checked.
-pub(super) fn load(held: Option<&Automerge>, saved: &[u8]) -> Result<Automerge, String> {
+pub fn load(held: Option<&Automerge>, saved: &[u8]) -> Result<Automerge, String> {
     let chunks = split(saved)
         .ok_or("the bytes are not whole Automerge chunks (cut short, or not Automerge at all)")?;
     let (mut document, rest) = match chunks.split_first() {
@@ -116,4 +116,99 @@ fn leb128(bytes: &[u8]) -> Option<(u64, &[u8])> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ChangeHash, ExpandedChange, ROOT};
+
+    use super::*;
+
+    fn document() -> Automerge {
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "k", "v").unwrap();
+        tx.commit();
+        doc
+    }
+
+    /// A change by another actor, numbered as told.
+    fn change(seq: u64, start_op: u64, deps: Vec<ChangeHash>) -> Change {
+        Change::from(ExpandedChange {
+            operations: vec![Op {
+                action: OpType::Put(automerge::ScalarValue::Str("x".into())),
+                obj: ObjectId::Root,
+                key: Key::Map("other".into()),
+                pred: SortedVec::new(),
+                insert: false,
+            }],
+            actor_id: ActorId::from(&[7u8; 16][..]),
+            hash: None,
+            seq,
+            start_op: std::num::NonZeroU64::new(start_op).unwrap(),
+            time: 0,
+            message: None,
+            deps,
+            extra_bytes: Vec::new(),
+            author: None,
+        })
+    }
+
+    #[test]
+    fn a_document_and_the_changes_after_it_load() {
+        let doc = document();
+        let first = change(1, 2, doc.get_heads());
+        let second = change(2, 3, vec![first.hash()]);
+        let mut saved = doc.save();
+        saved.extend_from_slice(first.raw_bytes());
+        saved.extend_from_slice(second.raw_bytes());
+        assert!(!is_one_document(&saved));
+        let loaded = load(None, &saved).unwrap();
+        assert_eq!(loaded.get_heads(), vec![second.hash()]);
+        assert!(load(Some(&doc), &saved).is_ok());
+        assert!(is_one_document(&doc.save()));
+        assert_eq!(
+            load(None, &doc.save()).unwrap().get_heads(),
+            doc.get_heads()
+        );
+    }
+
+    /// Automerge's own `load` panics on these bytes (a skipped sequence number).
+    #[test]
+    fn a_change_that_skips_a_number_after_a_document_is_refused_without_a_panic() {
+        let doc = document();
+        let mut saved = doc.save();
+        saved.extend_from_slice(change(2, 2, doc.get_heads()).raw_bytes());
+        for held in [None, Some(&doc)] {
+            let refusal = load(held, &saved).err().unwrap();
+            assert!(refusal.contains("is number 2 of its actor"), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_one_document_then_changes_are_refused_with_the_reason() {
+        let saved = document().save();
+        let twice = [saved.as_slice(), saved.as_slice()].concat();
+        assert!(load(None, &twice)
+            .err()
+            .unwrap()
+            .contains("second document"));
+        let cut = &saved[..saved.len() - 1];
+        assert!(load(None, cut)
+            .err()
+            .unwrap()
+            .contains("not whole Automerge chunks"));
+        let trailing = [saved.as_slice(), b"\x85\x6f\x4a\x83"].concat();
+        assert!(load(None, &trailing).is_err());
+        let mut bundle = saved.clone();
+        bundle[8] = 3;
+        let refusal = load(None, &[saved.as_slice(), &bundle].concat())
+            .err()
+            .unwrap();
+        assert!(refusal.contains("type 3"), "{refusal}");
+        assert!(load(None, b"not automerge").is_err());
+        assert_eq!(leb128(&[0xff; 11]), None);
+    }
 }

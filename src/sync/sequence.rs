@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use automerge::{ActorId, Automerge, Change, ChangeHash};
 
 /// Why the first misnumbered change of `changes` is wrong, if one is.
-pub(super) fn misnumbered(doc: &Automerge, changes: &[Change]) -> Option<String> {
+pub fn misnumbered(doc: &Automerge, changes: &[Change]) -> Option<String> {
     let batch: HashMap<ChangeHash, &Change> = changes.iter().map(|c| (c.hash(), c)).collect();
     changes
         .iter()
@@ -58,7 +58,7 @@ fn skipped_seq(
 
 /// `misnumbered` for the operation counters only, one lookup per dependency: for the whole
 /// history of a document a peer sent (`whole::load` walks only the changes after it).
-pub(super) fn counters_overlap(doc: &Automerge, changes: &[Change]) -> Option<String> {
+pub fn counters_overlap(doc: &Automerge, changes: &[Change]) -> Option<String> {
     let batch: HashMap<ChangeHash, &Change> = changes.iter().map(|c| (c.hash(), c)).collect();
     changes
         .iter()
