@@ -20,7 +20,7 @@ use meshd::config::ApiConfig;
 use meshd::replica::{Replica, SharedReplica};
 use meshd::search::Searcher;
 use meshd::store::{self, SCHEMA};
-use meshd::sync::{self, Bundle, Filter, Message, Unpacked};
+use meshd::sync::{self, sequence, whole, Bundle, Filter, Message, Unpacked};
 use meshd::trust::NodeKey;
 use rusqlite::types::Value as Sql;
 use tower::ServiceExt;
@@ -48,15 +48,20 @@ pub fn bundle(input: &[u8]) {
         0 => Bundle::Changes(compressed),
         _ => Bundle::Document(compressed),
     };
-    // What the replica does with an unpacked bundle (`apply_changes`, `merge_document`),
-    // on a document of its own: Automerge reads the peer's bytes here.
+    // What the replica does with an unpacked bundle (`apply_changes`, `vet_document` then
+    // `merge_document`), on a document of its own: the numbering is checked, then Automerge
+    // reads the peer's bytes.
     let mut doc = Automerge::new();
     match sync::unpack(&bundle) {
         Ok(Unpacked::Changes(changes)) => {
-            let _ = doc.apply_changes(changes);
+            if sequence::misnumbered(&doc, &changes).is_none() {
+                let _ = doc.apply_changes(changes);
+            }
         }
         Ok(Unpacked::Document(saved)) => {
-            let _ = doc.load_incremental(&saved);
+            if whole::load(Some(&doc), &saved).is_ok() {
+                let _ = doc.load_incremental(&saved);
+            }
         }
         Err(_) => {}
     }

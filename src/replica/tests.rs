@@ -1770,31 +1770,13 @@ fn a_greatest_operation_counter_left_behind_by_an_earlier_meshd_is_not_believed(
 /// own changes. It is refused with the reason, and the document is as it was.
 #[test]
 fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_document() {
-    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
     let dir = tempfile::tempdir().unwrap();
     let mut r = open(dir.path(), "a");
     r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
     let doc = DocId::Memory(Scope::Mesh);
     let peer = crate::trust::NodeKey::insecure_from_name("b").actor();
     let change = |seq: u64, deps: Vec<ChangeHash>, start_op: u64| {
-        Change::from(automerge::ExpandedChange {
-            operations: vec![Op {
-                action: OpType::Put(automerge::ScalarValue::Str("x".into())),
-                obj: ObjectId::Root,
-                key: Key::Map("other".into()),
-                pred: SortedVec::new(),
-                insert: false,
-            }],
-            actor_id: peer.clone(),
-            hash: None,
-            seq,
-            start_op: std::num::NonZeroU64::new(start_op).unwrap(),
-            time: 0,
-            message: None,
-            deps,
-            extra_bytes: Vec::new(),
-            author: None,
-        })
+        crate::sync::sequence::numbered_change(peer.clone(), seq, start_op, deps)
     };
     let heads = r.heads(&doc);
     let skipping = change(2, heads.clone(), 100);
@@ -1854,7 +1836,6 @@ fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_do
 /// loads that document, but a peer applying its changes panics (verified without the check).
 #[test]
 fn a_peer_change_whose_operations_start_too_low_is_refused() {
-    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
     let dir = tempfile::tempdir().unwrap();
     let mut r = open(dir.path(), "a");
     for i in 0..5 {
@@ -1863,24 +1844,8 @@ fn a_peer_change_whose_operations_start_too_low_is_refused() {
     }
     let doc = DocId::Memory(Scope::Mesh);
     let heads = r.heads(&doc);
-    let low = Change::from(automerge::ExpandedChange {
-        operations: vec![Op {
-            action: OpType::Put(automerge::ScalarValue::Str("x".into())),
-            obj: ObjectId::Root,
-            key: Key::Map("other".into()),
-            pred: SortedVec::new(),
-            insert: false,
-        }],
-        actor_id: crate::trust::NodeKey::insecure_from_name("b").actor(),
-        hash: None,
-        seq: 1,
-        start_op: std::num::NonZeroU64::new(2).unwrap(),
-        time: 0,
-        message: None,
-        deps: heads.clone(),
-        extra_bytes: Vec::new(),
-        author: None,
-    });
+    let b = crate::trust::NodeKey::insecure_from_name("b").actor();
+    let low = crate::sync::sequence::numbered_change(b, 1, 2, heads.clone());
     let error = r
         .apply_changes(&doc, vec![low.clone()], Vec::new())
         .unwrap_err();

@@ -131,3 +131,27 @@ fn metadata(
     let meta = doc.get_change_meta_by_hash(hash)?;
     Some((meta.actor.into_owned(), meta.seq, meta.deps))
 }
+
+/// A change putting one key at the root, numbered as told: any numbering a peer may sign.
+#[cfg(test)]
+pub fn numbered_change(actor: ActorId, seq: u64, start_op: u64, deps: Vec<ChangeHash>) -> Change {
+    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
+    Change::from(automerge::ExpandedChange {
+        operations: vec![Op {
+            action: OpType::Put(automerge::ScalarValue::Str("x".into())),
+            obj: ObjectId::Root,
+            key: Key::Map("other".into()),
+            pred: SortedVec::new(),
+            insert: false,
+        }],
+        actor_id: actor,
+        hash: None,
+        seq,
+        start_op: std::num::NonZeroU64::new(start_op).expect("operation counters start at 1"),
+        time: 0,
+        message: None,
+        deps,
+        extra_bytes: Vec::new(),
+        author: None,
+    })
+}

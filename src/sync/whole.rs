@@ -120,9 +120,8 @@ fn leb128(bytes: &[u8]) -> Option<(u64, &[u8])> {
 
 #[cfg(test)]
 mod tests {
-    use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
     use automerge::transaction::Transactable;
-    use automerge::{ActorId, ChangeHash, ExpandedChange, ROOT};
+    use automerge::{ActorId, ChangeHash, ROOT};
 
     use super::*;
 
@@ -136,24 +135,7 @@ mod tests {
 
     /// A change by another actor, numbered as told.
     fn change(seq: u64, start_op: u64, deps: Vec<ChangeHash>) -> Change {
-        Change::from(ExpandedChange {
-            operations: vec![Op {
-                action: OpType::Put(automerge::ScalarValue::Str("x".into())),
-                obj: ObjectId::Root,
-                key: Key::Map("other".into()),
-                pred: SortedVec::new(),
-                insert: false,
-            }],
-            actor_id: ActorId::from(&[7u8; 16][..]),
-            hash: None,
-            seq,
-            start_op: std::num::NonZeroU64::new(start_op).unwrap(),
-            time: 0,
-            message: None,
-            deps,
-            extra_bytes: Vec::new(),
-            author: None,
-        })
+        sequence::numbered_change(ActorId::from(&[7u8; 16][..]), seq, start_op, deps)
     }
 
     #[test]
