@@ -432,6 +432,8 @@ async fn stop(node: &Node, socket_path: &Path) -> Result<(), DaemonError> {
         );
     }
     if let Some(views) = node.views.get() {
+        // It waits for a write in flight: the first one on a large store takes a while.
+        tracing::info!("stopping: writing the views (caches, mirror, search index)");
         views.flush().await;
     }
     node.replica.run(|replica| replica.flush()).await??;

@@ -99,8 +99,9 @@ pub struct ViewWriter {
 }
 
 impl ViewWriter {
-    /// Starts the writer as one of `tasks`; it stops when `shutdown` is cancelled (the last
-    /// change is then written by `flush`). A write the pace put off is made when it is due.
+    /// Starts the writer as one of `tasks`; it stops when `shutdown` is cancelled, also in
+    /// the middle of a write (the last change, and the rest of that write, are then written
+    /// by `flush`). A write the pace put off is made when it is due.
     pub fn spawn(
         replica: SharedReplica,
         views: Views,
@@ -123,7 +124,16 @@ impl ViewWriter {
                     _ = task.wake.notified() => tokio::time::sleep(debounce).await,
                     _ = sleep_for(owed) => {}
                 }
-                owed = task.write(Pace::Paced).await;
+                tokio::select! {
+                    written = task.write(Pace::Paced) => owed = written,
+                    // A long write (the first on a large store) is not waited for here: the
+                    // stop's `flush` waits for it (each view has its lock) and writes what
+                    // it leaves, so the stop does not report this task as late.
+                    _ = shutdown.cancelled() => {
+                        task.dirty.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
             }
         });
         writer
@@ -168,5 +178,73 @@ async fn sleep_for(owed: Option<Duration>) {
     match owed {
         Some(owed) => tokio::time::sleep(owed).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Scope;
+    use crate::replica::Replica;
+    use crate::trust::NodeKey;
+
+    /// The daemon's stop waits a few seconds for its tasks, then warns that some are late.
+    /// The view writer in the middle of a long write (here: waiting for the replica) stops
+    /// at once, and the last flush writes the views.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_view_writer_stops_in_the_middle_of_a_write_and_the_flush_finishes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::insecure_from_name("n1");
+        let replica = SharedReplica::new(Replica::open(&dir.path().join("store"), key).unwrap());
+        replica
+            .with(|r| r.put_memory(&Scope::Mesh, "k", serde_json::json!(1)))
+            .unwrap();
+        let mirror = dir.path().join("mirror.sqlite");
+        let views = Views {
+            mirror: Some(Arc::new(Mirror::new(mirror.clone()))),
+            ..Views::default()
+        };
+        let (locked, release) = hold(&replica);
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let writer = ViewWriter::spawn(
+            replica.clone(),
+            views,
+            Duration::from_millis(1),
+            &tasks,
+            shutdown.clone(),
+        );
+        writer.changed();
+        // Long enough for the write to start and wait for the replica.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        tasks.close();
+        let stopped = tokio::time::timeout(Duration::from_secs(20), tasks.wait()).await;
+        release.send(()).unwrap();
+        locked.join().unwrap();
+        assert!(
+            stopped.is_ok(),
+            "the view writer waited for its write to stop"
+        );
+        writer.flush().await;
+        let rows: i64 = rusqlite::Connection::open(&mirror)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM mesh_memory", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    /// Holds the replica's lock on another thread until told to let go.
+    fn hold(replica: &SharedReplica) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+        let (release, released) = std::sync::mpsc::channel();
+        let (held, holding) = std::sync::mpsc::channel();
+        let holder = replica.clone();
+        let thread = std::thread::spawn(move || {
+            holder.with(|_| {
+                held.send(()).unwrap();
+                released.recv().unwrap();
+            });
+        });
+        holding.recv().unwrap();
+        (thread, release)
     }
 }
