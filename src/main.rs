@@ -2,24 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod allocator;
 mod cli;
-
-/// jemalloc instead of the system's malloc: under glibc the daemon's threads each took an
-/// arena and kept what a large ingest freed (1 GB above idle after 100 000 keys, against
-/// 475 MB with jemalloc), and Automerge's many small allocations run faster (docs/benchmarks.md,
-/// Scale).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Freed pages go back to the system at once: documents evicted under the memory budget and
-/// loaded again free and take about a megabyte each, and a decay of one second kept 40 to 70 MB
-/// of such pages resident under a stream of writes on a million entries (docs/benchmarks.md,
-/// Scale). Four arenas are enough for the daemon's few busy threads and hold less idle memory
-/// than one per core times four.
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] =
-    b"background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0,narenas:4\0";
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away

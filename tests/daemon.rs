@@ -235,3 +235,41 @@ fn a_line_that_is_not_utf8_is_one_ignored_item() {
         run.stderr
     );
 }
+
+/// Whether the kernel may give the process huge pages (`THP_enabled` in its status, Linux 5.0
+/// and later); `None` where the kernel does not say.
+fn huge_pages_allowed(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+/// One-shot commands allocate with huge pages (sled's page table opens faster), the daemon
+/// without (its resident memory counts more), unless the operator tuned jemalloc.
+#[test]
+fn the_daemon_turns_huge_pages_off_for_itself_unless_the_operator_tuned_the_allocator() {
+    let (node, _) = TestNode::init_listening("pages");
+    let daemon = node.start();
+    let Some(allowed) = huge_pages_allowed(daemon.pid()) else {
+        eprintln!("skipped: this kernel does not report THP_enabled in /proc/<pid>/status");
+        return;
+    };
+    assert!(!allowed, "the daemon left huge pages on");
+    assert_eq!(daemon.stop(), 0);
+
+    let tuned = node
+        .command(&["run"])
+        .env("_RJEM_MALLOC_CONF", "dirty_decay_ms:1000")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tuned = support::Daemon::new(tuned);
+    let socket = node.file("control.sock");
+    wait_until("the tuned daemon answers", || {
+        support::try_ask(&socket, meshd::control::Status {}).is_some()
+    });
+    assert_eq!(huge_pages_allowed(tuned.pid()), Some(true));
+    assert_eq!(tuned.stop(), 0);
+}

@@ -28,6 +28,7 @@ pub enum ApiCommand {
 
 pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let ApiCommand::Serve { listen } = command;
+    crate::allocator::for_long_running();
     let config = home.load_config()?;
     // The daemon holds the store, so this process could not open it anyway; say why.
     if is_daemon_running(home) {

@@ -30,6 +30,7 @@ pub struct RunArgs {
 }
 
 pub fn run_daemon(home: Home, args: RunArgs) -> anyhow::Result<()> {
+    crate::allocator::for_long_running();
     let runtime = tokio::runtime::Runtime::new()?;
     let openclaw_home = super::openclaw_home_env();
     let options = meshd::daemon::RunOptions {
