@@ -179,7 +179,13 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
 /// A missing key or skill becomes `NotFound` (exit status 3).
 pub fn execute<C: control::Command>(home: &Home, command: C) -> anyhow::Result<C::Reply> {
     home.require_initialised()?;
-    let reply = execute_anywhere(home, command.into())?;
+    let request: Request = command.into();
+    let close = if request.is_lookup() {
+        Close::AtExit
+    } else {
+        Close::Now
+    };
+    let reply = execute_here_or_there(home, request, close)?;
     control::decode::<C>(reply).map_err(|error| match error {
         DecodeError::Command(CommandError::NotFound(message)) => NotFound(message).into(),
         DecodeError::Command(CommandError::Failed(message)) => anyhow::anyhow!(message),
@@ -221,13 +227,30 @@ pub fn patience(request: &Request) -> std::time::Duration {
 }
 
 pub fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> {
+    execute_here_or_there(home, request, Close::Now)
+}
+
+/// When a command that opened the store in this process closes it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Close {
+    Now,
+    /// Left open until the process exits, for the next command of this process or the OS:
+    /// closing a store of a million entries takes sled about 15 ms (a flush, then freeing its
+    /// page table), a fifth of a one-shot `meshd mem get`, and a lookup has nothing to flush.
+    AtExit,
+}
+
+/// The store a lookup of this process opened, while it is left open (`Close::AtExit`).
+static LEFT_OPEN: std::sync::Mutex<Option<control::Context>> = std::sync::Mutex::new(None);
+
+fn execute_here_or_there(home: &Home, request: Request, close: Close) -> anyhow::Result<Reply> {
     let deadline = std::time::Instant::now() + STORE_BUSY_WAIT;
     let socket = home.control_socket_path();
     loop {
         if let Some(response) = socket::send_within(&socket, &request, patience(&request))? {
             return Ok(response);
         }
-        match execute_on_store(home, request.clone()) {
+        match execute_on_store(home, request.clone(), close) {
             Err(e) if store_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -243,14 +266,30 @@ fn store_busy(error: &anyhow::Error) -> bool {
     )
 }
 
-fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
+fn execute_on_store(home: &Home, request: Request, close: Close) -> anyhow::Result<Reply> {
+    let mut left_open = LEFT_OPEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let context = match left_open.take() {
+        Some(context) => context,
+        None => open_context(home)?,
+    };
+    let reply = request.execute(&context);
+    if close == Close::AtExit {
+        *left_open = Some(context);
+    }
+    Ok(reply)
+}
+
+/// The node as this process serves it when no daemon does: its store opened here.
+fn open_context(home: &Home) -> anyhow::Result<control::Context> {
     let config = home.load_config()?;
     let paths = config.cache.paths(openclaw_home_env());
     let cache = Arc::new(CacheFiles::new(paths, home.cache_manifest_path()));
     let search = Arc::new(meshd::search::Searcher::for_node(home, &config)?);
     let (replica, identity) = open_replica(home)?;
     let peers = PeerStore::open(replica.db())?;
-    let context = control::Context {
+    Ok(control::Context {
         replica: SharedReplica::new(replica),
         peers,
         own: identity.node_id,
@@ -258,8 +297,7 @@ fn execute_on_store(home: &Home, request: Request) -> anyhow::Result<Reply> {
         mesh: None,
         search,
         bridge: Arc::new(config.bridge.bridge_keys(&identity.signing_key()?)),
-    };
-    Ok(request.execute(&context))
+    })
 }
 
 /// Reads a whole argument given as `-` from stdin.

@@ -43,6 +43,19 @@ macro_rules! command_set {
                 }
             }
 
+            /// Whether the request only reads the store: it writes nothing there or anywhere
+            /// else, so a process that ends after it need not close the store.
+            pub fn is_lookup(&self) -> bool {
+                matches!(
+                    self,
+                    Request::MemGet(_)
+                        | Request::MemLs(_)
+                        | Request::MemHistory(_)
+                        | Request::SkillGet(_)
+                        | Request::SkillLs(_)
+                )
+            }
+
             /// The command's type name (`MemPut`), for logs and test messages.
             pub fn op(&self) -> &'static str {
                 match self {
