@@ -22,7 +22,7 @@ pub static malloc_conf: &[u8] = b"narenas:4,thp:always\0";
 /// What the operator can set instead, read by jemalloc at start.
 const OPERATOR_CONF: &str = "_RJEM_MALLOC_CONF";
 
-/// For a process that stays up (`meshd run`, `api serve`), where resident memory counts more
+/// For a process that stays up (`meshd run`, `api serve`, `mcp`), where resident memory counts more
 /// than a few milliseconds: no huge pages (they held 24 to 28 MB more in an idle daemon), and
 /// freed pages go back to the system at once, from a background thread. Documents evicted
 /// under the memory budget and loaded again free and take about a megabyte each, and a decay

@@ -273,3 +273,34 @@ fn the_daemon_turns_huge_pages_off_for_itself_unless_the_operator_tuned_the_allo
     assert_eq!(huge_pages_allowed(tuned.pid()), Some(true));
     assert_eq!(tuned.stop(), 0);
 }
+
+/// The greatest log position a sled snapshot of the store was saved at (`snap.<hex>`).
+fn newest_snapshot(node: &TestNode) -> u64 {
+    std::fs::read_dir(node.file("store"))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().ok()?;
+            u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+        })
+        .max()
+        .expect("sled saves a snapshot when it opens the store")
+}
+
+/// sled saves its page table only when it opens a store; a daemon that stops opens it once
+/// more, so the next command does not replay everything the daemon wrote.
+#[test]
+fn a_stopped_daemon_leaves_its_page_table_saved_past_what_it_wrote() {
+    let (node, _) = TestNode::init_listening("replay");
+    let daemon = node.start();
+    let at_start = newest_snapshot(&node);
+    for i in 0..50 {
+        node.run(&["mem", "put", "mesh", &format!("k{i}"), "1"])
+            .ok();
+    }
+    assert_eq!(daemon.stop(), 0);
+    assert!(
+        newest_snapshot(&node) > at_start,
+        "the page table was last saved when the daemon started"
+    );
+    assert_eq!(node.run(&["mem", "get", "mesh", "k49"]).ok().trim(), "1");
+}

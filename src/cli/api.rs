@@ -73,5 +73,9 @@ pub fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         writer.flush().await;
         replica.run(|replica| replica.flush()).await??;
         anyhow::Ok(())
-    })
+    })?;
+    // Every task, and with them the last handle on the store, goes with the runtime.
+    drop(runtime);
+    super::save_page_table(&home.store_path());
+    Ok(())
 }

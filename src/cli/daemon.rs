@@ -40,7 +40,11 @@ pub fn run_daemon(home: Home, args: RunArgs) -> anyhow::Result<()> {
         let _inside = runtime.enter();
         meshd::daemon::shutdown_signal().context("cannot take over SIGINT and SIGTERM")?
     };
+    let store = home.store_path();
     runtime.block_on(meshd::daemon::run(home, openclaw_home, options, shutdown))?;
+    // Every task, and with them the last handle on the store, goes with the runtime.
+    drop(runtime);
+    super::save_page_table(&store);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use super::execute_anywhere;
 
 pub fn serve(home: &Home) -> anyhow::Result<()> {
     home.require_initialised()?;
+    crate::allocator::for_long_running();
     let node = Arc::new(CliNode { home: home.clone() });
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = runtime.block_on(meshd::mcp::serve_stdio(node));

@@ -211,6 +211,23 @@ pub fn open_replica(home: &Home) -> anyhow::Result<(Replica, Identity)> {
     Ok((replica, identity))
 }
 
+/// For a process that wrote to the store for a while and has closed it (`meshd run`, `api
+/// serve`): `replica::save_page_table`, so the next command or start does not replay what
+/// it wrote. A failure costs the next open that replay, nothing else.
+pub fn save_page_table(store: &std::path::Path) {
+    let started = std::time::Instant::now();
+    match meshd::replica::save_page_table(store) {
+        Ok(()) => tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "saved the store's page table: the next command or start opens it without replaying the log"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "the next command or start will replay the store's log first (a few seconds on a large store)"
+        ),
+    }
+}
+
 /// How long a command waits for a store that another process holds: a daemon that is
 /// starting (its socket appears a moment later) or another command.
 const STORE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -117,6 +117,7 @@ pub use lazy::DEFAULT_MEMORY_BUDGET;
 pub use memory_doc::Written;
 pub use shared::{SharedReplica, StoreTaskFailed};
 pub use skills_doc::WHOLE_VALUE_MIN_BYTES;
+pub use storage::save_page_table;
 
 /// What opening does with a document Automerge refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -209,6 +209,15 @@ impl Drop for Storage {
     }
 }
 
+/// Opens the store at `path` once more and closes it, for a process that has just closed it
+/// after writing. sled saves the snapshot of its page table only when it opens a store, and
+/// replays everything logged since at the next open: after a daemon had run for a while, the
+/// next one-shot `meshd mem get` on a million entries took 3 s instead of 40 ms. This pays
+/// that replay as the writer leaves, instead of the next command or start.
+pub fn save_page_table(path: &Path) -> Result<(), ReplicaError> {
+    Storage::open(path).map(drop)
+}
+
 /// Tells a store held by another process from a damaged one: sled reports the first as the
 /// file lock it could not take.
 fn open_error(path: &Path, source: sled::Error) -> ReplicaError {
