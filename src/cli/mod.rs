@@ -252,8 +252,9 @@ pub fn execute_anywhere(home: &Home, request: Request) -> anyhow::Result<Reply> 
 enum Close {
     Now,
     /// Left open until the process exits, for the next command of this process or the OS:
-    /// closing a store of a million entries takes sled about 15 ms (a flush, then freeing its
-    /// page table), a fifth of a one-shot `meshd mem get`, and a lookup has nothing to flush.
+    /// closing a store of a million entries costs sled a flush and freeing its page table
+    /// again (5 to 7 ms of a one-shot `meshd mem get` of about 40), and a lookup has nothing
+    /// to flush.
     AtExit,
 }
 
