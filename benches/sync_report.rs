@@ -269,15 +269,38 @@ fn full_clone() -> Row {
     pair.run("full-clone-100k")
 }
 
+/// A workload's name and what runs it.
+type Workload = (&'static str, fn() -> Row);
+
+/// The workloads in the report's order; `MESHD_BENCH_SYNC_ONLY` (names, comma-separated)
+/// runs only those, for profiling one of them.
 fn main() {
-    let rows = [
-        in_sync("in-sync-10k-fresh", false),
-        in_sync("in-sync-10k-stored", true),
-        diff_each("diff-10-each-10k-stored", 10),
-        diff_each("diff-1000-each-10k-stored", 1000),
-        fresh_peer_one_missing(),
-        full_clone(),
+    let workloads: [Workload; 6] = [
+        ("in-sync-10k-fresh", || in_sync("in-sync-10k-fresh", false)),
+        ("in-sync-10k-stored", || in_sync("in-sync-10k-stored", true)),
+        ("diff-10-each-10k-stored", || {
+            diff_each("diff-10-each-10k-stored", 10)
+        }),
+        ("diff-1000-each-10k-stored", || {
+            diff_each("diff-1000-each-10k-stored", 1000)
+        }),
+        ("fresh-peer-1-missing-100k", fresh_peer_one_missing),
+        ("full-clone-100k", full_clone),
     ];
+    let only = std::env::var("MESHD_BENCH_SYNC_ONLY").ok();
+    let chosen = |name: &str| {
+        only.as_ref()
+            .is_none_or(|only| only.split(',').any(|o| o.trim() == name))
+    };
+    let rows: Vec<Row> = workloads
+        .iter()
+        .filter(|(name, _)| chosen(name))
+        .map(|(_, run)| run())
+        .collect();
+    assert!(
+        !rows.is_empty(),
+        "MESHD_BENCH_SYNC_ONLY names no workload of this report"
+    );
     println!("| workload | meshd bytes | meshd msgs | automerge bytes | automerge msgs | lower bound | meshd / automerge | meshd / lower bound | meshd ms | automerge ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
