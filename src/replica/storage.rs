@@ -124,6 +124,20 @@ impl Storage {
             .map(|bytes| bytes.to_vec()))
     }
 
+    /// The hashes of the changes stored beside a document's snapshot.
+    pub fn stored_changes(&self, name: &str) -> Result<Vec<ChangeHash>, ReplicaError> {
+        self.refuse_unreadable()?;
+        let prefix = change_prefix(name);
+        (self.docs.scan_prefix(&prefix).keys())
+            .map(|key| {
+                let hash = key?[prefix.len()..].try_into().map_err(|_| {
+                    ReplicaError::Corrupt("a stored change's key does not end in its hash")
+                })?;
+                Ok(ChangeHash(hash))
+            })
+            .collect()
+    }
+
     /// The tree holding documents and their index, for reads and for building batches.
     /// Refused once a failed write could not be undone in memory (see `undo`).
     pub fn tree(&self) -> Result<&sled::Tree, ReplicaError> {
