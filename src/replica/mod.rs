@@ -812,27 +812,25 @@ impl Replica {
         let before = state.doc.get_heads();
         state.edits = edit;
         let mut saved = None;
-        match vetted {
+        let added: Vec<ChangeHash> = match vetted {
             // A full clone: the document the vetting loaded is the whole of it, and the bytes
             // received are its saved form, unless they carry more than the one document (a
             // change after it, which loading would hold back unvetted).
-            Some(loaded) if before.is_empty() => {
+            Some((loaded, hashes)) if before.is_empty() => {
                 state.doc = loaded.with_actor(actor);
                 saved = whole::is_one_document(bytes).then_some(bytes);
+                hashes
             }
             _ => {
                 if let Err(error) = state.doc.load_incremental(bytes) {
                     self.roll_back(vec![(doc.clone(), before)]);
                     return Err(error.into());
                 }
+                (state.doc.get_changes_meta(&before).iter())
+                    .map(|meta| meta.hash)
+                    .collect()
             }
-        }
-        let added: Vec<ChangeHash> = state
-            .doc
-            .get_changes_meta(&before)
-            .iter()
-            .map(|meta| meta.hash)
-            .collect();
+        };
         if !added.is_empty() {
             self.persist_merged(doc, before, signatures, saved)?;
         }

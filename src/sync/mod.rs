@@ -11,6 +11,7 @@
 
 mod access;
 mod bundle;
+pub mod doc_strings;
 mod filter;
 pub mod harness;
 mod message;

@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{ActorId, Automerge, Change, ChangeHash};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ChangeMetadata};
 
 /// Why the first misnumbered change of `changes` is wrong, if one is.
 pub fn misnumbered(doc: &Automerge, changes: &[Change]) -> Option<String> {
@@ -56,14 +56,18 @@ fn skipped_seq(
     })
 }
 
-/// `misnumbered` for the operation counters only, one lookup per dependency: for the whole
-/// history of a document a peer sent (`whole::load` walks only the changes after it).
-pub fn counters_overlap(doc: &Automerge, changes: &[Change]) -> Option<String> {
-    let batch: HashMap<ChangeHash, &Change> = changes.iter().map(|c| (c.hash(), c)).collect();
-    changes
-        .iter()
-        .filter(|change| doc.get_change_meta_by_hash(&change.hash()).is_none())
-        .find_map(|change| counter_overlap(doc, &batch, change))
+/// `misnumbered` for the operation counters only, over a whole document's history (every
+/// change of it, as the metadata of the loaded document: `whole::load` walks only the changes
+/// after it), one lookup per dependency.
+pub fn counters_overlap(history: &[ChangeMetadata<'_>]) -> Option<String> {
+    let max_ops: HashMap<ChangeHash, u64> = history.iter().map(|m| (m.hash, m.max_op)).collect();
+    history.iter().find_map(|change| {
+        let start = change.start_op;
+        let (dep, max_op) = (change.deps.iter())
+            .filter_map(|dep| Some((dep, *max_ops.get(dep)?)))
+            .find(|(_, max_op)| *max_op >= start)?;
+        Some(overlap(&change.hash, &change.actor, start, dep, max_op))
+    })
 }
 
 fn counter_overlap(
@@ -77,11 +81,25 @@ fn counter_overlap(
         .iter()
         .filter_map(|dep| Some((dep, max_op(doc, batch, dep)?)))
         .find(|(_, max_op)| *max_op >= start)?;
-    Some(format!(
-        "change {} of actor {} numbers its operations from {start}, but its dependency {dep} already used up to {max_op}",
-        change.hash(),
+    Some(overlap(
+        &change.hash(),
         change.actor_id(),
+        start,
+        dep,
+        max_op,
     ))
+}
+
+fn overlap(
+    hash: &ChangeHash,
+    actor: &ActorId,
+    start: u64,
+    dep: &ChangeHash,
+    max_op: u64,
+) -> String {
+    format!(
+        "change {hash} of actor {actor} numbers its operations from {start}, but its dependency {dep} already used up to {max_op}"
+    )
 }
 
 fn max_op(doc: &Automerge, batch: &HashMap<ChangeHash, &Change>, hash: &ChangeHash) -> Option<u64> {

@@ -24,13 +24,24 @@ const COMPRESSED_CHANGE_CHUNK: u8 = 2;
 /// LEB128) and its data.
 struct Chunk<'a> {
     kind: u8,
+    /// The whole chunk, header first.
     bytes: &'a [u8],
+    /// What follows the header.
+    data: &'a [u8],
 }
 
 /// Whether `saved` is exactly one document chunk, nothing after it: such bytes load to the
 /// document they hold and nothing else.
 pub fn is_one_document(saved: &[u8]) -> bool {
-    matches!(split(saved).as_deref(), Some([only]) if only.kind == DOCUMENT_CHUNK)
+    one_document_data(saved).is_some()
+}
+
+/// The data (what follows the header) of the one document chunk `saved` is, if it is one.
+pub fn one_document_data(saved: &[u8]) -> Option<&[u8]> {
+    match split(saved).as_deref() {
+        Some([only]) if only.kind == DOCUMENT_CHUNK => Some(only.data),
+        _ => None,
+    }
 }
 
 /// The document `saved` holds, with the changes after it applied; `held` is this node's copy
@@ -101,6 +112,7 @@ fn first_chunk(bytes: &[u8]) -> Option<(Chunk<'_>, &[u8])> {
         Chunk {
             kind,
             bytes: &bytes[..end],
+            data: &data[..len],
         },
         &bytes[end..],
     ))

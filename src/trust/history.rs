@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{ActorId, Change, ChangeHash};
+use automerge::{ActorId, Change, ChangeHash, ChangeMetadata};
 
 use super::signature::ChangeSignature;
 use super::vouch::{describe, Unvouched};
@@ -30,6 +30,15 @@ impl Link {
             hash: change.hash(),
             actor: change.actor_id().clone(),
             deps: change.deps().to_vec(),
+        }
+    }
+
+    /// From a loaded document's metadata of the change, which is not rebuilt for it.
+    pub fn from_meta(meta: ChangeMetadata<'_>) -> Link {
+        Link {
+            hash: meta.hash,
+            actor: meta.actor.into_owned(),
+            deps: meta.deps,
         }
     }
 }
