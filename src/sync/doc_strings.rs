@@ -29,12 +29,13 @@ const UTF8_STRING: u64 = 6;
 
 /// Calls `visit` with the bytes of every string value of the document chunk `data` (the
 /// chunk's data, after its header), in column order; returns how many values it holds, or
-/// `None` when it is not laid out as expected or holds more than `at_most` values.
-pub fn for_each_string(data: &[u8], at_most: u64, visit: impl FnMut(&[u8])) -> Option<u64> {
+/// `None` when it is not laid out as expected. The work is bounded by the bytes: a run of
+/// values without bytes is counted, not walked.
+pub fn for_each_string(data: &[u8], visit: impl FnMut(&[u8])) -> Option<u64> {
     let columns = Columns::read(data)?;
     let metadata = columns.inflated(VALUE_METADATA)?;
     let raw = columns.inflated(VALUE_RAW)?;
-    walk_values(&metadata, &raw, at_most, visit)
+    walk_values(&metadata, &raw, visit)
 }
 
 /// A document chunk's operation columns: each one's specification and bytes.
@@ -87,12 +88,7 @@ impl<'a> Columns<'a> {
 }
 
 /// Walks the metadata column's runs over the raw bytes; `None` unless they end together.
-fn walk_values(
-    metadata: &[u8],
-    raw: &[u8],
-    at_most: u64,
-    mut visit: impl FnMut(&[u8]),
-) -> Option<u64> {
+fn walk_values(metadata: &[u8], raw: &[u8], mut visit: impl FnMut(&[u8])) -> Option<u64> {
     let mut runs = Input(metadata);
     let mut raw = Input(raw);
     let mut values: u64 = 0;
@@ -106,7 +102,7 @@ fn walk_values(
     while !runs.0.is_empty() {
         let count = runs.sleb()?;
         let run = count.unsigned_abs();
-        values = values.checked_add(run).filter(|n| *n <= at_most)?;
+        values = values.checked_add(run)?;
         match count {
             // A repeated value: a value of no bytes is only counted, however long its run.
             1.. => {
@@ -119,7 +115,7 @@ fn walk_values(
             // A run of nulls: values without metadata, hence without bytes.
             0 => {
                 let nulls = runs.uleb()?;
-                values = values.checked_add(nulls).filter(|n| *n <= at_most)?;
+                values = values.checked_add(nulls)?;
             }
         }
     }
@@ -198,7 +194,7 @@ mod tests {
 
     fn strings(doc: &Automerge) -> (Vec<String>, u64) {
         let mut found = Vec::new();
-        let values = for_each_string(data(&doc.save()), u64::MAX, |bytes| {
+        let values = for_each_string(data(&doc.save()), |bytes| {
             found.push(String::from_utf8(bytes.to_vec()).unwrap())
         })
         .expect("a saved document reads");
@@ -253,25 +249,27 @@ mod tests {
         tx.commit();
         let saved = doc.save();
         let whole = data(&saved);
-        assert!(
-            for_each_string(whole, 0, |_| ()).is_none(),
-            "more than at_most"
-        );
+        assert_eq!(for_each_string(whole, |_| ()), Some(1));
         for cut in 0..whole.len() {
-            let _ = for_each_string(&whole[..cut], u64::MAX, |_| ());
+            let _ = for_each_string(&whole[..cut], |_| ());
         }
         for at in 0..whole.len() {
             let mut flipped = whole.to_vec();
             flipped[at] ^= 0xff;
-            let _ = for_each_string(&flipped, u64::MAX, |_| ());
+            let _ = for_each_string(&flipped, |_| ());
         }
         // A run of a billion empty values is counted, not walked.
         // 1 000 000 000 as signed LEB128, then the metadata 0 (a null's).
         let runs = [0x80, 0x94, 0xeb, 0xdc, 0x03, 0x00];
-        assert_eq!(
-            walk_values(&runs, &[], u64::MAX, |_| ()),
-            Some(1_000_000_000)
-        );
-        assert_eq!(walk_values(&runs, &[], 10, |_| ()), None);
+        assert_eq!(walk_values(&runs, &[], |_| ()), Some(1_000_000_000));
+        // A count past u64 is not a count.
+        let overflow = [&runs[..], &[0x00], &[0xff; 9], &[0x01]].concat();
+        assert_eq!(walk_values(&overflow, &[], |_| ()), None);
+        // One literal value, a string of 2 bytes: read; then with a byte too few or too many.
+        let mut seen = Vec::new();
+        let one = walk_values(&[0x7f, 0x26], b"ab", |bytes| seen.push(bytes.to_vec()));
+        assert_eq!((one, seen), (Some(1), vec![b"ab".to_vec()]));
+        assert_eq!(walk_values(&[0x7f, 0x26], b"a", |_| ()), None);
+        assert_eq!(walk_values(&[0x7f, 0x26], b"abc", |_| ()), None);
     }
 }
