@@ -12,6 +12,11 @@
 
 use std::time::Instant;
 
+/// The allocator of the `meshd` binary, which syncs in the daemon: both sides of every row
+/// run on it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use automerge::sync::{State, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ROOT};
