@@ -220,7 +220,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use automerge::transaction::Transactable;
-    use automerge::{ActorId, ROOT};
+    use automerge::{ActorId, ObjType, ReadDoc as _, ROOT};
     use proptest::prelude::*;
 
     use super::*;
@@ -229,9 +229,24 @@ mod tests {
     /// key deleted.
     #[derive(Debug, Clone)]
     enum Edit {
-        Put { key: u8, stamp: u64, actor: u8 },
-        Delete { key: u8 },
-        Text { key: u8, text: String },
+        Put {
+            key: u8,
+            stamp: u64,
+            actor: u8,
+        },
+        Delete {
+            key: u8,
+        },
+        Text {
+            key: u8,
+            text: String,
+        },
+        /// Spliced into the text object under `content` (skills keep their text so).
+        Splice {
+            at: u8,
+            delete: u8,
+            insert: String,
+        },
     }
 
     fn edit() -> impl Strategy<Value = Edit> {
@@ -240,11 +255,16 @@ mod tests {
                 .prop_map(|(key, stamp, actor)| Edit::Put { key, stamp, actor }),
             1 => (0..8u8).prop_map(|key| Edit::Delete { key }),
             1 => (0..8u8, "[{}\"a-z:0-9 ]{0,40}").prop_map(|(key, text)| Edit::Text { key, text }),
+            1 => (any::<u8>(), 0..4u8, "[{}\"a-zé€:0-9 ]{0,20}")
+                .prop_map(|(at, delete, insert)| Edit::Splice { at, delete, insert }),
         ]
     }
 
     fn document(edits: &[Edit]) -> Automerge {
         let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        let text = tx.put_object(ROOT, "content", ObjType::Text).unwrap();
+        tx.commit();
         for edit in edits {
             let mut tx = doc.transaction();
             match edit {
@@ -256,6 +276,12 @@ mod tests {
                 }
                 Edit::Delete { key } => tx.delete(ROOT, format!("k{key}")),
                 Edit::Text { key, text } => tx.put(ROOT, format!("k{key}"), text.as_str()),
+                Edit::Splice { at, delete, insert } => {
+                    let len = tx.length(&text);
+                    let at = usize::from(*at).min(len);
+                    let delete = isize::from(*delete).min((len - at) as isize);
+                    tx.splice_text(&text, at, delete, insert)
+                }
             }
             .ok();
             tx.commit();
