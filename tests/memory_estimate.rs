@@ -98,11 +98,15 @@ impl Words {
     }
 }
 
+/// Opens the store, waiting out the file lock a replica dropped just before may still hold
+/// (sled's background flusher lets go of it a moment later; seen under a loaded machine).
 fn open(dir: &tempfile::TempDir) -> Replica {
-    Replica::open(
-        &dir.path().join("store"),
-        NodeKey::insecure_from_name("estimate"),
-    )
+    meshd::replica::wait_for_store(std::time::Duration::from_secs(10), || {
+        Replica::open(
+            &dir.path().join("store"),
+            NodeKey::insecure_from_name("estimate"),
+        )
+    })
     .expect("the store opens")
 }
 
