@@ -20,7 +20,7 @@ use meshd::config::ApiConfig;
 use meshd::replica::{Replica, SharedReplica};
 use meshd::search::Searcher;
 use meshd::store::{self, SCHEMA};
-use meshd::sync::{self, sequence, whole, Bundle, Filter, Message, Unpacked};
+use meshd::sync::{self, doc_strings, sequence, whole, Bundle, Filter, Message, Unpacked};
 use meshd::trust::NodeKey;
 use rusqlite::types::Value as Sql;
 use tower::ServiceExt;
@@ -59,6 +59,10 @@ pub fn bundle(input: &[u8]) {
             }
         }
         Ok(Unpacked::Document(saved)) => {
+            // Vetting reads the stamps from the document's value columns (`doc_strings`).
+            if let Some(data) = whole::one_document_data(&saved) {
+                let _ = doc_strings::for_each_string(data, |_| ());
+            }
             if whole::load(Some(&doc), &saved).is_ok() {
                 let _ = doc.load_incremental(&saved);
             }
