@@ -17,6 +17,8 @@
 
 use std::io::Read;
 
+use super::whole::leb128;
+
 /// The value columns' id (`VAL_COL_ID`) in the document format's operation columns.
 const VALUE_COLUMN_ID: u32 = 5;
 const VALUE_METADATA: u32 = 6;
@@ -136,15 +138,9 @@ impl<'a> Input<'a> {
     }
 
     fn uleb(&mut self) -> Option<u64> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.take(1)?.first()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
+        let (value, rest) = leb128(self.0)?;
+        self.0 = rest;
+        Some(value)
     }
 
     fn sleb(&mut self) -> Option<i64> {

@@ -119,7 +119,7 @@ fn first_chunk(bytes: &[u8]) -> Option<(Chunk<'_>, &[u8])> {
 }
 
 /// An unsigned LEB128 number of at most 10 bytes, and what follows it.
-fn leb128(bytes: &[u8]) -> Option<(u64, &[u8])> {
+pub(super) fn leb128(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let mut value: u64 = 0;
     for (at, &byte) in bytes.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f).checked_shl(7 * at as u32)?;
