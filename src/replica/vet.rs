@@ -123,11 +123,15 @@ enum Witness {
 impl Replica {
     /// Refuses changes from a peer that write a stamp beyond this node's clock bound.
     pub fn vet_changes(&mut self, changes: &[Change]) -> Result<(), FutureStamp> {
-        let wall = (self.wall_clock)();
         changes
             .iter()
             .filter_map(newest_stamp)
-            .try_for_each(|stamp| self.clock_bound.check(stamp, wall))
+            .try_for_each(|stamp| self.vet_stamp(stamp))
+    }
+
+    /// Refuses a stamp a peer wrote beyond this node's clock bound.
+    fn vet_stamp(&mut self, stamp: Stamp) -> Result<(), FutureStamp> {
+        self.clock_bound.check(stamp, (self.wall_clock)())
     }
 
     /// Refuses misnumbered changes (`sequence`: a sequence number that skips, operation
@@ -182,10 +186,7 @@ impl Replica {
         });
         let loaded = loaded?;
         if let Some(stamp) = newest_stamp_written(scanned, &loaded) {
-            let wall = (self.wall_clock)();
-            self.clock_bound
-                .check(stamp, wall)
-                .map_err(|e| e.to_string())?;
+            self.vet_stamp(stamp).map_err(|e| e.to_string())?;
         }
         // The numbering and the trust check read only the changes' metadata, never their
         // operations.

@@ -15,6 +15,7 @@
 //! to rebuilding the changes. A crafted document can make this reader give up, never make it
 //! read other values than Automerge did.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use super::whole::leb128;
@@ -67,25 +68,25 @@ impl<'a> Columns<'a> {
 
     /// The bytes of the value column of `kind`, inflated: empty when the chunk has none
     /// (Automerge leaves out empty columns), `None` when it has two.
-    fn inflated(&self, kind: u32) -> Option<Vec<u8>> {
+    fn inflated(&self, kind: u32) -> Option<Cow<'a, [u8]>> {
         let mut found = self
             .ops
             .iter()
             .filter(|(spec, _)| spec >> 4 == VALUE_COLUMN_ID && spec & TYPE_MASK == kind);
         let Some(&(spec, bytes)) = found.next() else {
-            return Some(Vec::new());
+            return Some(Cow::Borrowed(&[]));
         };
         if found.next().is_some() {
             return None;
         }
         if spec & DEFLATED == 0 {
-            return Some(bytes.to_vec());
+            return Some(Cow::Borrowed(bytes));
         }
         let mut inflated = Vec::new();
         flate2::read::DeflateDecoder::new(bytes)
             .read_to_end(&mut inflated)
             .ok()?;
-        Some(inflated)
+        Some(Cow::Owned(inflated))
     }
 }
 

@@ -979,14 +979,19 @@ impl Session {
             // With their descendants, which the peer lacks too: the newest of them carry the
             // signatures that vouch for the rest (`trust`).
             let mut missing: HashSet<ChangeHash> = answer.send.into_iter().collect();
+            let state = self.docs.entry(doc.clone()).or_default();
+            state.sent.listed(store, doc);
             for change in store.changes_since(doc, &[]) {
                 let hash = change.hash();
                 let lacked =
                     missing.contains(&hash) || change.deps().iter().any(|d| missing.contains(d));
                 if lacked {
                     missing.insert(hash);
-                    let state = self.docs.entry(doc.clone()).or_default();
-                    if !state.sent.listed(store, doc).contains(&hash) {
+                    if !self
+                        .docs
+                        .get(doc)
+                        .is_some_and(|s| s.sent.changes.contains(&hash))
+                    {
                         self.send(doc, change, out);
                     }
                 }
