@@ -10,6 +10,7 @@
 
 use automerge::Change;
 
+use super::linked::{self, LinkedError};
 use super::message::Bundle;
 
 /// Uncompressed bytes per bundle: a bundle compresses to less than this, so one bundle always
@@ -57,12 +58,9 @@ pub enum BundleError {
     /// The pieces of a transfer were not followed by its last bundle.
     #[error("a transfer's pieces were not followed by its last bundle")]
     Unfinished,
-    /// A length prefix runs past the end.
-    #[error("change bundle is cut short")]
-    Truncated,
-    /// A change's bytes are not an Automerge change.
-    #[error("change bundle holds a change that does not parse")]
-    Change,
+    /// The changes do not read back (`linked`).
+    #[error(transparent)]
+    Changes(#[from] LinkedError),
 }
 
 /// A bundle's contents.
@@ -77,18 +75,19 @@ pub enum Unpacked {
 /// change larger than a bundle becomes a transfer of its own.
 pub fn pack(changes: &[Change]) -> Vec<Bundle> {
     let mut bundles = Vec::new();
-    let mut raw = Vec::new();
-    for change in changes {
-        let bytes = change.raw_bytes();
-        if !raw.is_empty() && raw.len() + bytes.len() + 10 > MAX_BUNDLE_RAW {
-            bundles.extend(seal(&raw, Bundle::Changes));
-            raw.clear();
+    let mut start = 0;
+    let mut raw = 0;
+    for (i, change) in changes.iter().enumerate() {
+        // A change's rebuilt size, and a few bytes of lengths beside it.
+        let bytes = change.raw_bytes().len() + 10;
+        if i > start && raw + bytes > MAX_BUNDLE_RAW {
+            bundles.extend(seal(&linked::encode(&changes[start..i]), Bundle::Changes));
+            (start, raw) = (i, 0);
         }
-        write_len(&mut raw, bytes.len());
-        raw.extend_from_slice(bytes);
+        raw += bytes;
     }
-    if !raw.is_empty() {
-        bundles.extend(seal(&raw, Bundle::Changes));
+    if start < changes.len() {
+        bundles.extend(seal(&linked::encode(&changes[start..]), Bundle::Changes));
     }
     bundles
 }
@@ -155,7 +154,10 @@ impl Assembly {
                 self.raw = raw;
                 Ok(None)
             }
-            Bundle::Changes(_) => split(&raw).map(|c| Some(Unpacked::Changes(c))),
+            Bundle::Changes(_) => Ok(Some(Unpacked::Changes(linked::decode(
+                &raw,
+                MAX_TRANSFER_RAW,
+            )?))),
             Bundle::Document(_) => Ok(Some(Unpacked::Document(raw))),
         }
     }
@@ -167,46 +169,6 @@ fn compress(raw: &[u8], level: i32) -> Vec<u8> {
 
 fn decompress(compressed: &[u8]) -> Result<Vec<u8>, BundleError> {
     zstd::bulk::decompress(compressed, MAX_BUNDLE_RAW).map_err(BundleError::Decompress)
-}
-
-fn split(mut raw: &[u8]) -> Result<Vec<Change>, BundleError> {
-    let mut changes = Vec::new();
-    while !raw.is_empty() {
-        let len = read_len(&mut raw)?;
-        if len > raw.len() {
-            return Err(BundleError::Truncated);
-        }
-        let (bytes, rest) = raw.split_at(len);
-        changes.push(Change::try_from(bytes).map_err(|_| BundleError::Change)?);
-        raw = rest;
-    }
-    Ok(changes)
-}
-
-/// LEB128, as in Automerge's own formats.
-fn write_len(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_len(raw: &mut &[u8]) -> Result<usize, BundleError> {
-    let mut len = 0usize;
-    for shift in (0..35).step_by(7) {
-        let (&byte, rest) = raw.split_first().ok_or(BundleError::Truncated)?;
-        *raw = rest;
-        len |= usize::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(len);
-        }
-    }
-    Err(BundleError::Truncated)
 }
 
 #[cfg(test)]
@@ -311,14 +273,5 @@ mod tests {
             assembly.take(&Bundle::Document(slice)),
             Err(BundleError::TooLarge)
         ));
-    }
-
-    #[test]
-    fn lengths_round_trip() {
-        for len in [0, 1, 127, 128, 300, 1 << 20] {
-            let mut out = Vec::new();
-            write_len(&mut out, len);
-            assert_eq!(read_len(&mut out.as_slice()).unwrap(), len);
-        }
     }
 }

@@ -14,6 +14,7 @@ mod bundle;
 pub mod doc_strings;
 mod filter;
 pub mod harness;
+mod linked;
 mod message;
 mod outbox;
 mod recon;
