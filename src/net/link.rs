@@ -8,7 +8,6 @@
 //! The session keeps no clock, so the link stamps each `Hello` it sends with this node's wall
 //! clock, and estimates the peer's clock offset from the stamp on each `Hello` it receives.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use automerge::ChangeHash;
@@ -16,6 +15,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::close::CloseCode;
+use super::push_pace::{PushPace, Pushes};
 use crate::model::{DocId, NodeId};
 use crate::replica::Replica;
 use crate::sync::{self, Applied, Message, Outcome, Refusal, Session, StoreError, SyncError};
@@ -38,8 +38,13 @@ pub struct PeerOpening {
 
 /// What the rest of the daemon asks of a link.
 pub enum LinkCommand {
-    /// Send these fresh changes of `doc` now.
-    Push { doc: DocId, fresh: Vec<ChangeHash> },
+    /// Send these fresh changes of `doc`: at once when `relayed` (they came from a peer),
+    /// else paced (`push_pace`).
+    Push {
+        doc: DocId,
+        fresh: Vec<ChangeHash>,
+        relayed: bool,
+    },
     /// Run a round and answer when it completes.
     SyncNow(oneshot::Sender<()>),
 }
@@ -118,6 +123,15 @@ pub trait LinkHost: Send + Sync + 'static {
     fn peer_opened(&self, peer: NodeId, opening: PeerOpening);
 }
 
+/// How often a link runs a round and pushes this node's writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Between anti-entropy rounds.
+    pub anti_entropy: Duration,
+    /// At least this long between two pushes of this node's own writes (`push_pace`).
+    pub push_pace: Duration,
+}
+
 /// Runs the link until the connection ends or the command channel closes.
 pub async fn run(
     host: &impl LinkHost,
@@ -125,7 +139,7 @@ pub async fn run(
     session: Session,
     peer: NodeId,
     dialer: bool,
-    anti_entropy: Duration,
+    timing: Timing,
     commands: mpsc::UnboundedReceiver<LinkCommand>,
 ) -> Result<(), LinkError> {
     let (send, recv) = if dialer {
@@ -143,8 +157,9 @@ pub async fn run(
         round: Round::new(),
         connection: connection.clone(),
         clock_offsets: ClockOffsets::default(),
+        pace: PushPace::new(timing.push_pace),
     };
-    let result = link.drive(inbound, commands, anti_entropy).await;
+    let result = link.drive(inbound, commands, timing.anti_entropy).await;
     // Whatever ended the link, the reader goes with it, and a failure is told to the peer.
     reader.abort();
     if let Err(e) = &result {
@@ -163,6 +178,7 @@ struct Link<'h, H> {
     /// For its round-trip time.
     connection: Connection,
     clock_offsets: ClockOffsets,
+    pace: PushPace,
 }
 
 impl<H: LinkHost> Link<'_, H> {
@@ -188,6 +204,10 @@ impl<H: LinkHost> Link<'_, H> {
                     None => return Ok(()),
                 },
                 _ = timer.tick() => self.start_round().await?,
+                _ = until(self.pace.due()) => {
+                    let held = self.pace.release(Instant::now());
+                    self.push(held).await?;
+                }
             }
         }
     }
@@ -258,31 +278,48 @@ impl<H: LinkHost> Link<'_, H> {
 
     /// Runs `first` and the commands already queued behind it: the pushes merged into one
     /// per document (a burst of local writes goes out as one message per document, and the
-    /// peer applies it with one flush), then one round for every `SyncNow` among them.
+    /// peer applies it with one flush) and paced (`push_pace`), then one round for every
+    /// `SyncNow` among them.
     async fn obey(
         &mut self,
         first: LinkCommand,
         commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
     ) -> Result<(), LinkError> {
         let mut pushes = Pushes::default();
+        let mut relayed = false;
         let mut waiters = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                LinkCommand::Push { doc, fresh } => pushes.add(doc, fresh),
+                LinkCommand::Push {
+                    doc,
+                    fresh,
+                    relayed: from_peer,
+                } => {
+                    pushes.add(doc, fresh);
+                    relayed |= from_peer;
+                }
                 LinkCommand::SyncNow(done) => waiters.push(done),
             }
             if pushes.len() + waiters.len() < MAX_MERGED_COMMANDS {
                 next = commands.try_recv().ok();
             }
         }
-        for (doc, fresh) in pushes.docs {
-            let outcome = self.call(|session, store| session.push(store, &doc, &fresh))?;
-            self.act(outcome).await?;
+        if let Some(now) = self.pace.offer(pushes, relayed, Instant::now()) {
+            self.push(now).await?;
         }
         if !waiters.is_empty() {
             self.round.waiters.extend(waiters);
             self.start_round().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `pushes`, one message per document.
+    async fn push(&mut self, pushes: Pushes) -> Result<(), LinkError> {
+        for (doc, fresh) in pushes.docs {
+            let outcome = self.call(|session, store| session.push(store, &doc, &fresh))?;
+            self.act(outcome).await?;
         }
         Ok(())
     }
@@ -340,31 +377,6 @@ impl<H: LinkHost> Link<'_, H> {
             self.round.finish(self.host, self.peer);
         }
         Ok(())
-    }
-}
-
-/// Fresh changes to push, per document, each hash once, in the order they came.
-#[derive(Default)]
-struct Pushes {
-    docs: Vec<(DocId, Vec<ChangeHash>)>,
-    seen: HashSet<ChangeHash>,
-}
-
-impl Pushes {
-    fn add(&mut self, doc: DocId, fresh: Vec<ChangeHash>) {
-        let fresh = fresh.into_iter().filter(|hash| self.seen.insert(*hash));
-        match self.docs.iter_mut().find(|(known, _)| *known == doc) {
-            Some((_, hashes)) => hashes.extend(fresh),
-            None => {
-                let fresh = fresh.collect();
-                self.docs.push((doc, fresh));
-            }
-        }
-    }
-
-    /// How many hashes are queued.
-    fn len(&self) -> usize {
-        self.seen.len()
     }
 }
 
@@ -477,6 +489,14 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Message, LinkError> {
     frame.resize(sync::HEADER_LEN + len, 0);
     recv.read_exact(&mut frame[sync::HEADER_LEN..]).await?;
     Ok(Message::decode(&frame)?)
+}
+
+/// Waits until `due`, or for ever when nothing is due.
+async fn until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ use crate::replica::{Replica, SharedReplica};
 use crate::sync::{self, Applied, Session};
 
 /// Connections from one peer this close together are a simultaneous dial, not a reconnect.
+/// The least time between two pushes of this node's own writes to a peer (`push_pace`): a
+/// burst of writes reaches a peer at most this late, in a push per interval.
+pub const PUSH_PACE: Duration = Duration::from_millis(250);
 const DIAL_RACE_WINDOW: Duration = Duration::from_secs(2);
 /// A link that fails sooner than this after it came up failed on something that a new
 /// connection meets again at once (a refusal, a round that cannot complete): the next one
@@ -98,6 +101,9 @@ struct Failing {
 pub struct MeshConfig {
     /// How often each link runs an anti-entropy round.
     pub anti_entropy: Duration,
+    /// At least this long between two pushes of this node's own writes to a peer
+    /// (`push_pace`).
+    pub push_pace: Duration,
     /// First and last wait between failed dials; each failure doubles it, with jitter.
     pub backoff: (Duration, Duration),
     /// Accept this node's own node scope from peers, which no peer may write otherwise: a
@@ -115,6 +121,7 @@ impl Default for MeshConfig {
     fn default() -> MeshConfig {
         MeshConfig {
             anti_entropy: Duration::from_secs(30),
+            push_pace: PUSH_PACE,
             backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             accept_own_scope: false,
             name: None,
@@ -337,6 +344,7 @@ impl Mesh {
                 let _ = entry.commands.send(LinkCommand::Push {
                     doc: doc.clone(),
                     fresh: hashes.clone(),
+                    relayed: false,
                 });
             }
         }
@@ -875,19 +883,14 @@ impl Mesh {
         let dialer = dialed_by == self.own;
         // The link runs as a task of its own, so that a panic in it (a bug) ends that link
         // only: the entry below is still removed and the dialer reconnects.
-        let (mesh, anti_entropy) = (self.clone(), self.config.anti_entropy);
+        let mesh = self.clone();
+        let timing = link::Timing {
+            anti_entropy: self.config.anti_entropy,
+            push_pace: self.config.push_pace,
+        };
         let link = self.tasks.spawn(async move {
             let host = mesh.as_ref();
-            link::run(
-                host,
-                connection,
-                session,
-                peer,
-                dialer,
-                anti_entropy,
-                receiver,
-            )
-            .await
+            link::run(host, connection, session, peer, dialer, timing, receiver).await
         });
         let ended = link.await;
         let lasted = started.elapsed();
@@ -1010,6 +1013,7 @@ impl LinkHost for Mesh {
                 let _ = entry.commands.send(LinkCommand::Push {
                     doc: a.doc.clone(),
                     fresh: a.hashes.clone(),
+                    relayed: true,
                 });
             }
         }

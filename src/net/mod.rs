@@ -10,6 +10,7 @@ pub mod join;
 pub mod link;
 pub mod mesh;
 pub mod pins;
+mod push_pace;
 pub mod tls;
 
 pub use close::CloseCode;
