@@ -35,6 +35,9 @@ pub enum LinkedError {
     /// A dependency names a change that is not earlier in the payload.
     #[error("change bundle refers to change {0}, which does not come before it")]
     Reference(u64),
+    /// An actor reference names an actor no earlier change had.
+    #[error("change bundle refers to actor {0}, which no change before it had")]
+    Actor(u64),
     /// The rebuilt changes would be larger than the receiver holds for one transfer.
     #[error("change bundle rebuilds to more than {0} bytes")]
     TooLarge(usize),
@@ -45,41 +48,33 @@ pub enum LinkedError {
 
 /// The payload for `changes`, in the order given (dependencies first, for references).
 pub fn encode(changes: &[Change]) -> Vec<u8> {
-    let mut positions = std::collections::HashMap::with_capacity(changes.len());
+    let mut context = Context::default();
     let mut out = Vec::new();
-    for (i, change) in changes.iter().enumerate() {
-        match split_chunk(change.raw_bytes()) {
-            Some((deps, rest)) => {
-                write_len(&mut out, deps.len() as u64 + 1);
-                for dep in deps {
-                    match positions.get(&dep) {
-                        Some(&at) => write_len(&mut out, at as u64 + 1),
-                        None => {
-                            write_len(&mut out, 0);
-                            out.extend_from_slice(&dep.0);
-                        }
-                    }
-                }
-                write_bytes(&mut out, rest);
-            }
+    for change in changes {
+        match Fields::read(change.raw_bytes()) {
+            Some(fields) => context.write(&fields, &mut out),
             None => {
                 write_len(&mut out, 0);
                 write_bytes(&mut out, change.raw_bytes());
             }
         }
-        positions.insert(change.hash(), i);
+        context.hashes.insert(change.hash(), context.hashes.len());
     }
     out
 }
 
 /// The changes `payload` holds, rebuilding at most `limit` bytes of them.
 pub fn decode(mut payload: &[u8], limit: usize) -> Result<Vec<Change>, LinkedError> {
+    let mut context = Context::default();
     let mut changes: Vec<Change> = Vec::new();
     let mut rebuilt = 0usize;
     while !payload.is_empty() {
         let chunk = match read_len(&mut payload)? {
             0 => read_bytes(&mut payload)?.to_vec(),
-            deps_plus_one => rebuild(&mut payload, deps_plus_one - 1, &changes, limit)?,
+            deps_plus_one => {
+                let fields = context.read(&mut payload, deps_plus_one - 1, &changes, limit)?;
+                chunk(&fields.data())
+            }
         };
         rebuilt = rebuilt.saturating_add(chunk.len());
         if rebuilt > limit {
@@ -90,36 +85,155 @@ pub fn decode(mut payload: &[u8], limit: usize) -> Result<Vec<Change>, LinkedErr
     Ok(changes)
 }
 
-/// One change chunk from its dependency references and the rest of its data.
-fn rebuild(
-    payload: &mut &[u8],
-    deps: u64,
-    earlier: &[Change],
-    limit: usize,
-) -> Result<Vec<u8>, LinkedError> {
-    // Each reference takes at least a byte: a count beyond the bytes left is a lie.
-    if deps > payload.len() as u64 {
-        return Err(LinkedError::Truncated);
+/// The fields of a change's data that repeat or grow from one change to the next, and the
+/// rest (message, other actors, operations) as it is.
+#[derive(Debug, PartialEq)]
+struct Fields<'a> {
+    deps: Vec<ChangeHash>,
+    actor: Vec<u8>,
+    seq: u64,
+    start_op: u64,
+    time: i64,
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `raw` when it is exactly one uncompressed change chunk that `chunk`
+    /// writes back byte for byte (LEB128 in its shortest form, as Automerge writes it).
+    fn read(raw: &'a [u8]) -> Option<Fields<'a>> {
+        let after_prefix = raw.strip_prefix(&MAGIC)?.get(CHECKSUM_LEN..)?;
+        let (&kind, mut data) = after_prefix.split_first()?;
+        let len = read_len(&mut data).ok()?;
+        if kind != CHANGE_CHUNK || len != data.len() as u64 {
+            return None;
+        }
+        let mut deps = Vec::new();
+        for _ in 0..read_len(&mut data).ok()? {
+            deps.push(ChangeHash(take(&mut data, HASH_LEN).ok()?.try_into().ok()?));
+        }
+        let fields = Fields {
+            deps,
+            actor: read_bytes(&mut data).ok()?.to_vec(),
+            seq: read_len(&mut data).ok()?,
+            start_op: read_len(&mut data).ok()?,
+            time: read_signed(&mut data).ok()?,
+            rest: data,
+        };
+        (chunk(&fields.data()) == raw).then_some(fields)
     }
-    let mut data = Vec::new();
-    write_len(&mut data, deps);
-    for _ in 0..deps {
-        match read_len(payload)? {
-            0 => data.extend_from_slice(take(payload, HASH_LEN)?),
-            at => {
-                let dep = usize::try_from(at - 1)
-                    .ok()
-                    .and_then(|i| earlier.get(i))
-                    .ok_or(LinkedError::Reference(at - 1))?;
-                data.extend_from_slice(&dep.hash().0);
+
+    /// The change's data, as Automerge lays it out.
+    fn data(&self) -> Vec<u8> {
+        let mut data = Vec::with_capacity(self.deps.len() * HASH_LEN + self.rest.len() + 48);
+        write_len(&mut data, self.deps.len() as u64);
+        self.deps.iter().for_each(|d| data.extend_from_slice(&d.0));
+        write_bytes(&mut data, &self.actor);
+        write_len(&mut data, self.seq);
+        write_len(&mut data, self.start_op);
+        write_signed(&mut data, self.time);
+        data.extend_from_slice(self.rest);
+        data
+    }
+}
+
+/// What the changes before the one being written or read leave for it to refer to: their
+/// positions, their actors, and the numbers the next change's are written against.
+#[derive(Default)]
+struct Context {
+    hashes: std::collections::HashMap<ChangeHash, usize>,
+    actors: Vec<Vec<u8>>,
+    /// Per actor (by position in `actors`), its last sequence number.
+    seqs: Vec<u64>,
+    start_op: u64,
+    time: i64,
+}
+
+impl Context {
+    /// Writes `fields`: dependencies as references where it can, the actor as a reference
+    /// once seen, the numbers as differences from the last ones.
+    fn write(&mut self, fields: &Fields<'_>, out: &mut Vec<u8>) {
+        write_len(out, fields.deps.len() as u64 + 1);
+        for dep in &fields.deps {
+            match self.hashes.get(dep) {
+                Some(&at) => write_len(out, at as u64 + 1),
+                None => {
+                    write_len(out, 0);
+                    out.extend_from_slice(&dep.0);
+                }
             }
         }
-        if data.len() > limit {
+        let actor = match self.actors.iter().position(|a| *a == fields.actor) {
+            Some(at) => {
+                write_len(out, at as u64 + 1);
+                at
+            }
+            None => {
+                write_len(out, 0);
+                write_bytes(out, &fields.actor);
+                self.actors.push(fields.actor.clone());
+                self.seqs.push(0);
+                self.actors.len() - 1
+            }
+        };
+        write_len(out, fields.seq.wrapping_sub(self.seqs[actor]));
+        write_len(out, fields.start_op.wrapping_sub(self.start_op));
+        write_signed(out, fields.time.wrapping_sub(self.time));
+        write_bytes(out, fields.rest);
+        self.seqs[actor] = fields.seq;
+        (self.start_op, self.time) = (fields.start_op, fields.time);
+    }
+
+    /// Reads the fields `write` wrote, after the dependency count.
+    fn read<'p>(
+        &mut self,
+        payload: &mut &'p [u8],
+        deps: u64,
+        earlier: &[Change],
+        limit: usize,
+    ) -> Result<Fields<'p>, LinkedError> {
+        // Each reference takes at least a byte: a count beyond the bytes left is a lie.
+        if deps > payload.len() as u64 {
+            return Err(LinkedError::Truncated);
+        }
+        if deps.saturating_mul(HASH_LEN as u64) > limit as u64 {
             return Err(LinkedError::TooLarge(limit));
         }
+        let mut hashes = Vec::new();
+        for _ in 0..deps {
+            hashes.push(match read_len(payload)? {
+                0 => ChangeHash(take(payload, HASH_LEN)?.try_into().expect("32 bytes taken")),
+                at => usize::try_from(at - 1)
+                    .ok()
+                    .and_then(|i| earlier.get(i))
+                    .ok_or(LinkedError::Reference(at - 1))?
+                    .hash(),
+            });
+        }
+        let actor = match read_len(payload)? {
+            0 => {
+                self.actors.push(read_bytes(payload)?.to_vec());
+                self.seqs.push(0);
+                self.actors.len() - 1
+            }
+            at => usize::try_from(at - 1)
+                .ok()
+                .filter(|&i| i < self.actors.len())
+                .ok_or(LinkedError::Actor(at - 1))?,
+        };
+        let seq = self.seqs[actor].wrapping_add(read_len(payload)?);
+        let start_op = self.start_op.wrapping_add(read_len(payload)?);
+        let time = self.time.wrapping_add(read_signed(payload)?);
+        self.seqs[actor] = seq;
+        (self.start_op, self.time) = (start_op, time);
+        Ok(Fields {
+            deps: hashes,
+            actor: self.actors[actor].clone(),
+            seq,
+            start_op,
+            time,
+            rest: read_bytes(payload)?,
+        })
     }
-    data.extend_from_slice(read_bytes(payload)?);
-    Ok(chunk(&data))
 }
 
 /// A change chunk around `data`: the header Automerge writes.
@@ -133,36 +247,6 @@ fn chunk(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&hash[..CHECKSUM_LEN]);
     out.extend_from_slice(&typed);
-    out
-}
-
-/// A change chunk's dependencies and the data after them, when `raw` is exactly one
-/// uncompressed change chunk that `chunk` would write back the same.
-fn split_chunk(raw: &[u8]) -> Option<(Vec<ChangeHash>, &[u8])> {
-    let after_prefix = raw.strip_prefix(&MAGIC)?.get(CHECKSUM_LEN..)?;
-    let (&kind, mut rest) = after_prefix.split_first()?;
-    let len = read_len(&mut rest).ok()?;
-    if kind != CHANGE_CHUNK || len != rest.len() as u64 {
-        return None;
-    }
-    let mut data = rest;
-    let count = read_len(&mut data).ok()?;
-    let mut deps = Vec::new();
-    for _ in 0..count {
-        let hash = take(&mut data, HASH_LEN).ok()?;
-        deps.push(ChangeHash(hash.try_into().ok()?));
-    }
-    let rebuilt = chunk(&[&encoded_len(count)[..], &deps_bytes(&deps), data].concat());
-    (rebuilt == raw).then_some((deps, data))
-}
-
-fn deps_bytes(deps: &[ChangeHash]) -> Vec<u8> {
-    deps.iter().flat_map(|d| d.0).collect()
-}
-
-fn encoded_len(n: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_len(&mut out, n);
     out
 }
 
@@ -199,6 +283,36 @@ pub(super) fn write_len(out: &mut Vec<u8>, mut n: u64) {
         }
         out.push(byte | 0x80);
     }
+}
+
+/// Signed LEB128, as Automerge writes a change's time.
+fn write_signed(out: &mut Vec<u8>, mut n: i64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        let done = (n == 0 && byte & 0x40 == 0) || (n == -1 && byte & 0x40 != 0);
+        if done {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_signed(payload: &mut &[u8]) -> Result<i64, LinkedError> {
+    let mut n: i64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = payload.split_first().ok_or(LinkedError::Truncated)?;
+        *payload = rest;
+        n |= i64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            if shift + 7 < 64 && byte & 0x40 != 0 {
+                n |= -1 << (shift + 7);
+            }
+            return Ok(n);
+        }
+    }
+    Err(LinkedError::Truncated)
 }
 
 fn read_len(payload: &mut &[u8]) -> Result<u64, LinkedError> {
@@ -265,6 +379,48 @@ mod tests {
     }
 
     #[test]
+    fn times_that_go_back_and_actors_that_return_come_back_the_same() {
+        let mut doc = Automerge::new();
+        let times = [0, 1_764_000_000_000, -5, 1 << 50, -(1 << 50), 3, 3, 2];
+        for (i, time) in times.into_iter().enumerate() {
+            doc.set_actor(ActorId::from([i as u8 % 3; 16].as_slice()));
+            let mut tx = doc.transaction();
+            tx.put(ROOT, "k", i as i64).unwrap();
+            tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time));
+        }
+        let changes = doc.get_changes(&[]);
+        let payload = encode(&changes);
+        assert!(changes
+            .iter()
+            .all(|c| Fields::read(c.raw_bytes()).is_some()));
+        let back = decode(&payload, usize::MAX).unwrap();
+        assert_eq!(hashes(&back), hashes(&changes));
+        let times_back: Vec<i64> = back.iter().map(Change::timestamp).collect();
+        assert_eq!(times_back, times);
+    }
+
+    #[test]
+    fn signed_numbers_round_trip() {
+        for n in [
+            0,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            i64::MAX,
+            i64::MIN,
+            1 << 40,
+            -(1 << 40),
+        ] {
+            let mut out = Vec::new();
+            write_signed(&mut out, n);
+            assert_eq!(read_signed(&mut out.as_slice()).unwrap(), n, "{n}");
+        }
+    }
+
+    #[test]
     fn a_chunk_that_is_not_a_plain_change_travels_verbatim() {
         let change = history(1).remove(0);
         let mut payload = Vec::new();
@@ -272,7 +428,7 @@ mod tests {
         write_bytes(&mut payload, change.raw_bytes());
         let back = decode(&payload, usize::MAX).unwrap();
         assert_eq!(back[0].hash(), change.hash());
-        assert!(split_chunk(b"not a chunk").is_none());
+        assert!(Fields::read(b"not a chunk").is_none());
     }
 
     #[test]
