@@ -1765,6 +1765,41 @@ fn a_greatest_operation_counter_left_behind_by_an_earlier_meshd_is_not_believed(
     assert_eq!(r.loads(), 0, "the counter is kept again");
 }
 
+/// Automerge 0.12 keeps change times as differences from one change to the next and panicked
+/// halfway through applying a peer's change made at `i64::MIN` after one made at a positive
+/// time, leaving a document whose changes could no longer be read. Such a change is refused
+/// with the reason, alone, after a whole document, or inside one, and the document is as it
+/// was.
+#[test]
+fn a_peer_change_made_at_a_time_automerge_cannot_keep_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
+    let doc = DocId::Memory(Scope::Mesh);
+    let peer = crate::trust::NodeKey::insecure_from_name("b").actor();
+    let heads = r.heads(&doc);
+    let held = r.document(&doc).unwrap().get_changes(&[]).len();
+    let first = crate::sync::sequence::timed_change(peer.clone(), 1, 100, heads.clone(), 1000);
+    for time in [i64::MIN, i64::MAX, -(1 << 53)] {
+        let far =
+            crate::sync::sequence::timed_change(peer.clone(), 2, 101, vec![first.hash()], time);
+        let error = r
+            .apply_changes(&doc, vec![first.clone(), far.clone()], Vec::new())
+            .unwrap_err();
+        assert!(error.to_string().contains("Automerge can keep"), "{error}");
+        assert_eq!(r.heads(&doc), heads);
+        let mut saved = r.document(&doc).unwrap().save();
+        saved.extend_from_slice(first.raw_bytes());
+        saved.extend_from_slice(far.raw_bytes());
+        let refusal = r.vet_document(&doc, &saved, Vec::new()).unwrap_err();
+        assert!(refusal.contains("Automerge can keep"), "{refusal}");
+    }
+    let near = crate::sync::sequence::timed_change(peer, 2, 101, vec![first.hash()], 1 << 52);
+    r.apply_changes(&doc, vec![first, near], Vec::new())
+        .unwrap();
+    assert_eq!(r.document(&doc).unwrap().get_changes(&[]).len(), held + 2);
+}
+
 /// A change whose actor's sequence number skips one reached an assertion in Automerge 0.12
 /// (a panic halfway through updating the document); a peer signs any number it likes on its
 /// own changes. It is refused with the reason, and the document is as it was.

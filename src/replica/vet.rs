@@ -191,7 +191,9 @@ impl Replica {
         // The numbering and the trust check read only the changes' metadata, never their
         // operations.
         let metadata = loaded.get_changes_meta(&[]);
-        if let Some(reason) = sequence::counters_overlap(&metadata) {
+        if let Some(reason) = sequence::counters_overlap(&metadata)
+            .or_else(|| sequence::times_out_of_range(&metadata))
+        {
             return Err(reason);
         }
         let history: Vec<trust::Link> = metadata.into_iter().map(trust::Link::from_meta).collect();

@@ -1,5 +1,6 @@
-//! The numbering of changes from peers (sequence numbers, operation counters), checked
-//! before Automerge applies them. A peer signs whatever numbers it likes on its own changes.
+//! The numbering of changes from peers (sequence numbers, operation counters, times),
+//! checked before Automerge applies them. A peer signs whatever numbers it likes on its own
+//! changes.
 //!
 //! - **Sequence numbers.** Automerge 0.12 refuses a change whose actor already has its
 //!   sequence number, but a change that skips numbers reaches an assertion (a panic, halfway
@@ -14,6 +15,13 @@
 //!   index believe a smaller one, and an appended write could then reuse an operation id
 //!   this node already gave out; it is refused.
 //!
+//! - **Times.** Automerge 0.12 keeps the times of a document's changes as differences from
+//!   one to the next, and panics halfway through applying a change whose time differs from
+//!   the previous one's by more than an i64 holds (a change at `i64::MIN` after one at 1000);
+//!   the document it leaves behind panics on every later read of its changes. A change whose
+//!   time is further from zero than `MAX_TIME` is refused: any two times within it differ by
+//!   far less.
+//!
 //! A change's actor's previous change is always among its ancestors: a change depends on the
 //! heads of the document its actor wrote it in, which hold that actor's last change. So the
 //! check walks a change's ancestors (in the batch, then in the document) and stops at each
@@ -26,6 +34,11 @@ use std::collections::{HashMap, HashSet};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ChangeMetadata};
 
+/// The greatest distance from zero a change's time may have: JavaScript's largest safe
+/// integer, which Automerge's JavaScript side cannot exceed (in milliseconds since 1970, the
+/// year 287 396).
+pub const MAX_TIME: i64 = (1 << 53) - 1;
+
 /// Why the first misnumbered change of `changes` is wrong, if one is.
 pub fn misnumbered(doc: &Automerge, changes: &[Change]) -> Option<String> {
     let batch: HashMap<ChangeHash, &Change> = changes.iter().map(|c| (c.hash(), c)).collect();
@@ -33,8 +46,23 @@ pub fn misnumbered(doc: &Automerge, changes: &[Change]) -> Option<String> {
         .iter()
         .filter(|change| doc.get_change_meta_by_hash(&change.hash()).is_none())
         .find_map(|change| {
-            counter_overlap(doc, &batch, change).or_else(|| skipped_seq(doc, &batch, change))
+            out_of_range(&change.hash(), change.actor_id(), change.timestamp())
+                .or_else(|| counter_overlap(doc, &batch, change))
+                .or_else(|| skipped_seq(doc, &batch, change))
         })
+}
+
+/// `misnumbered` for the times only, over a whole document's history.
+pub fn times_out_of_range(history: &[ChangeMetadata<'_>]) -> Option<String> {
+    (history.iter()).find_map(|change| out_of_range(&change.hash, &change.actor, change.timestamp))
+}
+
+fn out_of_range(hash: &ChangeHash, actor: &ActorId, time: i64) -> Option<String> {
+    (time.unsigned_abs() > MAX_TIME as u64).then(|| {
+        format!(
+            "change {hash} of actor {actor} says it was made at {time} ms since 1970, beyond the {MAX_TIME} Automerge can keep"
+        )
+    })
 }
 
 fn skipped_seq(
@@ -153,6 +181,18 @@ fn metadata(
 /// A change putting one key at the root, numbered as told: any numbering a peer may sign.
 #[cfg(test)]
 pub fn numbered_change(actor: ActorId, seq: u64, start_op: u64, deps: Vec<ChangeHash>) -> Change {
+    timed_change(actor, seq, start_op, deps, 0)
+}
+
+/// `numbered_change` made at `time`.
+#[cfg(test)]
+pub fn timed_change(
+    actor: ActorId,
+    seq: u64,
+    start_op: u64,
+    deps: Vec<ChangeHash>,
+    time: i64,
+) -> Change {
     use automerge::legacy::{Key, ObjectId, Op, OpType, SortedVec};
     Change::from(automerge::ExpandedChange {
         operations: vec![Op {
@@ -166,7 +206,7 @@ pub fn numbered_change(actor: ActorId, seq: u64, start_op: u64, deps: Vec<Change
         hash: None,
         seq,
         start_op: std::num::NonZeroU64::new(start_op).expect("operation counters start at 1"),
-        time: 0,
+        time,
         message: None,
         deps,
         extra_bytes: Vec::new(),
