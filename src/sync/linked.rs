@@ -5,15 +5,24 @@
 //! 4-byte checksum (the start of its own hash). Neither compresses: in a live push of a few
 //! dozen single writes they were two thirds of the compressed bytes. Both are a function of
 //! bytes the receiver gets anyway, so a dependency on a change earlier in the same payload is
-//! written as that change's position, and the chunk header (magic bytes, checksum, type,
+//! written as how far back it is, and the chunk header (magic bytes, checksum, type,
 //! length) is left out; the receiver rebuilds the exact chunk, byte for byte, and Automerge
 //! parses it as if it had travelled whole. A change's hash is still what its signature covers,
 //! and it is computed from the rebuilt bytes, never taken from the sender.
 //!
-//! Layout, every number LEB128: per change, `deps + 1` then one reference per dependency
-//! (`0` and the 32-byte hash, or `i + 1` for the `i`-th change of the payload) then the length
-//! and bytes of the rest of the change's data; or `0` then the length and bytes of a chunk
-//! sent verbatim (one whose header does not read as an uncompressed change).
+//! The same goes for the fields that repeat or grow from one change to the next: a change's
+//! actor is a reference once the payload named it, and its sequence number, first operation
+//! and time are differences from the last ones. (Writing each operation column of all the
+//! changes together, as Automerge's document format does, was tried: zstd made it larger.)
+//!
+//! Layout, every number LEB128 (docs/protocol.md, `DocPart.changes`): per change, `deps + 1`;
+//! per dependency `0` and the 32-byte hash, or how many changes back in the payload it is
+//! (`1`: the change just before); the actor as `0` and its length and bytes, or `i + 1` for
+//! the `i`-th actor the payload named; the sequence number as the difference from the actor's
+//! last in the payload (from 0), the first operation and (signed) the time as differences from
+//! the previous change's, wrapping; then the length and bytes of the rest of the change's data.
+//! Or `0` and the length and bytes of a chunk sent verbatim (one the sender cannot write back
+//! exactly that way).
 
 use automerge::{Change, ChangeHash};
 use sha2::{Digest, Sha256};
@@ -32,8 +41,8 @@ pub enum LinkedError {
     /// A number or a length runs past the end.
     #[error("change bundle is cut short")]
     Truncated,
-    /// A dependency names a change that is not earlier in the payload.
-    #[error("change bundle refers to change {0}, which does not come before it")]
+    /// A dependency names a change further back than the payload's first.
+    #[error("change bundle refers to the change {0} back, before its first")]
     Reference(u64),
     /// An actor reference names an actor no earlier change had.
     #[error("change bundle refers to actor {0}, which no change before it had")]
@@ -155,7 +164,7 @@ impl Context {
         write_len(out, fields.deps.len() as u64 + 1);
         for dep in &fields.deps {
             match self.hashes.get(dep) {
-                Some(&at) => write_len(out, at as u64 + 1),
+                Some(&at) => write_len(out, (self.hashes.len() - at) as u64),
                 None => {
                     write_len(out, 0);
                     out.extend_from_slice(&dep.0);
@@ -202,11 +211,11 @@ impl Context {
         for _ in 0..deps {
             hashes.push(match read_len(payload)? {
                 0 => ChangeHash(take(payload, HASH_LEN)?.try_into().expect("32 bytes taken")),
-                at => usize::try_from(at - 1)
+                back => usize::try_from(back)
                     .ok()
-                    .and_then(|i| earlier.get(i))
-                    .ok_or(LinkedError::Reference(at - 1))?
-                    .hash(),
+                    .and_then(|back| earlier.len().checked_sub(back))
+                    .map(|at| earlier[at].hash())
+                    .ok_or(LinkedError::Reference(back))?,
             });
         }
         let actor = match read_len(payload)? {
@@ -436,11 +445,11 @@ mod tests {
         let changes = history(3);
         let mut payload = encode(&changes[..1]);
         write_len(&mut payload, 2);
-        write_len(&mut payload, 2); // itself: change 1 is the one being read
+        write_len(&mut payload, 2); // two back from the second change: before the first
         write_bytes(&mut payload, &[]);
         assert_eq!(
             decode(&payload, usize::MAX).unwrap_err(),
-            LinkedError::Reference(1)
+            LinkedError::Reference(2)
         );
     }
 
