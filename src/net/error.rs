@@ -80,6 +80,25 @@ impl NetError {
             .any(|code| close.error_code == (*code as u32).into()))
     }
 
+    /// Whether the dialing side gave the connection up before the handshake ended: its
+    /// process stopping (an application close during the handshake reaches this side as
+    /// QUIC's APPLICATION_ERROR), or its own shutdown close. The dialer knows why and says so
+    /// in its own log; this side has nothing to act on.
+    pub fn is_given_up_by_dialer(&self) -> bool {
+        match self {
+            NetError::Connection { source, .. } => match source {
+                quinn::ConnectionError::ConnectionClosed(close) => {
+                    close.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+                }
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    close.error_code == (CloseCode::Shutdown as u32).into()
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether a dial failed because of the address itself (another node there, nothing
     /// answering, the peer not knowing this node), rather than for a passing reason.
     pub fn is_about_the_address(&self) -> bool {
@@ -145,5 +164,25 @@ mod tests {
         assert!(!shown.chars().any(char::is_control));
         assert_eq!(shown.chars().count(), MAX_REASON);
         assert!(shown.starts_with("bad  [31mforged"));
+    }
+
+    #[test]
+    fn a_dialer_that_stops_mid_handshake_is_told_from_a_refusal() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let closed = |error_code| NetError::Connection {
+            addr,
+            source: quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code,
+                frame_type: None,
+                reason: Default::default(),
+            }),
+        };
+        assert!(closed(quinn::TransportErrorCode::APPLICATION_ERROR).is_given_up_by_dialer());
+        assert!(!closed(quinn::TransportErrorCode::PROTOCOL_VIOLATION).is_given_up_by_dialer());
+        let timed_out = NetError::Connection {
+            addr,
+            source: quinn::ConnectionError::TimedOut,
+        };
+        assert!(!timed_out.is_given_up_by_dialer());
     }
 }

@@ -408,6 +408,11 @@ impl Mesh {
                         );
                     }
                     Ok((connection, peer)) => mesh.run_link(connection, peer, peer).await,
+                    Err(e) if e.is_given_up_by_dialer() => {
+                        tracing::debug!(
+                            "a dialer gave its connection up during the handshake: {e}"
+                        );
+                    }
                     Err(e) => {
                         if matches!(e, NetError::NotAllowed { .. }) {
                             mesh.config.metrics.refused(Refusal::UnknownNode);
