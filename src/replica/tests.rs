@@ -1765,18 +1765,23 @@ fn a_greatest_operation_counter_left_behind_by_an_earlier_meshd_is_not_believed(
     assert_eq!(r.loads(), 0, "the counter is kept again");
 }
 
+/// A replica that wrote one key to `mesh` (its store in `dir`), that document, and the actor
+/// of another node ("b"), whose changes the tests below make with any numbering it could sign.
+fn written_once_and_a_peer(dir: &Path) -> (Replica, DocId, automerge::ActorId) {
+    let mut r = open(dir, "a");
+    r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
+    let peer = crate::trust::NodeKey::insecure_from_name("b").actor();
+    (r, DocId::Memory(Scope::Mesh), peer)
+}
+
 /// Automerge 0.12 keeps change times as differences from one change to the next and panicked
 /// halfway through applying a peer's change made at `i64::MIN` after one made at a positive
 /// time, leaving a document whose changes could no longer be read. Such a change is refused
-/// with the reason, alone, after a whole document, or inside one, and the document is as it
-/// was.
+/// with the reason, as a change and after a whole document, and the document is as it was.
 #[test]
 fn a_peer_change_made_at_a_time_automerge_cannot_keep_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = open(dir.path(), "a");
-    r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
-    let doc = DocId::Memory(Scope::Mesh);
-    let peer = crate::trust::NodeKey::insecure_from_name("b").actor();
+    let (mut r, doc, peer) = written_once_and_a_peer(dir.path());
     let heads = r.heads(&doc);
     let held = r.document(&doc).unwrap().get_changes(&[]).len();
     let first = crate::sync::sequence::timed_change(peer.clone(), 1, 100, heads.clone(), 1000);
@@ -1806,10 +1811,7 @@ fn a_peer_change_made_at_a_time_automerge_cannot_keep_is_refused() {
 #[test]
 fn a_peer_change_that_skips_a_sequence_number_is_refused_without_touching_the_document() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = open(dir.path(), "a");
-    r.put_memory(&Scope::Mesh, "k", json!(0)).unwrap();
-    let doc = DocId::Memory(Scope::Mesh);
-    let peer = crate::trust::NodeKey::insecure_from_name("b").actor();
+    let (mut r, doc, peer) = written_once_and_a_peer(dir.path());
     let change = |seq: u64, deps: Vec<ChangeHash>, start_op: u64| {
         crate::sync::sequence::numbered_change(peer.clone(), seq, start_op, deps)
     };
