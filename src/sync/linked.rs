@@ -59,15 +59,15 @@ pub enum LinkedError {
 pub fn encode(changes: &[Change]) -> Vec<u8> {
     let mut context = Context::default();
     let mut out = Vec::new();
-    for change in changes {
+    for (position, change) in changes.iter().enumerate() {
         match Fields::read(change.raw_bytes()) {
-            Some(fields) => context.write(&fields, &mut out),
+            Some(fields) => context.write(&fields, position, &mut out),
             None => {
                 write_len(&mut out, 0);
                 write_bytes(&mut out, change.raw_bytes());
             }
         }
-        context.hashes.insert(change.hash(), context.hashes.len());
+        context.positions.insert(change.hash(), position);
     }
     out
 }
@@ -149,7 +149,8 @@ impl<'a> Fields<'a> {
 /// positions, their actors, and the numbers the next change's are written against.
 #[derive(Default)]
 struct Context {
-    hashes: std::collections::HashMap<ChangeHash, usize>,
+    /// Where each change written so far is in the payload (its last place, if listed twice).
+    positions: std::collections::HashMap<ChangeHash, usize>,
     actors: Vec<Vec<u8>>,
     /// Per actor (by position in `actors`), its last sequence number.
     seqs: Vec<u64>,
@@ -158,13 +159,14 @@ struct Context {
 }
 
 impl Context {
-    /// Writes `fields`: dependencies as references where it can, the actor as a reference
-    /// once seen, the numbers as differences from the last ones.
-    fn write(&mut self, fields: &Fields<'_>, out: &mut Vec<u8>) {
+    /// Writes `fields`, the payload's change at `position`: dependencies as references where
+    /// it can, the actor as a reference once seen, the numbers as differences from the last
+    /// ones.
+    fn write(&mut self, fields: &Fields<'_>, position: usize, out: &mut Vec<u8>) {
         write_len(out, fields.deps.len() as u64 + 1);
         for dep in &fields.deps {
-            match self.hashes.get(dep) {
-                Some(&at) => write_len(out, (self.hashes.len() - at) as u64),
+            match self.positions.get(dep) {
+                Some(&at) => write_len(out, (position - at) as u64),
                 None => {
                     write_len(out, 0);
                     out.extend_from_slice(&dep.0);
@@ -371,6 +373,16 @@ mod tests {
             }
         }
         assert_eq!(decode(&[], usize::MAX).unwrap().len(), 0);
+    }
+
+    /// Positions count every change written, so a change listed twice (or sent verbatim)
+    /// does not shift the references after it.
+    #[test]
+    fn a_change_listed_twice_comes_back_twice() {
+        let changes = history(5);
+        let listed = [&changes[..2], &changes[1..]].concat();
+        let back = decode(&encode(&listed), usize::MAX).unwrap();
+        assert_eq!(hashes(&back), hashes(&listed));
     }
 
     #[test]
