@@ -27,13 +27,12 @@
 use automerge::{Change, ChangeHash};
 use sha2::{Digest, Sha256};
 
-/// The first bytes of every Automerge chunk.
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-const CHANGE_CHUNK: u8 = 1;
+use super::whole::{self, CHANGE_CHUNK, CHUNK_MAGIC};
+
 const CHECKSUM_LEN: usize = 4;
 const HASH_LEN: usize = 32;
 /// Magic bytes and checksum, before the chunk type.
-const PREFIX_LEN: usize = MAGIC.len() + CHECKSUM_LEN;
+const PREFIX_LEN: usize = CHUNK_MAGIC.len() + CHECKSUM_LEN;
 
 /// Why a payload does not read back as changes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -110,12 +109,11 @@ impl<'a> Fields<'a> {
     /// The fields of `raw` when it is exactly one uncompressed change chunk that `chunk`
     /// writes back byte for byte (LEB128 in its shortest form, as Automerge writes it).
     fn read(raw: &'a [u8]) -> Option<Fields<'a>> {
-        let after_prefix = raw.strip_prefix(&MAGIC)?.get(CHECKSUM_LEN..)?;
-        let (&kind, mut data) = after_prefix.split_first()?;
-        let len = read_len(&mut data).ok()?;
-        if kind != CHANGE_CHUNK || len != data.len() as u64 {
+        let (whole_chunk, after) = whole::first_chunk(raw)?;
+        if whole_chunk.kind != CHANGE_CHUNK || !after.is_empty() {
             return None;
         }
+        let mut data = whole_chunk.data;
         let mut deps = Vec::new();
         for _ in 0..read_len(&mut data).ok()? {
             deps.push(ChangeHash(take(&mut data, HASH_LEN).ok()?.try_into().ok()?));
@@ -255,7 +253,7 @@ fn chunk(data: &[u8]) -> Vec<u8> {
     typed.extend_from_slice(data);
     let hash = Sha256::digest(&typed);
     let mut out = Vec::with_capacity(PREFIX_LEN + typed.len());
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&CHUNK_MAGIC);
     out.extend_from_slice(&hash[..CHECKSUM_LEN]);
     out.extend_from_slice(&typed);
     out
@@ -284,7 +282,7 @@ fn take<'a>(payload: &mut &'a [u8], n: usize) -> Result<&'a [u8], LinkedError> {
 }
 
 /// LEB128, as in Automerge's own formats.
-pub(super) fn write_len(out: &mut Vec<u8>, mut n: u64) {
+fn write_len(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -327,7 +325,7 @@ fn read_signed(payload: &mut &[u8]) -> Result<i64, LinkedError> {
 }
 
 fn read_len(payload: &mut &[u8]) -> Result<u64, LinkedError> {
-    let (n, rest) = super::whole::leb128(payload).ok_or(LinkedError::Truncated)?;
+    let (n, rest) = whole::leb128(payload).ok_or(LinkedError::Truncated)?;
     *payload = rest;
     Ok(n)
 }

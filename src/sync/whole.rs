@@ -15,19 +15,19 @@ use automerge::{Automerge, Change};
 use super::sequence;
 
 /// The first bytes of every Automerge chunk.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+pub(super) const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const DOCUMENT_CHUNK: u8 = 0;
-const CHANGE_CHUNK: u8 = 1;
+pub(super) const CHANGE_CHUNK: u8 = 1;
 const COMPRESSED_CHANGE_CHUNK: u8 = 2;
 
 /// One chunk: its header (magic bytes, a 4-byte checksum, the type, the data's length as
 /// LEB128) and its data.
-struct Chunk<'a> {
-    kind: u8,
+pub(super) struct Chunk<'a> {
+    pub kind: u8,
     /// The whole chunk, header first.
-    bytes: &'a [u8],
+    pub bytes: &'a [u8],
     /// What follows the header.
-    data: &'a [u8],
+    pub data: &'a [u8],
 }
 
 /// Whether `saved` is exactly one document chunk, nothing after it: such bytes load to the
@@ -102,7 +102,8 @@ fn split(mut bytes: &[u8]) -> Option<Vec<Chunk<'_>>> {
     Some(chunks)
 }
 
-fn first_chunk(bytes: &[u8]) -> Option<(Chunk<'_>, &[u8])> {
+/// The chunk `bytes` start with, and what follows it.
+pub(super) fn first_chunk(bytes: &[u8]) -> Option<(Chunk<'_>, &[u8])> {
     let after_magic = bytes.strip_prefix(&CHUNK_MAGIC)?;
     let (&kind, after_type) = after_magic.get(4..)?.split_first()?;
     let (len, data) = leb128(after_type)?;
