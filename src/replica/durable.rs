@@ -107,7 +107,7 @@ impl Replica {
         if pending.changes.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = storage::Writes::default();
         for (doc, change) in &pending.changes {
             storage::stage_change(&mut batch, &doc.name(), &change.hash(), change.raw_bytes());
         }
@@ -169,7 +169,7 @@ impl Replica {
     ) -> Result<()> {
         let before = vec![(doc.clone(), before)];
         let touched = self.touched(&before);
-        let mut batch = sled::Batch::default();
+        let mut batch = storage::Writes::default();
         let snapshot_len = match self.stage_snapshot(&mut batch, doc, saved) {
             Ok(len) => len,
             Err(error) => {
@@ -221,7 +221,7 @@ impl Replica {
     /// returns the summaries as the batch leaves them, and what undoes it.
     fn stage_index(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut storage::Writes,
         touched: &Touched,
         appended: &[(DocId, Appended)],
     ) -> Result<(Summaries, index::Undo)> {
@@ -252,7 +252,7 @@ impl Replica {
     /// carry them to disk, and the index keys it touched are written back as they were.
     /// Whichever of the two batches reaches the disk, the index matches the changes stored.
     fn undo(&mut self, changes: &[(DocId, Change)], index: index::Undo) {
-        let mut batch = sled::Batch::default();
+        let mut batch = storage::Writes::default();
         for (doc, change) in changes {
             storage::stage_forget(&mut batch, &doc.name(), &change.hash());
         }
@@ -303,7 +303,7 @@ impl Replica {
         if self.load_state(doc)?.is_none() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = storage::Writes::default();
         let snapshot_len = self.stage_snapshot(&mut batch, doc, None)?;
         self.storage.commit(batch)?;
         self.snapshot_written(doc, snapshot_len);
@@ -316,7 +316,7 @@ impl Replica {
     /// saved now.
     fn stage_snapshot(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut storage::Writes,
         doc: &DocId,
         saved: Option<&[u8]>,
     ) -> Result<usize> {

@@ -36,6 +36,7 @@ use std::ops::Bound;
 use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use serde::{Deserialize, Serialize};
 
+use super::storage::Writes;
 use super::{memory_doc, skills_doc, ReplicaError, Result};
 use crate::model::entry::{resolve, Versioned};
 use crate::model::{Claim, DocId, MemoryEntry, Scope, Skill, Stamp};
@@ -98,7 +99,7 @@ impl Summary {
         self
     }
 
-    fn stage(&self, batch: &mut sled::Batch, doc: &DocId) {
+    fn stage(&self, batch: &mut Writes, doc: &DocId) {
         batch.insert(summary_key(doc), self.encode());
         match self.encode_max_op() {
             Some(bytes) => batch.insert(max_op_key(doc), bytes),
@@ -107,7 +108,7 @@ impl Summary {
     }
 }
 
-fn stage_no_summary(batch: &mut sled::Batch, doc: &DocId) {
+fn stage_no_summary(batch: &mut Writes, doc: &DocId) {
     batch.remove(summary_key(doc));
     batch.remove(max_op_key(doc));
 }
@@ -539,7 +540,7 @@ pub struct Undo {
 
 impl Undo {
     /// Adds to `batch` what puts every key the staged batch wrote back as it was.
-    pub fn stage(self, batch: &mut sled::Batch) {
+    pub fn stage(self, batch: &mut Writes) {
         for (key, before) in self.keys {
             match before {
                 Some(bytes) => batch.insert(key, bytes),
@@ -792,7 +793,7 @@ impl<'t> Staging<'t> {
 
     /// Adds everything staged to `batch`; returns the summaries as they now are (`None`:
     /// removed) and what undoes the batch.
-    pub fn finish(self, batch: &mut sled::Batch) -> (BTreeMap<DocId, Option<Summary>>, Undo) {
+    pub fn finish(self, batch: &mut Writes) -> (BTreeMap<DocId, Option<Summary>>, Undo) {
         for (key, now) in self.keys {
             match now {
                 Some(bytes) => batch.insert(key, bytes),
@@ -832,7 +833,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Adds to `batch` the removal of the whole index: every entry, conflict and summary (a
 /// store indexed again from its documents).
-pub fn stage_clear(tree: &sled::Tree, batch: &mut sled::Batch) -> Result<()> {
+pub fn stage_clear(tree: &sled::Tree, batch: &mut Writes) -> Result<()> {
     for prefix in [ENTRY, CONFLICT, SUMMARY, MAX_OP] {
         for key in tree.scan_prefix(prefix).keys() {
             batch.remove(key?);

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use automerge::ReadDoc;
 
+use super::storage::Writes;
 use super::{
     index, load_doc, new_doc_state, Damage, DocId, DocState, Replica, ReplicaError, Result,
 };
@@ -126,7 +127,7 @@ impl Replica {
             return Ok(());
         }
         tracing::warn!(doc = %doc.name(), "the index does not reflect this document; rebuilding its index");
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut staging = index::Staging::new(self.storage.tree()?, &self.summaries);
         staging.rebuild(doc, &state.doc)?;
         let (summaries, _) = staging.finish(&mut batch);
@@ -153,7 +154,7 @@ impl Replica {
 
     /// Rebuilds the whole index from the loaded documents: documents not loaded lose theirs.
     pub(super) fn rebuild_index(&mut self) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         index::stage_clear(self.storage.tree()?, &mut batch)?;
         let mut staging = index::Staging::from_nothing();
         for (doc, state) in &self.docs {

@@ -9,6 +9,7 @@ mod gather;
 mod group;
 mod index;
 mod integrity;
+mod journal;
 mod lazy;
 mod memory_doc;
 mod repair;

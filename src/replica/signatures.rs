@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use automerge::{Automerge, ChangeHash};
 
 use super::durable::Pending;
+use super::storage::Writes;
 use super::{Replica, ReplicaError, Result};
 use crate::model::DocId;
 use crate::trust::{ChangeSignature, SIGNATURE_BYTES};
@@ -78,11 +79,7 @@ impl Replica {
 
     /// Adds to `batch` a signature of every change made here in `pending` and the
     /// signatures from peers it carries, and removes the older ones each replaces.
-    pub(super) fn stage_signatures(
-        &self,
-        batch: &mut sled::Batch,
-        pending: &Pending,
-    ) -> Result<()> {
+    pub(super) fn stage_signatures(&self, batch: &mut Writes, pending: &Pending) -> Result<()> {
         let mut fresh: Vec<(DocId, ChangeSignature)> = pending
             .changes
             .iter()

@@ -2,19 +2,23 @@
 //!
 //! Everything lives in one tree so that a compaction (new snapshot, old changes removed) is a
 //! single atomic batch. Keys: `s\0<doc>` → snapshot, `c\0<doc>\0<change hash>` → change bytes.
-//! A batch of writes is acknowledged only after `flush`, which fsyncs: one flush for many
-//! writes is the group commit.
+//! A batch of writes is acknowledged once it is durable: appended to the journal and synced
+//! (`journal`), or for a large batch, applied and flushed by sled. One commit for many writes
+//! is the group commit.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use automerge::ChangeHash;
 
+use super::journal::{self, Journal, Write};
 use super::ReplicaError;
 
 const SNAPSHOT: &[u8] = b"s\0";
 const CHANGE: &[u8] = b"c\0";
+const JOURNAL_DIR: &str = "journal";
 const DOCS_TREE: &str = "docs";
 /// sled's page cache. Its default (1 GiB) is half the memory of the small NAS a node may run
 /// on. Reads come from the index, a key at a time, and what sled does not hold the kernel's
@@ -30,9 +34,41 @@ pub struct StoredDoc {
     pub changes: Vec<Vec<u8>>,
 }
 
+/// Writes to the store's tree, applied atomically by `Storage::commit`.
+#[derive(Default)]
+pub struct Writes(Vec<Write>);
+
+impl Writes {
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.0
+            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    }
+
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.0.push((key.as_ref().to_vec(), None));
+    }
+
+    fn into_sled(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.0 {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+}
+
 pub struct Storage {
     db: sled::Db,
     docs: sled::Tree,
+    /// `None` while no segment could be begun (a full disk): commits then wait for sled's
+    /// flush, as slow and as safe, and a new segment is tried after each.
+    journal: Option<Journal>,
+    journal_dir: PathBuf,
+    /// The sequence number of the next journal record.
+    next_seq: u64,
     /// The first write (or read) sled failed, after which it is not called to write again:
     /// sled 0.34 cannot recover from a failed write in process (its next flush waits for good
     /// for the log buffer that failed, and reads fail too once its background flusher hit the
@@ -52,12 +88,45 @@ impl Storage {
             .open()
             .map_err(|source| open_error(path, source))?;
         let docs = db.open_tree(DOCS_TREE)?;
-        Ok(Storage {
+        let journal_dir = path.join(JOURNAL_DIR);
+        let next_seq = replay_journal(&db, &docs, &journal_dir)?;
+        let mut storage = Storage {
             db,
             docs,
+            journal: None,
+            journal_dir,
+            next_seq,
             failed: OnceLock::new(),
             unreadable: false,
-        })
+        };
+        storage.restart_journal()?;
+        Ok(storage)
+    }
+
+    /// Empties the journal and begins a new segment. Call it only right after a sled flush,
+    /// which made what the journal held durable. A segment that cannot be begun (a full disk)
+    /// leaves the node without a journal: commits then wait for sled's flush, as slow as
+    /// before it and as safe, and a segment is tried again after each.
+    fn restart_journal(&mut self) -> Result<(), sled::Error> {
+        let number = self.next_seq;
+        let restarted = match self.journal.as_mut() {
+            Some(journal) => journal.restart(number),
+            None => Journal::start(&self.journal_dir, number).map(|journal| {
+                self.journal = Some(journal);
+            }),
+        };
+        match restarted {
+            Ok(()) => Ok(()),
+            Err(journal::StartError::Begin(error)) => {
+                if self.journal.take().is_some() {
+                    tracing::warn!(%error, dir = %self.journal_dir.display(),
+                        "cannot begin a journal segment; writes wait for sled's flush until one can be begun (is the disk full?)");
+                }
+                Ok(())
+            }
+            // Records left behind would be applied again at the next start, over later writes.
+            Err(journal::StartError::Clear(error)) => Err(sled::Error::Io(error)),
+        }
     }
 
     /// The sled database, for other modules' own trees (peers, sync state).
@@ -169,38 +238,113 @@ impl Storage {
         }
     }
 
-    /// Applies `batch` atomically and waits until it is on disk.
-    pub fn commit(&mut self, batch: sled::Batch) -> Result<(), ReplicaError> {
-        self.write(|storage| {
-            storage.docs.apply_batch(batch)?;
-            storage.db.flush()?;
-            Ok(())
+    /// Applies `writes` and waits until they are durable: appended to the journal and synced,
+    /// then applied to sled key by key, which writes them out in its own time (a crash before
+    /// it did is repaired by the journal's replay at open). A batch too large for the journal,
+    /// or any while there is no journal, is applied atomically and flushed by sled.
+    pub fn commit(&mut self, writes: Writes) -> Result<(), ReplicaError> {
+        if let Some(first) = self.failed.get() {
+            return Err(ReplicaError::Failed(first.clone()));
+        }
+        let journaled = self.journal_append(&writes);
+        self.write(|storage| match journaled? {
+            true => storage.apply_each(writes),
+            false => {
+                storage.docs.apply_batch(writes.into_sled())?;
+                storage.db.flush().map(drop)
+            }
+        })?;
+        match self.journal {
+            // The batch was flushed by sled, with everything before it.
+            None => self.write_restart_journal(),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn write_restart_journal(&mut self) -> Result<(), ReplicaError> {
+        self.restart_journal().map_err(|error| {
+            self.failed.get_or_init(|| error.to_string());
+            ReplicaError::Storage(error)
         })
+    }
+
+    /// Appends the record of `writes` to the journal and syncs it; `Ok(false)` when they go
+    /// to sled's flush instead. A batch that does not fit in the segment checkpoints first:
+    /// sled's flush makes what the journal holds durable, and the journal begins anew (so a
+    /// batch sled then flushes itself has no record before it that a replay would apply over
+    /// it).
+    fn journal_append(&mut self, writes: &Writes) -> Result<bool, sled::Error> {
+        let Some(journal) = self.journal.as_ref() else {
+            return Ok(false);
+        };
+        let record = journal::encode(self.next_seq, &writes.0);
+        let too_large = record.len() > journal::MAX_RECORD;
+        if too_large || !journal.fits(&record) {
+            self.db.flush()?;
+            self.next_seq += 1;
+            self.restart_journal()?;
+            if too_large {
+                return Ok(false);
+            }
+            return self.journal_append(writes);
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(false);
+        };
+        match journal.append(&record) {
+            Ok(()) => {
+                self.next_seq += 1;
+                Ok(true)
+            }
+            // Only the record's own blocks were missing (a file system that cannot allocate a
+            // segment ahead): what it wrote of itself ends the journal as a record cut short,
+            // and the batch goes to sled's flush, after which the journal begins anew.
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => {
+                tracing::warn!(%error, "the journal cannot grow; writes wait for sled's flush until it can begin again (is the disk full?)");
+                self.journal = None;
+                Ok(false)
+            }
+            Err(error) => Err(sled::Error::Io(error)),
+        }
+    }
+
+    /// Applies journaled writes one key at a time: sled's `apply_batch` writes its log out at
+    /// every batch (two writes and syncs by its threads), which the journal makes needless.
+    fn apply_each(&self, writes: Writes) -> Result<(), sled::Error> {
+        for (key, value) in writes.0 {
+            match value {
+                Some(value) => self.docs.insert(key, value).map(drop)?,
+                None => self.docs.remove(key).map(drop)?,
+            }
+        }
+        Ok(())
     }
 
     /// Applies the undo of a failed `commit` (dropping its changes, so that they cannot reach
     /// the disk with a later flush of sled's log), even after the failure. sled may refuse
     /// it too; its memory then still holds the refused write, and the store is no longer
     /// read until a restart.
-    pub fn undo(&mut self, batch: sled::Batch) {
-        if let Err(error) = self.docs.apply_batch(batch) {
+    pub fn undo(&mut self, writes: Writes) {
+        if let Err(error) = self.docs.apply_batch(writes.into_sled()) {
             tracing::error!(%error, "cannot drop the changes of a failed write from the store's memory; reads are refused until meshd restarts");
             self.unreadable = true;
         }
     }
 
+    /// Makes everything sled holds durable in its own files, leaving the journal empty.
     pub fn flush(&mut self) -> Result<(), ReplicaError> {
         self.write(|storage| {
             storage.db.flush()?;
             Ok(())
-        })
+        })?;
+        self.write_restart_journal()
     }
 
     /// Runs one write unless an earlier one failed; a failure stops all later ones.
-    fn write(
+    fn write<T>(
         &mut self,
-        f: impl FnOnce(&Storage) -> Result<(), sled::Error>,
-    ) -> Result<(), ReplicaError> {
+        f: impl FnOnce(&Storage) -> Result<T, sled::Error>,
+    ) -> Result<T, ReplicaError> {
         if let Some(first) = self.failed.get() {
             return Err(ReplicaError::Failed(first.clone()));
         }
@@ -220,6 +364,42 @@ impl Drop for Storage {
         if self.failed.get().is_some() {
             std::mem::forget(self.db.clone());
         }
+    }
+}
+
+/// Applies again, in order, every record of the journal (the writes since sled's last flush
+/// before a crash or a stop; those sled holds already are written again with the same
+/// values), flushes them, and returns the next sequence number. A damaged record ends the
+/// replay: the records before it are applied, the journal is kept aside for the operator, and
+/// the error is logged (the writes after it were acknowledged; peers that received them send
+/// them back).
+fn replay_journal(db: &sled::Db, docs: &sled::Tree, dir: &Path) -> Result<u64, ReplicaError> {
+    let recovered = journal::recover(dir).map_err(|error| journal_error(dir, error))?;
+    let next_seq = recovered.records.last().map_or(1, |record| record.seq + 1);
+    let records = recovered.records.len();
+    for record in recovered.records {
+        docs.apply_batch(Writes(record.writes).into_sled())?;
+    }
+    db.flush()?;
+    if records > 0 {
+        tracing::info!(
+            records,
+            "applied the journal's writes again (meshd stopped before sled wrote them out)"
+        );
+    }
+    if let Some(damage) = recovered.damage {
+        let aside = dir.with_extension(format!("damaged-{}", super::system_clock()));
+        tracing::error!(%damage, aside = %aside.display(),
+            "the journal is damaged: the writes after the damaged record are not in the store (a peer that has them sends them again); the journal is kept aside");
+        std::fs::rename(dir, &aside).map_err(|error| journal_error(dir, error))?;
+    }
+    Ok(next_seq)
+}
+
+fn journal_error(dir: &Path, error: io::Error) -> ReplicaError {
+    ReplicaError::Damaged {
+        path: dir.to_path_buf(),
+        detail: format!("the journal cannot be read ({error})"),
     }
 }
 
@@ -272,18 +452,18 @@ fn change_key(doc: &str, hash: &ChangeHash) -> Vec<u8> {
 }
 
 /// Adds a change to `batch`.
-pub fn stage_change(batch: &mut sled::Batch, doc: &str, hash: &ChangeHash, bytes: &[u8]) {
+pub fn stage_change(batch: &mut Writes, doc: &str, hash: &ChangeHash, bytes: &[u8]) {
     batch.insert(change_key(doc, hash), bytes);
 }
 
 /// Adds to `batch` the removal of a change (the undo of a failed write).
-pub fn stage_forget(batch: &mut sled::Batch, doc: &str, hash: &ChangeHash) {
+pub fn stage_forget(batch: &mut Writes, doc: &str, hash: &ChangeHash) {
     batch.remove(change_key(doc, hash));
 }
 
 /// Adds to `batch` a document's new snapshot and the removal of the changes it now holds.
 pub fn stage_snapshot(
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
     doc: &str,
     snapshot: &[u8],
     folded: impl IntoIterator<Item = ChangeHash>,
