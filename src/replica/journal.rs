@@ -18,7 +18,7 @@
 //! ```
 //!
 //! The journal holds every write to the tree since sled's last flush, in order: it is emptied
-//! (`Journal::start`, `restart`) only right after a flush. At open, every record is applied
+//! (`clear`, `Journal::start`) only when sled holds everything durably. At open, every record is applied
 //! again in order (`recover`) and flushed: a write sled had already is written again with the
 //! same value, and whatever sled lost of the others, in whatever order, comes back. So a batch
 //! need not be atomic in sled, nor sled's recovery a prefix of its writes.
@@ -29,9 +29,10 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// The size each segment is allocated at. A full segment is checkpointed (one sled flush) and
-/// a new one begun: with small writes, once every few tens of thousands of commits.
-pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// The size each segment is allocated at (disk space the store holds beyond its data). A full
+/// segment is checkpointed (one sled flush) and a new one begun: with small writes, once every
+/// few thousand commits.
+pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// Larger batches (a compaction of a big document, a part of an ingest) skip the journal and
 /// are made durable by sled's flush, which costs them little next to their size.
 pub const MAX_RECORD: usize = 1024 * 1024;
@@ -113,7 +114,6 @@ pub enum StartError {
 
 /// The segment being written.
 pub struct Journal {
-    dir: PathBuf,
     file: File,
     used: u64,
 }
@@ -136,11 +136,7 @@ impl Journal {
         allocate(&file)?;
         file.sync_all()?;
         File::open(dir)?.sync_all()?;
-        Ok(Journal {
-            dir: dir.to_path_buf(),
-            file,
-            used: 0,
-        })
+        Ok(Journal { file, used: 0 })
     }
 
     /// Whether `record` fits in what is left of this segment.
@@ -155,17 +151,10 @@ impl Journal {
         self.used += record.len() as u64;
         Ok(())
     }
-
-    /// Begins segment `number`, removing this one. Call it only once every record appended so
-    /// far is durable in sled.
-    pub fn restart(&mut self, number: u64) -> Result<(), StartError> {
-        *self = Journal::start(&self.dir, number)?;
-        Ok(())
-    }
 }
 
 /// Removes every segment of `dir` (creating it if need be), durably.
-fn clear(dir: &Path) -> io::Result<()> {
+pub fn clear(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     for (_, path) in segments(dir)? {
         fs::remove_file(path)?;
@@ -393,10 +382,10 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_begins_an_empty_segment_and_removes_the_old() {
+    fn a_start_begins_an_empty_segment_and_removes_the_old() {
         let dir = tempfile::tempdir().unwrap();
-        let mut journal = journal_with(dir.path(), 2);
-        journal.restart(2).unwrap();
+        journal_with(dir.path(), 2);
+        let mut journal = Journal::start(dir.path(), 2).unwrap();
         journal.append(&encode(3, &writes(3))).unwrap();
         let recovered = recover(dir.path()).unwrap();
         assert_eq!(recovered.records.len(), 1);

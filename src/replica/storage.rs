@@ -63,10 +63,13 @@ impl Writes {
 pub struct Storage {
     db: sled::Db,
     docs: sled::Tree,
-    /// `None` while no segment could be begun (a full disk): commits then wait for sled's
-    /// flush, as slow and as safe, and a new segment is tried after each.
+    /// `None` before the first commit, after a flush, and while no segment can be begun (a
+    /// full disk): then sled holds everything durably, so a commit may begin a journal (which
+    /// empties it) at any time, or else waits for sled's flush itself.
     journal: Option<Journal>,
     journal_dir: PathBuf,
+    /// A segment could not be begun, and the operator was told.
+    journal_refused: bool,
     /// The sequence number of the next journal record.
     next_seq: u64,
     /// The first write (or read) sled failed, after which it is not called to write again:
@@ -90,35 +93,31 @@ impl Storage {
         let docs = db.open_tree(DOCS_TREE)?;
         let journal_dir = path.join(JOURNAL_DIR);
         let next_seq = replay_journal(&db, &docs, &journal_dir)?;
-        let mut storage = Storage {
+        let storage = Storage {
             db,
             docs,
             journal: None,
             journal_dir,
+            journal_refused: false,
             next_seq,
             failed: OnceLock::new(),
             unreadable: false,
         };
-        storage.restart_journal()?;
         Ok(storage)
     }
 
-    /// Empties the journal and begins a new segment. Call it only right after a sled flush,
-    /// which made what the journal held durable. A segment that cannot be begun (a full disk)
-    /// leaves the node without a journal: commits then wait for sled's flush, as slow as
-    /// before it and as safe, and a segment is tried again after each.
+    /// Empties the journal and begins a new segment. Call it only when sled holds everything
+    /// durably: right after its flush, or while there is no journal (see `journal`).
     fn restart_journal(&mut self) -> Result<(), sled::Error> {
-        let number = self.next_seq;
-        let restarted = match self.journal.as_mut() {
-            Some(journal) => journal.restart(number),
-            None => Journal::start(&self.journal_dir, number).map(|journal| {
+        self.journal = None;
+        match Journal::start(&self.journal_dir, self.next_seq) {
+            Ok(journal) => {
                 self.journal = Some(journal);
-            }),
-        };
-        match restarted {
-            Ok(()) => Ok(()),
+                self.journal_refused = false;
+                Ok(())
+            }
             Err(journal::StartError::Begin(error)) => {
-                if self.journal.take().is_some() {
+                if !std::mem::replace(&mut self.journal_refused, true) {
                     tracing::warn!(%error, dir = %self.journal_dir.display(),
                         "cannot begin a journal segment; writes wait for sled's flush until one can be begun (is the disk full?)");
                 }
@@ -253,18 +252,6 @@ impl Storage {
                 storage.docs.apply_batch(writes.into_sled())?;
                 storage.db.flush().map(drop)
             }
-        })?;
-        match self.journal {
-            // The batch was flushed by sled, with everything before it.
-            None => self.write_restart_journal(),
-            Some(_) => Ok(()),
-        }
-    }
-
-    fn write_restart_journal(&mut self) -> Result<(), ReplicaError> {
-        self.restart_journal().map_err(|error| {
-            self.failed.get_or_init(|| error.to_string());
-            ReplicaError::Storage(error)
         })
     }
 
@@ -274,21 +261,17 @@ impl Storage {
     /// batch sled then flushes itself has no record before it that a replay would apply over
     /// it).
     fn journal_append(&mut self, writes: &Writes) -> Result<bool, sled::Error> {
-        let Some(journal) = self.journal.as_ref() else {
-            return Ok(false);
-        };
         let record = journal::encode(self.next_seq, &writes.0);
         let too_large = record.len() > journal::MAX_RECORD;
-        if too_large || !journal.fits(&record) {
-            self.db.flush()?;
-            self.next_seq += 1;
-            self.restart_journal()?;
-            if too_large {
-                return Ok(false);
+        match &self.journal {
+            Some(journal) if too_large || !journal.fits(&record) => {
+                self.db.flush()?;
+                self.restart_journal()?;
             }
-            return self.journal_append(writes);
+            Some(_) => {}
+            None => self.restart_journal()?,
         }
-        let Some(journal) = self.journal.as_mut() else {
+        let Some(journal) = self.journal.as_mut().filter(|_| !too_large) else {
             return Ok(false);
         };
         match journal.append(&record) {
@@ -331,13 +314,19 @@ impl Storage {
         }
     }
 
-    /// Makes everything sled holds durable in its own files, leaving the journal empty.
+    /// Makes everything sled holds durable in its own files; the journal is then emptied, so a
+    /// node stopped this way leaves nothing to apply again.
     pub fn flush(&mut self) -> Result<(), ReplicaError> {
         self.write(|storage| {
             storage.db.flush()?;
             Ok(())
         })?;
-        self.write_restart_journal()
+        self.journal = None;
+        if let Err(error) = journal::clear(&self.journal_dir) {
+            // Harmless: the next start applies its records again over what sled holds.
+            tracing::debug!(%error, "cannot empty the journal after a flush");
+        }
+        Ok(())
     }
 
     /// Runs one write unless an earlier one failed; a failure stops all later ones.
@@ -387,12 +376,16 @@ fn replay_journal(db: &sled::Db, docs: &sled::Tree, dir: &Path) -> Result<u64, R
             "applied the journal's writes again (meshd stopped before sled wrote them out)"
         );
     }
-    if let Some(damage) = recovered.damage {
-        let aside = dir.with_extension(format!("damaged-{}", super::system_clock()));
-        tracing::error!(%damage, aside = %aside.display(),
-            "the journal is damaged: the writes after the damaged record are not in the store (a peer that has them sends them again); the journal is kept aside");
-        std::fs::rename(dir, &aside).map_err(|error| journal_error(dir, error))?;
+    match recovered.damage {
+        Some(damage) => {
+            let aside = dir.with_extension(format!("damaged-{}", super::system_clock()));
+            tracing::error!(%damage, aside = %aside.display(),
+                "the journal is damaged: the writes after the damaged record are not in the store (a peer that has them sends them again); the journal is kept aside");
+            std::fs::rename(dir, &aside)
+        }
+        None => journal::clear(dir),
     }
+    .map_err(|error| journal_error(dir, error))?;
     Ok(next_seq)
 }
 
