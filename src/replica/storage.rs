@@ -466,3 +466,157 @@ pub fn stage_snapshot(
         batch.remove(change_key(doc, &hash));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(key: &str) -> Writes {
+        let mut writes = Writes::default();
+        writes.insert(key, key.repeat(10));
+        writes
+    }
+
+    fn journal_of(store: &Path) -> Vec<journal::Record> {
+        journal::recover(&store.join(JOURNAL_DIR)).unwrap().records
+    }
+
+    fn value(storage: &Storage, key: &str) -> Option<Vec<u8>> {
+        storage
+            .tree()
+            .unwrap()
+            .get(key)
+            .unwrap()
+            .map(|v| v.to_vec())
+    }
+
+    /// Records written by a node that stopped before sled wrote them out.
+    fn journal_left_behind(store: &Path, records: &[(u64, Writes)]) {
+        let mut journal = Journal::start(&store.join(JOURNAL_DIR), 1).unwrap();
+        for (seq, writes) in records {
+            journal.append(&journal::encode(*seq, &writes.0)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_journaled_commit_is_in_the_journal_until_a_flush_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = Storage::open(dir.path()).unwrap();
+        storage.commit(small("a")).unwrap();
+        storage.commit(small("b")).unwrap();
+        assert_eq!(journal_of(dir.path()).len(), 2);
+        storage.flush().unwrap();
+        assert!(journal_of(dir.path()).is_empty());
+        assert_eq!(value(&storage, "b"), Some(b"b".repeat(10)));
+    }
+
+    #[test]
+    fn records_left_behind_are_applied_in_order_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Storage::open(dir.path()).unwrap());
+        let mut removal = Writes::default();
+        removal.remove("a");
+        let mut rewrite = Writes::default();
+        rewrite.insert("b", "second");
+        journal_left_behind(
+            dir.path(),
+            &[
+                (7, small("a")),
+                (8, small("b")),
+                (9, removal),
+                (10, rewrite),
+            ],
+        );
+        let mut storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(value(&storage, "a"), None);
+        assert_eq!(value(&storage, "b"), Some(b"second".to_vec()));
+        assert!(journal_of(dir.path()).is_empty(), "applied and emptied");
+        storage.commit(small("c")).unwrap();
+        assert_eq!(journal_of(dir.path())[0].seq, 11, "numbers go on");
+    }
+
+    #[test]
+    fn a_damaged_journal_applies_what_precedes_the_damage_and_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Storage::open(dir.path()).unwrap());
+        journal_left_behind(
+            dir.path(),
+            &[(1, small("a")), (2, small("b")), (3, small("c"))],
+        );
+        let segment = fs_segment(dir.path());
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let second = journal::encode(1, &small("a").0).len();
+        bytes[second + 20] ^= 1;
+        std::fs::write(&segment, bytes).unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(value(&storage, "a"), Some(b"a".repeat(10)));
+        assert_eq!(value(&storage, "b"), None);
+        assert_eq!(
+            value(&storage, "c"),
+            None,
+            "not applied without the one before"
+        );
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("journal.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged journal is kept");
+    }
+
+    fn fs_segment(store: &Path) -> PathBuf {
+        let entry = std::fs::read_dir(store.join(JOURNAL_DIR)).unwrap().next();
+        entry.unwrap().unwrap().path()
+    }
+
+    /// A batch sled flushes itself must have no record before it in the journal: applied
+    /// again at open, an older record would overwrite what the batch wrote.
+    #[test]
+    fn a_batch_too_large_for_the_journal_empties_it_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = Storage::open(dir.path()).unwrap();
+        storage.commit(small("k")).unwrap();
+        let mut large = Writes::default();
+        large.insert("k", vec![7; journal::MAX_RECORD + 1]);
+        storage.commit(large).unwrap();
+        assert!(journal_of(dir.path()).is_empty());
+        storage.commit(small("other")).unwrap();
+        let left: Vec<Vec<u8>> = journal_of(dir.path())
+            .into_iter()
+            .flat_map(|record| record.writes.into_iter().map(|(key, _)| key))
+            .collect();
+        assert_eq!(left, [b"other".to_vec()]);
+        drop(storage);
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(
+            value(&storage, "k").map(|v| v.len()),
+            Some(journal::MAX_RECORD + 1)
+        );
+    }
+
+    #[test]
+    fn a_full_segment_is_checkpointed_and_a_new_one_begun() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = Storage::open(dir.path()).unwrap();
+        let records = (journal::SEGMENT_BYTES / (256 * 1024)) as usize + 2;
+        for n in 0..records {
+            let mut writes = Writes::default();
+            writes.insert(format!("k{n}"), vec![n as u8; 256 * 1024]);
+            storage.commit(writes).unwrap();
+        }
+        let left = journal_of(dir.path());
+        assert!(
+            !left.is_empty() && left.len() < records,
+            "{} records",
+            left.len()
+        );
+        drop(storage);
+        let storage = Storage::open(dir.path()).unwrap();
+        for n in 0..records {
+            assert_eq!(
+                value(&storage, &format!("k{n}")),
+                Some(vec![n as u8; 256 * 1024])
+            );
+        }
+    }
+}
