@@ -465,3 +465,34 @@ fn status_shows_each_peers_clock_offset_and_the_changes_not_here_yet() {
     );
     assert_eq!(value(&b, "mesh", "from.a"), Some(json!(1)));
 }
+
+/// A link paces pushes of its node's own writes (one push per 250 ms): the second of two
+/// quick writes is held back. A node stopped right after it pushes it before it goes, so the
+/// peer has it now rather than when the node is back.
+#[test]
+fn a_write_held_back_by_the_push_pace_reaches_the_peer_when_the_node_stops() {
+    let (a, a_addr) = TestNode::init_listening("a");
+    let (b, b_addr) = TestNode::init_listening("b");
+    pair(&a, (&b, &b_addr));
+    pair(&b, (&a, &a_addr));
+    let (da, _db) = (a.start(), b.start());
+    wait_until("linked", || connected(&a) == 1);
+    let socket = a.file("control.sock");
+    for key in ["pushed", "held"] {
+        let put = meshd::control::MemPut {
+            scope: "mesh".into(),
+            key: key.into(),
+            value: json!(key),
+        };
+        support::ask(&socket, put).unwrap();
+    }
+    assert_eq!(da.stop(), 0);
+    let at_b = |key: &str| {
+        let get = meshd::control::MemGet {
+            scope: "mesh".into(),
+            key: key.into(),
+        };
+        support::try_ask(&b.file("control.sock"), get).is_some_and(|answer| answer.is_ok())
+    };
+    wait_until("b holds both writes", || at_b("pushed") && at_b("held"));
+}

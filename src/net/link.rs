@@ -47,6 +47,9 @@ pub enum LinkCommand {
     },
     /// Run a round and answer when it completes.
     SyncNow(oneshot::Sender<()>),
+    /// The node is stopping: push what the pace holds back, end the stream, and answer once
+    /// the peer has received all of it; the link then ends.
+    Goodbye(oneshot::Sender<()>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,12 @@ pub async fn run(
     result
 }
 
+/// Whether a command ended the link.
+enum Ended {
+    No,
+    Goodbye,
+}
+
 /// The session, the stream it speaks on, and the round under way.
 struct Link<'h, H> {
     host: &'h H,
@@ -200,7 +209,11 @@ impl<H: LinkHost> Link<'_, H> {
                     None => return Ok(()),
                 },
                 command = commands.recv() => match command {
-                    Some(command) => self.obey(command, &mut commands).await?,
+                    Some(command) => {
+                        if let Ended::Goodbye = self.obey(command, &mut commands).await? {
+                            return Ok(());
+                        }
+                    }
                     None => return Ok(()),
                 },
                 _ = timer.tick() => self.start_round().await?,
@@ -284,10 +297,11 @@ impl<H: LinkHost> Link<'_, H> {
         &mut self,
         first: LinkCommand,
         commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Ended, LinkError> {
         let mut pushes = Pushes::default();
         let mut relayed = false;
         let mut waiters = Vec::new();
+        let mut goodbye = None;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
@@ -300,17 +314,35 @@ impl<H: LinkHost> Link<'_, H> {
                     relayed |= from_peer;
                 }
                 LinkCommand::SyncNow(done) => waiters.push(done),
+                LinkCommand::Goodbye(done) => goodbye = Some(done),
             }
-            if pushes.len() + waiters.len() < MAX_MERGED_COMMANDS {
+            if goodbye.is_none() && pushes.len() + waiters.len() < MAX_MERGED_COMMANDS {
                 next = commands.try_recv().ok();
             }
         }
         if let Some(now) = self.pace.offer(pushes, relayed, Instant::now()) {
             self.push(now).await?;
         }
+        if let Some(done) = goodbye {
+            self.say_goodbye().await?;
+            let _ = done.send(());
+            return Ok(Ended::Goodbye);
+        }
         if !waiters.is_empty() {
             self.round.waiters.extend(waiters);
             self.start_round().await?;
+        }
+        Ok(Ended::No)
+    }
+
+    /// Pushes what the pace holds back, so that writes made just before a stop reach the
+    /// peer now rather than at the next connection, and waits until the peer has received the
+    /// whole stream (it applies what it received, then sees the stream end).
+    async fn say_goodbye(&mut self) -> Result<(), LinkError> {
+        let held = self.pace.release(Instant::now());
+        self.push(held).await?;
+        if self.send.finish().is_ok() {
+            let _ = self.send.stopped().await;
         }
         Ok(())
     }

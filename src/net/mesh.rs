@@ -117,6 +117,9 @@ pub struct MeshConfig {
     pub approve_joins: bool,
 }
 
+/// How long a stopping node waits for its peers to receive the writes its links held back.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+
 impl Default for MeshConfig {
     fn default() -> MeshConfig {
         MeshConfig {
@@ -226,8 +229,32 @@ impl Mesh {
     }
 
     /// Tells every peer this node is going away, so they see it disconnect at once instead of
-    /// after the idle timeout, and waits briefly for the close to go out.
+    /// after the idle timeout, and waits briefly for the close to go out. First, each link
+    /// pushes the writes its pace still holds back and waits (at most `GOODBYE_WAIT` in all)
+    /// until its peer has them: a write acknowledged just before a stop reaches the peers now,
+    /// not when this node is back.
     pub async fn close(&self) {
+        let goodbyes: Vec<oneshot::Receiver<()>> = lock(&self.links)
+            .values()
+            .map(|entry| {
+                let (done, wait) = oneshot::channel();
+                let _ = entry.commands.send(LinkCommand::Goodbye(done));
+                wait
+            })
+            .collect();
+        let all_received = async {
+            for goodbye in goodbyes {
+                let _ = goodbye.await;
+            }
+        };
+        if tokio::time::timeout(GOODBYE_WAIT, all_received)
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "a peer did not take the last pushes in time; it gets them at the next connection"
+            );
+        }
         CloseCode::Shutdown.close_endpoint(self.endpoint.quic(), "node shutting down");
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.endpoint.quic().wait_idle()).await;
