@@ -503,10 +503,15 @@ fn clock_offset_ms(sent_ms: u64, received_ms: u64, rtt: Duration) -> i64 {
 
 async fn read_frames(mut recv: RecvStream, inbound: mpsc::Sender<Result<Received, LinkError>>) {
     loop {
-        let frame = read_frame(&mut recv).await.map(|message| Received {
-            message,
-            at_ms: unix_millis(),
-        });
+        let frame = match read_frame(&mut recv).await {
+            // The peer ended its stream between two frames: it is stopping (`Goodbye`).
+            Ok(None) => return,
+            Ok(Some(message)) => Ok(Received {
+                message,
+                at_ms: unix_millis(),
+            }),
+            Err(error) => Err(error),
+        };
         let failed = frame.is_err();
         if inbound.send(frame).await.is_err() || failed {
             return;
@@ -514,13 +519,17 @@ async fn read_frames(mut recv: RecvStream, inbound: mpsc::Sender<Result<Received
     }
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Result<Message, LinkError> {
+/// The next frame, or `None` when the stream ends before one begins.
+async fn read_frame(recv: &mut RecvStream) -> Result<Option<Message>, LinkError> {
     let mut frame = vec![0u8; sync::HEADER_LEN];
-    recv.read_exact(&mut frame).await?;
+    match recv.read_exact(&mut frame).await {
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        read => read?,
+    }
     let len = sync::body_len(&frame)?;
     frame.resize(sync::HEADER_LEN + len, 0);
     recv.read_exact(&mut frame[sync::HEADER_LEN..]).await?;
-    Ok(Message::decode(&frame)?)
+    Ok(Some(Message::decode(&frame)?))
 }
 
 /// Waits until `due`, or for ever when nothing is due.

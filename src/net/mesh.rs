@@ -440,6 +440,11 @@ impl Mesh {
                             "a dialer gave its connection up during the handshake: {e}"
                         );
                     }
+                    // A peer that saw this node's goodbye dials again at once; the closing
+                    // endpoint drops that handshake, and nothing is wrong.
+                    Err(e) if mesh.shutdown.is_cancelled() => {
+                        tracing::debug!("a connection arrived while stopping: {e}");
+                    }
                     Err(e) => {
                         if matches!(e, NetError::NotAllowed { .. }) {
                             mesh.config.metrics.refused(Refusal::UnknownNode);
