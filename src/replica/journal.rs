@@ -127,6 +127,7 @@ impl Journal {
     }
 
     fn begin(dir: &Path, number: u64) -> io::Result<Journal> {
+        create_dir(dir)?;
         let path = dir.join(segment_name(number));
         let file = OpenOptions::new()
             .read(true)
@@ -153,13 +154,29 @@ impl Journal {
     }
 }
 
-/// Removes every segment of `dir` (creating it if need be), durably.
+/// Removes every segment of `dir`, durably; with none there, touches nothing (a one-shot
+/// read opens the store without a write to the disk for the journal).
 pub fn clear(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    for (_, path) in segments(dir)? {
+    let segments = segments(dir)?;
+    if segments.is_empty() {
+        return Ok(());
+    }
+    for (_, path) in segments {
         fs::remove_file(path)?;
     }
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` if it is missing, durably (its entry in the store's directory too).
+fn create_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    match dir.parent() {
+        Some(parent) => File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Allocates a segment whole. A file system that cannot (`EOPNOTSUPP`) grows the file as

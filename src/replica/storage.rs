@@ -34,7 +34,8 @@ pub struct StoredDoc {
     pub changes: Vec<Vec<u8>>,
 }
 
-/// Writes to the store's tree, applied atomically by `Storage::commit`.
+/// Writes to the store's tree, made durable together by `Storage::commit`: after a crash,
+/// all of them are found or none (the journal's record, or sled's batch).
 #[derive(Default)]
 pub struct Writes(Vec<Write>);
 
@@ -92,7 +93,10 @@ impl Storage {
             .map_err(|source| open_error(path, source))?;
         let docs = db.open_tree(DOCS_TREE)?;
         let journal_dir = path.join(JOURNAL_DIR);
-        let next_seq = replay_journal(&db, &docs, &journal_dir)?;
+        let next_seq = replay_journal(&db, &docs, &journal_dir).map_err(|error| match error {
+            ReplicaError::Storage(source) => open_error(path, source),
+            other => other,
+        })?;
         let storage = Storage {
             db,
             docs,
@@ -369,8 +373,8 @@ fn replay_journal(db: &sled::Db, docs: &sled::Tree, dir: &Path) -> Result<u64, R
     for record in recovered.records {
         docs.apply_batch(Writes(record.writes).into_sled())?;
     }
-    db.flush()?;
     if records > 0 {
+        db.flush()?;
         tracing::info!(
             records,
             "applied the journal's writes again (meshd stopped before sled wrote them out)"
