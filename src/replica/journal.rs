@@ -26,6 +26,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+#[cfg(target_os = "linux")]
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -181,6 +182,7 @@ fn create_dir(dir: &Path) -> io::Result<()> {
 
 /// Allocates a segment whole. A file system that cannot (`EOPNOTSUPP`) grows the file as
 /// records are written instead: slower to sync, as correct.
+#[cfg(target_os = "linux")]
 fn allocate(file: &File) -> io::Result<()> {
     let length = libc::off_t::try_from(SEGMENT_BYTES).unwrap_or(libc::off_t::MAX);
     // SAFETY: `fallocate` on a file descriptor this `File` owns and keeps open.
@@ -191,6 +193,12 @@ fn allocate(file: &File) -> io::Result<()> {
             error => Err(error),
         },
     }
+}
+
+/// Elsewhere (macOS has no `fallocate`) the file grows as records are written.
+#[cfg(not(target_os = "linux"))]
+fn allocate(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 /// The segments of `dir`, by number; other files are left alone.
