@@ -2,10 +2,10 @@
 //! the committing thread.
 //!
 //! sled 0.34 makes a batch durable with `flush`, which hands its log buffers to its own thread
-//! pool and waits (two writes and two `sync_file_range`s behind a chain of thread wake-ups:
-//! most of a lone put's time). Instead, `Storage::commit` appends the batch to this journal
-//! and syncs it, then applies it to sled without waiting for sled's flush; sled writes it out
-//! in its own time (its background flush, or a checkpoint here).
+//! pool and waits, and its `apply_batch` alone already writes and syncs its log buffer twice
+//! through that pool. Instead, `Storage::commit` appends the batch to this journal and syncs
+//! it, then writes its keys into sled one by one without a flush; sled writes them out in its
+//! own time (its background flush, or a checkpoint here).
 //!
 //! Files: `journal/<number>.wal` in the store's directory, each a segment allocated whole when
 //! it is begun (so that syncing a record does not also have to grow the file), holding
@@ -18,8 +18,8 @@
 //! ```
 //!
 //! The journal holds every write to the tree since sled's last flush, in order: it is emptied
-//! (`clear`, `Journal::start`) only when sled holds everything durably. At open, every record is applied
-//! again in order (`recover`) and flushed: a write sled had already is written again with the
+//! (`clear`, `Journal::start`) only when sled holds everything durably. At open, every record
+//! is applied again in order (`recover`) and flushed: a write sled had already is written again with the
 //! same value, and whatever sled lost of the others, in whatever order, comes back. So a batch
 //! need not be atomic in sled, nor sled's recovery a prefix of its writes.
 

@@ -97,7 +97,7 @@ impl Storage {
             ReplicaError::Storage(source) => open_error(path, source),
             other => other,
         })?;
-        let storage = Storage {
+        Ok(Storage {
             db,
             docs,
             journal: None,
@@ -106,8 +106,7 @@ impl Storage {
             next_seq,
             failed: OnceLock::new(),
             unreadable: false,
-        };
-        Ok(storage)
+        })
     }
 
     /// Empties the journal and begins a new segment. Call it only when sled holds everything
