@@ -20,13 +20,17 @@
 //! (`1`: the change just before); the actor as `0` and its length and bytes, or `i + 1` for
 //! the `i`-th actor the payload named; the sequence number as the difference from the actor's
 //! last in the payload (from 0), the first operation and (signed) the time as differences from
-//! the previous change's, wrapping; then the length and bytes of the rest of the change's data.
-//! Or `0` and the length and bytes of a chunk sent verbatim (one the sender cannot write back
-//! exactly that way).
+//! the previous change's, wrapping; then the rest of the change's data (message, other
+//! actors, operations): as it is for the first change, with its decimal numbers as differences
+//! from the change before's for the others (`numbers`). Or `0` and the length and bytes of a
+//! chunk sent verbatim (one the sender cannot write back exactly that way).
+
+use std::borrow::Cow;
 
 use automerge::{Change, ChangeHash};
 use sha2::{Digest, Sha256};
 
+use super::numbers::{self, Numbers};
 use super::whole::{self, CHANGE_CHUNK, CHUNK_MAGIC};
 
 const CHECKSUM_LEN: usize = 4;
@@ -49,6 +53,14 @@ pub enum LinkedError {
     /// The rebuilt changes would be larger than the receiver holds for one transfer.
     #[error("change bundle rebuilds to more than {0} bytes")]
     TooLarge(usize),
+    /// A number in a change's data does not fit the digits it says it has.
+    #[error("change bundle holds a number of {width} digits that is {difference} from the one before, which does not fit")]
+    Number {
+        /// The digits the number says it has.
+        width: u64,
+        /// Its difference from the number before.
+        difference: i64,
+    },
     /// The rebuilt bytes are not an Automerge change.
     #[error("change bundle holds a change that does not parse")]
     Change,
@@ -102,7 +114,7 @@ struct Fields<'a> {
     seq: u64,
     start_op: u64,
     time: i64,
-    rest: &'a [u8],
+    rest: Cow<'a, [u8]>,
 }
 
 impl<'a> Fields<'a> {
@@ -124,7 +136,7 @@ impl<'a> Fields<'a> {
             seq: read_len(&mut data).ok()?,
             start_op: read_len(&mut data).ok()?,
             time: read_signed(&mut data).ok()?,
-            rest: data,
+            rest: Cow::Borrowed(data),
         };
         (chunk(&fields.data()) == raw).then_some(fields)
     }
@@ -138,7 +150,7 @@ impl<'a> Fields<'a> {
         write_len(&mut data, self.seq);
         write_len(&mut data, self.start_op);
         write_signed(&mut data, self.time);
-        data.extend_from_slice(self.rest);
+        data.extend_from_slice(&self.rest);
         data
     }
 }
@@ -154,6 +166,8 @@ struct Context {
     seqs: Vec<u64>,
     start_op: u64,
     time: i64,
+    /// The numbers in the data of the last change (`None` before the first).
+    numbers: Option<Numbers>,
 }
 
 impl Context {
@@ -187,7 +201,10 @@ impl Context {
         write_len(out, fields.seq.wrapping_sub(self.seqs[actor]));
         write_len(out, fields.start_op.wrapping_sub(self.start_op));
         write_signed(out, fields.time.wrapping_sub(self.time));
-        write_bytes(out, fields.rest);
+        self.numbers = Some(match &self.numbers {
+            Some(before) => numbers::write(&fields.rest, before, out),
+            None => numbers::write_verbatim(&fields.rest, out),
+        });
         self.seqs[actor] = fields.seq;
         (self.start_op, self.time) = (fields.start_op, fields.time);
     }
@@ -234,13 +251,17 @@ impl Context {
         let time = self.time.wrapping_add(read_signed(payload)?);
         self.seqs[actor] = seq;
         (self.start_op, self.time) = (start_op, time);
+        let none = Numbers::default();
+        let before = self.numbers.as_ref().unwrap_or(&none);
+        let (rest, numbers) = numbers::read(payload, before, limit)?;
+        self.numbers = Some(numbers);
         Ok(Fields {
             deps: hashes,
             actor: self.actors[actor].clone(),
             seq,
             start_op,
             time,
-            rest: read_bytes(payload)?,
+            rest: Cow::Owned(rest),
         })
     }
 }
@@ -259,12 +280,12 @@ fn chunk(data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     write_len(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-fn read_bytes<'a>(payload: &mut &'a [u8]) -> Result<&'a [u8], LinkedError> {
+pub(super) fn read_bytes<'a>(payload: &mut &'a [u8]) -> Result<&'a [u8], LinkedError> {
     let len = read_len(payload)?;
     take(
         payload,
@@ -282,7 +303,7 @@ fn take<'a>(payload: &mut &'a [u8], n: usize) -> Result<&'a [u8], LinkedError> {
 }
 
 /// LEB128, as in Automerge's own formats.
-fn write_len(out: &mut Vec<u8>, mut n: u64) {
+pub(super) fn write_len(out: &mut Vec<u8>, mut n: u64) {
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -295,7 +316,7 @@ fn write_len(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// Signed LEB128, as Automerge writes a change's time.
-fn write_signed(out: &mut Vec<u8>, mut n: i64) {
+pub(super) fn write_signed(out: &mut Vec<u8>, mut n: i64) {
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -308,7 +329,7 @@ fn write_signed(out: &mut Vec<u8>, mut n: i64) {
     }
 }
 
-fn read_signed(payload: &mut &[u8]) -> Result<i64, LinkedError> {
+pub(super) fn read_signed(payload: &mut &[u8]) -> Result<i64, LinkedError> {
     let mut n: i64 = 0;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = payload.split_first().ok_or(LinkedError::Truncated)?;
@@ -324,7 +345,7 @@ fn read_signed(payload: &mut &[u8]) -> Result<i64, LinkedError> {
     Err(LinkedError::Truncated)
 }
 
-fn read_len(payload: &mut &[u8]) -> Result<u64, LinkedError> {
+pub(super) fn read_len(payload: &mut &[u8]) -> Result<u64, LinkedError> {
     let (n, rest) = whole::leb128(payload).ok_or(LinkedError::Truncated)?;
     *payload = rest;
     Ok(n)

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::trust::{ChangeSignature, SIGNATURE_BYTES};
 
 /// The protocol version this code speaks; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 /// Bytes of a change hash that name a change sent in the same transfer as its signature.
 pub const SHORT_HASH: usize = 8;
 /// Bytes before the body: the version and the body length.
@@ -247,7 +247,7 @@ pub enum DecodeError {
     #[error("frame shorter than its {HEADER_LEN}-byte header")]
     Truncated,
     /// Another protocol version: nothing after the first byte is read.
-    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 6 writes the dependencies between changes of one bundle as references, 5 splits a large scope into bucket documents, 4 tells the peer its clock and how many changes wait for it, 3 sent signatures in 75 bytes instead of 129, 2 signed every change, 1 signed nothing)")]
+    #[error("the peer speaks sync protocol {0}, this node {PROTOCOL_VERSION}: run the same meshd release on both (protocol 7 writes the numbers in a change as differences from the change before's, 6 writes the dependencies between changes of one bundle as references, 5 splits a large scope into bucket documents, 4 tells the peer its clock and how many changes wait for it, 3 sent signatures in 75 bytes instead of 129, 2 signed every change, 1 signed nothing)")]
     Version(u8),
     /// A body over `MAX_MESSAGE`, refused from the header alone.
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]

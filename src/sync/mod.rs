@@ -16,6 +16,7 @@ mod filter;
 pub mod harness;
 mod linked;
 mod message;
+mod numbers;
 mod outbox;
 mod recon;
 pub mod sequence;
