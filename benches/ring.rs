@@ -173,6 +173,17 @@ fn traffic(nodes: &[&Node]) -> u64 {
     nodes.iter().map(|n| n.status().bytes_sent).sum()
 }
 
+/// Bytes each node has sent on each of its links: (node, peer) → bytes.
+fn link_traffic(nodes: &[&Node]) -> BTreeMap<(String, String), u64> {
+    let mut sent = BTreeMap::new();
+    for node in nodes {
+        for peer in node.status().peers {
+            sent.insert((node.name.clone(), peer.peer.label()), peer.bytes_sent);
+        }
+    }
+    sent
+}
+
 /// Each node's links: (node, peer) → when the link came up, `None` while down. A link that
 /// dropped during a run shows as a changed or missing value.
 fn links(nodes: &[&Node]) -> BTreeMap<(String, String), Option<u64>> {
@@ -317,6 +328,8 @@ struct RingRun {
     bytes: u64,
     /// The same, `SETTLE` later (trailing confirmations included).
     bytes_settled: u64,
+    /// `bytes_settled` per link, "node→peer".
+    per_link: BTreeMap<String, u64>,
     relinked: Vec<String>,
 }
 
@@ -354,6 +367,7 @@ fn wait_everywhere(nodes: &[&Node], key: &str, value: &Value, from: Instant) -> 
 fn ring_run(nodes: &[&Node], run: &str, count: usize, write: impl FnOnce(&Path)) -> RingRun {
     let links_before = links(nodes);
     let before = traffic(nodes);
+    let links_sent_before = link_traffic(nodes);
     let began = SystemTime::now();
     let started = Instant::now();
     write(&nodes[0].socket);
@@ -371,6 +385,16 @@ fn ring_run(nodes: &[&Node], run: &str, count: usize, write: impl FnOnce(&Path))
         arrivals,
         bytes,
         bytes_settled: traffic(nodes) - before,
+        per_link: link_traffic(nodes)
+            .into_iter()
+            .map(|((node, peer), sent)| {
+                let before = links_sent_before.get(&(node.clone(), peer.clone()));
+                (
+                    format!("{node}→{peer}"),
+                    sent - before.copied().unwrap_or(0),
+                )
+            })
+            .collect(),
         relinked: relinked(nodes, &links_before),
     }
 }
@@ -728,6 +752,12 @@ fn ring_report(m: &RingMeasured) -> Value {
         arrivals(s),
         arrivals(b)
     );
+    for (run, name) in [(s, "single puts"), (b, "one batch")] {
+        let links: Vec<String> = (run.per_link.iter())
+            .map(|(link, sent)| format!("{link} {sent}"))
+            .collect();
+        println!("bytes per link, {name}: {}", links.join(", "));
+    }
     let converged_met = s.converged() <= TARGET_CONVERGE;
     let bytes_ratio = s.bytes_settled as f64 / b.bytes_settled as f64;
     println!(
@@ -747,7 +777,7 @@ fn ring_report(m: &RingMeasured) -> Value {
     let json_run = |run: &RingRun| {
         json!({"began": wall(run.began), "acked_ms": ms(run.acked), "converged_after_ack_ms": ms(run.converged()),
                "arrivals_after_ack_ms": run.arrivals.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-               "bytes": run.bytes, "bytes_settled": run.bytes_settled, "relinked": run.relinked})
+               "bytes": run.bytes, "bytes_settled": run.bytes_settled, "bytes_per_link": run.per_link, "relinked": run.relinked})
     };
     json!({"nodes": m.nodes, "writes": m.puts, "single_puts": json_run(s), "one_batch": json_run(b),
            "bytes_ratio": bytes_ratio,
