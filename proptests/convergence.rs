@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use automerge::{ChangeHash, ReadDoc};
 use meshd::model::scope::BASE_CAPACITY;
-use meshd::model::{DocId, MemoryEntry, Scope, Stamp};
+use meshd::model::{DocId, MemoryEntry, NodeId, Scope, Stamp};
 use meshd::replica::{wait_for_store, Replica, SkillWrite};
 use meshd::sync::harness;
 use meshd::sync::{Access, Applied, Config, Knowledge, Message, Session, SyncStore};
@@ -244,6 +244,8 @@ struct World {
 /// A long-lived connection: side `i` of `sessions` runs on node `ends[i]`.
 struct Link {
     ends: [usize; 2],
+    /// The node ids of `ends`, which a relay never sends a node's own changes back to.
+    ids: [NodeId; 2],
     sessions: harness::Link<Wire>,
     net: LinkNet,
 }
@@ -403,11 +405,9 @@ impl World {
         let store = self.nodes[at].replica.as_mut().unwrap();
         let fresh = SyncStore::hashes_since(store, doc, before);
         assert!(!fresh.is_empty(), "the write made a change");
-        let applied = [Applied {
-            doc: doc.clone(),
-            hashes: fresh,
-        }];
-        push_all(&mut self.links, at, None, store, &applied);
+        push_all(&mut self.links, at, None, store, |_| {
+            vec![(doc.clone(), fresh.clone())]
+        });
     }
 
     /// The open connection `link` names, if any is open.
@@ -437,8 +437,10 @@ impl World {
             false_positive_rate: net.net.fp_rate,
         };
         let sessions = self.sessions(a, b, config);
+        let id = |i: usize| meshd::trust::NodeKey::insecure_from_name(&self.nodes[i].id).node_id();
         let link = Link {
             ends: [a, b],
+            ids: [id(a), id(b)],
             sessions: harness::Link::new(sessions, Wire::link(net)),
             net: net.clone(),
         };
@@ -496,7 +498,13 @@ impl World {
                 );
             }
         }
-        push_all(&mut self.links, node, Some(from), store, &outcome.applied);
+        push_all(
+            &mut self.links,
+            node,
+            Some(from),
+            store,
+            forwarded(&outcome.applied),
+        );
         true
     }
 
@@ -540,7 +548,13 @@ impl World {
         let mut link = harness::Link::new(sessions, Wire::new(net)).with_limit(20_000);
         let _hello = link.start(0, &mut *stores[0]).expect("a round starts");
         link.settle_with(stores, |to, store, outcome| {
-            push_all(links, ends[to], Some(ends[1 - to]), store, &outcome.applied);
+            push_all(
+                links,
+                ends[to],
+                Some(ends[1 - to]),
+                store,
+                forwarded(&outcome.applied),
+            );
         })
         .expect("a sane peer's messages decode and are accepted, and the sessions stop");
         if net.is_none() {
@@ -566,14 +580,15 @@ impl World {
     }
 }
 
-/// Pushes `applied` (fresh on replica `node`) on every connection of `node` but the one to
-/// `except`, the replica they came from: the daemon's live push and gossip.
+/// Pushes what `fresh` gives for each peer (fresh on replica `node`) on every connection of
+/// `node` but the one to `except`, the replica they came from: the daemon's live push and
+/// gossip.
 fn push_all(
     links: &mut [Link],
     node: usize,
     except: Option<usize>,
     store: &mut Replica,
-    applied: &[Applied],
+    fresh: impl Fn(&NodeId) -> Vec<(DocId, Vec<ChangeHash>)>,
 ) {
     for link in links {
         let Some(side) = link.ends.iter().position(|&end| end == node) else {
@@ -582,12 +597,24 @@ fn push_all(
         if Some(link.ends[1 - side]) == except {
             continue;
         }
-        for a in applied {
+        for (doc, hashes) in fresh(&link.ids[1 - side]) {
+            if hashes.is_empty() {
+                continue;
+            }
             let _pushed = link
                 .sessions
-                .push(side, store, &a.doc, &a.hashes)
+                .push(side, store, &doc, &hashes)
                 .expect("a push is built");
         }
+    }
+}
+
+/// What the daemon forwards of `applied` to a peer (`Mesh::applied`).
+fn forwarded(applied: &[Applied]) -> impl Fn(&NodeId) -> Vec<(DocId, Vec<ChangeHash>)> + '_ {
+    |peer| {
+        (applied.iter())
+            .map(|a| (a.doc.clone(), a.to_forward(peer)))
+            .collect()
     }
 }
 

@@ -250,6 +250,12 @@ fn live_push_reaches_a_synced_peer_in_one_message() {
     assert!(same(&a, &b));
     assert_eq!(answer.applied.len(), 1);
     assert_eq!(answer.applied[0].hashes, fresh);
+    // `b` forwards the changes to its other peers, never back to `a`, which made them: in a
+    // ring, a change that went the long way round came back to its author and drew its
+    // answer with the writes its push pace held back.
+    let node = |name: &str| meshd::trust::NodeKey::insecure_from_name(name).node_id();
+    assert_eq!(answer.applied[0].to_forward(&node("c")), fresh);
+    assert!(answer.applied[0].to_forward(&node("a")).is_empty());
 }
 
 fn hello_root(messages: &[Message]) -> [u8; 32] {

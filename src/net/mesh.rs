@@ -1047,11 +1047,14 @@ impl LinkHost for Mesh {
                 continue;
             }
             for a in &applied {
-                let _ = entry.commands.send(LinkCommand::Push {
-                    doc: a.doc.clone(),
-                    fresh: a.hashes.clone(),
-                    relayed: true,
-                });
+                let fresh = a.to_forward(peer);
+                if !fresh.is_empty() {
+                    let _ = entry.commands.send(LinkCommand::Push {
+                        doc: a.doc.clone(),
+                        fresh,
+                        relayed: true,
+                    });
+                }
             }
         }
         (self.on_change)();

@@ -10,7 +10,7 @@
 //! hashes. Whatever a filter's false positives hid shows up as missing dependencies, asked
 //! for by hash. docs/protocol.md walks through every step.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use automerge::{Change, ChangeHash};
 
@@ -23,8 +23,8 @@ use super::recon;
 use super::store::{StoreError, SyncStore};
 use super::summary;
 use super::whole;
-use crate::model::DocId;
-use crate::trust::{self, ChangeSignature, Vouching};
+use crate::model::{DocId, NodeId};
+use crate::trust::{self, Author, ChangeSignature, Vouching};
 
 /// Filters above this many hashes cost more than reconciling ranges; the pull uses ranges.
 const MAX_FILTER_HASHES: usize = 50_000;
@@ -98,6 +98,21 @@ pub struct Applied {
     pub doc: DocId,
     /// The hashes that were new here.
     pub hashes: Vec<ChangeHash>,
+    /// The node each change's actor id names, where it names one.
+    made_by: HashMap<ChangeHash, NodeId>,
+}
+
+impl Applied {
+    /// The hashes to forward to `peer`: all but the changes `peer` made. A node has its own
+    /// changes, and a change it made that comes back to it round a ring costs the bytes of
+    /// the push and, worse, draws the peer's answer with whatever it holds back for its
+    /// push pace (net/push_pace.rs).
+    pub fn to_forward(&self, peer: &NodeId) -> Vec<ChangeHash> {
+        (self.hashes.iter())
+            .filter(|hash| self.made_by.get(*hash) != Some(peer))
+            .copied()
+            .collect()
+    }
 }
 
 /// Changes refused, by this side or by the peer.
@@ -791,7 +806,7 @@ impl Session {
         match store.vet_document(doc, saved, signatures) {
             Ok(keep) => {
                 let hashes = store.apply_document(doc, saved, keep)?;
-                self.note_applied(doc, hashes);
+                self.note_applied(doc, hashes, HashMap::new());
                 Ok(None)
             }
             // Its changes one by one, each with what vouches for it; the bytes are split by
@@ -848,8 +863,14 @@ impl Session {
         }
         let accepted = waiting.take_accepted(doc, |hash| store.has_change(doc, hash));
         if !accepted.changes.is_empty() {
+            let made_by = (accepted.changes.iter())
+                .filter_map(|change| match trust::author_of(change.actor_id()) {
+                    Author::Node(node) => Some((change.hash(), node)),
+                    Author::Unknown => None,
+                })
+                .collect();
             let hashes = store.apply(doc, accepted.changes, accepted.signatures)?;
-            self.note_applied(doc, hashes);
+            self.note_applied(doc, hashes, made_by);
         }
         Ok(())
     }
@@ -869,11 +890,17 @@ impl Session {
         }
     }
 
-    fn note_applied(&mut self, doc: &DocId, hashes: Vec<ChangeHash>) {
+    fn note_applied(
+        &mut self,
+        doc: &DocId,
+        hashes: Vec<ChangeHash>,
+        made_by: HashMap<ChangeHash, NodeId>,
+    ) {
         if !hashes.is_empty() {
             self.applied.push(Applied {
                 doc: doc.clone(),
                 hashes,
+                made_by,
             });
         }
     }
