@@ -16,6 +16,9 @@
 //!    and in seconds when the writes stop, and the time until B then holds every key. The
 //!    baseline: the same paced writes on a node with no peer, before the pair starts.
 //!
+//! `MESHD_BENCH_RING_VALUES=words` writes values of words instead of the default's counter
+//! (see `entry`), for both runs of the ring and the sustained writes.
+//!
 //! Prints Markdown tables and writes `target/ring-report.json` (or
 //! `$CARGO_TARGET_DIR/ring-report.json`). Each daemon's stderr (warnings, errors, and links
 //! coming up and going down) goes to `target/ring-logs/<node>.log`, summarised at the end with
@@ -224,13 +227,66 @@ fn relinked(nodes: &[&Node], before: &BTreeMap<(String, String), Option<u64>>) -
 
 // ---- requests ---------------------------------------------------------------------------
 
-/// The i-th key of a run and its value: about 100 bytes of JSON.
+/// The i-th key of a run and its value. By default about 100 bytes of JSON that differ from
+/// one write to the next only in a counter, the most regular values there are; with
+/// `MESHD_BENCH_RING_VALUES=words`, 5 to 40 words drawn from a small vocabulary and a number,
+/// both picked by a hash of the key, so that consecutive values share no more than text does.
 fn entry(run: &str, i: usize) -> (String, Value) {
     let key = format!("{run}.{i:06}");
-    let value = json!({"i": i, "run": run,
-                       "note": format!("ring benchmark entry {i:06}, padded to a hundred bytes")});
+    let value = if words_values() {
+        let drawn = blake3::hash(key.as_bytes());
+        let bytes = drawn.as_bytes();
+        let count = 5 + usize::from(bytes[0]) % 36;
+        let text: Vec<&str> = (0..count)
+            .map(|k| WORDS[usize::from(bytes[1 + k % 31] ^ (k as u8)) % WORDS.len()])
+            .collect();
+        json!({"text": text.join(" "), "score": u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0])})
+    } else {
+        json!({"i": i, "run": run,
+               "note": format!("ring benchmark entry {i:06}, padded to a hundred bytes")})
+    };
     (key, value)
 }
+
+/// Whether `MESHD_BENCH_RING_VALUES` asks for values of words.
+fn words_values() -> bool {
+    static WORDS_VALUES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORDS_VALUES.get_or_init(
+        || match std::env::var("MESHD_BENCH_RING_VALUES").as_deref() {
+            Ok("words") => true,
+            Ok("counter") | Err(_) => false,
+            Ok(other) => panic!("MESHD_BENCH_RING_VALUES is `counter` or `words`, not `{other}`"),
+        },
+    )
+}
+
+/// The vocabulary of `MESHD_BENCH_RING_VALUES=words`.
+const WORDS: [&str; 24] = [
+    "the",
+    "user",
+    "prefers",
+    "dark",
+    "mode",
+    "project",
+    "deadline",
+    "is",
+    "friday",
+    "meeting",
+    "notes",
+    "from",
+    "review",
+    "alice",
+    "bob",
+    "deploy",
+    "staging",
+    "42",
+    "2026-12-05",
+    "v1.4.2",
+    "kitchen",
+    "renovation",
+    "budget",
+    "approved",
+];
 
 /// Asserts, with one `MemLs`, that the node holds exactly `count` keys of the run, each with
 /// its value.
