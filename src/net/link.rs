@@ -171,10 +171,10 @@ pub async fn run(
     result
 }
 
-/// Whether a command ended the link.
+/// Whether a command ended the link: a goodbye, answered on `done` once said.
 enum Ended {
     No,
-    Goodbye,
+    Goodbye(oneshot::Sender<()>),
 }
 
 /// The session, the stream it speaks on, and the round under way.
@@ -210,7 +210,9 @@ impl<H: LinkHost> Link<'_, H> {
                 },
                 command = commands.recv() => match command {
                     Some(command) => {
-                        if let Ended::Goodbye = self.obey(command, &mut commands).await? {
+                        if let Ended::Goodbye(done) = self.obey(command, &mut commands).await? {
+                            self.say_goodbye(&mut inbound).await?;
+                            let _ = done.send(());
                             return Ok(());
                         }
                     }
@@ -324,9 +326,7 @@ impl<H: LinkHost> Link<'_, H> {
             self.push(now).await?;
         }
         if let Some(done) = goodbye {
-            self.say_goodbye().await?;
-            let _ = done.send(());
-            return Ok(Ended::Goodbye);
+            return Ok(Ended::Goodbye(done));
         }
         if !waiters.is_empty() {
             self.round.waiters.extend(waiters);
@@ -336,13 +336,21 @@ impl<H: LinkHost> Link<'_, H> {
     }
 
     /// Pushes what the pace holds back, so that writes made just before a stop reach the
-    /// peer now rather than at the next connection, and waits until the peer has received the
-    /// whole stream (it applies what it received, then sees the stream end).
-    async fn say_goodbye(&mut self) -> Result<(), LinkError> {
+    /// peer now rather than at the next connection, ends the stream, and waits until the
+    /// peer's stream ends too: the peer applies each frame before it reads the next, and ends
+    /// its link when it reads the end of ours, so then it holds everything sent. (QUIC's
+    /// acknowledgement of the stream is not enough: it means the peer's transport has the
+    /// bytes, and closing the connection then drops what its application had not read yet.)
+    /// Frames the peer sends meanwhile are dropped: it holds them and sends them again at the
+    /// next connection.
+    async fn say_goodbye(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Result<Received, LinkError>>,
+    ) -> Result<(), LinkError> {
         let held = self.pace.release(Instant::now());
         self.push(held).await?;
         if self.send.finish().is_ok() {
-            let _ = self.send.stopped().await;
+            while inbound.recv().await.is_some() {}
         }
         Ok(())
     }
