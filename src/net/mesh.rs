@@ -159,7 +159,7 @@ pub struct Mesh {
     /// only under `links`, so that a link's bytes move from open to closed in one step.
     closed_bytes_sent: Mutex<HashMap<NodeId, u64>>,
     /// The heads last pushed to peers, per document: the next push sends what came after.
-    published: Mutex<HashMap<DocId, Vec<ChangeHash>>>,
+    published: Mutex<Published>,
     on_change: Box<dyn Fn() + Send + Sync>,
     /// The latest refusal of each peer's changes by this node, for `meshd status`.
     refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
@@ -185,6 +185,13 @@ pub struct Lifecycle {
     pub shutdown: CancellationToken,
 }
 
+/// The heads last pushed to peers, and the replica's mark (`Replica::moved_since`) when they
+/// were taken.
+struct Published {
+    heads: HashMap<DocId, Vec<ChangeHash>>,
+    mark: u64,
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -201,7 +208,11 @@ impl Mesh {
         lifecycle: Lifecycle,
         on_change: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Mesh> {
-        let published = replica.with(|replica| replica.all_heads().into_iter().collect());
+        let published = replica.with(|replica| Published {
+            heads: replica.all_heads().into_iter().collect(),
+            // Nothing moved after the greatest mark: this is only the mark of now.
+            mark: replica.moved_since(u64::MAX).1,
+        });
         let mesh = Arc::new(Mesh {
             own,
             replica,
@@ -377,11 +388,17 @@ impl Mesh {
         }
     }
 
+    /// The changes made since the last push, by document. Looks only at the documents whose
+    /// heads moved since it last looked: a scope has hundreds of bucket documents, and this
+    /// runs after every burst of writes.
     fn take_fresh(&self) -> Vec<(DocId, Vec<ChangeHash>)> {
         self.replica.with(|replica| {
-            let mut published = lock(&self.published);
+            let mut guard = lock(&self.published);
+            let (moved, mark) = replica.moved_since(guard.mark);
+            guard.mark = mark;
+            let published = &mut guard.heads;
             let mut fresh = Vec::new();
-            for doc in replica.doc_ids() {
+            for doc in moved {
                 let heads = replica.heads(&doc);
                 let before = published.get(&doc).cloned().unwrap_or_default();
                 if heads != before {
@@ -1039,7 +1056,7 @@ impl LinkHost for Mesh {
         self.replica.with(|replica| {
             let mut published = lock(&self.published);
             for doc in applied.iter().map(|a| &a.doc) {
-                published.insert(doc.clone(), replica.heads(doc));
+                published.heads.insert(doc.clone(), replica.heads(doc));
             }
         });
         for (peer, entry) in lock(&self.links).iter() {

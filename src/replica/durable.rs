@@ -31,6 +31,15 @@ type Touched = Vec<(DocId, BTreeSet<String>)>;
 /// Summaries as a batch leaves them (`None`: removed).
 type Summaries = std::collections::BTreeMap<DocId, Option<Summary>>;
 
+/// When each stored document's heads last moved, as the count of commits that moved heads
+/// since the replica opened (`Replica::moved_since`). Every change of heads goes through
+/// `take_summaries`, which keeps it.
+#[derive(Default)]
+pub(super) struct Moves {
+    pub commits: u64,
+    pub at: std::collections::BTreeMap<DocId, u64>,
+}
+
 /// Changes applied in memory, not yet durable.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -239,10 +248,17 @@ impl Replica {
 
     /// Takes the summaries a committed batch wrote (`None`: removed).
     pub(super) fn take_summaries(&mut self, summaries: Summaries) {
+        self.moves.commits += 1;
         for (doc, summary) in summaries {
             match summary {
-                Some(summary) => self.summaries.insert(doc, summary),
-                None => self.summaries.remove(&doc),
+                Some(summary) => {
+                    self.moves.at.insert(doc.clone(), self.moves.commits);
+                    self.summaries.insert(doc, summary);
+                }
+                None => {
+                    self.moves.at.remove(&doc);
+                    self.summaries.remove(&doc);
+                }
             };
         }
     }

@@ -191,6 +191,8 @@ pub struct Replica {
     /// Every stored document's heads and counts, from the index: what the node has, without
     /// loading it.
     summaries: BTreeMap<DocId, index::Summary>,
+    /// When each document's heads last moved, counted in commits (`moved_since`).
+    moves: durable::Moves,
     /// The estimated memory loaded documents may take before the least recently used ones are
     /// evicted (`[store] memory_budget_mb`).
     memory_budget: u64,
@@ -272,6 +274,7 @@ impl Replica {
             repair: None,
             docs: BTreeMap::new(),
             summaries: BTreeMap::new(),
+            moves: durable::Moves::default(),
             memory_budget: DEFAULT_MEMORY_BUDGET,
             base_capacity: BASE_CAPACITY,
             edit_clock: 0,
@@ -714,6 +717,18 @@ impl Replica {
     }
 
     /// Every document with its heads.
+    /// The documents whose heads moved after the mark `after` (0: since the replica opened),
+    /// and the mark to pass next time. A caller that follows the heads of every document
+    /// after every write (the mesh) then looks at the documents that moved, not at all of
+    /// them: a scope holds hundreds of bucket documents.
+    pub fn moved_since(&self, after: u64) -> (Vec<DocId>, u64) {
+        let moved = (self.moves.at.iter())
+            .filter(|(_, &at)| at > after)
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        (moved, self.moves.commits)
+    }
+
     pub fn all_heads(&self) -> BTreeMap<DocId, Vec<ChangeHash>> {
         self.summaries
             .iter()

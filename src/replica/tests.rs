@@ -1945,3 +1945,23 @@ fn the_log_of_appended_changes_keeps_the_latest_and_older_heads_load_the_documen
     assert_eq!(r.changed_since(&doc, &heads[30]), keys(30));
     assert_eq!(r.loads(), 1, "behind the log");
 }
+
+#[test]
+fn moved_since_names_the_documents_whose_heads_moved_after_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    let (mesh, bob) = (Scope::Mesh, Scope::User("bob".into()));
+    r.put_memory(&mesh, "a", json!(1)).unwrap();
+    r.put_memory(&bob, "b", json!(2)).unwrap();
+    let (all, mark) = r.moved_since(0);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(r.moved_since(mark), (Vec::new(), mark));
+
+    r.put_memory(&bob, "c", json!(3)).unwrap();
+    let (moved, next) = r.moved_since(mark);
+    assert_eq!(moved, vec![DocId::Memory(bob.clone())]);
+    assert!(next > mark);
+    // A read moves nothing.
+    r.get_memory(&mesh, "a").unwrap();
+    assert_eq!(r.moved_since(next), (Vec::new(), next));
+}
