@@ -4,6 +4,12 @@
 //! same file system: SQLite in WAL mode with `synchronous=FULL`, one transaction per write,
 //! the durable write a gateway would otherwise make.
 //!
+//! Two floors are measured in the same run, so that the ratios can be read: the API's round
+//! trip for a request that writes nothing (`GET /health`), and a bare durable append (a
+//! `pwrite` and an `fdatasync` of 200 bytes in a file allocated ahead). With one client, no
+//! server that answers over HTTP only once a write is synced can beat one round trip plus
+//! one sync per write: that sum is the one-client floor.
+//!
 //! Prints a Markdown table; times are reported, never asserted. Correctness is asserted: every
 //! acknowledged key is then read back from the node with its value.
 
@@ -134,6 +140,48 @@ fn assert_stored(addr: &str, run: &str, clients: usize) {
     }
 }
 
+/// Round trips per second of `GET /health` from `clients` threads: the API's cost for a
+/// request that writes nothing.
+fn round_trip_run(addr: &str, clients: usize) -> f64 {
+    let per_client = puts() / clients;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..clients {
+            scope.spawn(move || {
+                let mut connection = Client::connect(addr);
+                for _ in 0..per_client {
+                    let (status, body) = connection.send("GET", "/health", "");
+                    assert_eq!(status, 200, "{body}");
+                }
+            });
+        }
+    });
+    (per_client * clients) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Durable appends per second with nothing else: 200 bytes written into a file allocated
+/// ahead, then `fdatasync`, on the same file system.
+fn sync_run(dir: &Path) -> f64 {
+    use std::os::unix::fs::FileExt;
+    const RECORD: usize = 200;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("baseline.sync"))
+        .unwrap();
+    file.write_all_at(&vec![0; puts() * RECORD], 0).unwrap();
+    file.sync_all().unwrap();
+    let record = [b'x'; RECORD];
+    let started = Instant::now();
+    for n in 0..puts() {
+        file.write_all_at(&record, (n * RECORD) as u64).unwrap();
+        file.sync_data().unwrap();
+    }
+    puts() as f64 / started.elapsed().as_secs_f64()
+}
+
 /// SQLite's durable single writes on the same file system: puts per second.
 fn sqlite_run(dir: &Path) -> f64 {
     let db = rusqlite::Connection::open(dir.join("baseline.sqlite")).unwrap();
@@ -176,15 +224,40 @@ fn main() {
         warm.put(&format!("warm-{n}"), &json!(n));
     }
     let sqlite = sqlite_run(node.path());
+    let sync = sync_run(node.path());
+    let round_trip_one = round_trip_run(&addr, 1);
+    let round_trip_many = round_trip_run(&addr, CLIENTS);
+    // One round trip, then one sync, per write.
+    let floor_one = 1.0 / (1.0 / round_trip_one + 1.0 / sync);
     let one = api_run(&addr, "one", 1);
     assert_stored(&addr, "one", 1);
     let many = api_run(&addr, "many", CLIENTS);
     assert_stored(&addr, "many", CLIENTS);
     drop(daemon);
 
-    println!("| single durable puts | puts/s | vs SQLite | target |");
+    println!("| single durable puts | per s | vs SQLite | target |");
     println!("|---|---:|---:|---|");
     println!("| SQLite, WAL, synchronous=FULL, one transaction per write (baseline) | {sqlite:.0} | 1.00× | |");
+    floor(
+        "bare durable append: pwrite + fdatasync of 200 B",
+        sync,
+        sqlite,
+    );
+    floor(
+        "API round trip writing nothing (GET /health), 1 client",
+        round_trip_one,
+        sqlite,
+    );
+    floor(
+        &format!("API round trip writing nothing, {CLIENTS} clients"),
+        round_trip_many,
+        sqlite,
+    );
+    floor(
+        "one-client floor: one round trip + one sync per write",
+        floor_one,
+        sqlite,
+    );
     row("meshd API, 1 client", one, sqlite, TARGET_ONE_CLIENT);
     row(
         &format!("meshd API, {CLIENTS} clients"),
@@ -192,6 +265,16 @@ fn main() {
         sqlite,
         TARGET_CONCURRENT,
     );
+    println!();
+    println!(
+        "1 client: {:.2}× the one-client floor; {CLIENTS} clients: {:.2}× the round trip writing nothing",
+        one / floor_one,
+        many / round_trip_many
+    );
+}
+
+fn floor(what: &str, rate: f64, baseline: f64) {
+    println!("| {what} | {rate:.0} | {:.2}× | floor |", rate / baseline);
 }
 
 fn row(what: &str, rate: f64, baseline: f64, target: f64) {
