@@ -57,12 +57,13 @@ impl Queue {
         self.jobs().is_empty()
     }
 
-    /// Leadership, unless another writer holds it.
+    /// Leadership, unless another writer holds it. The guard is made only when leadership
+    /// was taken: dropping one made for a refusal would give away the leader's.
     pub fn lead(&self) -> Option<Leading<'_>> {
         self.leading
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
-            .then_some(Leading(self))
+            .then(|| Leading(self))
     }
 
     #[cfg(test)]
@@ -161,5 +162,22 @@ pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
             tracing::debug!(%error, jobs = jobs.len(), "a group commit failed; its writes run one by one");
             jobs.into_iter().for_each(|job| job.run_alone(replica));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Queue;
+
+    #[test]
+    fn a_refused_leader_leaves_the_leader_leading() {
+        let queue = Queue::default();
+        let leading = queue.lead().expect("nobody leads yet");
+        assert!(queue.lead().is_none(), "a second writer must not lead");
+        // Before: the refused attempt built a guard and dropped it, clearing the flag, so a
+        // third writer led beside the first (and waited for the replica's lock).
+        assert!(queue.lead().is_none(), "the first writer still leads");
+        drop(leading);
+        assert!(queue.lead().is_some(), "leadership is free again");
     }
 }
