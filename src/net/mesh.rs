@@ -81,7 +81,9 @@ impl<'a> JoinTurn<'a> {
         let taken = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < MAX_JOINS_IN_FLIGHT).then_some(n + 1)
         });
-        taken.is_ok().then_some(JoinTurn(in_flight))
+        // Built only when a turn was taken: one dropped after a refusal would give back a
+        // turn it never had.
+        taken.is_ok().then(|| JoinTurn(in_flight))
     }
 }
 
@@ -1197,7 +1199,25 @@ fn jitter(wait: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::moved_addresses;
+    use super::{moved_addresses, JoinTurn, MAX_JOINS_IN_FLIGHT};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_join_refused_for_want_of_a_turn_gives_back_no_turn() {
+        let in_flight = AtomicUsize::new(0);
+        let turns: Vec<JoinTurn<'_>> = (0..MAX_JOINS_IN_FLIGHT)
+            .map(|_| JoinTurn::take(&in_flight).expect("a free turn"))
+            .collect();
+        for _ in 0..3 {
+            assert!(JoinTurn::take(&in_flight).is_none(), "every turn is taken");
+        }
+        // Before: each refusal built a turn and dropped it, taking the count below the joins
+        // in flight (a flood then went unbounded, and the count wrapped once they ended).
+        assert_eq!(in_flight.load(Ordering::SeqCst), MAX_JOINS_IN_FLIGHT);
+        drop(turns);
+        assert_eq!(in_flight.load(Ordering::SeqCst), 0);
+        assert!(JoinTurn::take(&in_flight).is_some());
+    }
 
     #[test]
     fn a_peer_that_moved_keeps_its_host_names_and_drops_the_addresses_it_left() {
