@@ -104,22 +104,35 @@ fn value_of(key: &str) -> Value {
     json!(format!("the value written under {key}"))
 }
 
-/// Puts `PUTS` keys named `<run>-<n>` from `clients` threads; returns puts per second.
-fn api_run(addr: &str, run: &str, clients: usize) -> f64 {
+/// Requests per second from `clients` threads, each on a connection of its own, sharing
+/// `puts()` requests; `request` makes request `n` of client `client`.
+fn clients_run(
+    addr: &str,
+    clients: usize,
+    request: impl Fn(&mut Client, usize, usize) + Sync,
+) -> f64 {
     let per_client = puts() / clients;
     let started = Instant::now();
     std::thread::scope(|scope| {
         for client in 0..clients {
+            let request = &request;
             scope.spawn(move || {
                 let mut connection = Client::connect(addr);
                 for n in 0..per_client {
-                    let key = format!("{run}-{client}-{n}");
-                    connection.put(&key, &value_of(&key));
+                    request(&mut connection, client, n);
                 }
             });
         }
     });
     (per_client * clients) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Puts `PUTS` keys named `<run>-<client>-<n>` from `clients` threads; returns puts per second.
+fn api_run(addr: &str, run: &str, clients: usize) -> f64 {
+    clients_run(addr, clients, |connection, client, n| {
+        let key = format!("{run}-{client}-{n}");
+        connection.put(&key, &value_of(&key));
+    })
 }
 
 /// Reads every key of a run back and checks its value.
@@ -143,20 +156,10 @@ fn assert_stored(addr: &str, run: &str, clients: usize) {
 /// Round trips per second of `GET /health` from `clients` threads: the API's cost for a
 /// request that writes nothing.
 fn round_trip_run(addr: &str, clients: usize) -> f64 {
-    let per_client = puts() / clients;
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..clients {
-            scope.spawn(move || {
-                let mut connection = Client::connect(addr);
-                for _ in 0..per_client {
-                    let (status, body) = connection.send("GET", "/health", "");
-                    assert_eq!(status, 200, "{body}");
-                }
-            });
-        }
-    });
-    (per_client * clients) as f64 / started.elapsed().as_secs_f64()
+    clients_run(addr, clients, |connection, _, _| {
+        let (status, body) = connection.send("GET", "/health", "");
+        assert_eq!(status, 200, "{body}");
+    })
 }
 
 /// Durable appends per second with nothing else: 200 bytes written into a file allocated
