@@ -162,6 +162,8 @@ pub struct Mesh {
     closed_bytes_sent: Mutex<HashMap<NodeId, u64>>,
     /// The heads last pushed to peers, per document: the next push sends what came after.
     published: Mutex<Published>,
+    /// Local writes the publisher (`publish_loop`) has not looked at yet.
+    written: Notify,
     on_change: Box<dyn Fn() + Send + Sync>,
     /// The latest refusal of each peer's changes by this node, for `meshd status`.
     refusals: Mutex<HashMap<NodeId, PeerRefusal>>,
@@ -227,6 +229,7 @@ impl Mesh {
             serial: AtomicU64::new(0),
             closed_bytes_sent: Mutex::new(HashMap::new()),
             published: Mutex::new(published),
+            written: Notify::new(),
             on_change: Box::new(on_change),
             refusals: Mutex::new(HashMap::new()),
             failing: Mutex::new(HashMap::new()),
@@ -237,6 +240,7 @@ impl Mesh {
             shutdown: lifecycle.shutdown,
         });
         mesh.tasks.spawn(mesh.clone().accept_loop());
+        mesh.tasks.spawn(mesh.clone().publish_loop());
         mesh.peers_changed();
         mesh
     }
@@ -246,7 +250,10 @@ impl Mesh {
     /// pushes the writes its pace still holds back and waits (at most `GOODBYE_WAIT` in all)
     /// until its peer has them: a write acknowledged just before a stop reaches the peers now,
     /// not when this node is back.
-    pub async fn close(&self) {
+    pub async fn close(self: &Arc<Self>) {
+        // The writes acknowledged since the publisher last looked go into the last pushes.
+        let mesh = self.clone();
+        let _ = tokio::task::spawn_blocking(move || mesh.publish()).await;
         let goodbyes: Vec<oneshot::Receiver<()>> = lock(&self.links)
             .values()
             .map(|entry| {
@@ -373,8 +380,29 @@ impl Mesh {
         *lock(&self.closed_bytes_sent).entry(peer).or_default() += sent;
     }
 
-    /// Pushes whatever changed locally since the last push to every connected peer.
+    /// Local writes happened: the publisher pushes them to every connected peer. Returns at
+    /// once, as it runs on the runtime's threads after each write; the publisher waits for
+    /// the replica on the blocking pool, and takes the writes of a burst together.
     pub fn local_changes(&self) {
+        self.written.notify_one();
+    }
+
+    /// Pushes what local writes changed, until the node stops (`close` pushes the last).
+    async fn publish_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.written.notified() => {}
+            }
+            let mesh = self.clone();
+            if let Err(error) = tokio::task::spawn_blocking(move || mesh.publish()).await {
+                tracing::error!(%error, "pushing local writes failed; peers get them at the next sync round");
+            }
+        }
+    }
+
+    /// Pushes whatever changed locally since the last push to every connected peer.
+    fn publish(&self) {
         let fresh = self.take_fresh();
         if fresh.is_empty() {
             return;
