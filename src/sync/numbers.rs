@@ -10,10 +10,10 @@
 //!
 //! A number's partner is the first number of the change before (among its first
 //! [`MAX_PARTNERS`]) that follows the same [`CONTEXT`] bytes: `"updated_at":` finds its
-//! partner wherever the text around it moved. A
-//! number without one (in free text, whose neighbours differ) stays in the text, where zstd
-//! finds it if it repeats: written apart against an unrelated number, measured on values of
-//! random words and numbers, it cost 5 to 20 % more.
+//! partner wherever the text around it moved. A number without one (in free text, whose
+//! neighbours differ) stays in the text, where zstd finds it if it repeats: written apart
+//! against an unrelated number, measured on values of random words and numbers, it cost 5 to
+//! 20 % more.
 //!
 //! Layout (docs/protocol.md, `DocPart.changes`), every number LEB128: `0`, then the length and
 //! bytes of the data as it is; or `count + 1`, then per number written apart the length and
