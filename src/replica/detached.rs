@@ -67,7 +67,7 @@ impl Replica {
             .into_iter()
             .partition(|write| write.doc() == DocId::Skills);
         if skills.is_empty() {
-            self.commit_writes(others)?;
+            self.commit_writes(others, &mut || {})?;
             return Ok(Staging::Committed(outcome));
         }
         self.ensure_writable()?;

@@ -19,7 +19,7 @@ use super::append::Appended;
 use super::changes::changed_names;
 use super::index::{self, Summary};
 use super::integrity::{self, DocRecord, Record, Shortfall};
-use super::storage;
+use super::storage::{self, OnDurable};
 use super::{
     system_clock, ChangeSignature, DocId, Replica, ReplicaError, Result, COMPACT_AFTER_CHANGES,
     COMPACT_GROWTH, COMPACT_MIN_CHANGES,
@@ -113,6 +113,16 @@ impl Replica {
     /// Makes `pending` durable with the index entries it changes, or takes the documents back
     /// to before it and returns why not.
     pub(super) fn persist(&mut self, pending: Pending) -> Result<()> {
+        self.persist_acknowledging(pending, &mut || {})
+    }
+
+    /// `persist`, calling `on_durable` the moment the changes are durable, before sled and
+    /// the bookkeeping after the write have them (`Storage::commit_acknowledging`).
+    pub(super) fn persist_acknowledging(
+        &mut self,
+        pending: Pending,
+        on_durable: OnDurable<'_>,
+    ) -> Result<()> {
         if pending.changes.is_empty() {
             return Ok(());
         }
@@ -132,8 +142,17 @@ impl Replica {
                 return Err(error);
             }
         };
-        if let Err(error) = self.storage.commit(batch) {
-            tracing::error!(%error, "a write did not reach the disk; it is refused and undone");
+        let mut journaled = false;
+        let committed = self.storage.commit_acknowledging(batch, &mut || {
+            journaled = true;
+            on_durable();
+        });
+        if let Err(error) = committed {
+            if journaled {
+                tracing::error!(%error, "sled refused a write the journal holds: it was acknowledged, is undone in memory until a restart applies it again from the journal; restart meshd once the disk is healthy");
+            } else {
+                tracing::error!(%error, "a write did not reach the disk; it is refused and undone");
+            }
             self.roll_back(pending.before);
             self.undo(&pending.changes, undo);
             return Err(not_durable(error));

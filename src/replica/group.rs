@@ -4,7 +4,9 @@
 //!
 //! A leader and followers: each writer queues its job, then becomes the leader unless another
 //! writer is leading. The leader takes the replica lock, stages every queued job into one
-//! batch, commits it and answers each job; it leads again while jobs are queued. A follower
+//! batch, commits it and answers each job the moment the batch is durable (its journal
+//! record synced: sled and the bookkeeping after a write take it in while the callers are
+//! answered, see `Replica::batch_acknowledging`); it leads again while jobs are queued. A follower
 //! sleeps until its answer arrives, woken once, by the leader, so a group costs no queue of
 //! threads taking the lock in turn. A lone write runs alone, with the same latency as a plain
 //! `Replica::batch`.
@@ -17,8 +19,11 @@
 //! refuses) is run again one job at a time, so each caller gets the answer it would have had
 //! alone: only the job at fault fails for a fault of its own. Jobs may therefore run more than
 //! once and must not consume their input. A group whose flush fails is answered as a whole
-//! with `NotDurable`: every write in it may be on disk after a restart.
+//! with `NotDurable`: every write in it may be on disk after a restart. A failure after the
+//! group was acknowledged (sled refusing writes the journal holds) changes no answer: the
+//! journal's replay applies them at the next start.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -83,7 +88,7 @@ impl Queue {
 pub(super) trait Job: Send {
     /// Stages the writes into the group's batch and keeps the outcome for `answer`.
     fn stage(&mut self, batch: &mut Batch<'_>);
-    /// Sends the kept outcome: the group's commit succeeded.
+    /// Sends the kept outcome: the group's writes are durable.
     fn answer(self: Box<Self>);
     /// Runs the job again in a batch of its own and sends that outcome.
     fn run_alone(self: Box<Self>, replica: &mut Replica);
@@ -128,8 +133,13 @@ where
     }
 
     fn run_alone(mut self: Box<Self>, replica: &mut Replica) {
-        let outcome = replica.batch(&mut self.write);
-        let _ = self.reply.send(outcome);
+        let reply = &self.reply;
+        let acknowledged = replica.batch_acknowledging(&mut self.write, |outcome| {
+            let _ = reply.send(outcome);
+        });
+        if let Err(error) = acknowledged {
+            let _ = reply.send(Err(error));
+        }
     }
 
     fn fail(self: Box<Self>, error: ReplicaError) {
@@ -137,8 +147,8 @@ where
     }
 }
 
-/// Commits `jobs` as one batch with one flush, then answers each; see the module comment for
-/// a group that fails.
+/// Commits `jobs` as one batch with one flush, and answers each as soon as it is durable; see
+/// the module comment for a group that fails.
 pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
@@ -146,14 +156,21 @@ pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
         }
         return;
     }
-    let committed = replica.batch(|batch| {
-        for job in jobs.iter_mut() {
-            job.stage(batch);
-        }
-        Ok(())
-    });
-    match committed {
-        Ok(()) => jobs.into_iter().for_each(|job| job.answer()),
+    // Staged by the batch, answered the moment the group is durable (`batch_acknowledging`),
+    // or handed back here when it failed before.
+    let group = RefCell::new(jobs);
+    let acknowledged = replica.batch_acknowledging(
+        |batch| {
+            for job in group.borrow_mut().iter_mut() {
+                job.stage(batch);
+            }
+            Ok(())
+        },
+        |_| group.take().into_iter().for_each(|job| job.answer()),
+    );
+    let jobs = group.into_inner();
+    match acknowledged {
+        Ok(()) => {}
         // Each write of the group may be on disk after a restart: each caller is told so.
         Err(ReplicaError::NotDurable(reason)) => jobs
             .into_iter()

@@ -40,7 +40,7 @@ use crate::model::{secret, Claim, DocId, Hlc, MemoryEntry, Scope, Skill, Stamp, 
 use crate::sync::{sequence, whole};
 use crate::trust::{ChangeSignature, NodeKey};
 use durable::Pending;
-use storage::Storage;
+use storage::{OnDurable, Storage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -535,8 +535,35 @@ impl Replica {
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Batch<'_>) -> Result<T>) -> Result<T> {
         self.refuse_after_failure()?;
         let (outcome, writes) = self.stage(f);
-        self.commit_writes(writes)?;
+        self.commit_writes(writes, &mut || {})?;
         outcome
+    }
+
+    /// `batch`, handing `f`'s outcome to `acknowledge` the moment its writes are durable, so
+    /// that a caller is answered while sled takes them in and the bookkeeping after a write
+    /// runs. An error before that is returned instead (the outcome is dropped). One after it
+    /// (sled failing on writes the journal holds) is logged: the writes stay acknowledged, and
+    /// the journal's replay applies them at the next start.
+    pub fn batch_acknowledging<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T>,
+        acknowledge: impl FnOnce(Result<T>),
+    ) -> Result<()> {
+        self.refuse_after_failure()?;
+        let (outcome, writes) = self.stage(f);
+        let mut unacknowledged = Some((acknowledge, outcome));
+        let committed = self.commit_writes(writes, &mut || {
+            if let Some((acknowledge, outcome)) = unacknowledged.take() {
+                acknowledge(outcome);
+            }
+        });
+        if let Some((acknowledge, outcome)) = unacknowledged {
+            // Nothing reached the journal (nothing to write, or the writes went to sled's
+            // flush in parts): the end of the commit is the moment.
+            committed?;
+            acknowledge(outcome);
+        }
+        Ok(())
     }
 
     /// Applies `writes` and makes them durable. Documents are loaded one after the other;
@@ -547,8 +574,8 @@ impl Replica {
     /// touches every bucket of a million-key scope never holds them all at once, nor a sled
     /// batch of every key. Each part is atomic and keeps the index exact; when one fails,
     /// the parts before it stay durable (a retried ingest finds them held) and the batch
-    /// answers the error.
-    fn commit_writes(&mut self, writes: Vec<Staged>) -> Result<()> {
+    /// answers the error. `on_durable` is called when the last part is durable.
+    fn commit_writes(&mut self, writes: Vec<Staged>, on_durable: OnDurable<'_>) -> Result<()> {
         let mut rest = by_doc(writes, |doc| self.docs.contains_key(doc));
         let limit = PartLimit {
             memory: self.memory_budget,
@@ -556,10 +583,10 @@ impl Replica {
         };
         loop {
             let pending = self.apply_docs(&mut rest, limit)?;
-            self.persist(pending)?;
             if rest.is_empty() {
-                return Ok(());
+                return self.persist_acknowledging(pending, on_durable);
             }
+            self.persist(pending)?;
             let to_write: BTreeSet<DocId> = rest.iter().map(|(doc, _)| doc.clone()).collect();
             self.trim_sparing(|doc| to_write.contains(doc));
         }

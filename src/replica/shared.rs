@@ -12,7 +12,7 @@
 //!
 //! Poisoning: a panic while the lock is held is a bug, and the replica's state is still
 //! usable: every change is applied to the in-memory document first and acknowledged only
-//! after its sled batch is flushed, so a panic can at worst leave a change in memory that a
+//! once its journal record is synced, so a panic can at worst leave a change in memory that a
 //! restart would not see, never a torn document. The lock is therefore taken back, the poison
 //! is cleared and the event logged once, and the node keeps serving. A panic inside `run`
 //! becomes an error for the one request that hit it.

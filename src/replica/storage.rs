@@ -34,6 +34,9 @@ pub struct StoredDoc {
     pub changes: Vec<Vec<u8>>,
 }
 
+/// Called once, the moment a commit's writes are durable (`Storage::commit_acknowledging`).
+pub type OnDurable<'a> = &'a mut dyn FnMut();
+
 /// Writes to the store's tree, made durable together by `Storage::commit`: after a crash,
 /// all of them are found or none (the journal's record, or sled's batch).
 #[derive(Default)]
@@ -245,15 +248,32 @@ impl Storage {
     /// it did is repaired by the journal's replay at open). A batch too large for the journal,
     /// or any while there is no journal, is applied atomically and flushed by sled.
     pub fn commit(&mut self, writes: Writes) -> Result<(), ReplicaError> {
+        self.commit_acknowledging(writes, &mut || {})
+    }
+
+    /// `commit`, calling `on_durable` the moment the writes are durable: right after the
+    /// journal's sync, before sled has them, so that a caller can be answered while they are
+    /// applied. Should sled then fail, the error is still returned, but the writes are in the
+    /// journal, and its replay at the next open applies them.
+    pub fn commit_acknowledging(
+        &mut self,
+        writes: Writes,
+        on_durable: OnDurable<'_>,
+    ) -> Result<(), ReplicaError> {
         if let Some(first) = self.failed.get() {
             return Err(ReplicaError::Failed(first.clone()));
         }
         let journaled = self.journal_append(&writes);
         self.write(|storage| match journaled? {
-            true => storage.apply_each(writes),
+            true => {
+                on_durable();
+                storage.apply_each(writes)
+            }
             false => {
                 storage.docs.apply_batch(writes.into_sled())?;
-                storage.db.flush().map(drop)
+                storage.db.flush()?;
+                on_durable();
+                Ok(())
             }
         })
     }

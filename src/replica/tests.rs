@@ -807,6 +807,59 @@ fn writes_that_wait_for_the_lock_are_committed_as_one_change_and_each_answered()
 }
 
 #[test]
+fn a_batch_is_acknowledged_once_journaled_before_sled_takes_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = open(dir.path(), "n1");
+    replica
+        .put_memory(&Scope::Mesh, "before", json!(0))
+        .unwrap();
+    let tree = replica.storage.tree().unwrap().clone();
+    let held_before = tree.len();
+    let mut at_acknowledgement = None;
+    replica
+        .batch_acknowledging(
+            |batch| batch.put_memory(&Scope::Mesh, "k", json!(1)),
+            |outcome| at_acknowledgement = Some((outcome.ok().map(|e| e.value), tree.len())),
+        )
+        .unwrap();
+    // Before: the caller was answered once the batch had returned, sled's writes included.
+    assert_eq!(at_acknowledgement, Some((Some(json!(1)), held_before)));
+    assert!(
+        tree.len() > held_before,
+        "sled has the writes once the batch returns"
+    );
+    drop((replica, tree));
+    let reopened = open(dir.path(), "n1");
+    assert_eq!(
+        reopened
+            .get_memory(&Scope::Mesh, "k")
+            .unwrap()
+            .unwrap()
+            .value,
+        json!(1)
+    );
+}
+
+#[test]
+fn a_batch_that_writes_nothing_is_acknowledged_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = open(dir.path(), "n1");
+    let huge = json!("x".repeat(validate::MAX_VALUE_BYTES + 1));
+    let mut acknowledged = None;
+    replica
+        .batch_acknowledging(
+            |batch| batch.put_memory(&Scope::Mesh, "k", huge.clone()),
+            |outcome| acknowledged = Some(outcome),
+        )
+        .unwrap();
+    assert!(
+        matches!(acknowledged, Some(Err(ReplicaError::Invalid(_)))),
+        "{acknowledged:?}"
+    );
+    assert!(replica.get_memory(&Scope::Mesh, "k").unwrap().is_none());
+}
+
+#[test]
 fn a_refused_write_in_a_group_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let shared = SharedReplica::new(open(dir.path(), "n1"));
