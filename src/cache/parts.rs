@@ -1,6 +1,6 @@
 //! Memory read out of the replica a part at a time, for the files that hold a whole scope
 //! (its page) or all memory (`mesh-memory.json`). The keys of a scope come from the index a
-//! part at a time (`Replica::names_after`), with their entries, under one short hold of the
+//! part at a time (`Replica::live_memory_after`), with their entries, under one short hold of the
 //! replica, released between parts, so neither a scope nor the store is ever copied into
 //! memory at once and writers wait at most one part. What changes between parts is in the file or
 //! not, and written again at the next write: the caches reflect the heads read before.
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::render;
 use super::CacheError;
-use crate::model::{DocId, MemoryEntry, Scope};
+use crate::model::{MemoryEntry, Scope};
 use crate::replica::{ReplicaError, SharedReplica};
 
 /// Keys read under one hold of the replica: about a tenth of a millisecond, so that a write
@@ -80,21 +80,14 @@ impl<'r> ScopeEntries<'r> {
         if self.done {
             return Ok(false);
         }
-        let (scope, doc) = (&self.scope, DocId::Memory(self.scope.clone()));
-        let (part, read) = self.replica.with(|r| {
-            let part = r.names_after(&doc, self.last.as_deref(), self.part)?;
-            let read = part
-                .iter()
-                .filter_map(|key| r.get_memory(scope, key).transpose())
-                .collect::<Result<_, _>>()?;
-            Ok::<_, ReplicaError>((part, read))
-        })?;
-        self.done = part.len() < self.part;
-        let Some(last) = part.into_iter().last() else {
+        let part = (self.replica)
+            .with(|r| r.live_memory_after(&self.scope, self.last.as_deref(), self.part))?;
+        self.done = part.keys < self.part;
+        let Some(last) = part.last else {
             return Ok(false);
         };
         self.last = Some(last);
-        self.read = read;
+        self.read = part.entries.into();
         Ok(true)
     }
 }

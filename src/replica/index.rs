@@ -368,18 +368,40 @@ pub fn memory_docs(
 
 /// The live winners of a scope, sorted by key.
 pub fn live_memory(tree: &sled::Tree, scope: &Scope) -> Result<Vec<MemoryEntry>> {
-    let prefix = entry_prefix(&DocId::Memory(scope.clone()));
-    let mut entries = Vec::new();
-    for item in tree.scan_prefix(&prefix) {
-        let (sled_key, bytes) = item?;
-        let key = std::str::from_utf8(&sled_key[prefix.len()..]).map_err(|_| damaged_entry())?;
-        if let Some((winner, _)) = resolve(decode_memory(scope, key, &bytes)?) {
+    Ok(live_memory_after(tree, scope, None, usize::MAX)?.entries)
+}
+
+/// Some keys of a scope in order, read in one pass over the index.
+#[derive(Debug, Default)]
+pub struct MemoryPart {
+    /// The live winners among the keys read.
+    pub entries: Vec<MemoryEntry>,
+    /// How many keys were read, tombstones included.
+    pub keys: usize,
+    /// The last key read: where the next part starts.
+    pub last: Option<String>,
+}
+
+/// The next `limit` keys of `scope` after `after` (from the first when `None`), with their
+/// live winners.
+pub fn live_memory_after(
+    tree: &sled::Tree,
+    scope: &Scope,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<MemoryPart> {
+    let mut part = MemoryPart::default();
+    for item in entries_after(tree, &DocId::Memory(scope.clone()), after).take(limit) {
+        let (key, bytes) = item?;
+        if let Some((winner, _)) = resolve(decode_memory(scope, &key, &bytes)?) {
             if !winner.deleted {
-                entries.push(winner);
+                part.entries.push(winner);
             }
         }
+        part.keys += 1;
+        part.last = Some(key);
     }
-    Ok(entries)
+    Ok(part)
 }
 
 /// The keys or names the index holds for `doc`'s scope (or the skills), in order, after
@@ -390,21 +412,32 @@ pub fn names_after(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>> {
+    entries_after(tree, doc, after)
+        .take(limit)
+        .map(|item| item.map(|(name, _)| name))
+        .collect()
+}
+
+/// The entries of `doc`'s scope (or the skills) after `after`, in order: each name and what
+/// the index holds for it.
+fn entries_after<'t>(
+    tree: &'t sled::Tree,
+    doc: &DocId,
+    after: Option<&str>,
+) -> impl Iterator<Item = Result<(String, sled::IVec)>> + 't {
     let prefix = entry_prefix(doc);
     let start = match after {
         Some(name) => Bound::Excluded(entry_key(doc, name)),
         None => Bound::Included(prefix.clone()),
     };
-    let mut names = Vec::new();
-    for key in tree.range((start, Bound::Unbounded)).keys() {
-        let key = key?;
-        if names.len() >= limit || !key.starts_with(&prefix) {
-            break;
-        }
-        let name = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| damaged_entry())?;
-        names.push(name.to_string());
-    }
-    Ok(names)
+    tree.range((start, Bound::Unbounded))
+        .map_while(move |item| match item {
+            Ok((key, value)) => key.strip_prefix(prefix.as_slice()).map(|name| {
+                let name = std::str::from_utf8(name).map_err(|_| damaged_entry())?;
+                Ok((name.to_string(), value))
+            }),
+            Err(error) => Some(Err(error.into())),
+        })
 }
 
 /// The entries holding concurrent versions, by scope (its base document) or skills and name,

@@ -431,6 +431,17 @@ impl Replica {
         self.reading(|tree| index::names_after(tree, doc, after, limit))
     }
 
+    /// The next `limit` keys of `scope` after `after`, with their live entries, read in one
+    /// pass: for readers that take a large scope a part at a time.
+    pub fn live_memory_after(
+        &self,
+        scope: &Scope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<index::MemoryPart> {
+        self.reading(|tree| index::live_memory_after(tree, scope, after, limit))
+    }
+
     /// Live entries, sorted by scope then key; every scope when `scope` is `None`.
     pub fn list_memory(&self, scope: Option<&Scope>) -> Result<Vec<MemoryEntry>> {
         let mut entries = Vec::new();

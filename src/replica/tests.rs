@@ -1236,6 +1236,31 @@ fn names_are_paged_in_order_within_their_document() {
         [vec!["a", "b", "c"], vec!["d", "e", "f"], vec!["g"]],
         "tombstones included"
     );
+    let mut parts = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let part = (r.live_memory_after(doc.scope().unwrap(), after.as_deref(), 3)).unwrap();
+        let Some(last) = part.last else { break };
+        let keys: Vec<String> = part.entries.into_iter().map(|e| e.key).collect();
+        parts.push((keys, part.keys, last.clone()));
+        after = Some(last);
+    }
+    let part = |keys: &[&str], read: usize, last: &str| {
+        (
+            keys.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            read,
+            last.to_string(),
+        )
+    };
+    assert_eq!(
+        parts,
+        [
+            part(&["a", "b", "c"], 3, "c"),
+            part(&["e", "f"], 3, "f"),
+            part(&["g"], 1, "g")
+        ],
+        "the same parts, with the live entries of each and the tombstone counted"
+    );
 }
 
 /// Two nodes created a skill concurrently (two objects); a third, holding both, writes it,
