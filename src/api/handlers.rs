@@ -299,7 +299,7 @@ pub async fn put_memory(
         };
         Ok((batch.put_memory_claimed(entry, Via::Api)?, true))
     });
-    let entry = written(&state, grouped.await)?;
+    let entry = written(&state, Ok(grouped.await))?;
     Ok(Json(memory_row(&entry, state.replica.node_id())))
 }
 

@@ -8,12 +8,14 @@
 //! record synced: sled and the bookkeeping after a write take it in while the callers are
 //! answered, see `Replica::batch_acknowledging`); it leads again while jobs are queued. A follower
 //! sleeps until its answer arrives, woken once, by the leader, so a group costs no queue of
-//! threads taking the lock in turn. A lone write runs alone, with the same latency as a plain
-//! `Replica::batch`.
+//! threads taking the lock in turn. A follower from async code is a task awaiting its answer,
+//! not a thread: only a leader runs on tokio's blocking pool (`SharedReplica::run_grouped`),
+//! and the task answers its caller while that leader finishes the commit. A lone write runs
+//! alone, with the same latency as a plain `Replica::batch`.
 //!
 //! No job is left behind: a writer that saw another leading pushed its job before it looked,
 //! and a leader looks at the queue again after it stops leading. A follower that still waits
-//! after `FOLLOWER_PATIENCE` (its leader panicked) tries to lead itself.
+//! after `FOLLOWER_PATIENCE` with nobody leading (its leader panicked) tries to lead itself.
 //!
 //! A group whose commit fails before it reaches sled (the reserve, a change Automerge
 //! refuses) is run again one job at a time, so each caller gets the answer it would have had
@@ -27,6 +29,8 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use super::{Batch, Replica, ReplicaError};
 
@@ -71,6 +75,12 @@ impl Queue {
             .then(|| Leading(self))
     }
 
+    /// Whether a writer leads now: its group, or the next, takes a job queued before this
+    /// was read.
+    pub fn is_led(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.jobs().len()
@@ -96,22 +106,50 @@ pub(super) trait Job: Send {
     fn fail(self: Box<Self>, error: ReplicaError);
 }
 
+/// Where a job's answer goes: a thread blocked on it, or a task awaiting it.
+enum Reply<T> {
+    Waiting(mpsc::SyncSender<Result<T, ReplicaError>>),
+    Awaiting(oneshot::Sender<Result<T, ReplicaError>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, outcome: Result<T, ReplicaError>) {
+        // The caller waits on the other end until it has its answer; gone only if it gave
+        // up (its thread died, its request was dropped), and then nobody needs it.
+        match self {
+            Reply::Waiting(reply) => drop(reply.send(outcome)),
+            Reply::Awaiting(reply) => drop(reply.send(outcome)),
+        }
+    }
+}
+
 /// A job and where its answer goes.
 pub(super) struct Pending<T, F> {
     write: F,
     outcome: Option<Result<T, ReplicaError>>,
-    reply: mpsc::SyncSender<Result<T, ReplicaError>>,
+    /// Taken when the answer is sent: a job is answered once.
+    reply: Option<Reply<T>>,
 }
 
 impl<T, F> Pending<T, F> {
-    pub fn new(write: F) -> (Self, mpsc::Receiver<Result<T, ReplicaError>>) {
+    /// A job whose caller blocks on the answer.
+    pub fn waiting(write: F) -> (Self, mpsc::Receiver<Result<T, ReplicaError>>) {
         let (reply, answer) = mpsc::sync_channel(1);
-        let pending = Pending {
+        (Pending::replying(write, Reply::Waiting(reply)), answer)
+    }
+
+    /// A job whose caller awaits the answer.
+    pub fn awaiting(write: F) -> (Self, oneshot::Receiver<Result<T, ReplicaError>>) {
+        let (reply, answer) = oneshot::channel();
+        (Pending::replying(write, Reply::Awaiting(reply)), answer)
+    }
+
+    fn replying(write: F, reply: Reply<T>) -> Self {
+        Pending {
             write,
             outcome: None,
-            reply,
-        };
-        (pending, answer)
+            reply: Some(reply),
+        }
     }
 }
 
@@ -124,32 +162,38 @@ where
         self.outcome = Some((self.write)(batch));
     }
 
-    fn answer(self: Box<Self>) {
-        if let Some(outcome) = self.outcome {
-            // The caller waits on the other end until it has its answer; gone only if its
-            // thread died, and then nobody needs it.
-            let _ = self.reply.send(outcome);
+    fn answer(mut self: Box<Self>) {
+        if let (Some(outcome), Some(reply)) = (self.outcome.take(), self.reply.take()) {
+            reply.send(outcome);
         }
     }
 
     fn run_alone(mut self: Box<Self>, replica: &mut Replica) {
-        let reply = &self.reply;
-        let acknowledged = replica.batch_acknowledging(&mut self.write, |outcome| {
-            let _ = reply.send(outcome);
+        let Pending { write, reply, .. } = &mut *self;
+        let acknowledged = replica.batch_acknowledging(write, |outcome| {
+            if let Some(reply) = reply.take() {
+                reply.send(outcome);
+            }
         });
-        if let Err(error) = acknowledged {
-            let _ = reply.send(Err(error));
+        if let (Err(error), Some(reply)) = (acknowledged, reply.take()) {
+            reply.send(Err(error));
         }
     }
 
-    fn fail(self: Box<Self>, error: ReplicaError) {
-        let _ = self.reply.send(Err(error));
+    fn fail(mut self: Box<Self>, error: ReplicaError) {
+        if let Some(reply) = self.reply.take() {
+            reply.send(Err(error));
+        }
     }
 }
 
 /// Commits `jobs` as one batch with one flush, and answers each as soon as it is durable; see
 /// the module comment for a group that fails.
 pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
+    if jobs.is_empty() {
+        // A leader started for jobs another one took.
+        return;
+    }
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
             job.run_alone(replica);

@@ -3,7 +3,9 @@
 //! Every store call from async code (links, the HTTP API, the view writer, control requests)
 //! goes through `SharedReplica::run`, which takes the lock on tokio's blocking pool, so a slow
 //! disk never stalls the runtime threads. Code that already runs on a blocking thread (a
-//! control command, the CLI) uses `SharedReplica::with`.
+//! control command, the CLI) uses `SharedReplica::with`. Single writes from async code
+//! (`run_grouped`) await their answer instead: only the leader of their group takes the lock,
+//! on the blocking pool (see `group`).
 //!
 //! Writes that may touch skills go through `SharedReplica::batch` (or `run_batch`): it holds
 //! the lock to decide and to commit, but applies skill text edits, which take up to seconds
@@ -41,6 +43,9 @@ pub struct SharedReplica {
     queue: Arc<Queue>,
     /// Fixed for the replica's life, so read without the lock.
     node_id: Arc<str>,
+    /// Tests: a leader waits here after each group, still holding the replica.
+    #[cfg(test)]
+    hold_after_commit: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
 }
 
 impl SharedReplica {
@@ -49,6 +54,8 @@ impl SharedReplica {
             node_id: replica.node_id().into(),
             replica: Arc::new(Mutex::new(replica)),
             queue: Arc::default(),
+            #[cfg(test)]
+            hold_after_commit: Arc::default(),
         }
     }
 
@@ -112,7 +119,7 @@ impl SharedReplica {
         &self,
         write: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
     ) -> Result<T, ReplicaError> {
-        let (pending, answer) = Pending::new(write);
+        let (pending, answer) = Pending::waiting(write);
         self.queue.push(Box::new(pending));
         loop {
             self.lead_while_queued();
@@ -132,11 +139,27 @@ impl SharedReplica {
                 let mut replica = self.lock();
                 group::commit(&mut replica, self.queue.take());
                 replica.trim();
+                #[cfg(test)]
+                self.hold_if_told();
             }
             drop(leading);
             if self.queue.is_empty() {
                 return;
             }
+        }
+    }
+
+    /// Makes the next leader wait after its group, holding the replica, until `release` sends.
+    #[cfg(test)]
+    pub(super) fn hold_after_next_commit(&self, release: mpsc::Receiver<()>) {
+        *self.hold_after_commit.lock().unwrap() = Some(release);
+    }
+
+    #[cfg(test)]
+    fn hold_if_told(&self) {
+        let release = self.hold_after_commit.lock().unwrap().take();
+        if let Some(release) = release {
+            let _ = release.recv();
         }
     }
 
@@ -146,13 +169,33 @@ impl SharedReplica {
         self.queue.len()
     }
 
-    /// `grouped` on tokio's blocking pool.
+    /// `grouped` from async code. The task awaits its answer, which comes the moment the
+    /// write is durable; only a leader runs on tokio's blocking pool (started here when none
+    /// leads), and it finishes the commit (sled, the bookkeeping after a write) and leads the
+    /// groups queued meanwhile while the task already answers its caller.
     pub async fn run_grouped<T: Send + 'static>(
         &self,
         write: impl FnMut(&mut Batch<'_>) -> Result<T, ReplicaError> + Send + 'static,
-    ) -> Result<Result<T, ReplicaError>, StoreTaskFailed> {
-        self.on_blocking_pool(move |shared| shared.grouped(write))
-            .await
+    ) -> Result<T, ReplicaError> {
+        let (pending, mut answer) = Pending::awaiting(write);
+        self.queue.push(Box::new(pending));
+        loop {
+            if !self.queue.is_led() {
+                let shared = self.clone();
+                // Not awaited: the answer comes through `answer`, and a leader that panics
+                // drops the jobs it took, which closes their answers.
+                drop(tokio::task::spawn_blocking(move || {
+                    shared.lead_while_queued()
+                }));
+            }
+            match tokio::time::timeout(group::FOLLOWER_PATIENCE, &mut answer).await {
+                Ok(Ok(answered)) => return answered,
+                // The leader that took the job panicked with it.
+                Ok(Err(_)) => return Err(ReplicaError::Interrupted),
+                // Still queued, or committing: a leader that died leaves the flag down.
+                Err(_) => {}
+            }
+        }
     }
 
     /// `Replica::put_skill` with the text edit done off the lock.

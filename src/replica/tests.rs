@@ -840,6 +840,26 @@ fn a_batch_is_acknowledged_once_journaled_before_sled_takes_it_in() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awaiting_writer_is_answered_while_its_leader_still_holds_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    let (release, held) = std::sync::mpsc::channel();
+    shared.hold_after_next_commit(held);
+    let put = shared.run_grouped(|b| b.put_memory(&Scope::Mesh, "k", json!(1)));
+    // Before: the answer came once the leader had let go of the replica, never while held.
+    let answered = tokio::time::timeout(Duration::from_secs(20), put).await;
+    release.send(()).unwrap();
+    let entry = answered.expect("answered while the leader holds the replica");
+    assert_eq!(entry.unwrap().value, json!(1));
+    let read = shared.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || read.with(|r| r.get_memory(&Scope::Mesh, "k")))
+            .await
+            .unwrap();
+    assert_eq!(stored.unwrap().unwrap().value, json!(1));
+}
+
 #[test]
 fn a_batch_that_writes_nothing_is_acknowledged_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
