@@ -828,6 +828,10 @@ impl<'t> Staging<'t> {
     /// removed) and what undoes the batch.
     pub fn finish(self, batch: &mut Writes) -> (BTreeMap<DocId, Option<Summary>>, Undo) {
         for (key, now) in self.keys {
+            // Most writes leave a key's conflict marker absent, as it was: nothing to write.
+            if self.undo.keys.get(&key) == Some(&now) {
+                continue;
+            }
             match now {
                 Some(bytes) => batch.insert(key, bytes),
                 None => batch.remove(key),

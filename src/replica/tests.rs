@@ -861,6 +861,31 @@ async fn an_awaiting_writer_is_answered_while_its_leader_still_holds_the_replica
 }
 
 #[test]
+fn a_write_leaves_out_the_index_keys_it_leaves_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "n1");
+    r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    let records = journal::recover(&dir.path().join("journal"))
+        .unwrap()
+        .records;
+    let puts = (records.iter())
+        .filter(|record| record.writes.iter().any(|(key, _)| key.starts_with(b"c\0")))
+        .count();
+    assert_eq!(puts, 2, "both puts are in the journal");
+    // Before: each put also removed the key's conflict marker, which was never there.
+    let no_ops: Vec<_> = (records.iter().flat_map(|record| &record.writes))
+        .filter(|(key, value)| value.is_none() && key.starts_with(b"x\0"))
+        .collect();
+    assert!(no_ops.is_empty(), "{no_ops:?}");
+    assert_eq!(
+        r.get_memory(&Scope::Mesh, "k").unwrap().unwrap().value,
+        json!(2)
+    );
+    r.check_index().unwrap();
+}
+
+#[test]
 fn a_batch_that_writes_nothing_is_acknowledged_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut replica = open(dir.path(), "n1");
