@@ -41,6 +41,11 @@ const CLIENTS: usize = 16;
 
 const TARGET_ONE_CLIENT: f64 = 1.0;
 const TARGET_CONCURRENT: f64 = 4.0;
+/// The targets the bench is read against since the floors were measured
+/// (docs/benchmarks.md, Puts, "Floors"): one client against the one-client floor, 16
+/// clients against SQLite.
+const REVISED_ONE_CLIENT_OF_FLOOR: f64 = 0.8;
+const REVISED_CONCURRENT: f64 = 1.0;
 
 /// One keep-alive HTTP/1.1 connection to the API.
 struct Client {
@@ -274,6 +279,19 @@ fn main() {
         one / floor_one,
         many / round_trip_many
     );
+    println!(
+        "Revised targets: 1 client ≥ {REVISED_ONE_CLIENT_OF_FLOOR}× the one-client floor: {}; {CLIENTS} clients ≥ {REVISED_CONCURRENT}× SQLite: {}",
+        verdict(one / floor_one, REVISED_ONE_CLIENT_OF_FLOOR),
+        verdict(many / sqlite, REVISED_CONCURRENT),
+    );
+}
+
+fn verdict(ratio: f64, target: f64) -> &'static str {
+    if ratio >= target {
+        "met"
+    } else {
+        "NOT met"
+    }
 }
 
 fn floor(what: &str, rate: f64, baseline: f64) {
@@ -282,6 +300,6 @@ fn floor(what: &str, rate: f64, baseline: f64) {
 
 fn row(what: &str, rate: f64, baseline: f64, target: f64) {
     let ratio = rate / baseline;
-    let verdict = if ratio >= target { "met" } else { "NOT met" };
+    let verdict = verdict(ratio, target);
     println!("| {what} | {rate:.0} | {ratio:.2}× | ≥ {target}×: {verdict} |");
 }
