@@ -860,6 +860,23 @@ async fn an_awaiting_writer_is_answered_while_its_leader_still_holds_the_replica
     assert_eq!(stored.unwrap().unwrap().value, json!(1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awaiting_writer_whose_write_panics_is_interrupted_and_the_next_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = SharedReplica::new(open(dir.path(), "n1"));
+    let panicked = shared
+        .run_grouped(|_: &mut Batch<'_>| -> Result<()> { panic!("a bug in a write") })
+        .await;
+    assert!(
+        matches!(panicked, Err(ReplicaError::Interrupted)),
+        "{panicked:?}"
+    );
+    // The leader gave leadership back and the lock's poison is cleared by the next taker.
+    let next = shared.run_grouped(|b| b.put_memory(&Scope::Mesh, "k", json!(1)));
+    let next = tokio::time::timeout(Duration::from_secs(20), next).await;
+    assert_eq!(next.expect("not stuck").unwrap().value, json!(1));
+}
+
 #[test]
 fn a_write_leaves_out_the_index_keys_it_leaves_as_they_were() {
     let dir = tempfile::tempdir().unwrap();
