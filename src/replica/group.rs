@@ -190,10 +190,6 @@ where
 /// Commits `jobs` as one batch with one flush, and answers each as soon as it is durable; see
 /// the module comment for a group that fails.
 pub(super) fn commit(replica: &mut Replica, mut jobs: Vec<Box<dyn Job>>) {
-    if jobs.is_empty() {
-        // A leader started for jobs another one took.
-        return;
-    }
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
             job.run_alone(replica);

@@ -132,10 +132,12 @@ impl SharedReplica {
         }
     }
 
-    /// Commits queued writes group after group, unless another writer is leading.
+    /// Commits queued writes group after group, unless another writer is leading. A leader
+    /// started for a job that an earlier leader took finds the queue empty and leaves the
+    /// replica alone: only a leader takes jobs, so they are still there under the lock.
     fn lead_while_queued(&self) {
         while let Some(leading) = self.queue.lead() {
-            {
+            if !self.queue.is_empty() {
                 let mut replica = self.lock();
                 group::commit(&mut replica, self.queue.take());
                 replica.trim();
