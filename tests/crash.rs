@@ -3,7 +3,8 @@
 //!
 //! The test binary runs itself as the writer: with `MESHD_CRASH_WRITER` set, the ignored test
 //! `writer_loop` writes forever and prints a line after each write the replica acknowledged.
-//! The daemon is killed the same way while clients write to it concurrently.
+//! The daemon is killed the same way while clients write to it concurrently, through its
+//! control socket and through the HTTP API.
 
 mod support;
 
@@ -171,41 +172,38 @@ fn sigkill_during_writes_appended_without_loading_loses_nothing() {
     kill_writer(dir.path(), 10, 60, true);
 }
 
-/// Clients of the daemon's concurrent run, and the acknowledgements to wait for before the
+/// Clients of the daemon's concurrent runs, and the acknowledgements to wait for before the
 /// kill.
 const CLIENTS: usize = 8;
 const DAEMON_ACKS: usize = 400;
 
+/// One way into the daemon for a put: `true` when it was acknowledged, `false` once the
+/// daemon stops answering.
+type Put = dyn Fn(&str, u64) -> bool + Send + Sync;
+
 /// Puts `w<client>-<n>` until the daemon stops answering; records each acknowledged key.
-fn put_until_killed(socket: &Path, client: usize, acked: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn put_until_killed(put: &Put, client: usize, acked: &Mutex<Vec<String>>, stop: &AtomicBool) {
     for n in 0.. {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         let key = format!("w{client}-{n}");
-        let put = MemPut {
-            scope: "mesh".into(),
-            key: key.clone(),
-            value: json!(n),
-        };
-        match try_ask(socket, put) {
-            Some(Ok(_)) => acked.lock().unwrap().push(key),
-            _ => return,
+        if !put(&key, n) {
+            return;
         }
+        acked.lock().unwrap().push(key);
     }
 }
 
-#[test]
-fn sigkill_during_concurrent_puts_to_the_daemon_loses_no_acknowledged_put() {
-    let node = TestNode::init("crash");
-    let daemon = node.start();
-    let socket = node.file("control.sock");
+/// Kills the daemon of `node` with SIGKILL while `CLIENTS` clients put through `put`, then
+/// checks that every acknowledged put is stored with its value.
+fn kill_daemon_mid_burst(node: &TestNode, daemon: support::Daemon, put: Arc<Put>) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
-            let (socket, acked, stop) = (socket.clone(), acked.clone(), stop.clone());
-            std::thread::spawn(move || put_until_killed(&socket, client, &acked, &stop))
+            let (put, acked, stop) = (put.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || put_until_killed(&*put, client, &acked, &stop))
         })
         .collect();
     let started = Instant::now();
@@ -243,4 +241,42 @@ fn sigkill_during_concurrent_puts_to_the_daemon_loses_no_acknowledged_put() {
             "acknowledged {key} lost"
         );
     }
+}
+
+#[test]
+fn sigkill_during_concurrent_puts_to_the_daemon_loses_no_acknowledged_put() {
+    let node = TestNode::init("crash");
+    let daemon = node.start();
+    let socket = node.file("control.sock");
+    let put = move |key: &str, n: u64| {
+        let put = MemPut {
+            scope: "mesh".into(),
+            key: key.to_string(),
+            value: json!(n),
+        };
+        matches!(try_ask(&socket, put), Some(Ok(_)))
+    };
+    kill_daemon_mid_burst(&node, daemon, Arc::new(put));
+}
+
+/// The HTTP API's writers await their answer, which comes at the journal's sync while the
+/// group's leader still holds the replica (`SharedReplica::run_grouped`): that answer too must
+/// survive a SIGKILL right after it.
+#[test]
+fn sigkill_during_concurrent_http_puts_loses_no_acknowledged_put() {
+    let (node, addr) = TestNode::init_with_api("crash");
+    let daemon = node.start();
+    support::wait_until("the API listens", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let put = move |key: &str, n: u64| {
+        let body = json!({"scope": "mesh", "key": key, "value": n}).to_string();
+        let answer = agent.put(format!("http://{addr}/mesh/memory")).send(body);
+        answer.is_ok_and(|answer| answer.status() == 200)
+    };
+    kill_daemon_mid_burst(&node, daemon, Arc::new(put));
 }

@@ -204,6 +204,90 @@ fn a_full_disk_refuses_writes_and_loses_no_acknowledged_one() {
     assert_eq!(stored, expected);
 }
 
+/// Concurrent writers through the HTTP API, whose requests await a group's leader
+/// (`SharedReplica::run_grouped`), on a disk that fills: every request is answered, none
+/// hangs on a leader that failed, and what was acknowledged is there after a SIGKILL and a
+/// restart with space.
+#[test]
+fn a_full_disk_under_concurrent_http_puts_answers_each_and_loses_no_acknowledged_one() {
+    const CLIENTS: usize = 6;
+    let Some(disk) = Tmpfs::mount(12) else {
+        return;
+    };
+    let node = node_in(disk.path().join("home"), 0);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let config = node.file("meshd.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[api]\nenabled = false",
+        &format!("[api]\nlisten = \"{addr}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = node.start();
+    support::wait_until("the API listens", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let addr = addr.clone();
+            std::thread::spawn(move || put_over_http_until_refused(&addr, client))
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for client in clients {
+        let (keys, refusal) = bounded("a client filling the disk", move || client.join().unwrap());
+        assert!(refusal.contains("restart meshd"), "{refusal}");
+        acked.extend(keys);
+    }
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the disk filled"
+    );
+    daemon.kill();
+
+    disk.resize(64);
+    let daemon = node.start();
+    put(&node.file("control.sock"), "after", json!("space is back")).unwrap();
+    daemon.kill();
+    acked.push("after".to_string());
+    acked.sort();
+    // A refused write may be there or not, as its refusal said; every acknowledged one must.
+    let stored = stored_keys(&node);
+    let lost: Vec<&String> = acked.iter().filter(|key| !stored.contains(key)).collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+}
+
+/// Puts bulky values through the API until one is refused; returns the keys acknowledged and
+/// the refusal. A request that gets no answer fails the test (through `bounded`).
+fn put_over_http_until_refused(addr: &str, client: usize) -> (Vec<String>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(STEP))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut acked = Vec::new();
+    loop {
+        let key = format!("c{client}-{:03}", acked.len());
+        let body =
+            json!({"scope": "mesh", "key": key, "value": bulky(client * 1000 + acked.len())});
+        let mut answer = agent
+            .put(format!("http://{addr}/mesh/memory"))
+            .send(body.to_string())
+            .unwrap_or_else(|error| panic!("a put got no answer: {error}"));
+        let status = answer.status();
+        let text = answer.body_mut().read_to_string().unwrap_or_default();
+        match status.as_u16() {
+            200 => acked.push(key),
+            507 => return (acked, text),
+            other => panic!("a put answered {other}: {text}"),
+        }
+        assert!(acked.len() < 500, "12 MiB never filled up");
+    }
+}
+
 #[test]
 fn below_the_reserve_the_node_is_read_only_and_resumes_by_itself() {
     let Some(disk) = Tmpfs::mount(64) else {
