@@ -215,17 +215,7 @@ fn a_full_disk_under_concurrent_http_puts_answers_each_and_loses_no_acknowledged
         return;
     };
     let node = node_in(disk.path().join("home"), 0);
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let config = node.file("meshd.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[api]\nenabled = false",
-        &format!("[api]\nlisten = \"{addr}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let addr = node.serve_api();
     let daemon = node.start();
     support::wait_until("the API listens", || {
         std::net::TcpStream::connect(&addr).is_ok()

@@ -209,18 +209,25 @@ impl TestNode {
     /// `init_listening`, with the local API on a free loopback port: the node and that port.
     pub fn init_with_api(name: &str) -> (TestNode, String) {
         let (node, _) = TestNode::init_listening(name);
+        let api = node.serve_api();
+        (node, api)
+    }
+
+    /// Turns on the local API of a node whose config has it off, on a free loopback port:
+    /// that port.
+    pub fn serve_api(&self) -> String {
         let api = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .to_string();
-        let config = node.file("meshd.toml");
+        let config = self.file("meshd.toml");
         let text = std::fs::read_to_string(&config).unwrap().replace(
             "[api]\nenabled = false",
             &format!("[api]\nlisten = \"{api}\""),
         );
         std::fs::write(&config, text).unwrap();
-        (node, api)
+        api
     }
 }
 
