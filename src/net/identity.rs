@@ -132,6 +132,26 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_signs_changes_under_its_own_node_id() {
+        let identity = Identity::generate().unwrap();
+        let key = identity.signing_key().unwrap();
+        assert_eq!(key.node_id(), identity.node_id);
+        let signature = key.sign(&automerge::ChangeHash([7; 32]));
+        assert_eq!(signature.verify().unwrap(), identity.node_id);
+    }
+
+    #[test]
+    fn a_key_that_is_not_ed25519_is_refused_with_what_to_do() {
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let error = crate::trust::NodeKey::from_pem(&pem)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("restore node.key"), "{error}");
+    }
+
+    #[test]
     fn two_identities_differ() {
         assert_ne!(
             Identity::generate().unwrap().node_id,

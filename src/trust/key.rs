@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use automerge::{ActorId, ChangeHash};
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::{Signer, SigningKey};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
@@ -20,9 +21,14 @@ pub enum KeyError {
 }
 
 /// A node's private key, and the id it gives the node. Clones share the key.
+///
+/// Signs with `ed25519-dalek`, not `ring` (which the TLS stack and the verification of
+/// signatures use): Ed25519 signatures are deterministic, so both give the same bytes, and
+/// dalek's takes about 17 µs a signature on a 2-core VM against ring's 23 (a node signs
+/// every change it makes, under the replica's lock; docs/benchmarks.md, Puts).
 #[derive(Clone)]
 pub struct NodeKey {
-    pair: Arc<Ed25519KeyPair>,
+    pair: Arc<SigningKey>,
     id: NodeId,
 }
 
@@ -31,7 +37,7 @@ impl NodeKey {
     pub fn from_pem(pem: &str) -> Result<NodeKey, KeyError> {
         let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| KeyError::Pem(e.to_string()))?;
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+        let pair = SigningKey::from_pkcs8_der(der.secret_pkcs8_der())
             .map_err(|e| KeyError::Key(e.to_string()))?;
         Ok(NodeKey::from_pair(pair))
     }
@@ -39,13 +45,13 @@ impl NodeKey {
     /// The key whose Ed25519 seed is the BLAKE3 of `name`: a fixed node per name, for tests
     /// and benchmarks only (anyone who knows the name has the key).
     pub fn insecure_from_name(name: &str) -> NodeKey {
-        let pair = Ed25519KeyPair::from_seed_unchecked(blake3::hash(name.as_bytes()).as_bytes())
-            .expect("every 32-byte seed is an Ed25519 key");
-        NodeKey::from_pair(pair)
+        NodeKey::from_pair(SigningKey::from_bytes(
+            blake3::hash(name.as_bytes()).as_bytes(),
+        ))
     }
 
-    fn from_pair(pair: Ed25519KeyPair) -> NodeKey {
-        let id = NodeId::from_public_key(pair.public_key().as_ref());
+    fn from_pair(pair: SigningKey) -> NodeKey {
+        let id = NodeId::from_public_key(pair.verifying_key().as_bytes());
         NodeKey {
             pair: Arc::new(pair),
             id,
@@ -57,9 +63,7 @@ impl NodeKey {
     }
 
     pub fn public_key(&self) -> [u8; 32] {
-        let mut key = [0; 32];
-        key.copy_from_slice(self.pair.public_key().as_ref());
-        key
+        self.pair.verifying_key().to_bytes()
     }
 
     /// A fresh actor id naming this node: its id, then random bytes.
@@ -86,9 +90,7 @@ impl NodeKey {
         if !canonical.starts_with('{') {
             return None;
         }
-        let mut signature = [0; SIGNATURE_BYTES];
-        signature.copy_from_slice(self.pair.sign(canonical.as_bytes()).as_ref());
-        Some(signature)
+        Some(self.pair.sign(canonical.as_bytes()).to_bytes())
     }
 
     /// This node's signature of the change `hash`.
@@ -97,7 +99,7 @@ impl NodeKey {
         ChangeSignature {
             key: self.public_key(),
             hash: hash.0,
-            sig: signature.as_ref().to_vec(),
+            sig: signature.to_bytes().to_vec(),
         }
     }
 }
