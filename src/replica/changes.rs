@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use automerge::legacy::{Key, ObjectId};
-use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc, ROOT};
 
 use super::{skills_doc, Replica};
 use crate::model::DocId;
@@ -69,8 +69,13 @@ pub(super) fn changed_names(
 /// Memory versions are scalars put straight into the root map, so the keys are the map keys
 /// of the root operations in the new changes: linear in the changes, not in the document.
 fn root_keys_written(doc: &Automerge, since: &[ChangeHash]) -> BTreeSet<String> {
-    doc.get_changes(since)
-        .iter()
+    root_keys_of(&doc.get_changes(since))
+}
+
+/// The root map keys `changes` write: a memory document's keys they may change.
+pub(super) fn root_keys_of<'c>(changes: impl IntoIterator<Item = &'c Change>) -> BTreeSet<String> {
+    changes
+        .into_iter()
         .flat_map(|change| change.decode().operations)
         .filter(|op| op.obj == ObjectId::Root)
         .filter_map(|op| match op.key {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use automerge::{Change, ChangeHash, ReadDoc};
 
 use super::append::Appended;
-use super::changes::changed_names;
+use super::changes::{changed_names, root_keys_of};
 use super::index::{self, Summary};
 use super::integrity::{self, DocRecord, Record, Shortfall};
 use super::storage::{self, OnDurable};
@@ -43,6 +43,8 @@ pub(super) struct Moves {
 /// Changes applied in memory, not yet durable.
 #[derive(Default)]
 pub(super) struct Pending {
+    /// Every change applied to a touched document since its heads in `before`, whoever made
+    /// it: what the index reads a memory document's written keys from (`touched`).
     pub changes: Vec<(DocId, Change)>,
     /// The heads of every document touched, from before the changes: where a failed persist
     /// takes them back to (empty: the document did not exist).
@@ -134,7 +136,7 @@ impl Replica {
             self.roll_back(pending.before);
             return Err(error);
         }
-        let touched = self.touched(&pending.before);
+        let touched = self.touched_by(&pending);
         let (summaries, undo) = match self.stage_index(&mut batch, &touched, &pending.appended) {
             Ok(staged) => staged,
             Err(error) => {
@@ -232,6 +234,24 @@ impl Replica {
             metrics.store_committed();
         }
         Ok(())
+    }
+
+    /// What the changes of `pending` changed in each document it touched. A memory
+    /// document's keys are read from those changes themselves: asking the document for its
+    /// changes since `before` rebuilds them from its operations, about 3% of a put's commit.
+    fn touched_by(&self, pending: &Pending) -> Touched {
+        (pending.before.iter())
+            .filter_map(|(doc, heads)| {
+                let state = self.docs.get(doc)?;
+                let keys = if doc.scope().is_some() && !heads.is_empty() {
+                    let changes = (pending.changes.iter()).filter(|(of, _)| of == doc);
+                    root_keys_of(changes.map(|(_, change)| change))
+                } else {
+                    changed_names(doc, &state.doc, heads)
+                };
+                Some((doc.clone(), keys))
+            })
+            .collect()
     }
 
     /// What each document in `before` changed since those heads.
