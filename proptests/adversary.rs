@@ -187,7 +187,9 @@ impl World {
 
     fn write(&mut self, at: usize, scope: Scope, key: &str, value: i64) {
         let replica = &mut self.replicas[at];
-        let doc = replica.memory_doc_for(&scope, key);
+        let doc = replica
+            .memory_doc_for(&scope, key)
+            .expect("the index reads");
         let before = replica
             .document(&doc)
             .map(|d| d.get_heads())

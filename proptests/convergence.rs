@@ -296,7 +296,9 @@ impl World {
                 let scope = scope(*user_scope);
                 let key = format!("k{key}");
                 let replica = self.replica(*at);
-                let doc = replica.memory_doc_for(&scope, &key);
+                let doc = replica
+                    .memory_doc_for(&scope, &key)
+                    .expect("the index reads");
                 let before = SyncStore::heads(replica, &doc);
                 let entry = replica
                     .put_memory(&scope, &key, serde_json::json!(value))
@@ -313,7 +315,9 @@ impl World {
                 let scope = scope(*user_scope);
                 let key = format!("k{key}");
                 let replica = self.replica(*at);
-                let doc = replica.memory_doc_for(&scope, &key);
+                let doc = replica
+                    .memory_doc_for(&scope, &key)
+                    .expect("the index reads");
                 let before = SyncStore::heads(replica, &doc);
                 if replica.delete_memory(&scope, &key).expect("valid delete") {
                     let (tombstone, _) = replica.memory_versions(&scope, &key).unwrap().unwrap();

@@ -114,11 +114,14 @@ impl<'de> serde::Deserialize<'de> for Scope {
 
 /// One Automerge document: a memory scope, one of its buckets, or the skills.
 ///
-/// A scope's keys start in its base document (`Memory`); once that holds
-/// [`BASE_CAPACITY`] live keys, writes go to the bucket the key's hash names (`Bucket`), so
-/// no single document grows to a million keys. Which document holds a version does not
-/// decide anything: a key's versions in every document of its scope are read together and
-/// the winner is the same rule's (`replica::index`).
+/// A scope's keys start in its base document (`Memory`); once that holds [`BASE_CAPACITY`]
+/// live keys, new keys go to buckets (`Bucket`), so no single document grows to a million
+/// keys. A key's buckets (`bucket_path`) run from the coarsest, which every key shares, to
+/// the one its hash names, each level splitting the one before in two by one more bit of
+/// the hash: a new key goes to the first of them with room, so a scope just past its base
+/// takes one bucket, not 256, and one of a million keys fills all 256. Which document holds
+/// a version does not decide anything: a key's versions in every document of its scope are
+/// read together and the winner is the same rule's (`replica::index`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DocId {
     Memory(Scope),
@@ -126,7 +129,8 @@ pub enum DocId {
     Skills,
 }
 
-/// Live keys a scope's base document takes before new writes go to buckets.
+/// Live keys a scope's base document takes before new keys go to buckets; and each bucket
+/// but the last of a key's path, before they go further along it.
 pub const BASE_CAPACITY: u64 = 4096;
 
 /// Separates a scope from its bucket in a document's name: no scope's text holds it (user
@@ -150,9 +154,27 @@ impl DocId {
         Ok(DocId::Memory(base_scope(name)?))
     }
 
-    /// The bucket document of `scope` that holds `key` once the base is full.
+    /// The last bucket of `key`'s path: the one its hash names, which takes it when every
+    /// bucket before it is full.
     pub fn bucket_for(scope: &Scope, key: &str) -> DocId {
-        DocId::Bucket(scope.clone(), blake3::hash(key.as_bytes()).as_bytes()[0])
+        DocId::Bucket(scope.clone(), key_hash(key))
+    }
+
+    /// The buckets of `scope` a new `key` may go to, coarsest first: at level `n` (0 to 8),
+    /// the bucket named by the first `n` bits of the key's hash (the bits after them zero).
+    /// A bucket that two levels name is listed once; the last is `bucket_for`.
+    pub fn bucket_path(scope: &Scope, key: &str) -> Vec<DocId> {
+        let hash = key_hash(key);
+        let mut path: Vec<u8> = Vec::with_capacity(9);
+        for level in 0..=8u32 {
+            let bucket = hash & !(0xFFu8.checked_shr(level).unwrap_or(0));
+            if path.last() != Some(&bucket) {
+                path.push(bucket);
+            }
+        }
+        path.into_iter()
+            .map(|bucket| DocId::Bucket(scope.clone(), bucket))
+            .collect()
     }
 
     /// The memory scope whose keys this document holds (`None`: the skills).
@@ -171,6 +193,11 @@ impl DocId {
             other => other.clone(),
         }
     }
+}
+
+/// The byte of a key's hash that names its buckets.
+fn key_hash(key: &str) -> u8 {
+    blake3::hash(key.as_bytes()).as_bytes()[0]
 }
 
 fn base_scope(name: &str) -> Result<Scope, ValidationError> {
@@ -321,5 +348,40 @@ mod tests {
         let bucket = DocId::bucket_for(&scope, "key");
         assert_eq!(bucket.base(), doc);
         assert_eq!(bucket.scope(), Some(&scope));
+    }
+
+    /// Each level splits the bucket before it by one more bit of the key's hash: every key
+    /// starts at bucket 00, and its path ends at the bucket its hash names.
+    #[test]
+    fn a_keys_bucket_path_runs_from_the_shared_bucket_to_its_own() {
+        let bucket = |doc: &DocId| match doc {
+            DocId::Bucket(_, bucket) => *bucket,
+            other => panic!("{other:?} is not a bucket"),
+        };
+        let mut ends = std::collections::BTreeSet::new();
+        for key in (0..2000).map(|n| format!("k{n}")) {
+            let path: Vec<u8> = DocId::bucket_path(&Scope::Mesh, &key)
+                .iter()
+                .map(bucket)
+                .collect();
+            assert_eq!(path[0], 0, "{key}: {path:02x?}");
+            assert_eq!(
+                path.last(),
+                Some(&bucket(&DocId::bucket_for(&Scope::Mesh, &key)))
+            );
+            let own = *path.last().unwrap();
+            assert_eq!(
+                path.len(),
+                1 + own.count_ones() as usize,
+                "{key}: {path:02x?}"
+            );
+            for pair in path.windows(2) {
+                let added = pair[1] ^ pair[0];
+                assert!(pair[0] < pair[1] && added.is_power_of_two() && own & added != 0);
+                assert_eq!(pair[0] & added.wrapping_neg().wrapping_shl(1), pair[0]);
+            }
+            ends.insert(own);
+        }
+        assert_eq!(ends.len(), 256, "2000 keys end in every bucket");
     }
 }

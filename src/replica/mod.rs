@@ -465,27 +465,42 @@ impl Replica {
         counts
     }
 
-    /// The document a write of `key` to `scope` goes to, after `added` writes of the same
-    /// batch went to the scope's base (`Batch::route`).
-    fn route(&self, scope: &Scope, key: &str, added: u64) -> DocId {
+    /// The document a new `key` of `scope` goes to: the first of the scope's base and the
+    /// key's buckets (`DocId::bucket_path`) with room for it, counting the `added` writes of
+    /// the same batch routed to each; the last bucket when none has. A key already held is
+    /// written where its winner is (`Batch::route`).
+    fn route_new(&self, scope: &Scope, key: &str, added: impl Fn(&DocId) -> u64) -> DocId {
+        let has_room = |doc: &DocId| {
+            let live = self.summaries.get(doc).map_or(0, |s| s.live);
+            live.saturating_add(added(doc)) < self.base_capacity
+        };
         let base = DocId::Memory(scope.clone());
-        let held = self.summaries.get(&base).map_or(0, |s| s.live);
-        if held + added < self.base_capacity {
-            base
-        } else {
-            DocId::bucket_for(scope, key)
+        if has_room(&base) {
+            return base;
         }
+        let mut path = DocId::bucket_path(scope, key);
+        let last = path.pop().unwrap_or_else(|| DocId::bucket_for(scope, key));
+        path.into_iter().find(has_room).unwrap_or(last)
+    }
+
+    /// The document holding the winner of `key`, if the index has one.
+    fn winner_doc(&self, scope: &Scope, key: &str) -> Result<Option<DocId>> {
+        Ok(self.reading(|tree| index::memory_docs(tree, scope, key))?.1)
     }
 
     /// The document a lone write of `key` to `scope` would go to now: for tests that follow
     /// a write's change.
     #[doc(hidden)]
-    pub fn memory_doc_for(&self, scope: &Scope, key: &str) -> DocId {
-        self.route(scope, key, 0)
+    pub fn memory_doc_for(&self, scope: &Scope, key: &str) -> Result<DocId> {
+        Ok(match self.winner_doc(scope, key)? {
+            Some(doc) => doc,
+            None => self.route_new(scope, key, |_| 0),
+        })
     }
 
-    /// Sets how many live keys a scope's base document takes before writes go to buckets
-    /// (`BASE_CAPACITY`): tests make nodes disagree on it, or send every key to a bucket.
+    /// Sets how many live keys a scope's base document, and each bucket of a key's path but
+    /// the last, takes before new keys go further (`BASE_CAPACITY`): tests make nodes
+    /// disagree on it, or (0) send every new key to the bucket its hash names.
     #[doc(hidden)]
     pub fn set_base_capacity(&mut self, keys: u64) {
         self.base_capacity = keys;
@@ -622,7 +637,7 @@ impl Replica {
             writes: Vec::new(),
             latest_memory: HashMap::new(),
             latest_skill: HashMap::new(),
-            routed_to_base: HashMap::new(),
+            routed: HashMap::new(),
         };
         let outcome = f(&mut batch);
         let writes = batch.writes;
@@ -1060,8 +1075,8 @@ pub struct Batch<'a> {
     writes: Vec<Staged>,
     latest_memory: HashMap<(Scope, String), usize>,
     latest_skill: HashMap<String, usize>,
-    /// Writes this batch routed to each scope's base document.
-    routed_to_base: HashMap<Scope, u64>,
+    /// New keys this batch routed to each memory document.
+    routed: HashMap<DocId, u64>,
 }
 
 /// What became of an imported version (`Batch::import_memory_judged`).
@@ -1198,24 +1213,31 @@ impl Batch<'_> {
     }
 
     fn write_memory(&mut self, entry: &MemoryEntry) -> Result<()> {
+        let doc = self.route(&entry.scope, &entry.key)?;
         let slot = (entry.scope.clone(), entry.key.clone());
         self.latest_memory.insert(slot, self.writes.len());
-        let doc = self.route(&entry.scope, &entry.key);
         self.writes.push(Staged::Memory(entry.clone(), doc));
         Ok(())
     }
 
-    /// The document a write of `key` goes to: the scope's base while it holds fewer than
-    /// `BASE_CAPACITY` live keys (counting this batch's writes to it), else the key's bucket.
-    /// Readers take every document of the scope, so a node that routes otherwise (it has
-    /// not seen the base fill up yet) changes only where a version is kept.
-    fn route(&mut self, scope: &Scope, key: &str) -> DocId {
-        let added = self.routed_to_base.entry(scope.clone()).or_default();
-        let doc = self.replica.route(scope, key, *added);
-        if doc == DocId::Memory(scope.clone()) {
-            *added += 1;
+    /// The document a write of `key` goes to: where the key's winner is, as this batch leaves
+    /// it, so that a key stays where it is and concurrent writes of it meet in one document;
+    /// for a new key, `Replica::route_new`, counting this batch's writes. Readers take every
+    /// document of the scope, so a node that routes otherwise (it has not seen a document
+    /// fill up yet) changes only where a version is kept.
+    fn route(&mut self, scope: &Scope, key: &str) -> Result<DocId> {
+        let slot = (scope.clone(), key.to_string());
+        let held = match self.latest_memory.get(&slot).map(|&i| &self.writes[i]) {
+            Some(Staged::Memory(_, doc)) => Some(doc.clone()),
+            _ => self.replica.winner_doc(scope, key)?,
+        };
+        if let Some(held) = held {
+            return Ok(held);
         }
-        doc
+        let routed = &self.routed;
+        let doc = (self.replica).route_new(scope, key, |doc| routed.get(doc).copied().unwrap_or(0));
+        *self.routed.entry(doc.clone()).or_default() += 1;
+        Ok(doc)
     }
 
     /// This node's id.

@@ -1429,28 +1429,103 @@ fn a_scope_past_its_base_capacity_goes_on_in_buckets() {
     r.check_index().unwrap();
 }
 
+/// Two nodes that each wrote a key first, one in its base and one in a bucket: after the
+/// merge both documents hold a version of it, and the newest one wins. A later write goes
+/// where the winner is.
 #[test]
 fn a_key_written_again_in_another_document_shows_its_newest_version() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = open(dir.path(), "a");
-    r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
-    r.set_base_capacity(0);
-    r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
-    let (winner, others) = r.memory_versions(&Scope::Mesh, "k").unwrap().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let open_at = |node: &str| {
+        Replica::open_with_clock(
+            &dir.path().join(node),
+            crate::trust::NodeKey::insecure_from_name(node),
+            fixed_clock(clock.clone()),
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (open_at("a"), open_at("b"));
+    a.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    clock.fetch_add(1000, Ordering::SeqCst);
+    b.set_base_capacity(0);
+    b.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    merge(&mut a, &mut b);
+    let (winner, others) = a.memory_versions(&Scope::Mesh, "k").unwrap().unwrap();
     assert_eq!((winner.value, others.len()), (json!(2), 0));
-    assert_eq!(r.counts().0, 1);
-    let history = r.memory_history(&Scope::Mesh, "k").unwrap().unwrap();
+    assert_eq!(a.counts().0, 1);
+    let history = a.memory_history(&Scope::Mesh, "k").unwrap().unwrap();
     let values: Vec<(serde_json::Value, bool)> = history
         .iter()
         .map(|w| (w.version.value.clone(), w.winner))
         .collect();
     assert_eq!(values, vec![(json!(1), false), (json!(2), true)]);
-    r.check_index().unwrap();
-    // Back in the base (it has room again): the tombstone there is newest.
-    r.set_base_capacity(BASE_CAPACITY);
+    a.check_index().unwrap();
+    let bucket = DocId::bucket_for(&Scope::Mesh, "k");
+    assert_eq!(a.memory_doc_for(&Scope::Mesh, "k").unwrap(), bucket);
+    clock.fetch_add(1000, Ordering::SeqCst);
+    assert!(a.delete_memory(&Scope::Mesh, "k").unwrap());
+    assert_eq!(a.get_memory(&Scope::Mesh, "k").unwrap(), None);
+    assert_eq!(a.counts().0, 0);
+    let (docs, winner) = a
+        .reading(|tree| index::memory_docs(tree, &Scope::Mesh, "k"))
+        .unwrap();
+    assert_eq!(winner, Some(bucket));
+    assert_eq!(docs.len(), 2);
+    a.check_index().unwrap();
+}
+
+/// A key stays in the document that holds it: an update does not follow the base filling up.
+#[test]
+fn a_key_is_written_again_where_its_winner_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.put_memory(&Scope::Mesh, "k", json!(1)).unwrap();
+    r.set_base_capacity(0);
+    r.put_memory(&Scope::Mesh, "k", json!(2)).unwrap();
+    r.put_memory(&Scope::Mesh, "new", json!(3)).unwrap();
+    assert_eq!(
+        r.doc_ids(),
+        vec![
+            DocId::Memory(Scope::Mesh),
+            DocId::bucket_for(&Scope::Mesh, "new")
+        ]
+    );
+    let (docs, _) = r
+        .reading(|tree| index::memory_docs(tree, &Scope::Mesh, "k"))
+        .unwrap();
+    assert_eq!(docs, vec![DocId::Memory(Scope::Mesh)]);
     assert!(r.delete_memory(&Scope::Mesh, "k").unwrap());
-    assert_eq!(r.get_memory(&Scope::Mesh, "k").unwrap(), None);
-    assert_eq!(r.counts().0, 0);
+    assert_eq!(r.doc_ids().len(), 2);
+    r.check_index().unwrap();
+}
+
+/// New keys fill the first bucket of their path with room: a scope just past its base takes
+/// one bucket, and the next keys split it by their hash's first bit, and so on.
+#[test]
+fn new_keys_fill_the_buckets_of_their_path_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = open(dir.path(), "a");
+    r.set_base_capacity(4);
+    let bucket = |byte: u8| DocId::Bucket(Scope::Mesh, byte);
+    for i in 0..8 {
+        r.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))
+            .unwrap();
+    }
+    assert_eq!(r.doc_ids(), vec![DocId::Memory(Scope::Mesh), bucket(0)]);
+    // One batch counts its own writes: it does not overfill a bucket either.
+    r.batch(|b| {
+        for i in 8..40 {
+            b.put_memory(&Scope::Mesh, &format!("k{i}"), json!(i))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let live: Vec<(String, u64)> = (r.summaries.iter())
+        .map(|(doc, summary)| (doc.name(), summary.live))
+        .collect();
+    assert!(live.iter().all(|(_, live)| *live <= 4), "{live:?}");
+    assert!(r.doc_ids().contains(&bucket(0x80)), "{:?}", r.doc_ids());
+    assert_eq!(r.counts().0, 40);
     r.check_index().unwrap();
 }
 
