@@ -119,7 +119,8 @@ impl<'de> serde::Deserialize<'de> for Scope {
 /// keys. A key's buckets (`bucket_path`) run from the coarsest, which every key shares, to
 /// the one its hash names, each level splitting the one before in two by one more bit of
 /// the hash: a new key goes to the first of them with room, so a scope just past its base
-/// takes one bucket, not 256, and one of a million keys fills all 256. Which document holds
+/// takes one bucket, not 256, and one of a million keys fills all 256 (docs/architecture.md,
+/// Buckets). Which document holds
 /// a version does not decide anything: a key's versions in every document of its scope are
 /// read together and the winner is the same rule's (`replica::index`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
