@@ -120,9 +120,9 @@ impl<'de> serde::Deserialize<'de> for Scope {
 /// the one its hash names, each level splitting the one before in two by one more bit of
 /// the hash: a new key goes to the first of them with room, so a scope just past its base
 /// takes one bucket, not 256, and one of a million keys fills all 256 (docs/architecture.md,
-/// Buckets). Which document holds
-/// a version does not decide anything: a key's versions in every document of its scope are
-/// read together and the winner is the same rule's (`replica::index`).
+/// Buckets). Which document holds a version does not decide anything: a key's versions in
+/// every document of its scope are read together and the winner is the same rule's
+/// (`replica::index`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DocId {
     Memory(Scope),
@@ -167,8 +167,9 @@ impl DocId {
     pub fn bucket_path(scope: &Scope, key: &str) -> Vec<DocId> {
         let hash = key_hash(key);
         let mut path: Vec<u8> = Vec::with_capacity(9);
-        for level in 0..=8u32 {
-            let bucket = hash & !(0xFFu8.checked_shr(level).unwrap_or(0));
+        for level in 0..=8 {
+            // The first `level` bits of the byte: a mask of 0x00, 0x80, 0xC0, …, 0xFF.
+            let bucket = hash & (0xFF00u16 >> level) as u8;
             if path.last() != Some(&bucket) {
                 path.push(bucket);
             }
