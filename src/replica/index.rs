@@ -265,6 +265,12 @@ impl KeyVersions {
         self.0.into_iter().filter(|v| v.bucket == bucket).collect()
     }
 
+    /// `shown`, as the entries of `key` in `scope`.
+    fn shown_entries(self, scope: &Scope, key: &str) -> Vec<MemoryEntry> {
+        let shown = self.shown().into_iter();
+        shown.map(|version| version.entry(scope, key)).collect()
+    }
+
     fn shown_count(&self) -> usize {
         self.winner().map_or(0, |(bucket, _)| {
             self.0.iter().filter(|v| v.bucket == bucket).count()
@@ -339,11 +345,22 @@ fn doc_of(name: &[u8]) -> Option<DocId> {
 }
 
 pub fn memory_versions(tree: &sled::Tree, scope: &Scope, key: &str) -> Result<Vec<MemoryEntry>> {
-    let doc = DocId::Memory(scope.clone());
-    match tree.get(entry_key(&doc, key))? {
-        Some(bytes) => decode_memory(scope, key, &bytes),
-        None => Ok(Vec::new()),
-    }
+    Ok(memory_versions_held(tree, scope, key)?.0)
+}
+
+/// The versions shown of `key` (those of the document holding its winner), and that
+/// document: one read for a write, which goes where the winner is.
+pub fn memory_versions_held(
+    tree: &sled::Tree,
+    scope: &Scope,
+    key: &str,
+) -> Result<(Vec<MemoryEntry>, Option<DocId>)> {
+    let Some(bytes) = tree.get(entry_key(&DocId::Memory(scope.clone()), key))? else {
+        return Ok((Vec::new(), None));
+    };
+    let versions = KeyVersions::decode(&bytes)?;
+    let held = versions.winner().map(|(bucket, _)| part_doc(scope, bucket));
+    Ok((versions.shown_entries(scope, key), held))
 }
 
 /// The documents of `scope` holding versions of `key`, and the one holding its winner.
@@ -540,11 +557,7 @@ pub fn ops_held(tree: &sled::Tree, doc: &DocId, key: &str) -> Result<Option<Vec<
 
 /// The versions shown of a key: those of the document holding its winner.
 fn decode_memory(scope: &Scope, key: &str, bytes: &[u8]) -> Result<Vec<MemoryEntry>> {
-    Ok(KeyVersions::decode(bytes)?
-        .shown()
-        .into_iter()
-        .map(|version| version.entry(scope, key))
-        .collect())
+    Ok(KeyVersions::decode(bytes)?.shown_entries(scope, key))
 }
 
 // ---- writing ---------------------------------------------------------------------------

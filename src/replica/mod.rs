@@ -483,17 +483,21 @@ impl Replica {
         path.into_iter().find(has_room).unwrap_or(last)
     }
 
-    /// The document holding the winner of `key`, if the index has one.
-    fn winner_doc(&self, scope: &Scope, key: &str) -> Result<Option<DocId>> {
-        Ok(self.reading(|tree| index::memory_docs(tree, scope, key))?.1)
+    /// The winner of `key` (a tombstone included) and the document holding it.
+    fn memory_winner_held(&self, scope: &Scope, key: &str) -> Result<Option<(MemoryEntry, DocId)>> {
+        let (versions, held) =
+            self.reading(|tree| index::memory_versions_held(tree, scope, key))?;
+        Ok(resolve(versions)
+            .zip(held)
+            .map(|((winner, _), doc)| (winner, doc)))
     }
 
     /// The document a lone write of `key` to `scope` would go to now: for tests that follow
     /// a write's change.
     #[doc(hidden)]
     pub fn memory_doc_for(&self, scope: &Scope, key: &str) -> Result<DocId> {
-        Ok(match self.winner_doc(scope, key)? {
-            Some(doc) => doc,
+        Ok(match self.memory_winner_held(scope, key)? {
+            Some((_, doc)) => doc,
             None => self.route_new(scope, key, |_| 0),
         })
     }
@@ -1117,7 +1121,8 @@ impl Batch<'_> {
         validate::key(key)?;
         validate::value_size(&value)?;
         secret::check_memory(key, &value).map_err(ValidationError::from)?;
-        let current = self.current_memory(scope, key)?.map(|w| w.updated_at);
+        let held = self.current_held(scope, key)?;
+        let current = held.as_ref().map(|(winner, _)| winner.updated_at);
         let entry = MemoryEntry {
             scope: scope.clone(),
             key: key.to_string(),
@@ -1128,12 +1133,13 @@ impl Batch<'_> {
             author: Some(self.replica.node_id.clone()),
             claim: None,
         };
-        self.write_memory(&entry)?;
+        self.write_memory(&entry, held.map(|(_, doc)| doc));
         Ok(entry)
     }
 
     pub fn delete_memory(&mut self, scope: &Scope, key: &str) -> Result<bool> {
-        let Some(current) = self.current_memory(scope, key)?.filter(|e| !e.deleted) else {
+        let Some((current, doc)) = self.current_held(scope, key)?.filter(|(e, _)| !e.deleted)
+        else {
             return Ok(false);
         };
         let entry = MemoryEntry {
@@ -1145,7 +1151,7 @@ impl Batch<'_> {
             claim: None,
             ..current
         };
-        self.write_memory(&entry)?;
+        self.write_memory(&entry, Some(doc));
         Ok(true)
     }
 
@@ -1166,7 +1172,7 @@ impl Batch<'_> {
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
-        let held = self.current_memory(&entry.scope, &entry.key)?;
+        let (held, doc) = self.current_held(&entry.scope, &entry.key)?.unzip();
         let same = held
             .as_ref()
             .is_some_and(|held| !held.deleted && held.value == entry.value);
@@ -1177,7 +1183,7 @@ impl Batch<'_> {
         };
         self.replica.accept_stamp(entry.updated_at)?;
         entry.updated_at = stamp;
-        self.write_memory(&entry)?;
+        self.write_memory(&entry, doc);
         Ok(ImportOutcome::Applied)
     }
 
@@ -1189,9 +1195,9 @@ impl Batch<'_> {
         validate::key(&entry.key)?;
         validate::value_size(&entry.value)?;
         secret::check_memory(&entry.key, &entry.value).map_err(ValidationError::from)?;
-        let held = self.current_memory(&entry.scope, &entry.key)?;
+        let (held, doc) = self.current_held(&entry.scope, &entry.key)?.unzip();
         entry.updated_at = self.replica.stamp_after(held.map(|held| held.updated_at))?;
-        self.write_memory(&entry)?;
+        self.write_memory(&entry, doc);
         Ok(entry)
     }
 
@@ -1212,32 +1218,22 @@ impl Batch<'_> {
         entry
     }
 
-    fn write_memory(&mut self, entry: &MemoryEntry) -> Result<()> {
-        let doc = self.route(&entry.scope, &entry.key)?;
+    /// Stages `entry`: in `held`, the document holding the key's winner (`current_held`), so
+    /// that a key stays where it is and concurrent writes of it meet in one document; a new
+    /// key goes where `Replica::route_new` says, counting this batch's writes. Readers take
+    /// every document of the scope, so a node that routes otherwise (it has not seen a
+    /// document fill up yet) changes only where a version is kept.
+    fn write_memory(&mut self, entry: &MemoryEntry, held: Option<DocId>) {
+        let doc = held.unwrap_or_else(|| {
+            let routed = &self.routed;
+            let added = |doc: &DocId| routed.get(doc).copied().unwrap_or(0);
+            let doc = self.replica.route_new(&entry.scope, &entry.key, added);
+            *self.routed.entry(doc.clone()).or_default() += 1;
+            doc
+        });
         let slot = (entry.scope.clone(), entry.key.clone());
         self.latest_memory.insert(slot, self.writes.len());
         self.writes.push(Staged::Memory(entry.clone(), doc));
-        Ok(())
-    }
-
-    /// The document a write of `key` goes to: where the key's winner is, as this batch leaves
-    /// it, so that a key stays where it is and concurrent writes of it meet in one document;
-    /// for a new key, `Replica::route_new`, counting this batch's writes. Readers take every
-    /// document of the scope, so a node that routes otherwise (it has not seen a document
-    /// fill up yet) changes only where a version is kept.
-    fn route(&mut self, scope: &Scope, key: &str) -> Result<DocId> {
-        let slot = (scope.clone(), key.to_string());
-        let held = match self.latest_memory.get(&slot).map(|&i| &self.writes[i]) {
-            Some(Staged::Memory(_, doc)) => Some(doc.clone()),
-            _ => self.replica.winner_doc(scope, key)?,
-        };
-        if let Some(held) = held {
-            return Ok(held);
-        }
-        let routed = &self.routed;
-        let doc = (self.replica).route_new(scope, key, |doc| routed.get(doc).copied().unwrap_or(0));
-        *self.routed.entry(doc.clone()).or_default() += 1;
-        Ok(doc)
     }
 
     /// This node's id.
@@ -1247,15 +1243,17 @@ impl Batch<'_> {
 
     /// The winning version of a key (a tombstone included) as this batch will leave it.
     pub fn current_memory(&self, scope: &Scope, key: &str) -> Result<Option<MemoryEntry>> {
+        Ok(self.current_held(scope, key)?.map(|(winner, _)| winner))
+    }
+
+    /// `current_memory`, with the document that holds the winner.
+    fn current_held(&self, scope: &Scope, key: &str) -> Result<Option<(MemoryEntry, DocId)>> {
         match self.latest_memory.get(&(scope.clone(), key.to_string())) {
             Some(&index) => match &self.writes[index] {
-                Staged::Memory(entry, _) => Ok(Some(entry.clone())),
+                Staged::Memory(entry, doc) => Ok(Some((entry.clone(), doc.clone()))),
                 Staged::Skill(_) => unreachable!("memory index points at a memory write"),
             },
-            None => Ok(self
-                .replica
-                .memory_versions(scope, key)?
-                .map(|(winner, _)| winner)),
+            None => self.replica.memory_winner_held(scope, key),
         }
     }
 
